@@ -1,0 +1,228 @@
+"""The case state machines, declared as data.
+
+``RULES`` is the transition table: one row per (trigger, sources, destination), with the roles that
+may fire it, the case types it applies to, and an optional routing condition. When a trigger has
+several rows for the same source, the first whose condition holds wins (that is how
+``transitions`` evaluates them too). ``TIMERS`` says which deadline a state arms, ``FOLLOW_UPS``
+which system trigger fires at once on entering a state. ``engine.py`` builds one
+``transitions.Machine`` per case type from these tables; ``diagram.py`` draws them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workflow.states import TERMINAL_STATES, CaseState, CaseType, Role
+
+S = CaseState
+ALL_TYPES: frozenset[CaseType] = frozenset(CaseType)
+RETURN_LEG: frozenset[CaseType] = frozenset(
+    {CaseType.RETURN_REFUND, CaseType.EXCHANGE, CaseType.REPAIR}
+)
+OPEN_STATES: tuple[CaseState, ...] = tuple(s for s in CaseState if s not in TERMINAL_STATES)
+
+BUYER = frozenset({Role.BUYER})
+MERCHANT = frozenset({Role.MERCHANT})
+ADMIN = frozenset({Role.ADMIN})
+SYSTEM = frozenset({Role.SYSTEM})
+CARRIER = frozenset({Role.CARRIER})
+PAYMENT = frozenset({Role.PAYMENT})
+
+
+@dataclass(frozen=True)
+class Rule:
+    trigger: str
+    sources: tuple[CaseState, ...]
+    dest: CaseState
+    actors: frozenset[Role]
+    types: frozenset[CaseType] = ALL_TYPES
+    #: Name of a routing condition in ``engine.CONDITIONS``; the row applies only when it holds.
+    when: str | None = None
+
+
+def _rule(
+    trigger: str,
+    sources: CaseState | tuple[CaseState, ...],
+    dest: CaseState,
+    actors: frozenset[Role],
+    types: frozenset[CaseType] = ALL_TYPES,
+    when: str | None = None,
+) -> Rule:
+    return Rule(
+        trigger, sources if isinstance(sources, tuple) else (sources,), dest, actors, types, when
+    )
+
+
+def _refund_routes(
+    trigger: str,
+    sources: CaseState | tuple[CaseState, ...],
+    actors: frozenset[Role],
+    types: frozenset[CaseType] = ALL_TYPES,
+) -> list[Rule]:
+    """Refund to the original channel while its window is open, else wait for a bank account."""
+    return [
+        _rule(trigger, sources, S.REFUNDING, actors, types, when="refund_channel_open"),
+        _rule(trigger, sources, S.AWAITING_BANK_ACCOUNT, actors, types),
+    ]
+
+
+_EXCHANGE = frozenset({CaseType.EXCHANGE})
+_REPAIR = frozenset({CaseType.REPAIR})
+_OUTBOUND = frozenset({CaseType.EXCHANGE, CaseType.REPAIR})
+_REFUND_AUTO = frozenset({CaseType.RETURN_REFUND, CaseType.REFUND_ONLY})
+_STALLABLE = (S.SHIPPED_BACK, S.SHIPPED_TO_BUYER, S.INSPECTED, S.AWAITING_BANK_ACCOUNT)
+_CANCELLABLE = (S.SUBMITTED, S.APPROVED, S.PICKUP, S.REJECTED, S.DISPUTED)
+_ADMIN_REFUNDABLE = tuple(s for s in OPEN_STATES if s not in (S.REFUNDING, S.AWAITING_BANK_ACCOUNT))
+
+RULES: tuple[Rule, ...] = (
+    # Review (A.1 step 3; B: 48 h then auto-approve).
+    _rule("approve", S.SUBMITTED, S.APPROVED, MERCHANT),
+    _rule("auto_approve", S.SUBMITTED, S.APPROVED, SYSTEM),
+    _rule("reject", S.SUBMITTED, S.REJECTED, MERCHANT),
+    _rule("cancel", _CANCELLABLE, S.CANCELLED, BUYER),
+    # After a rejection: revise and re-apply, ask the platform to intervene, or let it close.
+    _rule("revise", S.REJECTED, S.SUBMITTED, BUYER),
+    _rule("escalate", S.REJECTED, S.DISPUTED, BUYER),
+    _rule("expire_dispute_window", S.REJECTED, S.CLOSED, SYSTEM),
+    # Return leg (A.1 steps 3-5).
+    _rule("book_pickup", S.APPROVED, S.PICKUP, SYSTEM, RETURN_LEG),
+    _rule("ship_back", (S.APPROVED, S.PICKUP), S.SHIPPED_BACK, BUYER, RETURN_LEG),
+    _rule("record_pickup", (S.APPROVED, S.PICKUP), S.SHIPPED_BACK, CARRIER, RETURN_LEG),
+    _rule("expire_return", (S.APPROVED, S.PICKUP), S.CLOSED, SYSTEM, RETURN_LEG),
+    _rule("record_return_delivery", S.SHIPPED_BACK, S.RETURN_DELIVERED, CARRIER, RETURN_LEG),
+    _rule(
+        "confirm_receipt", (S.SHIPPED_BACK, S.RETURN_DELIVERED), S.RECEIVED, MERCHANT, RETURN_LEG
+    ),
+    _rule("auto_receive", S.RETURN_DELIVERED, S.RECEIVED, SYSTEM, RETURN_LEG),
+    _rule("inspect", S.RECEIVED, S.INSPECTED, MERCHANT, RETURN_LEG),
+    _rule("deem_inspected", S.RECEIVED, S.INSPECTED, SYSTEM, RETURN_LEG),
+    _rule("fail_inspection", S.RECEIVED, S.REJECTED, MERCHANT, RETURN_LEG),
+    # Outcomes: refund, replacement (A.1 step 5), repair (A.5).
+    *_refund_routes("start_refund", S.APPROVED, SYSTEM, frozenset({CaseType.REFUND_ONLY})),
+    *_refund_routes("start_refund", S.INSPECTED, SYSTEM, frozenset({CaseType.RETURN_REFUND})),
+    *_refund_routes("convert_to_refund", S.INSPECTED, MERCHANT | SYSTEM, _OUTBOUND),
+    _rule("ship_replacement", S.INSPECTED, S.SHIPPED_TO_BUYER, MERCHANT, _EXCHANGE),
+    _rule("ship_repaired", S.INSPECTED, S.SHIPPED_TO_BUYER, MERCHANT, _REPAIR),
+    _rule("record_buyer_delivery", S.SHIPPED_TO_BUYER, S.DELIVERED_TO_BUYER, CARRIER, _OUTBOUND),
+    _rule(
+        "confirm_delivery",
+        (S.SHIPPED_TO_BUYER, S.DELIVERED_TO_BUYER),
+        S.EXCHANGED,
+        BUYER,
+        _EXCHANGE,
+    ),
+    _rule(
+        "confirm_delivery", (S.SHIPPED_TO_BUYER, S.DELIVERED_TO_BUYER), S.REPAIRED, BUYER, _REPAIR
+    ),
+    _rule("auto_confirm_delivery", S.DELIVERED_TO_BUYER, S.EXCHANGED, SYSTEM, _EXCHANGE),
+    _rule("auto_confirm_delivery", S.DELIVERED_TO_BUYER, S.REPAIRED, SYSTEM, _REPAIR),
+    # Refund execution (A.4; B: refunds execute once).
+    _rule("confirm_refund", S.REFUNDING, S.REFUNDED, PAYMENT),
+    _rule("fail_refund", S.REFUNDING, S.REFUND_FAILED, PAYMENT),
+    _rule("retry_refund", S.REFUND_FAILED, S.REFUNDING, SYSTEM | ADMIN),
+    _rule("switch_to_bank_transfer", S.REFUND_FAILED, S.AWAITING_BANK_ACCOUNT, ADMIN),
+    _rule("provide_bank_account", S.AWAITING_BANK_ACCOUNT, S.REFUNDING, BUYER),
+    _rule("remind_bank_account", S.AWAITING_BANK_ACCOUNT, S.AWAITING_BANK_ACCOUNT, SYSTEM),
+    # Logistics problems (A.6): the carrier answers for the parcel; the platform steps in.
+    _rule(
+        "report_parcel_lost", (S.SHIPPED_BACK, S.SHIPPED_TO_BUYER), S.DISPUTED, CARRIER, RETURN_LEG
+    ),
+    _rule(
+        "report_parcel_damaged",
+        (S.SHIPPED_BACK, S.SHIPPED_TO_BUYER),
+        S.DISPUTED,
+        CARRIER,
+        RETURN_LEG,
+    ),
+    # Stalled deadlines escalate to the platform rather than waiting unseen.
+    _rule("escalate", _STALLABLE, S.DISPUTED, SYSTEM),
+    # Platform rulings and corrective admin transitions (each with a mandatory reason).
+    _rule("rule_for_buyer", S.DISPUTED, S.INSPECTED, ADMIN, RETURN_LEG, when="goods_back"),
+    _rule("rule_for_buyer", S.DISPUTED, S.APPROVED, ADMIN),
+    _rule("rule_for_merchant", S.DISPUTED, S.CLOSED, ADMIN),
+    _rule("escalate", tuple(s for s in OPEN_STATES if s != S.DISPUTED), S.DISPUTED, ADMIN),
+    _rule("force_close", OPEN_STATES, S.CLOSED, ADMIN),
+    *_refund_routes("force_refund", _ADMIN_REFUNDABLE, ADMIN),
+)
+
+#: Triggers that need a reason whoever fires them (admins always give one).
+REASON_REQUIRED: frozenset[str] = frozenset({"reject", "fail_inspection"})
+#: The corrective transitions an admin may force on top of the ordinary rulings.
+ADMIN_FORCED: frozenset[str] = frozenset({"escalate", "force_close", "force_refund"})
+
+TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(rule.trigger for rule in RULES))
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """The deadline a state arms: after the policy's ``kind`` delay, ``trigger`` fires as system."""
+
+    kind: str
+    trigger: str
+    types: frozenset[CaseType] = ALL_TYPES
+    #: A flag in ``case.details`` that must be set (True) or unset (False) for this spec to apply.
+    flag: tuple[str, bool] | None = None
+
+
+TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
+    S.SUBMITTED: (TimerSpec("merchant_review", "auto_approve"),),
+    # One deadline from approval to shipping, carried across the pickup booking.
+    S.APPROVED: (TimerSpec("return_shipment", "expire_return", RETURN_LEG),),
+    S.PICKUP: (TimerSpec("return_shipment", "expire_return", RETURN_LEG),),
+    S.SHIPPED_BACK: (TimerSpec("return_transit", "escalate"),),
+    S.RETURN_DELIVERED: (TimerSpec("merchant_receipt", "auto_receive"),),
+    S.RECEIVED: (TimerSpec("merchant_inspection", "deem_inspected"),),
+    S.INSPECTED: (
+        TimerSpec("replacement_shipment", "convert_to_refund", _EXCHANGE),
+        TimerSpec("repair_completion", "escalate", _REPAIR),
+    ),
+    S.SHIPPED_TO_BUYER: (TimerSpec("outbound_transit", "escalate"),),
+    S.DELIVERED_TO_BUYER: (TimerSpec("buyer_confirmation", "auto_confirm_delivery"),),
+    S.REJECTED: (TimerSpec("dispute_window", "expire_dispute_window"),),
+    S.AWAITING_BANK_ACCOUNT: (
+        TimerSpec(
+            "bank_account_reminder", "remind_bank_account", flag=("bank_account_reminded", False)
+        ),
+        TimerSpec("bank_account_escalation", "escalate", flag=("bank_account_reminded", True)),
+    ),
+    # Its delay comes from the refund retry backoff, not a fixed timer value.
+    S.REFUND_FAILED: (TimerSpec("refund_retry", "retry_refund", flag=("refund_parked", False)),),
+}
+
+#: On entering (type, state), this system trigger fires at once in the same transaction.
+FOLLOW_UPS: dict[tuple[CaseType, CaseState], str] = {
+    (CaseType.REFUND_ONLY, S.APPROVED): "start_refund",
+    (CaseType.RETURN_REFUND, S.INSPECTED): "start_refund",
+}
+
+
+def states_for(case_type: CaseType) -> list[CaseState]:
+    """The states a case of this type can reach from ``submitted``, in declaration order."""
+    reachable = {S.SUBMITTED}
+    frontier = [S.SUBMITTED]
+    typed = [rule for rule in RULES if case_type in rule.types]
+    while frontier:
+        state = frontier.pop()
+        for rule in typed:
+            if state in rule.sources and rule.dest not in reachable:
+                reachable.add(rule.dest)
+                frontier.append(rule.dest)
+    return [s for s in CaseState if s in reachable]
+
+
+def _build_rules_for(case_type: CaseType) -> list[Rule]:
+    reachable = set(states_for(case_type))
+    typed = []
+    for rule in RULES:
+        sources = tuple(s for s in rule.sources if s in reachable)
+        if case_type in rule.types and sources:
+            typed.append(Rule(rule.trigger, sources, rule.dest, rule.actors, rule.types, rule.when))
+    return typed
+
+
+_RULES_BY_TYPE = {case_type: _build_rules_for(case_type) for case_type in CaseType}
+
+
+def rules_for(case_type: CaseType) -> list[Rule]:
+    """The rows that apply to a case type, with sources it can never be in left out."""
+    return _RULES_BY_TYPE[case_type]

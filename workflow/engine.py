@@ -1,0 +1,409 @@
+"""Runs triggers on cases with the shared state machines; pure, no storage.
+
+One ``transitions.Machine`` per case type is built from ``definitions.RULES`` the first time it is
+needed and shared by every case of the process. A case is bound to it for one trigger through a
+small ``_Binding`` object and released afterwards; the machine itself holds no per-case state, so
+the same machine serves any number of threads. (We call the machine's ``Event.trigger`` with the
+binding instead of ``Machine.add_model``, which would attach some sixty convenience methods to
+every case object it sees.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any, cast
+
+from pydantic import BaseModel
+from transitions import EventData, Machine
+
+from config.policy import Policy
+from workflow import definitions, payloads, rules
+from workflow.definitions import FOLLOW_UPS, REASON_REQUIRED, TIMERS, Rule
+from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
+from workflow.model import (
+    SYSTEM,
+    Actor,
+    Case,
+    OutboxMessage,
+    RefundRoute,
+    Timer,
+    TransitionRecord,
+)
+from workflow.states import CaseState, CaseType, Role
+
+
+@dataclass
+class _Binding:
+    """A case bound to a shared machine for one trigger; ``state`` is what the machine moves."""
+
+    case: Case
+    context: Context
+    state: str
+
+
+@dataclass(frozen=True)
+class Context:
+    policy: Policy
+    now: datetime
+    actor: Actor
+    #: The case's pending deadline when the trigger fired, if any.
+    deadline: Timer | None = None
+
+
+def _refund_channel_open(event: EventData) -> bool:
+    binding = cast(_Binding, event.model)
+    case = binding.case
+    if case.refund_route is RefundRoute.BANK_TRANSFER and "bank_account" in case.details:
+        return True
+    return rules.refund_channel_open(binding.context.policy, case, binding.context.now)
+
+
+def _goods_back(event: EventData) -> bool:
+    binding = cast(_Binding, event.model)
+    return bool(binding.case.details.get("goods_back"))
+
+
+#: Routing conditions named by ``Rule.when``.
+CONDITIONS: dict[str, Callable[[EventData], bool]] = {
+    "refund_channel_open": _refund_channel_open,
+    "goods_back": _goods_back,
+}
+
+
+@cache
+def machine_for(case_type: CaseType) -> Machine:
+    """The shared machine of a case type, built once per process."""
+    transitions = [
+        {
+            "trigger": rule.trigger,
+            "source": [s.value for s in rule.sources],
+            "dest": rule.dest.value,
+            "conditions": [CONDITIONS[rule.when]] if rule.when else [],
+        }
+        for rule in definitions.rules_for(case_type)
+    ]
+    return Machine(
+        model=None,
+        states=[s.value for s in definitions.states_for(case_type)],
+        initial=None,
+        transitions=transitions,
+        auto_transitions=False,
+        send_event=True,
+        name=case_type.value,
+    )
+
+
+def rules_matching(case: Case, trigger: str, role: Role) -> list[Rule]:
+    return [
+        rule
+        for rule in definitions.rules_for(case.type)
+        if rule.trigger == trigger and case.state in rule.sources and role in rule.actors
+    ]
+
+
+def check_owner(case: Case, actor: Actor) -> None:
+    """A buyer acts only on its own cases, a merchant only on its own."""
+    if actor.role is Role.BUYER and actor.id != case.buyer_id:
+        raise Forbidden(f"case {case.id} belongs to another buyer")
+    if actor.role is Role.MERCHANT and actor.id != case.merchant_id:
+        raise Forbidden(f"case {case.id} belongs to another merchant")
+
+
+def allowed_triggers(case: Case, actor: Actor) -> list[str]:
+    """Triggers this actor may fire on the case now, in table order."""
+    if case.is_terminal:
+        return []
+    found = [
+        rule.trigger
+        for rule in definitions.rules_for(case.type)
+        if case.state in rule.sources and actor.role in rule.actors
+    ]
+    return list(dict.fromkeys(found))
+
+
+def _check_deadline(case: Case, trigger: str, context: Context) -> None:
+    """Once a deadline has passed, a buyer or merchant can no longer take the other way out.
+
+    The timer may fire a little late; in between, an action that leads where the timeout leads
+    (a late ``approve``) is still fine, one that leads elsewhere (shipping after the return window
+    closed) is refused with the deadline.
+    """
+    deadline = context.deadline
+    if deadline is None or context.actor.role not in (Role.BUYER, Role.MERCHANT):
+        return
+    if context.now < deadline.due_at or deadline.trigger == trigger:
+        return
+    timeout_dests = {
+        r.dest
+        for r in definitions.rules_for(case.type)
+        if r.trigger == deadline.trigger and case.state in r.sources
+    }
+    wanted_dests = {r.dest for r in rules_matching(case, trigger, context.actor.role)}
+    if wanted_dests <= timeout_dests:
+        return
+    raise PolicyRefusal(
+        deadline.kind,
+        f"the {deadline.kind.replace('_', ' ')} deadline passed at "
+        f"{deadline.due_at.isoformat()}; {deadline.trigger} applies now",
+    )
+
+
+@dataclass
+class Outcome:
+    records: list[TransitionRecord] = field(default_factory=list)
+    messages: list[OutboxMessage] = field(default_factory=list)
+
+
+def fire(
+    case: Case,
+    trigger: str,
+    context: Context,
+    data: dict[str, Any] | None = None,
+    reason: str | None = None,
+    idempotency_key: str | None = None,
+) -> Outcome:
+    """Move the case by ``trigger`` (and any follow-ups), mutating it; raises typed errors.
+
+    The case's version rises by one per record; the caller stores it with compare-and-set.
+    """
+    actor = context.actor
+    if trigger not in definitions.TRIGGERS:
+        raise InvalidInput(f"unknown trigger {trigger!r}", "trigger")
+    check_owner(case, actor)
+    if not rules_matching(case, trigger, actor.role):
+        raise NotAllowed(
+            f"{trigger} is not allowed for {actor.role.value} on a {case.type.value} case "
+            f"in state {case.state.value}",
+            allowed_triggers(case, actor),
+        )
+    reason = (reason or "").strip() or None
+    if reason is None and (actor.role is Role.ADMIN or trigger in REASON_REQUIRED):
+        who = "an admin" if actor.role is Role.ADMIN else trigger
+        raise InvalidInput(f"{who} needs a reason", "reason")
+    parsed = payloads.parse_trigger_data(trigger, data)
+    _check_deadline(case, trigger, context)
+
+    outcome = Outcome()
+    _step(case, trigger, context, parsed, reason, idempotency_key, outcome)
+    follow_up = FOLLOW_UPS.get((case.type, case.state))
+    while follow_up is not None:
+        system_context = Context(context.policy, context.now, SYSTEM)
+        _step(case, follow_up, system_context, payloads.NoData(), None, idempotency_key, outcome)
+        follow_up = FOLLOW_UPS.get((case.type, case.state))
+    return outcome
+
+
+def _step(
+    case: Case,
+    trigger: str,
+    context: Context,
+    data: BaseModel,
+    reason: str | None,
+    idempotency_key: str | None,
+    outcome: Outcome,
+) -> None:
+    source = case.state
+    _apply_data(case, trigger, data, context)
+    binding = _Binding(case, context, source.value)
+    if not machine_for(case.type).events[trigger].trigger(binding):
+        # Every trigger has an unconditional last row, so this means the tables are inconsistent.
+        raise RuntimeError(f"{trigger} matched no transition from {source.value}")
+    case.state = CaseState(binding.state)
+    case.version += 1
+    case.updated_at = context.now
+    _on_enter(case, trigger, context)
+    record = TransitionRecord(
+        case_id=case.id or 0,
+        seq=case.version,
+        trigger=trigger,
+        from_state=source,
+        to_state=case.state,
+        actor=str(context.actor),
+        at=context.now,
+        reason=reason,
+        data=_loggable(data),
+        idempotency_key=idempotency_key,
+    )
+    outcome.records.append(record)
+    outcome.messages.extend(messages_for(case, record))
+
+
+def _loggable(data: BaseModel) -> dict[str, Any]:
+    logged = data.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    if "account_no" in logged:
+        logged["account_no"] = mask(logged["account_no"])
+    return logged
+
+
+def mask(account_no: str) -> str:
+    return "*" * max(len(account_no) - 4, 0) + account_no[-4:]
+
+
+def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> None:
+    """Record what the trigger tells us about the case before the machine moves it."""
+    details = case.details
+    match data:
+        case payloads.Tracking() if trigger == "ship_back":
+            details["return_tracking_no"] = data.tracking_no
+        case payloads.Tracking():
+            details["outbound_tracking_no"] = data.tracking_no
+        case payloads.PickupBooked():
+            details["pickup"] = data.model_dump(mode="json")
+        case payloads.CarrierEvent() if data.tracking_no and trigger == "record_pickup":
+            details.setdefault("return_tracking_no", data.tracking_no)
+        case payloads.Inspection():
+            case.gift_deduction = rules.gift_deduction(case.gifts, data.gifts_missing)
+            details["inspection"] = data.model_dump(mode="json")
+        case payloads.BankAccount():
+            details["bank_account"] = data.model_dump(mode="json")
+            case.refund_route = RefundRoute.BANK_TRANSFER
+        case payloads.RefundResult() if trigger == "fail_refund":
+            details["last_refund_error"] = data.error or "no reason given"
+        case payloads.RefundResult():
+            details["refund_reference"] = data.reference
+        case payloads.Revision():
+            if data.description is not None:
+                case.description = data.description
+            if data.requested_amount is not None:
+                _revise_amount(case, data.requested_amount)
+    if trigger == "deem_inspected":
+        details["inspection"] = {"deemed_passed_at": context.now.isoformat()}
+    if trigger == "remind_bank_account":
+        details["bank_account_reminded"] = True
+    if trigger in ("report_parcel_lost", "report_parcel_damaged"):
+        details["parcel_incident"] = trigger.removeprefix("report_parcel_")
+        if case.state is CaseState.SHIPPED_BACK:
+            # The goods left the buyer's hands: a ruling for the buyer resumes after the return leg.
+            details["goods_back"] = True
+
+
+def _revise_amount(case: Case, requested: int) -> None:
+    if requested > case.items_amount:
+        raise InvalidInput(
+            f"asks {requested} fen but the items were paid {case.items_amount} fen",
+            "data.requested_amount",
+        )
+    base = min(requested, case.details.get("refund_cap", requested))
+    case.requested_amount = requested
+    case.details["refund_base"] = base
+    case.refund_amount = base
+
+
+def _on_enter(case: Case, trigger: str, context: Context) -> None:
+    state = case.state
+    if state is CaseState.RECEIVED:
+        case.details["goods_back"] = True
+    elif state is CaseState.INSPECTED:
+        base = int(case.details.get("refund_base", case.refund_amount))
+        case.refund_amount = max(0, base - case.gift_deduction)
+    elif state is CaseState.REFUNDING:
+        if case.refund_route is None or trigger != "retry_refund":
+            case.refund_route = (
+                RefundRoute.BANK_TRANSFER
+                if "bank_account" in case.details
+                else RefundRoute.ORIGINAL_CHANNEL
+            )
+        case.refund_attempts += 1
+        # Persisted with the transition, before any payment call; a retry of the same attempt
+        # reuses it, a new attempt after a definite failure gets a new one.
+        case.refund_key = f"refund-{case.id}-{case.refund_attempts}"
+    elif state is CaseState.AWAITING_BANK_ACCOUNT and trigger != "remind_bank_account":
+        case.refund_route = RefundRoute.BANK_TRANSFER
+        case.details["bank_account_reminded"] = False
+    elif state is CaseState.REFUND_FAILED:
+        max_attempts = context.policy.refund_retry.max_attempts
+        case.details["refund_parked"] = case.refund_attempts >= max_attempts
+
+
+def messages_for(case: Case, record: TransitionRecord) -> list[OutboxMessage]:
+    """Side effects of one transition, run by the workers after commit."""
+    assert case.id is not None
+    base = {"case_id": case.id, "seq": record.seq, "state": case.state.value}
+    messages = [
+        OutboxMessage(
+            "case.transitioned",
+            case.id,
+            {
+                **base,
+                "trigger": record.trigger,
+                "from_state": record.from_state.value if record.from_state else None,
+                "buyer_id": case.buyer_id,
+                "merchant_id": case.merchant_id,
+            },
+            record.at,
+        )
+    ]
+
+    def add(topic: str, **payload: Any) -> None:
+        messages.append(OutboxMessage(topic, case.id or 0, {**base, **payload}, record.at))
+
+    state = case.state
+    if state is CaseState.APPROVED and case.type in definitions.RETURN_LEG:
+        add("pickup.requested", order_id=case.order_id)
+    elif state is CaseState.REFUNDING:
+        add(
+            "refund.requested",
+            amount=case.refund_amount,
+            route=str(case.refund_route),
+            channel=case.payment.channel,
+            idempotency_key=case.refund_key,
+        )
+    elif state is CaseState.AWAITING_BANK_ACCOUNT:
+        kind = "reminder" if record.trigger == "remind_bank_account" else "request"
+        add("bank_account.requested", kind=kind, buyer_id=case.buyer_id)
+    elif state is CaseState.DISPUTED:
+        add("dispute.opened", trigger=record.trigger)
+    elif state is CaseState.REFUND_FAILED and case.details.get("refund_parked"):
+        add(
+            "refund.parked",
+            attempts=case.refund_attempts,
+            error=case.details.get("last_refund_error"),
+        )
+    return messages
+
+
+def timer_for(case: Case, policy: Policy, now: datetime, previous: Timer | None) -> Timer | None:
+    """The deadline the case's new state arms, or None.
+
+    A state that arms the same kind as the one just left (approved -> pickup) keeps its due
+    time, so booking a pickup does not give the buyer a fresh week, and an extension survives.
+    """
+    assert case.id is not None
+    for spec in TIMERS.get(case.state, ()):
+        if case.type not in spec.types:
+            continue
+        if spec.flag is not None and bool(case.details.get(spec.flag[0])) != spec.flag[1]:
+            continue
+        if previous is not None and previous.kind == spec.kind:
+            due = previous.due_at
+        elif spec.kind == "refund_retry":
+            due = now + policy.refund_retry.delay_after(case.refund_attempts)
+        else:
+            due = now + policy.timer(spec.kind, case.type.value)
+        return Timer(
+            case_id=case.id,
+            kind=spec.kind,
+            trigger=spec.trigger,
+            state=case.state,
+            version=case.version,
+            due_at=due,
+            created_at=now,
+        )
+    return None
+
+
+def extension(deadline: Timer, until: datetime | None, hours: float | None) -> datetime:
+    """The new due time of an admin's deadline extension; it may only move later."""
+    if (until is None) == (hours is None):
+        raise InvalidInput("give either until or hours", "data")
+    new_due = until if until is not None else deadline.due_at + timedelta(hours=hours or 0)
+    if new_due <= deadline.due_at:
+        raise InvalidInput(
+            f"{new_due.isoformat()} is not after the current deadline "
+            f"{deadline.due_at.isoformat()}",
+            "data.until",
+        )
+    return new_due

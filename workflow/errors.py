@@ -1,0 +1,62 @@
+"""Typed errors of the service layer. Each carries one clear line for the user; none is a bug."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AftersalesError(Exception):
+    """A refusal the caller can act on. ``code`` is stable; ``str()`` is one readable line."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(AftersalesError):
+    code = "not_found"
+
+
+class InvalidInput(AftersalesError):
+    code = "invalid_input"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class Forbidden(AftersalesError):
+    code = "forbidden"
+
+
+class NotAllowed(AftersalesError):
+    """The trigger cannot fire in the case's state for this actor."""
+
+    code = "not_allowed"
+
+    def __init__(self, message: str, allowed: Sequence[str]) -> None:
+        allowed_text = ", ".join(allowed) if allowed else "none"
+        super().__init__(f"{message}; allowed now: {allowed_text}")
+        self.allowed = list(allowed)
+
+
+class Conflict(AftersalesError):
+    """Another transition changed the case first (stale version)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, current_version: int | None = None) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
+class PolicyRefusal(AftersalesError):
+    """A rule of the after-sales policy refuses the request; ``rule`` names it."""
+
+    code = "policy_refusal"
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"refused by rule {rule}: {message}")
+        self.rule = rule

@@ -1,0 +1,356 @@
+"""The service layer: every use of the engine runs here, one unit of work per call.
+
+Each transition is one transaction: the case row compared-and-set on its version, its log rows,
+the timer disarmed and the next one armed, and its outbox rows. Nothing is written when any step
+refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from config.policy import Policy
+from workflow import engine, rules
+from workflow.clock import Clock, ensure_utc
+from workflow.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyRefusal
+from workflow.model import (
+    SYSTEM,
+    Actor,
+    Case,
+    Gift,
+    Item,
+    Payment,
+    Timer,
+    TransitionRecord,
+)
+from workflow.payloads import Application, Deadline, parse_application
+from workflow.ports import CaseQuery, UnitOfWork, UnitOfWorkFactory
+from workflow.states import CaseState, Role
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """A case as callers see it: the case and its pending deadline."""
+
+    case: Case
+    deadline: Timer | None
+
+
+@dataclass(frozen=True)
+class FireResult:
+    case: Case
+    deadline: Timer | None
+    records: list[TransitionRecord]
+    #: True when an earlier call with the same idempotency key already did this.
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class TimerRun:
+    timer: Timer
+    fired: bool
+    outcome: str
+
+
+class CaseService:
+    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, policy: Policy) -> None:
+        self._uow = uow_factory
+        self.clock = clock
+        self.policy = policy
+
+    # -- submission -----------------------------------------------------------------------
+    def submit(
+        self,
+        raw: dict[str, Any] | Application,
+        actor: Actor | None = None,
+        idempotency_key: str | None = None,
+    ) -> CaseView:
+        """Apply for after-sales; refused applications create nothing."""
+        app = raw if isinstance(raw, Application) else parse_application(raw)
+        if actor is not None and actor.role is Role.BUYER and actor.id != app.buyer_id:
+            raise Forbidden("a buyer applies only for its own orders")
+        if actor is not None and actor.role not in (Role.BUYER, Role.ADMIN):
+            raise Forbidden(f"a {actor.role.value} cannot submit applications")
+        if len(app.items) + len(app.gifts) > self.policy.max_lines:
+            raise InvalidInput(f"at most {self.policy.max_lines} items and gifts", "items")
+        now = self.clock.now()
+        category = self.policy.normalise_category(app.category)
+        rules.check_eligibility(app, category, self.policy, now)
+        with self._uow() as uow:
+            if idempotency_key:
+                earlier = uow.cases.by_submission_key(idempotency_key)
+                if earlier is not None:
+                    return CaseView(earlier, uow.timers.pending(_id(earlier)))
+            uow.cases.lock_order(app.order_id)
+            taken = uow.cases.open_cases_for_items(app.order_id, [i.sku for i in app.items])
+            if taken:
+                listed = ", ".join(f"{sku} (case {cid})" for sku, cid in sorted(taken.items()))
+                raise rules_refusal_open_case(app.order_id, listed)
+            committed = uow.cases.committed_refunds(app.order_id)
+            base = rules.refund_base(app, committed)
+            case = _new_case(
+                app, category, base, app.payment.amount - committed, now, idempotency_key
+            )
+            case.id = uow.cases.add(case)
+            record = TransitionRecord(
+                case.id,
+                1,
+                "submit",
+                None,
+                case.state,
+                str(actor or Actor(Role.BUYER, app.buyer_id)),
+                now,
+                idempotency_key=idempotency_key,
+            )
+            uow.log.append([record])
+            deadline = engine.timer_for(case, self.policy, now, None)
+            if deadline is not None:
+                uow.timers.arm(deadline)
+            uow.outbox.add(engine.messages_for(case, record))
+            uow.commit()
+            return CaseView(case, deadline)
+
+    # -- transitions ------------------------------------------------------------------------
+    def fire(
+        self,
+        case_id: int,
+        trigger: str,
+        actor: Actor,
+        data: dict[str, Any] | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+    ) -> FireResult:
+        try:
+            return self._fire(
+                case_id, trigger, actor, data, reason, idempotency_key, expected_version
+            )
+        except Conflict:
+            if not idempotency_key:
+                raise
+            # A concurrent call with the same key may have won: then its result is ours.
+            with self._uow() as uow:
+                earlier = uow.log.by_key(case_id, idempotency_key)
+                if not earlier:
+                    raise
+                case = _get(uow, case_id)
+                return FireResult(case, uow.timers.pending(case_id), earlier, replayed=True)
+
+    def _fire(
+        self,
+        case_id: int,
+        trigger: str,
+        actor: Actor,
+        data: dict[str, Any] | None,
+        reason: str | None,
+        idempotency_key: str | None,
+        expected_version: int | None,
+    ) -> FireResult:
+        with self._uow() as uow:
+            case = _get(uow, case_id)
+            if idempotency_key:
+                earlier = uow.log.by_key(case_id, idempotency_key)
+                if earlier:
+                    engine.check_owner(case, actor)
+                    return FireResult(case, uow.timers.pending(case_id), earlier, replayed=True)
+            if expected_version is not None and expected_version != case.version:
+                engine.check_owner(case, actor)
+                raise Conflict(
+                    f"case {case_id} is at version {case.version}, not {expected_version}",
+                    case.version,
+                )
+            previous = uow.timers.pending(case_id)
+            context = engine.Context(self.policy, self.clock.now(), actor, previous)
+            loaded_version = case.version
+            outcome = engine.fire(case, trigger, context, data, reason, idempotency_key)
+            deadline = self._commit_transition(uow, case, loaded_version, previous, outcome)
+            return FireResult(case, deadline, outcome.records)
+
+    def _commit_transition(
+        self,
+        uow: UnitOfWork,
+        case: Case,
+        loaded_version: int,
+        previous: Timer | None,
+        outcome: engine.Outcome,
+    ) -> Timer | None:
+        case_id = _id(case)
+        if not uow.cases.save(case, loaded_version):
+            raise Conflict(f"case {case_id} was changed by another transition; reload and retry")
+        uow.log.append(outcome.records)
+        if previous is not None:
+            uow.timers.disarm(case_id)
+        deadline = engine.timer_for(case, self.policy, outcome.records[-1].at, previous)
+        if deadline is not None:
+            uow.timers.arm(deadline)
+        if case.is_terminal:
+            uow.cases.release_items(case_id)
+        uow.outbox.add(outcome.messages)
+        uow.commit()
+        return deadline
+
+    def extend_deadline(
+        self,
+        case_id: int,
+        actor: Actor,
+        reason: str | None,
+        until: datetime | None = None,
+        hours: float | None = None,
+    ) -> FireResult:
+        """An admin moves the case's current deadline later (holidays, disputes); audited."""
+        if actor.role is not Role.ADMIN:
+            raise Forbidden("only an admin extends deadlines")
+        if not (reason or "").strip():
+            raise InvalidInput("an admin needs a reason", "reason")
+        request = Deadline(until=until, hours=hours)
+        with self._uow() as uow:
+            case = _get(uow, case_id)
+            deadline = uow.timers.pending(case_id)
+            if deadline is None or deadline.id is None:
+                raise InvalidInput(
+                    f"case {case_id} in state {case.state.value} has no deadline", "case"
+                )
+            new_due = engine.extension(
+                deadline, request.until and ensure_utc(request.until), request.hours
+            )
+            now = self.clock.now()
+            loaded_version = case.version
+            case.version += 1
+            case.updated_at = now
+            record = TransitionRecord(
+                case_id,
+                case.version,
+                "extend_deadline",
+                case.state,
+                case.state,
+                str(actor),
+                now,
+                reason,
+                {
+                    "kind": deadline.kind,
+                    "from": deadline.due_at.isoformat(),
+                    "to": new_due.isoformat(),
+                },
+            )
+            if not uow.cases.save(case, loaded_version):
+                raise Conflict(f"case {case_id} was changed by another transition; retry")
+            uow.log.append([record])
+            uow.timers.reschedule(deadline.id, new_due, case.version)
+            uow.commit()
+            deadline.due_at, deadline.version = new_due, case.version
+            return FireResult(case, deadline, [record])
+
+    # -- timers ---------------------------------------------------------------------------------
+    def due_timers(self, as_of: datetime | None = None, limit: int = 100) -> list[Timer]:
+        with self._uow() as uow:
+            return uow.timers.due(as_of or self.clock.now(), limit)
+
+    def fire_timer(self, timer_id: int) -> TimerRun:
+        """Fire one due timer as the system; a timer whose case moved on does nothing.
+
+        The firing uses the timer's id as idempotency key, so a timer fired twice (two sweepers,
+        a redelivered task) moves the case once.
+        """
+        now = self.clock.now()
+        with self._uow() as uow:
+            timer = uow.timers.get(timer_id)
+            if timer is None:
+                raise NotFound(f"no timer {timer_id}")
+            if timer.status.value not in ("pending", "claimed"):
+                return TimerRun(timer, False, f"already {timer.status.value}")
+            if timer.due_at > now:
+                return TimerRun(timer, False, "not due yet")
+            case = _get(uow, timer.case_id)
+            if case.state is not timer.state or case.version != timer.version:
+                uow.timers.finish(timer_id, now, fired=False)
+                uow.commit()
+                return TimerRun(timer, False, "stale: the case moved on")
+            context = engine.Context(self.policy, now, SYSTEM, timer)
+            loaded_version = case.version
+            outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer_id}")
+            uow.timers.finish(timer_id, now, fired=True)
+            self._commit_transition(uow, case, loaded_version, None, outcome)
+            return TimerRun(timer, True, f"{timer.trigger}: {case.state.value}")
+
+    def run_due_timers(self, as_of: datetime | None = None, limit: int = 1000) -> list[TimerRun]:
+        """Fire every timer due at ``as_of`` (default now), each in its own transaction."""
+        runs = []
+        for timer in self.due_timers(as_of, limit):
+            assert timer.id is not None
+            try:
+                runs.append(self.fire_timer(timer.id))
+            except Conflict:
+                runs.append(TimerRun(timer, False, "conflict: the case moved meanwhile"))
+        return runs
+
+    # -- reading --------------------------------------------------------------------------------
+    def get(self, case_id: int, actor: Actor | None = None) -> CaseView:
+        with self._uow() as uow:
+            case = _get(uow, case_id)
+            if actor is not None:
+                engine.check_owner(case, actor)
+            return CaseView(case, uow.timers.pending(case_id))
+
+    def allowed_triggers(self, case_id: int, actor: Actor) -> list[str]:
+        view = self.get(case_id, actor)
+        return engine.allowed_triggers(view.case, actor)
+
+    def history(self, case_id: int, actor: Actor | None = None) -> list[TransitionRecord]:
+        with self._uow() as uow:
+            case = _get(uow, case_id)
+            if actor is not None:
+                engine.check_owner(case, actor)
+            return uow.log.for_case(case_id)
+
+    def list(self, query: CaseQuery, actor: Actor | None = None) -> list[CaseView]:
+        if actor is not None and actor.role is Role.BUYER:
+            query = CaseQuery(**{**query.__dict__, "buyer_id": actor.id})
+        elif actor is not None and actor.role is Role.MERCHANT:
+            query = CaseQuery(**{**query.__dict__, "merchant_id": actor.id})
+        with self._uow() as uow:
+            return [CaseView(case, uow.timers.pending(_id(case))) for case in uow.cases.list(query)]
+
+
+def _id(case: Case) -> int:
+    assert case.id is not None
+    return case.id
+
+
+def _get(uow: UnitOfWork, case_id: int) -> Case:
+    case = uow.cases.get(case_id)
+    if case is None:
+        raise NotFound(f"no case {case_id}")
+    return case
+
+
+def rules_refusal_open_case(order_id: str, listed: str) -> PolicyRefusal:
+    return PolicyRefusal(
+        "one_open_case_per_item", f"order {order_id} already has an open case for {listed}"
+    )
+
+
+def _new_case(
+    app: Application, category: str, base: int, cap: int, now: datetime, key: str | None
+) -> Case:
+    return Case(
+        type=app.type,
+        state=CaseState.SUBMITTED,
+        order_id=app.order_id,
+        buyer_id=app.buyer_id,
+        merchant_id=app.merchant_id,
+        category=category,
+        reason=app.reason,
+        description=app.description,
+        payment=Payment(app.payment.channel, app.payment.amount, ensure_utc(app.payment.paid_at)),
+        delivered_at=ensure_utc(app.delivered_at) if app.delivered_at else None,
+        items=[Item(i.sku, i.quantity, i.unit_price) for i in app.items],
+        gifts=[Gift(g.sku, g.quantity, g.value) for g in app.gifts],
+        created_at=now,
+        updated_at=now,
+        requested_amount=app.requested_amount,
+        refund_amount=base,
+        submission_key=key,
+        details={"refund_base": base, "refund_cap": max(cap, 0)},
+    )
