@@ -1,0 +1,39 @@
+# The two commands of the quick start: `make run` and `make test`. Each sets itself up.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run demo test lint typecheck unit format clean
+
+$(STAMP): pyproject.toml scripts/bootstrap-venv.sh
+	@bash scripts/bootstrap-venv.sh
+
+install: $(STAMP)
+
+## Runs the service's main job on the embedded defaults (SQLite, no server).
+run: $(STAMP)
+	$(BIN)/aftersales demo
+
+demo: run
+
+## Lint, format check, type check, then the whole test suite. PostgreSQL tests run when
+## AFTERSALES_TEST_POSTGRES_URL is set (.ci/run sets it and requires them).
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

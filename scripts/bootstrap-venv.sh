@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Creates .venv with a Python >= 3.11 and installs the project into it (editable, with dev tools).
+# Works on a bare Debian/Ubuntu where python3-venv (ensurepip) is missing: then the venv is made
+# without pip and pip is bootstrapped from its wheel on PyPI, which runs as a zip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+pick_python() {
+  for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "error: aftersales needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  py=$(pick_python)
+  if ! "$py" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    "$py" -m venv --without-pip "$VENV"
+    wheel=$("$VENV/bin/python" - <<'PY'
+import json, urllib.request, tempfile, os
+meta = json.load(urllib.request.urlopen("https://pypi.org/pypi/pip/json", timeout=60))
+url = next(f["url"] for f in meta["urls"] if f["filename"].endswith(".whl"))
+path = os.path.join(tempfile.mkdtemp(), url.rsplit("/", 1)[1])
+urllib.request.urlretrieve(url, path)
+print(path)
+PY
+)
+    "$VENV/bin/python" "$wheel/pip" install -q "$wheel"
+  fi
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+touch "$VENV/.installed"
