@@ -162,23 +162,28 @@ class TimerSpec:
     types: frozenset[CaseType] = ALL_TYPES
     #: A flag in ``case.details`` that must be set (True) or unset (False) for this spec to apply.
     flag: tuple[str, bool] | None = None
+    #: The party being waited for. Once the deadline has passed, that party can no longer take a
+    #: way out other than the timeout's; None for reminders and our own escalation conventions.
+    binds: Role | None = None
 
 
 TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
-    S.SUBMITTED: (TimerSpec("merchant_review", "auto_approve"),),
+    S.SUBMITTED: (TimerSpec("merchant_review", "auto_approve", binds=Role.MERCHANT),),
     # One deadline from approval to shipping, carried across the pickup booking.
-    S.APPROVED: (TimerSpec("return_shipment", "expire_return", RETURN_LEG),),
-    S.PICKUP: (TimerSpec("return_shipment", "expire_return", RETURN_LEG),),
+    S.APPROVED: (TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),),
+    S.PICKUP: (TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),),
     S.SHIPPED_BACK: (TimerSpec("return_transit", "escalate"),),
-    S.RETURN_DELIVERED: (TimerSpec("merchant_receipt", "auto_receive"),),
-    S.RECEIVED: (TimerSpec("merchant_inspection", "deem_inspected"),),
+    S.RETURN_DELIVERED: (TimerSpec("merchant_receipt", "auto_receive", binds=Role.MERCHANT),),
+    S.RECEIVED: (TimerSpec("merchant_inspection", "deem_inspected", binds=Role.MERCHANT),),
     S.INSPECTED: (
-        TimerSpec("replacement_shipment", "convert_to_refund", _EXCHANGE),
+        TimerSpec("replacement_shipment", "convert_to_refund", _EXCHANGE, binds=Role.MERCHANT),
         TimerSpec("repair_completion", "escalate", _REPAIR),
     ),
     S.SHIPPED_TO_BUYER: (TimerSpec("outbound_transit", "escalate"),),
-    S.DELIVERED_TO_BUYER: (TimerSpec("buyer_confirmation", "auto_confirm_delivery"),),
-    S.REJECTED: (TimerSpec("dispute_window", "expire_dispute_window"),),
+    S.DELIVERED_TO_BUYER: (
+        TimerSpec("buyer_confirmation", "auto_confirm_delivery", binds=Role.BUYER),
+    ),
+    S.REJECTED: (TimerSpec("dispute_window", "expire_dispute_window", binds=Role.BUYER),),
     S.AWAITING_BANK_ACCOUNT: (
         TimerSpec(
             "bank_account_reminder", "remind_bank_account", flag=("bank_account_reminded", False)
@@ -188,6 +193,8 @@ TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
     # Its delay comes from the refund retry backoff, not a fixed timer value.
     S.REFUND_FAILED: (TimerSpec("refund_retry", "retry_refund", flag=("refund_parked", False)),),
 }
+
+TIMER_SPECS: dict[str, TimerSpec] = {spec.kind: spec for specs in TIMERS.values() for spec in specs}
 
 #: On entering (type, state), this system trigger fires at once in the same transaction.
 FOLLOW_UPS: dict[tuple[CaseType, CaseState], str] = {

@@ -125,16 +125,18 @@ def allowed_triggers(case: Case, actor: Actor) -> list[str]:
 
 
 def _check_deadline(case: Case, trigger: str, context: Context) -> None:
-    """Once a deadline has passed, a buyer or merchant can no longer take the other way out.
+    """Once a deadline has passed, the party it waited for can no longer take another way out.
 
     The timer may fire a little late; in between, an action that leads where the timeout leads
     (a late ``approve``) is still fine, one that leads elsewhere (shipping after the return window
-    closed) is refused with the deadline.
+    closed, rejecting after the review deadline) is refused naming the deadline. Other parties
+    are not bound by it: a buyer may still cancel once the merchant's review time is up.
     """
     deadline = context.deadline
-    if deadline is None or context.actor.role not in (Role.BUYER, Role.MERCHANT):
+    if deadline is None or context.now < deadline.due_at or deadline.trigger == trigger:
         return
-    if context.now < deadline.due_at or deadline.trigger == trigger:
+    spec = definitions.TIMER_SPECS.get(deadline.kind)
+    if spec is None or spec.binds is not context.actor.role:
         return
     timeout_dests = {
         r.dest
@@ -306,16 +308,25 @@ def _on_enter(case: Case, trigger: str, context: Context) -> None:
                 if "bank_account" in case.details
                 else RefundRoute.ORIGINAL_CHANNEL
             )
-        case.refund_attempts += 1
-        # Persisted with the transition, before any payment call; a retry of the same attempt
-        # reuses it, a new attempt after a definite failure gets a new one.
-        case.refund_key = f"refund-{case.id}-{case.refund_attempts}"
+        # The key is persisted with the transition, before any payment call. Only a definite
+        # failure (refund_failed) starts a new attempt with a new key; coming back to refunding
+        # while the last attempt has no result (an admin ruling after an escalation) reuses it,
+        # so the gateway answers the first call instead of paying again.
+        if case.refund_key is None or not case.details.get("refund_unsettled"):
+            case.refund_attempts += 1
+            case.refund_key = f"refund-{case.id}-{case.refund_attempts}"
+        case.details["refund_unsettled"] = True
+    elif state in (CaseState.REFUNDED, CaseState.REFUND_FAILED) and trigger in (
+        "confirm_refund",
+        "fail_refund",
+    ):
+        case.details["refund_unsettled"] = False
+        if state is CaseState.REFUND_FAILED:
+            max_attempts = context.policy.refund_retry.max_attempts
+            case.details["refund_parked"] = case.refund_attempts >= max_attempts
     elif state is CaseState.AWAITING_BANK_ACCOUNT and trigger != "remind_bank_account":
         case.refund_route = RefundRoute.BANK_TRANSFER
         case.details["bank_account_reminded"] = False
-    elif state is CaseState.REFUND_FAILED:
-        max_attempts = context.policy.refund_retry.max_attempts
-        case.details["refund_parked"] = case.refund_attempts >= max_attempts
 
 
 def messages_for(case: Case, record: TransitionRecord) -> list[OutboxMessage]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from config.policy import Policy
 from workflow import engine, rules
 from workflow.clock import Clock, ensure_utc
@@ -25,7 +27,12 @@ from workflow.model import (
     Timer,
     TransitionRecord,
 )
-from workflow.payloads import Application, Deadline, parse_application
+from workflow.payloads import (
+    Application,
+    Deadline,
+    describe_validation_error,
+    parse_application,
+)
 from workflow.ports import CaseQuery, UnitOfWork, UnitOfWorkFactory
 from workflow.states import CaseState, Role
 
@@ -77,13 +84,19 @@ class CaseService:
             raise InvalidInput(f"at most {self.policy.max_lines} items and gifts", "items")
         now = self.clock.now()
         category = self.policy.normalise_category(app.category)
-        rules.check_eligibility(app, category, self.policy, now)
         with self._uow() as uow:
             if idempotency_key:
+                # Before the rules: a retried submission gets its case even after the window.
                 earlier = uow.cases.by_submission_key(idempotency_key)
                 if earlier is not None:
                     return CaseView(earlier, uow.timers.pending(_id(earlier)))
+            rules.check_eligibility(app, category, self.policy, now)
             uow.cases.lock_order(app.order_id)
+            if idempotency_key:
+                # Again under the order lock: a concurrent twin may have committed meanwhile.
+                earlier = uow.cases.by_submission_key(idempotency_key)
+                if earlier is not None:
+                    return CaseView(earlier, uow.timers.pending(_id(earlier)))
             taken = uow.cases.open_cases_for_items(app.order_id, [i.sku for i in app.items])
             if taken:
                 listed = ", ".join(f"{sku} (case {cid})" for sku, cid in sorted(taken.items()))
@@ -161,6 +174,11 @@ class CaseService:
                     f"case {case_id} is at version {case.version}, not {expected_version}",
                     case.version,
                 )
+            if trigger == "revise":
+                # A revision may ask for more: cap it by what the order has left now.
+                uow.cases.lock_order(case.order_id)
+                others = uow.cases.committed_refunds(case.order_id, exclude_case_id=case_id)
+                case.details["refund_cap"] = max(case.payment.amount - others, 0)
             previous = uow.timers.pending(case_id)
             context = engine.Context(self.policy, self.clock.now(), actor, previous)
             loaded_version = case.version
@@ -204,7 +222,10 @@ class CaseService:
             raise Forbidden("only an admin extends deadlines")
         if not (reason or "").strip():
             raise InvalidInput("an admin needs a reason", "reason")
-        request = Deadline(until=until, hours=hours)
+        try:
+            request = Deadline(until=until, hours=hours)
+        except ValidationError as error:
+            raise describe_validation_error(error, "data") from None
         with self._uow() as uow:
             case = _get(uow, case_id)
             deadline = uow.timers.pending(case_id)

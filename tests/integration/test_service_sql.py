@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,11 @@ def application(case_type: CaseType, order_id: str = "o-1", **overrides: Any) ->
         "merchant_id": "m1",
         "category": "electronics",
         "reason": reason,
-        "payment": {"channel": "wechat_pay", "amount": 59_900, "paid_at": "2026-11-15T10:00:00+08:00"},
+        "payment": {
+            "channel": "wechat_pay",
+            "amount": 59_900,
+            "paid_at": "2026-11-15T10:00:00+08:00",
+        },
         "delivered_at": delivered,
         "items": [{"sku": "phone-case", "quantity": 1, "unit_price": 59_900}],
         "gifts": [{"sku": "sticker", "quantity": 1, "value": 900}],
@@ -69,20 +74,31 @@ RETURN_LEG: list[Step] = [
 ]
 PATHS: dict[CaseType, tuple[list[Step], CaseState]] = {
     CaseType.RETURN_REFUND: (
-        [*RETURN_LEG, ("inspect", MERCHANT, {"gifts_missing": ["sticker"]}),
-         ("confirm_refund", PAYMENT, {"reference": "wx-1"})],
+        [
+            *RETURN_LEG,
+            ("inspect", MERCHANT, {"gifts_missing": ["sticker"]}),
+            ("confirm_refund", PAYMENT, {"reference": "wx-1"}),
+        ],
         CaseState.REFUNDED,
     ),
     CaseType.EXCHANGE: (
-        [*RETURN_LEG, ("inspect", MERCHANT, None),
-         ("ship_replacement", MERCHANT, {"tracking_no": "SF200"}),
-         ("record_buyer_delivery", CARRIER, None), ("confirm_delivery", BUYER, None)],
+        [
+            *RETURN_LEG,
+            ("inspect", MERCHANT, None),
+            ("ship_replacement", MERCHANT, {"tracking_no": "SF200"}),
+            ("record_buyer_delivery", CARRIER, None),
+            ("confirm_delivery", BUYER, None),
+        ],
         CaseState.EXCHANGED,
     ),
     CaseType.REPAIR: (
-        [*RETURN_LEG, ("inspect", MERCHANT, None),
-         ("ship_repaired", MERCHANT, {"tracking_no": "SF300"}),
-         ("record_buyer_delivery", CARRIER, None), ("confirm_delivery", BUYER, None)],
+        [
+            *RETURN_LEG,
+            ("inspect", MERCHANT, None),
+            ("ship_repaired", MERCHANT, {"tracking_no": "SF300"}),
+            ("record_buyer_delivery", CARRIER, None),
+            ("confirm_delivery", BUYER, None),
+        ],
         CaseState.REPAIRED,
     ),
     CaseType.REFUND_ONLY: (
@@ -110,7 +126,7 @@ def test_each_case_type_travels_its_whole_path(
     assert view.case.state is outcome and view.deadline is None
     history = service.history(case_id)
     assert [entry.seq for entry in history] == list(range(1, view.case.version + 1))
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         assert after.from_state is before.to_state
     assert history[-1].to_state is outcome
     with uow_factory() as uow:
@@ -172,10 +188,13 @@ def test_conflicting_transitions_one_wins_cleanly(
     assert case_id is not None
 
     # when approve and reject race, both expecting version 1
-    results = _race(service, [
-        lambda: service.fire(case_id, "approve", MERCHANT, expected_version=1),
-        lambda: service.fire(case_id, "reject", MERCHANT, reason="used", expected_version=1),
-    ])
+    results = _race(
+        service,
+        [
+            lambda: service.fire(case_id, "approve", MERCHANT, expected_version=1),
+            lambda: service.fire(case_id, "reject", MERCHANT, reason="used", expected_version=1),
+        ],
+    )
 
     # then exactly one landed; the other got a conflict (or, having read after the commit, was
     # refused) and left no trace: one log row, one live timer, version 2
@@ -196,10 +215,13 @@ def test_same_idempotency_key_at_once_writes_once(service: CaseService) -> None:
     assert case_id is not None
 
     # when the same approval with one idempotency key arrives four times at once
-    results = _race(service, [
-        lambda: service.fire(case_id, "approve", MERCHANT, idempotency_key="req-7")
-        for _ in range(4)
-    ])
+    results = _race(
+        service,
+        [
+            lambda: service.fire(case_id, "approve", MERCHANT, idempotency_key="req-7")
+            for _ in range(4)
+        ],
+    )
 
     # then every caller gets the same result and the log holds it once
     assert not [r for r in results if isinstance(r, Exception)]

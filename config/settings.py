@@ -1,0 +1,40 @@
+"""Typed settings read from the environment (``AFTERSALES_*``), built when asked for.
+
+There is no module-level instance: each entry point calls ``get_settings()`` once in its wiring
+code, so tests can set the environment (or pass ``Settings(...)``) before anything connects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The embedded database, relative to the directory the command runs in.
+DEFAULT_DATABASE_FILE = Path("var") / "aftersales.db"
+
+
+def sqlite_url(path: Path) -> str:
+    """A ``sqlite:///`` URL for ``path`` made absolute, so it does not move with the cwd later."""
+    return f"sqlite:///{path.expanduser().resolve()}"
+
+
+def _default_database_url() -> str:
+    return sqlite_url(Path.cwd() / DEFAULT_DATABASE_FILE)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AFTERSALES_", extra="ignore", frozen=True)
+
+    #: SQLAlchemy URL; a plain ``postgresql://`` means psycopg 3. Default: ``./var/aftersales.db``.
+    database_url: str = Field(default_factory=_default_database_url)
+    #: A TOML file whose keys are laid over ``config/policy.toml``; only changed keys are needed.
+    policy_file: Path | None = None
+    #: Celery broker (Redis) for the workers; unused by the CLI.
+    broker_url: str | None = None
+
+
+def get_settings() -> Settings:
+    """Settings from the current environment, read afresh on every call."""
+    return Settings()

@@ -1,0 +1,186 @@
+"""What callers see: cases, history entries and timers as JSON-ready dicts, and the few formats
+humans read (yuan, relative durations, local times).
+
+JSON keeps money as integer fen and times as ISO 8601 UTC (``...Z``) so scripts never parse
+display strings; only the rich tables show ``¥199.00`` and "in 1d 3h".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from workflow.model import Case, Timer, TransitionRecord
+from workflow.service import CaseView, FireResult, TimerRun
+
+#: Keys in ``details`` (at any depth) whose values are masked to their last 4 characters.
+SECRET_KEYS = frozenset({"account_no"})
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def mask(value: str) -> str:
+    """``6222020200112233`` -> ``************2233``: enough for the buyer to recognise it."""
+    return "*" * max(len(value) - 4, 0) + value[-4:]
+
+
+def masked(value: Any) -> Any:
+    """``value`` (details, log data) with every secret key's value masked, at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: mask(str(item)) if key in SECRET_KEYS and item is not None else masked(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [masked(item) for item in value]
+    return value
+
+
+def deadline_json(timer: Timer | None) -> dict[str, Any] | None:
+    if timer is None:
+        return None
+    return {"kind": timer.kind, "due_at": iso(timer.due_at), "trigger": timer.trigger}
+
+
+def case_json(case: Case, deadline: Timer | None) -> dict[str, Any]:
+    return {
+        "id": case.id,
+        "type": case.type.value,
+        "state": case.state.value,
+        "terminal": case.is_terminal,
+        "version": case.version,
+        "order_id": case.order_id,
+        "buyer_id": case.buyer_id,
+        "merchant_id": case.merchant_id,
+        "category": case.category,
+        "reason": case.reason,
+        "description": case.description,
+        "requested_amount": case.requested_amount,
+        "refund_amount": case.refund_amount,
+        "gift_deduction": case.gift_deduction,
+        "refund_route": case.refund_route.value if case.refund_route else None,
+        "refund_attempts": case.refund_attempts,
+        "deadline": deadline_json(deadline),
+        "items": [
+            {
+                "sku": item.sku,
+                "quantity": item.quantity,
+                "unit_price": item.unit_price,
+                "amount": item.amount,
+            }
+            for item in case.items
+        ],
+        "gifts": [
+            {"sku": gift.sku, "quantity": gift.quantity, "value": gift.value} for gift in case.gifts
+        ],
+        "payment": {
+            "channel": case.payment.channel,
+            "amount": case.payment.amount,
+            "paid_at": iso(case.payment.paid_at),
+        },
+        "delivered_at": iso(case.delivered_at),
+        "created_at": iso(case.created_at),
+        "updated_at": iso(case.updated_at),
+        "details": masked(case.details),
+    }
+
+
+def view_json(view: CaseView) -> dict[str, Any]:
+    return case_json(view.case, view.deadline)
+
+
+def record_json(record: TransitionRecord) -> dict[str, Any]:
+    return {
+        "seq": record.seq,
+        "trigger": record.trigger,
+        "from_state": record.from_state.value if record.from_state else None,
+        "to_state": record.to_state.value,
+        "actor": record.actor,
+        "reason": record.reason,
+        "at": iso(record.at),
+        # The engine already masks what it logs; masking again keeps older rows safe too.
+        "data": masked(record.data),
+    }
+
+
+def fire_json(result: FireResult) -> dict[str, Any]:
+    return {
+        "case": case_json(result.case, result.deadline),
+        "transitions": [record_json(record) for record in result.records],
+        "replayed": result.replayed,
+    }
+
+
+def timer_json(timer: Timer, as_of: datetime) -> dict[str, Any]:
+    return {
+        "id": timer.id,
+        "case_id": timer.case_id,
+        "kind": timer.kind,
+        "trigger": timer.trigger,
+        "state": timer.state.value,
+        "due_at": iso(timer.due_at),
+        # Positive when overdue: how long the sweeper is behind for this timer.
+        "late_seconds": int((as_of - timer.due_at).total_seconds()),
+    }
+
+
+def run_json(run: TimerRun) -> dict[str, Any]:
+    return {
+        "timer_id": run.timer.id,
+        "case_id": run.timer.case_id,
+        "kind": run.timer.kind,
+        "trigger": run.timer.trigger,
+        "fired": run.fired,
+        "outcome": run.outcome,
+    }
+
+
+# -- for humans ------------------------------------------------------------------------------
+
+
+def yuan(fen: int | None) -> str:
+    """Integer fen as yuan: 19900 -> ``¥199.00`` (integer arithmetic, no float rounding)."""
+    if fen is None:
+        return "—"
+    sign = "-" if fen < 0 else ""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{sign}¥{whole:,}.{cents:02d}"
+
+
+def span(delta: timedelta) -> str:
+    """A duration in its two largest units: ``1d 3h``, ``2h 5m``, ``40s``."""
+    seconds = int(abs(delta).total_seconds())
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value][:2]
+    return " ".join(shown) or "0s"
+
+
+def relative(due_at: datetime, now: datetime) -> str:
+    """``in 1d 3h`` before ``due_at``, ``overdue by 2h`` after it."""
+    if due_at > now:
+        return f"in {span(due_at - now)}"
+    if due_at == now:
+        return "due now"
+    return f"overdue by {span(now - due_at)}"
+
+
+def local(moment: datetime | None, zone: ZoneInfo) -> str:
+    """A time in the platform's zone, where its calendar days (and the policy's dates) live."""
+    if moment is None:
+        return "—"
+    shown = moment.astimezone(zone)
+    offset = shown.strftime("%z")
+    return f"{shown:%Y-%m-%d %H:%M} {offset[:3]}:{offset[3:]}"
+
+
+def local_time(moment: datetime, zone: ZoneInfo) -> str:
+    """``local`` without the offset, for columns whose header names the zone."""
+    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M}"

@@ -1,0 +1,108 @@
+"""Engines for the two supported backends: an embedded SQLite file and PostgreSQL.
+
+One engine per database URL per process (pools are per engine, so sharing matters).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+
+#: How long a SQLite writer waits for the lock before giving up (ms).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The URL with a driver named: bare ``postgresql://`` / ``postgres://`` means psycopg 3.
+
+    SQLAlchemy would pick psycopg2 for a bare ``postgresql://``, which is not installed, and it
+    does not know the ``postgres://`` spelling many hosting platforms hand out.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str | URL) -> Engine:
+    """The process-wide engine for ``url``, created on first use."""
+    parsed = normalize_url(url)
+    key = parsed.render_as_string(hide_password=False)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _create(parsed)
+            _engines[key] = engine
+        return engine
+
+
+def dispose_engine(url: str | URL) -> None:
+    """Close the pooled connections of ``url``'s engine and forget it (tests drop databases)."""
+    key = normalize_url(url).render_as_string(hide_password=False)
+    with _engines_lock:
+        engine = _engines.pop(key, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _create(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _create_sqlite(url)
+    if url.get_backend_name() == "postgresql":
+        # Workers keep connections for hours; a server restart must not surface as errors.
+        return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url)
+
+
+def _create_sqlite(url: URL) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        # Keep Chinese text readable in the file; the default escapes it to \uXXXX.
+        json_serializer=partial(json.dumps, ensure_ascii=False),
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    # A deferred transaction that reads and then writes must upgrade its lock, and SQLite fails
+    # that upgrade at once with "database is locked" when another writer got there first
+    # (waiting could deadlock). Taking the write lock up front makes writers queue on
+    # busy_timeout instead.
+    #
+    # SQLAlchemy's pysqlite recipe emits the BEGIN from a ``begin`` event. That event runs outside
+    # the Connection's error handling: when BEGIN fails (busy timeout) the Connection is left
+    # unable to begin again, and its later statements autocommit. The dialect's ``do_begin``
+    # hook runs inside it, and skips the event's execution overhead (about 30 us a transaction).
+    engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # sqlite3 would otherwise issue its own deferred BEGIN, and only before DML; SQLAlchemy takes
+    # over transaction control (the pysqlite recipe of its docs) so that ``_begin_immediate``
+    # decides how a transaction starts, and SAVEPOINTs nest inside it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers run beside the one writer; NORMAL sync is durable across crashes of
+        # the process (only a power loss may drop the last commits), and much faster than FULL.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _begin_immediate(dbapi_connection: Any) -> None:
+    dbapi_connection.execute("BEGIN IMMEDIATE")

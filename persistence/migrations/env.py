@@ -1,0 +1,45 @@
+"""Alembic environment: run by ``persistence.migrate`` (or the alembic CLI) to apply migrations.
+
+``persistence.migrate`` passes an open connection in ``config.attributes["connection"]`` so the
+upgrade runs inside its transaction; otherwise the URL comes from ``sqlalchemy.url``.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from persistence.db import make_engine
+from persistence.tables import metadata
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        compare_type=True,
+        # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database: set sqlalchemy.url or pass a connection")
+    with make_engine(url).connect() as connection:
+        _run(connection)
+        connection.commit()
+
+
+if context.is_offline_mode():
+    raise RuntimeError("offline (--sql) migrations are not supported; run against a database")
+run_migrations_online()

@@ -1,0 +1,210 @@
+"""The relational schema, declared as SQLModel tables.
+
+The stores in ``uow.py`` use the Core ``Table`` objects exported at the bottom (``cases`` etc.),
+not ORM sessions: the classes are the single declaration of columns and constraints, which the
+migrations must reproduce exactly (``tests/integration`` compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from persistence.types import BigId, JSONDocument, UTCDateTime
+
+#: Timer statuses that still hold the case's one live timer slot.
+LIVE_TIMER_STATUSES = ("pending", "claimed")
+_LIVE_TIMER = sa.text("status IN ('pending', 'claimed')")
+
+
+def _case_fk(name: str, *, nullable: bool = False) -> Any:
+    return Field(
+        sa_column=sa.Column(
+            "case_id",
+            sa.BigInteger(),
+            sa.ForeignKey("cases.id", name=name),
+            nullable=nullable,
+        )
+    )
+
+
+def _id() -> Any:
+    return Field(default=None, sa_column=sa.Column("id", BigId, primary_key=True))
+
+
+def _time(name: str, *, nullable: bool = False) -> Any:
+    return Field(sa_column=sa.Column(name, UTCDateTime(), nullable=nullable))
+
+
+def _json(name: str) -> Any:
+    return Field(sa_column=sa.Column(name, JSONDocument, nullable=False))
+
+
+def _money(name: str, *, nullable: bool = False) -> Any:
+    # Fen of a large order can exceed 2**31.
+    return Field(sa_column=sa.Column(name, sa.BigInteger(), nullable=nullable))
+
+
+class CaseRow(SQLModel, table=True):
+    __tablename__ = "cases"
+    __table_args__ = (
+        sa.UniqueConstraint("submission_key", name="uq_cases_submission_key"),
+        sa.Index("ix_cases_state", "state"),
+        sa.Index("ix_cases_merchant_id_id", "merchant_id", "id"),
+        sa.Index("ix_cases_buyer_id_id", "buyer_id", "id"),
+        sa.Index("ix_cases_order_id", "order_id"),
+    )
+
+    id: int | None = _id()
+    type: str
+    state: str
+    version: int
+    order_id: str
+    buyer_id: str
+    merchant_id: str
+    category: str
+    reason: str
+    description: str
+    payment_channel: str
+    paid_amount: int = _money("paid_amount")
+    paid_at: datetime = _time("paid_at")
+    delivered_at: datetime | None = _time("delivered_at", nullable=True)
+    items: list[dict[str, Any]] = _json("items")
+    gifts: list[dict[str, Any]] = _json("gifts")
+    requested_amount: int | None = _money("requested_amount", nullable=True)
+    refund_amount: int = _money("refund_amount")
+    gift_deduction: int = _money("gift_deduction")
+    refund_route: str | None = None
+    refund_attempts: int
+    refund_key: str | None = None
+    submission_key: str | None = None
+    details: dict[str, Any] = _json("details")
+    created_at: datetime = _time("created_at")
+    updated_at: datetime = _time("updated_at")
+
+
+class TransitionRow(SQLModel, table=True):
+    """The append-only log; ``seq`` is the case version the transition produced."""
+
+    __tablename__ = "transitions"
+    __table_args__ = (sa.UniqueConstraint("case_id", "seq", name="uq_transitions_case_id_seq"),)
+
+    id: int | None = _id()
+    case_id: int = _case_fk("fk_transitions_case_id")
+    seq: int
+    trigger: str
+    from_state: str | None = None
+    to_state: str
+    actor: str
+    reason: str | None = None
+    data: dict[str, Any] = _json("data")
+    at: datetime = _time("at")
+    # Every record of one trigger call carries the call's key; uniqueness lives in
+    # ``idempotency_keys`` because a call may write several records (a trigger and follow-ups).
+    idempotency_key: str | None = None
+
+
+class IdempotencyKeyRow(SQLModel, table=True):
+    """One row per trigger call that carried a key: a replayed call cannot log twice."""
+
+    __tablename__ = "idempotency_keys"
+
+    case_id: int = Field(
+        sa_column=sa.Column(
+            "case_id",
+            sa.BigInteger(),
+            sa.ForeignKey("cases.id", name="fk_idempotency_keys_case_id"),
+            primary_key=True,
+        )
+    )
+    key: str = Field(primary_key=True)
+    #: ``seq`` of the call's first transition record.
+    first_seq: int
+
+
+class TimerRow(SQLModel, table=True):
+    __tablename__ = "timers"
+    __table_args__ = (
+        sa.Index("ix_timers_status_due_at", "status", "due_at"),
+        # The database, not the sweeper's care, guarantees a case never has two live deadlines.
+        sa.Index(
+            "uq_timers_live_case_id",
+            "case_id",
+            unique=True,
+            sqlite_where=_LIVE_TIMER,
+            postgresql_where=_LIVE_TIMER,
+        ),
+    )
+
+    id: int | None = _id()
+    case_id: int = _case_fk("fk_timers_case_id")
+    kind: str
+    trigger: str
+    state: str
+    version: int
+    due_at: datetime = _time("due_at")
+    status: str
+    created_at: datetime = _time("created_at")
+    claimed_at: datetime | None = _time("claimed_at", nullable=True)
+    claimed_by: str | None = None
+    fired_at: datetime | None = _time("fired_at", nullable=True)
+    #: How long after ``due_at`` the timer fired: the sweeper's delay, for monitoring.
+    lateness_ms: int | None = Field(
+        default=None, sa_column=sa.Column("lateness_ms", sa.BigInteger(), nullable=True)
+    )
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_published_at_id", "published_at", "id"),)
+
+    id: int | None = _id()
+    topic: str
+    # No foreign key: the outbox is a transport queue, pruned on its own schedule.
+    case_id: int = Field(sa_column=sa.Column("case_id", sa.BigInteger(), nullable=False))
+    payload: dict[str, Any] = _json("payload")
+    created_at: datetime = _time("created_at")
+    published_at: datetime | None = _time("published_at", nullable=True)
+    attempts: int = Field(
+        default=0,
+        sa_column=sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    )
+
+
+class InboundEventRow(SQLModel, table=True):
+    """Inbound events (carrier, payment) already processed, so a redelivery is a no-op."""
+
+    __tablename__ = "inbound_events"
+
+    source: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True)
+    # Nullable and without a foreign key: an event may name a case this service does not know.
+    case_id: int | None = Field(
+        default=None, sa_column=sa.Column("case_id", sa.BigInteger(), nullable=True)
+    )
+    received_at: datetime = _time("received_at")
+
+
+class OpenCaseItemRow(SQLModel, table=True):
+    """An order item claimed by its open case: the primary key allows one open case per item."""
+
+    __tablename__ = "open_case_items"
+    __table_args__ = (sa.Index("ix_open_case_items_case_id", "case_id"),)
+
+    order_id: str = Field(primary_key=True)
+    sku: str = Field(primary_key=True)
+    case_id: int = _case_fk("fk_open_case_items_case_id")
+
+
+metadata = SQLModel.metadata
+
+cases: sa.Table = metadata.tables["cases"]
+transitions: sa.Table = metadata.tables["transitions"]
+idempotency_keys: sa.Table = metadata.tables["idempotency_keys"]
+timers: sa.Table = metadata.tables["timers"]
+outbox: sa.Table = metadata.tables["outbox"]
+inbound_events: sa.Table = metadata.tables["inbound_events"]
+open_case_items: sa.Table = metadata.tables["open_case_items"]

@@ -1,0 +1,757 @@
+"""The SQL unit of work: ``workflow.ports.UnitOfWork`` on one connection and one transaction.
+
+The stores run SQLAlchemy Core statements, not ORM sessions: a transition is about ten single-row
+statements, and the ORM's identity map and change tracking would cost more than they do. The
+fixed statements go through ``fastsql.Prepared`` (compiled once per dialect, run on the DBAPI
+cursor); the few built per call (``list``, ``open_cases_for_items``) through ``Connection``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, NoReturn, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql import ClauseElement, Executable
+
+from persistence.fastsql import Prepared, insert_returning_id
+from persistence.tables import cases, idempotency_keys, open_case_items, outbox, timers, transitions
+from workflow.errors import Conflict, PolicyRefusal
+from workflow.model import (
+    Case,
+    Gift,
+    Item,
+    OutboxMessage,
+    Payment,
+    RefundRoute,
+    Timer,
+    TimerStatus,
+    TransitionRecord,
+)
+from workflow.ports import CaseQuery, CaseRepository, Outbox, TimerStore, TransitionLog
+from workflow.states import CaseState, CaseType
+
+#: Ended cases that will not refund (a refunded case keeps counting: its money went out).
+_NOT_REFUNDING: list[sa.ColumnElement[Any]] = [
+    sa.literal_column(f"'{state.value}'")
+    for state in (CaseState.CANCELLED, CaseState.CLOSED, CaseState.EXCHANGED, CaseState.REPAIRED)
+]
+#: Namespace of the per-order advisory locks (the two-key form keeps them apart from others).
+_ORDER_LOCK_CLASS = 0x6F726472  # "ordr"
+
+# PostgreSQL SQLSTATEs that mean "a concurrent transaction got in the way; retry".
+_PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})
+_PG_UNIQUE_VIOLATION = "23505"
+_SQLITE_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+# Literals, not bind parameters: the planners can only use the partial unique index on live
+# timers when the query repeats its predicate verbatim.
+_LIVE = timers.c.status.in_([sa.literal_column("'pending'"), sa.literal_column("'claimed'")])
+
+
+def _all_but(table: sa.Table, *excluded: str) -> list[str]:
+    return [column.key for column in table.columns if column.key not in excluded]
+
+
+_CASE_INSERT_COLUMNS = _all_but(cases, "id")
+#: What transitions change. The rest is the application, fixed at submission: not writing it
+#: keeps the database from rewriting the indexes on those columns at every transition.
+_CASE_MUTABLE_COLUMNS = (
+    "state",
+    "version",
+    "description",
+    "requested_amount",
+    "refund_amount",
+    "gift_deduction",
+    "refund_route",
+    "refund_attempts",
+    "refund_key",
+    "details",
+    "updated_at",
+)
+_CASE_KEYS = tuple(column.key for column in cases.columns)
+_TRANSITION_KEYS = tuple(column.key for column in transitions.columns)
+_TIMER_KEYS = tuple(column.key for column in timers.columns)
+
+_SELECT_CASE = sa.select(cases).where(cases.c.id == sa.bindparam("case_id"))
+_SELECT_CASE_BY_KEY = sa.select(cases).where(cases.c.submission_key == sa.bindparam("key"))
+# WHERE parameters must not share a name with a column the statement sets.
+_UPDATE_CASE = sa.update(cases).where(
+    cases.c.id == sa.bindparam("where_id"), cases.c.version == sa.bindparam("where_version")
+)
+_DELETE_CLAIMS = sa.delete(open_case_items).where(
+    open_case_items.c.case_id == sa.bindparam("case_id")
+)
+_SUM_REFUNDS = sa.select(sa.func.coalesce(sa.func.sum(cases.c.refund_amount), 0)).where(
+    cases.c.order_id == sa.bindparam("order_id"),
+    cases.c.state.not_in(_NOT_REFUNDING),
+    # -1 never matches: one statement serves with and without an excluded case.
+    cases.c.id != sa.bindparam("exclude_id"),
+)
+_LOCK_ORDER = sa.text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK_CLASS}, hashtext(:order_id))")
+
+_SELECT_LOG = (
+    sa.select(transitions)
+    .where(transitions.c.case_id == sa.bindparam("case_id"))
+    .order_by(transitions.c.seq)
+)
+_SELECT_LOG_BY_KEY = _SELECT_LOG.where(transitions.c.idempotency_key == sa.bindparam("key"))
+
+# At most one row, by the partial unique index.
+_SELECT_LIVE_TIMER = sa.select(timers).where(timers.c.case_id == sa.bindparam("case_id"), _LIVE)
+_DISARM = (
+    sa.update(timers)
+    .where(timers.c.case_id == sa.bindparam("where_case_id"), _LIVE)
+    .values(status=TimerStatus.CANCELLED.value)
+)
+_UPDATE_TIMER = sa.update(timers).where(timers.c.id == sa.bindparam("where_id"))
+_SELECT_DUE = (
+    sa.select(timers)
+    .where(
+        timers.c.status == TimerStatus.PENDING.value,
+        timers.c.due_at <= sa.bindparam("as_of"),
+    )
+    .order_by(timers.c.due_at, timers.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_SELECT_TIMER = sa.select(timers).where(timers.c.id == sa.bindparam("timer_id"))
+
+
+class _Statements:
+    """The fixed statements, compiled for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        def select(statement: sa.Select[Any]) -> Prepared:
+            return Prepared(statement, dialect, returns=list(statement.selected_columns))
+
+        def write(statement: ClauseElement, *column_keys: str) -> Prepared:
+            return Prepared(statement, dialect, column_keys=column_keys)
+
+        self.select_case = select(_SELECT_CASE)
+        self.select_case_by_key = select(_SELECT_CASE_BY_KEY)
+        self.insert_case = insert_returning_id(cases, dialect, _CASE_INSERT_COLUMNS)
+        self.update_case = write(_UPDATE_CASE, *_CASE_MUTABLE_COLUMNS)
+        self.insert_claim = write(sa.insert(open_case_items), "order_id", "sku", "case_id")
+        self.delete_claims = write(_DELETE_CLAIMS)
+        self.sum_refunds = select(_SUM_REFUNDS)
+        self.lock_order = write(_LOCK_ORDER)
+        self.insert_key = write(sa.insert(idempotency_keys), "case_id", "key", "first_seq")
+        self.insert_transition = write(sa.insert(transitions), *_all_but(transitions, "id"))
+        self.select_log = select(_SELECT_LOG)
+        self.select_log_by_key = select(_SELECT_LOG_BY_KEY)
+        self.insert_timer = insert_returning_id(timers, dialect, _all_but(timers, "id"))
+        self.select_live_timer = select(_SELECT_LIVE_TIMER)
+        self.disarm = write(_DISARM)
+        self.reschedule = write(_UPDATE_TIMER, "due_at", "version")
+        self.finish = write(_UPDATE_TIMER, "status", "fired_at", "lateness_ms")
+        self.select_due = select(_SELECT_DUE)
+        self.select_timer = select(_SELECT_TIMER)
+        self.insert_outbox = write(
+            sa.insert(outbox), "topic", "case_id", "payload", "created_at", "attempts"
+        )
+
+
+_compiled: weakref.WeakKeyDictionary[Dialect, _Statements] = weakref.WeakKeyDictionary()
+_compiled_lock = threading.Lock()
+
+
+def _statements_for(dialect: Dialect) -> _Statements:
+    statements = _compiled.get(dialect)
+    if statements is None:
+        with _compiled_lock:
+            statements = _compiled.get(dialect)
+            if statements is None:
+                statements = _compiled[dialect] = _Statements(dialect)
+    return statements
+
+
+class SqlUnitOfWork:
+    """One ``with`` block is one connection and one transaction; leaving it uncommitted rolls
+    back. After a ``Conflict`` or a database error the transaction may be unusable (PostgreSQL
+    aborts it): roll back, or leave the block, before doing more.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._statements: _Statements | None = None
+        self._log = SqlTransitionLog(self)
+        self._cases = SqlCaseRepository(self)
+        # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
+        self.cases: CaseRepository = self._cases
+        self.log: TransitionLog = self._log
+        self.timers: TimerStore = SqlTimerStore(self)
+        self.outbox: Outbox = SqlOutbox(self)
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            raise RuntimeError("the unit of work is used outside its `with` block")
+        return self._connection
+
+    @property
+    def statements(self) -> _Statements:
+        if self._statements is None:
+            raise RuntimeError("the unit of work is used outside its `with` block")
+        return self._statements
+
+    @property
+    def dialect_name(self) -> str:
+        return self._engine.dialect.name
+
+    def __enter__(self) -> Self:
+        if self._connection is not None:
+            raise RuntimeError("the unit of work is already in use")
+        # The transaction begins with the first statement (on SQLite: takes the write lock).
+        self._connection = self._engine.connect()
+        # Compiled after the first connect, which tells the dialect what the server supports.
+        self._statements = _statements_for(self._engine.dialect)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+        finally:
+            self._forget()
+            connection.close()
+
+    def commit(self) -> None:
+        connection = self.connection
+        try:
+            connection.commit()
+        except IntegrityError as exc:
+            self._after_failed_commit()
+            raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
+        except DBAPIError as exc:
+            if not _retryable(exc):
+                raise
+            self._after_failed_commit()
+            raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+        self._forget()
+
+    def _forget(self) -> None:
+        self._log.forget_keys()
+        self._cases.forget_loaded()
+
+    def _after_failed_commit(self) -> None:
+        self._forget()
+        if self.connection.in_transaction():
+            self.connection.rollback()
+
+
+class SqlUnitOfWorkFactory:
+    """What the service layer is given: each call is a fresh unit of work on ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine)
+
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class _Store:
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        self._uow = uow
+
+    def _run(self, run: Callable[[Connection, P], R], params: P) -> R:
+        """``run`` is a bound ``Prepared`` method; lost races come out as ``Conflict``."""
+        try:
+            return run(self._uow.connection, params)
+        except DBAPIError as exc:
+            if _retryable(exc):
+                raise Conflict(f"a concurrent writer is in the way: {_reason(exc)}") from exc
+            raise
+
+    def _execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        """For statements built per call, which ``Prepared`` would compile every time."""
+        try:
+            return self._uow.connection.execute(statement, params)
+        except DBAPIError as exc:
+            if _retryable(exc):
+                raise Conflict(f"a concurrent writer is in the way: {_reason(exc)}") from exc
+            raise
+
+
+class SqlCaseRepository(_Store):
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        super().__init__(uow)
+        # The fixed columns of each case as loaded, so save() can refuse to drop a change to them.
+        self._loaded: dict[int, tuple[Any, ...]] = {}
+
+    def forget_loaded(self) -> None:
+        self._loaded.clear()
+
+    def _load(self, row: Sequence[Any]) -> Case:
+        case = _case_from_row(row)
+        assert case.id is not None
+        self._loaded[case.id] = _fixed_fields(case)
+        return case
+
+    def get(self, case_id: int) -> Case | None:
+        row = self._run(self._uow.statements.select_case.first, {"case_id": case_id})
+        return self._load(row) if row is not None else None
+
+    def add(self, case: Case) -> int:
+        sql = self._uow.statements
+        values = _case_values(case)
+        skus = list(dict.fromkeys(case.skus))
+        # A savepoint keeps the transaction usable after a unique violation (PostgreSQL aborts
+        # it otherwise), so the error can be explained with what the database holds.
+        savepoint = self._uow.connection.begin_nested()
+        try:
+            case_id = self._run(sql.insert_case.insert, values)
+            claims = [{"order_id": case.order_id, "sku": sku, "case_id": case_id} for sku in skus]
+            if claims:
+                self._run(sql.insert_claim.execute_many, claims)
+        except IntegrityError as exc:
+            savepoint.rollback()
+            self._explain_refused_add(case, skus, exc)
+        savepoint.commit()
+        case.id = case_id
+        self._loaded[case_id] = _fixed_fields(case)
+        return case_id
+
+    def _explain_refused_add(self, case: Case, skus: list[str], exc: IntegrityError) -> NoReturn:
+        if case.submission_key is not None:
+            earlier = self.by_submission_key(case.submission_key)
+            if earlier is not None:
+                raise Conflict(
+                    f"submission {case.submission_key} already created case {earlier.id}"
+                ) from exc
+        taken = self.open_cases_for_items(case.order_id, skus)
+        if taken:
+            listed = "; ".join(
+                f"{sku} of order {case.order_id} already has an open case {taken[sku]}"
+                for sku in skus
+                if sku in taken
+            )
+            raise PolicyRefusal("one_open_case_per_item", listed) from exc
+        raise exc
+
+    def save(self, case: Case, expected_version: int) -> bool:
+        if case.id is None:
+            raise ValueError("save() needs a stored case; use add() for a new one")
+        loaded = self._loaded.get(case.id)
+        if loaded is not None and loaded != _fixed_fields(case):
+            changed = [
+                name
+                for name, was, now in zip(_FIXED_FIELDS, loaded, _fixed_fields(case), strict=True)
+                if was != now
+            ]
+            raise ValueError(
+                f"case {case.id}: {', '.join(changed)} cannot change after submission "
+                "(save() writes only the fields transitions change)"
+            )
+        values = _case_mutable_values(case)
+        values["where_id"] = case.id
+        values["where_version"] = expected_version
+        return self._run(self._uow.statements.update_case.execute, values) == 1
+
+    def list(self, query: CaseQuery) -> list[Case]:
+        statement = sa.select(cases)
+        filters: Iterable[tuple[sa.Column[Any], str | None]] = (
+            (cases.c.state, query.state.value if query.state else None),
+            (cases.c.type, query.type.value if query.type else None),
+            (cases.c.merchant_id, query.merchant_id),
+            (cases.c.buyer_id, query.buyer_id),
+            (cases.c.order_id, query.order_id),
+        )
+        for column, wanted in filters:
+            if wanted is not None:
+                statement = statement.where(column == wanted)
+        if query.after_id is not None:
+            statement = statement.where(cases.c.id > query.after_id)
+        statement = statement.order_by(cases.c.id).limit(query.limit)
+        return [self._load(tuple(row)) for row in self._execute(statement)]
+
+    def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:
+        if not skus:
+            return {}
+        statement = sa.select(open_case_items.c.sku, open_case_items.c.case_id).where(
+            open_case_items.c.order_id == order_id, open_case_items.c.sku.in_(list(skus))
+        )
+        return {row.sku: row.case_id for row in self._execute(statement)}
+
+    def release_items(self, case_id: int) -> None:
+        self._run(self._uow.statements.delete_claims.execute, {"case_id": case_id})
+
+    def committed_refunds(self, order_id: str, exclude_case_id: int | None = None) -> int:
+        params = {
+            "order_id": order_id,
+            "exclude_id": -1 if exclude_case_id is None else exclude_case_id,
+        }
+        row = self._run(self._uow.statements.sum_refunds.first, params)
+        return int(row[0]) if row is not None else 0
+
+    def lock_order(self, order_id: str) -> None:
+        # SQLite needs nothing: every transaction began with BEGIN IMMEDIATE, so writers are
+        # already serialised for the whole database.
+        if self._uow.dialect_name == "postgresql":
+            self._run(self._uow.statements.lock_order.execute, {"order_id": order_id})
+
+    def by_submission_key(self, key: str) -> Case | None:
+        row = self._run(self._uow.statements.select_case_by_key.first, {"key": key})
+        return self._load(row) if row is not None else None
+
+
+class SqlTransitionLog(_Store):
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        super().__init__(uow)
+        # Keys this transaction registered: a call that appends its records in several batches
+        # is one call, not a replay of itself.
+        self._registered: set[tuple[int, str]] = set()
+
+    def forget_keys(self) -> None:
+        self._registered.clear()
+
+    def append(self, records: Sequence[TransitionRecord]) -> None:
+        if not records:
+            return
+        sql = self._uow.statements
+        first_seqs: dict[tuple[int, str], int] = {}
+        for record in records:
+            if record.idempotency_key:
+                slot = (record.case_id, record.idempotency_key)
+                if slot not in self._registered:
+                    first_seqs[slot] = min(first_seqs.get(slot, record.seq), record.seq)
+        if first_seqs:
+            keys = [
+                {"case_id": case_id, "key": key, "first_seq": seq}
+                for (case_id, key), seq in first_seqs.items()
+            ]
+            # Registered before the records so that a replay fails on the key, not on a seq.
+            self._insert(
+                sql.insert_key,
+                keys,
+                lambda: f"idempotency key {', '.join(k for _, k in first_seqs)} was already used",
+            )
+            self._registered.update(first_seqs)
+        self._insert(
+            sql.insert_transition,
+            [_record_values(record) for record in records],
+            lambda: (
+                f"the log already has entry {', '.join(f'{r.case_id}#{r.seq}' for r in records)}"
+            ),
+        )
+
+    def _insert(
+        self, statement: Prepared, rows: list[dict[str, Any]], conflict: Callable[[], str]
+    ) -> None:
+        try:
+            self._run(statement.execute_many, rows)
+        except IntegrityError as exc:
+            if _unique_violation(exc):
+                raise Conflict(conflict()) from exc
+            raise
+
+    def by_key(self, case_id: int, key: str) -> list[TransitionRecord]:
+        params = {"case_id": case_id, "key": key}
+        return [
+            _record_from_row(r)
+            for r in self._run(self._uow.statements.select_log_by_key.rows, params)
+        ]
+
+    def for_case(self, case_id: int) -> list[TransitionRecord]:
+        params = {"case_id": case_id}
+        return [
+            _record_from_row(r) for r in self._run(self._uow.statements.select_log.rows, params)
+        ]
+
+
+class SqlTimerStore(_Store):
+    def pending(self, case_id: int) -> Timer | None:
+        row = self._run(self._uow.statements.select_live_timer.first, {"case_id": case_id})
+        return _timer_from_row(row) if row is not None else None
+
+    def disarm(self, case_id: int) -> None:
+        self._run(self._uow.statements.disarm.execute, {"where_case_id": case_id})
+
+    def arm(self, timer: Timer) -> None:
+        try:
+            timer_id = self._run(self._uow.statements.insert_timer.insert, _timer_values(timer))
+        except IntegrityError as exc:
+            if _unique_violation(exc):
+                raise Conflict(f"case {timer.case_id} already has a live timer") from exc
+            raise
+        timer.id = timer_id
+
+    def reschedule(self, timer_id: int, due_at: datetime, version: int) -> None:
+        params = {"where_id": timer_id, "due_at": due_at, "version": version}
+        if self._run(self._uow.statements.reschedule.execute, params) != 1:
+            raise KeyError(f"no timer {timer_id}")
+
+    def due(self, as_of: datetime, limit: int) -> list[Timer]:
+        rows = self._run(self._uow.statements.select_due.rows, {"as_of": as_of, "limit": limit})
+        return [_timer_from_row(row) for row in rows]
+
+    def get(self, timer_id: int) -> Timer | None:
+        row = self._run(self._uow.statements.select_timer.first, {"timer_id": timer_id})
+        return _timer_from_row(row) if row is not None else None
+
+    def finish(self, timer_id: int, fired_at: datetime, fired: bool) -> None:
+        timer = self.get(timer_id)
+        if timer is None:
+            raise KeyError(f"no timer {timer_id}")
+        lateness = fired_at - timer.due_at
+        params = {
+            "where_id": timer_id,
+            "status": (TimerStatus.FIRED if fired else TimerStatus.CANCELLED).value,
+            "fired_at": fired_at,
+            "lateness_ms": round(lateness.total_seconds() * 1000),
+        }
+        self._run(self._uow.statements.finish.execute, params)
+
+
+class SqlOutbox(_Store):
+    def add(self, messages: Sequence[OutboxMessage]) -> None:
+        if not messages:
+            return
+        rows = [
+            {
+                "topic": m.topic,
+                "case_id": m.case_id,
+                "payload": m.payload,
+                "created_at": m.created_at,
+                "attempts": 0,
+            }
+            for m in messages
+        ]
+        self._run(self._uow.statements.insert_outbox.execute_many, rows)
+
+
+# -- rows <-> domain objects ----------------------------------------------------------------
+# Rows are tuples in table column order (``select(table)``), read through the *_KEYS names.
+
+
+def _case_values(case: Case) -> dict[str, Any]:
+    return {
+        "type": case.type.value,
+        "state": case.state.value,
+        "version": case.version,
+        "order_id": case.order_id,
+        "buyer_id": case.buyer_id,
+        "merchant_id": case.merchant_id,
+        "category": case.category,
+        "reason": case.reason,
+        "description": case.description,
+        "payment_channel": case.payment.channel,
+        "paid_amount": case.payment.amount,
+        "paid_at": case.payment.paid_at,
+        "delivered_at": case.delivered_at,
+        "items": [
+            {"sku": i.sku, "quantity": i.quantity, "unit_price": i.unit_price} for i in case.items
+        ],
+        "gifts": [{"sku": g.sku, "quantity": g.quantity, "value": g.value} for g in case.gifts],
+        "requested_amount": case.requested_amount,
+        "refund_amount": case.refund_amount,
+        "gift_deduction": case.gift_deduction,
+        "refund_route": case.refund_route.value if case.refund_route is not None else None,
+        "refund_attempts": case.refund_attempts,
+        "refund_key": case.refund_key,
+        "submission_key": case.submission_key,
+        "details": case.details,
+        "created_at": case.created_at,
+        "updated_at": case.updated_at,
+    }
+
+
+def _case_mutable_values(case: Case) -> dict[str, Any]:
+    return {
+        "state": case.state.value,
+        "version": case.version,
+        "description": case.description,
+        "requested_amount": case.requested_amount,
+        "refund_amount": case.refund_amount,
+        "gift_deduction": case.gift_deduction,
+        "refund_route": case.refund_route.value if case.refund_route is not None else None,
+        "refund_attempts": case.refund_attempts,
+        "refund_key": case.refund_key,
+        "details": case.details,
+        "updated_at": case.updated_at,
+    }
+
+
+#: The Case fields behind the columns save() does not write.
+_FIXED_FIELDS = (
+    "type",
+    "order_id",
+    "buyer_id",
+    "merchant_id",
+    "category",
+    "reason",
+    "payment",
+    "delivered_at",
+    "items",
+    "gifts",
+    "submission_key",
+    "created_at",
+)
+
+
+def _fixed_fields(case: Case) -> tuple[Any, ...]:
+    return (
+        case.type,
+        case.order_id,
+        case.buyer_id,
+        case.merchant_id,
+        case.category,
+        case.reason,
+        case.payment,
+        case.delivered_at,
+        tuple(case.items),
+        tuple(case.gifts),
+        case.submission_key,
+        case.created_at,
+    )
+
+
+# The unpacking in _case_from_row follows the table's column order.
+if _CASE_KEYS != (
+    "id", "type", "state", "version", "order_id", "buyer_id", "merchant_id", "category", "reason",
+    "description", "payment_channel", "paid_amount", "paid_at", "delivered_at", "items", "gifts",
+    "requested_amount", "refund_amount", "gift_deduction", "refund_route", "refund_attempts",
+    "refund_key", "submission_key", "details", "created_at", "updated_at",
+):  # fmt: skip
+    raise RuntimeError("the cases columns changed: update _case_from_row")
+
+
+def _case_from_row(row: Sequence[Any]) -> Case:
+    (
+        case_id, type_, state, version, order_id, buyer_id, merchant_id, category, reason,
+        description, payment_channel, paid_amount, paid_at, delivered_at, items, gifts,
+        requested_amount, refund_amount, gift_deduction, refund_route, refund_attempts,
+        refund_key, submission_key, details, created_at, updated_at,
+    ) = row  # fmt: skip
+    return Case(
+        id=case_id,
+        version=version,
+        type=CaseType(type_),
+        state=CaseState(state),
+        order_id=order_id,
+        buyer_id=buyer_id,
+        merchant_id=merchant_id,
+        category=category,
+        reason=reason,
+        description=description,
+        payment=Payment(payment_channel, paid_amount, paid_at),
+        delivered_at=delivered_at,
+        items=[Item(i["sku"], i["quantity"], i["unit_price"]) for i in items],
+        gifts=[Gift(g["sku"], g["quantity"], g["value"]) for g in gifts],
+        created_at=created_at,
+        updated_at=updated_at,
+        requested_amount=requested_amount,
+        refund_amount=refund_amount,
+        gift_deduction=gift_deduction,
+        refund_route=RefundRoute(refund_route) if refund_route is not None else None,
+        refund_attempts=refund_attempts,
+        refund_key=refund_key,
+        submission_key=submission_key,
+        details=details,
+    )
+
+
+def _record_values(record: TransitionRecord) -> dict[str, Any]:
+    return {
+        "case_id": record.case_id,
+        "seq": record.seq,
+        "trigger": record.trigger,
+        "from_state": record.from_state.value if record.from_state is not None else None,
+        "to_state": record.to_state.value,
+        "actor": record.actor,
+        "reason": record.reason,
+        "data": record.data,
+        "at": record.at,
+        "idempotency_key": record.idempotency_key,
+    }
+
+
+def _record_from_row(row: Sequence[Any]) -> TransitionRecord:
+    r = dict(zip(_TRANSITION_KEYS, row, strict=True))
+    return TransitionRecord(
+        case_id=r["case_id"],
+        seq=r["seq"],
+        trigger=r["trigger"],
+        from_state=CaseState(r["from_state"]) if r["from_state"] is not None else None,
+        to_state=CaseState(r["to_state"]),
+        actor=r["actor"],
+        at=r["at"],
+        reason=r["reason"],
+        data=r["data"],
+        idempotency_key=r["idempotency_key"],
+    )
+
+
+def _timer_values(timer: Timer) -> dict[str, Any]:
+    return {
+        "case_id": timer.case_id,
+        "kind": timer.kind,
+        "trigger": timer.trigger,
+        "state": timer.state.value,
+        "version": timer.version,
+        "due_at": timer.due_at,
+        "status": timer.status.value,
+        "created_at": timer.created_at,
+        "claimed_at": None,
+        "claimed_by": None,
+        "fired_at": timer.fired_at,
+        "lateness_ms": None,
+    }
+
+
+def _timer_from_row(row: Sequence[Any]) -> Timer:
+    r = dict(zip(_TIMER_KEYS, row, strict=True))
+    return Timer(
+        id=r["id"],
+        case_id=r["case_id"],
+        kind=r["kind"],
+        trigger=r["trigger"],
+        state=CaseState(r["state"]),
+        version=r["version"],
+        due_at=r["due_at"],
+        created_at=r["created_at"],
+        status=TimerStatus(r["status"]),
+        fired_at=r["fired_at"],
+    )
+
+
+# -- database errors --------------------------------------------------------------------------
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    """Lost a race (serialization failure, deadlock, lock timeout), not a bug."""
+    if getattr(exc.orig, "sqlstate", None) in _PG_RETRYABLE:
+        return True
+    name = getattr(exc.orig, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def _unique_violation(exc: IntegrityError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) == _PG_UNIQUE_VIOLATION:
+        return True
+    return getattr(exc.orig, "sqlite_errorname", None) in _SQLITE_UNIQUE
+
+
+def _reason(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)

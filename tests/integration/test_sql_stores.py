@@ -1,0 +1,452 @@
+"""The SQL stores keep the contract of ``workflow.ports`` on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from persistence.tables import outbox, timers
+from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from workflow.errors import Conflict, PolicyRefusal
+from workflow.model import (
+    Case,
+    Gift,
+    Item,
+    OutboxMessage,
+    Payment,
+    RefundRoute,
+    Timer,
+    TimerStatus,
+    TransitionRecord,
+)
+from workflow.ports import CaseQuery, UnitOfWork
+from workflow.states import CaseState, CaseType
+
+T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+SHANGHAI = timezone(timedelta(hours=8))
+NEW_YORK = timezone(timedelta(hours=-5))
+
+NewCase = Callable[..., Case]
+
+
+def _stored(uow_factory: SqlUnitOfWorkFactory, *new: Case) -> list[int]:
+    with uow_factory() as uow:
+        ids = [uow.cases.add(case) for case in new]
+        uow.commit()
+    return ids
+
+
+def _timer(case_id: int, due_at: datetime, **fields: object) -> Timer:
+    values: dict[str, object] = {
+        "case_id": case_id,
+        "kind": "merchant_review",
+        "trigger": "auto_approve",
+        "state": CaseState.SUBMITTED,
+        "version": 1,
+        "due_at": due_at,
+        "created_at": T0,
+    }
+    values.update(fields)
+    return Timer(**values)  # type: ignore[arg-type]
+
+
+def _record(case_id: int, seq: int, trigger: str = "approve", **fields: object) -> TransitionRecord:
+    values: dict[str, object] = {
+        "case_id": case_id,
+        "seq": seq,
+        "trigger": trigger,
+        "from_state": CaseState.SUBMITTED,
+        "to_state": CaseState.APPROVED,
+        "actor": "merchant:m-1",
+        "at": T0 + timedelta(minutes=seq),
+    }
+    values.update(fields)
+    return TransitionRecord(**values)  # type: ignore[arg-type]
+
+
+def test_the_factory_makes_units_of_work_that_fit_the_port(engine: Engine) -> None:
+    uow: UnitOfWork = SqlUnitOfWorkFactory(engine)()
+    assert isinstance(uow, SqlUnitOfWork)
+
+
+# -- cases ----------------------------------------------------------------------------------
+
+
+def test_case_round_trip(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
+    case = new_case(
+        skus=("sku-1", "sku-2"),
+        type=CaseType.EXCHANGE,
+        description="袖口开线，要求换货",
+        payment=Payment("wechat", 3_000_000_000, datetime(2026, 11, 10, 21, 30, tzinfo=SHANGHAI)),
+        delivered_at=datetime(2026, 11, 14, 8, 15, 30, 123456, tzinfo=NEW_YORK),
+        gifts=[Gift("gift-1", 2, 500)],
+        requested_amount=5_000,
+        refund_amount=4_500,
+        gift_deduction=500,
+        refund_route=RefundRoute.BANK_TRANSFER,
+        refund_attempts=2,
+        refund_key="refund-7-2",
+        submission_key="sub-1",
+        details={"tracking": "SF123", "flags": ["late"], "note": "到付"},
+    )
+    [case_id] = _stored(uow_factory, case)
+    assert case.id == case_id
+
+    with uow_factory() as uow:
+        loaded = uow.cases.get(case_id)
+    assert loaded == case
+    assert loaded is not None
+    for moment in (loaded.created_at, loaded.updated_at, loaded.payment.paid_at):
+        assert moment.tzinfo is UTC
+    assert loaded.delivered_at == datetime(2026, 11, 14, 13, 15, 30, 123456, tzinfo=UTC)
+    assert loaded.delivered_at is not None and loaded.delivered_at.tzinfo is UTC
+    assert loaded.payment.amount == 3_000_000_000 and type(loaded.payment.amount) is int
+    assert loaded.items == [Item("sku-1", 1, 6_450), Item("sku-2", 1, 6_450)]
+    assert loaded.gifts == [Gift("gift-1", 2, 500)]
+    assert loaded.type is CaseType.EXCHANGE and loaded.refund_route is RefundRoute.BANK_TRANSFER
+
+
+def test_nothing_is_visible_before_commit_and_exit_rolls_back(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    with uow_factory() as uow:
+        case_id = uow.cases.add(new_case())
+        assert uow.cases.get(case_id) is not None
+    with uow_factory() as uow:
+        assert uow.cases.get(case_id) is None
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1"]) == {}
+
+
+def test_naive_times_are_refused(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
+    with uow_factory() as uow, pytest.raises(ValueError, match="naive datetime"):
+        uow.cases.add(new_case(created_at=datetime(2026, 11, 20, 10, 0)))
+
+
+def test_save_writes_only_over_the_expected_version(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as first, uow_factory() as second:
+        mine = first.cases.get(case_id)
+        assert mine is not None
+        mine.state, mine.version = CaseState.APPROVED, 2
+        mine.updated_at = T0 + timedelta(hours=1)
+        assert first.cases.save(mine, expected_version=1)
+        first.commit()
+
+        stale = second.cases.get(case_id)
+        assert stale is not None and stale.version == 2
+        stale = replace(stale, state=CaseState.CANCELLED, description="late writer", version=2)
+        assert not second.cases.save(stale, expected_version=1)
+        second.commit()
+
+    with uow_factory() as uow:
+        stored = uow.cases.get(case_id)
+    assert stored is not None
+    assert (stored.state, stored.version, stored.description) == (CaseState.APPROVED, 2, "")
+    assert stored.updated_at == T0 + timedelta(hours=1)
+
+
+def test_one_open_case_per_item(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
+    [first] = _stored(uow_factory, new_case(skus=("sku-1", "sku-2")))
+    with uow_factory() as uow:
+        with pytest.raises(PolicyRefusal) as refusal:
+            uow.cases.add(new_case(skus=("sku-3", "sku-2")))
+        assert refusal.value.rule == "one_open_case_per_item"
+        assert f"sku-2 of order o-1 already has an open case {first}" in str(refusal.value)
+        # The refusal rolled back only its savepoint: the transaction goes on.
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2", "sku-3"]) == {
+            "sku-1": first,
+            "sku-2": first,
+        }
+        other_order = uow.cases.add(new_case(order_id="o-2", skus=("sku-2",)))
+        uow.commit()
+
+    with uow_factory() as uow:
+        assert uow.cases.open_cases_for_items("o-2", ["sku-2"]) == {"sku-2": other_order}
+        uow.cases.release_items(first)
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {}
+        again = uow.cases.add(new_case(skus=("sku-2",)))
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {"sku-2": again}
+
+
+def test_a_submission_key_creates_one_case(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [first] = _stored(uow_factory, new_case(submission_key="k-1"))
+    with uow_factory() as uow:
+        with pytest.raises(Conflict, match=f"created case {first}"):
+            uow.cases.add(new_case(order_id="o-2", submission_key="k-1"))
+        found = uow.cases.by_submission_key("k-1")
+        assert found is not None and found.id == first
+        assert uow.cases.by_submission_key("k-2") is None
+
+
+def test_committed_refunds_count_cases_that_may_still_refund(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    amounts = {
+        CaseState.SUBMITTED: 100,
+        CaseState.REJECTED: 200,
+        CaseState.REFUNDED: 400,
+        CaseState.CANCELLED: 1_000,
+        CaseState.CLOSED: 2_000,
+        CaseState.EXCHANGED: 3_000,
+        CaseState.REPAIRED: 4_000,
+    }
+    built = [
+        new_case(skus=(f"sku-{state.value}",), state=state, refund_amount=amount)
+        for state, amount in amounts.items()
+    ]
+    ids = _stored(uow_factory, *built, new_case(order_id="o-2", refund_amount=50_000))
+    with uow_factory() as uow:
+        assert uow.cases.committed_refunds("o-1") == 700
+        assert uow.cases.committed_refunds("o-1", exclude_case_id=ids[0]) == 600
+        assert uow.cases.committed_refunds("o-unknown") == 0
+
+
+def test_list_filters_and_pages_by_id(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
+    ids = _stored(
+        uow_factory,
+        *(new_case(order_id=f"o-{n}", merchant_id=f"m-{n % 2}") for n in range(5)),
+        new_case(order_id="o-9", state=CaseState.APPROVED, type=CaseType.REPAIR),
+    )
+    with uow_factory() as uow:
+        listed = uow.cases.list
+
+        assert [c.id for c in listed(CaseQuery())] == ids
+        assert [c.id for c in listed(CaseQuery(merchant_id="m-0"))] == [ids[0], ids[2], ids[4]]
+        assert [c.id for c in listed(CaseQuery(merchant_id="m-0", after_id=ids[0], limit=1))] == [
+            ids[2]
+        ]
+        assert [c.id for c in listed(CaseQuery(state=CaseState.APPROVED))] == [ids[5]]
+        assert [c.id for c in listed(CaseQuery(type=CaseType.REPAIR))] == [ids[5]]
+        assert [c.id for c in listed(CaseQuery(order_id="o-3", buyer_id="b-1"))] == [ids[3]]
+        assert listed(CaseQuery(buyer_id="b-2")) == []
+
+
+def test_order_lock_is_taken_within_the_transaction(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    with uow_factory() as uow:
+        uow.cases.lock_order("o-1")
+        uow.cases.lock_order("o-1")  # re-entrant for its own transaction
+        uow.cases.add(new_case())
+        uow.commit()
+
+
+# -- transition log ---------------------------------------------------------------------------
+
+
+def test_log_keeps_records_in_seq_order(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    records = [
+        _record(case_id, 1, "submit", from_state=None, to_state=CaseState.SUBMITTED),
+        _record(case_id, 2, idempotency_key="call-1", data={"note": "ok", "amount": 12_900}),
+        _record(
+            case_id,
+            3,
+            "start_refund",
+            from_state=CaseState.APPROVED,
+            to_state=CaseState.REFUNDING,
+            actor="system",
+            reason="follow-up",
+            idempotency_key="call-1",
+            at=datetime(2026, 11, 20, 10, 3, tzinfo=SHANGHAI),
+        ),
+    ]
+    with uow_factory() as uow:
+        uow.log.append(records[:1])
+        uow.log.append(list(reversed(records[1:])))
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.log.for_case(case_id) == records
+        assert uow.log.by_key(case_id, "call-1") == records[1:]
+        assert uow.log.by_key(case_id, "call-2") == []
+        assert all(r.at.tzinfo is UTC for r in uow.log.for_case(case_id))
+
+
+def test_an_idempotency_key_logs_once(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
+        # The same call appending its follow-up separately is still one call.
+        uow.log.append([_record(case_id, 3, "start_refund", idempotency_key="call-1")])
+        uow.commit()
+    with uow_factory() as uow, pytest.raises(Conflict, match="idempotency key call-1"):
+        uow.log.append([_record(case_id, 4, idempotency_key="call-1")])
+    with uow_factory() as uow:
+        assert [r.seq for r in uow.log.by_key(case_id, "call-1")] == [2, 3]
+
+
+def test_a_seq_logs_once(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 2)])
+        uow.commit()
+    with uow_factory() as uow, pytest.raises(Conflict, match="already has entry"):
+        uow.log.append([_record(case_id, 2, "reject", to_state=CaseState.REJECTED)])
+
+
+def test_a_rolled_back_key_can_be_used_again(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
+        uow.rollback()
+        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
+        uow.commit()
+    with uow_factory() as uow, pytest.raises(Conflict):
+        uow.log.append([_record(case_id, 3, idempotency_key="call-1")])
+
+
+# -- timers ---------------------------------------------------------------------------------
+
+
+def test_due_compares_instants_not_local_times(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    ids = _stored(uow_factory, *(new_case(order_id=f"o-{n}") for n in range(4)))
+    # Written in Shanghai time these sort the other way round than the instants they name.
+    due = [
+        datetime(2026, 11, 20, 17, 0, tzinfo=SHANGHAI),  # 09:00 UTC
+        datetime(2026, 11, 20, 4, 0, tzinfo=NEW_YORK),  # 09:00 UTC, same instant
+        datetime(2026, 11, 20, 3, 30, tzinfo=NEW_YORK),  # 08:30 UTC
+        datetime(2026, 11, 20, 16, 59, 59, 999999, tzinfo=SHANGHAI),  # 08:59:59.999999 UTC
+    ]
+    with uow_factory() as uow:
+        armed = [_timer(case_id, moment) for case_id, moment in zip(ids, due, strict=True)]
+        for timer in armed:
+            uow.timers.arm(timer)
+        uow.commit()
+
+    with uow_factory() as uow:
+        as_of = datetime(2026, 11, 20, 4, 0, tzinfo=NEW_YORK)
+        assert [t.id for t in uow.timers.due(as_of, limit=10)] == [
+            armed[2].id,
+            armed[3].id,
+            armed[0].id,
+            armed[1].id,
+        ]
+        just_before = datetime(2026, 11, 20, 16, 59, 59, 999999, tzinfo=SHANGHAI)
+        assert [t.id for t in uow.timers.due(just_before, limit=10)] == [armed[2].id, armed[3].id]
+        assert [t.id for t in uow.timers.due(as_of, limit=1)] == [armed[2].id]
+        first = uow.timers.due(as_of, limit=1)[0]
+        assert first.due_at == datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+        assert first.due_at.tzinfo is UTC
+
+
+def test_a_case_has_at_most_one_live_timer(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    first = _timer(case_id, T0 + timedelta(hours=48))
+    with uow_factory() as uow:
+        uow.timers.arm(first)
+        uow.commit()
+    assert first.id is not None
+
+    with uow_factory() as uow, pytest.raises(Conflict, match="already has a live timer"):
+        uow.timers.arm(_timer(case_id, T0 + timedelta(hours=1)))
+
+    with engine.begin() as connection:  # a sweeper's claim keeps the slot taken
+        connection.execute(sa.update(timers).values(status="claimed"))
+    with uow_factory() as uow:
+        pending = uow.timers.pending(case_id)
+        assert pending is not None and pending.status is TimerStatus.CLAIMED
+        with pytest.raises(Conflict):
+            uow.timers.arm(_timer(case_id, T0 + timedelta(hours=1)))
+
+    second = _timer(case_id, T0 + timedelta(hours=2), state=CaseState.APPROVED, version=2)
+    with uow_factory() as uow:
+        uow.timers.disarm(case_id)
+        assert uow.timers.pending(case_id) is None
+        uow.timers.arm(second)
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.timers.pending(case_id) == second
+        cancelled = uow.timers.get(first.id)
+        assert cancelled is not None and cancelled.status is TimerStatus.CANCELLED
+
+
+def test_finish_records_when_and_how_late(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
+) -> None:
+    ids = _stored(uow_factory, new_case(), new_case(order_id="o-2"))
+    fired, stale = _timer(ids[0], T0), _timer(ids[1], T0)
+    with uow_factory() as uow:
+        uow.timers.arm(fired)
+        uow.timers.arm(stale)
+        uow.commit()
+    assert fired.id is not None and stale.id is not None
+
+    at = datetime(2026, 11, 20, 10, 0, 1, 500000, tzinfo=SHANGHAI)  # 1.5 s late
+    with uow_factory() as uow:
+        uow.timers.finish(fired.id, at, fired=True)
+        uow.timers.finish(stale.id, at, fired=False)
+        uow.commit()
+    with uow_factory() as uow:
+        done = uow.timers.get(fired.id)
+        assert done is not None
+        assert (done.status, done.fired_at) == (TimerStatus.FIRED, at)
+        assert done.fired_at is not None and done.fired_at.tzinfo is UTC
+        dropped = uow.timers.get(stale.id)
+        assert dropped is not None and dropped.status is TimerStatus.CANCELLED
+        assert uow.timers.pending(ids[0]) is None
+        assert uow.timers.due(at, limit=10) == []
+        assert uow.timers.get(10_000) is None
+    with engine.connect() as connection:
+        lateness = connection.execute(sa.select(timers.c.lateness_ms).order_by(timers.c.id))
+        assert lateness.scalars().all() == [1_500, 1_500]
+
+
+def test_reschedule_moves_the_deadline(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    timer = _timer(case_id, T0)
+    with uow_factory() as uow:
+        uow.timers.arm(timer)
+        assert timer.id is not None
+        uow.timers.reschedule(timer.id, T0 + timedelta(days=2), version=3)
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.timers.due(T0 + timedelta(days=1), limit=10) == []
+        moved = uow.timers.get(timer.id)
+        assert moved is not None and (moved.due_at, moved.version) == (T0 + timedelta(days=2), 3)
+        with pytest.raises(KeyError):
+            uow.timers.reschedule(10_000, T0, version=1)
+
+
+# -- outbox ---------------------------------------------------------------------------------
+
+
+def test_outbox_rows_wait_for_the_relay(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    messages = [
+        OutboxMessage("case.approved", case_id, {"case_id": case_id, "注": "已同意"}, T0),
+        OutboxMessage("refund.requested", case_id, {"amount": 12_900}, T0),
+    ]
+    with uow_factory() as uow:
+        uow.outbox.add(messages)
+        uow.outbox.add(messages[:1])
+        uow.outbox.add([])
+        uow.commit()
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(outbox).order_by(outbox.c.id)).all()
+    assert [(r.topic, r.case_id, r.payload) for r in rows] == [
+        (m.topic, m.case_id, m.payload) for m in [*messages, messages[0]]
+    ]
+    assert all(r.published_at is None and r.attempts == 0 and r.created_at == T0 for r in rows)

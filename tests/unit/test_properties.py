@@ -1,0 +1,322 @@
+"""Property-based test: random cases, random triggers by random roles, random jumps in time.
+
+After every step the whole in-memory storage is checked against invariants that hold whatever
+happened: states, the transition log, money, timers and the one-open-case-per-item claims.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+)
+
+from config.policy import load_policy
+from workflow import engine
+from workflow.clock import FakeClock
+from workflow.definitions import TRIGGERS, rules_for, states_for
+from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
+from workflow.memory import InMemoryUnitOfWorkFactory
+from workflow.model import Actor, Case, TimerStatus, TransitionRecord
+from workflow.service import CaseService
+from workflow.states import CaseState, CaseType, Role
+
+from .builders import (
+    ACTORS,
+    ADMIN,
+    NOW,
+    OTHER_BUYER,
+    OTHER_MERCHANT,
+    REASON,
+    application,
+    data_for,
+    item,
+    payment,
+)
+
+S = CaseState
+POLICY = load_policy()
+
+#: Orders the cases are drawn from. o1 had an order coupon: its items add up to more than was
+#: paid, so the order cap matters; o3 was paid by a channel without refund window.
+ORDERS: dict[str, dict[str, Any]] = {
+    "o1": {
+        "category": "clothing",
+        "paid": 30_000,
+        "channel": "wechat_pay",
+        "items": {"A": 15_000, "B": 15_000, "C": 10_000},
+    },
+    "o2": {
+        "category": "electronics",
+        "paid": 60_000,
+        "channel": "alipay",
+        "items": {"X": 50_000, "Y": 10_000},
+    },
+    "o3": {"category": "home", "paid": 8_000, "channel": "cash_on_delivery", "items": {"H": 8_000}},
+}
+REASONS = {
+    CaseType.RETURN_REFUND: ["no_reason", "quality_issue"],
+    CaseType.EXCHANGE: ["no_reason", "quality_issue"],
+    CaseType.REPAIR: ["quality_issue"],
+    CaseType.REFUND_ONLY: ["damaged_in_transit", "missing_item"],
+}
+#: Well-formed alternatives for some triggers; revisions may ask for more or less money.
+DATA_VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "inspect": [{}, {"gifts_missing": ["G"]}],
+    "revise": [
+        {"description": "more photos"},
+        {},
+        {"requested_amount": 1_000},
+        {"requested_amount": 30_000},
+    ],
+}
+JUNK_DATA: list[dict[str, Any] | None] = [None, {"junk": 1}, {"tracking_no": ""}, {"note": 5}]
+#: Moves that end a case early; a walk prefers the others so cases get far.
+ENDINGS = {"cancel", "expire_return", "expire_dispute_window", "rule_for_merchant"}
+#: The A.1 / A.5 main path; a walk often follows it so exchanges and repairs complete too.
+MAIN_PATH = {
+    "approve",
+    "ship_back",
+    "record_return_delivery",
+    "confirm_receipt",
+    "inspect",
+    "ship_replacement",
+    "ship_repaired",
+    "record_buyer_delivery",
+    "confirm_delivery",
+    "confirm_refund",
+    "provide_bank_account",
+    "revise",
+}
+NOT_REFUNDING = {S.CANCELLED, S.CLOSED, S.EXCHANGED, S.REPAIRED}
+LIVE = {TimerStatus.PENDING, TimerStatus.CLAIMED}
+
+
+def _expected_timer(case: Case) -> str | None:
+    """RULES.md part B (and policy.toml's platform conventions): the deadline each state arms."""
+    state, case_type = case.state, case.type
+    if state is S.INSPECTED:
+        return {
+            CaseType.EXCHANGE: "replacement_shipment",
+            CaseType.REPAIR: "repair_completion",
+        }.get(case_type)
+    if state in (S.APPROVED, S.PICKUP):
+        return None if case_type is CaseType.REFUND_ONLY else "return_shipment"
+    if state is S.AWAITING_BANK_ACCOUNT:
+        reminded = case.details.get("bank_account_reminded")
+        return "bank_account_escalation" if reminded else "bank_account_reminder"
+    if state is S.REFUND_FAILED:
+        return None if case.details.get("refund_parked") else "refund_retry"
+    return {
+        S.SUBMITTED: "merchant_review",
+        S.SHIPPED_BACK: "return_transit",
+        S.RETURN_DELIVERED: "merchant_receipt",
+        S.RECEIVED: "merchant_inspection",
+        S.SHIPPED_TO_BUYER: "outbound_transit",
+        S.DELIVERED_TO_BUYER: "buyer_confirmation",
+        S.REJECTED: "dispute_window",
+    }.get(state)
+
+
+def _check_log(case: Case, log: list[TransitionRecord]) -> None:
+    """Replaying the log from submitted reproduces the case's state and version."""
+    assert [r.seq for r in log] == list(range(1, len(log) + 1))
+    first = log[0]
+    assert (first.trigger, first.from_state, first.to_state) == ("submit", None, S.SUBMITTED)
+    rows = rules_for(case.type)
+    state = S.SUBMITTED
+    for record in log[1:]:
+        assert record.from_state is state, record
+        role = Actor.parse(record.actor).role
+        if record.trigger == "extend_deadline":
+            assert record.to_state is state and role is Role.ADMIN, record
+        else:
+            assert any(
+                row.trigger == record.trigger
+                and state in row.sources
+                and row.dest is record.to_state
+                and role in row.actors
+                for row in rows
+            ), record
+        state = record.to_state
+    assert state is case.state
+    assert log[-1].seq == case.version
+
+
+class CaseWorkflow(RuleBasedStateMachine):
+    cases = Bundle("cases")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock(NOW)
+        self.factory = InMemoryUnitOfWorkFactory()
+        self.service = CaseService(self.factory, self.clock, POLICY)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    @initialize(target=cases)
+    def first_case(self) -> Any:
+        # order o0: the builders' default order (one item, paid in full)
+        app = application(CaseType.RETURN_REFUND, now=NOW, order_id="o0")
+        return self.service.submit(app).case.id
+
+    @rule(
+        target=cases,
+        case_type=st.sampled_from(list(CaseType)),
+        order_id=st.sampled_from(sorted(ORDERS)),
+        data=st.data(),
+    )
+    def submit(self, case_type: CaseType, order_id: str, data: st.DataObject) -> Any:
+        order = ORDERS[order_id]
+        skus = data.draw(st.lists(st.sampled_from(sorted(order["items"])), min_size=1, unique=True))
+        items = [item(sku, order["items"][sku]) for sku in skus]
+        items_amount = sum(i["unit_price"] for i in items)
+        requested = data.draw(st.none() | st.integers(0, items_amount + 100))
+        app = application(
+            case_type,
+            now=NOW,
+            order_id=order_id,
+            category=order["category"],
+            reason=data.draw(st.sampled_from(REASONS[case_type])),
+            payment=payment(order["paid"], NOW - timedelta(days=4), order["channel"]),
+            items=items,
+            requested_amount=requested,
+        )
+        try:
+            view = self.service.submit(app)
+        except (PolicyRefusal, InvalidInput):
+            return multiple()
+        return view.case.id
+
+    @rule(case_id=cases, steps=st.integers(1, 10), data=st.data())
+    def walk(self, case_id: int, steps: int, data: st.DataObject) -> None:
+        """A few legal moves in a row, so cases travel far: each a trigger some role may fire
+        now (admins, whose moves end cases early, less often)."""
+        for _ in range(steps):
+            case = self.factory.db.cases[case_id]
+            pairs = [
+                (trigger, role)
+                for role in Role
+                for trigger in engine.allowed_triggers(case, ACTORS[role])
+            ]
+            if not pairs:
+                return
+            onward = [p for p in pairs if p[1] is not Role.ADMIN and p[0] not in ENDINGS]
+            main = [p for p in onward if p[0] in MAIN_PATH]
+            choice = data.draw(st.integers(0, 5))
+            if main and choice >= 3:
+                pairs = main
+            elif onward and choice >= 1:
+                pairs = onward
+            trigger, role = data.draw(st.sampled_from(pairs))
+            self._fire(case_id, trigger, ACTORS[role], data)
+
+    @rule(
+        case_id=cases,
+        trigger=st.sampled_from([*TRIGGERS, "bogus"]),
+        role=st.sampled_from(list(Role)),
+        data=st.data(),
+    )
+    def fire_anything(self, case_id: int, trigger: str, role: Role, data: st.DataObject) -> None:
+        """Any trigger by any role, sometimes on someone else's case."""
+        actor = ACTORS[role]
+        if data.draw(st.integers(0, 4)) == 0:
+            actor = {Role.BUYER: OTHER_BUYER, Role.MERCHANT: OTHER_MERCHANT}.get(role, actor)
+        self._fire(case_id, trigger, actor, data)
+
+    def _fire(self, case_id: int, trigger: str, actor: Actor, data: st.DataObject) -> None:
+        """Fire with valid data and a reason most of the time, junk sometimes."""
+        if data.draw(st.integers(0, 9)) > 0:
+            payload = data.draw(st.sampled_from(DATA_VARIANTS.get(trigger, [data_for(trigger)])))
+        else:
+            payload = data.draw(st.sampled_from(JUNK_DATA))
+        reason = REASON if data.draw(st.integers(0, 9)) > 0 else None
+        db = self.factory.db
+        before_version, before_log = db.cases[case_id].version, len(db.log[case_id])
+        try:
+            result = self.service.fire(case_id, trigger, actor, data=payload, reason=reason)
+        except (NotAllowed, InvalidInput, PolicyRefusal, Forbidden):
+            # then: a refusal writes nothing
+            assert self.factory.db.cases[case_id].version == before_version
+            assert len(self.factory.db.log[case_id]) == before_log
+            return
+        assert result.records and result.records[0].trigger == trigger
+        assert result.case.version == before_version + len(result.records)
+
+    @rule(
+        minutes=st.one_of(
+            st.integers(1, 120), st.integers(120, 3 * 24 * 60), st.integers(1, 21 * 24 * 60)
+        )
+    )
+    def time_passes(self, minutes: int) -> None:
+        self.clock.advance(timedelta(minutes=minutes))
+        self.service.run_due_timers()
+        # every due deadline was dealt with
+        now = self.clock.now()
+        overdue = [
+            t
+            for t in self.factory.db.timers.values()
+            if t.status is TimerStatus.PENDING and t.due_at <= now
+        ]
+        assert overdue == []
+
+    @rule(case_id=cases, hours=st.integers(1, 200))
+    def admin_extends(self, case_id: int, hours: int) -> None:
+        try:
+            self.service.extend_deadline(case_id, ADMIN, "holiday", hours=hours)
+        except InvalidInput:
+            assert self.service.get(case_id).deadline is None
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def storage_is_consistent(self) -> None:
+        db = self.factory.db
+        live: dict[int, list[Any]] = defaultdict(list)
+        for timer in db.timers.values():
+            if timer.status in LIVE:
+                live[timer.case_id].append(timer)
+        claimed: dict[str, int] = defaultdict(int)
+        paid: dict[str, set[int]] = defaultdict(set)
+        for case_id, case in db.cases.items():
+            # the state belongs to the type's machine; the log replays to it
+            assert case.state in states_for(case.type)
+            _check_log(case, db.log[case_id])
+            # money: never negative, never more than the order paid
+            assert 0 <= case.refund_amount <= case.payment.amount
+            paid[case.order_id].add(case.payment.amount)
+            if case.state not in NOT_REFUNDING:
+                claimed[case.order_id] += case.refund_amount
+            # timers: at most one, for the current state and version, the one the state arms
+            timers = live.get(case_id, [])
+            assert len(timers) <= 1, timers
+            for timer in timers:
+                assert timer.state is case.state and timer.version == case.version, timer
+            if case.is_terminal:
+                assert timers == []
+            assert [t.kind for t in timers] == [k for k in [_expected_timer(case)] if k], case
+            # an open case holds its items; a finished one none
+            held = {sku for (order, sku), owner in db.open_items.items() if owner == case_id}
+            assert held == (set() if case.is_terminal else set(case.skus)), case
+        for order_id, amount in claimed.items():
+            (order_paid,) = paid[order_id]  # the cases of an order agree on its payment
+            assert amount <= order_paid, (order_id, amount)
+
+
+CaseWorkflow.TestCase.settings = settings(
+    max_examples=50,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_case_workflow = CaseWorkflow.TestCase
