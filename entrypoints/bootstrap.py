@@ -20,6 +20,7 @@ from persistence import migrate
 from persistence.db import dispose_engine, make_engine
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.clock import Clock, FakeClock, SystemClock
+from workflow.events import EventService
 from workflow.service import CaseService
 
 
@@ -35,6 +36,12 @@ def build_service(settings: Settings, clock: Clock) -> CaseService:
     engine = _engine(settings.database_url)
     _prepare_schema(settings.database_url, engine)
     return CaseService(SqlUnitOfWorkFactory(engine), clock, policy)
+
+
+def build_event_service(settings: Settings, service: CaseService) -> EventService:
+    """Inbound event ingestion on the same database and clock as ``service``."""
+    uow_factory = SqlUnitOfWorkFactory(_engine(settings.database_url))
+    return EventService(service, uow_factory, service.clock)
 
 
 def build_policy(settings: Settings) -> Policy:

@@ -43,6 +43,7 @@ from typer.core import TyperGroup
 from config.settings import get_settings
 from entrypoints import bootstrap, readme_diagrams, render, views
 from entrypoints.bootstrap import SetupError
+from entrypoints.cli_events import events_app
 from workflow.diagram import mermaid
 from workflow.errors import (
     AftersalesError,
@@ -201,6 +202,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(case_app, name="case")
 app.add_typer(timers_app, name="timers")
 app.add_typer(db_app, name="db")
+app.add_typer(events_app, name="events")
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print JSON (money in integer fen, times in UTC).")

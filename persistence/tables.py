@@ -56,6 +56,9 @@ class CaseRow(SQLModel, table=True):
         sa.Index("ix_cases_merchant_id_id", "merchant_id", "id"),
         sa.Index("ix_cases_buyer_id_id", "buyer_id", "id"),
         sa.Index("ix_cases_order_id", "order_id"),
+        # Carrier events name a parcel, not a case: finding its case is an index lookup.
+        sa.Index("ix_cases_return_tracking_no", "return_tracking_no"),
+        sa.Index("ix_cases_outbound_tracking_no", "outbound_tracking_no"),
     )
 
     id: int | None = _id()
@@ -84,6 +87,10 @@ class CaseRow(SQLModel, table=True):
     details: dict[str, Any] = _json("details")
     created_at: datetime = _time("created_at")
     updated_at: datetime = _time("updated_at")
+    #: Copies of ``details['return_tracking_no']`` / ``['outbound_tracking_no']``, kept in step
+    #: by the repository's add() and save(), so carrier events find their case by index.
+    return_tracking_no: str | None = None
+    outbound_tracking_no: str | None = None
 
 
 class TransitionRow(SQLModel, table=True):
@@ -129,6 +136,8 @@ class TimerRow(SQLModel, table=True):
     __tablename__ = "timers"
     __table_args__ = (
         sa.Index("ix_timers_status_due_at", "status", "due_at"),
+        # The sweeper's lateness report reads the timers fired since a time.
+        sa.Index("ix_timers_fired_at", "fired_at"),
         # The database, not the sweeper's care, guarantees a case never has two live deadlines.
         sa.Index(
             "uq_timers_live_case_id",
@@ -188,6 +197,31 @@ class InboundEventRow(SQLModel, table=True):
     received_at: datetime = _time("received_at")
 
 
+class DeadLetterRow(SQLModel, table=True):
+    """Inbound events that could not apply, kept with the reason until replayed or discarded.
+
+    The same bad event delivered again (same ``source`` and ``event_id``) updates its row's
+    ``attempts`` instead of adding one; events without an id (NULLs are distinct) always add one.
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "event_id", name="uq_dead_letters_source_event_id"),
+        sa.Index("ix_dead_letters_status_id", "status", "id"),
+    )
+
+    id: int | None = _id()
+    source: str
+    event_id: str | None = None
+    envelope: dict[str, Any] = _json("envelope")
+    reason: str
+    code: str
+    received_at: datetime = _time("received_at")
+    status: str
+    attempts: int
+    resolved_at: datetime | None = _time("resolved_at", nullable=True)
+
+
 class OpenCaseItemRow(SQLModel, table=True):
     """An order item claimed by its open case: the primary key allows one open case per item."""
 
@@ -208,3 +242,4 @@ timers: sa.Table = metadata.tables["timers"]
 outbox: sa.Table = metadata.tables["outbox"]
 inbound_events: sa.Table = metadata.tables["inbound_events"]
 open_case_items: sa.Table = metadata.tables["open_case_items"]
+dead_letters: sa.Table = metadata.tables["dead_letters"]

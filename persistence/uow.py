@@ -4,10 +4,16 @@ The stores run SQLAlchemy Core statements, not ORM sessions: a transition is abo
 statements, and the ORM's identity map and change tracking would cost more than they do. The
 fixed statements go through ``fastsql.Prepared`` (compiled once per dialect, run on the DBAPI
 cursor); the few built per call (``list``, ``open_cases_for_items``) through ``Connection``.
+
+Queue-like reads (``TimerStore.claim_due``, ``Outbox.unpublished``) lock what they take with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent sweepers and relays get disjoint rows
+without waiting for each other; on SQLite every transaction holds the one write lock from its
+first statement (``BEGIN IMMEDIATE``), which serialises them instead.
 """
 
 from __future__ import annotations
 
+import builtins
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -16,17 +22,30 @@ from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import ClauseElement, Executable
 
 from persistence.fastsql import Prepared, insert_returning_id
-from persistence.tables import cases, idempotency_keys, open_case_items, outbox, timers, transitions
+from persistence.tables import (
+    cases,
+    dead_letters,
+    idempotency_keys,
+    inbound_events,
+    open_case_items,
+    outbox,
+    timers,
+    transitions,
+)
 from workflow.errors import Conflict, PolicyRefusal
 from workflow.model import (
     Case,
+    DeadLetter,
+    DeadLetterStatus,
     Gift,
     Item,
+    OutboxEntry,
     OutboxMessage,
     Payment,
     RefundRoute,
@@ -34,13 +53,24 @@ from workflow.model import (
     TimerStatus,
     TransitionRecord,
 )
-from workflow.ports import CaseQuery, CaseRepository, Outbox, TimerStore, TransitionLog
-from workflow.states import CaseState, CaseType
+from workflow.ports import (
+    CaseQuery,
+    CaseRepository,
+    EventStore,
+    Outbox,
+    TimerStore,
+    TransitionLog,
+)
+from workflow.states import TERMINAL_STATES, CaseState, CaseType
 
 #: Ended cases that will not refund (a refunded case keeps counting: its money went out).
 _NOT_REFUNDING: list[sa.ColumnElement[Any]] = [
     sa.literal_column(f"'{state.value}'")
     for state in (CaseState.CANCELLED, CaseState.CLOSED, CaseState.EXCHANGED, CaseState.REPAIRED)
+]
+#: Ended cases: ``by_reference(order_id=...)`` lists the others.
+_TERMINAL: list[sa.ColumnElement[Any]] = [
+    sa.literal_column(f"'{state.value}'") for state in sorted(TERMINAL_STATES)
 ]
 #: Namespace of the per-order advisory locks (the two-key form keeps them apart from others).
 _ORDER_LOCK_CLASS = 0x6F726472  # "ordr"
@@ -74,10 +104,14 @@ _CASE_MUTABLE_COLUMNS = (
     "refund_key",
     "details",
     "updated_at",
+    "return_tracking_no",
+    "outbound_tracking_no",
 )
 _CASE_KEYS = tuple(column.key for column in cases.columns)
 _TRANSITION_KEYS = tuple(column.key for column in transitions.columns)
 _TIMER_KEYS = tuple(column.key for column in timers.columns)
+_OUTBOX_KEYS = tuple(column.key for column in outbox.columns)
+_DEAD_LETTER_KEYS = tuple(column.key for column in dead_letters.columns)
 
 _SELECT_CASE = sa.select(cases).where(cases.c.id == sa.bindparam("case_id"))
 _SELECT_CASE_BY_KEY = sa.select(cases).where(cases.c.submission_key == sa.bindparam("key"))
@@ -93,6 +127,26 @@ _SUM_REFUNDS = sa.select(sa.func.coalesce(sa.func.sum(cases.c.refund_amount), 0)
     cases.c.state.not_in(_NOT_REFUNDING),
     # -1 never matches: one statement serves with and without an excluded case.
     cases.c.id != sa.bindparam("exclude_id"),
+)
+_SELECT_OPEN_CASES_OF_ORDER = (
+    sa.select(cases)
+    .where(cases.c.order_id == sa.bindparam("order_id"), cases.c.state.not_in(_TERMINAL))
+    .order_by(cases.c.id.desc())
+)
+# Two indexed columns: SQLite answers the OR with both indexes (MULTI-INDEX OR), PostgreSQL
+# with a BitmapOr.
+_SELECT_CASES_BY_TRACKING_NO = (
+    sa.select(cases)
+    .where(
+        sa.or_(
+            cases.c.return_tracking_no == sa.bindparam("tracking_no"),
+            cases.c.outbound_tracking_no == sa.bindparam("tracking_no"),
+        )
+    )
+    .order_by(cases.c.id.desc())
+)
+_SELECT_CASES_BY_TRACKING_NO_OF_ORDER = _SELECT_CASES_BY_TRACKING_NO.where(
+    cases.c.order_id == sa.bindparam("order_id")
 )
 _LOCK_ORDER = sa.text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK_CLASS}, hashtext(:order_id))")
 
@@ -121,6 +175,120 @@ _SELECT_DUE = (
     .limit(sa.bindparam("limit"))
 )
 _SELECT_TIMER = sa.select(timers).where(timers.c.id == sa.bindparam("timer_id"))
+_PENDING: sa.ColumnElement[Any] = sa.literal_column(f"'{TimerStatus.PENDING.value}'")
+_CLAIMED: sa.ColumnElement[Any] = sa.literal_column(f"'{TimerStatus.CLAIMED.value}'")
+# One statement takes the batch: the subquery picks (and on PostgreSQL locks, skipping rows a
+# concurrent claimer holds) the oldest claimable timers, the UPDATE marks them. SQLite renders
+# no FOR UPDATE; its single writer already makes the claim exclusive. Pending -> claimed keeps
+# the row in the partial unique index of live timers, so the claim cannot conflict there.
+_CLAIMABLE_IDS = (
+    sa.select(timers.c.id)
+    .where(
+        sa.or_(
+            sa.and_(timers.c.status == _PENDING, timers.c.due_at <= sa.bindparam("as_of")),
+            sa.and_(
+                timers.c.status == _CLAIMED,
+                timers.c.claimed_at < sa.bindparam("reclaim_before"),
+            ),
+        )
+    )
+    .order_by(timers.c.due_at, timers.c.id)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_DUE = (
+    sa.update(timers)
+    .where(timers.c.id.in_(_CLAIMABLE_IDS.scalar_subquery()))
+    .values(
+        status=_CLAIMED,
+        claimed_at=sa.bindparam("claim_at", type_=timers.c.claimed_at.type),
+        claimed_by=sa.bindparam("claimer", type_=timers.c.claimed_by.type),
+    )
+    .returning(*timers.columns)
+)
+_SELECT_LATENESS = (
+    sa.select(timers.c.lateness_ms)
+    .where(
+        timers.c.fired_at >= sa.bindparam("since"),
+        timers.c.status == sa.literal_column(f"'{TimerStatus.FIRED.value}'"),
+    )
+    .order_by(timers.c.fired_at, timers.c.id)
+)
+
+_SELECT_UNPUBLISHED = (
+    sa.select(outbox)
+    .where(outbox.c.published_at.is_(None))
+    .order_by(outbox.c.id)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_SELECT_UNPUBLISHED_BEFORE = _SELECT_UNPUBLISHED.where(
+    outbox.c.created_at < sa.bindparam("created_before")
+)
+_MARK_PUBLISHED = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.bindparam("where_id"))
+    .values(
+        published_at=sa.bindparam("at", type_=outbox.c.published_at.type),
+        attempts=outbox.c.attempts + 1,
+    )
+)
+_COUNT_UNPUBLISHED = (
+    sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+)
+
+_SELECT_DEAD_LETTERS = (
+    sa.select(dead_letters)
+    # after_id 0 when not paging: ids start at 1 on both backends.
+    .where(dead_letters.c.id > sa.bindparam("after_id"))
+    .order_by(dead_letters.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_SELECT_DEAD_LETTERS_BY_STATUS = _SELECT_DEAD_LETTERS.where(
+    dead_letters.c.status == sa.bindparam("status")
+)
+_SELECT_DEAD_LETTER = sa.select(dead_letters).where(dead_letters.c.id == sa.bindparam("letter_id"))
+_RESOLVE_DEAD_LETTER = (
+    sa.update(dead_letters)
+    .where(dead_letters.c.id == sa.bindparam("where_id"))
+    .values(
+        status=sa.bindparam("status", type_=dead_letters.c.status.type),
+        resolved_at=sa.bindparam("resolved_at", type_=dead_letters.c.resolved_at.type),
+    )
+)
+
+
+def _upsert(table: sa.Table, dialect: Dialect) -> Any:
+    """``INSERT ... ON CONFLICT`` of ``table``: both backends spell it the same way."""
+    if dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect.name}")
+
+
+def _record_event(dialect: Dialect) -> sa.Insert:
+    # DO NOTHING, not an error: a redelivery must leave the transaction usable (PostgreSQL
+    # aborts a transaction on a unique violation), and the rowcount tells which it was.
+    statement: sa.Insert = _upsert(inbound_events, dialect).on_conflict_do_nothing(
+        index_elements=[inbound_events.c.source, inbound_events.c.event_id]
+    )
+    return statement
+
+
+def _store_dead_letter(dialect: Dialect) -> sa.Insert:
+    # NULLs are distinct in the unique constraint: letters without an event id always insert.
+    insert = _upsert(dead_letters, dialect)
+    statement: sa.Insert = insert.on_conflict_do_update(
+        index_elements=[dead_letters.c.source, dead_letters.c.event_id],
+        set_={
+            "attempts": dead_letters.c.attempts + 1,
+            "reason": insert.excluded.reason,
+            "code": insert.excluded.code,
+            "envelope": insert.excluded.envelope,
+        },
+    ).returning(dead_letters.c.id)
+    return statement
 
 
 class _Statements:
@@ -135,6 +303,9 @@ class _Statements:
 
         self.select_case = select(_SELECT_CASE)
         self.select_case_by_key = select(_SELECT_CASE_BY_KEY)
+        self.select_open_cases_of_order = select(_SELECT_OPEN_CASES_OF_ORDER)
+        self.select_cases_by_tracking_no = select(_SELECT_CASES_BY_TRACKING_NO)
+        self.select_cases_by_tracking_no_of_order = select(_SELECT_CASES_BY_TRACKING_NO_OF_ORDER)
         self.insert_case = insert_returning_id(cases, dialect, _CASE_INSERT_COLUMNS)
         self.update_case = write(_UPDATE_CASE, *_CASE_MUTABLE_COLUMNS)
         self.insert_claim = write(sa.insert(open_case_items), "order_id", "sku", "case_id")
@@ -152,9 +323,28 @@ class _Statements:
         self.finish = write(_UPDATE_TIMER, "status", "fired_at", "lateness_ms")
         self.select_due = select(_SELECT_DUE)
         self.select_timer = select(_SELECT_TIMER)
+        self.claim_due = Prepared(_CLAIM_DUE, dialect, returns=list(timers.columns))
+        self.select_lateness = select(_SELECT_LATENESS)
         self.insert_outbox = write(
             sa.insert(outbox), "topic", "case_id", "payload", "created_at", "attempts"
         )
+        self.select_unpublished = select(_SELECT_UNPUBLISHED)
+        self.select_unpublished_before = select(_SELECT_UNPUBLISHED_BEFORE)
+        self.mark_published = write(_MARK_PUBLISHED)
+        self.count_unpublished = select(_COUNT_UNPUBLISHED)
+        self.record_event = write(
+            _record_event(dialect), "source", "event_id", "case_id", "received_at"
+        )
+        self.store_dead_letter = Prepared(
+            _store_dead_letter(dialect),
+            dialect,
+            column_keys=_all_but(dead_letters, "id"),
+            returns=[dead_letters.c.id],
+        )
+        self.select_dead_letters = select(_SELECT_DEAD_LETTERS)
+        self.select_dead_letters_by_status = select(_SELECT_DEAD_LETTERS_BY_STATUS)
+        self.select_dead_letter = select(_SELECT_DEAD_LETTER)
+        self.resolve_dead_letter = write(_RESOLVE_DEAD_LETTER)
 
 
 _compiled: weakref.WeakKeyDictionary[Dialect, _Statements] = weakref.WeakKeyDictionary()
@@ -188,6 +378,7 @@ class SqlUnitOfWork:
         self.log: TransitionLog = self._log
         self.timers: TimerStore = SqlTimerStore(self)
         self.outbox: Outbox = SqlOutbox(self)
+        self.events: EventStore = SqlEventStore(self)
 
     @property
     def connection(self) -> Connection:
@@ -415,6 +606,27 @@ class SqlCaseRepository(_Store):
         row = self._run(self._uow.statements.select_case_by_key.first, {"key": key})
         return self._load(row) if row is not None else None
 
+    def by_reference(
+        self, order_id: str | None = None, tracking_no: str | None = None
+    ) -> builtins.list[Case]:
+        """With ``tracking_no``: the cases (in any state) whose return or outbound parcel has it,
+        of ``order_id`` too when given; with ``order_id`` alone: the order's open cases. Newest
+        first."""
+        sql = self._uow.statements
+        if tracking_no is not None:
+            if order_id is None:
+                statement = sql.select_cases_by_tracking_no
+                params = {"tracking_no": tracking_no}
+            else:
+                statement = sql.select_cases_by_tracking_no_of_order
+                params = {"tracking_no": tracking_no, "order_id": order_id}
+        elif order_id is not None:
+            statement = sql.select_open_cases_of_order
+            params = {"order_id": order_id}
+        else:
+            raise ValueError("by_reference() needs an order_id or a tracking_no")
+        return [self._load(row) for row in self._run(statement.rows, params)]
+
 
 class SqlTransitionLog(_Store):
     def __init__(self, uow: SqlUnitOfWork) -> None:
@@ -523,6 +735,29 @@ class SqlTimerStore(_Store):
         }
         self._run(self._uow.statements.finish.execute, params)
 
+    def claim_due(
+        self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
+    ) -> list[Timer]:
+        params = {
+            "as_of": as_of,
+            "reclaim_before": reclaim_before,
+            "limit": limit,
+            "claim_at": as_of,
+            "claimer": claimer,
+        }
+        claimed = [
+            _timer_from_row(row) for row in self._run(self._uow.statements.claim_due.rows, params)
+        ]
+        # RETURNING gives the rows in no particular order.
+        claimed.sort(key=lambda timer: (timer.due_at, timer.id or 0))
+        return claimed
+
+    def lateness(self, since: datetime) -> list[int]:
+        """Lateness of the timers that fired (not the stale ones cancelled when due), oldest
+        firing first."""
+        rows = self._run(self._uow.statements.select_lateness.rows, {"since": since})
+        return [int(row[0]) for row in rows if row[0] is not None]
+
 
 class SqlOutbox(_Store):
     def add(self, messages: Sequence[OutboxMessage]) -> None:
@@ -539,6 +774,71 @@ class SqlOutbox(_Store):
             for m in messages
         ]
         self._run(self._uow.statements.insert_outbox.execute_many, rows)
+
+    def unpublished(self, limit: int, created_before: datetime | None = None) -> list[OutboxEntry]:
+        sql = self._uow.statements
+        if created_before is None:
+            rows = self._run(sql.select_unpublished.rows, {"limit": limit})
+        else:
+            params = {"limit": limit, "created_before": created_before}
+            rows = self._run(sql.select_unpublished_before.rows, params)
+        return [_outbox_entry_from_row(row) for row in rows]
+
+    def mark_published(self, ids: Sequence[int], at: datetime) -> None:
+        if not ids:
+            return
+        rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
+        self._run(self._uow.statements.mark_published.execute_many, rows)
+
+    def backlog(self) -> int:
+        row = self._run(self._uow.statements.count_unpublished.first, {})
+        return int(row[0]) if row is not None else 0
+
+
+class SqlEventStore(_Store):
+    def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
+        params = {"source": source, "event_id": event_id, "case_id": case_id, "received_at": at}
+        return self._run(self._uow.statements.record_event.execute, params) == 1
+
+    def dead_letter(self, letter: DeadLetter) -> int:
+        """Insert, or for a known (source, event_id) count one more attempt and keep the newest
+        reason, code and envelope; ``received_at`` stays the first delivery's and ``status``
+        stays as it is (a discarded letter is not reopened by a redelivery)."""
+        letter_id = self._run(
+            self._uow.statements.store_dead_letter.insert, _dead_letter_values(letter)
+        )
+        letter.id = letter_id
+        return letter_id
+
+    def dead_letters(
+        self,
+        status: DeadLetterStatus | None = DeadLetterStatus.OPEN,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[DeadLetter]:
+        """Oldest first; page with ``after_id`` (the last id of the previous page)."""
+        sql = self._uow.statements
+        params: dict[str, Any] = {"after_id": after_id or 0, "limit": limit}
+        if status is None:
+            rows = self._run(sql.select_dead_letters.rows, params)
+        else:
+            params["status"] = status.value
+            rows = self._run(sql.select_dead_letters_by_status.rows, params)
+        return [_dead_letter_from_row(row) for row in rows]
+
+    def get_dead_letter(self, letter_id: int) -> DeadLetter | None:
+        row = self._run(self._uow.statements.select_dead_letter.first, {"letter_id": letter_id})
+        return _dead_letter_from_row(row) if row is not None else None
+
+    def resolve_dead_letter(self, letter_id: int, status: DeadLetterStatus, at: datetime) -> None:
+        """Set the status; ``resolved_at`` is ``at``, or cleared when reopened (``OPEN``)."""
+        params = {
+            "where_id": letter_id,
+            "status": status.value,
+            "resolved_at": None if status is DeadLetterStatus.OPEN else at,
+        }
+        if self._run(self._uow.statements.resolve_dead_letter.execute, params) != 1:
+            raise KeyError(f"no dead letter {letter_id}")
 
 
 # -- rows <-> domain objects ----------------------------------------------------------------
@@ -574,7 +874,17 @@ def _case_values(case: Case) -> dict[str, Any]:
         "details": case.details,
         "created_at": case.created_at,
         "updated_at": case.updated_at,
+        **_tracking_values(case),
     }
+
+
+def _tracking_values(case: Case) -> dict[str, str | None]:
+    """The indexed copies of the parcels' tracking numbers kept in ``details``."""
+    values: dict[str, str | None] = {}
+    for key in ("return_tracking_no", "outbound_tracking_no"):
+        value = case.details.get(key)
+        values[key] = str(value) if value is not None else None
+    return values
 
 
 def _case_mutable_values(case: Case) -> dict[str, Any]:
@@ -590,6 +900,7 @@ def _case_mutable_values(case: Case) -> dict[str, Any]:
         "refund_key": case.refund_key,
         "details": case.details,
         "updated_at": case.updated_at,
+        **_tracking_values(case),
     }
 
 
@@ -632,7 +943,8 @@ if _CASE_KEYS != (
     "id", "type", "state", "version", "order_id", "buyer_id", "merchant_id", "category", "reason",
     "description", "payment_channel", "paid_amount", "paid_at", "delivered_at", "items", "gifts",
     "requested_amount", "refund_amount", "gift_deduction", "refund_route", "refund_attempts",
-    "refund_key", "submission_key", "details", "created_at", "updated_at",
+    "refund_key", "submission_key", "details", "created_at", "updated_at", "return_tracking_no",
+    "outbound_tracking_no",
 ):  # fmt: skip
     raise RuntimeError("the cases columns changed: update _case_from_row")
 
@@ -643,6 +955,7 @@ def _case_from_row(row: Sequence[Any]) -> Case:
         description, payment_channel, paid_amount, paid_at, delivered_at, items, gifts,
         requested_amount, refund_amount, gift_deduction, refund_route, refund_attempts,
         refund_key, submission_key, details, created_at, updated_at,
+        _return_tracking_no, _outbound_tracking_no,  # copies of details' values
     ) = row  # fmt: skip
     return Case(
         id=case_id,
@@ -713,8 +1026,8 @@ def _timer_values(timer: Timer) -> dict[str, Any]:
         "due_at": timer.due_at,
         "status": timer.status.value,
         "created_at": timer.created_at,
-        "claimed_at": None,
-        "claimed_by": None,
+        "claimed_at": timer.claimed_at,
+        "claimed_by": timer.claimed_by,
         "fired_at": timer.fired_at,
         "lateness_ms": None,
     }
@@ -733,6 +1046,51 @@ def _timer_from_row(row: Sequence[Any]) -> Timer:
         created_at=r["created_at"],
         status=TimerStatus(r["status"]),
         fired_at=r["fired_at"],
+        claimed_at=r["claimed_at"],
+        claimed_by=r["claimed_by"],
+    )
+
+
+def _outbox_entry_from_row(row: Sequence[Any]) -> OutboxEntry:
+    r = dict(zip(_OUTBOX_KEYS, row, strict=True))
+    return OutboxEntry(
+        id=r["id"],
+        topic=r["topic"],
+        case_id=r["case_id"],
+        payload=r["payload"],
+        created_at=r["created_at"],
+        attempts=r["attempts"],
+        published_at=r["published_at"],
+    )
+
+
+def _dead_letter_values(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "source": letter.source,
+        "event_id": letter.event_id,
+        "envelope": letter.envelope,
+        "reason": letter.reason,
+        "code": letter.code,
+        "received_at": letter.received_at,
+        "status": letter.status.value,
+        "attempts": letter.attempts,
+        "resolved_at": letter.resolved_at,
+    }
+
+
+def _dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
+    r = dict(zip(_DEAD_LETTER_KEYS, row, strict=True))
+    return DeadLetter(
+        id=r["id"],
+        source=r["source"],
+        event_id=r["event_id"],
+        envelope=r["envelope"],
+        reason=r["reason"],
+        code=r["code"],
+        received_at=r["received_at"],
+        status=DeadLetterStatus(r["status"]),
+        attempts=r["attempts"],
+        resolved_at=r["resolved_at"],
     )
 
 

@@ -264,6 +264,7 @@ def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> 
             case.refund_route = RefundRoute.BANK_TRANSFER
         case payloads.RefundResult() if trigger == "fail_refund":
             details["last_refund_error"] = data.error or "no reason given"
+            details["refund_outcome_unknown"] = not data.definite
         case payloads.RefundResult():
             details["refund_reference"] = data.reference
         case payloads.Revision():
@@ -320,10 +321,15 @@ def _on_enter(case: Case, trigger: str, context: Context) -> None:
         "confirm_refund",
         "fail_refund",
     ):
-        case.details["refund_unsettled"] = False
+        # An unknown outcome keeps the attempt (and its key) open for the retry.
+        case.details["refund_unsettled"] = bool(case.details.pop("refund_outcome_unknown", False))
         if state is CaseState.REFUND_FAILED:
             max_attempts = context.policy.refund_retry.max_attempts
-            case.details["refund_parked"] = case.refund_attempts >= max_attempts
+            # Failures, not attempts, count: an unknown outcome keeps its attempt (and key) but
+            # must still back off and eventually park.
+            failures = int(case.details.get("refund_failures", 0)) + 1
+            case.details["refund_failures"] = failures
+            case.details["refund_parked"] = failures >= max_attempts
     elif state is CaseState.AWAITING_BANK_ACCOUNT and trigger != "remind_bank_account":
         case.refund_route = RefundRoute.BANK_TRANSFER
         case.details["bank_account_reminded"] = False
@@ -371,6 +377,7 @@ def messages_for(case: Case, record: TransitionRecord) -> list[OutboxMessage]:
         add(
             "refund.parked",
             attempts=case.refund_attempts,
+            failures=case.details.get("refund_failures", 0),
             error=case.details.get("last_refund_error"),
         )
     return messages
@@ -391,7 +398,7 @@ def timer_for(case: Case, policy: Policy, now: datetime, previous: Timer | None)
         if previous is not None and previous.kind == spec.kind:
             due = previous.due_at
         elif spec.kind == "refund_retry":
-            due = now + policy.refund_retry.delay_after(case.refund_attempts)
+            due = now + policy.refund_retry.delay_after(int(case.details.get("refund_failures", 1)))
         else:
             due = now + policy.timer(spec.kind, case.type.value)
         return Timer(

@@ -1,11 +1,16 @@
 """In-memory stores: the unit of work for unit tests and the property-based test.
 
 They keep the same contract as the SQL ones: writes become visible only on ``commit()``, a save
-with a stale version writes nothing, and uniqueness violations raise ``Conflict`` at commit.
+with a stale version writes nothing, and uniqueness violations raise ``Conflict``.
+
+One unit of work at a time: each works on a copy of the database and its commit replaces the
+whole of it, so two interleaved units of work would each claim the same timers or outbox rows
+(the SQL stores lock or serialise them). Tests run them one after the other.
 """
 
 from __future__ import annotations
 
+import builtins
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -14,8 +19,24 @@ from types import TracebackType
 from typing import Self
 
 from workflow.errors import Conflict, PolicyRefusal
-from workflow.model import Case, OutboxMessage, Timer, TimerStatus, TransitionRecord
-from workflow.ports import CaseQuery
+from workflow.model import (
+    Case,
+    DeadLetter,
+    DeadLetterStatus,
+    OutboxEntry,
+    OutboxMessage,
+    Timer,
+    TimerStatus,
+    TransitionRecord,
+)
+from workflow.ports import (
+    CaseQuery,
+    CaseRepository,
+    EventStore,
+    Outbox,
+    TimerStore,
+    TransitionLog,
+)
 from workflow.states import CaseState
 
 _NOT_REFUNDING = frozenset(
@@ -29,10 +50,16 @@ class InMemoryDatabase:
     cases: dict[int, Case] = field(default_factory=dict)
     log: dict[int, list[TransitionRecord]] = field(default_factory=dict)
     timers: dict[int, Timer] = field(default_factory=dict)
-    outbox: list[OutboxMessage] = field(default_factory=list)
+    #: In id order (ids are assigned in ``add`` order).
+    outbox: list[OutboxEntry] = field(default_factory=list)
     open_items: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (source, event_id) -> (case id, received at) of the inbound events processed.
+    inbound_events: dict[tuple[str, str], tuple[int | None, datetime]] = field(default_factory=dict)
+    dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
     next_case_id: int = 1
     next_timer_id: int = 1
+    next_outbox_id: int = 1
+    next_dead_letter_id: int = 1
 
 
 class InMemoryCaseRepository:
@@ -116,6 +143,30 @@ class InMemoryCaseRepository:
                 return copy.deepcopy(case)
         return None
 
+    def by_reference(
+        self, order_id: str | None = None, tracking_no: str | None = None
+    ) -> builtins.list[Case]:
+        """As the SQL one: by ``tracking_no`` (any state; of ``order_id`` too when given), or
+        the open cases of ``order_id``; newest first."""
+        if order_id is None and tracking_no is None:
+            raise ValueError("by_reference() needs an order_id or a tracking_no")
+        found = []
+        for case_id in sorted(self._db.cases, reverse=True):
+            case = self._db.cases[case_id]
+            if order_id is not None and case.order_id != order_id:
+                continue
+            if tracking_no is not None:
+                numbers = (
+                    case.details.get("return_tracking_no"),
+                    case.details.get("outbound_tracking_no"),
+                )
+                if tracking_no not in {str(n) for n in numbers if n is not None}:
+                    continue
+            elif case.is_terminal:
+                continue
+            found.append(copy.deepcopy(case))
+        return found
+
 
 class InMemoryTransitionLog:
     def __init__(self, db: InMemoryDatabase) -> None:
@@ -185,17 +236,138 @@ class InMemoryTimerStore:
         timer.status = TimerStatus.FIRED if fired else TimerStatus.CANCELLED
         timer.fired_at = fired_at
 
+    def claim_due(
+        self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
+    ) -> list[Timer]:
+        claimable = [
+            t
+            for t in self._db.timers.values()
+            if (t.status is TimerStatus.PENDING and t.due_at <= as_of)
+            or (
+                t.status is TimerStatus.CLAIMED
+                and t.claimed_at is not None
+                and t.claimed_at < reclaim_before
+            )
+        ]
+        claimable.sort(key=lambda t: (t.due_at, t.id or 0))
+        claimed = []
+        for timer in claimable[:limit]:
+            timer.status = TimerStatus.CLAIMED
+            timer.claimed_at, timer.claimed_by = as_of, claimer
+            claimed.append(replace(timer))
+        return claimed
+
+    def lateness(self, since: datetime) -> list[int]:
+        fired = [
+            t
+            for t in self._db.timers.values()
+            if t.status is TimerStatus.FIRED and t.fired_at is not None and t.fired_at >= since
+        ]
+        fired.sort(key=lambda t: (t.fired_at, t.id or 0))
+        return [
+            round((t.fired_at - t.due_at).total_seconds() * 1000)
+            for t in fired
+            if t.fired_at is not None
+        ]
+
 
 class InMemoryOutbox:
     def __init__(self, db: InMemoryDatabase) -> None:
         self._db = db
 
     def add(self, messages: Sequence[OutboxMessage]) -> None:
-        self._db.outbox.extend(messages)
+        for m in messages:
+            entry_id = self._db.next_outbox_id
+            self._db.next_outbox_id += 1
+            self._db.outbox.append(
+                OutboxEntry(entry_id, m.topic, m.case_id, copy.deepcopy(m.payload), m.created_at)
+            )
+
+    def unpublished(self, limit: int, created_before: datetime | None = None) -> list[OutboxEntry]:
+        waiting = [
+            entry
+            for entry in self._db.outbox
+            if entry.published_at is None
+            and (created_before is None or entry.created_at < created_before)
+        ]
+        return copy.deepcopy(waiting[:limit])
+
+    def mark_published(self, ids: Sequence[int], at: datetime) -> None:
+        wanted = set(ids)
+        self._db.outbox = [
+            replace(entry, published_at=at, attempts=entry.attempts + 1)
+            if entry.id in wanted
+            else entry
+            for entry in self._db.outbox
+        ]
+
+    def backlog(self) -> int:
+        return sum(1 for entry in self._db.outbox if entry.published_at is None)
+
+
+class InMemoryEventStore:
+    def __init__(self, db: InMemoryDatabase) -> None:
+        self._db = db
+
+    def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
+        if (source, event_id) in self._db.inbound_events:
+            return False
+        self._db.inbound_events[(source, event_id)] = (case_id, at)
+        return True
+
+    def dead_letter(self, letter: DeadLetter) -> int:
+        """As the SQL one: a known (source, event_id) counts one more attempt and takes the new
+        reason, code and envelope; its status and ``received_at`` stay."""
+        if letter.event_id is not None:
+            for stored in self._db.dead_letters.values():
+                if (stored.source, stored.event_id) == (letter.source, letter.event_id):
+                    stored.attempts += 1
+                    stored.reason, stored.code = letter.reason, letter.code
+                    stored.envelope = copy.deepcopy(letter.envelope)
+                    assert stored.id is not None
+                    letter.id = stored.id
+                    return stored.id
+        letter_id = self._db.next_dead_letter_id
+        self._db.next_dead_letter_id += 1
+        letter.id = letter_id
+        self._db.dead_letters[letter_id] = copy.deepcopy(letter)
+        return letter_id
+
+    def dead_letters(
+        self,
+        status: DeadLetterStatus | None = DeadLetterStatus.OPEN,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[DeadLetter]:
+        found = [
+            copy.deepcopy(self._db.dead_letters[letter_id])
+            for letter_id in sorted(self._db.dead_letters)
+            if letter_id > (after_id or 0)
+            and (status is None or self._db.dead_letters[letter_id].status is status)
+        ]
+        return found[:limit]
+
+    def get_dead_letter(self, letter_id: int) -> DeadLetter | None:
+        letter = self._db.dead_letters.get(letter_id)
+        return copy.deepcopy(letter) if letter else None
+
+    def resolve_dead_letter(self, letter_id: int, status: DeadLetterStatus, at: datetime) -> None:
+        letter = self._db.dead_letters.get(letter_id)
+        if letter is None:
+            raise KeyError(f"no dead letter {letter_id}")
+        letter.status = status
+        letter.resolved_at = None if status is DeadLetterStatus.OPEN else at
 
 
 class InMemoryUnitOfWork:
     """Works on a copy of the database; ``commit()`` swaps the copy in."""
+
+    # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
+    cases: CaseRepository
+    log: TransitionLog
+    timers: TimerStore
+    outbox: Outbox
+    events: EventStore
 
     def __init__(self, db: InMemoryDatabase) -> None:
         self._committed = db
@@ -203,11 +375,15 @@ class InMemoryUnitOfWork:
 
     def __enter__(self) -> Self:
         self._working = copy.deepcopy(self._committed)
+        self._bind_stores()
+        return self
+
+    def _bind_stores(self) -> None:
         self.cases = InMemoryCaseRepository(self._working)
         self.log = InMemoryTransitionLog(self._working)
         self.timers = InMemoryTimerStore(self._working)
         self.outbox = InMemoryOutbox(self._working)
-        return self
+        self.events = InMemoryEventStore(self._working)
 
     def __exit__(
         self,
@@ -220,13 +396,11 @@ class InMemoryUnitOfWork:
     def commit(self) -> None:
         self._committed.__dict__.update(self._working.__dict__)
         self._working = copy.deepcopy(self._committed)
-        self.cases = InMemoryCaseRepository(self._working)
-        self.log = InMemoryTransitionLog(self._working)
-        self.timers = InMemoryTimerStore(self._working)
-        self.outbox = InMemoryOutbox(self._working)
+        self._bind_stores()
 
     def rollback(self) -> None:
         self._working = copy.deepcopy(self._committed)
+        self._bind_stores()
 
 
 class InMemoryUnitOfWorkFactory:

@@ -156,6 +156,8 @@ class Timer:
     status: TimerStatus = TimerStatus.PENDING
     id: int | None = None
     fired_at: datetime | None = None
+    claimed_at: datetime | None = None
+    claimed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,3 +168,42 @@ class OutboxMessage:
     case_id: int
     payload: dict[str, Any]
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A stored outbox row, as the relay reads it."""
+
+    id: int
+    topic: str
+    case_id: int
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int = 0
+    published_at: datetime | None = None
+
+
+class DeadLetterStatus(StrEnum):
+    #: Waiting for someone to look at it (or replay it).
+    OPEN = "open"
+    #: Replayed and applied.
+    REPLAYED = "replayed"
+    #: Looked at and set aside by an operator.
+    DISCARDED = "discarded"
+
+
+@dataclass
+class DeadLetter:
+    """An inbound event that could not apply, kept with the reason; nothing is dropped."""
+
+    source: str
+    event_id: str | None
+    envelope: dict[str, Any]
+    reason: str
+    #: The stable error code (``not_found``, ``not_allowed``, ``invalid_input``, ...).
+    code: str
+    received_at: datetime
+    status: DeadLetterStatus = DeadLetterStatus.OPEN
+    id: int | None = None
+    attempts: int = 1
+    resolved_at: datetime | None = None

@@ -118,6 +118,9 @@ class BankAccount(_Input):
 class RefundResult(_Input):
     reference: Ident | None = None
     error: Text | None = None
+    #: False when the gateway's answer is unknown (timeouts): the next attempt then reuses the
+    #: same idempotency key, because the first call may have paid.
+    definite: bool = True
 
 
 class Revision(_Input):

@@ -7,13 +7,22 @@ leaving the ``with`` block without a commit rolls everything back.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from workflow.model import Case, OutboxMessage, Timer, TransitionRecord
+from workflow.model import (
+    Case,
+    DeadLetter,
+    DeadLetterStatus,
+    OutboxEntry,
+    OutboxMessage,
+    Timer,
+    TransitionRecord,
+)
 from workflow.states import CaseState, CaseType
 
 
@@ -60,6 +69,14 @@ class CaseRepository(Protocol):
 
     def by_submission_key(self, key: str) -> Case | None: ...
 
+    def by_reference(
+        self, order_id: str | None = None, tracking_no: str | None = None
+    ) -> builtins.list[Case]:
+        """Open cases of an order, or the case whose return or outbound parcel has this
+        tracking number (``details['return_tracking_no']`` / ``['outbound_tracking_no']``,
+        stored in indexed columns); newest first."""
+        ...
+
 
 class TransitionLog(Protocol):
     def append(self, records: Sequence[TransitionRecord]) -> None: ...
@@ -90,9 +107,59 @@ class TimerStore(Protocol):
         """Mark the timer fired (or cancelled when it was stale) at ``fired_at``."""
         ...
 
+    def claim_due(
+        self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
+    ) -> list[Timer]:
+        """Claim up to ``limit`` timers due at ``as_of``: pending ones, and claimed ones whose
+        claim is older than ``reclaim_before`` (their sweeper died). Marks them claimed by
+        ``claimer`` at ``as_of``. Concurrent claimers get disjoint sets (``FOR UPDATE SKIP
+        LOCKED`` on PostgreSQL; SQLite has one writer at a time)."""
+        ...
+
+    def lateness(self, since: datetime) -> list[int]:
+        """Lateness in ms (fired_at - due_at) of the timers fired since ``since``."""
+        ...
+
 
 class Outbox(Protocol):
     def add(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    def unpublished(self, limit: int, created_before: datetime | None = None) -> list[OutboxEntry]:
+        """Rows not yet published, oldest first; locked ``FOR UPDATE SKIP LOCKED`` on
+        PostgreSQL so two relays do not publish the same rows at once."""
+        ...
+
+    def mark_published(self, ids: Sequence[int], at: datetime) -> None: ...
+
+    def backlog(self) -> int:
+        """How many rows wait to be published."""
+        ...
+
+
+class EventStore(Protocol):
+    """Inbound events: the processed ids (dedupe) and the dead letters."""
+
+    def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
+        """Remember the event in this transaction; False if (source, event_id) was seen."""
+        ...
+
+    def dead_letter(self, letter: DeadLetter) -> int:
+        """Store (or, for a known (source, event_id), update attempts and reason) and return
+        the id."""
+        ...
+
+    def dead_letters(
+        self,
+        status: DeadLetterStatus | None = DeadLetterStatus.OPEN,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[DeadLetter]: ...
+
+    def get_dead_letter(self, letter_id: int) -> DeadLetter | None: ...
+
+    def resolve_dead_letter(
+        self, letter_id: int, status: DeadLetterStatus, at: datetime
+    ) -> None: ...
 
 
 class UnitOfWork(Protocol):
@@ -100,6 +167,7 @@ class UnitOfWork(Protocol):
     log: TransitionLog
     timers: TimerStore
     outbox: Outbox
+    events: EventStore
 
     def __enter__(self) -> Self: ...
 

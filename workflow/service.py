@@ -7,8 +7,9 @@ refuses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -52,6 +53,8 @@ class FireResult:
     records: list[TransitionRecord]
     #: True when an earlier call with the same idempotency key already did this.
     replayed: bool = False
+    #: True when ``inbound`` named an event processed before: nothing was written.
+    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,19 @@ class TimerRun:
 
 
 class CaseService:
-    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, policy: Policy) -> None:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        clock: Clock,
+        policy: Policy,
+        outbox_written: Callable[[], None] | None = None,
+    ) -> None:
         self._uow = uow_factory
         self.clock = clock
         self.policy = policy
+        # Called after a commit that wrote outbox rows, so a relay can publish them at once;
+        # the periodic relay sweep is the safety net when this kick is lost.
+        self._outbox_written = outbox_written or (lambda: None)
 
     # -- submission -----------------------------------------------------------------------
     def submit(
@@ -123,7 +135,8 @@ class CaseService:
                 uow.timers.arm(deadline)
             uow.outbox.add(engine.messages_for(case, record))
             uow.commit()
-            return CaseView(case, deadline)
+        self._outbox_written()
+        return CaseView(case, deadline)
 
     # -- transitions ------------------------------------------------------------------------
     def fire(
@@ -135,10 +148,27 @@ class CaseService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         expected_version: int | None = None,
+        inbound: tuple[str, str] | None = None,
+        then: Sequence[str] = (),
     ) -> FireResult:
+        """Fire ``trigger`` (and ``then``: triggers the same actor fires right after it with the
+        same data, in the same transaction, e.g. a delivery that implies the pickup).
+
+        ``inbound`` is the (source, event id) of the inbound event this transition applies: it
+        is recorded in the same transaction, and one recorded before makes the call a no-op
+        with ``duplicate`` set.
+        """
         try:
             return self._fire(
-                case_id, trigger, actor, data, reason, idempotency_key, expected_version
+                case_id,
+                trigger,
+                actor,
+                data,
+                reason,
+                idempotency_key,
+                expected_version,
+                inbound,
+                then,
             )
         except Conflict:
             if not idempotency_key:
@@ -160,9 +190,15 @@ class CaseService:
         reason: str | None,
         idempotency_key: str | None,
         expected_version: int | None,
+        inbound: tuple[str, str] | None = None,
+        then: Sequence[str] = (),
     ) -> FireResult:
         with self._uow() as uow:
             case = _get(uow, case_id)
+            if inbound is not None and not uow.events.record(*inbound, case_id, self.clock.now()):
+                # Before any check: a redelivered event is a no-op whatever the case did since.
+                pending = uow.timers.pending(case_id)
+                return FireResult(case, pending, [], replayed=True, duplicate=True)
             if idempotency_key:
                 earlier = uow.log.by_key(case_id, idempotency_key)
                 if earlier:
@@ -183,6 +219,12 @@ class CaseService:
             context = engine.Context(self.policy, self.clock.now(), actor, previous)
             loaded_version = case.version
             outcome = engine.fire(case, trigger, context, data, reason, idempotency_key)
+            for follow in then:
+                more = engine.fire(
+                    case, follow, replace(context, deadline=None), data, None, idempotency_key
+                )
+                outcome.records.extend(more.records)
+                outcome.messages.extend(more.messages)
             deadline = self._commit_transition(uow, case, loaded_version, previous, outcome)
             return FireResult(case, deadline, outcome.records)
 
@@ -207,6 +249,7 @@ class CaseService:
             uow.cases.release_items(case_id)
         uow.outbox.add(outcome.messages)
         uow.commit()
+        self._outbox_written()
         return deadline
 
     def extend_deadline(
@@ -294,6 +337,28 @@ class CaseService:
             uow.timers.finish(timer_id, now, fired=True)
             self._commit_transition(uow, case, loaded_version, None, outcome)
             return TimerRun(timer, True, f"{timer.trigger}: {case.state.value}")
+
+    def sweep_timers(
+        self, claimer: str, batch: int = 500, reclaim_after: timedelta = timedelta(minutes=5)
+    ) -> list[TimerRun]:
+        """Claim a batch of due timers and fire each in its own transaction.
+
+        Any number of sweepers may run at once: the claim hands each a disjoint batch, and a
+        timer claimed by a sweeper that died is claimed again after ``reclaim_after``. Firing
+        is idempotent on the timer id, so a reclaimed timer that had in fact fired does nothing.
+        """
+        now = self.clock.now()
+        with self._uow() as uow:
+            claimed = uow.timers.claim_due(now, batch, claimer, now - reclaim_after)
+            uow.commit()
+        runs = []
+        for timer in claimed:
+            assert timer.id is not None
+            try:
+                runs.append(self.fire_timer(timer.id))
+            except Conflict:
+                runs.append(TimerRun(timer, False, "conflict: the case moved meanwhile"))
+        return runs
 
     def run_due_timers(self, as_of: datetime | None = None, limit: int = 1000) -> list[TimerRun]:
         """Fire every timer due at ``as_of`` (default now), each in its own transaction."""

@@ -1,0 +1,1 @@
+"""Adapters to the world outside: carriers, payment gateways, notifications (and their fakes)."""

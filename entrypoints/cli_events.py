@@ -1,0 +1,264 @@
+"""``aftersales events``: ingest inbound events from JSON lines, and work the dead letters.
+
+A thin adapter over ``workflow.events.EventService``, mounted on the main app by ``cli.py``; the
+error handling, the output helpers and the wiring are the main app's (imported inside the
+commands, because ``cli.py`` imports this module while it is being built).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from rich.text import Text
+
+from config.settings import get_settings
+from entrypoints import bootstrap, views
+from workflow.events import (
+    EventService,
+    IngestResult,
+    IngestStatus,
+    mapping_markdown,
+    schema_text,
+)
+from workflow.model import DeadLetter, DeadLetterStatus
+
+events_app = typer.Typer(
+    no_args_is_help=True,
+    help="Inbound events (carrier, payment, merchant, buyer): ingest them, work the dead letters.",
+)
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print JSON (money in integer fen, times in UTC).")
+]
+LetterId = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id.")]
+#: Dead letters per page of ``events dead-letters``.
+DEFAULT_PAGE = 20
+#: Exit code of a replay that still fails, per error code (as ``cli.EXIT_CODES``); codes of
+#: their own (``stale_event``) mean "cannot apply now", as ``not_allowed`` does.
+CANNOT_APPLY_EXIT = 5
+
+
+class LetterFilter(StrEnum):
+    OPEN = "open"
+    REPLAYED = "replayed"
+    DISCARDED = "discarded"
+    ALL = "all"
+
+
+def _events(ctx: typer.Context, json_output: bool) -> tuple[Any, EventService]:
+    from entrypoints import cli
+
+    state = cli._state(ctx, json_output)
+    return state, bootstrap.build_event_service(get_settings(), state.service())
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+
+
+@events_app.command("ingest")
+def events_ingest(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Argument(metavar="FILE", help="JSON lines, one envelope a line; - reads stdin.")
+    ],
+    json_output: JsonFlag = False,
+) -> None:
+    """Ingest the events of a JSON lines file, each in its own transaction.
+
+    A line that cannot apply (malformed, unknown case, illegal in the case's state) becomes a
+    dead letter and the rest go on; the summary counts each outcome.
+    """
+    from entrypoints import cli
+
+    if source == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        text, name = cli._read_text(source)
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    state, service = _events(ctx, json_output)
+    outcomes: list[tuple[int, IngestResult]] = []
+    if state.json or len(lines) <= cli.PROGRESS_THRESHOLD:
+        outcomes = [(number, service.ingest(line)) for number, line in lines]
+    else:
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"ingesting {name}", total=len(lines))
+            for number, line in lines:
+                outcomes.append((number, service.ingest(line)))
+                progress.advance(task)
+    counts = Counter(result.status for _, result in outcomes)
+    summary = {status.value: counts.get(status, 0) for status in IngestStatus}
+    if state.json:
+        cli._print_json(
+            {
+                "summary": {**summary, "total": len(outcomes)},
+                "outcomes": [{"line": n, **result.as_json()} for n, result in outcomes],
+            }
+        )
+        return
+    console = cli._console()
+    unusual = [(n, r) for n, r in outcomes if r.status is not IngestStatus.APPLIED]
+    if unusual:
+        console.print(_outcomes_table(unusual))
+    parts = [f"{count} {status.replace('_', '-')}" for status, count in summary.items() if count]
+    console.print(f"{len(outcomes)} events from {name}: " + (", ".join(parts) or "none"))
+    if counts.get(IngestStatus.DEAD_LETTERED):
+        console.print("see them with: aftersales events dead-letters")
+
+
+def _outcomes_table(outcomes: list[tuple[int, IngestResult]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("line", "outcome", "event", "case", "reason"):
+        table.add_column(column, overflow="fold")
+    for number, result in outcomes:
+        outcome = result.status.value.replace("_", "-")
+        if result.letter_id is not None:
+            outcome += f" #{result.letter_id}"
+        table.add_row(
+            str(number),
+            Text(outcome, style="bold red" if result.letter_id is not None else "yellow"),
+            Text(f"{result.source}/{result.event_id or '?'} {result.type or ''}".strip()),
+            str(result.case_id or "—"),
+            Text(result.reason or ""),
+        )
+    return table
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+
+
+@events_app.command("dead-letters")
+def events_dead_letters(
+    ctx: typer.Context,
+    status: Annotated[LetterFilter, typer.Option(help="Which letters.")] = LetterFilter.OPEN,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = DEFAULT_PAGE,
+    after: Annotated[
+        int | None, typer.Option(help="Letters with a greater id (the previous page's next_after).")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Events that could not apply, with their reasons; oldest first, paged by id."""
+    from entrypoints import cli
+
+    state, service = _events(ctx, json_output)
+    wanted = None if status is LetterFilter.ALL else DeadLetterStatus(status.value)
+    # One more than asked tells whether there is a next page.
+    letters = service.dead_letters(wanted, after, limit + 1)
+    page = letters[:limit]
+    next_after = page[-1].id if len(letters) > limit and page else None
+    if state.json:
+        cli._print_json(
+            {"dead_letters": [letter_json(letter) for letter in page], "next_after": next_after}
+        )
+        return
+    console = cli._console()
+    if not page:
+        console.print(f"no {status.value if wanted else ''} dead letters".replace("  ", " "))
+        return
+    console.print(_letters_table(page, state.zone()))
+    if next_after is not None:
+        console.print(f"more: --after {next_after}")
+
+
+def letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter for scripts; bank account numbers in its envelope masked."""
+    envelope = letter.envelope
+    return {
+        "id": letter.id,
+        "status": letter.status.value,
+        "source": letter.source,
+        "event_id": letter.event_id,
+        "type": envelope.get("type") if isinstance(envelope.get("type"), str) else None,
+        "code": letter.code,
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+        "received_at": views.iso(letter.received_at),
+        "resolved_at": views.iso(letter.resolved_at),
+        "envelope": views.masked(envelope),
+    }
+
+
+def _letters_table(letters: list[DeadLetter], zone: Any) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "received", "event", "case", "code", "tries", "status", "reason"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        envelope = letter.envelope
+        reference = (
+            envelope.get("case_id") or envelope.get("tracking_no") or envelope.get("order_id")
+        )
+        table.add_row(
+            str(letter.id),
+            views.local(letter.received_at, zone),
+            Text(f"{letter.source}/{letter.event_id or '?'} {envelope.get('type', '')}".strip()),
+            Text(str(reference or "—")),
+            Text(letter.code, style="bold red"),
+            str(letter.attempts),
+            letter.status.value,
+            Text(letter.reason),
+        )
+    return table
+
+
+@events_app.command("replay")
+def events_replay(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag = False) -> None:
+    """Ingest an open dead letter again, once its case is ready for it (or the code is fixed).
+
+    Marked replayed when it applies (or is ignored, or turns out already processed); still
+    failing, it stays open with one more attempt and the new reason, and the command fails.
+    """
+    from entrypoints import cli
+
+    state, service = _events(ctx, json_output)
+    result = service.replay(letter_id)
+    if result.status is IngestStatus.DEAD_LETTERED:
+        code = result.code or "error"
+        exits = {
+            getattr(error, "code", ""): exit_code for error, exit_code in cli.EXIT_CODES.items()
+        }
+        message = f"dead letter {letter_id} still fails: {result.reason}"
+        cli._print_error(code, message, {"letter_id": letter_id}, state.json)
+        raise typer.Exit(exits.get(code, CANNOT_APPLY_EXIT))
+    if state.json:
+        cli._print_json(result.as_json())
+        return
+    cli._console().print(Text(f"dead letter {letter_id} replayed: {_describe(result)}"))
+
+
+@events_app.command("discard")
+def events_discard(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag = False) -> None:
+    """Set an open dead letter aside: looked at, it will not apply."""
+    from entrypoints import cli
+
+    state, service = _events(ctx, json_output)
+    letter = service.discard(letter_id)
+    if state.json:
+        cli._print_json(letter_json(letter))
+        return
+    cli._console().print(f"dead letter {letter_id} discarded")
+
+
+def _describe(result: IngestResult) -> str:
+    if result.status is IngestStatus.APPLIED:
+        fired = " + ".join([*result.implied, result.trigger or "?"])
+        return f"{fired} moved case {result.case_id} to {result.state}"
+    return f"{result.status.value}: {result.reason}"
+
+
+@events_app.command("schema")
+def events_schema() -> None:
+    """The JSON Schema of the event envelope (docs/event.schema.json is this output)."""
+    sys.stdout.write(schema_text())
+
+
+@events_app.command("mapping")
+def events_mapping() -> None:
+    """What each event type does in each state, as the Markdown table of docs/events.md."""
+    sys.stdout.write(mapping_markdown())

@@ -1,0 +1,217 @@
+"""Inbound events on real databases: dedupe inside the transition's transaction, racing
+deliveries, dead letters that persist and replay."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from config.policy import load_policy
+from persistence.uow import SqlUnitOfWorkFactory
+from workflow.clock import FakeClock
+from workflow.events import EventService, IngestResult, IngestStatus
+from workflow.model import Actor, DeadLetterStatus
+from workflow.service import CaseService
+from workflow.states import CaseState, Role
+
+NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+MERCHANT = Actor(Role.MERCHANT, "m1")
+BUYER = Actor(Role.BUYER, "b1")
+THREADS = 4
+
+
+def application(order_id: str = "o-1") -> dict[str, Any]:
+    return {
+        "type": "return_refund",
+        "order_id": order_id,
+        "buyer_id": "b1",
+        "merchant_id": "m1",
+        "category": "clothing",
+        "reason": "no_reason",
+        "payment": {
+            "channel": "wechat_pay",
+            "amount": 19_900,
+            "paid_at": "2026-11-15T10:00:00+08:00",
+        },
+        "delivered_at": "2026-11-18T15:00:00+08:00",
+        "items": [{"sku": "jacket", "quantity": 1, "unit_price": 19_900}],
+    }
+
+
+def envelope(event_id: str, type_: str, case_id: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "source": "sf-express" if type_.startswith("parcel.") else "merchant-portal",
+        "type": type_,
+        "occurred_at": "2026-11-20T10:00:00+08:00",
+        "case_id": case_id,
+        **fields,
+    }
+
+
+@pytest.fixture
+def service(uow_factory: SqlUnitOfWorkFactory) -> CaseService:
+    return CaseService(uow_factory, FakeClock(NOW), load_policy())
+
+
+@pytest.fixture
+def events(service: CaseService, uow_factory: SqlUnitOfWorkFactory) -> EventService:
+    return EventService(service, uow_factory, service.clock)
+
+
+@pytest.fixture
+def approved(service: CaseService) -> int:
+    case_id = service.submit(application()).case.id
+    assert case_id is not None
+    service.fire(case_id, "approve", MERCHANT)
+    return case_id
+
+
+def recorded(engine: Engine) -> list[tuple[str, str, int | None]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT source, event_id, case_id FROM inbound_events ORDER BY event_id")
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+def in_threads(work: Callable[[int], IngestResult]) -> list[IngestResult]:
+    """Run ``work(i)`` in THREADS threads started together; re-raise what any of them raised."""
+    barrier = threading.Barrier(THREADS)
+    results: list[IngestResult] = []
+    failures: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            results.append(work(index))
+        except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+    return results
+
+
+def test_the_event_is_recorded_with_its_transition_and_a_redelivery_writes_nothing(
+    events: EventService, service: CaseService, approved: int, engine: Engine
+) -> None:
+    # given a pickup that applied
+    pickup = envelope("p-1", "parcel.picked_up", approved, tracking_no="SF100")
+    assert events.ingest(pickup).status is IngestStatus.APPLIED
+    history = service.history(approved)
+
+    # when it is delivered again
+    again = events.ingest(pickup)
+
+    # then it is a duplicate; the record names the case and nothing else was written
+    assert again.status is IngestStatus.DUPLICATE
+    assert service.history(approved) == history
+    assert recorded(engine) == [("sf-express", "p-1", approved)]
+    assert history[-1].idempotency_key == "event:sf-express:p-1"
+
+
+def test_a_refused_event_leaves_no_record_and_applies_when_it_comes_again_later(
+    events: EventService, service: CaseService, engine: Engine
+) -> None:
+    # given a submitted case, and a receipt confirmation that came far too early
+    case_id = service.submit(application()).case.id
+    assert case_id is not None
+    early = envelope("m-9", "merchant.receipt_confirmed", case_id, data={"merchant_id": "m1"})
+    refused = events.ingest(early)
+    assert (refused.status, refused.code) == (IngestStatus.DEAD_LETTERED, "not_allowed")
+
+    # then the transaction that refused it recorded nothing
+    assert recorded(engine) == []
+
+    # and once the case is ready the redelivered event applies, and a replay closes the letter
+    service.fire(case_id, "approve", MERCHANT)
+    service.fire(case_id, "ship_back", BUYER, data={"tracking_no": "SF100"})
+    assert events.ingest(early).status is IngestStatus.APPLIED
+    assert refused.letter_id is not None
+    assert events.replay(refused.letter_id).status is IngestStatus.DUPLICATE
+    assert events.dead_letters() == []
+
+
+def test_the_same_event_from_four_workers_at_once_applies_once(
+    events: EventService, service: CaseService, approved: int, engine: Engine
+) -> None:
+    # given a delivery that implies the pickup (two transitions in one transaction)
+    delivered = envelope("d-1", "parcel.delivered", approved, tracking_no="SF100")
+
+    # when four workers ingest it at the same moment
+    results = in_threads(lambda _index: events.ingest(dict(delivered)))
+
+    # then one applied it and the others found it recorded
+    statuses = sorted(result.status.value for result in results)
+    assert statuses == ["applied"] + ["duplicate"] * (THREADS - 1)
+    triggers = [entry.trigger for entry in service.history(approved)]
+    assert triggers == ["submit", "approve", "record_pickup", "record_return_delivery"]
+    assert recorded(engine) == [("sf-express", "d-1", approved)]
+    assert events.dead_letters(None) == []
+
+
+def test_different_events_racing_on_one_case_are_planned_again(
+    events: EventService, service: CaseService, approved: int
+) -> None:
+    # given four pickups of the same parcel under different ids (four carrier systems)
+    def ingest(index: int) -> IngestResult:
+        return events.ingest(
+            envelope(f"p-{index}", "parcel.picked_up", approved, tracking_no="SF100")
+        )
+
+    # when they race
+    results = in_threads(ingest)
+
+    # then the first applied, and the losers saw the new state on their next try: stale
+    statuses = sorted(result.status.value for result in results)
+    assert statuses == ["applied"] + ["ignored"] * (THREADS - 1)
+    assert service.get(approved).case.state is CaseState.SHIPPED_BACK
+
+
+def test_dead_letters_persist_count_attempts_page_and_resolve(
+    events: EventService, service: CaseService
+) -> None:
+    # given events that cannot apply: an unknown case (with Chinese text), a malformed line
+    unknown = envelope(
+        "m-1", "merchant.rejected", 404, data={"merchant_id": "m1", "reason": "商品已使用"}
+    )
+    first = events.ingest(unknown)
+    events.ingest('{"event_id": "x", "source": ')
+    events.ingest(unknown)
+
+    # then they are stored with their envelope, the repeated one once with two attempts
+    letters = events.dead_letters()
+    assert [(letter.code, letter.attempts) for letter in letters] == [
+        ("not_found", 2),
+        ("invalid_input", 1),
+    ]
+    assert letters[0].envelope == unknown and letters[0].id == first.letter_id
+    assert letters[1].envelope == {"raw": '{"event_id": "x", "source": '}
+    assert [letter.id for letter in events.dead_letters(limit=1, after_id=letters[0].id)] == [
+        letters[1].id
+    ]
+
+    # when one is discarded and the other replayed once its case exists
+    assert letters[1].id is not None and letters[0].id is not None
+    events.discard(letters[1].id)
+    case_id = service.submit(application()).case.id
+    assert case_id == 1  # the id the letter's envelope names is still unknown: 404
+    still = events.replay(letters[0].id)
+
+    # then the replay still fails: one more attempt on the same letter, still open
+    assert still.status is IngestStatus.DEAD_LETTERED and still.letter_id == letters[0].id
+    stored = events.dead_letter(letters[0].id)
+    assert (stored.status, stored.attempts) == (DeadLetterStatus.OPEN, 3)
+    assert events.dead_letter(letters[1].id).status is DeadLetterStatus.DISCARDED
+    assert [letter.id for letter in events.dead_letters()] == [letters[0].id]
