@@ -31,8 +31,11 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=_default_database_url)
     #: A TOML file whose keys are laid over ``config/policy.toml``; only changed keys are needed.
     policy_file: Path | None = None
-    #: Celery broker (Redis) for the workers; unused by the CLI.
+    #: Celery broker: ``redis://host:6379/0`` in production; None means the embedded broker
+    #: (a SQLite file beside the database, see docs/workers.md).
     broker_url: str | None = None
+    #: Simulation only: a file holding the "now" every process reads (workflow.clock.FileClock).
+    clock_file: Path | None = None
 
 
 def get_settings() -> Settings:

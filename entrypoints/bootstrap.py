@@ -7,6 +7,7 @@ of work or policies themselves; they call ``build_service`` so every process is 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -30,12 +31,22 @@ class SetupError(Exception):
     code = "setup"
 
 
-def build_service(settings: Settings, clock: Clock) -> CaseService:
-    """A service on the configured database and policy, its schema checked (or created)."""
+def build_service(
+    settings: Settings, clock: Clock, outbox_written: Callable[[], None] | None = None
+) -> CaseService:
+    """A service on the configured database and policy, its schema checked (or created).
+
+    ``outbox_written`` is called after commits that wrote outbox rows (workers kick the relay).
+    """
     policy = build_policy(settings)
-    engine = _engine(settings.database_url)
+    engine = make_engine_for(settings)
     _prepare_schema(settings.database_url, engine)
-    return CaseService(SqlUnitOfWorkFactory(engine), clock, policy)
+    return CaseService(SqlUnitOfWorkFactory(engine), clock, policy, outbox_written)
+
+
+def make_engine_for(settings: Settings) -> Engine:
+    """The process-wide engine of the configured database (one pool per URL)."""
+    return _engine(settings.database_url)
 
 
 def build_event_service(settings: Settings, service: CaseService) -> EventService:

@@ -41,7 +41,7 @@ from sqlalchemy.exc import OperationalError
 from typer.core import TyperGroup
 
 from config.settings import get_settings
-from entrypoints import bootstrap, readme_diagrams, render, views
+from entrypoints import bootstrap, cli_workers, readme_diagrams, render, views
 from entrypoints.bootstrap import SetupError
 from entrypoints.cli_events import events_app
 from workflow.diagram import mermaid
@@ -203,6 +203,7 @@ app.add_typer(case_app, name="case")
 app.add_typer(timers_app, name="timers")
 app.add_typer(db_app, name="db")
 app.add_typer(events_app, name="events")
+cli_workers.register(app)
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print JSON (money in integer fen, times in UTC).")

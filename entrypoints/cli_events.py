@@ -160,7 +160,7 @@ def events_dead_letters(
         return
     console = cli._console()
     if not page:
-        console.print(f"no {status.value if wanted else ''} dead letters".replace("  ", " "))
+        console.print("no dead letters" if wanted is None else f"no {wanted.value} dead letters")
         return
     console.print(_letters_table(page, state.zone()))
     if next_after is not None:

@@ -18,6 +18,8 @@ from persistence.types import BigId, JSONDocument, UTCDateTime
 #: Timer statuses that still hold the case's one live timer slot.
 LIVE_TIMER_STATUSES = ("pending", "claimed")
 _LIVE_TIMER = sa.text("status IN ('pending', 'claimed')")
+#: Outbox rows no consumer has completed yet.
+_PENDING_OUTBOX = sa.text("completed_at IS NULL")
 
 
 def _case_fk(name: str, *, nullable: bool = False) -> Any:
@@ -167,8 +169,21 @@ class TimerRow(SQLModel, table=True):
 
 
 class OutboxRow(SQLModel, table=True):
+    """A message to publish after commit. Pending until a consumer completes it: the relay
+    publishes it again when it was published long ago and is still not completed (the broker
+    lost it, or its consumer died)."""
+
     __tablename__ = "outbox"
-    __table_args__ = (sa.Index("ix_outbox_published_at_id", "published_at", "id"),)
+    __table_args__ = (
+        # The relay's read: pending rows in id order. Partial, so it holds only the few pending
+        # rows, not the completed ones that make up nearly all of the table.
+        sa.Index(
+            "ix_outbox_pending_id",
+            "id",
+            sqlite_where=_PENDING_OUTBOX,
+            postgresql_where=_PENDING_OUTBOX,
+        ),
+    )
 
     id: int | None = _id()
     topic: str
@@ -181,6 +196,7 @@ class OutboxRow(SQLModel, table=True):
         default=0,
         sa_column=sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     )
+    completed_at: datetime | None = _time("completed_at", nullable=True)
 
 
 class InboundEventRow(SQLModel, table=True):

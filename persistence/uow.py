@@ -215,14 +215,34 @@ _SELECT_LATENESS = (
     .order_by(timers.c.fired_at, timers.c.id)
 )
 
+# The predicate of the partial index ``ix_outbox_pending_id``: the planners use that index only
+# when the query repeats it.
+_PENDING_OUTBOX = outbox.c.completed_at.is_(None)
 _SELECT_UNPUBLISHED = (
     sa.select(outbox)
-    .where(outbox.c.published_at.is_(None))
+    .where(_PENDING_OUTBOX, outbox.c.published_at.is_(None))
     .order_by(outbox.c.id)
     .limit(sa.bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
 _SELECT_UNPUBLISHED_BEFORE = _SELECT_UNPUBLISHED.where(
+    outbox.c.created_at < sa.bindparam("created_before")
+)
+# Also the rows published before ``redeliver_before`` and still not completed: lost on the way.
+_SELECT_UNDELIVERED = (
+    sa.select(outbox)
+    .where(
+        _PENDING_OUTBOX,
+        sa.or_(
+            outbox.c.published_at.is_(None),
+            outbox.c.published_at < sa.bindparam("redeliver_before"),
+        ),
+    )
+    .order_by(outbox.c.id)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_SELECT_UNDELIVERED_BEFORE = _SELECT_UNDELIVERED.where(
     outbox.c.created_at < sa.bindparam("created_before")
 )
 _MARK_PUBLISHED = (
@@ -233,9 +253,21 @@ _MARK_PUBLISHED = (
         attempts=outbox.c.attempts + 1,
     )
 )
-_COUNT_UNPUBLISHED = (
-    sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+# Only pending rows: a second completion keeps the first time.
+_MARK_COMPLETED = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.bindparam("where_id"), _PENDING_OUTBOX)
+    .values(completed_at=sa.bindparam("at", type_=outbox.c.completed_at.type))
 )
+# A consumer waiting to retry moves its row's publish time to when the retry runs, so the
+# relay's redelivery window starts from there instead of republishing a live retry chain.
+_POSTPONE = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.bindparam("where_id"), _PENDING_OUTBOX)
+    .values(published_at=sa.bindparam("until", type_=outbox.c.published_at.type))
+)
+_COUNT_PENDING = sa.select(sa.func.count()).select_from(outbox).where(_PENDING_OUTBOX)
+_OLDEST_PENDING = sa.select(sa.func.min(outbox.c.created_at)).where(_PENDING_OUTBOX)
 
 _SELECT_DEAD_LETTERS = (
     sa.select(dead_letters)
@@ -330,8 +362,13 @@ class _Statements:
         )
         self.select_unpublished = select(_SELECT_UNPUBLISHED)
         self.select_unpublished_before = select(_SELECT_UNPUBLISHED_BEFORE)
+        self.select_undelivered = select(_SELECT_UNDELIVERED)
+        self.select_undelivered_before = select(_SELECT_UNDELIVERED_BEFORE)
         self.mark_published = write(_MARK_PUBLISHED)
-        self.count_unpublished = select(_COUNT_UNPUBLISHED)
+        self.mark_completed = write(_MARK_COMPLETED)
+        self.postpone = write(_POSTPONE)
+        self.count_pending = select(_COUNT_PENDING)
+        self.oldest_pending = select(_OLDEST_PENDING)
         self.record_event = write(
             _record_event(dialect), "source", "event_id", "case_id", "received_at"
         )
@@ -775,13 +812,22 @@ class SqlOutbox(_Store):
         ]
         self._run(self._uow.statements.insert_outbox.execute_many, rows)
 
-    def unpublished(self, limit: int, created_before: datetime | None = None) -> list[OutboxEntry]:
+    def unpublished(
+        self,
+        limit: int,
+        created_before: datetime | None = None,
+        redeliver_before: datetime | None = None,
+    ) -> list[OutboxEntry]:
         sql = self._uow.statements
+        params: dict[str, Any] = {"limit": limit}
         if created_before is None:
-            rows = self._run(sql.select_unpublished.rows, {"limit": limit})
+            fresh, lost = sql.select_unpublished, sql.select_undelivered
         else:
-            params = {"limit": limit, "created_before": created_before}
-            rows = self._run(sql.select_unpublished_before.rows, params)
+            fresh, lost = sql.select_unpublished_before, sql.select_undelivered_before
+            params["created_before"] = created_before
+        if redeliver_before is not None:
+            params["redeliver_before"] = redeliver_before
+        rows = self._run((fresh if redeliver_before is None else lost).rows, params)
         return [_outbox_entry_from_row(row) for row in rows]
 
     def mark_published(self, ids: Sequence[int], at: datetime) -> None:
@@ -790,9 +836,25 @@ class SqlOutbox(_Store):
         rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
         self._run(self._uow.statements.mark_published.execute_many, rows)
 
+    def mark_completed(self, ids: Sequence[int], at: datetime) -> None:
+        if not ids:
+            return
+        rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
+        self._run(self._uow.statements.mark_completed.execute_many, rows)
+
+    def postpone(self, entry_id: int, until: datetime) -> None:
+        self._run(self._uow.statements.postpone.execute, {"where_id": entry_id, "until": until})
+
     def backlog(self) -> int:
-        row = self._run(self._uow.statements.count_unpublished.first, {})
+        row = self._run(self._uow.statements.count_pending.first, {})
         return int(row[0]) if row is not None else 0
+
+    def oldest_pending_age(self, now: datetime) -> float | None:
+        row = self._run(self._uow.statements.oldest_pending.first, {})
+        if row is None or row[0] is None:
+            return None
+        oldest: datetime = row[0]
+        return max(0.0, (now - oldest).total_seconds())
 
 
 class SqlEventStore(_Store):
@@ -1061,6 +1123,7 @@ def _outbox_entry_from_row(row: Sequence[Any]) -> OutboxEntry:
         created_at=r["created_at"],
         attempts=r["attempts"],
         published_at=r["published_at"],
+        completed_at=r["completed_at"],
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -561,9 +561,9 @@ def plan(envelope: Envelope, case: Case) -> Plan:
 
 def parse_envelope(raw: Any) -> tuple[Envelope, dict[str, Any]]:
     """The envelope of ``raw`` (a dict, or JSON text) and the document as received."""
-    document = as_document(raw)
-    if set(document) == {"raw"} and not isinstance(raw, Mapping):
-        raise InvalidInput(_unparsable_reason(raw))
+    document, problem = _decode(raw)
+    if problem is not None:
+        raise InvalidInput(problem)
     try:
         return Envelope.model_validate(document), document
     except ValidationError as error:
@@ -572,29 +572,28 @@ def parse_envelope(raw: Any) -> tuple[Envelope, dict[str, Any]]:
 
 def as_document(raw: Any) -> dict[str, Any]:
     """``raw`` as the dict a dead letter keeps: the object itself, or ``{"raw": ...}``."""
-    if isinstance(raw, bytes | bytearray):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"raw": raw.decode("utf-8", errors="replace")}
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            return {"raw": raw}
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    return {"raw": raw}
+    return _decode(raw)[0]
 
 
-def _unparsable_reason(raw: Any) -> str:
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes | bytearray) else raw
-    if isinstance(text, str):
+def _decode(raw: Any) -> tuple[dict[str, Any], str | None]:
+    """(the document, why it is not a JSON object, if it is not)."""
+    value = raw
+    if isinstance(value, bytes | bytearray):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
         try:
-            json.loads(text)
+            value = json.loads(value)
         except json.JSONDecodeError as error:
-            return f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-    return f"an event is a JSON object, not {type(raw).__name__}"
+            where = f"line {error.lineno} column {error.colno}"
+            return {"raw": _raw_text(raw)}, f"not valid JSON: {error.msg} at {where}"
+    if isinstance(value, Mapping):
+        return dict(value), None
+    kind = "null" if value is None else type(value).__name__
+    return {"raw": value}, f"an event is a JSON object, not {kind}"
+
+
+def _raw_text(raw: Any) -> Any:
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes | bytearray) else raw
 
 
 def _identity(document: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -638,8 +637,6 @@ class IngestResult:
     #: The error code of a dead letter (``not_found``, ``not_allowed``, ``invalid_input``, ...).
     code: str | None = None
     letter_id: int | None = None
-    #: Case versions the transition(s) produced (seq of the log entries).
-    seqs: tuple[int, ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -759,7 +756,6 @@ class EventService:
             implied,
             fired.case.state,
             decided.note or None,
-            seqs=tuple(record.seq for record in fired.records),
         )
 
     def _result(
@@ -873,7 +869,7 @@ def _letter(uow: UnitOfWork, letter_id: int) -> DeadLetter:
 
 
 def _with_letter(result: IngestResult, letter_id: int) -> IngestResult:
-    return IngestResult(**{**result.__dict__, "letter_id": letter_id})
+    return replace(result, letter_id=letter_id)
 
 
 def _text(value: Any) -> str | None:

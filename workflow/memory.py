@@ -283,11 +283,20 @@ class InMemoryOutbox:
                 OutboxEntry(entry_id, m.topic, m.case_id, copy.deepcopy(m.payload), m.created_at)
             )
 
-    def unpublished(self, limit: int, created_before: datetime | None = None) -> list[OutboxEntry]:
+    def unpublished(
+        self,
+        limit: int,
+        created_before: datetime | None = None,
+        redeliver_before: datetime | None = None,
+    ) -> list[OutboxEntry]:
         waiting = [
             entry
             for entry in self._db.outbox
-            if entry.published_at is None
+            if entry.completed_at is None
+            and (
+                entry.published_at is None
+                or (redeliver_before is not None and entry.published_at < redeliver_before)
+            )
             and (created_before is None or entry.created_at < created_before)
         ]
         return copy.deepcopy(waiting[:limit])
@@ -301,8 +310,31 @@ class InMemoryOutbox:
             for entry in self._db.outbox
         ]
 
+    def mark_completed(self, ids: Sequence[int], at: datetime) -> None:
+        wanted = set(ids)
+        self._db.outbox = [
+            replace(entry, completed_at=at)
+            if entry.id in wanted and entry.completed_at is None
+            else entry
+            for entry in self._db.outbox
+        ]
+
+    def postpone(self, entry_id: int, until: datetime) -> None:
+        self._db.outbox = [
+            replace(entry, published_at=until)
+            if entry.id == entry_id and entry.completed_at is None
+            else entry
+            for entry in self._db.outbox
+        ]
+
     def backlog(self) -> int:
-        return sum(1 for entry in self._db.outbox if entry.published_at is None)
+        return sum(1 for entry in self._db.outbox if entry.completed_at is None)
+
+    def oldest_pending_age(self, now: datetime) -> float | None:
+        pending = [entry.created_at for entry in self._db.outbox if entry.completed_at is None]
+        if not pending:
+            return None
+        return max(0.0, (now - min(pending)).total_seconds())
 
 
 class InMemoryEventStore:

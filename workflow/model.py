@@ -179,8 +179,13 @@ class OutboxEntry:
     case_id: int
     payload: dict[str, Any]
     created_at: datetime
+    #: How many times the relay published it (a republish after a loss counts again).
     attempts: int = 0
+    #: When the relay last published it.
     published_at: datetime | None = None
+    #: When a consumer finished with it (done, skipped or failed for good); the relay publishes
+    #: a row again until then.
+    completed_at: datetime | None = None
 
 
 class DeadLetterStatus(StrEnum):

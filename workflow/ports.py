@@ -122,17 +122,48 @@ class TimerStore(Protocol):
 
 
 class Outbox(Protocol):
+    """Rows to publish after commit. A row is *pending* from ``add`` until a consumer marks it
+    completed; publishing it (``mark_published``) does not end that: a broker may lose what it
+    was given (a Redis restart keeps nothing), so a row published long ago and still not
+    completed is published again."""
+
     def add(self, messages: Sequence[OutboxMessage]) -> None: ...
 
-    def unpublished(self, limit: int, created_before: datetime | None = None) -> list[OutboxEntry]:
-        """Rows not yet published, oldest first; locked ``FOR UPDATE SKIP LOCKED`` on
-        PostgreSQL so two relays do not publish the same rows at once."""
+    def unpublished(
+        self,
+        limit: int,
+        created_before: datetime | None = None,
+        redeliver_before: datetime | None = None,
+    ) -> list[OutboxEntry]:
+        """Pending rows to publish, oldest (lowest id) first: those never published and, when
+        ``redeliver_before`` is given, those last published before it (lost by the broker, or
+        their consumer died). Only rows created before ``created_before`` when it is given.
+        Locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so two relays do not publish the same
+        rows at once."""
         ...
 
-    def mark_published(self, ids: Sequence[int], at: datetime) -> None: ...
+    def mark_published(self, ids: Sequence[int], at: datetime) -> None:
+        """Set ``published_at`` to ``at`` and count one more attempt (once per id, however often
+        it is named)."""
+        ...
+
+    def mark_completed(self, ids: Sequence[int], at: datetime) -> None:
+        """A consumer finished with these rows: they are never published again. Idempotent: a
+        row already completed keeps its first ``completed_at``; unknown ids are ignored."""
+        ...
+
+    def postpone(self, entry_id: int, until: datetime) -> None:
+        """A consumer will retry the row at ``until``: count its redelivery window from then
+        (a pending row only)."""
+        ...
 
     def backlog(self) -> int:
-        """How many rows wait to be published."""
+        """How many rows are pending (not completed): waiting to be published or in flight."""
+        ...
+
+    def oldest_pending_age(self, now: datetime) -> float | None:
+        """Seconds from the ``created_at`` of the oldest pending row to ``now`` (never below
+        zero); None when nothing is pending. For monitoring."""
         ...
 
 

@@ -411,7 +411,8 @@ def test_the_relay_reads_marks_and_counts(
         published_at = datetime(2026, 11, 20, 10, 5, tzinfo=SHANGHAI)
         uow.outbox.mark_published([waiting[0].id, waiting[2].id, waiting[0].id], published_at)
         uow.outbox.mark_published([], published_at)
-        assert uow.outbox.backlog() == 2
+        # Published is not finished: the rows stay pending until a consumer completes them.
+        assert uow.outbox.backlog() == 4
         assert [e.id for e in uow.outbox.unpublished(10)] == [waiting[1].id, waiting[3].id]
         uow.commit()
 
@@ -420,8 +421,9 @@ def test_the_relay_reads_marks_and_counts(
     assert rows[waiting[0].id].published_at == published_at
     assert rows[waiting[0].id].attempts == 1  # once, although named twice
     assert (rows[waiting[1].id].published_at, rows[waiting[1].id].attempts) == (None, 0)
+    assert all(row.completed_at is None for row in rows.values())
     with uow_factory() as uow:
-        assert uow.outbox.backlog() == 2
+        assert uow.outbox.backlog() == 4
 
 
 RELAYS = 2
@@ -429,14 +431,22 @@ RELAY_BATCH = 25
 RELAY_ROUNDS = 4
 
 
+@pytest.mark.parametrize("redeliver", [False, True], ids=["fresh", "redelivered"])
 def test_concurrent_relays_publish_disjoint_rows(
-    backend: str, uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+    backend: str, uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, redeliver: bool
 ) -> None:
     [case_id] = _stored(uow_factory, new_case())
     total = RELAYS * RELAY_BATCH * RELAY_ROUNDS
     with uow_factory() as uow:
         uow.outbox.add(_messages(case_id, total))
         uow.commit()
+    # "redelivered": every row was published an hour ago and no consumer completed it.
+    redeliver_before = T0 if redeliver else None
+    if redeliver:
+        with uow_factory() as uow:
+            lost = uow.outbox.unpublished(total)
+            uow.outbox.mark_published([e.id for e in lost], T0 - timedelta(hours=1))
+            uow.commit()
     start = threading.Barrier(RELAYS, timeout=BARRIER_TIMEOUT)
     holding = threading.Barrier(RELAYS, timeout=BARRIER_TIMEOUT)
     published: dict[str, list[int]] = {}
@@ -449,7 +459,7 @@ def test_concurrent_relays_publish_disjoint_rows(
                 with uow_factory() as uow:
                     if round_ == 0:
                         start.wait()
-                    batch = uow.outbox.unpublished(RELAY_BATCH)
+                    batch = uow.outbox.unpublished(RELAY_BATCH, redeliver_before=redeliver_before)
                     if round_ == 0 and backend == "postgres":
                         holding.wait()  # both hold their rows' locks: SKIP LOCKED, no waiting
                     uow.outbox.mark_published([e.id for e in batch], T0)
@@ -472,8 +482,138 @@ def test_concurrent_relays_publish_disjoint_rows(
     assert len(every) == len(set(every)) == total
     assert all(len(got) == RELAY_BATCH * RELAY_ROUNDS for got in published.values())
     with uow_factory() as uow:
+        # Published at T0, which is not before T0: nothing to (re)publish, all still pending.
+        assert uow.outbox.unpublished(10, redeliver_before=T0) == []
+        assert uow.outbox.backlog() == total
+        uow.outbox.mark_completed(every, T0 + timedelta(seconds=1))
         assert uow.outbox.backlog() == 0
+        uow.commit()
+
+
+def test_a_published_row_comes_back_until_it_is_completed(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.outbox.add(_messages(case_id, 3))
+        uow.outbox.add(_messages(case_id, 1, created_at=T0 + timedelta(hours=1)))
+        uow.commit()
+    with uow_factory() as uow:
+        first, second, third, late = uow.outbox.unpublished(10)
+        assert uow.outbox.oldest_pending_age(T0 + timedelta(minutes=5)) == 300.0
+        uow.outbox.mark_published([first.id, second.id, third.id], T0)
+        uow.commit()
+
+    with uow_factory() as uow:
+        # Without redeliver_before only never-published rows, as before.
+        assert [e.id for e in uow.outbox.unpublished(10)] == [late.id]
+        # redeliver_before is strict: rows published at that instant are not due yet.
+        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=T0)] == [late.id]
+        again = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(seconds=1))
+        assert [e.id for e in again] == [first.id, second.id, third.id, late.id]
+        assert [(e.published_at, e.attempts, e.completed_at) for e in again[:1]] == [(T0, 1, None)]
+        assert again[0].published_at is not None and again[0].published_at.tzinfo is UTC
+        both = uow.outbox.unpublished(
+            10, created_before=T0 + timedelta(hours=1), redeliver_before=T0 + timedelta(seconds=1)
+        )
+        assert [e.id for e in both] == [first.id, second.id, third.id]
+        assert [
+            e.id for e in uow.outbox.unpublished(2, redeliver_before=T0 + timedelta(days=1))
+        ] == [
+            first.id,
+            second.id,
+        ]
+
+        # A consumer finished the first; a second completion (a redelivery) keeps the first time.
+        done_at = datetime(2026, 11, 20, 10, 0, 30, tzinfo=SHANGHAI)  # 02:00:30 UTC
+        uow.outbox.mark_completed([first.id, first.id], done_at)
+        uow.outbox.mark_completed([first.id], done_at + timedelta(minutes=1))
+        uow.outbox.mark_completed([], done_at)
+        uow.outbox.mark_completed([10_000], done_at)  # unknown: ignored
+        # A row completed before it was ever published does not go out either.
+        uow.outbox.mark_completed([late.id], done_at)
+        assert uow.outbox.backlog() == 2
         assert uow.outbox.unpublished(10) == []
+        later = T0 + timedelta(days=1)
+        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=later)] == [
+            second.id,
+            third.id,
+        ]
+        # The second is published again a minute later: it is not due while the third is.
+        uow.outbox.mark_published([second.id], T0 + timedelta(minutes=1))
+        due = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(seconds=30))
+        assert [e.id for e in due] == [third.id]
+        uow.commit()
+
+    with engine.connect() as connection:
+        rows = {r.id: r for r in connection.execute(sa.select(outbox))}
+    assert rows[first.id].completed_at == done_at
+    assert rows[late.id].completed_at == done_at and rows[late.id].published_at is None
+    assert (rows[second.id].attempts, rows[second.id].completed_at) == (2, None)
+    with uow_factory() as uow:
+        assert uow.outbox.backlog() == 2
+        [entry] = uow.outbox.unpublished(1, redeliver_before=later)
+        assert entry.id == second.id and entry.completed_at is None
+        # Ages are measured from created_at, whatever zone the caller's clock is in.
+        assert uow.outbox.oldest_pending_age(datetime(2026, 11, 20, 11, tzinfo=SHANGHAI)) == 3600.0
+        assert uow.outbox.oldest_pending_age(T0 - timedelta(hours=1)) == 0.0  # never negative
+        uow.outbox.mark_completed([second.id, third.id], done_at)
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.outbox.backlog() == 0
+        assert uow.outbox.oldest_pending_age(later) is None
+        assert uow.outbox.unpublished(10, redeliver_before=later) == []
+        completed = uow.outbox.unpublished(10, redeliver_before=later + timedelta(days=365))
+        assert completed == []
+
+
+def test_the_relay_reads_pending_rows_by_the_partial_index(
+    backend: str, uow_factory: SqlUnitOfWorkFactory
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's planner picks a plan by table size; checked on SQLite")
+    with uow_factory() as uow:
+        plans = []
+        for prepared, params in (
+            (uow.statements.select_unpublished, (10, 0)),
+            (uow.statements.select_undelivered, ("2026-11-20 02:00:00.000000", 10, 0)),
+        ):
+            sql = prepared.sql
+            plan = uow.connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+            plans.append(" ".join(str(row[-1]) for row in plan))
+    assert all("ix_outbox_pending_id" in plan for plan in plans), plans
+
+
+def test_upgrading_from_0002_completes_the_rows_already_published(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.outbox.add(_messages(case_id, 2))
+        published, waiting = uow.outbox.unpublished(10)
+        uow.outbox.mark_published([published.id], T0 + timedelta(minutes=1))
+        uow.commit()
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    with engine.connect() as connection:
+        columns = {c["name"] for c in sa.inspect(connection).get_columns("outbox")}
+        indexes = {ix["name"] for ix in sa.inspect(connection).get_indexes("outbox")}
+    assert "completed_at" not in columns
+    assert indexes == {"ix_outbox_published_at_id"}
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    with uow_factory() as uow:
+        # Nothing tells whether the rows published before the upgrade were delivered: taken as
+        # completed, so the upgrade does not republish the whole history.
+        assert uow.outbox.backlog() == 1
+        [entry] = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(days=1))
+        assert entry.id == waiting.id
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(outbox).where(outbox.c.id == published.id)).one()
+    assert row.completed_at == row.published_at == T0 + timedelta(minutes=1)
 
 
 # -- inbound events -------------------------------------------------------------------------

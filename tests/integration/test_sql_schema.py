@@ -38,6 +38,18 @@ def test_live_timer_index_is_partial_and_unique(database_url: str) -> None:
     assert "pending" in str(predicate) and "claimed" in str(predicate)
 
 
+def test_pending_outbox_index_is_partial(database_url: str) -> None:
+    with make_engine(database_url).connect() as connection:
+        indexes = {ix["name"]: ix for ix in sa.inspect(connection).get_indexes("outbox")}
+    assert set(indexes) == {"ix_outbox_pending_id"}
+    pending = indexes["ix_outbox_pending_id"]
+    assert pending["column_names"] == ["id"]
+    predicate = next(
+        v for k, v in pending.get("dialect_options", {}).items() if k.endswith("_where")
+    )
+    assert "completed_at" in str(predicate) and "null" in str(predicate).lower()
+
+
 def test_ensure_schema_creates_then_leaves_alone(empty_database_url: str) -> None:
     ensure_schema(empty_database_url)
     with make_engine(empty_database_url).connect() as connection:

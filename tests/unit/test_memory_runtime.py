@@ -168,12 +168,64 @@ def test_outbox_relay_reads(uow_factory: InMemoryUnitOfWorkFactory, db: InMemory
         assert [e.id for e in uow.outbox.unpublished(10, T0 + timedelta(hours=1))] == [1, 2, 3]
         assert uow.outbox.unpublished(10, T0) == []
         uow.outbox.mark_published([1, 3, 1], T0 + timedelta(minutes=1))
-        assert uow.outbox.backlog() == 2
+        # Published is not finished: pending until a consumer completes them.
+        assert uow.outbox.backlog() == 4
         assert [e.id for e in uow.outbox.unpublished(10)] == [2, 4]
         uow.commit()
     first = db.outbox[0]
     assert (first.published_at, first.attempts) == (T0 + timedelta(minutes=1), 1)
     assert (db.outbox[1].published_at, db.outbox[1].attempts) == (None, 0)
+    assert all(entry.completed_at is None for entry in db.outbox)
+
+
+def test_outbox_redelivery_and_completion(
+    uow_factory: InMemoryUnitOfWorkFactory, db: InMemoryDatabase
+) -> None:
+    """As ``test_a_published_row_comes_back_until_it_is_completed`` of the SQL stores."""
+    with uow_factory() as uow:
+        uow.outbox.add([OutboxMessage("t", 1, {"n": n}, T0) for n in range(3)])
+        uow.outbox.add([OutboxMessage("t", 1, {"n": 3}, T0 + timedelta(hours=1))])
+        assert uow.outbox.oldest_pending_age(T0 + timedelta(minutes=5)) == 300.0
+        uow.outbox.mark_published([1, 2, 3], T0)
+        uow.commit()
+    with uow_factory() as uow:
+        assert [e.id for e in uow.outbox.unpublished(10)] == [4]
+        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=T0)] == [4]
+        again = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(seconds=1))
+        assert [e.id for e in again] == [1, 2, 3, 4]
+        assert (again[0].published_at, again[0].attempts, again[0].completed_at) == (T0, 1, None)
+        both = uow.outbox.unpublished(
+            10, created_before=T0 + timedelta(hours=1), redeliver_before=T0 + timedelta(seconds=1)
+        )
+        assert [e.id for e in both] == [1, 2, 3]
+        later = T0 + timedelta(days=1)
+        assert [e.id for e in uow.outbox.unpublished(2, redeliver_before=later)] == [1, 2]
+
+        done_at = T0 + timedelta(seconds=30)
+        uow.outbox.mark_completed([1, 1], done_at)
+        uow.outbox.mark_completed([1], done_at + timedelta(minutes=1))
+        uow.outbox.mark_completed([], done_at)
+        uow.outbox.mark_completed([10_000], done_at)
+        uow.outbox.mark_completed([4], done_at)
+        assert uow.outbox.backlog() == 2
+        assert uow.outbox.unpublished(10) == []
+        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=later)] == [2, 3]
+        uow.outbox.mark_published([2], T0 + timedelta(minutes=1))
+        due = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(seconds=30))
+        assert [e.id for e in due] == [3]
+        uow.commit()
+    assert db.outbox[0].completed_at == done_at
+    assert (db.outbox[3].completed_at, db.outbox[3].published_at) == (done_at, None)
+    assert (db.outbox[1].attempts, db.outbox[1].completed_at) == (2, None)
+    with uow_factory() as uow:
+        assert uow.outbox.oldest_pending_age(T0 + timedelta(hours=1)) == 3600.0
+        assert uow.outbox.oldest_pending_age(T0 - timedelta(hours=1)) == 0.0
+        uow.outbox.mark_completed([2, 3], done_at)
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.outbox.backlog() == 0
+        assert uow.outbox.oldest_pending_age(later) is None
+        assert uow.outbox.unpublished(10, redeliver_before=later + timedelta(days=365)) == []
 
 
 def test_event_dedupe_keeps_the_transaction(uow_factory: InMemoryUnitOfWorkFactory) -> None:

@@ -1,0 +1,108 @@
+"""``create_app``: the Celery app, built from typed settings when a process starts.
+
+No module creates an app at import time. Task modules define their tasks with
+``@shared_task(name="aftersales.<name>", bind=True)``; ``create_app`` imports them, so every
+process that builds an app (worker, beat, a producer in the CLI) knows the same tasks, and the
+stable names let other services ``send_task("aftersales.ingest_event", args=[event])`` with no
+code of ours.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from celery import Celery, Task
+
+from config.settings import Settings
+from tasks.broker import BrokerConfig, broker_config, var_dir
+from tasks.health import PING_DIR_KEY
+from tasks.schedule import beat_schedule
+from tasks.settings import WorkerSettings
+
+#: Modules holding ``@shared_task`` definitions; add each new one here.
+TASK_MODULES: tuple[str, ...] = (
+    "tasks.health",
+    "tasks.timers",
+    "tasks.outbox",
+    "tasks.effects",
+    "tasks.events",
+)
+
+#: The ``app.conf`` key holding ``WorkerSettings.retry_backoff_max_s`` for ``retry_countdown``.
+RETRY_CAP_KEY = "aftersales_retry_backoff_max_s"
+#: The ``app.conf`` key holding the file beat keeps its last-run times in.
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"
+
+
+def create_app(settings: Settings, worker: WorkerSettings | None = None) -> Celery:
+    """A configured app; ``worker`` defaults to ``WorkerSettings()`` read from the environment."""
+    worker = worker if worker is not None else WorkerSettings()
+    broker = broker_config(settings.broker_url, settings.database_url, worker)
+    var = var_dir(settings.database_url)
+
+    app = Celery("aftersales")
+    app.conf.update(celery_config(broker, worker))
+    app.conf.update(
+        {
+            "include": list(TASK_MODULES),
+            "beat_schedule_filename": str(var / BEAT_SCHEDULE_FILE),
+            PING_DIR_KEY: str(worker.ping_dir or var / "worker-pings"),
+            RETRY_CAP_KEY: worker.retry_backoff_max_s,
+        }
+    )
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    app.conf.beat_schedule = beat_schedule(worker, defined=app.tasks.keys())
+    return app
+
+
+def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any]:
+    """The Celery settings that do not depend on where files live."""
+    return {
+        "broker_url": broker.url,
+        "broker_transport": broker.transport,
+        "broker_transport_options": broker.transport_options,
+        # A worker started before Redis keeps retrying instead of exiting.
+        "broker_connection_retry_on_startup": True,
+        # Producers in other languages and services send JSON; nothing may arrive as pickle.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # Ack after the task returns and requeue when the process running it dies: a message
+        # is lost only if the task itself decides so. Tasks must therefore be idempotent.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message in hand per process: with acks_late a prefetched message waits behind a
+        # slow task, unacknowledged, instead of going to an idle worker.
+        "worker_prefetch_multiplier": 1,
+        # Tasks report through the database; nobody waits on a result.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Kept below the visibility timeout (WorkerSettings checks): a task still running when
+        # the broker gives its message to another worker would run twice at once.
+        "task_time_limit": worker.task_time_limit_s,
+        "task_soft_time_limit": max(1, worker.task_time_limit_s * 9 // 10),
+        # How long the pool waits for a dead child's result before failing its task with
+        # WorkerLostError (and so requeueing it). It must end before the time limit, or the dead
+        # child's task is failed as "time limit exceeded" and acked: lost. Default 10 s.
+        "worker_lost_wait": min(10.0, worker.task_time_limit_s / 2),
+        # After a lost broker connection the broker redelivers the unacked messages; stopping
+        # their tasks here keeps them from running twice. (Celery 6's default.)
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # The embedded broker carries no broadcasts (nothing would clean up a dead worker's
+        # control queue); ``celery inspect`` needs Redis.
+        "worker_enable_remote_control": not broker.embedded,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def retry_countdown(task: Task, base_s: float = 2.0) -> float:
+    """Exponential backoff for ``task.retry(countdown=...)``, capped at the configured maximum.
+
+    The cap keeps a retried message's wait plus its run inside the visibility timeout; a
+    countdown is for retrying a failed side effect, never a business timer.
+    """
+    cap = float(task.app.conf.get(RETRY_CAP_KEY, 600))
+    return float(min(base_s * 2 ** int(task.request.retries or 0), cap))

@@ -1,0 +1,88 @@
+"""Which broker the Celery processes talk to, and how, from the two settings that name it.
+
+``AFTERSALES_BROKER_URL`` unset means the embedded broker (``tasks.spool``) in ``<var>/broker``;
+``filesystem:///some/dir`` puts it elsewhere; ``redis://`` / ``rediss://`` is production. Any
+other URL goes to Celery unchanged. ``<var>`` is the folder of the SQLite database, or ``./var``
+when the database is a server, so one ``var/`` holds everything a single machine keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlalchemy.engine import make_url
+
+from tasks.settings import WorkerSettings
+
+#: Import path of the embedded transport, handed to kombu as the connection's ``transport``.
+SPOOL_TRANSPORT = "tasks.spool:Transport"
+SPOOL_URL = "filesystem://"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    url: str
+    #: An import path for kombu when the transport is not named by the URL's scheme.
+    transport: str | None = None
+    transport_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        return self.transport == SPOOL_TRANSPORT
+
+    @property
+    def is_redis(self) -> bool:
+        return urlparse(self.url).scheme in ("redis", "rediss")
+
+
+def var_dir(database_url: str) -> Path:
+    """The folder for the embedded runtime's files: beside the SQLite database, else ``./var``."""
+    url = make_url(database_url)
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file:")
+    if url.get_backend_name() == "sqlite" and not in_memory:
+        return Path(database).expanduser().resolve().parent
+    return (Path.cwd() / "var").resolve()
+
+
+def broker_config(
+    broker_url: str | None, database_url: str, worker: WorkerSettings
+) -> BrokerConfig:
+    if broker_url is None or not broker_url.strip():
+        return _spool(var_dir(database_url) / "broker", worker)
+    parsed = urlparse(broker_url)
+    if parsed.scheme == "filesystem":
+        if not parsed.path or parsed.path == "/":
+            return _spool(var_dir(database_url) / "broker", worker)
+        return _spool(Path(parsed.path), worker)
+    if parsed.scheme in ("redis", "rediss"):
+        return BrokerConfig(url=broker_url, transport_options=_redis_options(worker))
+    return BrokerConfig(url=broker_url)
+
+
+def _spool(folder: Path, worker: WorkerSettings) -> BrokerConfig:
+    return BrokerConfig(
+        url=SPOOL_URL,
+        transport=SPOOL_TRANSPORT,
+        transport_options={
+            "data_folder": str(folder.expanduser().resolve()),
+            "visibility_timeout": worker.broker_visibility_timeout_s,
+            "polling_interval": worker.broker_polling_interval_s,
+        },
+    )
+
+
+def _redis_options(worker: WorkerSettings) -> dict[str, Any]:
+    timeout = worker.broker_visibility_timeout_s
+    options: dict[str, Any] = {"visibility_timeout": timeout}
+    if timeout < 1000:
+        # kombu scans for expired messages every 10 s x 10 polls; with a short timeout (tests)
+        # that would leave a killed worker's messages waiting for minutes.
+        options["unacked_restore_interval"] = max(1, timeout // 10)
+        options["unacked_restore_throttle"] = 1
+    if worker.broker_key_prefix:
+        options["global_keyprefix"] = worker.broker_key_prefix
+    return options

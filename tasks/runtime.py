@@ -1,0 +1,89 @@
+"""Per-process wiring for worker processes: the services tasks call, built on first use.
+
+Celery's prefork pool forks children from the main worker process; database engines and
+connection pools must not cross a fork, so nothing is built at import and the cache is cleared
+in every new child (``worker_process_init``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from celery import current_app
+from celery.signals import worker_process_init
+
+from adapters.fake_gateways import FakeGateways, build_fake_gateways
+from config.gateways import get_gateway_settings
+from config.settings import Settings, get_settings
+from entrypoints.bootstrap import build_event_service, build_service, make_engine_for
+from persistence.uow import SqlUnitOfWorkFactory
+from tasks.settings import WorkerSettings
+from workflow.clock import Clock, FileClock, SystemClock
+from workflow.effects import EffectService, effects_for_topic, entry_to_message
+from workflow.events import EventService
+from workflow.model import OutboxEntry
+from workflow.relay import OutboxRelay
+from workflow.service import CaseService
+
+RELAY_TASK = "aftersales.relay_outbox"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    worker: WorkerSettings
+    clock: Clock
+    cases: CaseService
+    events: EventService
+    effects: EffectService
+    relay: OutboxRelay
+    gateways: FakeGateways
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = build_runtime(get_settings())
+    return _runtime
+
+
+@worker_process_init.connect
+def _forget_parent_runtime(**_: object) -> None:
+    global _runtime
+    _runtime = None
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    # transitions logs every state callback at INFO: one line per transition per worker.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    clock: Clock = FileClock(str(settings.clock_file)) if settings.clock_file else SystemClock()
+    cases = build_service(settings, clock, outbox_written=kick_relay)
+    gateways = build_fake_gateways(get_gateway_settings(), settings.database_url, clock)
+    effects = EffectService(
+        cases, gateways.carrier, gateways.payments, gateways.notifier, gateways.shipper, clock
+    )
+    relay = OutboxRelay(SqlUnitOfWorkFactory(make_engine_for(settings)), publish, clock)
+    return Runtime(
+        settings,
+        WorkerSettings(),
+        clock,
+        cases,
+        build_event_service(settings, cases),
+        effects,
+        relay,
+        gateways,
+    )
+
+
+def publish(entry: OutboxEntry) -> None:
+    """Hand one outbox row to the task that performs its effect."""
+    current_app.send_task(effects_for_topic[entry.topic], args=[entry_to_message(entry)])
+
+
+def kick_relay() -> None:
+    """Ask for a relay right after a commit that wrote outbox rows (the sweep is the net)."""
+    current_app.send_task(RELAY_TASK)

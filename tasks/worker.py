@@ -1,0 +1,96 @@
+"""The Celery processes, as functions the CLI calls: ``aftersales worker | beat | run``.
+
+Each builds its app from the settings it is given and then blocks until the process is told to
+stop (SIGTERM or Ctrl-C: a warm shutdown that lets running tasks finish and requeues the rest).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from celery import Celery
+
+from config.settings import Settings
+from tasks.app import create_app
+from tasks.settings import WorkerSettings
+
+Pool = Literal["prefork", "threads", "solo"]
+
+# Gossip, mingle and heartbeats are worker-to-worker chatter for monitoring and revoke sync,
+# which nothing here uses; each costs broker traffic on every worker.
+_QUIET = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def default_pool(app: Celery) -> Pool:
+    """``prefork`` on Redis; ``threads`` on the embedded broker.
+
+    On a broker kombu polls (the embedded one), Celery drives prefork children through one shared
+    queue whose read lock an idle child holds while it waits. A child killed then (the OOM killer,
+    ``kill -9``) takes the lock with it and the worker stops running tasks for good: 6 of 8 of our
+    idle-child kills wedged the worker, 0 of 3 on Redis (see docs/workers.md). Threads have no
+    child to lose, and our tasks wait on the database, not the CPU.
+    """
+    embedded = app.conf.broker_transport == "tasks.spool:Transport"
+    return "threads" if embedded else "prefork"
+
+
+def worker_argv(
+    app: Celery,
+    *,
+    concurrency: int,
+    loglevel: str,
+    pool: Pool | None = None,
+    beat: bool = False,
+    hostname: str | None = None,
+) -> list[str]:
+    """The ``celery worker`` arguments ``run_worker`` and ``run_all`` use (tests reuse them)."""
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool or default_pool(app)}",
+        *_QUIET,
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if beat:
+        argv += ["--beat", f"--schedule={app.conf.beat_schedule_filename}"]
+    return argv
+
+
+def run_worker(
+    settings: Settings,
+    concurrency: int = 2,
+    loglevel: str = "INFO",
+    pool: Pool | None = None,
+    worker: WorkerSettings | None = None,
+) -> None:
+    """A worker consuming every task queue; blocks until stopped."""
+    app = create_app(settings, worker)
+    app.worker_main(worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool))
+
+
+def run_beat(
+    settings: Settings, loglevel: str = "INFO", worker: WorkerSettings | None = None
+) -> None:
+    """The scheduler sending the periodic tasks; run exactly one per deployment."""
+    app = create_app(settings, worker)
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={app.conf.beat_schedule_filename}"])
+
+
+def run_all(
+    settings: Settings,
+    concurrency: int = 2,
+    loglevel: str = "INFO",
+    pool: Pool | None = None,
+    worker: WorkerSettings | None = None,
+) -> None:
+    """Worker and beat in one command for a single machine (``aftersales run``).
+
+    Beat runs inside the worker (``--beat``: a child process it starts and stops), so there is one
+    thing to start and stop; it is why only one ``run`` may be started per deployment. Several
+    machines run ``aftersales worker`` each and one ``aftersales beat``.
+    """
+    app = create_app(settings, worker)
+    argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, beat=True)
+    app.worker_main(argv)

@@ -1,0 +1,264 @@
+"""Real Celery workers in subprocesses, on Redis and on the embedded broker; no eager mode.
+
+``runtime`` gives a test its own broker namespace (a spool folder in ``tmp_path``, or a Redis key
+prefix deleted afterwards), the settings for it, an app to send with, and ``start_worker()``.
+Every wait polls for an effect with a deadline; workers get SIGTERM, then SIGKILL, at teardown;
+their logs are attached to a failing test's report.
+
+Redis tests are marked ``redis``. They are skipped when Redis does not answer, unless
+``AFTERSALES_REQUIRE_POSTGRES`` is set (CI), where a missing Redis fails them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from config.settings import Settings, sqlite_url
+from tasks.app import create_app
+from tasks.settings import WorkerSettings
+from tasks.worker import Pool, worker_argv
+
+REDIS_ENV = "AFTERSALES_TEST_REDIS_URL"
+REQUIRE_ENV = "AFTERSALES_REQUIRE_POSTGRES"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
+
+#: Short enough that a test sees Redis hand a dead worker's message on (it waits this long);
+#: the time limit and retry cap stay below it, as ``WorkerSettings`` requires.
+VISIBILITY_TIMEOUT_S = 8
+TASK_TIME_LIMIT_S = 5
+RETRY_CAP_S = 2
+
+#: Upper bound for anything a test waits for (s); a healthy run needs a fraction of it.
+DEADLINE_S = 45.0
+
+
+def wait_for(
+    condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S, every: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that; fail at timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``celery worker`` subprocess, in its own process group."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the worker and every process it started: nothing gets to clean up."""
+        os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=DEADLINE_S)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM); SIGKILL to the group if it has not exited within ``grace_s``."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # children a killed parent left behind
+        self.process.wait(timeout=DEADLINE_S)
+
+
+@dataclass
+class Runtime:
+    """A broker namespace of one test, with what it takes to run workers on it."""
+
+    broker: str
+    settings: Settings
+    worker_settings: WorkerSettings
+    env: dict[str, str]
+    folder: Path
+    app: Celery
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def ping_dir(self) -> Path:
+        return Path(self.app.conf.aftersales_ping_dir)
+
+    def command(self, pool: Pool | None = None, *, beat: bool = False) -> list[str]:
+        index = len(self.workers)
+        argv = worker_argv(
+            self.app,
+            concurrency=2,
+            loglevel="INFO",
+            pool=pool,
+            beat=beat,
+            hostname=f"test{index}-{uuid.uuid4().hex[:6]}@%h",
+        )
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.celery_entry",
+            *argv,
+            "--include=workers.probe_tasks",
+        ]
+
+    def spawn(self, command: list[str]) -> WorkerProcess:
+        log = self.folder / f"worker-{len(self.workers)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = WorkerProcess(process, log)
+        self.workers.append(worker)
+        return worker
+
+    def start_worker(self, pool: Pool | None = None, *, ready: bool = True) -> WorkerProcess:
+        """A worker subprocess; with ``ready``, returns once it has run a ping."""
+        worker = self.spawn(self.command(pool))
+        if ready:
+            self.ping(worker)
+        return worker
+
+    def ping(self, worker: WorkerProcess | None = None) -> dict[str, Any]:
+        """Send ``aftersales.ping`` and wait for its proof file; the proof's JSON."""
+        token = uuid.uuid4().hex
+        self.app.send_task("aftersales.ping", args=[token])
+        proof = self.ping_dir / token
+
+        def done() -> bool:
+            if worker is not None and not worker.alive():
+                pytest.fail(f"worker exited with {worker.process.returncode} before the ping ran")
+            return proof.exists()
+
+        wait_for(done, f"ping {token} to run")
+        return dict(json.loads(proof.read_text()))
+
+    def logs(self) -> list[tuple[str, str]]:
+        return [
+            (f"worker log {w.log.name}", w.log.read_text(errors="replace"))
+            for w in self.workers
+            if w.log.exists()
+        ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    runtime = getattr(item, "_worker_runtime", None)
+    if report.failed and isinstance(runtime, Runtime):
+        for title, text in runtime.logs():
+            report.sections.append((title, text[-20_000:]))
+    return report
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get(REDIS_ENV, DEFAULT_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        message = f"Redis at {url} does not answer ({error}); set {REDIS_ENV}"
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("embedded", id="embedded"),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    ]
+)
+def broker(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def runtime(broker: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    database_url = sqlite_url(tmp_path / "var" / "aftersales.db")
+    key_prefix = ""
+    broker_url: str | None = None
+    if broker == "redis":
+        broker_url = request.getfixturevalue("redis_url")
+        key_prefix = f"aftersales-test:{uuid.uuid4().hex}:"
+    env = {
+        **os.environ,
+        "AFTERSALES_DATABASE_URL": database_url,
+        "AFTERSALES_BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        "AFTERSALES_TASK_TIME_LIMIT_S": str(TASK_TIME_LIMIT_S),
+        "AFTERSALES_RETRY_BACKOFF_MAX_S": str(RETRY_CAP_S),
+        "AFTERSALES_BROKER_KEY_PREFIX": key_prefix,
+        "AFTERSALES_PING_DIR": str(tmp_path / "pings"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]),
+    }
+    env.pop("AFTERSALES_BROKER_URL", None)
+    if broker_url:
+        env["AFTERSALES_BROKER_URL"] = broker_url
+    settings = Settings(database_url=database_url, broker_url=broker_url)
+    worker_settings = WorkerSettings(
+        broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S,
+        task_time_limit_s=TASK_TIME_LIMIT_S,
+        retry_backoff_max_s=RETRY_CAP_S,
+        broker_key_prefix=key_prefix,
+        ping_dir=tmp_path / "pings",
+    )
+    app = create_app(settings, worker_settings)
+    runtime = Runtime(broker, settings, worker_settings, env, tmp_path, app)
+    request.node._worker_runtime = runtime
+    try:
+        yield runtime
+    finally:
+        for worker in runtime.workers:
+            worker.stop()
+        app.close()
+        if broker_url and key_prefix:
+            _delete_keys(broker_url, key_prefix)
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -1,0 +1,250 @@
+"""The Celery runtime on real workers: configuration, delivery, and surviving ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from config.settings import Settings
+from tasks.app import TASK_MODULES, create_app, retry_countdown
+from tasks.broker import SPOOL_TRANSPORT
+from tasks.schedule import beat_schedule
+from tasks.settings import WorkerSettings
+from tasks.worker import default_pool
+
+from .conftest import ROOT, Runtime, wait_for
+
+SQLITE = "sqlite:////srv/aftersales/var/aftersales.db"
+
+
+# -- configuration (no worker) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broker_url", [None, "redis://127.0.0.1:6379/0"], ids=["embedded", "redis"]
+)
+def test_app_is_configured_for_at_least_once_json_delivery(broker_url: str | None) -> None:
+    # given settings for either broker
+    settings = Settings(database_url=SQLITE, broker_url=broker_url)
+    # when the app is built
+    conf = create_app(settings, WorkerSettings()).conf
+    # then only JSON travels, messages are acked after the task and requeued if its process dies
+    assert conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_ignore_result is True
+    assert conf.broker_connection_retry_on_startup is True
+    # and no task can stay unacknowledged past the visibility timeout
+    timeout = conf.broker_transport_options["visibility_timeout"]
+    assert timeout == 3600
+    assert conf.task_time_limit + conf.aftersales_retry_backoff_max_s < timeout
+    assert conf.task_soft_time_limit < conf.task_time_limit
+
+
+def test_embedded_broker_lives_beside_the_sqlite_database() -> None:
+    # given no broker URL
+    settings = Settings(database_url=SQLITE, broker_url=None)
+    # when the app is built
+    app = create_app(settings, WorkerSettings())
+    # then the spool transport keeps its files in <var>/broker, beat its state in <var>
+    assert app.conf.broker_transport == SPOOL_TRANSPORT
+    assert app.conf.broker_transport_options["data_folder"] == "/srv/aftersales/var/broker"
+    assert app.conf.beat_schedule_filename == "/srv/aftersales/var/celerybeat-schedule"
+    assert app.conf.worker_enable_remote_control is False
+    assert default_pool(app) == "threads"
+
+
+def test_redis_broker_gets_its_key_prefix_and_prefork() -> None:
+    settings = Settings(database_url=SQLITE, broker_url="redis://127.0.0.1:6379/3")
+    app = create_app(settings, WorkerSettings(broker_key_prefix="shop1:"))
+    assert app.conf.broker_transport is None
+    assert app.conf.broker_transport_options["global_keyprefix"] == "shop1:"
+    assert default_pool(app) == "prefork"
+
+
+def test_tasks_are_registered_under_stable_names() -> None:
+    app = create_app(Settings(database_url=SQLITE), WorkerSettings())
+    assert {"aftersales.ping", "aftersales.noop"} <= set(app.tasks)
+    assert set(TASK_MODULES) <= set(app.conf.include)
+
+
+def test_visibility_timeout_must_exceed_time_limit_plus_retry_cap() -> None:
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        WorkerSettings(
+            broker_visibility_timeout_s=600, task_time_limit_s=300, retry_backoff_max_s=300
+        )
+
+
+def test_beat_schedules_only_defined_tasks_with_their_periods() -> None:
+    worker = WorkerSettings(timer_sweep_interval_s=2.0)
+    schedule = beat_schedule(worker, defined={"aftersales.sweep_timers"})
+    assert schedule == {
+        "aftersales.sweep_timers": {
+            "task": "aftersales.sweep_timers",
+            "schedule": 2.0,
+            "options": {"expires": 6.0},
+        }
+    }
+
+
+def test_retry_countdown_doubles_up_to_the_cap() -> None:
+    app = create_app(Settings(database_url=SQLITE), WorkerSettings(retry_backoff_max_s=10))
+    task = app.tasks["aftersales.noop"]
+    countdowns = []
+    for retries in range(6):
+        task.push_request(retries=retries)
+        countdowns.append(retry_countdown(task))
+        task.pop_request()
+    assert countdowns == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+
+
+def test_importing_the_task_modules_creates_no_app() -> None:
+    # given a fresh interpreter; when every tasks module but the CLI entry is imported
+    code = (
+        "import celery._state as s, importlib\n"
+        "for m in ['tasks', 'tasks.app', 'tasks.worker', 'tasks.spool', 'tasks.health',"
+        " 'tasks.broker', 'tasks.schedule', 'tasks.settings']:\n"
+        "    importlib.import_module(m)\n"
+        "print(len([a for a in s._apps]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    # then no Celery app exists
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+
+
+# -- real workers ------------------------------------------------------------------------------
+
+
+def test_ping_runs_on_a_real_worker(runtime: Runtime) -> None:
+    # given a worker subprocess (started: it already answered one ping)
+    worker = runtime.start_worker()
+    # when another ping is sent
+    proof = runtime.ping(worker)
+    # then a process of that worker ran it, not this test process
+    assert proof["pid"] != os.getpid()
+
+
+@pytest.mark.parametrize("broker", [pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_producer_without_our_code_reaches_the_worker(runtime: Runtime, redis_url: str) -> None:
+    # given a worker, and a producer that knows only the broker and the task name
+    runtime.start_worker()
+    from celery import Celery
+
+    producer = Celery("someone-else", broker=redis_url)
+    producer.conf.broker_transport_options = {
+        "global_keyprefix": runtime.worker_settings.broker_key_prefix
+    }
+    token = uuid.uuid4().hex
+    # when it sends the task by name
+    producer.send_task("aftersales.ping", args=[token])
+    producer.close()
+    # then the worker runs it
+    wait_for(lambda: (runtime.ping_dir / token).exists(), "the foreign ping")
+
+
+def test_a_stock_kombu_filesystem_producer_reaches_the_spool(tmp_path: Path) -> None:
+    # given the embedded broker's folders
+    app = create_app(
+        Settings(database_url=f"sqlite:///{tmp_path}/var/a.db"),
+        WorkerSettings(ping_dir=tmp_path / "pings"),
+    )
+    spool = Path(app.conf.broker_transport_options["data_folder"])
+    # when kombu's own filesystem transport (no code of ours) publishes a Celery message
+    options = {
+        "data_folder_out": str(spool / "ready"),
+        "data_folder_in": str(spool / "ready"),
+        "control_folder": str(spool / "control"),
+    }
+    (spool / "ready").mkdir(parents=True)
+    with Connection("filesystem://", transport_options=options) as connection:
+        exchange = Exchange("celery", type="direct")
+        queue = Queue("celery", exchange, routing_key="celery")
+        producer = connection.Producer(serializer="json")
+        task_id = uuid.uuid4().hex
+        producer.publish(
+            [["token123"], {}, {}],
+            exchange=exchange,
+            routing_key="celery",
+            declare=[queue],
+            headers={"lang": "py", "task": "aftersales.ping", "id": task_id, "retries": 0},
+        )
+    # then our transport fetches it for the app's consumer
+    with app.connection_for_read() as connection:
+        message = connection.SimpleQueue("celery").get(timeout=5)
+        assert message.headers["task"] == "aftersales.ping"
+        message.ack()
+    assert list((spool / "claimed").iterdir()) == []
+
+
+def _attempts(folder: Path, token: str) -> list[Path]:
+    return sorted(folder.glob(f"{token}.started.*"))
+
+
+def _hold(runtime: Runtime) -> tuple[str, Path]:
+    token = uuid.uuid4().hex
+    runtime.app.send_task("aftersales_test.hold", args=[str(runtime.folder), token])
+    return token, runtime.folder
+
+
+def test_task_survives_kill9_of_the_pool_process_running_it(runtime: Runtime) -> None:
+    # given a prefork worker running a task that holds until released
+    runtime.start_worker(pool="prefork")
+    token, folder = _hold(runtime)
+    first = wait_for(lambda: _attempts(folder, token), "the task to start")[0]
+    child_pid = int(first.name.split(".")[2])
+    # when the pool process running it is killed with SIGKILL
+    os.kill(child_pid, signal.SIGKILL)
+    (folder / f"{token}.release").touch()
+    # then the worker requeues the message (reject_on_worker_lost) and the task completes
+    wait_for(lambda: list(folder.glob(f"{token}.done.*")), "the task to complete")
+    assert len(_attempts(folder, token)) == 2
+
+
+def test_task_survives_kill9_of_the_whole_worker(runtime: Runtime) -> None:
+    # given a worker (its default pool) running a task that holds until released
+    first_worker = runtime.start_worker()
+    token, folder = _hold(runtime)
+    wait_for(lambda: _attempts(folder, token), "the task to start")
+    # when the worker and all its processes are killed with SIGKILL, and a new one starts
+    first_worker.kill9()
+    (folder / f"{token}.release").touch()
+    started = time.monotonic()
+    runtime.start_worker(ready=False)
+    # then the unacknowledged message is delivered again and the task completes: at once on the
+    # embedded broker (its claimer is dead), after the visibility timeout on Redis
+    wait_for(lambda: list(folder.glob(f"{token}.done.*")), "the redelivered task to complete")
+    assert len(_attempts(folder, token)) == 2
+    if runtime.broker == "redis":
+        assert time.monotonic() - started >= runtime.worker_settings.broker_visibility_timeout_s / 2
+
+
+@pytest.mark.parametrize("broker", ["embedded"])
+def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
+    # given `aftersales run`'s function in a process of its own
+    code = (
+        "from config.settings import get_settings\n"
+        "from tasks.worker import run_all\n"
+        "run_all(get_settings(), concurrency=2)\n"
+    )
+    worker = runtime.spawn([sys.executable, "-c", code])
+    # when a ping is sent, then it runs, and beat started beside the worker
+    runtime.ping(worker)
+    wait_for(lambda: "beat: Starting" in worker.log.read_text(errors="replace"), "beat to start")
+    # and SIGTERM stops the whole thing
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=30) == 0
+    assert json.loads(next(runtime.ping_dir.iterdir()).read_text())["pid"] == worker.pid
