@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     #: A TOML file whose keys are laid over ``config/policy.toml``; only changed keys are needed.
     policy_file: Path | None = None
     #: Celery broker: ``redis://host:6379/0`` in production; None means the embedded broker
-    #: (a SQLite file beside the database, see docs/workers.md).
+    #: (the spool folder ``<var>/broker`` beside the database, see docs/workers.md).
     broker_url: str | None = None
     #: Simulation only: a file holding the "now" every process reads (workflow.clock.FileClock).
     clock_file: Path | None = None

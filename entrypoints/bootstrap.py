@@ -19,6 +19,7 @@ from config.policy import Policy, load_policy
 from config.settings import Settings
 from persistence import migrate
 from persistence.db import dispose_engine, make_engine
+from persistence.tokens import SqlTokenStore
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.clock import Clock, FakeClock, SystemClock
 from workflow.events import EventService
@@ -53,6 +54,13 @@ def build_event_service(settings: Settings, service: CaseService) -> EventServic
     """Inbound event ingestion on the same database and clock as ``service``."""
     uow_factory = SqlUnitOfWorkFactory(_engine(settings.database_url))
     return EventService(service, uow_factory, service.clock)
+
+
+def build_token_store(settings: Settings) -> SqlTokenStore:
+    """The HTTP API's tokens on the configured database, its schema checked (or created)."""
+    engine = make_engine_for(settings)
+    _prepare_schema(settings.database_url, engine)
+    return SqlTokenStore(engine)
 
 
 def build_policy(settings: Settings) -> Policy:

@@ -41,7 +41,7 @@ from sqlalchemy.exc import OperationalError
 from typer.core import TyperGroup
 
 from config.settings import get_settings
-from entrypoints import bootstrap, cli_workers, readme_diagrams, render, views
+from entrypoints import bootstrap, cli_http, cli_workers, readme_diagrams, render, views
 from entrypoints.bootstrap import SetupError
 from entrypoints.cli_events import events_app
 from workflow.diagram import mermaid
@@ -204,6 +204,7 @@ app.add_typer(timers_app, name="timers")
 app.add_typer(db_app, name="db")
 app.add_typer(events_app, name="events")
 cli_workers.register(app)
+cli_http.register(app)
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print JSON (money in integer fen, times in UTC).")
@@ -654,17 +655,52 @@ def diagram(
 def demo(
     ctx: typer.Context,
     db: Annotated[
-        Path, typer.Option(help="SQLite file for the demo; deleted and recreated each run.")
-    ] = Path("var/demo.db"),
+        Path | None,
+        typer.Option(
+            help="SQLite file of the scripted demo (default var/demo.db); deleted and recreated "
+            "each run."
+        ),
+    ] = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Play it on the running service instead: `aftersales run` as a child process, "
+            "events through the embedded broker, timers firing on a shared clock "
+            "(files in var/demo-live/, recreated each run).",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Run the scripted demo: sample cases of every type on a simulated clock."""
+    """Run the demo: sample cases of every type moving through their states."""
+    state = _state(ctx, json_output)
+    if live:
+        if db is not None:
+            raise InputError("usage", "--db is for the scripted demo; --live uses var/demo-live/")
+        _demo_live(state)
+        return
     from entrypoints import demo as demo_script
 
-    state = _state(ctx, json_output)
-    outcomes = demo_script.run(db, console=None if state.json else _console())
+    outcomes = demo_script.run(
+        db or Path("var/demo.db"), console=None if state.json else _console()
+    )
     if state.json:
         _print_json([outcome.as_json() for outcome in outcomes])
+
+
+def _demo_live(state: State) -> None:
+    from entrypoints import live_demo
+
+    try:
+        result = live_demo.run(live_demo.DEMO_DIR, console=None if state.json else _console())
+    except live_demo.DemoFailed as error:
+        _print_error("demo_failed", str(error), {}, state.json)
+        raise typer.Exit(EXIT_OTHER) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the demo's worker was stopped", err=True)
+        raise typer.Exit(130) from None
+    if state.json:
+        _print_json(result.as_json())
 
 
 def main() -> None:

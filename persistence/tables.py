@@ -249,6 +249,56 @@ class OpenCaseItemRow(SQLModel, table=True):
     case_id: int = _case_fk("fk_open_case_items_case_id")
 
 
+class ApiTokenRow(SQLModel, table=True):
+    """A bearer token of the HTTP API. Only the SHA-256 of the secret is kept: the secret is
+    shown once, when the token is created, and cannot be read back."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (sa.UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),)
+
+    id: int | None = _id()
+    #: Hex SHA-256 of the secret (64 characters).
+    token_hash: str
+    #: ``admin``, ``merchant``, ``buyer`` or ``producer``.
+    role: str
+    #: The merchant or buyer id, the producer's event source, an admin's name (optional).
+    subject: str | None = None
+    name: str | None = None
+    created_at: datetime = _time("created_at")
+    revoked_at: datetime | None = _time("revoked_at", nullable=True)
+
+
+class ApiIdempotencyRow(SQLModel, table=True):
+    """The first response to a POST that carried an ``Idempotency-Key``, replayed to repeats.
+
+    Scoped by token, method and path: two clients, or two endpoints, never share a key. A row
+    without ``status`` is a request still running (or one whose process died: taken over after
+    a while).
+    """
+
+    __tablename__ = "api_idempotency"
+    __table_args__ = (sa.Index("ix_api_idempotency_created_at", "created_at"),)
+
+    token_id: int = Field(
+        sa_column=sa.Column(
+            "token_id",
+            sa.BigInteger(),
+            sa.ForeignKey("api_tokens.id", name="fk_api_idempotency_token_id"),
+            primary_key=True,
+        )
+    )
+    key: str = Field(primary_key=True)
+    method: str = Field(primary_key=True)
+    path: str = Field(primary_key=True)
+    #: SHA-256 of the request (query and canonical JSON body): a key reused for another request
+    #: is refused instead of answered with the first one's response.
+    fingerprint: str
+    created_at: datetime = _time("created_at")
+    status: int | None = None
+    headers: dict[str, Any] = _json("headers")
+    body: str | None = Field(default=None, sa_column=sa.Column("body", sa.Text(), nullable=True))
+
+
 metadata = SQLModel.metadata
 
 cases: sa.Table = metadata.tables["cases"]
@@ -259,3 +309,5 @@ outbox: sa.Table = metadata.tables["outbox"]
 inbound_events: sa.Table = metadata.tables["inbound_events"]
 open_case_items: sa.Table = metadata.tables["open_case_items"]
 dead_letters: sa.Table = metadata.tables["dead_letters"]
+api_tokens: sa.Table = metadata.tables["api_tokens"]
+api_idempotency: sa.Table = metadata.tables["api_idempotency"]

@@ -31,7 +31,7 @@ TASK_MODULES: tuple[str, ...] = (
 
 #: The ``app.conf`` key holding ``WorkerSettings.retry_backoff_max_s`` for ``retry_countdown``.
 RETRY_CAP_KEY = "aftersales_retry_backoff_max_s"
-#: The ``app.conf`` key holding the file beat keeps its last-run times in.
+#: The file in ``<var>`` where beat keeps each entry's last run (so a restart does not re-send).
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 
 

@@ -259,8 +259,12 @@ class CaseService:
         reason: str | None,
         until: datetime | None = None,
         hours: float | None = None,
+        expected_version: int | None = None,
     ) -> FireResult:
-        """An admin moves the case's current deadline later (holidays, disputes); audited."""
+        """An admin moves the case's current deadline later (holidays, disputes); audited.
+
+        ``expected_version``, as for ``fire``: refuse with ``Conflict`` unless the case is still
+        at that version."""
         if actor.role is not Role.ADMIN:
             raise Forbidden("only an admin extends deadlines")
         if not (reason or "").strip():
@@ -271,6 +275,11 @@ class CaseService:
             raise describe_validation_error(error, "data") from None
         with self._uow() as uow:
             case = _get(uow, case_id)
+            if expected_version is not None and expected_version != case.version:
+                raise Conflict(
+                    f"case {case_id} is at version {case.version}, not {expected_version}",
+                    case.version,
+                )
             deadline = uow.timers.pending(case_id)
             if deadline is None or deadline.id is None:
                 raise InvalidInput(

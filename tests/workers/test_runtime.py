@@ -19,6 +19,7 @@ from tasks.app import TASK_MODULES, create_app, retry_countdown
 from tasks.broker import SPOOL_TRANSPORT
 from tasks.schedule import beat_schedule
 from tasks.settings import WorkerSettings
+from tasks.spool import restore_expired_claims
 from tasks.worker import default_pool
 
 from .conftest import ROOT, Runtime, wait_for
@@ -248,3 +249,44 @@ def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=30) == 0
     assert json.loads(next(runtime.ping_dir.iterdir()).read_text())["pid"] == worker.pid
+
+
+def test_spool_gives_back_claims_of_dead_processes_and_expired_ones(tmp_path: Path) -> None:
+    # given three claims: a live process's fresh one, a dead process's, a live one too old
+    claimed, ready = tmp_path / "claimed", tmp_path / "ready"
+    claimed.mkdir()
+    ready.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid, live_pid = int(done.stdout), os.getpid()
+    now = time.time_ns()
+    timeout = 60 * 10**9
+    (claimed / f"{now:020d}~{live_pid}~1_a.celery.msg").touch()
+    (claimed / f"{now:020d}~{dead_pid}~2_b.celery.msg").touch()
+    (claimed / f"{now - 2 * timeout:020d}~{live_pid}~3_c.celery.msg").touch()
+    # when the claims are checked
+    moved = restore_expired_claims(claimed, ready, timeout, now)
+    # then only the live, fresh claim stays claimed; the others are ready again, names intact
+    assert moved == 2
+    assert sorted(p.name for p in ready.iterdir()) == ["2_b.celery.msg", "3_c.celery.msg"]
+    assert [p.name.split("~")[2] for p in claimed.iterdir()] == ["1_a.celery.msg"]
+
+
+@pytest.mark.parametrize("broker", ["embedded"])
+def test_run_beat_sends_the_timer_sweep_every_period(runtime: Runtime) -> None:
+    # given `aftersales beat`'s function in a process of its own, in a folder with no var/ yet
+    code = (
+        "from config.settings import get_settings\n"
+        "from tasks.worker import run_beat\n"
+        "run_beat(get_settings())\n"
+    )
+    beat = runtime.spawn([sys.executable, "-c", code])
+    sent = "Sending due task aftersales.sweep_timers"
+    # then it sends a sweep each second (the default period)
+    wait_for(lambda: beat.log.read_text(errors="replace").count(sent) >= 2, "two sweeps sent")
+    spool = Path(runtime.app.conf.broker_transport_options["data_folder"])
+    assert any(p.name.endswith(".celery.msg") for p in (spool / "ready").iterdir())

@@ -1,0 +1,145 @@
+"""``create_app(settings, clock)``: the HTTP API as a FastAPI app, wired through ``bootstrap``.
+
+No module creates an app at import time: ``aftersales serve`` builds one and hands it to
+uvicorn, and tests build their own on a throwaway database. ``openapi_document()`` builds the
+same routes without any service, which is how docs/openapi.json is generated.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from config.settings import Settings
+from entrypoints import bootstrap
+from entrypoints.http import cases, events, ops, problems
+from entrypoints.http.auth import RateLimiter
+from entrypoints.http.context import ApiContext
+from entrypoints.http.metrics import ApiMetrics
+from entrypoints.http.middleware import BodyGuard, Observe
+from entrypoints.http.settings import ApiSettings
+from persistence.readings import SqlReadings
+from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
+from workflow.clock import Clock
+from workflow.events import Envelope
+
+DESCRIPTION = """\
+After-sales cases (return-and-refund, exchange, repair, refund-only) moving through their state
+machines, and the inbound events that move them. See docs/api.md.
+
+- **Authentication**: every operation but `/healthz`, `/readyz` and this document needs
+  `Authorization: Bearer <token>` (`aftersales tokens create --role ...`).
+- **Authorization**: buyers and merchants see and act on their own cases only; producers send
+  events of their own source; admins do everything, with a reason on forced transitions.
+- **Concurrency**: a case's `ETag` is its version; send it back as `If-Match` to get 412 instead
+  of acting on a case that moved.
+- **Retries**: every POST takes an `Idempotency-Key`; a repeat returns the first response.
+- **Errors**: `application/problem+json` (RFC 9457) with a stable `type`.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("aftersales")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+def create_app(
+    settings: Settings, clock: Clock, api_settings: ApiSettings | None = None
+) -> FastAPI:
+    """The API on the configured database, broker and policy; raises ``SetupError`` (one line)
+    when the database is unreachable or not migrated, as every other entry point does."""
+    api_settings = api_settings if api_settings is not None else ApiSettings()
+    case_service = bootstrap.build_service(settings, clock)
+    engine = bootstrap.make_engine_for(settings)
+    readings = SqlReadings(engine)
+    context = ApiContext(
+        settings=api_settings,
+        clock=clock,
+        cases=case_service,
+        events=bootstrap.build_event_service(settings, case_service),
+        tokens=SqlTokenStore(engine),
+        idempotency=SqlIdempotencyStore(
+            engine, retention=_hours(api_settings.idempotency_hours)
+        ),
+        readings=readings,
+        rate_limiter=RateLimiter(api_settings.rate_limit_per_minute),
+        auth_failures=RateLimiter(api_settings.auth_failures_per_minute),
+        readiness={
+            "database": ops.database_check(readings, settings.database_url),
+            "broker": ops.broker_check(settings),
+        },
+    )
+    app = _build(api_settings)
+    app.state.api = context
+    app.state.metrics = ApiMetrics(readings, clock, api_settings.metrics_cache_seconds)
+    app.add_middleware(BodyGuard, max_body_bytes=api_settings.max_body_bytes)
+    app.add_middleware(Observe, record=app.state.metrics.record)
+    return app
+
+
+def _hours(hours: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(hours=hours)
+
+
+def _build(api_settings: ApiSettings) -> FastAPI:
+    app = FastAPI(
+        title="aftersales",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    problems.install(app)
+    app.include_router(cases.router)
+    app.include_router(events.router)
+    app.include_router(ops.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _document(app: FastAPI) -> dict[str, Any]:
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
+    # Error responses are problem details, whatever FastAPI assumed.
+    for item in document["paths"].values():
+        for operation in item.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                body = content.get("application/json", {})
+                if status[:1] in "45" and body.get("schema", {}).get("$ref", "").endswith(
+                    "/Problem"
+                ):
+                    content[problems.PROBLEM_JSON] = content.pop("application/json")
+    # The event envelope of POST /events, from the model the service parses it with.
+    envelope = Envelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(envelope.pop("$defs", {}))
+    schemas[str(envelope.get("title", "AftersalesEvent"))] = envelope
+    # FastAPI's own validation error shapes are never sent: errors are Problems.
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    document["components"]["schemas"] = dict(sorted(schemas.items()))
+    return document
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document, built without a database (docs/openapi.json)."""
+    return _build(ApiSettings()).openapi()

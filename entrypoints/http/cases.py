@@ -1,0 +1,396 @@
+"""``/cases``: submit, read, list, fire triggers, history, diagram, timers, deadline extension.
+
+Each route authenticates, calls one ``CaseService`` method as the token's actor and shapes the
+answer with ``entrypoints.views``. Ownership is the engine's check (``Forbidden``, 403); the
+routes only refuse roles that never use them (producers) before calling the service.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from entrypoints import views
+from entrypoints.http.auth import Authenticated, Principal, require
+from entrypoints.http.context import api_of, idempotent, json_response
+from entrypoints.http.problems import ProblemError, responses
+from entrypoints.http.schemas import (
+    MAX_ID,
+    CaseList,
+    CaseOut,
+    DiagramOut,
+    ExtendIn,
+    FireIn,
+    FireOut,
+    HistoryEntry,
+    Ident,
+    TimersOut,
+)
+from entrypoints.http.scopes import TokenRole
+from workflow import engine
+from workflow.diagram import mermaid
+from workflow.errors import Conflict
+from workflow.model import Actor, Case, Timer
+from workflow.payloads import Application
+from workflow.ports import CaseQuery
+from workflow.service import CaseView, FireResult
+from workflow.states import CaseState, CaseType
+
+router = APIRouter(prefix="/cases", tags=["cases"])
+
+CaseId = Annotated[int, Path(ge=1, le=MAX_ID, description="The case's id.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="A repeat of this request with the same key (same token, method and path) "
+        "returns the first response and does nothing again. Kept 24 h.",
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        max_length=1000,
+        description='The case\'s ETag ("<version>") as last read: when the case has moved '
+        "since, the request fails with 412 and changes nothing.",
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(alias="If-None-Match", max_length=1000, description="304 when the case is unchanged."),
+]
+
+_ETAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(,|$)')
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(value: str | None) -> list[int] | None:
+    """The versions an If-Match names; None for ``*`` or no header. A weak tag or one that is not
+    a version can never match (strong comparison, RFC 9110 §13.1.1): it counts as version 0."""
+    if value is None or value.strip() == "*":
+        return None
+    versions: list[int] = []
+    position = 0
+    text = value.strip()
+    while position < len(text):
+        match = _ETAG.match(text, position)
+        if match is None or match.end() == position:
+            raise ProblemError(
+                "malformed-request",
+                'If-Match must be an entity tag such as "3" (the case\'s ETag), or *',
+                field="header.If-Match",
+            )
+        weak, tag = match.group(1), match.group(2)
+        versions.append(int(tag) if not weak and tag.isdigit() and len(tag) < 19 else 0)
+        position = match.end()
+    if not versions:
+        raise ProblemError("malformed-request", "If-Match is empty", field="header.If-Match")
+    return versions
+
+
+def _expected_version(
+    request: Request, principal: Principal, case_id: int, if_match: str | None
+) -> int | None:
+    versions = parse_if_match(if_match)
+    if versions is None:
+        return None
+    if len(versions) == 1:
+        return versions[0]
+    # Several tags: whichever is the case's version now; the service compares again under its
+    # transaction, so a transition between this read and that one still gets 412.
+    current = api_of(request).cases.get(case_id, principal.actor()).case.version
+    return current if current in versions else versions[0]
+
+
+def case_data(case: Case, deadline: Timer | None, actor: Actor) -> dict[str, Any]:
+    return {**views.case_json(case, deadline), "allowed_triggers": engine.allowed_triggers(case, actor)}
+
+
+def _case_response(view: CaseView, principal: Principal, status: int = 200) -> JSONResponse:
+    headers = {"ETag": etag(view.case.version)}
+    if status == 201:
+        headers["Location"] = f"/cases/{view.case.id}"
+    return json_response(
+        CaseOut, case_data(view.case, view.deadline, principal.actor()), status, headers
+    )
+
+
+def _fire_response(result: FireResult, principal: Principal) -> JSONResponse:
+    data = {
+        **views.fire_json(result),
+        "case": case_data(result.case, result.deadline, principal.actor()),
+    }
+    return json_response(FireOut, data, headers={"ETag": etag(result.case.version)})
+
+
+def _service_key(principal: Principal, key: str | None) -> str | None:
+    # Namespaced by token: two clients choosing the same key never share a case or a transition.
+    return f"api:{principal.token.id}:{key}" if key else None
+
+
+def _stale(error: Conflict, expected: int | None) -> ProblemError | None:
+    if expected is None or error.current_version is None:
+        return None
+    return ProblemError(
+        "precondition-failed",
+        str(error),
+        headers={"ETag": etag(error.current_version)},
+        current_version=error.current_version,
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CaseOut,
+    summary="Submit an application",
+    description="Apply for after-sales on an order (buyers for their own orders, admins for "
+    "anyone). 201 with the case, its `Location` and `ETag`. An application the policy refuses "
+    "(outside the window, an item with an open case) is 422 `policy-refusal` naming the rule.",
+    responses={
+        201: {"description": "The new case.", "headers": {"ETag": {"schema": {"type": "string"}}}},
+        **responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
+    },
+)
+def submit_case(
+    request: Request,
+    application: Application,
+    principal: Authenticated,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    require(principal, TokenRole.ADMIN, TokenRole.BUYER)
+    api = api_of(request)
+
+    def action() -> Response:
+        key = _service_key(principal, idempotency_key)
+        view = api.cases.submit(application, principal.actor(), key)
+        return _case_response(view, principal, 201)
+
+    return idempotent(request, principal, idempotency_key, action)
+
+
+@router.get(
+    "",
+    response_model=CaseList,
+    summary="List cases",
+    description="Cases oldest first, a page at a time: pass `next_after` back as `after`. Buyers "
+    "and merchants see only their own cases (a filter naming someone else is 403).",
+    responses=responses(401, 403, 422, 429, 503),
+)
+def list_cases(
+    request: Request,
+    principal: Authenticated,
+    state: CaseState | None = None,
+    type: Annotated[CaseType | None, Query(description="The case type.")] = None,
+    merchant_id: Ident | None = None,
+    buyer_id: Ident | None = None,
+    order_id: Ident | None = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Cases after this id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    actor = principal.actor()
+    if principal.role is TokenRole.BUYER and buyer_id not in (None, principal.subject):
+        raise ProblemError("forbidden", "a buyer lists only its own cases")
+    if principal.role is TokenRole.MERCHANT and merchant_id not in (None, principal.subject):
+        raise ProblemError("forbidden", "a merchant lists only its own cases")
+    query = CaseQuery(
+        state=state,
+        type=type,
+        merchant_id=merchant_id,
+        buyer_id=buyer_id,
+        order_id=order_id,
+        after_id=after,
+        # One more than asked tells whether there is a next page without a count.
+        limit=limit + 1,
+    )
+    found = api_of(request).cases.list(query, actor)
+    page = found[:limit]
+    next_after = page[-1].case.id if len(found) > limit else None
+    headers = {}
+    if next_after is not None:
+        params = dict(request.query_params)
+        params["after"] = str(next_after)
+        link = request.url.include_query_params(**params)
+        headers["Link"] = f'<{link.path}?{link.query}>; rel="next"'
+    data = {"cases": [case_data(v.case, v.deadline, actor) for v in page], "next_after": next_after}
+    return json_response(CaseList, data, headers=headers)
+
+
+@router.get(
+    "/{case_id}",
+    response_model=CaseOut,
+    summary="Get a case",
+    description="The case with its pending deadline and the triggers the caller may fire now; "
+    '`ETag: "<version>"` for `If-Match`.',
+    responses={
+        200: {"description": "The case.", "headers": {"ETag": {"schema": {"type": "string"}}}},
+        304: {"description": "Unchanged since the `If-None-Match` ETag."},
+        **responses(401, 403, 404, 422, 429, 503),
+    },
+)
+def get_case(
+    request: Request,
+    case_id: CaseId,
+    principal: Authenticated,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    view = api_of(request).cases.get(case_id, principal.actor())
+    tag = etag(view.case.version)
+    if if_none_match is not None and (
+        if_none_match.strip() == "*"
+        or tag in [part.strip().removeprefix("W/") for part in if_none_match.split(",")]
+    ):
+        return Response(status_code=304, headers={"ETag": tag})
+    return _case_response(view, principal)
+
+
+@router.post(
+    "/{case_id}/transitions",
+    response_model=FireOut,
+    summary="Fire a trigger",
+    description="Move the case by a trigger as the caller. 409 `illegal-transition` lists the "
+    "triggers allowed now; with `If-Match` on a stale version, 412 and nothing changes. "
+    "Admins always give a `reason`.",
+    responses={
+        200: {
+            "description": "The transitions written (or, replayed, the first ones).",
+            "headers": {"ETag": {"schema": {"type": "string"}}},
+        },
+        **responses(400, 401, 403, 404, 409, 412, 413, 415, 422, 429, 503),
+    },
+)
+def fire_trigger(
+    request: Request,
+    case_id: CaseId,
+    body: FireIn,
+    principal: Authenticated,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> Response:
+    actor = principal.actor()
+    api = api_of(request)
+
+    def action() -> Response:
+        expected = _expected_version(request, principal, case_id, if_match)
+        try:
+            result = api.cases.fire(
+                case_id,
+                body.trigger,
+                actor,
+                body.data,
+                body.reason,
+                idempotency_key=_service_key(principal, idempotency_key),
+                expected_version=expected,
+            )
+        except Conflict as error:
+            raise _stale(error, expected) or error from None
+        return _fire_response(result, principal)
+
+    return idempotent(request, principal, idempotency_key, action)
+
+
+@router.get(
+    "/{case_id}/history",
+    response_model=list[HistoryEntry],
+    summary="The case's transition log",
+    responses=responses(401, 403, 404, 422, 429, 503),
+)
+def case_history(request: Request, case_id: CaseId, principal: Authenticated) -> Response:
+    records = api_of(request).cases.history(case_id, principal.actor())
+    data = [views.record_json(record) for record in records]
+    return JSONResponse([HistoryEntry.model_validate(e).model_dump(mode="json") for e in data])
+
+
+@router.get(
+    "/{case_id}/diagram",
+    response_model=DiagramOut,
+    summary="The case's state diagram",
+    description="Mermaid `stateDiagram-v2` of the case's type, its current state highlighted.",
+    responses=responses(401, 403, 404, 422, 429, 503),
+)
+def case_diagram(request: Request, case_id: CaseId, principal: Authenticated) -> Response:
+    case = api_of(request).cases.get(case_id, principal.actor()).case
+    data = {"type": case.type, "state": case.state, "mermaid": mermaid(case.type, case.state)}
+    return json_response(DiagramOut, data)
+
+
+@router.get(
+    "/{case_id}/timers",
+    response_model=TimersOut,
+    summary="The case's timers",
+    description="The pending deadline and every timer the case armed, with how late fired "
+    "ones fired.",
+    responses=responses(401, 403, 404, 422, 429, 503),
+)
+def case_timers(request: Request, case_id: CaseId, principal: Authenticated) -> Response:
+    api = api_of(request)
+    view = api.cases.get(case_id, principal.actor())
+    timers = [
+        {
+            "id": reading.timer.id,
+            "kind": reading.timer.kind,
+            "trigger": reading.timer.trigger,
+            "state": reading.timer.state,
+            "status": reading.timer.status.value,
+            "due_at": reading.timer.due_at,
+            "created_at": reading.timer.created_at,
+            "fired_at": reading.timer.fired_at,
+            "lateness_ms": reading.lateness_ms,
+        }
+        for reading in api.readings.case_timers(case_id)
+    ]
+    data = {"case_id": case_id, "deadline": views.deadline_json(view.deadline), "timers": timers}
+    return json_response(TimersOut, data)
+
+
+@router.post(
+    "/{case_id}/deadline-extensions",
+    response_model=FireOut,
+    summary="Extend the current deadline (admin)",
+    description="Move the case's pending deadline later, by `hours` or to `until`, with a "
+    "`reason` kept in the history. Admins only.",
+    responses={
+        200: {
+            "description": "The audited extension.",
+            "headers": {"ETag": {"schema": {"type": "string"}}},
+        },
+        **responses(400, 401, 403, 404, 409, 412, 413, 415, 422, 429, 503),
+    },
+)
+def extend_deadline(
+    request: Request,
+    case_id: CaseId,
+    body: ExtendIn,
+    principal: Authenticated,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> Response:
+    require(principal, TokenRole.ADMIN)
+    api = api_of(request)
+
+    def action() -> Response:
+        expected = _expected_version(request, principal, case_id, if_match)
+        try:
+            result = api.cases.extend_deadline(
+                case_id,
+                principal.actor(),
+                body.reason,
+                until=body.until,
+                hours=body.hours,
+                expected_version=expected,
+            )
+        except Conflict as error:
+            raise _stale(error, expected) or error from None
+        return _fire_response(result, principal)
+
+    return idempotent(request, principal, idempotency_key, action)

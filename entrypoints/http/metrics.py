@@ -1,0 +1,134 @@
+"""``/metrics``: Prometheus text, from the database at scrape time and this process's requests.
+
+Database figures (cases, transitions, timer lateness, outbox, dead letters, refunds) cover every
+process that moves cases, so any API process reports the same numbers; they are cached for
+``metrics_cache_seconds`` so several scrapers cost one set of queries. Request counts and
+durations are this process's own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from persistence.readings import MetricsSnapshot, SqlReadings
+from workflow.clock import Clock
+from workflow.model import DeadLetterStatus
+
+#: Triggers whose transitions are refund outcomes reported by the payment channel.
+REFUND_OUTCOMES = {"confirm_refund": "succeeded", "fail_refund": "failed"}
+
+
+class DatabaseCollector(Collector):
+    def __init__(self, readings: SqlReadings, clock: Clock, cache_seconds: float) -> None:
+        self._readings = readings
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._cached: tuple[float, MetricsSnapshot] | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> MetricsSnapshot:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self._cache_seconds:
+                self._cached = (now, self._readings.snapshot())
+            return self._cached[1]
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        cases = GaugeMetricFamily(
+            "aftersales_cases", "Cases by type and state.", labels=["type", "state"]
+        )
+        for (case_type, state), count in sorted(snap.cases.items()):
+            cases.add_metric([case_type, state], count)
+        yield cases
+
+        transitions = CounterMetricFamily(
+            "aftersales_transitions",
+            "Transitions logged, by case type, trigger and the state they led to.",
+            labels=["type", "trigger", "state"],
+        )
+        refunds = CounterMetricFamily(
+            "aftersales_refunds",
+            "Refund outcomes reported by the payment channel (confirm_refund, fail_refund).",
+            labels=["outcome"],
+        )
+        outcomes = dict.fromkeys(REFUND_OUTCOMES.values(), 0)
+        for (case_type, trigger, state), count in sorted(snap.transitions.items()):
+            transitions.add_metric([case_type, trigger, state], count)
+            if trigger in REFUND_OUTCOMES:
+                outcomes[REFUND_OUTCOMES[trigger]] += count
+        for outcome, count in outcomes.items():
+            refunds.add_metric([outcome], count)
+        yield transitions
+        yield refunds
+
+        lateness = HistogramMetricFamily(
+            "aftersales_timer_lateness_seconds",
+            "How long after their due time timers fired.",
+        )
+        buckets = [(_bound(le), float(count)) for le, count in snap.lateness.buckets]
+        buckets.append(("+Inf", float(snap.lateness.count)))
+        lateness.add_metric([], buckets, snap.lateness.sum_seconds)
+        yield lateness
+
+        yield GaugeMetricFamily(
+            "aftersales_outbox_backlog",
+            "Outbox messages no consumer has completed (waiting or in flight).",
+            value=snap.outbox_backlog,
+        )
+        oldest = snap.outbox_oldest_pending_at
+        age = max(0.0, (self._clock.now() - oldest).total_seconds()) if oldest else 0.0
+        yield GaugeMetricFamily(
+            "aftersales_outbox_oldest_pending_age_seconds",
+            "Age of the oldest uncompleted outbox message (0 when none).",
+            value=age,
+        )
+        letters = GaugeMetricFamily(
+            "aftersales_dead_letters", "Dead letters by status.", labels=["status"]
+        )
+        for status in DeadLetterStatus:
+            letters.add_metric([status.value], snap.dead_letters.get(status.value, 0))
+        yield letters
+
+
+def _bound(seconds: float) -> str:
+    return str(float(seconds))
+
+
+class ApiMetrics:
+    """The registry of one app: database figures plus request counts and durations."""
+
+    def __init__(self, readings: SqlReadings, clock: Clock, cache_seconds: float) -> None:
+        # ``*_created`` series double the output and say nothing a scraper needs (process-wide).
+        disable_created_metrics()
+        # Per app, not the global default registry: tests build many apps in one process.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.database = DatabaseCollector(readings, clock, cache_seconds)
+        self.registry.register(self.database)
+        self.requests = Counter(
+            "aftersales_http_requests",
+            "HTTP requests answered by this process, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.durations = Histogram(
+            "aftersales_http_request_duration_seconds",
+            "Time to answer HTTP requests in this process.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.durations.labels(method, route).observe(seconds)

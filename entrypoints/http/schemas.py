@@ -1,0 +1,215 @@
+"""Request and response bodies of the HTTP API, as pydantic models for validation and OpenAPI.
+
+The response shapes are ``entrypoints.views``' JSON (the CLI's ``--json``), so a case looks the
+same whichever way it is read; ``allowed_triggers`` is added for the caller.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workflow.events import IngestStatus
+from workflow.model import DeadLetterStatus
+from workflow.states import CaseState, CaseType
+
+#: Largest id the databases store (BIGINT); larger ones are refused as invalid input.
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# -- cases -------------------------------------------------------------------------------------
+
+
+class DeadlineOut(_Out):
+    kind: str
+    due_at: datetime
+    #: The trigger the system fires when the deadline passes.
+    trigger: str
+
+
+class ItemOut(_Out):
+    sku: str
+    quantity: int
+    unit_price: int = Field(description="fen")
+    amount: int = Field(description="fen")
+
+
+class GiftOut(_Out):
+    sku: str
+    quantity: int
+    value: int = Field(description="fen")
+
+
+class PaymentOut(_Out):
+    channel: str
+    amount: int = Field(description="fen")
+    paid_at: datetime
+
+
+class CaseOut(_Out):
+    id: int
+    type: CaseType
+    state: CaseState
+    terminal: bool
+    version: int = Field(description="Rises by one per transition; the ETag is this number.")
+    order_id: str
+    buyer_id: str
+    merchant_id: str
+    category: str
+    reason: str
+    description: str
+    requested_amount: int | None = Field(description="fen")
+    refund_amount: int = Field(description="fen")
+    gift_deduction: int = Field(description="fen")
+    refund_route: str | None
+    refund_attempts: int
+    deadline: DeadlineOut | None
+    items: list[ItemOut]
+    gifts: list[GiftOut]
+    payment: PaymentOut
+    delivered_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    details: dict[str, Any] = Field(description="Facts gathered on the way; bank accounts masked.")
+    allowed_triggers: list[str] = Field(description="What the caller may fire now.")
+
+
+class CaseList(_Out):
+    cases: list[CaseOut]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null at the end.")
+
+
+class HistoryEntry(_Out):
+    seq: int = Field(description="The case version this transition produced.")
+    trigger: str
+    from_state: CaseState | None
+    to_state: CaseState
+    actor: str
+    reason: str | None
+    at: datetime
+    data: dict[str, Any]
+
+
+class FireIn(_In):
+    trigger: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+    data: dict[str, Any] | None = Field(default=None, description="The trigger's own fields.")
+    reason: Annotated[str, Field(max_length=2000)] | None = Field(
+        default=None, description="Required for admins, reject and fail_inspection."
+    )
+
+
+class FireOut(_Out):
+    case: CaseOut
+    transitions: list[HistoryEntry]
+    replayed: bool = Field(description="True when the idempotency key had been used: nothing new.")
+
+
+class DiagramOut(_Out):
+    type: CaseType
+    state: CaseState
+    mermaid: str = Field(description="stateDiagram-v2 text; the current state has class `current`.")
+
+
+class TimerOut(_Out):
+    id: int
+    kind: str
+    trigger: str
+    state: CaseState
+    status: str = Field(description="pending, claimed, fired or cancelled")
+    due_at: datetime
+    created_at: datetime
+    fired_at: datetime | None
+    lateness_ms: int | None = Field(description="How long after due_at it fired.")
+
+
+class TimersOut(_Out):
+    case_id: int
+    deadline: DeadlineOut | None = Field(description="The pending deadline, if any.")
+    timers: list[TimerOut] = Field(description="Every timer the case armed, oldest first.")
+
+
+class ExtendIn(_In):
+    reason: Reason
+    until: datetime | None = Field(default=None, description="The new due time (with an offset).")
+    hours: Annotated[float, Field(gt=0, le=24 * 365)] | None = Field(
+        default=None, description="Hours added to the current due time."
+    )
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+class IngestOutcome(_Out):
+    status: IngestStatus
+    source: str
+    event_id: str | None
+    type: str | None
+    case_id: int | None
+    trigger: str | None
+    implied: list[str]
+    state: CaseState | None
+    reason: str | None
+    code: str | None
+    letter_id: int | None
+
+
+class IngestSummary(_Out):
+    applied: int
+    duplicate: int
+    ignored: int
+    dead_lettered: int
+    total: int
+
+
+class IngestOut(_Out):
+    summary: IngestSummary
+    outcomes: list[IngestOutcome] = Field(description="One per event, in the order sent.")
+
+
+class DeadLetterOut(_Out):
+    id: int
+    status: DeadLetterStatus
+    source: str
+    event_id: str | None
+    type: str | None
+    code: str
+    reason: str
+    attempts: int
+    received_at: datetime
+    resolved_at: datetime | None
+    envelope: dict[str, Any] = Field(description="As received; bank account numbers masked.")
+
+
+class DeadLetterList(_Out):
+    dead_letters: list[DeadLetterOut]
+    next_after: int | None
+
+
+# -- operations --------------------------------------------------------------------------------
+
+
+class Health(_Out):
+    status: str
+
+
+class Check(_Out):
+    ok: bool
+    detail: str | None = None
+
+
+class Readiness(_Out):
+    status: str = Field(description="ready or not_ready")
+    checks: dict[str, Check]

@@ -1,0 +1,1032 @@
+"""The live demo (``aftersales demo --live``, ``make run``): the real service moving cases.
+
+The scripted demo (``entrypoints/demo.py``) calls the service layer in-process on a fake clock.
+This one starts ``aftersales run`` (worker and beat on the embedded broker and SQLite) as a child
+process and then only does what the outside world does:
+
+- buyers apply through ``CaseService.submit`` on the shared database (what the buyer's app does);
+- merchants, buyers and the carrier act by *events*: envelopes made by
+  ``tasks.producer.make_envelope`` and sent as the ``aftersales.ingest_event`` task through the
+  broker the worker consumes;
+- the worker books courier pickups and pays refunds itself (the fake carrier and payment gateway);
+- time passes by writing the shared ``FileClock`` file, and beat's timer sweep fires what is due.
+
+The table is read back from the database every ~0.1 s. Every wait polls for an effect (the ping's
+proof file, the worker's log line for an event's task, a case's state) with a deadline; nothing
+sleeps to synchronise. Pauses are added only on a terminal, so that people can follow.
+
+Everything lives in ``var/demo-live/``, recreated on each run: ``aftersales.db``, ``clock``,
+``broker/``, ``worker.log``, ``worker.pid`` (while the worker runs), beat's schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from celery import Celery
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from adapters.fake_gateways import build_fake_gateways
+from config.gateways import GatewaySettings
+from config.settings import Settings, sqlite_url
+from entrypoints import bootstrap, render, views
+from entrypoints.demo import BUYER, MERCHANT, START, Outcome, summary_table
+from tasks.app import create_app
+from tasks.producer import INGEST_TASK, make_envelope
+from tasks.runtime import RELAY_TASK
+from tasks.settings import WorkerSettings
+from workflow.clock import FileClock
+from workflow.errors import PolicyRefusal
+from workflow.model import RefundRoute, TransitionRecord
+from workflow.service import CaseService, CaseView
+from workflow.states import CaseState
+
+#: The demo's folder, relative to the directory it runs in; deleted and recreated on each run.
+DEMO_DIR = Path("var") / "demo-live"
+
+#: The worker's ``WorkerSettings``: beat asks for a sweep every 0.2 s, so a timer fires within a
+#: fraction of a second of the clock passing its deadline. Passed as ``AFTERSALES_*`` variables.
+WORKER_TUNING: dict[str, float] = {
+    "timer_sweep_interval_s": 0.2,
+    "outbox_relay_interval_s": 0.5,
+    "broker_polling_interval_s": 0.05,
+}
+#: The fake remotes answer at once and never fail: this demo shows the happy paths.
+_FAKES = ("carrier", "payment", "shipper", "notifier")
+
+#: Upper bounds of the waits; a healthy run needs a small fraction of each.
+READY_TIMEOUT_S = 90.0
+STEP_TIMEOUT_S = 30.0
+STOP_GRACE_S = 20.0
+POLL_S = 0.1
+#: On a terminal, the pause before each narrated step (and half of it after), so that people can
+#: follow; none when the output is a pipe or a file.
+TERMINAL_PACE_S = 1.5
+#: From this many columns the live table also names each case's scenario.
+WIDE = 130
+
+#: The line celery logs when an ingest task ends; its result is the ``IngestResult`` status.
+_INGESTED = re.compile(
+    r"Task aftersales\.ingest_event\[(?P<id>[^\]]+)\] "
+    r"(?:succeeded in [^:]*: '(?P<status>[a-z_]+)'|(?P<failure>raised .*))"
+)
+#: Log lines left out of the tail shown after a failure: beat's ticks drown everything else.
+_NOISE = ("aftersales.sweep_timers", "aftersales.relay_outbox")
+
+
+class DemoFailed(Exception):
+    """The live demo could not go on: the worker did not start, or a case did not move."""
+
+
+# == the files of one run ==========================================================================
+
+
+@dataclass(frozen=True)
+class Layout:
+    folder: Path
+
+    @property
+    def database(self) -> Path:
+        return self.folder / "aftersales.db"
+
+    @property
+    def clock(self) -> Path:
+        return self.folder / "clock"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "worker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / "worker.pid"
+
+    @property
+    def pings(self) -> Path:
+        # Where the worker's ``aftersales.ping`` writes (create_app's default: <var>/worker-pings).
+        return self.folder / "worker-pings"
+
+    def settings(self) -> Settings:
+        """Explicit values, not the environment: the embedded broker and the default policy."""
+        return Settings(
+            database_url=sqlite_url(self.database),
+            policy_file=None,
+            broker_url=None,
+            clock_file=self.clock,
+        )
+
+    def worker_settings(self) -> WorkerSettings:
+        return WorkerSettings(
+            ping_dir=self.pings,
+            broker_key_prefix="",
+            timer_sweep_interval_s=WORKER_TUNING["timer_sweep_interval_s"],
+            outbox_relay_interval_s=WORKER_TUNING["outbox_relay_interval_s"],
+            broker_polling_interval_s=WORKER_TUNING["broker_polling_interval_s"],
+        )
+
+    def worker_env(self) -> dict[str, str]:
+        """The child's environment: ours without any ``AFTERSALES_*``, plus the demo's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
+        env["AFTERSALES_DATABASE_URL"] = self.settings().database_url
+        env["AFTERSALES_CLOCK_FILE"] = str(self.clock)
+        for name, value in WORKER_TUNING.items():
+            env[f"AFTERSALES_{name.upper()}"] = str(value)
+        for fake in _FAKES:
+            for knob in ("latency_ms", "failure_rate", "timeout_rate"):
+                env[f"AFTERSALES_FAKE_{fake.upper()}_{knob.upper()}"] = "0"
+        # Log lines reach the file as they are written: the demo reads them to follow events.
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+
+def prepare(folder: Path) -> Layout:
+    """A fresh folder: the database at the newest schema and the clock at ``START``."""
+    layout = Layout(folder.expanduser().resolve())
+    running = _worker_still_running(layout.pid_file)
+    if running is not None:
+        raise DemoFailed(
+            f"a live demo worker (pid {running}) still runs on {folder}; stop it first "
+            f"(kill {running})"
+        )
+    if layout.folder.exists():
+        shutil.rmtree(layout.folder)
+    layout.folder.mkdir(parents=True)
+    bootstrap.recreate_embedded_database(layout.settings())
+    FileClock(str(layout.clock)).set(START)
+    return layout
+
+
+def _worker_still_running(pid_file: Path) -> int | None:
+    """The pid of a previous run's worker that is still alive (its demo was killed)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    with contextlib.suppress(OSError):
+        text = cmdline.read_bytes()
+        if b"aftersales" not in text and b"entrypoints.cli" not in text:
+            return None  # the pid was reused by something else
+    return pid
+
+
+# == the child process =============================================================================
+
+
+def _aftersales_command() -> list[str]:
+    """The installed console script beside this Python, else the module."""
+    script = Path(sys.executable).with_name("aftersales")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel SIGTERM the worker should the demo die without stopping it."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
+class WorkerProcess:
+    """``aftersales run`` in its own session (Ctrl-C in the terminal reaches only the demo)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.process: subprocess.Popen[bytes] | None = None
+        #: How it ended: "sigterm" (warm shutdown) or "sigkill" (it did not stop in time).
+        self.stopped_by: str | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        command = [*_aftersales_command(), "run", "--concurrency", "2", "--loglevel", "INFO"]
+        with self.layout.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                env=self.layout.worker_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self.layout.pid_file.write_text(f"{self.process.pid}\n")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def stop(self) -> None:
+        """SIGTERM (Celery's warm shutdown, which stops beat too), then SIGKILL to the group."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            self.stopped_by = "sigterm"
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_GRACE_S)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                self.stopped_by = "sigkill"
+        # Whatever of its group is left (beat, had the worker been killed) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self.layout.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.layout.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        kept = [line for line in text.splitlines() if not any(n in line for n in _NOISE)]
+        return "\n".join(kept[-lines:])
+
+
+class WorkerLog:
+    """Follows the worker's log for the outcome of each ingest task, by task id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self.results: dict[str, str] = {}
+
+    def read(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        complete = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += complete
+        for line in chunk[:complete].decode(errors="replace").splitlines():
+            match = _INGESTED.search(line)
+            if match:
+                self.results[match["id"]] = match["status"] or f"error: {match['failure']}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM to the demo unwinds like Ctrl-C, so the worker is stopped on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# == the story =====================================================================================
+
+
+@dataclass
+class Sample:
+    """One sample case: a row of the live table and, at the end, of the summary."""
+
+    number: int
+    title: str
+    label: str
+    case_type: str
+    order_id: str
+    case_id: int | None = None
+    note: str = ""
+    refusal: PolicyRefusal | None = None
+    tracking_back: str = ""
+    tracking_out: str = ""
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    task_id: str
+    sample: Sample
+    envelope: dict[str, Any]
+
+
+@dataclass
+class LiveResult:
+    outcomes: list[Outcome]
+    events: list[dict[str, Any]]
+    worker_pid: int
+    worker_exit: int | None
+    worker_stopped_by: str | None
+    folder: Path
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "outcomes": [outcome.as_json() for outcome in self.outcomes],
+            "events": self.events,
+            "worker": {
+                "pid": self.worker_pid,
+                "exit_code": self.worker_exit,
+                "stopped_by": self.worker_stopped_by,
+            },
+            "folder": str(self.folder),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+class LiveDemo:
+    """Drives the running worker and shows what it does, from the database."""
+
+    def __init__(
+        self, layout: Layout, worker: WorkerProcess, console: Console | None, pace: float
+    ) -> None:
+        self.layout = layout
+        self.worker = worker
+        self.console = console
+        self.pace = pace
+        self.settings = layout.settings()
+        self.clock = FileClock(str(layout.clock))
+        # The producer side of the broker the worker consumes. ``tasks.producer.publish_event``
+        # takes only a URL, and the embedded broker has none on its own (its folder is a
+        # transport option), so events go through an app with the worker's broker settings:
+        # the same ``send_task(INGEST_TASK, args=[envelope])`` the helper makes.
+        self.broker: Celery = create_app(self.settings, layout.worker_settings())
+        self.service: CaseService = bootstrap.build_service(
+            self.settings, self.clock, outbox_written=self._kick_relay
+        )
+        self.zone = ZoneInfo(self.service.policy.timezone)
+        self.log = WorkerLog(layout.log)
+        self.samples: list[Sample] = []
+        self.sent: list[SentEvent] = []
+        self._views: dict[int, CaseView] = {}
+        self._last: dict[int, TransitionRecord] = {}
+        self._shown_seq: dict[int, int] = {}
+        self._event_no = 0
+        #: ``sent[:_checked]`` have been waited for by ``_ingested``.
+        self._checked = 0
+        self._live: Live | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _kick_relay(self) -> None:
+        """Ask the worker to relay the outbox rows our submissions wrote (as workers do)."""
+        self.broker.send_task(RELAY_TASK)
+
+    def _print(self, renderable: RenderableType) -> None:
+        if self._live is not None:
+            self._live.console.print(renderable)
+        elif self.console is not None:
+            self.console.print(renderable)
+
+    def _poll(self) -> None:
+        """Read the worker's log and every case; print new transitions; redraw the table."""
+        self.log.read()
+        for sample in self.samples:
+            if sample.case_id is None:
+                continue
+            view = self.service.get(sample.case_id)
+            seen = self._views.get(sample.case_id)
+            self._views[sample.case_id] = view
+            if seen is not None and seen.case.version == view.case.version:
+                continue
+            history = self.service.history(sample.case_id)
+            shown = self._shown_seq.get(sample.case_id, 0)
+            for record in history:
+                if record.seq > shown:
+                    self._print(self._transition_line(sample, record))
+            if history:
+                self._last[sample.case_id] = history[-1]
+                self._shown_seq[sample.case_id] = history[-1].seq
+        if self._live is not None:
+            self._live.update(self._screen(), refresh=True)
+
+    def _wait(
+        self, what: str, condition: Callable[[], bool], timeout: float = STEP_TIMEOUT_S
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._poll()
+            if condition():
+                return
+            if not self.worker.alive():
+                raise DemoFailed(
+                    f"the worker exited (code {self.worker.returncode()}) while waiting for {what}"
+                )
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(POLL_S)
+
+    def _pause(self, seconds: float) -> None:
+        """Let people read (terminal only); the table keeps refreshing meanwhile."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self._poll()
+            time.sleep(POLL_S)
+
+    def _state(self, sample: Sample) -> CaseState | None:
+        view = self._views.get(sample.case_id) if sample.case_id is not None else None
+        return view.case.state if view is not None else None
+
+    def _expect(self, wanted: dict[int, CaseState], why: str) -> None:
+        """Wait until each sample (by number) is in its state."""
+        targets = [(self._sample(number), state) for number, state in wanted.items()]
+
+        def reached() -> bool:
+            return all(self._state(sample) is state for sample, state in targets)
+
+        def describe() -> str:
+            return ", ".join(
+                f"case {s.case_id} {state.value} (is {getattr(self._state(s), 'value', '?')})"
+                for s, state in targets
+            )
+
+        try:
+            self._wait(why, reached)
+        except DemoFailed as error:
+            raise DemoFailed(f"{error}: {describe()}") from None
+
+    def _sample(self, number: int) -> Sample:
+        return self.samples[number - 1]
+
+    # -- narration -----------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        """A step's narration: after a pause to look at the last step's result, before it acts."""
+        self._pause(self.pace)
+        now = views.local_time(self.clock.now(), self.zone)
+        line = Text.assemble(("\n" + now + "  ", "bold magenta"), (text, "bold"))
+        self._print(line)
+        self._pause(self.pace / 2)
+
+    def _aside(self, text: str, style: str = "italic") -> None:
+        self._print(Text("    " + text, style=style))
+
+    def _transition_line(self, sample: Sample, record: TransitionRecord) -> Text:
+        line = Text(f"    case {sample.case_id} ", style="dim")
+        line.append_text(render.state_text(record.from_state))
+        line.append(" → ")
+        line.append_text(render.state_text(record.to_state))
+        line.append(f"  {record.trigger} by {record.actor}", style="dim")
+        return line
+
+    def _screen(self) -> RenderableType:
+        clock = views.local(self.clock.now(), self.zone)
+        header = Text.assemble(
+            ("after-sales, live", "bold"),
+            f" · simulated clock {clock} · worker pid {self.worker.pid} (aftersales run) · ",
+            (str(self.layout.folder), "dim"),
+        )
+        return Group(header, self.case_table())
+
+    def case_table(self) -> Table:
+        """Case, type, state, deadline, last transition, refund; the scenario when it fits."""
+        now = self.clock.now()
+        width = self.console.width if self.console is not None else WIDE
+        wide = width >= WIDE
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("case", justify="right", no_wrap=True)
+        if wide:
+            table.add_column("scenario")
+        table.add_column("type", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        table.add_column("deadline")
+        table.add_column("last transition")
+        table.add_column("refund", justify="right")
+        for sample in self.samples:
+            label = [sample.label] if wide else []
+            view = self._views.get(sample.case_id) if sample.case_id is not None else None
+            if view is None:
+                rule = sample.refusal.rule if sample.refusal is not None else ""
+                refused = Text("refused", style="bold red") if sample.refusal else Text("…")
+                table.add_row("—", *label, sample.case_type, refused, "", f"rule {rule}", "")
+                continue
+            case = view.case
+            deadline = Text("—", style="dim")
+            if view.deadline is not None:
+                due = view.deadline.due_at
+                deadline = Text(
+                    f"{views.relative(due, now)} → {view.deadline.trigger}",
+                    style="bold red" if due <= now else "",
+                )
+            record = self._last.get(case.id or 0)
+            last = Text()
+            if record is not None:
+                last.append(f"{record.at.astimezone(self.zone):%m-%d %H:%M} ", style="dim")
+                last.append(record.trigger)
+                last.append(f" ({record.actor.partition(':')[0]})", style="dim")
+            refund = ""
+            if case.refund_route is RefundRoute.BANK_TRANSFER:
+                refund = f"{views.yuan(case.refund_amount)} by bank transfer"
+            elif case.refund_route is not None:
+                refund = f"{views.yuan(case.refund_amount)} to {case.payment.channel}"
+            table.add_row(
+                str(case.id),
+                *label,
+                case.type.value,
+                render.state_text(case.state),
+                deadline,
+                last,
+                refund,
+            )
+        return table
+
+    # -- the buyer's app ----------------------------------------------------------------------
+    def _application(
+        self,
+        sample: Sample,
+        category: str,
+        reason: str,
+        paid_days_ago: float,
+        delivered_days_ago: float | None,
+        price: int,
+        gifts: list[dict[str, Any]] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        now = self.clock.now()
+        delivered = None if delivered_days_ago is None else now - timedelta(days=delivered_days_ago)
+        return {
+            "type": sample.case_type,
+            "order_id": sample.order_id,
+            "buyer_id": BUYER.id,
+            "merchant_id": MERCHANT.id,
+            "category": category,
+            "reason": reason,
+            "description": description,
+            "payment": {
+                "channel": "wechat_pay",
+                "amount": price,
+                "paid_at": (now - timedelta(days=paid_days_ago)).isoformat(),
+            },
+            "delivered_at": delivered.isoformat() if delivered else None,
+            "items": [{"sku": f"sku-{sample.number}", "quantity": 1, "unit_price": price}],
+            "gifts": gifts or [],
+        }
+
+    def _new_sample(self, title: str, label: str, case_type: str) -> Sample:
+        number = len(self.samples) + 1
+        sample = Sample(number, title, label, case_type, f"o-live-{number:04d}")
+        sample.tracking_back = f"SF7000{number:04d}"
+        sample.tracking_out = f"SF8000{number:04d}"
+        self.samples.append(sample)
+        return sample
+
+    def _submit(self, sample: Sample, application: dict[str, Any]) -> None:
+        view = self.service.submit(application, BUYER)
+        sample.case_id = view.case.id
+
+    # -- events through the broker ----------------------------------------------------------
+    def _event(
+        self,
+        sample: Sample,
+        source: str,
+        event_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        by_parcel: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue one event: a carrier names the order and parcel, front ends name the case."""
+        self._event_no += 1
+        prefix = _EVENT_PREFIX.get(source, source)
+        envelope = make_envelope(
+            source,
+            event_type,
+            case_id=None if by_parcel else sample.case_id,
+            order_id=sample.order_id if by_parcel else None,
+            tracking_no=by_parcel,
+            data=data,
+            event_id=f"{prefix}-{self._event_no:05d}",
+            occurred_at=self.clock.now(),
+        )
+        self._send(sample, envelope)
+        return envelope
+
+    def _send(self, sample: Sample, envelope: dict[str, Any]) -> None:
+        result = self.broker.send_task(INGEST_TASK, args=[envelope])
+        self.sent.append(SentEvent(str(result.id), sample, envelope))
+
+    def _ingested(self, expected: dict[str, int] | None = None) -> list[str]:
+        """Wait until the worker has ingested every queued event; their statuses, in order.
+
+        Every event must apply unless ``expected`` counts other statuses (the duplicate).
+        """
+        waiting = self.sent[self._checked :]
+        self._checked = len(self.sent)
+
+        def done() -> bool:
+            return all(sent.task_id in self.log.results for sent in waiting)
+
+        self._wait(f"the worker to ingest {len(waiting)} event(s)", done)
+        statuses = [self.log.results[sent.task_id] for sent in waiting]
+        wanted = dict(expected or {"applied": len(waiting)})
+        counted = {status: statuses.count(status) for status in set(statuses)}
+        if counted != wanted:
+            raise DemoFailed(f"events ended {counted}, expected {wanted}{self._letters()}")
+        return statuses
+
+    def _letters(self) -> str:
+        events = bootstrap.build_event_service(self.settings, self.service)
+        letters = events.dead_letters()
+        if not letters:
+            return ""
+        return "; dead letters: " + "; ".join(f"{d.event_id}: {d.reason}" for d in letters)
+
+    # -- time ----------------------------------------------------------------------------------
+    def _at(self, hours: float) -> None:
+        """Move the shared clock to ``START + hours`` (never backwards)."""
+        target = START + timedelta(hours=hours)
+        if target > self.clock.now():
+            self.clock.set(target)
+
+    def _past_deadline_of(self, sample: Sample) -> CaseView:
+        """Move the clock an hour past the sample's pending deadline; the view before that."""
+        assert sample.case_id is not None
+        view = self.service.get(sample.case_id)
+        if view.deadline is None:
+            raise DemoFailed(f"case {sample.case_id} has no pending deadline")
+        self.clock.set(view.deadline.due_at + timedelta(hours=1))
+        return view
+
+    # -- the play --------------------------------------------------------------------------------
+    def play(self) -> list[Outcome]:
+        self._wait_ready()
+        live = None
+        if self.console is not None and self.console.is_terminal:
+            live = Live(self._screen(), console=self.console, auto_refresh=False)
+        with live if live is not None else contextlib.nullcontext():
+            self._live = live
+            try:
+                self._story()
+            finally:
+                self._poll()
+                self._live = None
+        if self.console is not None and live is None:
+            self.console.print()
+            self.console.print(self._screen())
+        return self._outcomes()
+
+    def _wait_ready(self) -> None:
+        """Send ``aftersales.ping`` and wait for its proof: the worker consumes the broker."""
+        token = f"live-demo-{os.getpid()}"
+        self.broker.send_task("aftersales.ping", args=[token])
+        if self.console is not None:
+            self.console.print(
+                f"[bold]after-sales live demo[/]: started `aftersales run` (pid {self.worker.pid})"
+                f" on {self.layout.folder}; waiting for it to take tasks…"
+            )
+        self._wait("the worker to run a ping", (self.layout.pings / token).exists, READY_TIMEOUT_S)
+        if self.console is not None:
+            self.console.print(
+                "worker ready: it consumes the embedded broker, beat sweeps timers every "
+                f"{WORKER_TUNING['timer_sweep_interval_s']} s, and every process reads the "
+                f"clock from {self.layout.clock}"
+            )
+
+    def _story(self) -> None:
+        s = self._new_sample
+        jacket = s("Return and refund, a gift missing", "jacket, scarf missing", "return_refund")
+        phone = s("Exchange of a faulty phone", "phone, speaker dead", "exchange")
+        headphones = s("Warranty repair, auto-confirmed", "headphones repair", "repair")
+        preorder = s("Refund only, past the WeChat Pay window", "pre-order lost", "refund_only")
+        idle = s("Nobody acts: auto-approve, then closed", "nobody acts", "return_refund")
+        late = s("Refused: no-reason return on day 9", "day-9 no-reason", "return_refund")
+
+        # -- day 1, 10:00: applications ----------------------------------------------------------
+        self._say("Six buyers apply for after-sales (the buyer's app calls CaseService.submit).")
+        self._submit(
+            jacket,
+            self._application(
+                jacket,
+                "clothing",
+                "no_reason",
+                5,
+                2,
+                19_900,
+                gifts=[{"sku": "gift-scarf", "quantity": 1, "value": 500}],
+            ),
+        )
+        self._submit(
+            phone,
+            self._application(
+                phone, "phone", "quality_issue", 24, 20, 329_900, description="speaker silent"
+            ),
+        )
+        self._submit(
+            headphones,
+            self._application(headphones, "electronics", "quality_issue", 155, 150, 89_900),
+        )
+        self._submit(
+            preorder, self._application(preorder, "home", "not_received", 380, None, 45_800)
+        )
+        self._submit(idle, self._application(idle, "home", "no_reason", 4, 1, 12_800))
+        try:
+            self._submit(late, self._application(late, "clothing", "no_reason", 12, 9, 25_900))
+        except PolicyRefusal as refusal:
+            late.refusal = refusal
+            self._aside(f"refused (rule {refusal.rule}): {refusal}", style="red")
+        else:
+            raise DemoFailed("the day-9 no-reason return should have been refused")
+        self._expect({n: CaseState.SUBMITTED for n in range(1, 6)}, "the five submissions")
+
+        # -- merchant review -------------------------------------------------------------------
+        self._at(2)
+        self._say(
+            "The merchant approves cases "
+            + ", ".join(str(x.case_id) for x in (jacket, phone, headphones, preorder))
+            + " on the merchant portal (merchant.approved events); nobody looks at case "
+            + f"{idle.case_id}."
+        )
+        for sample in (jacket, phone, headphones, preorder):
+            self._event(sample, "merchant-portal", "merchant.approved", _merchant())
+        self._ingested()
+        self._expect(
+            {1: CaseState.PICKUP, 2: CaseState.PICKUP, 3: CaseState.PICKUP},
+            "the worker to book the courier pickups",
+        )
+        self._expect({4: CaseState.AWAITING_BANK_ACCOUNT}, "the pre-order's refund to start")
+        self._aside(
+            "the worker booked the three courier pickups with the (fake) carrier; case "
+            f"{preorder.case_id} was paid 380 days ago, past WeChat Pay's 365-day refund "
+            "window, so it waits for a bank account"
+        )
+
+        # -- the return leg ------------------------------------------------------------------
+        self._at(6)
+        self._say("The courier collects the three return parcels (parcel.picked_up, sf-express).")
+        for sample in (jacket, phone, headphones):
+            self._event(
+                sample,
+                "sf-express",
+                "parcel.picked_up",
+                {"carrier": "SF"},
+                by_parcel=sample.tracking_back,
+            )
+        self._ingested()
+        self._expect({n: CaseState.SHIPPED_BACK for n in (1, 2, 3)}, "the pickups")
+
+        self._at(26)
+        self._say(
+            "Next day the carrier reports the return parcels delivered; its webhook fires twice "
+            f"for case {jacket.case_id}'s parcel (the same event_id)."
+        )
+        delivered = self._event(
+            jacket, "sf-express", "parcel.delivered", by_parcel=jacket.tracking_back
+        )
+        self._send(jacket, dict(delivered))
+        for sample in (phone, headphones):
+            self._event(sample, "sf-express", "parcel.delivered", by_parcel=sample.tracking_back)
+        statuses = self._ingested({"applied": 3, "duplicate": 1})
+        self._expect({n: CaseState.RETURN_DELIVERED for n in (1, 2, 3)}, "the deliveries")
+        deliveries = [
+            r
+            for r in self.service.history(jacket.case_id or 0)
+            if r.trigger == "record_return_delivery"
+        ]
+        self._aside(
+            f"event {delivered['event_id']} twice → {statuses[0]}, {statuses[1]}: case "
+            f"{jacket.case_id}'s history holds {len(deliveries)} record_return_delivery"
+        )
+        if len(deliveries) != 1:
+            raise DemoFailed(f"the duplicate delivery moved case {jacket.case_id} twice")
+
+        self._at(28)
+        self._say(
+            "The merchant confirms receipt of the three parcels (merchant.receipt_confirmed)."
+        )
+        for sample in (jacket, phone, headphones):
+            self._event(sample, "merchant-portal", "merchant.receipt_confirmed", _merchant())
+        self._ingested()
+        self._expect({n: CaseState.RECEIVED for n in (1, 2, 3)}, "the receipts")
+
+        self._at(30)
+        self._say(
+            "The merchant inspects: the jacket came back without its free scarf (−¥5.00); the "
+            "phone's and the headphones' faults are confirmed."
+        )
+        self._event(
+            jacket, "merchant-portal", "merchant.inspected", _merchant(gifts_missing=["gift-scarf"])
+        )
+        self._event(phone, "merchant-portal", "merchant.inspected", _merchant(note="speaker fault"))
+        self._event(
+            headphones, "merchant-portal", "merchant.inspected", _merchant(note="loose connector")
+        )
+        self._ingested()
+        self._expect({1: CaseState.REFUNDED}, "the worker to pay the jacket's refund")
+        self._expect({2: CaseState.INSPECTED, 3: CaseState.INSPECTED}, "the inspections")
+        self._aside(
+            f"case {jacket.case_id}: inspection started the refund; the worker paid it through "
+            f"the (fake) payment gateway{self._reference(jacket)} → refunded"
+        )
+
+        # -- outcomes ------------------------------------------------------------------------
+        self._at(31)
+        self._say("The merchant ships the replacement phone and the repaired headphones.")
+        self._event(
+            phone,
+            "merchant-portal",
+            "merchant.replacement_shipped",
+            _merchant(tracking_no=phone.tracking_out, carrier="SF"),
+        )
+        self._event(
+            headphones,
+            "merchant-portal",
+            "merchant.repaired_shipped",
+            _merchant(tracking_no=headphones.tracking_out, carrier="SF"),
+        )
+        self._ingested()
+        self._expect({2: CaseState.SHIPPED_TO_BUYER, 3: CaseState.SHIPPED_TO_BUYER}, "shipments")
+
+        self._at(32)
+        self._say(
+            f"Case {preorder.case_id}'s buyer enters a bank account in the app "
+            "(buyer.bank_account_provided)."
+        )
+        self._event(
+            preorder,
+            "buyer-app",
+            "buyer.bank_account_provided",
+            {
+                "buyer_id": BUYER.id,
+                "holder": "Li Wei",
+                "bank": "ICBC",
+                "account_no": "6222020200112233",
+            },
+        )
+        self._ingested()
+        self._expect({4: CaseState.REFUNDED}, "the worker to pay the bank transfer")
+        self._aside(
+            f"case {preorder.case_id}: the worker paid ¥458.00 by bank transfer to …2233"
+            f"{self._reference(preorder)}"
+        )
+
+        self._at(44)
+        self._say("The carrier delivers the phone and the headphones to the buyer.")
+        for sample in (phone, headphones):
+            self._event(sample, "sf-express", "parcel.delivered", by_parcel=sample.tracking_out)
+        self._ingested()
+        self._expect({n: CaseState.DELIVERED_TO_BUYER for n in (2, 3)}, "the outbound deliveries")
+
+        self._at(45)
+        self._say(
+            f"Case {phone.case_id}'s buyer confirms the new phone works (buyer.delivery_confirmed)."
+        )
+        self._event(phone, "buyer-app", "buyer.delivery_confirmed", {"buyer_id": BUYER.id})
+        self._ingested()
+        self._expect({2: CaseState.EXCHANGED}, "the buyer's confirmation")
+
+        # -- timers --------------------------------------------------------------------------
+        view = self._past_deadline_of(idle)
+        self._say(
+            f"48 h pass since case {idle.case_id} was submitted: the merchant never reviewed it "
+            f"→ {view.deadline.trigger if view.deadline else 'auto_approve'} (beat's timer sweep)."
+        )
+        self._expect({5: CaseState.PICKUP}, "the auto-approval and the worker's pickup booking")
+
+        self._past_deadline_of(idle)
+        self._say(
+            f"A week passes and case {idle.case_id}'s buyer never hands the parcel over: the "
+            "return window closes the case."
+        )
+        self._expect({5: CaseState.CLOSED}, "the return window to close the case")
+
+        self._past_deadline_of(headphones)
+        self._say(
+            f"10 days after delivery case {headphones.case_id}'s buyer has not confirmed the "
+            "repair: it is confirmed for them."
+        )
+        self._expect({3: CaseState.REPAIRED}, "the confirmation timer")
+        self._say("Every case has ended.")
+
+        jacket.note = f"paid once by the worker{self._paid(jacket)}; duplicate event applied once"
+        phone.note = "replacement confirmed by the buyer (event)"
+        headphones.note = "buyer_confirmation timer"
+        preorder.note = f"bank transfer to …2233, paid by the worker{self._paid(preorder)}"
+        idle.note = "auto-approved after 48 h, closed after 7 days"
+        late.note = f"rule {late.refusal.rule}" if late.refusal else ""
+
+    def _reference(self, sample: Sample) -> str:
+        for record in reversed(self.service.history(sample.case_id or 0)):
+            if record.trigger == "confirm_refund":
+                return f" (reference {record.data.get('reference')})"
+        return ""
+
+    def _paid(self, sample: Sample) -> str:
+        """What the fake payment gateway's ledger holds for the case: one payment."""
+        gateways = build_fake_gateways(
+            GatewaySettings(ledger_url=None), self.settings.database_url, self.clock
+        )
+        count = gateways.payments.payments_count(sample.case_id)
+        if count != 1:
+            raise DemoFailed(f"case {sample.case_id} was paid {count} times")
+        return f" ({views.yuan(gateways.payments.amount_paid(sample.case_id))})"
+
+    def _outcomes(self) -> list[Outcome]:
+        outcomes = []
+        for sample in self.samples:
+            if sample.case_id is None:
+                outcomes.append(
+                    Outcome(sample.title, sample.case_type, None, "refused", None, sample.note)
+                )
+                continue
+            case = self.service.get(sample.case_id).case
+            refunded = case.refund_amount if case.state is CaseState.REFUNDED else None
+            outcomes.append(
+                Outcome(
+                    sample.title, case.type.value, case.id, case.state.value, refunded, sample.note
+                )
+            )
+        return outcomes
+
+    def events_json(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "event_id": sent.envelope["event_id"],
+                "source": sent.envelope["source"],
+                "type": sent.envelope["type"],
+                "case_id": sent.sample.case_id,
+                "status": self.log.results.get(sent.task_id),
+            }
+            for sent in self.sent
+        ]
+
+
+#: Event ids as each producer might number them: ``sf-00012``, ``mp-00003``.
+_EVENT_PREFIX = {"sf-express": "sf", "merchant-portal": "mp", "buyer-app": "app"}
+
+
+def _merchant(**data: Any) -> dict[str, Any]:
+    return {"merchant_id": MERCHANT.id, **data}
+
+
+# == entry point ===================================================================================
+
+
+def run(
+    folder: Path = DEMO_DIR, console: Console | None = None, pace: float | None = None
+) -> LiveResult:
+    """Play the live demo in ``folder``; print it if ``console``. The worker is always stopped.
+
+    ``pace``: seconds to pause after each step; default 1.5 on a terminal, else none.
+    """
+    started = time.monotonic()
+    if pace is None:
+        pace = TERMINAL_PACE_S if console is not None and console.is_terminal else 0.0
+    layout = prepare(folder)
+    worker = WorkerProcess(layout)
+    with _sigterm_as_interrupt():
+        try:
+            worker.start()
+            demo = LiveDemo(layout, worker, console, pace)
+            outcomes = demo.play()
+        except DemoFailed:
+            tail = worker.log_tail()
+            if tail:
+                print(f"--- last lines of {layout.log} ---\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            worker.stop()
+    if console is not None:
+        how = "warm shutdown (SIGTERM)" if worker.stopped_by == "sigterm" else "SIGKILL"
+        console.print(
+            f"\nworker pid {worker.pid} stopped: {how}, exit code {worker.returncode()}; "
+            f"its log is {layout.log}"
+        )
+        console.print()
+        console.print(summary_table(outcomes))
+    return LiveResult(
+        outcomes,
+        demo.events_json(),
+        worker.pid,
+        worker.returncode(),
+        worker.stopped_by,
+        layout.folder,
+        time.monotonic() - started,
+    )

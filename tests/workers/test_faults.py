@@ -1,0 +1,248 @@
+"""Faults on real workers: a worker killed with SIGKILL while it pays a refund, Redis restarted
+mid-run, events delivered several times and out of order, two schedulers at once.
+
+Each test ends on the invariants the service promises: every effect once (one payment, one
+transition per event, one firing per timer), every case where it belongs, every outbox row
+completed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workflow.states import CaseState
+
+from .conftest import wait_for
+from .support import (
+    T0,
+    RedisServer,
+    Stack,
+    carrier,
+    envelope,
+    merchant,
+    open_stack,
+    stack_params,
+    submit,
+)
+
+S = CaseState
+
+#: The fake gateway's simulated time on a refund call (ms): long enough for a kill to land on
+#: the call, well inside the tasks' soft time limit (4 s in these tests).
+SLOW_PAYMENT_MS = 2000
+
+_REFUND_RECEIVED = r"Task aftersales\.execute_refund\[[0-9a-f-]+\] received"
+
+
+@pytest.fixture(params=stack_params())
+def stack_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    broker, database_kind = request.param
+    return str(broker), str(database_kind)
+
+
+def _applied(stack: Stack, *envelopes: dict[str, Any]) -> None:
+    outcomes = stack.outcomes(stack.send_events(*envelopes))
+    assert outcomes == ["applied"] * len(envelopes), outcomes
+
+
+# -- kill -9 during a refund --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment", ["on_the_gateway_call", "after_the_payment"])
+def test_kill9_of_the_worker_paying_a_refund_pays_it_exactly_once(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str], moment: str
+) -> None:
+    env = {"AFTERSALES_FAKE_PAYMENT_LATENCY_MS": str(SLOW_PAYMENT_MS)}
+    with open_stack(request, tmp_path, *stack_kind, env=env) as stack:
+        # given one worker (with beat) and a refund-only case the merchant approves
+        (first,) = stack.start_workers(1)
+        case = submit(stack, "refund_only", "o-kill")
+        _applied(stack, merchant(stack, "approved", case))
+        # when the worker is killed with SIGKILL while it executes the refund: on the gateway's
+        # call, or just after the gateway recorded the payment
+        stack.wait_log(first, _REFUND_RECEIVED, "the refund task to start")
+        if moment == "after_the_payment":
+            wait_for(lambda: stack.ledger(case), "the gateway to record the payment")
+        first.kill9()
+        paid_before_restart = len(stack.ledger(case))
+        if moment == "on_the_gateway_call":
+            # the kill did land before the gateway recorded anything
+            assert paid_before_restart == 0
+            assert stack.state(case) is S.REFUNDING
+        # and a new worker starts
+        second = stack.start_worker(beat=True)
+        stack.wait_ready(second)
+
+        # then the refund is redelivered (at once on the embedded broker, after the visibility
+        # timeout on Redis) and the case is refunded
+        stack.wait_state(case, S.REFUNDED)
+        # with exactly one payment, under the attempt's key, and one confirmation
+        ledger = stack.ledger(case)
+        assert [(e.idempotency_key, e.amount, e.status) for e in ledger] == [
+            (f"refund-{case}-1", 19900, "succeeded")
+        ]
+        assert stack.triggers(case) == [
+            "submit",
+            "approve",
+            "start_refund",
+            "confirm_refund",
+        ]
+        assert stack.service.get(case).case.details["refund_reference"] == ledger[0].reference
+        stack.wait_outbox_completed()
+        if moment == "on_the_gateway_call":
+            # the payment was made by the second worker, not by the killed one
+            assert "execute_refund" in second.log.read_text(errors="replace")
+
+
+# -- Redis restarted mid-run -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+@pytest.mark.parametrize("stack_kind", stack_params("redis-postgres"), indirect=True)
+def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    # given a Redis of the test's own (CI's flags: nothing saved), two workers (beat in one) and
+    # a notifier slow enough that messages wait in Redis
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    request.addfinalizer(server.stop)
+    env = {"AFTERSALES_FAKE_NOTIFIER_LATENCY_MS": "150"}
+    with open_stack(request, tmp_path, *stack_kind, broker_url=server.url, env=env) as stack:
+        workers = stack.start_workers(2)
+        cases = [submit(stack, "return_refund", f"o-restart-{n}") for n in range(12)]
+        stack.wait_outbox_completed()
+        # and their review deadlines pass: the workers start approving and booking pickups
+        stack.clock.set(T0 + timedelta(hours=49))
+        wait_for(
+            lambda: (
+                any("auto_approve" in stack.triggers(c) for c in cases)
+                and stack.pending_outbox() > 0
+            ),
+            "the timers to start firing",
+        )
+
+        # when Redis shuts down without saving (queued and unacknowledged messages are lost)
+        server.shutdown_nosave()
+        for worker in workers:
+            stack.wait_log(worker, r"Connection to broker lost", "the workers to see it go")
+        # and comes back empty on the same port
+        server.start()
+        # and time passes: the relay publishes again what was published over a minute ago and
+        # never completed (its window, ``workflow.relay.REDELIVER_AFTER``, is not a setting),
+        # and a timer claimed by a sweep the outage interrupted is claimed again after
+        # ``AFTERSALES_TIMER_RECLAIM_AFTER_S`` (120 s)
+        stack.advance(timedelta(minutes=3))
+
+        # then every due timer fired, once, and every case got its pickup booked
+        stack.wait_states(dict.fromkeys(cases, S.PICKUP), timeout=60)
+        for case in cases:
+            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
+            assert stack.fired_timers(case) == ["merchant_review"], case
+        # and every outbox row was completed, including those Redis lost
+        stack.wait_outbox_completed(timeout=60)
+        # and the same workers did it, nobody restarted them
+        assert all(worker.alive() for worker in workers)
+
+
+# -- duplicate and reordered events ------------------------------------------------------------
+
+
+def test_duplicate_and_reordered_events_take_effect_once(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    with open_stack(request, tmp_path, *stack_kind) as stack:
+        # given two workers (beat in one) and a return
+        stack.start_workers(2)
+        case = submit(stack, "return_refund", "o-dup")
+
+        def three_times(event: dict[str, Any]) -> list[str]:
+            """Deliver the same event three times at once; the sorted outcomes."""
+            return sorted(stack.outcomes(stack.send_events(event, event, event)))
+
+        once = ["applied", "duplicate", "duplicate"]
+        # when the merchant's approval arrives three times
+        assert three_times(merchant(stack, "approved", case)) == once
+        stack.wait_state(case, S.PICKUP)
+        # and the carrier's delivery arrives (three times) before its pickup (three times)
+        assert three_times(carrier(stack, "delivered", case, "SF77")) == once
+        assert stack.state(case) is S.RETURN_DELIVERED
+        picked_up = carrier(stack, "picked_up", case, "SF77")
+        assert three_times(picked_up) == ["duplicate", "duplicate", "ignored"]
+        # and the merchant's receipt and inspection, three times each
+        assert three_times(merchant(stack, "receipt_confirmed", case)) == once
+        assert three_times(merchant(stack, "inspected", case)) == once
+        # and the payment gateway reports the refund a worker made, three times, as soon as
+        # it has recorded it (before or after the worker's own confirmation)
+        (payment,) = wait_for(lambda: stack.ledger(case), "the refund payment")
+        succeeded = envelope(
+            stack,
+            "wechat-pay",
+            "refund.succeeded",
+            case,
+            data={
+                "idempotency_key": payment.idempotency_key,
+                "reference": payment.reference,
+                "amount": payment.amount,
+            },
+        )
+        assert three_times(succeeded) in (once, ["duplicate", "duplicate", "ignored"])
+        stack.wait_state(case, S.REFUNDED)
+
+        # then each event took effect once: one transition per step, one payment (confirmed by
+        # the worker, or by the gateway's report if it came first)
+        history = stack.history(case)
+        assert history[-1][1] in ("payment", "payment:wechat-pay")
+        assert history == [
+            ("submit", "buyer:b1", "submitted"),
+            ("approve", "merchant:m1", "approved"),
+            ("book_pickup", "system", "pickup"),
+            ("record_pickup", "carrier:sf-express", "shipped_back"),
+            ("record_return_delivery", "carrier:sf-express", "return_delivered"),
+            ("confirm_receipt", "merchant:m1", "received"),
+            ("inspect", "merchant:m1", "inspected"),
+            ("start_refund", "system", "refunding"),
+            ("confirm_refund", history[-1][1], "refunded"),
+        ]
+        assert len(stack.ledger(case)) == 1
+        # and each effect was asked for once and carried out
+        stack.wait_outbox_completed()
+        topics = [row.topic for row in stack.outbox_rows()]
+        assert topics.count("pickup.requested") == 1
+        assert topics.count("refund.requested") == 1
+        assert stack.dead_letters() == []
+
+
+# -- two schedulers ----------------------------------------------------------------------------
+
+
+def test_two_beats_fire_each_timer_once(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    # given two schedulers (the docs ask for one: this is the mistake) sending sweeps every
+    # 0.1 s each, two workers, and sweeps of a few timers each so that many run at once
+    env = {"AFTERSALES_TIMER_SWEEP_INTERVAL_S": "0.1", "AFTERSALES_TIMER_SWEEP_BATCH": "3"}
+    with open_stack(request, tmp_path, *stack_kind, env=env) as stack:
+        beats = [stack.start_beat(), stack.start_beat()]
+        stack.wait_ready(stack.start_worker(), stack.start_worker())
+        for beat in beats:
+            stack.wait_log(beat, r"Sending due task aftersales\.sweep_timers", "both beats")
+        # and cases whose review deadlines fall due at the same instant
+        cases = [submit(stack, "return_refund", f"o-beat-{n}") for n in range(24)]
+        stack.wait_outbox_completed()
+
+        # when the clock passes that instant
+        stack.clock.set(T0 + timedelta(hours=49))
+
+        # then each timer fired exactly once, and moved its case once
+        stack.wait_states(dict.fromkeys(cases, S.PICKUP))
+        for case in cases:
+            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
+            reviews = [row for row in stack.timer_rows(case) if row.kind == "merchant_review"]
+            assert [row.status for row in reviews] == ["fired"], case
+        stack.wait_outbox_completed()
