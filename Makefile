@@ -10,9 +10,10 @@ $(STAMP): pyproject.toml scripts/bootstrap-venv.sh
 
 install: $(STAMP)
 
-## Runs the service's main job on the embedded defaults (SQLite, no server).
+## Runs the service's main job on the embedded defaults (SQLite, no server): starts `aftersales run`
+## (worker + beat) and drives the live demo through it (`aftersales demo` is the scripted one).
 run: $(STAMP)
-	$(BIN)/aftersales demo
+	$(BIN)/aftersales demo --live
 
 demo: run
 

@@ -113,7 +113,7 @@ class Envelope(BaseModel):
     )
     type: EventType
     occurred_at: datetime = Field(description="When it happened, ISO 8601 with a UTC offset.")
-    case_id: Annotated[int, Field(gt=0, strict=True)] | None = Field(
+    case_id: Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)] | None = Field(
         default=None,
         description="The case, when the producer knows it (the outbox messages carry it).",
     )

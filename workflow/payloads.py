@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workflow.errors import InvalidInput
 from workflow.states import CaseType
 
-Fen = Annotated[int, Field(ge=0, strict=True)]
+#: The largest amount in fen anything may state (¥10 billion): far above any order, and low enough
+#: that sums over the most lines an application may have still fit the databases' BIGINT.
+MAX_FEN = 10**12
+Fen = Annotated[int, Field(ge=0, le=MAX_FEN, strict=True)]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Text = Annotated[str, Field(max_length=2000)]
 
@@ -31,7 +34,7 @@ def _aware(value: datetime) -> datetime:
 
 class PaymentIn(_Input):
     channel: Ident
-    amount: Annotated[int, Field(gt=0, strict=True)]
+    amount: Annotated[int, Field(gt=0, le=MAX_FEN, strict=True)]
     paid_at: datetime
 
     _paid_at_aware = field_validator("paid_at")(_aware)

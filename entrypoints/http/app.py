@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 
 from config.settings import Settings
@@ -20,6 +21,7 @@ from entrypoints.http.auth import RateLimiter
 from entrypoints.http.context import ApiContext
 from entrypoints.http.metrics import ApiMetrics
 from entrypoints.http.middleware import BodyGuard, Observe
+from entrypoints.http.problems import ProblemError
 from entrypoints.http.settings import ApiSettings
 from persistence.readings import SqlReadings
 from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
@@ -88,8 +90,30 @@ def _hours(hours: float) -> Any:
     return timedelta(hours=hours)
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """A query parameter no route declares is refused (a typo must not pass as no filter)."""
+    if not request.query_params:
+        return
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    for name in request.query_params:
+        if name not in _query_names(dependant):
+            raise ProblemError(
+                "invalid-input", f"unknown query parameter {name!r}", field=f"query.{name}"
+            )
+
+
 def _build(api_settings: ApiSettings) -> FastAPI:
     app = FastAPI(
+        dependencies=[Depends(reject_unknown_query)],
         title="aftersales",
         version=_version(),
         description=DESCRIPTION,
@@ -122,6 +146,14 @@ def _document(app: FastAPI) -> dict[str, Any]:
     # Error responses are problem details, whatever FastAPI assumed.
     for item in document["paths"].values():
         for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                # An optional parameter is absent, never null: a query or header has no null
+                # (``If-Match: null`` is the text "null").
+                schema = parameter.get("schema", {})
+                variants = [v for v in schema.get("anyOf", []) if v != {"type": "null"}]
+                if len(variants) == 1 and len(schema["anyOf"]) == 2:
+                    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+                    parameter["schema"] = {**variants[0], **rest}
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
                 body = content.get("application/json", {})

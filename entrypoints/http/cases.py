@@ -53,18 +53,26 @@ IdempotencyKey = Annotated[
         "returns the first response and does nothing again. Kept 24 h.",
     ),
 ]
+#: RFC 9110 entity tags: ``*`` or a list of ``"tag"`` / ``W/"tag"``.
+ETAGS = r'^(\*|(W/)?"[!#-~]*"( *, *(W/)?"[!#-~]*")*)$'
 IfMatch = Annotated[
     str | None,
     Header(
         alias="If-Match",
         max_length=1000,
+        pattern=ETAGS,
         description='The case\'s ETag ("<version>") as last read: when the case has moved '
         "since, the request fails with 412 and changes nothing.",
     ),
 ]
 IfNoneMatch = Annotated[
     str | None,
-    Header(alias="If-None-Match", max_length=1000, description="304 when the case is unchanged."),
+    Header(
+        alias="If-None-Match",
+        max_length=1000,
+        pattern=ETAGS,
+        description="304 when the case is unchanged.",
+    ),
 ]
 
 _ETAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(,|$)')
@@ -235,7 +243,7 @@ def list_cases(
     responses={
         200: {"description": "The case.", "headers": {"ETag": {"schema": {"type": "string"}}}},
         304: {"description": "Unchanged since the `If-None-Match` ETag."},
-        **responses(401, 403, 404, 422, 429, 503),
+        **responses(400, 401, 403, 404, 422, 429, 503),
     },
 )
 def get_case(

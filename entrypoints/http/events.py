@@ -198,7 +198,7 @@ def get_dead_letter(request: Request, letter_id: LetterId, principal: Authentica
     description="Ingest an open letter's event again. When it applies (or is ignored, or was "
     "applied meanwhile) the letter is `replayed`; when it still fails, 409 "
     "`dead-letter-still-fails` with the new `code` and reason, and the letter stays open.",
-    responses=responses(401, 403, 404, 409, 413, 415, 422, 429, 503),
+    responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
 )
 def replay_dead_letter(
     request: Request,
@@ -228,7 +228,7 @@ def replay_dead_letter(
     response_model=DeadLetterOut,
     summary="Discard a dead letter (admin)",
     description="Set an open letter aside: looked at, it will not apply.",
-    responses=responses(401, 403, 404, 413, 415, 422, 429, 503),
+    responses=responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 def discard_dead_letter(
     request: Request,

@@ -145,8 +145,15 @@ def validation_problem(errors: list[Any], instance: str | None) -> JSONResponse:
         return problem_response("malformed-request", "the body is not valid JSON", instance)
     first = listed[0] if listed else {"field": None, "message": "invalid input"}
     detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    # A header that breaks its syntax makes the request malformed (400); a value the body, the
+    # path or the query gets wrong is invalid input (422).
+    headers_only = bool(errors) and all(tuple(e.get("loc", ()))[:1] == ("header",) for e in errors)
     return problem_response(
-        "invalid-input", detail, instance, field=first["field"] or None, errors=listed
+        "malformed-request" if headers_only else "invalid-input",
+        detail,
+        instance,
+        field=first["field"] or None,
+        errors=listed,
     )
 
 

@@ -40,7 +40,7 @@ from config.settings import Settings, sqlite_url
 from entrypoints.bootstrap import build_event_service, build_service
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
-from persistence.tables import outbox, timers
+from persistence.tables import cases, outbox, timers
 from tasks.app import create_app
 from tasks.runtime import RELAY_TASK
 from tasks.settings import WorkerSettings
@@ -275,6 +275,22 @@ class Stack:
     def wait_outbox_completed(self, timeout: float = DEADLINE_S) -> None:
         """Wait until a consumer completed every outbox row written so far."""
         wait_for(lambda: self.pending_outbox() == 0, "every outbox row to be completed", timeout)
+
+    def in_flight(self) -> int:
+        """Outbox rows published to the broker whose consumer has not completed them."""
+        rows = self.outbox_rows()
+        return sum(1 for row in rows if row.published_at is not None and row.completed_at is None)
+
+    @contextlib.contextmanager
+    def case_locked(self, case_id: int) -> Iterator[None]:
+        """Hold the case's row lock (PostgreSQL): reads go on, a transition's write waits."""
+        lock = sa.select(cases.c.id).where(cases.c.id == case_id).with_for_update()
+        with make_engine(self.database_url).connect() as connection:
+            connection.execute(lock)
+            try:
+                yield
+            finally:
+                connection.rollback()
 
     def ledger(self, case_id: int) -> list[LedgerEntry]:
         """The fake payment gateway's records for the case (its own table, across processes)."""
