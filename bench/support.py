@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import pstats
 import secrets
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -530,36 +532,37 @@ def raw_path(database: Database, now: datetime = FIRED_AT) -> RawPath:
 
 def approval_counts(engine: Engine, ids: Sequence[int]) -> dict[str, int]:
     """What approving each of ``ids`` once must have left: every count equals len(ids)."""
+    wanted = set(ids)
     span = {"lo": min(ids), "hi": max(ids)}
     queries = {
         "cases approved at version 2": (
-            "SELECT count(*) FROM cases WHERE id BETWEEN :lo AND :hi "
+            "SELECT id FROM cases WHERE id BETWEEN :lo AND :hi "
             "AND state = 'approved' AND version = 2"
         ),
         "approve log rows": (
-            "SELECT count(*) FROM transitions WHERE case_id BETWEEN :lo AND :hi "
+            "SELECT case_id FROM transitions WHERE case_id BETWEEN :lo AND :hi "
             "AND \"trigger\" = 'approve' AND seq = 2"
         ),
         "merchant_review timers cancelled": (
-            "SELECT count(*) FROM timers WHERE case_id BETWEEN :lo AND :hi "
+            "SELECT case_id FROM timers WHERE case_id BETWEEN :lo AND :hi "
             "AND kind = 'merchant_review' AND status = 'cancelled'"
         ),
         "return_shipment timers pending": (
-            "SELECT count(*) FROM timers WHERE case_id BETWEEN :lo AND :hi "
+            "SELECT case_id FROM timers WHERE case_id BETWEEN :lo AND :hi "
             "AND kind = 'return_shipment' AND status = 'pending'"
         ),
         "case.transitioned outbox rows": (
-            "SELECT count(*) FROM outbox WHERE case_id BETWEEN :lo AND :hi "
+            "SELECT case_id FROM outbox WHERE case_id BETWEEN :lo AND :hi "
             "AND topic = 'case.transitioned'"
         ),
         "pickup.requested outbox rows": (
-            "SELECT count(*) FROM outbox WHERE case_id BETWEEN :lo AND :hi "
+            "SELECT case_id FROM outbox WHERE case_id BETWEEN :lo AND :hi "
             "AND topic = 'pickup.requested'"
         ),
     }
     with engine.connect() as connection:
         return {
-            name: int(connection.execute(sa.text(sql), span).scalar_one())
+            name: sum(1 for row in connection.execute(sa.text(sql), span) if row[0] in wanted)
             for name, sql in queries.items()
         }
 
@@ -591,11 +594,64 @@ def written_rows(engine: Engine, case_id: int) -> dict[str, Any]:
         }
 
 
+# -- profiles -------------------------------------------------------------------------------------
+
+#: Where profiled time goes, by the file a function is in (first match wins).
+_AREAS = (
+    ("sqlite3.", "driver: sqlite3 (C, SQLite itself included)"),
+    ("psycopg", "driver: psycopg (waiting for the server included)"),
+    ("sqlalchemy/pool", "sqlalchemy: pool checkout/checkin"),
+    ("sqlalchemy/engine", "sqlalchemy: Connection, transaction"),
+    ("sqlalchemy", "sqlalchemy: type processors, other"),
+    ("persistence/fastsql", "persistence/fastsql.py"),
+    ("persistence/uow", "persistence/uow.py"),
+    ("persistence/types", "persistence/types.py (UTCDateTime)"),
+    ("persistence/db", "persistence/db.py"),
+    ("transitions/", "transitions (Machine)"),
+    ("workflow/engine", "workflow/engine.py"),
+    ("workflow/service", "workflow/service.py"),
+    ("workflow/", "workflow/ (other)"),
+    ("pydantic", "pydantic"),
+    ("json", "json"),
+    ("logging", "logging"),
+    ("bench/", "bench/ (the loop)"),
+)
+
+
+def area(filename: str, function: str) -> str:
+    where = f"{filename} {function}"
+    for needle, area in _AREAS:
+        if needle in where:
+            return area
+    if filename == "~":
+        return "builtins (datetime, dict, enum, ...)"
+    return "stdlib (enum, dataclasses, threading, ...)"
+
+
+def areas_report(stats: pstats.Stats, count: int, unit: str) -> str:
+    """Profiled time per ``unit`` by area (``_AREAS``), largest first."""
+    areas: dict[str, float] = {}
+    entries: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    for (filename, _line, function), (_cc, _nc, tottime, *_rest) in entries.items():
+        name = area(filename, function)
+        areas[name] = areas.get(name, 0.0) + tottime
+    total = sum(areas.values())
+    lines = [f"  {total / count * 1e6:7.1f} us per {unit} under cProfile (its overhead included)"]
+    for name, seconds in sorted(areas.items(), key=lambda item: -item[1]):
+        lines.append(f"  {seconds / count * 1e6:7.1f} us  {seconds / total:5.1%}  {name}")
+    return "\n".join(lines) + "\n"
+
+
 # -- rounds, progress, the machine ---------------------------------------------------------------
 
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def console() -> Console:
+    """Wide enough for the tables when the output goes to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def progress(console: Console) -> Progress:
@@ -639,9 +695,13 @@ def machine(server_url: str | None = None) -> dict[str, str]:
         try:
             engine = make_engine(server_url)
             with engine.connect() as connection:
-                facts["postgresql"] = str(
-                    connection.execute(sa.text("SHOW server_version")).scalar_one()
-                )
+                settings = [
+                    str(connection.execute(sa.text(f"SHOW {name}")).scalar_one())
+                    for name in ("server_version", "fsync", "synchronous_commit")
+                ]
+            facts["postgresql"] = (
+                f"{settings[0]} (fsync={settings[1]}, synchronous_commit={settings[2]})"
+            )
         except sa.exc.SQLAlchemyError as error:
             facts["postgresql"] = f"unreachable ({type(error).__name__})"
         finally:

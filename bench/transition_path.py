@@ -20,21 +20,23 @@ import io
 import pstats
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sqlalchemy as sa
-from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from bench import support
-from config.policy import load_policy
+from config.policy import Policy, load_policy
 from persistence.db import make_engine, normalize_url
 from persistence.uow import SqlUnitOfWorkFactory
+from workflow import engine
 from workflow.clock import FakeClock
+from workflow.model import Timer, TransitionRecord
 from workflow.service import CaseService
+from workflow.states import CaseState
 
 TARGET = 0.50
 #: Progress is advanced every this many transitions.
@@ -48,6 +50,8 @@ class Path_:
     key: str
     label: str
     approve: Callable[[int], None]
+    #: False for E, which touches no database.
+    writes: bool = True
     rates: list[float] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
 
@@ -82,8 +86,67 @@ def _timed(
     return len(ids) / elapsed
 
 
-def _service(engine: Engine, clock: FakeClock) -> CaseService:
-    return CaseService(SqlUnitOfWorkFactory(engine), clock, load_policy())
+def _service(engine: Engine, clock: FakeClock, policy: Policy) -> CaseService:
+    return CaseService(SqlUnitOfWorkFactory(engine), clock, policy)
+
+
+def _fire(service: CaseService) -> Callable[[int], None]:
+    fire = service.fire
+
+    def approve(case_id: int) -> None:
+        fire(case_id, "approve", support.MERCHANT)
+
+    return approve
+
+
+def _unit_of_work_only(factory: SqlUnitOfWorkFactory, clock: FakeClock) -> Callable[[int], None]:
+    """U: the statements of A through the SQL unit of work, the domain objects built by hand:
+    what A costs without the service layer and the state machine."""
+
+    def approve(case_id: int) -> None:
+        now = clock.now()
+        with factory() as uow:
+            case = uow.cases.get(case_id)
+            assert case is not None
+            uow.timers.pending(case_id)
+            loaded, source = case.version, case.state
+            case.state, case.version, case.updated_at = CaseState.APPROVED, loaded + 1, now
+            record = TransitionRecord(
+                case_id, case.version, "approve", source, case.state, str(support.MERCHANT), now
+            )
+            if not uow.cases.save(case, loaded):
+                raise support.Refused(f"case {case_id} moved")
+            uow.log.append([record])
+            uow.timers.disarm(case_id)
+            due = now + support.RETURN_SHIPMENT
+            uow.timers.arm(
+                Timer(
+                    case_id, "return_shipment", "expire_return", case.state, case.version, due, now
+                )
+            )
+            uow.outbox.add(engine.messages_for(case, record))
+            uow.commit()
+
+    return approve
+
+
+def _engine_only(
+    factory: SqlUnitOfWorkFactory, case_id: int, clock: FakeClock, policy: Policy
+) -> Callable[[int], None]:
+    """E: what A does in memory around the unit of work (state machine, log record, outbox
+    messages, next timer) on a copy of a loaded case; no database."""
+    with factory() as uow:
+        loaded = uow.cases.get(case_id)
+        previous = uow.timers.pending(case_id)
+    assert loaded is not None
+
+    def approve(_ignored: int) -> None:
+        case = replace(loaded, details=dict(loaded.details))
+        context = engine.Context(policy, clock.now(), support.MERCHANT, previous)
+        outcome = engine.fire(case, "approve", context)
+        engine.timer_for(case, policy, outcome.records[-1].at, previous)
+
+    return approve
 
 
 def run_backend(
@@ -92,47 +155,62 @@ def run_backend(
     transitions: int,
     rounds: int,
     warmup: int,
-    variants: bool,
+    breakdown: bool,
     profile_dir: Path | None,
     bar: Progress,
 ) -> BackendResult:
+    policy = load_policy()
     with support.throwaway_database(backend, server_url) as database:
-        engine = make_engine(database.url)
+        production = make_engine(database.url)
         clock = FakeClock(support.T0)
-        service = _service(engine, clock)
-        paths = {"A": Path_("A", "service layer", lambda _id: None)}
+        service = _service(production, clock, policy)
+        paths = {"A": Path_("A", "A service layer", _fire(service))}
         no_ping: Engine | None = None
-        if variants and backend == "postgres":
-            # The production engine with pool_pre_ping off: what the checkout ping costs.
-            no_ping = sa.create_engine(normalize_url(database.url))
-            paths["A0"] = Path_("A0", "service layer, no pool pre-ping", lambda _id: None)
-        paths["B"] = Path_("B", "raw driver", lambda _id: None)
+        if breakdown:
+            if backend == "postgres":
+                # The production engine but for pool_pre_ping: what the checkout ping costs.
+                no_ping = sa.create_engine(normalize_url(database.url))
+                paths["A0"] = Path_(
+                    "A0", "A0 same, no pool pre-ping", _fire(_service(no_ping, clock, policy))
+                )
+            factory = SqlUnitOfWorkFactory(production)
+            paths["U"] = Path_("U", "U unit of work only", _unit_of_work_only(factory, clock))
+        paths["B"] = Path_("B", "B raw SQL (driver)", lambda _id: None)
+        writers = [path for path in paths.values() if path.writes]
         per_path = warmup + rounds * transitions
-        profiled = transitions if profile_dir is not None else 0
-        task = bar.add_task(f"{backend}: seeding", total=len(paths) * per_path + 2 * profiled)
+        profiled = 2 * transitions if profile_dir is not None else 0
+        task = bar.add_task(f"{backend}: seeding", total=len(paths) * per_path + profiled)
         ids = support.seed_submitted_cases(
-            service, engine, len(paths) * per_path + 2 * profiled, backend
+            service, production, len(writers) * per_path + profiled + 1, backend
         )
+        spare, ids = ids[-1], ids[:-1]
+        if breakdown:
+            paths["E"] = Path_(
+                "E",
+                "E engine only (no database)",
+                _engine_only(SqlUnitOfWorkFactory(production), spare, clock, policy),
+                writes=False,
+            )
+            paths["B"] = paths.pop("B")
+            task_total = len(paths) * per_path + profiled
+            bar.update(task, total=task_total)
         clock.set(support.FIRED_AT)
         raw = support.raw_path(database)
         paths["B"].approve = raw.transition
-        paths["A"].approve = lambda case_id: _fire(service, case_id)
-        if no_ping is not None:
-            other = _service(no_ping, clock)
-            paths["A0"].approve = lambda case_id: _fire(other, case_id)
+        fresh = iter(ids)
+
+        def take(path: Path_, count: int) -> list[int]:
+            if not path.writes:
+                return list(range(count))
+            batch = [next(fresh) for _ in range(count)]
+            path.ids.extend(batch)
+            return batch
+
         try:
             # Warm-up (unmeasured): compiled statements, psycopg's prepared statements, caches.
-            cursor = 0
             for path in paths.values():
                 bar.update(task, description=f"{backend}: warm-up {path.key}")
-                batch = ids[cursor : cursor + warmup]
-                cursor += warmup
-                path.ids.extend(batch)
-                _timed(path.approve, batch, bar, task)
-            chunks = iter(
-                ids[i : i + transitions]
-                for i in range(cursor, cursor + rounds * len(paths) * transitions, transitions)
-            )
+                _timed(path.approve, take(path, warmup), bar, task)
             order = list(paths.values())
             for number in range(rounds):
                 # A,B then B,A: neither path always runs right after the other.
@@ -140,30 +218,23 @@ def run_backend(
                     bar.update(
                         task, description=f"{backend}: round {number + 1}/{rounds} {path.key}"
                     )
-                    batch = next(chunks)
-                    path.ids.extend(batch)
-                    path.rates.append(_timed(path.approve, batch, bar, task))
+                    path.rates.append(_timed(path.approve, take(path, transitions), bar, task))
             profile = ""
             if profile_dir is not None:
-                start = cursor + rounds * len(paths) * transitions
                 bar.update(task, description=f"{backend}: profiling A and B")
-                profile = _profile(
-                    backend,
-                    {
-                        "A": (paths["A"].approve, ids[start : start + transitions]),
-                        "B": (raw.transition, ids[start + transitions : start + 2 * profiled]),
-                    },
-                    profile_dir,
-                    bar,
-                    task,
-                )
+                work = {
+                    key: (paths[key].approve, [next(fresh) for _ in range(transitions)])
+                    for key in ("A", "B")
+                }
+                profile = _profile(backend, work, profile_dir, bar, task)
         finally:
             raw.close()
             if no_ping is not None:
                 no_ping.dispose()
         bar.update(task, description=f"{backend}: verifying")
-        counts = {key: support.approval_counts(engine, path.ids) for key, path in paths.items()}
-        samples = [support.written_rows(engine, path.ids[-1]) for path in paths.values()]
+        writers = [path for path in paths.values() if path.writes]
+        counts = {path.key: support.approval_counts(production, path.ids) for path in writers}
+        samples = [support.written_rows(production, path.ids[-1]) for path in writers]
         identical = all(sample == samples[0] for sample in samples)
         bar.update(task, description=f"{backend}: done")
     ratios = {
@@ -174,10 +245,6 @@ def run_backend(
     return BackendResult(backend, paths, ratios, counts, identical, profile)
 
 
-def _fire(service: CaseService, case_id: int) -> None:
-    service.fire(case_id, "approve", support.MERCHANT)
-
-
 def _profile(
     backend: str,
     work: dict[str, tuple[Callable[[int], None], list[int]]],
@@ -185,7 +252,7 @@ def _profile(
     bar: Progress,
     task: TaskID,
 ) -> str:
-    """cProfile each path on its own fresh cases; the top of A's profile, as text."""
+    """cProfile each path on its own fresh cases: time by area, and the top functions of A."""
     directory.mkdir(parents=True, exist_ok=True)
     report = io.StringIO()
     for key, (approve, ids) in work.items():
@@ -196,10 +263,10 @@ def _profile(
         target = directory / f"transition_path-{backend}-{key}.prof"
         profiler.dump_stats(target)
         stats = pstats.Stats(profiler, stream=report)
-        report.write(f"\n== {backend} path {key}: {len(ids)} transitions, profile in {target}\n")
-        stats.sort_stats("tottime").print_stats(25 if key == "A" else 12)
+        report.write(f"\n== {backend} path {key}: {len(ids)} transitions; {target}\n")
+        report.write(support.areas_report(stats, len(ids), "transition"))
         if key == "A":
-            stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("tottime").print_stats(30)
     return report.getvalue()
 
 
@@ -207,27 +274,26 @@ def _table(results: list[BackendResult]) -> Table:
     table = Table(title="transition path: service layer (A) against raw SQL (B)")
     table.add_column("backend")
     table.add_column("path")
-    table.add_column("transitions/s (median)", justify="right")
-    table.add_column("rounds", justify="right")
-    table.add_column("÷ raw SQL (median of rounds)", justify="right")
+    table.add_column("tx/s", justify="right")
+    table.add_column("µs/tx", justify="right")
+    table.add_column("÷ B", justify="right")
     table.add_column("range", justify="right")
-    table.add_column(f"≥ {TARGET:.0%}", justify="center")
+    table.add_column("tx/s by round")
     for result in results:
         for key, path in result.paths.items():
-            rates = ", ".join(f"{rate:,.0f}" for rate in path.rates)
+            rates = " ".join(f"{rate:.0f}" for rate in path.rates)
+            rate = result.rate(key)
+            cells = [result.backend, path.label, f"{rate:.0f}", f"{1e6 / rate:.0f}"]
             if key == "B":
-                table.add_row(result.backend, f"B {path.label}", f"{result.rate(key):,.0f}", rates)
+                table.add_row(*cells, "", "", rates)
                 continue
             ratios = result.ratios[key]
-            met = result.ratio(key) >= TARGET
+            mark = "" if key != "A" else (" ✓" if result.ratio(key) >= TARGET else " ✗")
             table.add_row(
-                result.backend,
-                f"{key} {path.label}",
-                f"{result.rate(key):,.0f}",
+                *cells,
+                f"{result.ratio(key):.1%}{mark}",
+                f"{min(ratios):.0%}–{max(ratios):.0%}",
                 rates,
-                f"{result.ratio(key):.1%}",
-                f"{min(ratios):.1%}–{max(ratios):.1%}",
-                "[green]yes[/]" if met else "[red]no[/]",
             )
         table.add_section()
     return table
@@ -245,9 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"or {support.DEFAULT_POSTGRES_URL})",
     )
     parser.add_argument(
-        "--variants",
+        "--breakdown",
         action="store_true",
-        help="also measure A0: the service on an engine without pool_pre_ping (PostgreSQL)",
+        help="also measure U (the unit of work without service and state machine), E (the "
+        "state machine etc. without database) and, on PostgreSQL, A0 (A without pool_pre_ping)",
     )
     parser.add_argument(
         "--profile",
@@ -256,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="afterwards, cProfile A and B on --transitions fresh cases each; .prof files in DIR",
     )
     args = parser.parse_args(argv)
-    console = Console()
+    console = support.console()
     server_url = support.postgres_url(args.postgres_url)
     chosen = support.backends(args.backend)
     support.print_machine(console, support.machine(server_url if "postgres" in chosen else None))
@@ -274,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.transitions,
                     args.rounds,
                     args.warmup,
-                    args.variants,
+                    args.breakdown,
                     args.profile,
                     bar,
                 )
@@ -291,9 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not result.identical:
             ok = False
             console.print(f"[red]{result.backend}: the paths wrote different rows")
-        paths = ", ".join(f"{key} {len(p.ids)}" for key, p in result.paths.items())
+        paths = ", ".join(f"{key} {len(p.ids)}" for key, p in result.paths.items() if p.writes)
         console.print(
-            f"{result.backend}: rows verified ({paths} cases: each approved once, one log row, "
+            f"{result.backend}: rows checked ({paths} cases: each approved once, one log row, "
             f"merchant_review cancelled, return_shipment pending, 2 outbox rows; a case of each "
             f"path compared column by column: {'identical' if result.identical else 'DIFFERENT'})"
         )

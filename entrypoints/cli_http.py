@@ -59,9 +59,7 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def serve_api(
-    host: str, port: int, now: datetime | None = None, log_level: str = "info"
-) -> None:
+def serve_api(host: str, port: int, now: datetime | None = None, log_level: str = "info") -> None:
     """Build the app and run it under uvicorn until SIGTERM or Ctrl-C."""
     import uvicorn
 

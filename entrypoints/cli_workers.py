@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from config.settings import Settings, get_settings
-from entrypoints import bootstrap
+from entrypoints import bootstrap, cli_http
 
 Concurrency = Annotated[
     int, typer.Option("--concurrency", "-c", min=1, help="Tasks run at once by this worker.")
@@ -44,9 +44,23 @@ def register(app: typer.Typer) -> None:
         run_beat(settings, loglevel=loglevel)
 
     @app.command()
-    def run(concurrency: Concurrency = 2, loglevel: LogLevel = "INFO") -> None:
-        """Worker and beat together, for a single machine (the embedded default)."""
+    def run(
+        concurrency: Concurrency = 2,
+        loglevel: LogLevel = "INFO",
+        api: Annotated[
+            bool, typer.Option("--api/--no-api", help="Serve the HTTP API too (aftersales serve).")
+        ] = True,
+        host: cli_http.Host = cli_http.DEFAULT_HOST,
+        port: cli_http.Port = cli_http.DEFAULT_PORT,
+    ) -> None:
+        """Worker and beat together, for a single machine (the embedded default), and the API."""
         from tasks.worker import run_all
 
         settings = _checked_settings()
-        run_all(settings, concurrency=concurrency, loglevel=loglevel)
+        # A child process, started before the worker forks its pool.
+        server = cli_http.start_api_process(host, port) if api else None
+        try:
+            run_all(settings, concurrency=concurrency, loglevel=loglevel)
+        finally:
+            if server is not None:
+                cli_http.stop_api_process(server)

@@ -147,4 +147,3 @@ class SqlReadings:
             outbox_oldest_pending_at=oldest,
             dead_letters=letters,
         )
-

@@ -235,6 +235,8 @@ class SqlIdempotencyStore:
         """Delete the rows older than the retention; returns how many."""
         with self._engine.begin() as connection:
             result = connection.execute(
-                sa.delete(api_idempotency).where(api_idempotency.c.created_at < now - self.retention)
+                sa.delete(api_idempotency).where(
+                    api_idempotency.c.created_at < now - self.retention
+                )
             )
             return int(result.rowcount or 0)

@@ -7,6 +7,7 @@ same routes without any service, which is how docs/openapi.json is generated.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -66,7 +67,7 @@ def create_app(
         events=bootstrap.build_event_service(settings, case_service),
         tokens=SqlTokenStore(engine),
         idempotency=SqlIdempotencyStore(
-            engine, retention=_hours(api_settings.idempotency_hours)
+            engine, retention=timedelta(hours=api_settings.idempotency_hours)
         ),
         readings=readings,
         rate_limiter=RateLimiter(api_settings.rate_limit_per_minute),
@@ -82,12 +83,6 @@ def create_app(
     app.add_middleware(BodyGuard, max_body_bytes=api_settings.max_body_bytes)
     app.add_middleware(Observe, record=app.state.metrics.record)
     return app
-
-
-def _hours(hours: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(hours=hours)
 
 
 def _query_names(dependant: Dependant) -> set[str]:

@@ -67,7 +67,9 @@ class Principal:
 def require(principal: Principal, *roles: TokenRole) -> None:
     if principal.role not in roles:
         allowed = ", ".join(role.value for role in roles)
-        raise ProblemError("forbidden", f"this needs a token of role {allowed}, not {principal.role.value}")
+        raise ProblemError(
+            "forbidden", f"this needs a token of role {allowed}, not {principal.role.value}"
+        )
 
 
 class RateLimiter:

@@ -121,7 +121,10 @@ def _expected_version(
 
 
 def case_data(case: Case, deadline: Timer | None, actor: Actor) -> dict[str, Any]:
-    return {**views.case_json(case, deadline), "allowed_triggers": engine.allowed_triggers(case, actor)}
+    return {
+        **views.case_json(case, deadline),
+        "allowed_triggers": engine.allowed_triggers(case, actor),
+    }
 
 
 def _case_response(view: CaseView, principal: Principal, status: int = 200) -> JSONResponse:

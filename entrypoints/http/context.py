@@ -114,9 +114,7 @@ def idempotent(
         api.idempotency.release(token_id, key, method, path)
         return response
     headers = {
-        name: value
-        for name, value in response.headers.items()
-        if name.lower() in _REPLAYED_HEADERS
+        name: value for name, value in response.headers.items() if name.lower() in _REPLAYED_HEADERS
     }
     body = bytes(response.body).decode("utf-8")
     api.idempotency.complete(

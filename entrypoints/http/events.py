@@ -29,6 +29,7 @@ from workflow.model import DeadLetter, DeadLetterStatus
 
 router = APIRouter(prefix="/events", tags=["events"])
 
+
 class LetterFilter(StrEnum):
     OPEN = "open"
     REPLAYED = "replayed"
@@ -59,11 +60,15 @@ def _envelopes(body: Any, max_batch: int) -> list[tuple[dict[str, Any], Envelope
         documents, prefix = body, "body"
     else:
         raise ProblemError(
-            "invalid-input", "send one event (a JSON object) or a non-empty array of them", field="body"
+            "invalid-input",
+            "send one event (a JSON object) or a non-empty array of them",
+            field="body",
         )
     if len(documents) > max_batch:
         raise ProblemError(
-            "invalid-input", f"at most {max_batch} events per request, not {len(documents)}", field="body"
+            "invalid-input",
+            f"at most {max_batch} events per request, not {len(documents)}",
+            field="body",
         )
     parsed = []
     for index, document in enumerate(documents):

@@ -32,7 +32,9 @@ class _Refused(Exception):
 
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -56,7 +58,9 @@ def check_document(document: Any) -> None:
     while stack:
         value, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise _Refused("invalid-input", f"{where}: nested deeper than {MAX_DEPTH} levels", field=where)
+            raise _Refused(
+                "invalid-input", f"{where}: nested deeper than {MAX_DEPTH} levels", field=where
+            )
         if isinstance(value, str):
             _check_text(value, where)
         elif isinstance(value, dict):
@@ -69,7 +73,10 @@ def check_document(document: Any) -> None:
 
 def parse_body(body: bytes, content_type: str) -> Any:
     if not _is_json(content_type):
-        raise _Refused("unsupported-media-type", f"send application/json, not {content_type or 'no Content-Type'}")
+        raise _Refused(
+            "unsupported-media-type",
+            f"send application/json, not {content_type or 'no Content-Type'}",
+        )
     try:
         document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -91,7 +98,10 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
             return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope["headers"]
+        }
         path = scope.get("path")
         limit = self.max_body_bytes
         too_large = f"the body exceeds {limit} bytes"

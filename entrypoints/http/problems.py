@@ -77,13 +77,16 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow", title="Problem")
 
-    type: str = Field(description="Stable identifier of the kind of problem, e.g. /problems/conflict")
+    type: str = Field(
+        description="Stable identifier of the kind of problem, e.g. /problems/conflict"
+    )
     title: str
     status: int
     detail: str | None = None
     instance: str | None = Field(default=None, description="The request path.")
     field: str | None = Field(
-        default=None, description="The input field at fault (invalid-input), dotted, e.g. body.items.0.sku"
+        default=None,
+        description="The input field at fault (invalid-input), dotted, e.g. body.items.0.sku",
     )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Every invalid field: [{field, message}] (invalid-input)."
@@ -91,7 +94,9 @@ class Problem(BaseModel):
     allowed: list[str] | None = Field(
         default=None, description="Triggers this caller may fire now (illegal-transition)."
     )
-    rule: str | None = Field(default=None, description="The policy rule that refused (policy-refusal).")
+    rule: str | None = Field(
+        default=None, description="The policy rule that refused (policy-refusal)."
+    )
     current_version: int | None = Field(
         default=None, description="The case's version now (precondition-failed, conflict)."
     )
@@ -131,7 +136,9 @@ def problem_response(
         "instance": instance,
     }
     body.update({key: value for key, value in extra.items() if value is not None})
-    return JSONResponse(body, status_code=kind.status, headers=dict(headers or {}), media_type=PROBLEM_JSON)
+    return JSONResponse(
+        body, status_code=kind.status, headers=dict(headers or {}), media_type=PROBLEM_JSON
+    )
 
 
 def _field(location: tuple[Any, ...] | list[Any]) -> str:

@@ -89,7 +89,9 @@ class CaseOut(_Out):
 
 class CaseList(_Out):
     cases: list[CaseOut]
-    next_after: int | None = Field(description="Pass as `after` for the next page; null at the end.")
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null at the end."
+    )
 
 
 class HistoryEntry(_Out):

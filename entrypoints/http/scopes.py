@@ -41,7 +41,5 @@ def parse_scope(text: str) -> tuple[TokenRole, str | None]:
         what = "SOURCE" if role is TokenRole.PRODUCER else "ID"
         raise InvalidInput(f"give the {role.value}'s {what.lower()}: {role.value}:{what}", "role")
     if not _IDENT.match(subject):
-        raise InvalidInput(
-            f"{subject!r} is not an id: 1-64 of A-Z a-z 0-9 _ . : -", "role"
-        )
+        raise InvalidInput(f"{subject!r} is not an id: 1-64 of A-Z a-z 0-9 _ . : -", "role")
     return role, subject

@@ -50,7 +50,11 @@ def application(**overrides: Any) -> dict[str, Any]:
         "merchant_id": "m1",
         "category": "clothing",
         "reason": "no_reason",
-        "payment": {"channel": "wechat_pay", "amount": 19900, "paid_at": "2026-11-15T10:00:00+08:00"},
+        "payment": {
+            "channel": "wechat_pay",
+            "amount": 19900,
+            "paid_at": "2026-11-15T10:00:00+08:00",
+        },
         "delivered_at": "2026-11-18T15:00:00+08:00",
         "items": [{"sku": "jacket", "quantity": 1, "unit_price": 19900}],
         "gifts": [{"sku": "scarf", "quantity": 1, "value": 500}],

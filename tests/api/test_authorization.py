@@ -127,7 +127,9 @@ ROWS = [
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
     """One app per backend for the whole matrix (each row makes its own case and letter)."""
     folder: Path = tmp_path_factory.mktemp("matrix")
     with fresh_database(str(request.param), folder) as url:
@@ -165,7 +167,11 @@ def test_own_listing_shows_only_own_cases(world: Api) -> None:
 
 @pytest.mark.parametrize(("endpoint"), list(ENDPOINTS))
 def test_every_endpoint_needs_a_token(world: Api, target: Target, endpoint: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer ast_not-a-token"}, {"Authorization": "Basic eDp5"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer ast_not-a-token"},
+        {"Authorization": "Basic eDp5"},
+    ):
         response = ENDPOINTS[endpoint](world, headers, target, "admin")
         problem(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")

@@ -40,7 +40,9 @@ def test_policy_refusal_is_422_naming_the_rule(api: Api) -> None:
 
 def test_malformed_json_is_400_and_other_media_415(api: Api) -> None:
     headers = {**api.auth("buyer:b1"), "Content-Type": "application/json"}
-    problem(api.client.post("/cases", content=b'{"type": ', headers=headers), 400, "malformed-request")
+    problem(
+        api.client.post("/cases", content=b'{"type": ', headers=headers), 400, "malformed-request"
+    )
     problem(api.client.post("/cases", content=b"NaN", headers=headers), 400, "malformed-request")
     text = {**api.auth("buyer:b1"), "Content-Type": "text/plain"}
     problem(api.client.post("/cases", content=b"{}", headers=text), 415, "unsupported-media-type")
@@ -49,9 +51,12 @@ def test_malformed_json_is_400_and_other_media_415(api: Api) -> None:
 def test_text_the_databases_cannot_store_is_422(api: Api) -> None:
     headers = {**api.auth("buyer:b1"), "Content-Type": "application/json"}
     nul = json.dumps(application(description="a\u0000b")).encode()
-    assert problem(api.client.post("/cases", content=nul, headers=headers), 422, "invalid-input")[
-        "field"
-    ] == "body.description"
+    assert (
+        problem(api.client.post("/cases", content=nul, headers=headers), 422, "invalid-input")[
+            "field"
+        ]
+        == "body.description"
+    )
     surrogate = json.dumps(application(description="\ud800")).encode()
     problem(api.client.post("/cases", content=surrogate, headers=headers), 422, "invalid-input")
     deep = b"[" * 40 + b"]" * 40
@@ -72,7 +77,9 @@ def test_out_of_range_values_are_422_not_500(api: Api) -> None:
         payment={"channel": "wechat_pay", "amount": 19900, "paid_at": "0001-01-01T00:00:00+14:00"}
     )
     problem(api.client.post("/cases", json=year_one, headers=headers), 422, "invalid-input")
-    rich = application(payment={"channel": "x", "amount": 10**20, "paid_at": "2026-11-15T10:00:00Z"})
+    rich = application(
+        payment={"channel": "x", "amount": 10**20, "paid_at": "2026-11-15T10:00:00Z"}
+    )
     problem(api.client.post("/cases", json=rich, headers=headers), 422, "invalid-input")
 
 
@@ -136,7 +143,9 @@ def test_list_rejects_bad_filters_with_422(api: Api) -> None:
 def test_fire_moves_the_case_and_returns_transitions(api: Api) -> None:
     case_id = api.submit()
     response = api.client.post(
-        f"/cases/{case_id}/transitions", json={"trigger": "approve"}, headers=api.auth("merchant:m1")
+        f"/cases/{case_id}/transitions",
+        json={"trigger": "approve"},
+        headers=api.auth("merchant:m1"),
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -150,7 +159,9 @@ def test_fire_moves_the_case_and_returns_transitions(api: Api) -> None:
 def test_illegal_transition_is_409_with_the_allowed_triggers(api: Api) -> None:
     case_id = api.submit()
     response = api.client.post(
-        f"/cases/{case_id}/transitions", json={"trigger": "inspect"}, headers=api.auth("merchant:m1")
+        f"/cases/{case_id}/transitions",
+        json={"trigger": "inspect"},
+        headers=api.auth("merchant:m1"),
     )
     body = problem(response, 409, "illegal-transition")
     assert body["allowed"] == ["approve", "reject"]

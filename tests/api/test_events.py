@@ -82,7 +82,10 @@ def test_a_producer_sends_only_its_own_source(api: Api) -> None:
 def test_malformed_envelopes_are_refused_whole_with_422(api: Api) -> None:
     case_id = api.submit()
     headers = api.auth("producer:sf-express")
-    naive = [event("sf-1", case_id=case_id), event("sf-2", case_id=case_id, occurred_at="2026-11-20T11:00:00")]
+    naive = [
+        event("sf-1", case_id=case_id),
+        event("sf-2", case_id=case_id, occurred_at="2026-11-20T11:00:00"),
+    ]
     body = problem(api.client.post("/events", json=naive, headers=headers), 422, "invalid-input")
     assert body["field"] == "body.1.occurred_at"
     nameless = event("sf-3")
@@ -119,7 +122,9 @@ def test_dead_letters_are_listed_replayed_and_discarded(api: Api) -> None:
     # when replayed too early it still fails: 409, and the letter stays open with one more try
     still = api.client.post(f"/events/dead-letters/{letters[0]}/replay", headers=admin)
     assert problem(still, 409, "dead-letter-still-fails")["code"] == "not_allowed"
-    assert api.client.get(f"/events/dead-letters/{letters[0]}", headers=admin).json()["attempts"] == 2
+    assert (
+        api.client.get(f"/events/dead-letters/{letters[0]}", headers=admin).json()["attempts"] == 2
+    )
     # when the case is ready, the replay applies it
     api.fire(case_id, "approve", "merchant:m1")
     replayed = api.client.post(f"/events/dead-letters/{letters[0]}/replay", headers=admin)
@@ -144,7 +149,12 @@ def test_dead_letter_envelopes_are_masked(api: Api) -> None:
         "type": "buyer.bank_account_provided",
         "occurred_at": "2026-11-20T11:00:00+08:00",
         "case_id": case_id,
-        "data": {"buyer_id": "b1", "holder": "Li", "bank": "ICBC", "account_no": "6222020200112233"},
+        "data": {
+            "buyer_id": "b1",
+            "holder": "Li",
+            "bank": "ICBC",
+            "account_no": "6222020200112233",
+        },
     }
     api.client.post("/events", json=bank, headers=api.auth("admin"))
     letters = api.client.get("/events/dead-letters", headers=api.auth("admin")).json()

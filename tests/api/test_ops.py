@@ -18,7 +18,10 @@ def test_health_and_readiness(api: Api) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
-        "checks": {"database": {"ok": True, "detail": None}, "broker": {"ok": True, "detail": None}},
+        "checks": {
+            "database": {"ok": True, "detail": None},
+            "broker": {"ok": True, "detail": None},
+        },
     }
 
 
@@ -58,7 +61,15 @@ def test_metrics_report_cases_transitions_timers_outbox_letters_and_refunds(api:
     api.clock.advance(timedelta(hours=48, seconds=3))
     runs = api.cases.run_due_timers()
     assert [run.fired for run in runs if run.timer.case_id == late] == [True]
-    api.events.ingest({"event_id": "x", "source": "sf", "type": "parcel.lost", "occurred_at": "2026-11-20T11:00:00Z", "case_id": 999})
+    api.events.ingest(
+        {
+            "event_id": "x",
+            "source": "sf",
+            "type": "parcel.lost",
+            "occurred_at": "2026-11-20T11:00:00Z",
+            "case_id": 999,
+        }
+    )
     # when an admin scrapes
     response = api.client.get("/metrics", headers=api.auth("admin"))
     # then Prometheus text has every family
@@ -67,7 +78,12 @@ def test_metrics_report_cases_transitions_timers_outbox_letters_and_refunds(api:
     samples = _samples(response.text)
     assert samples['aftersales_cases{state="refunded",type="refund_only"}'] == 1
     assert samples['aftersales_cases{state="approved",type="return_refund"}'] == 1
-    assert samples['aftersales_transitions_total{state="approved",trigger="auto_approve",type="return_refund"}'] == 1
+    assert (
+        samples[
+            'aftersales_transitions_total{state="approved",trigger="auto_approve",type="return_refund"}'
+        ]
+        == 1
+    )
     assert samples['aftersales_refunds_total{outcome="succeeded"}'] == 1
     assert samples['aftersales_refunds_total{outcome="failed"}'] == 1
     assert samples["aftersales_timer_lateness_seconds_count"] == 1

@@ -249,17 +249,48 @@ def test_two_beats_fire_each_timer_once(
         stack.wait_ready(stack.start_worker(), stack.start_worker())
         for beat in beats:
             stack.wait_log(beat, r"Sending due task aftersales\.sweep_timers", "both beats")
-        # and cases whose review deadlines fall due at the same instant
-        cases = [submit(stack, "return_refund", f"o-beat-{n}") for n in range(24)]
+        # and cases whose deadlines all fall due at T0 + 7 days: refunds waiting for a bank
+        # account since T0 (their reminder is a transition to the same state, so a second
+        # firing would show), and applications submitted at T0 + 5 days (48 h review)
+        waiting = [
+            submit(stack, "refund_only", f"o-bank-{n}", payment=_CARD_PAID_LONG_AGO)
+            for n in range(12)
+        ]
+        _applied(stack, *(merchant(stack, "approved", case) for case in waiting))
+        stack.wait_states(dict.fromkeys(waiting, S.AWAITING_BANK_ACCOUNT))
+        stack.clock.set(T0 + timedelta(days=5))
+        reviews = [submit(stack, "return_refund", f"o-review-{n}") for n in range(12)]
+        deadlines = [stack.service.get(case).deadline for case in waiting + reviews]
+        assert {d.due_at if d else None for d in deadlines} == {T0 + timedelta(days=7)}
         stack.wait_outbox_completed()
 
         # when the clock passes that instant
-        stack.clock.set(T0 + timedelta(hours=49))
+        stack.clock.set(T0 + timedelta(days=7, minutes=1))
 
         # then each timer fired exactly once, and moved its case once
-        stack.wait_states(dict.fromkeys(cases, S.PICKUP))
-        for case in cases:
-            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
-            reviews = [row for row in stack.timer_rows(case) if row.kind == "merchant_review"]
-            assert [row.status for row in reviews] == ["fired"], case
+        stack.wait_states(dict.fromkeys(reviews, S.PICKUP))
         stack.wait_outbox_completed()
+        for case in reviews:
+            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
+            assert _fired_once(stack, case, "merchant_review")
+        for case in waiting:
+            assert stack.triggers(case) == [
+                "submit",
+                "approve",
+                "start_refund",
+                "remind_bank_account",
+            ], case
+            assert _fired_once(stack, case, "bank_account_reminder")
+        # and the buyers were asked for their bank account once, and reminded once
+        requests = [row for row in stack.outbox_rows() if row.topic == "bank_account.requested"]
+        assert sorted(row.payload["kind"] for row in requests) == sorted(
+            ["request", "reminder"] * len(waiting)
+        )
+
+
+#: A card payment older than the card's 180-day refund window: the refund needs a bank account.
+_CARD_PAID_LONG_AGO = {"channel": "card", "amount": 19900, "paid_at": "2026-04-01T10:00:00+08:00"}
+
+
+def _fired_once(stack: Stack, case: int, kind: str) -> bool:
+    return [row.status for row in stack.timer_rows(case) if row.kind == kind] == ["fired"]

@@ -1,0 +1,115 @@
+"""``aftersales tokens`` and ``aftersales serve`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from config.settings import sqlite_url
+from entrypoints.cli import app
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("AFTERSALES_DATABASE_URL", sqlite_url(tmp_path / "var" / "api.db"))
+    monkeypatch.delenv("AFTERSALES_POLICY_FILE", raising=False)
+    monkeypatch.delenv("AFTERSALES_BROKER_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_tokens_create_shows_the_secret_once_and_revoke_ends_it(env: dict[str, str]) -> None:
+    # when a merchant token is created
+    code, out, _ = invoke("tokens", "create", "--role", "merchant:m1", "--name", "m1 backend")
+    assert code == 0
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("ast_")
+    # then the list shows it, never its secret
+    code, out, _ = invoke("tokens", "list", "--json")
+    listed = json.loads(out)
+    assert [(t["id"], t["role"], t["name"]) for t in listed] == [(1, "merchant:m1", "m1 backend")]
+    assert secret not in out
+    # and --json gives the secret as `token`
+    code, out, _ = invoke("tokens", "create", "--role", "producer:sf-express", "--json")
+    created = json.loads(out)
+    assert created["role"] == "producer:sf-express"
+    assert created["token"].startswith("ast_")
+    # when one is revoked it leaves the live list
+    code, out, _ = invoke("tokens", "revoke", "1", "--json")
+    assert code == 0
+    assert json.loads(out)["revoked_at"] is not None
+    code, out, _ = invoke("--json", "tokens", "list")
+    assert [t["id"] for t in json.loads(out)] == [2]
+
+
+@pytest.mark.parametrize("role", ["merchant", "buyer:", "producer", "root", "buyer:a b"])
+def test_tokens_create_refuses_bad_roles(env: dict[str, str], role: str) -> None:
+    code, _, err = invoke("--json", "tokens", "create", "--role", role)
+    assert code == 2
+    assert json.loads(err)["error"]["field"] == "role"
+
+
+def test_tokens_revoke_unknown_is_not_found(env: dict[str, str]) -> None:
+    code, _, err = invoke("--json", "tokens", "revoke", "42")
+    assert code == 3
+    assert json.loads(err)["error"]["code"] == "not_found"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Path) -> None:
+    # given a token, and `aftersales serve` started as a shell would
+    _, out, _ = invoke("tokens", "create", "--role", "admin", "--json")
+    secret = json.loads(out)["token"]
+    port = _free_port()
+    script = Path(sys.executable).with_name("aftersales")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [*command, "serve", "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        # then it serves the API with that token, and the OpenAPI document
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert httpx.get(f"{base}/cases", headers=headers).json() == {
+            "cases": [],
+            "next_after": None,
+        }
+        assert httpx.get(f"{base}/cases").status_code == 401
+        assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "aftersales"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down, then re-raises the signal it caught: the shell sees SIGTERM.
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+        log.close()
+    assert "Finished server process" in (tmp_path / "serve.log").read_text()
