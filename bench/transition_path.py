@@ -9,6 +9,13 @@ transaction that compares-and-sets the case's version, appends the log row, disa
 interleaved rounds (A,B then B,A), each round on fresh cases; the figure is the median over rounds
 of A's rate divided by B's. Afterwards the rows both paths wrote are counted and compared.
 
+``--breakdown`` adds, in the same rounds, what explains the gap: U (the same statements through the
+SQL unit of work, the domain objects built by hand: no service layer, no state machine), E (the
+service's in-memory work alone: state machine, log record, outbox messages, next timer; no
+database) and on PostgreSQL A0 (A on an engine without ``pool_pre_ping``). ``CPU µs/tx`` is this
+process's CPU time: on PostgreSQL, wall time less CPU is waiting for the server. ``--profile``
+runs cProfile on A and B afterwards (unmeasured).
+
     python -m bench.transition_path --backend both --transitions 5000 --rounds 5
 """
 
@@ -53,6 +60,8 @@ class Path_:
     #: False for E, which touches no database.
     writes: bool = True
     rates: list[float] = field(default_factory=list)
+    #: This process's CPU time per transition (µs), by round: wall time less this is waiting.
+    cpu: list[float] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
 
 
@@ -68,22 +77,25 @@ class BackendResult:
     def rate(self, key: str) -> float:
         return support.median(self.paths[key].rates)
 
+    def cpu(self, key: str) -> float:
+        return support.median(self.paths[key].cpu)
+
     def ratio(self, key: str) -> float:
         return support.median(self.ratios[key])
 
 
 def _timed(
     approve: Callable[[int], None], ids: Sequence[int], bar: Progress, task: TaskID
-) -> float:
-    """Approve every case of ``ids``; transitions per second."""
-    start = time.perf_counter()
+) -> tuple[float, float]:
+    """Approve every case of ``ids``: transitions per second, and CPU µs per transition."""
+    start, cpu = time.perf_counter(), time.process_time()
     for done, case_id in enumerate(ids, start=1):
         approve(case_id)
         if done % STEP == 0:
             bar.advance(task, STEP)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     bar.advance(task, len(ids) % STEP)
-    return len(ids) / elapsed
+    return len(ids) / elapsed, cpu / len(ids) * 1e6
 
 
 def _service(engine: Engine, clock: FakeClock, policy: Policy) -> CaseService:
@@ -164,39 +176,38 @@ def run_backend(
         production = make_engine(database.url)
         clock = FakeClock(support.T0)
         service = _service(production, clock, policy)
-        paths = {"A": Path_("A", "A service layer", _fire(service))}
-        no_ping: Engine | None = None
-        if breakdown:
-            if backend == "postgres":
-                # The production engine but for pool_pre_ping: what the checkout ping costs.
-                no_ping = sa.create_engine(normalize_url(database.url))
-                paths["A0"] = Path_(
-                    "A0", "A0 same, no pool pre-ping", _fire(_service(no_ping, clock, policy))
-                )
-            factory = SqlUnitOfWorkFactory(production)
-            paths["U"] = Path_("U", "U unit of work only", _unit_of_work_only(factory, clock))
-        paths["B"] = Path_("B", "B raw SQL (driver)", lambda _id: None)
-        writers = [path for path in paths.values() if path.writes]
+        # The production engine but for pool_pre_ping: what the checkout ping costs.
+        no_ping = (
+            sa.create_engine(normalize_url(database.url))
+            if breakdown and backend == "postgres"
+            else None
+        )
+        writers = 2 + (1 if breakdown else 0) + (1 if no_ping is not None else 0)
         per_path = warmup + rounds * transitions
         profiled = 2 * transitions if profile_dir is not None else 0
-        task = bar.add_task(f"{backend}: seeding", total=len(paths) * per_path + profiled)
+        task = bar.add_task(f"{backend}: seeding", total=None)
         ids = support.seed_submitted_cases(
-            service, production, len(writers) * per_path + profiled + 1, backend
+            service, production, writers * per_path + profiled + 1, backend
         )
         spare, ids = ids[-1], ids[:-1]
+        clock.set(support.FIRED_AT)
+        raw = support.raw_path(database)
+        paths = {"A": Path_("A", "A service layer", _fire(service))}
+        if no_ping is not None:
+            paths["A0"] = Path_(
+                "A0", "A0 same, no pool pre-ping", _fire(_service(no_ping, clock, policy))
+            )
         if breakdown:
+            factory = SqlUnitOfWorkFactory(production)
+            paths["U"] = Path_("U", "U unit of work only", _unit_of_work_only(factory, clock))
             paths["E"] = Path_(
                 "E",
                 "E engine only (no database)",
-                _engine_only(SqlUnitOfWorkFactory(production), spare, clock, policy),
+                _engine_only(factory, spare, clock, policy),
                 writes=False,
             )
-            paths["B"] = paths.pop("B")
-            task_total = len(paths) * per_path + profiled
-            bar.update(task, total=task_total)
-        clock.set(support.FIRED_AT)
-        raw = support.raw_path(database)
-        paths["B"].approve = raw.transition
+        paths["B"] = Path_("B", "B raw SQL (driver)", raw.transition)
+        bar.update(task, total=len(paths) * per_path + profiled)
         fresh = iter(ids)
 
         def take(path: Path_, count: int) -> list[int]:
@@ -218,7 +229,9 @@ def run_backend(
                     bar.update(
                         task, description=f"{backend}: round {number + 1}/{rounds} {path.key}"
                     )
-                    path.rates.append(_timed(path.approve, take(path, transitions), bar, task))
+                    rate, cpu = _timed(path.approve, take(path, transitions), bar, task)
+                    path.rates.append(rate)
+                    path.cpu.append(cpu)
             profile = ""
             if profile_dir is not None:
                 bar.update(task, description=f"{backend}: profiling A and B")
@@ -232,9 +245,9 @@ def run_backend(
             if no_ping is not None:
                 no_ping.dispose()
         bar.update(task, description=f"{backend}: verifying")
-        writers = [path for path in paths.values() if path.writes]
-        counts = {path.key: support.approval_counts(production, path.ids) for path in writers}
-        samples = [support.written_rows(production, path.ids[-1]) for path in writers]
+        written = [path for path in paths.values() if path.writes]
+        counts = {path.key: support.approval_counts(production, path.ids) for path in written}
+        samples = [support.written_rows(production, path.ids[-1]) for path in written]
         identical = all(sample == samples[0] for sample in samples)
         bar.update(task, description=f"{backend}: done")
     ratios = {
@@ -276,6 +289,7 @@ def _table(results: list[BackendResult]) -> Table:
     table.add_column("path")
     table.add_column("tx/s", justify="right")
     table.add_column("µs/tx", justify="right")
+    table.add_column("CPU µs/tx", justify="right")
     table.add_column("÷ B", justify="right")
     table.add_column("range", justify="right")
     table.add_column("tx/s by round")
@@ -283,7 +297,8 @@ def _table(results: list[BackendResult]) -> Table:
         for key, path in result.paths.items():
             rates = " ".join(f"{rate:.0f}" for rate in path.rates)
             rate = result.rate(key)
-            cells = [result.backend, path.label, f"{rate:.0f}", f"{1e6 / rate:.0f}"]
+            cpu = f"{result.cpu(key):.0f}"
+            cells = [result.backend, path.label, f"{rate:.0f}", f"{1e6 / rate:.0f}", cpu]
             if key == "B":
                 table.add_row(*cells, "", "", rates)
                 continue
