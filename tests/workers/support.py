@@ -25,7 +25,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,6 @@ class Stack:
     events: EventService
     payments: FakePaymentGateway
     _beats: int = 0
-    _sent: dict[str, str] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -193,26 +192,26 @@ class Stack:
     def send_event(self, envelope: Mapping[str, Any]) -> str:
         """Queue one event the way producers do; the id of its task."""
         result = self.runtime.app.send_task("aftersales.ingest_event", args=[dict(envelope)])
-        self._sent[result.id] = str(envelope.get("type"))
         return str(result.id)
 
     def send_events(self, *envelopes: Mapping[str, Any]) -> list[str]:
         return [self.send_event(envelope) for envelope in envelopes]
 
-    def outcome(self, task_id: str) -> str | None:
-        """The return value a worker logged for the task, or None while it has not returned."""
-        for _, text in self.runtime.logs():
-            for match in _SUCCEEDED.finditer(text):
-                if match["id"] == task_id:
-                    return match["value"].strip().strip("'\"")
-        return None
+    def returned(self) -> dict[str, str]:
+        """Task id -> the return value a worker logged for it, for every task that returned."""
+        return {
+            match["id"]: match["value"].strip().strip("'\"")
+            for _, text in self.runtime.logs()
+            for match in _SUCCEEDED.finditer(text)
+        }
 
     def outcomes(self, task_ids: list[str], what: str = "the events") -> list[str]:
         """Wait for every task to return; their return values, in the order given."""
 
         def all_done() -> list[str] | None:
-            values = [self.outcome(task_id) for task_id in task_ids]
-            return None if None in values else [str(v) for v in values]
+            returned = self.returned()
+            done = [returned[task_id] for task_id in task_ids if task_id in returned]
+            return done if len(done) == len(task_ids) else None
 
         return list(wait_for(all_done, f"{what} to be processed"))
 
@@ -500,13 +499,19 @@ class RedisServer:
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._moves = 0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server (again) on its port, and wait until it answers."""
         self.starts += 1
+        self._spawn()
+        wait_for(self._answers, f"redis-server on port {self.port} to answer")
+
+    def _spawn(self) -> None:
         log = self.folder / f"redis-{self.starts}.log"
         self.process = subprocess.Popen(
             [
@@ -515,6 +520,7 @@ class RedisServer:
                 "no",
                 "--bind",
                 "127.0.0.1",
+                "-::1",
                 "--port",
                 str(self.port),
                 "--save",
@@ -529,7 +535,6 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._answers, f"redis-server on port {self.port} to answer")
 
     def shutdown_nosave(self) -> None:
         """``SHUTDOWN NOSAVE``: every queued and unacknowledged message is gone."""
@@ -551,6 +556,12 @@ class RedisServer:
 
     def _answers(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
+            if self.starts == 1 and self._moves < 5:
+                # Someone took the port between free_port() and the bind: take another.
+                self._moves += 1
+                self.port = free_port()
+                self._spawn()
+                return False
             pytest.fail(f"redis-server exited with {self.process.returncode}")
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
