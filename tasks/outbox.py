@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
@@ -11,4 +12,6 @@ from tasks.runtime import RELAY_TASK, runtime
 
 @shared_task(name=RELAY_TASK, bind=True, ignore_result=True)
 def relay_outbox_task(self: Any) -> int:
-    return runtime().relay.relay()
+    services = runtime()
+    window = timedelta(seconds=services.worker.outbox_redeliver_after_s)
+    return services.relay.relay(redeliver_after=window)

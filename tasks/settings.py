@@ -36,6 +36,9 @@ class WorkerSettings(BaseSettings):
     timer_sweep_interval_s: float = Field(default=1.0, gt=0)
     #: Beat period of the outbox relay (s), a fallback behind the kick sent after each commit.
     outbox_relay_interval_s: float = Field(default=5.0, gt=0)
+    #: A published outbox row no consumer completed within this many seconds is published
+    #: again (the broker lost it, or its consumer died); consumers are idempotent.
+    outbox_redeliver_after_s: float = Field(default=60.0, gt=0)
     #: Timers claimed per sweep batch, and how long a claim may stay unfinished before another
     #: sweeper takes it (its sweeper died); firing is idempotent, so a reclaim never fires twice.
     timer_sweep_batch: int = Field(default=500, ge=1)
