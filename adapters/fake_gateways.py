@@ -135,6 +135,16 @@ class _FakeRemote:
     def _timeout(self, what: str) -> GatewayUnavailable:
         return GatewayUnavailable(f"{self.name} timed out ({what})")
 
+    def _booking_call(self, what: str, refusal: str) -> Behaviour:
+        """A booking call up to the point where something is recorded: unavailable and refused
+        calls record nothing; the caller records, then honours ``timeout_after``."""
+        behaviour = self._call()
+        if behaviour in ("fail", "timeout_before"):
+            raise GatewayUnavailable(f"{self.name} unavailable ({what})")
+        if behaviour == "reject":
+            raise GatewayRejected(refusal)
+        return behaviour
+
 
 def _digest(key: str, length: int) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:length].upper()
@@ -160,11 +170,9 @@ class FakeCarrier(_FakeRemote):
         self.bookings: dict[str, PickupInfo] = {}
 
     def book(self, case_id: int, order_id: str, key: str) -> PickupInfo:
-        behaviour = self._call()
-        if behaviour in ("fail", "timeout_before"):
-            raise GatewayUnavailable(f"carrier unavailable (pickup {key})")
-        if behaviour == "reject":
-            raise GatewayRejected(f"carrier serves no pickup for order {order_id}")
+        behaviour = self._booking_call(
+            f"pickup {key}", f"carrier serves no pickup for order {order_id}"
+        )
         with self._lock:
             info = self.bookings.get(key)
             if info is None:
@@ -197,11 +205,7 @@ class FakeShipper(_FakeRemote):
         self.shipments: dict[str, Shipment] = {}
 
     def ship(self, case_id: int, order_id: str, skus: Sequence[str], key: str) -> Shipment:
-        behaviour = self._call()
-        if behaviour in ("fail", "timeout_before"):
-            raise GatewayUnavailable(f"shipper unavailable (shipment {key})")
-        if behaviour == "reject":
-            raise GatewayRejected(f"shipper cannot ship order {order_id}")
+        behaviour = self._booking_call(f"shipment {key}", f"shipper cannot ship order {order_id}")
         with self._lock:
             shipment = self.shipments.get(key)
             if shipment is None:
