@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     # Typer vendors click and exports no public name for the base context its groups receive.
     from typer._click import Context as ClickContext
 
+    from tasks.kick import RelayKicker
+
 try:  # recent typer vendors click; older releases depend on the click package instead
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover
@@ -79,6 +81,8 @@ EXIT_CODES: dict[type[Exception], int] = {
 }
 #: Cases per page of ``case list``.
 DEFAULT_PAGE = 20
+#: How long a command waits at exit for its relay kick to reach the broker.
+KICK_FLUSH_S = 2.0
 EXIT_USAGE = 2
 EXIT_OTHER = 1
 
@@ -103,12 +107,26 @@ class State:
     json: bool = False
     now: datetime | None = None
     _service: CaseService | None = None
+    kicker: RelayKicker | None = None
 
     def service(self) -> CaseService:
         # Built on first use so ``diagram`` and ``--help`` never touch the database.
         if self._service is None:
-            self._service = bootstrap.build_service(get_settings(), bootstrap.make_clock(self.now))
+            # Celery is imported here, not at the top: ``--help`` and ``diagram`` stay quick.
+            from tasks.app import create_app as create_celery_app
+            from tasks.kick import RelayKicker
+
+            settings = get_settings()
+            self.kicker = RelayKicker(create_celery_app(settings))
+            self._service = bootstrap.build_service(
+                settings, bootstrap.make_clock(self.now), outbox_written=self.kicker
+            )
         return self._service
+
+    def close(self) -> None:
+        """Let a relay kick that is under way reach the broker before the process exits."""
+        if self.kicker is not None:
+            self.kicker.flush(KICK_FLUSH_S)
 
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.service().policy.timezone)
@@ -235,6 +253,7 @@ def _global_options(
     state = ctx.ensure_object(State)
     state.json = json_output
     state.now = parse_time(now, "--now") if now is not None else None
+    ctx.call_on_close(state.close)
 
 
 def _state(ctx: typer.Context, json_output: bool) -> State:

@@ -26,6 +26,8 @@ from entrypoints.http.problems import ProblemError
 from entrypoints.http.settings import ApiSettings
 from persistence.readings import SqlReadings
 from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
+from tasks.app import create_app as create_celery_app
+from tasks.kick import RelayKicker
 from workflow.clock import Clock
 from workflow.events import Envelope
 
@@ -57,7 +59,8 @@ def create_app(
     """The API on the configured database, broker and policy; raises ``SetupError`` (one line)
     when the database is unreachable or not migrated, as every other entry point does."""
     api_settings = api_settings if api_settings is not None else ApiSettings()
-    case_service = bootstrap.build_service(settings, clock)
+    kicker = RelayKicker(create_celery_app(settings)) if api_settings.kick_relay else None
+    case_service = bootstrap.build_service(settings, clock, outbox_written=kicker)
     engine = bootstrap.make_engine_for(settings)
     readings = SqlReadings(engine)
     context = ApiContext(
@@ -79,6 +82,7 @@ def create_app(
     )
     app = _build(api_settings)
     app.state.api = context
+    app.state.relay_kicker = kicker
     app.state.metrics = ApiMetrics(readings, clock, api_settings.metrics_cache_seconds)
     app.add_middleware(BodyGuard, max_body_bytes=api_settings.max_body_bytes)
     app.add_middleware(Observe, record=app.state.metrics.record)

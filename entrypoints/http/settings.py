@@ -17,6 +17,9 @@ class ApiSettings(BaseSettings):
     auth_failures_per_minute: int = Field(default=30, ge=0)
     #: How long the first response to an ``Idempotency-Key`` is replayed (hours).
     idempotency_hours: float = Field(default=24.0, gt=0)
+    #: Ask the workers for an outbox relay after a transition wrote effects, so they start at
+    #: once instead of at the relay's next sweep (5 s). Off: the sweep alone publishes.
+    kick_relay: bool = True
     #: Events per ``POST /events`` batch.
     max_batch: int = Field(default=100, ge=1, le=1000)
     #: Seconds a ``/metrics`` scrape's database figures are reused (several scrapers, one query).

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from broker_peek import queued_task_names
 
+from config.settings import Settings, sqlite_url
+from tasks.runtime import RELAY_TASK
 from workflow.diagram import mermaid
 from workflow.states import CaseType
 
@@ -636,3 +639,18 @@ def test_demo_json_summary(invoke: CliFn, tmp_path: Path) -> None:
         ("return_refund", "closed"),
         ("return_refund", "refused"),
     ]
+
+
+def test_a_cli_transition_kicks_the_relay_in_the_broker(
+    cli: CliFn, submitted: Callable[..., int], tmp_path: Path
+) -> None:
+    # given a submitted case, and the embedded broker's queue drained of the submission's kick
+    case_id = submitted()
+    settings = Settings(database_url=sqlite_url(tmp_path / "var" / "cases.db"), policy_file=None)
+    assert RELAY_TASK in queued_task_names(settings)
+    # when the merchant approves it with the console script (a process that exits at once)
+    done = cli("--now", NOW, "case", "fire", str(case_id), "approve", "--actor", "merchant:m1")
+    assert done.code == 0, done.stderr
+    # then the kick reached the broker before the process exited: the workers relay the
+    # pickup booking now, not at the relay's next sweep
+    assert queued_task_names(settings) == [RELAY_TASK]
