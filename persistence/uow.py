@@ -16,7 +16,8 @@ from __future__ import annotations
 import builtins
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
@@ -165,6 +166,12 @@ _DISARM = (
     .values(status=TimerStatus.CANCELLED.value)
 )
 _UPDATE_TIMER = sa.update(timers).where(timers.c.id == sa.bindparam("where_id"))
+# Finishing checks the timer is still live at the version it was read with, in the UPDATE itself.
+_FINISH_LIVE = sa.update(timers).where(
+    timers.c.id == sa.bindparam("where_id"),
+    timers.c.version == sa.bindparam("where_version"),
+    _LIVE,
+)
 _SELECT_DUE = (
     sa.select(timers)
     .where(
@@ -352,7 +359,7 @@ class _Statements:
         self.select_live_timer = select(_SELECT_LIVE_TIMER)
         self.disarm = write(_DISARM)
         self.reschedule = write(_UPDATE_TIMER, "due_at", "version")
-        self.finish = write(_UPDATE_TIMER, "status", "fired_at", "lateness_ms")
+        self.finish_live = write(_FINISH_LIVE, "status", "fired_at", "lateness_ms")
         self.select_due = select(_SELECT_DUE)
         self.select_timer = select(_SELECT_TIMER)
         self.claim_due = Prepared(_CLAIM_DUE, dialect, returns=list(timers.columns))
@@ -478,6 +485,24 @@ class SqlUnitOfWork:
     def _forget(self) -> None:
         self._log.forget_keys()
         self._cases.forget_loaded()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """``SAVEPOINT`` ... ``RELEASE``, or ``ROLLBACK TO SAVEPOINT`` and re-raise. Through
+        SQLAlchemy's ``Connection.begin_nested`` (which also begins the outer transaction when
+        none is open), so it nests with the savepoint ``SqlCaseRepository.add`` takes:
+        https://docs.sqlalchemy.org/en/20/core/connections.html#using-savepoint"""
+        nested = self.connection.begin_nested()
+        keys = self._log.registered_keys()
+        try:
+            yield
+        except BaseException:
+            # The keys the block registered are gone with its rows.
+            self._log.restore_keys(keys)
+            if nested.is_active:
+                nested.rollback()
+            raise
+        nested.commit()
 
     def _after_failed_commit(self) -> None:
         self._forget()
@@ -675,6 +700,12 @@ class SqlTransitionLog(_Store):
     def forget_keys(self) -> None:
         self._registered.clear()
 
+    def registered_keys(self) -> frozenset[tuple[int, str]]:
+        return frozenset(self._registered)
+
+    def restore_keys(self, keys: frozenset[tuple[int, str]]) -> None:
+        self._registered = set(keys)
+
     def append(self, records: Sequence[TransitionRecord]) -> None:
         if not records:
             return
@@ -759,18 +790,18 @@ class SqlTimerStore(_Store):
         row = self._run(self._uow.statements.select_timer.first, {"timer_id": timer_id})
         return _timer_from_row(row) if row is not None else None
 
-    def finish(self, timer_id: int, fired_at: datetime, fired: bool) -> None:
-        timer = self.get(timer_id)
-        if timer is None:
-            raise KeyError(f"no timer {timer_id}")
-        lateness = fired_at - timer.due_at
+    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+        """One UPDATE: the lateness comes from the ``due_at`` the caller read with the timer,
+        and the WHERE on the live status and the version makes a finished or rescheduled
+        timer a no-op (False) instead of a second read."""
         params = {
-            "where_id": timer_id,
+            "where_id": timer.id,
+            "where_version": timer.version,
             "status": (TimerStatus.FIRED if fired else TimerStatus.CANCELLED).value,
             "fired_at": fired_at,
-            "lateness_ms": round(lateness.total_seconds() * 1000),
+            "lateness_ms": round((fired_at - timer.due_at).total_seconds() * 1000),
         }
-        self._run(self._uow.statements.finish.execute, params)
+        return self._run(self._uow.statements.finish_live.execute, params) == 1
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import builtins
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -231,10 +232,14 @@ class InMemoryTimerStore:
         timer = self._db.timers.get(timer_id)
         return replace(timer) if timer else None
 
-    def finish(self, timer_id: int, fired_at: datetime, fired: bool) -> None:
-        timer = self._db.timers[timer_id]
-        timer.status = TimerStatus.FIRED if fired else TimerStatus.CANCELLED
-        timer.fired_at = fired_at
+    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+        assert timer.id is not None
+        stored = self._db.timers[timer.id]
+        if stored.status not in _LIVE or stored.version != timer.version:
+            return False
+        stored.status = TimerStatus.FIRED if fired else TimerStatus.CANCELLED
+        stored.fired_at = fired_at
+        return True
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
@@ -433,6 +438,16 @@ class InMemoryUnitOfWork:
     def rollback(self) -> None:
         self._working = copy.deepcopy(self._committed)
         self._bind_stores()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        before = copy.deepcopy(self._working)
+        try:
+            yield
+        except BaseException:
+            self._working = before
+            self._bind_stores()
+            raise
 
 
 class InMemoryUnitOfWorkFactory:
