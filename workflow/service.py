@@ -38,7 +38,7 @@ from workflow.ports import CaseQuery, UnitOfWork, UnitOfWorkFactory
 from workflow.states import CaseState, Role
 
 #: Default of ``CaseService.timer_batch``.
-TIMER_BATCH = 100
+TIMER_BATCH = 50
 #: A timer whose case a concurrent transition moved between the read and the write: it stays
 #: claimed and is claimed again after the reclaim delay, then fires or turns out stale.
 CONFLICT_OUTCOME = "conflict: the case moved meanwhile"
