@@ -415,6 +415,8 @@ class SqlUnitOfWork:
         self._engine = engine
         self._connection: Connection | None = None
         self._statements: _Statements | None = None
+        #: Savepoints taken by ``savepoint()``, for their names.
+        self._savepoints = 0
         self._log = SqlTransitionLog(self)
         self._cases = SqlCaseRepository(self)
         # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
@@ -488,21 +490,46 @@ class SqlUnitOfWork:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """``SAVEPOINT`` ... ``RELEASE``, or ``ROLLBACK TO SAVEPOINT`` and re-raise. Through
-        SQLAlchemy's ``Connection.begin_nested`` (which also begins the outer transaction when
-        none is open), so it nests with the savepoint ``SqlCaseRepository.add`` takes:
-        https://docs.sqlalchemy.org/en/20/core/connections.html#using-savepoint"""
-        nested = self.connection.begin_nested()
+        """``SAVEPOINT``, and ``ROLLBACK TO SAVEPOINT`` then re-raise when the block fails.
+
+        Issued on the DBAPI cursor, one round trip per block, for batches that take one per
+        item: ``Connection.begin_nested`` would add a ``RELEASE`` round trip and its own Python
+        bookkeeping to each (``bench/ingest_batch.py``). A block that succeeds is not released:
+        releasing changes nothing before the commit (a released savepoint's writes belong to
+        the enclosing transaction, as they do when it stays open), and ``COMMIT`` ends them all
+        (https://www.postgresql.org/docs/current/sql-savepoint.html,
+        https://www.sqlite.org/lang_savepoint.html). Each savepoint has its own name, so
+        rolling back to one never stops at a later one of the same name.
+        """
+        connection = self.connection
+        if not connection.in_transaction():
+            connection.begin()  # BEGIN IMMEDIATE on SQLite (persistence/db.py)
+        self._savepoints += 1
+        name = f"uow_item_{self._savepoints}"
         keys = self._log.registered_keys()
+        self._run_raw(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             # The keys the block registered are gone with its rows.
             self._log.restore_keys(keys)
-            if nested.is_active:
-                nested.rollback()
+            try:
+                self._run_raw(f"ROLLBACK TO SAVEPOINT {name}")
+            except Exception as failed:
+                # The connection is gone too: the transaction is lost, which the caller
+                # hears about from the original error.
+                raise exc from failed
             raise
-        nested.commit()
+
+    def _run_raw(self, sql: str) -> None:
+        dbapi_connection = self.connection.connection.dbapi_connection
+        if dbapi_connection is None:
+            raise RuntimeError("the connection was invalidated")
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
 
     def _after_failed_commit(self) -> None:
         self._forget()
@@ -565,6 +592,15 @@ class SqlCaseRepository(_Store):
     def get(self, case_id: int) -> Case | None:
         row = self._run(self._uow.statements.select_case.first, {"case_id": case_id})
         return self._load(row) if row is not None else None
+
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        """One SELECT ... WHERE id IN (...), built per call: ``Prepared`` cannot expand a list
+        (SQLAlchemy caches the compiled form of an expanding IN anyway)."""
+        if not case_ids:
+            return {}
+        statement = sa.select(cases).where(cases.c.id.in_(list(case_ids)))
+        loaded = (self._load(tuple(row)) for row in self._execute(statement))
+        return {case.id: case for case in loaded if case.id is not None}
 
     def add(self, case: Case) -> int:
         sql = self._uow.statements

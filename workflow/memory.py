@@ -71,6 +71,13 @@ class InMemoryCaseRepository:
         case = self._db.cases.get(case_id)
         return copy.deepcopy(case) if case else None
 
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        return {
+            case_id: copy.deepcopy(self._db.cases[case_id])
+            for case_id in case_ids
+            if case_id in self._db.cases
+        }
+
     def add(self, case: Case) -> int:
         case.id = self._db.next_case_id
         self._db.next_case_id += 1

@@ -42,6 +42,10 @@ class CaseQuery:
 class CaseRepository(Protocol):
     def get(self, case_id: int) -> Case | None: ...
 
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        """The cases of ``case_ids`` that exist, by id: one read for a batch."""
+        ...
+
     def add(self, case: Case) -> int:
         """Store a new case and return its id; claims its items (one open case per item)."""
         ...

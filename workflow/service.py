@@ -355,16 +355,19 @@ class CaseService:
             self._outbox_written()
         return run
 
-    def _fire_timer_in(self, uow: UnitOfWork, timer: Timer) -> TimerRun:
+    def _fire_timer_in(self, uow: UnitOfWork, timer: Timer, case: Case | None = None) -> TimerRun:
         """Fire ``timer`` (as read before, maybe in another transaction) inside ``uow``.
 
         Nothing here trusts the copy further than the database confirms it: the case must
         still be at the timer's state and version, and ``finish`` only finishes a timer still
-        live at that version (a rescheduled or already finished one is left alone)."""
+        live at that version (a rescheduled or already finished one is left alone). ``case``,
+        when given, was read in ``uow`` before; the compare-and-set on its version catches a
+        case moved since."""
         now = self.clock.now()
         if timer.due_at > now:
             return TimerRun(timer, False, "not due yet")
-        case = _get(uow, timer.case_id)
+        if case is None:
+            case = _get(uow, timer.case_id)
         if case.state is not timer.state or case.version != timer.version:
             if not uow.timers.finish(timer, now, fired=False):
                 return TimerRun(timer, False, "already finished or rescheduled")
@@ -398,10 +401,13 @@ class CaseService:
         runs = []
         try:
             with self._uow() as uow:
+                # One read for the batch's cases (a timer's case is no other timer's: one live
+                # timer per case).
+                cases = uow.cases.get_many([timer.case_id for timer in batch])
                 for timer in batch:
                     try:
                         with uow.savepoint():
-                            runs.append(self._fire_timer_in(uow, timer))
+                            runs.append(self._fire_timer_in(uow, timer, cases.get(timer.case_id)))
                     except Conflict:
                         runs.append(TimerRun(timer, False, CONFLICT_OUTCOME))
                 uow.commit()

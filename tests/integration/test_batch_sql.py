@@ -4,6 +4,7 @@ each, and what happens when one item or the whole transaction fails."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +17,14 @@ from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import Conflict
 from workflow.events import EventService, IngestStatus
-from workflow.model import Actor, TimerStatus
+from workflow.memory import InMemoryUnitOfWorkFactory
+from workflow.model import Actor, Case, Timer, TimerStatus
 from workflow.service import CaseService, TimerRun
 from workflow.states import CaseState, Role
 
 from .test_events_sql import MERCHANT, NOW, application, envelope, recorded
 
+S = CaseState
 ADMIN = Actor(Role.ADMIN, "ops")
 #: Past the 48 h merchant_review deadline of a case submitted at NOW.
 REVIEW_DUE = NOW + timedelta(hours=48, minutes=1)
@@ -64,6 +67,49 @@ def triggers(service: CaseService, case_id: int) -> list[str]:
 def count(engine: Engine, sql: str) -> int:
     with engine.connect() as connection:
         return int(connection.execute(sa.text(sql)).scalar_one())
+
+
+# -- savepoints ------------------------------------------------------------------------------------
+
+
+def test_a_savepoint_undoes_only_its_block_and_keeps_the_transaction_usable(
+    uow_factory: SqlUnitOfWorkFactory, new_case: Callable[..., Case]
+) -> None:
+    ids = ("before", "undone", "kept", "inner", "after-inner", "after-error")
+    for factory in (uow_factory, InMemoryUnitOfWorkFactory()):
+        with factory() as uow:
+            case_id = uow.cases.add(new_case())
+            uow.timers.arm(
+                Timer(case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, NOW, NOW)
+            )
+            uow.events.record("s", "before", None, NOW)
+            with pytest.raises(RuntimeError), uow.savepoint():
+                uow.events.record("s", "undone", None, NOW)
+                raise RuntimeError("refused")
+            with uow.savepoint():
+                uow.events.record("s", "kept", None, NOW)
+                with pytest.raises(RuntimeError), uow.savepoint():
+                    uow.events.record("s", "inner", None, NOW)
+                    raise RuntimeError("refused")
+                uow.events.record("s", "after-inner", None, NOW)
+            # A failed statement (a second live timer for the case): PostgreSQL aborts the
+            # transaction, the savepoint brings it back.
+            with pytest.raises(Conflict), uow.savepoint():
+                uow.timers.arm(
+                    Timer(case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, NOW, NOW)
+                )
+            uow.events.record("s", "after-error", None, NOW)
+            uow.commit()
+        with factory() as uow:
+            seen = {event_id: not uow.events.record("s", event_id, None, NOW) for event_id in ids}
+        assert seen == {
+            "before": True,
+            "undone": False,
+            "kept": True,
+            "inner": False,
+            "after-inner": True,
+            "after-error": True,
+        }
 
 
 # -- events ----------------------------------------------------------------------------------------
