@@ -500,25 +500,38 @@ def _counts(engine: Engine, event_ids: list[int]) -> dict[str, int]:
         }
 
 
+def _rows(results: list[BackendResult]) -> list[tuple[str, str, str, str, str]]:
+    """(backend, variant, rate, ratio to raw at the same batch size, ratio to one per tx)."""
+    rows = []
+    for result in results:
+        for key, variant in result.variants.items():
+            versus_raw = versus_single = ""
+            if key == "S" or key.startswith("B"):
+                versus_raw = f"{result.ratio(f'{key}/R{variant.chunk}'):.0%}"
+                versus_single = f"{result.ratio(f'{key}/S'):.2f}×"
+            if key == f"T{TIMER_BATCH}":
+                versus_single = f"{result.ratio(key + '/T1'):.2f}× T1"
+            rows.append(
+                (
+                    result.backend,
+                    variant.label,
+                    f"{result.rate(key):,.0f}",
+                    versus_raw,
+                    versus_single,
+                )
+            )
+    return rows
+
+
 def _table(results: list[BackendResult]) -> Table:
     table = Table(title="events/s and timers/s (median over rounds) and ratios")
     table.add_column("backend")
     table.add_column("variant")
     table.add_column("rate/s", justify="right")
-    table.add_column("vs raw same batch", justify="right")
-    table.add_column("vs S (single)", justify="right")
-    for result in results:
-        for key, variant in result.variants.items():
-            versus_raw = versus_single = ""
-            if key == "S" or key.startswith("B"):
-                size = variant.chunk
-                versus_raw = f"{result.ratio(f'{key}/R{size}'):.0%}"
-                versus_single = f"{result.ratio(f'{key}/S'):.2f}×"
-            if key == f"T{TIMER_BATCH}":
-                versus_single = f"{result.ratio(key + '/T1'):.2f}× T1"
-            table.add_row(
-                result.backend, variant.label, f"{result.rate(key):,.0f}", versus_raw, versus_single
-            )
+    table.add_column("vs raw, same batch", justify="right")
+    table.add_column("vs one per tx", justify="right")
+    for row in _rows(results):
+        table.add_row(*row)
     return table
 
 
@@ -585,22 +598,11 @@ def _markdown(results: list[BackendResult], facts: dict[str, str], command: str,
     lines = [
         f"Run {facts['date']}, load average before {load}: `{command.strip()}`",
         "",
-        "| backend | variant | rate/s | vs raw, same batch | vs single (S) |",
+        "| backend | variant | rate/s | vs raw, same batch | vs one per tx |",
         "|---|---|---:|---:|---:|",
+        *("| " + " | ".join(row) + " |" for row in _rows(results)),
     ]
-    for result in results:
-        for key, variant in result.variants.items():
-            versus_raw = versus_single = ""
-            if key == "S" or key.startswith("B"):
-                versus_raw = f"{result.ratio(f'{key}/R{variant.chunk}'):.0%}"
-                versus_single = f"{result.ratio(f'{key}/S'):.2f}×"
-            if key == f"T{TIMER_BATCH}":
-                versus_single = f"{result.ratio(key + '/T1'):.2f}× T1"
-            lines.append(
-                f"| {result.backend} | {variant.label} | {result.rate(key):,.0f} | "
-                f"{versus_raw} | {versus_single} |"
-            )
-        lines.append(f"| {result.backend} | load average after | {result.load} | | |")
+    lines.extend(f"| {r.backend} | load average after | {r.load} | | |" for r in results)
     return "\n".join(lines) + "\n"
 
 

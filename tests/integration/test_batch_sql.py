@@ -56,6 +56,14 @@ def submitted(service: CaseService, count: int) -> list[int]:
     return ids
 
 
+def due_for_review(service: CaseService, count: int) -> list[int]:
+    """``count`` submitted cases, the clock moved past their merchant_review deadlines."""
+    cases = submitted(service, count)
+    assert isinstance(service.clock, FakeClock)
+    service.clock.set(REVIEW_DUE)
+    return cases
+
+
 def approve(event_id: str, case_id: int) -> dict[str, Any]:
     return envelope(event_id, "merchant.approved", case_id, data={"merchant_id": "m1"})
 
@@ -317,9 +325,7 @@ def test_batched_timers_fire_skip_the_moved_and_leave_the_rescheduled_alone(
     service: CaseService, uow_factory: SqlUnitOfWorkFactory, kicks: list[int]
 ) -> None:
     # given four cases whose merchant_review timers are due and claimed by a sweeper
-    cases = submitted(service, 4)
-    assert isinstance(service.clock, FakeClock)
-    service.clock.set(REVIEW_DUE)
+    cases = due_for_review(service, 4)
     with uow_factory() as uow:
         claimed = uow.timers.claim_due(REVIEW_DUE, 10, "sweeper", REVIEW_DUE)
         uow.commit()
@@ -355,9 +361,7 @@ def test_a_batched_stale_timer_is_cancelled(
 ) -> None:
     # given two due timers, one of which no longer matches its case's version (a write that
     # bypassed the service moved the case without disarming it)
-    cases = submitted(service, 2)
-    assert isinstance(service.clock, FakeClock)
-    service.clock.set(REVIEW_DUE)
+    cases = due_for_review(service, 2)
     with engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE cases SET version = version + 1 WHERE id = :id"), {"id": cases[0]}
@@ -378,11 +382,9 @@ def test_a_batched_stale_timer_is_cancelled(
 def test_batched_timers_fall_back_one_by_one_when_the_transaction_fails(
     service: CaseService, uow_factory: SqlUnitOfWorkFactory
 ) -> None:
-    cases = submitted(service, 3)
+    cases = due_for_review(service, 3)
     failing = _FailingCommit(uow_factory, committed=False)
     batched = CaseService(failing, service.clock, service.policy)
-    assert isinstance(service.clock, FakeClock)
-    service.clock.set(REVIEW_DUE)
     runs = batched.fire_timers(service.due_timers())
     assert failing.failed == 1
     assert [run.fired for run in runs] == [True] * 3
@@ -394,9 +396,7 @@ def test_two_sweepers_at_once_fire_each_timer_once(
     service: CaseService, uow_factory: SqlUnitOfWorkFactory, engine: Engine
 ) -> None:
     # given 40 due timers and two sweepers claiming 7 at a time, firing 3 per transaction
-    cases = submitted(service, 40)
-    assert isinstance(service.clock, FakeClock)
-    service.clock.set(REVIEW_DUE)
+    cases = due_for_review(service, 40)
     sweepers = [
         CaseService(uow_factory, service.clock, service.policy, timer_batch=3) for _ in range(2)
     ]
