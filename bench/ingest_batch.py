@@ -46,7 +46,7 @@ from sqlalchemy.engine import Engine
 from bench import support
 from config.policy import load_policy
 from persistence.db import make_engine
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.uow import _CASE_MUTABLE_COLUMNS, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.events import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
@@ -292,15 +292,8 @@ _MUTABLE = (
     support._ATTEMPTS,
     support._KEY,
 )
-_MUTABLE_NAMES = (
-    "description",
-    "requested_amount",
-    "refund_amount",
-    "gift_deduction",
-    "refund_route",
-    "refund_attempts",
-    "refund_key",
-)
+# Their column names: what ``SqlCaseRepository.save`` writes, between version and details.
+_MUTABLE_NAMES = _CASE_MUTABLE_COLUMNS[2:9]
 _LOGGED = (support._TRIGGER,)
 _TO = (support._TO_STATE, support._ACTOR)
 
