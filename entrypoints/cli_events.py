@@ -71,7 +71,7 @@ def events_ingest(
     ],
     json_output: JsonFlag = False,
 ) -> None:
-    """Ingest the events of a JSON lines file, each in its own transaction.
+    """Ingest the events of a JSON lines file, in order, many to a transaction.
 
     A line that cannot apply (malformed, unknown case, illegal in the case's state) becomes a
     dead letter and the rest go on; the summary counts each outcome.
@@ -85,14 +85,24 @@ def events_ingest(
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     state, service = _events(ctx, json_output)
     outcomes: list[tuple[int, IngestResult]] = []
+    # A chunk per transaction (``EventService.ingest_many``): the progress moves a chunk at a time.
+    chunks = [lines[at : at + service.max_batch] for at in range(0, len(lines), service.max_batch)]
+
+    def ingest(chunk: list[tuple[int, str]]) -> None:
+        results = service.ingest_many([line for _, line in chunk])
+        outcomes.extend(
+            (number, result) for (number, _), result in zip(chunk, results, strict=True)
+        )
+
     if state.json or len(lines) <= cli.PROGRESS_THRESHOLD:
-        outcomes = [(number, service.ingest(line)) for number, line in lines]
+        for chunk in chunks:
+            ingest(chunk)
     else:
         with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task(f"ingesting {name}", total=len(lines))
-            for number, line in lines:
-                outcomes.append((number, service.ingest(line)))
-                progress.advance(task)
+            for chunk in chunks:
+                ingest(chunk)
+                progress.advance(task, len(chunk))
     counts = Counter(result.status for _, result in outcomes)
     summary = {status.value: counts.get(status, 0) for status in IngestStatus}
     if state.json:

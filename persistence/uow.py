@@ -16,7 +16,8 @@ from __future__ import annotations
 import builtins
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
@@ -165,6 +166,12 @@ _DISARM = (
     .values(status=TimerStatus.CANCELLED.value)
 )
 _UPDATE_TIMER = sa.update(timers).where(timers.c.id == sa.bindparam("where_id"))
+# Finishing checks the timer is still live at the version it was read with, in the UPDATE itself.
+_FINISH_LIVE = sa.update(timers).where(
+    timers.c.id == sa.bindparam("where_id"),
+    timers.c.version == sa.bindparam("where_version"),
+    _LIVE,
+)
 _SELECT_DUE = (
     sa.select(timers)
     .where(
@@ -181,21 +188,32 @@ _CLAIMED: sa.ColumnElement[Any] = sa.literal_column(f"'{TimerStatus.CLAIMED.valu
 # concurrent claimer holds) the oldest claimable timers, the UPDATE marks them. SQLite renders
 # no FOR UPDATE; its single writer already makes the claim exclusive. Pending -> claimed keeps
 # the row in the partial unique index of live timers, so the claim cannot conflict there.
-_CLAIMABLE_IDS = (
+#
+# Two branches, each an index scan in ``ix_timers_status_due_at`` order that stops at ``limit``:
+# claims left by a dead sweeper first (few rows), then pending timers. One ``status = ... OR
+# status = ...`` predicate, or ``id`` as a second sort key, made PostgreSQL read and sort every
+# due row for each batch (100,000 due at once: a seq scan and an external merge sort, ~200 ms a
+# claim). Rows of one ``due_at`` come in index order, which is insertion order for timers never
+# claimed; ``claim_due`` sorts what it returns by (due_at, id).
+_RECLAIMABLE = (
     sa.select(timers.c.id)
-    .where(
-        sa.or_(
-            sa.and_(timers.c.status == _PENDING, timers.c.due_at <= sa.bindparam("as_of")),
-            sa.and_(
-                timers.c.status == _CLAIMED,
-                timers.c.claimed_at < sa.bindparam("reclaim_before"),
-            ),
-        )
-    )
-    .order_by(timers.c.due_at, timers.c.id)
+    .where(timers.c.status == _CLAIMED, timers.c.claimed_at < sa.bindparam("reclaim_before"))
+    .order_by(timers.c.due_at)
     .limit(sa.bindparam("limit"))
     .with_for_update(skip_locked=True)
+    .subquery("reclaimable")
 )
+_DUE_PENDING = (
+    sa.select(timers.c.id)
+    .where(timers.c.status == _PENDING, timers.c.due_at <= sa.bindparam("as_of"))
+    .order_by(timers.c.due_at)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+    .subquery("due_pending")
+)
+_CLAIMABLE_IDS = sa.select(
+    sa.union_all(sa.select(_RECLAIMABLE.c.id), sa.select(_DUE_PENDING.c.id)).subquery().c.id
+).limit(sa.bindparam("limit"))
 _CLAIM_DUE = (
     sa.update(timers)
     .where(timers.c.id.in_(_CLAIMABLE_IDS.scalar_subquery()))
@@ -352,7 +370,7 @@ class _Statements:
         self.select_live_timer = select(_SELECT_LIVE_TIMER)
         self.disarm = write(_DISARM)
         self.reschedule = write(_UPDATE_TIMER, "due_at", "version")
-        self.finish = write(_UPDATE_TIMER, "status", "fired_at", "lateness_ms")
+        self.finish_live = write(_FINISH_LIVE, "status", "fired_at", "lateness_ms")
         self.select_due = select(_SELECT_DUE)
         self.select_timer = select(_SELECT_TIMER)
         self.claim_due = Prepared(_CLAIM_DUE, dialect, returns=list(timers.columns))
@@ -408,6 +426,8 @@ class SqlUnitOfWork:
         self._engine = engine
         self._connection: Connection | None = None
         self._statements: _Statements | None = None
+        #: Savepoints taken by ``savepoint()``, for their names.
+        self._savepoints = 0
         self._log = SqlTransitionLog(self)
         self._cases = SqlCaseRepository(self)
         # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
@@ -479,6 +499,49 @@ class SqlUnitOfWork:
         self._log.forget_keys()
         self._cases.forget_loaded()
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """``SAVEPOINT``, and ``ROLLBACK TO SAVEPOINT`` then re-raise when the block fails.
+
+        Issued on the DBAPI cursor, one round trip per block, for batches that take one per
+        item: ``Connection.begin_nested`` would add a ``RELEASE`` round trip and its own Python
+        bookkeeping to each (``bench/ingest_batch.py``). A block that succeeds is not released:
+        releasing changes nothing before the commit (a released savepoint's writes belong to
+        the enclosing transaction, as they do when it stays open), and ``COMMIT`` ends them all
+        (https://www.postgresql.org/docs/current/sql-savepoint.html,
+        https://www.sqlite.org/lang_savepoint.html). Each savepoint has its own name, so
+        rolling back to one never stops at a later one of the same name.
+        """
+        connection = self.connection
+        if not connection.in_transaction():
+            connection.begin()  # BEGIN IMMEDIATE on SQLite (persistence/db.py)
+        self._savepoints += 1
+        name = f"uow_item_{self._savepoints}"
+        keys = self._log.registered_keys()
+        self._run_raw(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException as exc:
+            # The keys the block registered are gone with its rows.
+            self._log.restore_keys(keys)
+            try:
+                self._run_raw(f"ROLLBACK TO SAVEPOINT {name}")
+            except Exception as failed:
+                # The connection is gone too: the transaction is lost, which the caller
+                # hears about from the original error.
+                raise exc from failed
+            raise
+
+    def _run_raw(self, sql: str) -> None:
+        dbapi_connection = self.connection.connection.dbapi_connection
+        if dbapi_connection is None:
+            raise RuntimeError("the connection was invalidated")
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
     def _after_failed_commit(self) -> None:
         self._forget()
         if self.connection.in_transaction():
@@ -540,6 +603,15 @@ class SqlCaseRepository(_Store):
     def get(self, case_id: int) -> Case | None:
         row = self._run(self._uow.statements.select_case.first, {"case_id": case_id})
         return self._load(row) if row is not None else None
+
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        """One SELECT ... WHERE id IN (...), built per call: ``Prepared`` cannot expand a list
+        (SQLAlchemy caches the compiled form of an expanding IN anyway)."""
+        if not case_ids:
+            return {}
+        statement = sa.select(cases).where(cases.c.id.in_(list(case_ids)))
+        loaded = (self._load(tuple(row)) for row in self._execute(statement))
+        return {case.id: case for case in loaded if case.id is not None}
 
     def add(self, case: Case) -> int:
         sql = self._uow.statements
@@ -675,6 +747,12 @@ class SqlTransitionLog(_Store):
     def forget_keys(self) -> None:
         self._registered.clear()
 
+    def registered_keys(self) -> frozenset[tuple[int, str]]:
+        return frozenset(self._registered)
+
+    def restore_keys(self, keys: frozenset[tuple[int, str]]) -> None:
+        self._registered = set(keys)
+
     def append(self, records: Sequence[TransitionRecord]) -> None:
         if not records:
             return
@@ -759,18 +837,18 @@ class SqlTimerStore(_Store):
         row = self._run(self._uow.statements.select_timer.first, {"timer_id": timer_id})
         return _timer_from_row(row) if row is not None else None
 
-    def finish(self, timer_id: int, fired_at: datetime, fired: bool) -> None:
-        timer = self.get(timer_id)
-        if timer is None:
-            raise KeyError(f"no timer {timer_id}")
-        lateness = fired_at - timer.due_at
+    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+        """One UPDATE: the lateness comes from the ``due_at`` the caller read with the timer,
+        and the WHERE on the live status and the version makes a finished or rescheduled
+        timer a no-op (False) instead of a second read."""
         params = {
-            "where_id": timer_id,
+            "where_id": timer.id,
+            "where_version": timer.version,
             "status": (TimerStatus.FIRED if fired else TimerStatus.CANCELLED).value,
             "fired_at": fired_at,
-            "lateness_ms": round(lateness.total_seconds() * 1000),
+            "lateness_ms": round((fired_at - timer.due_at).total_seconds() * 1000),
         }
-        self._run(self._uow.statements.finish.execute, params)
+        return self._run(self._uow.statements.finish_live.execute, params) == 1
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime

@@ -5,6 +5,10 @@
 
 A bad event is dead-lettered by the service, never raised; an infrastructure error (database
 unreachable) propagates, and the task is retried (acks_late keeps the message meanwhile).
+
+``ingest_events`` applies its list ``EventService.max_batch`` events to a transaction, a savepoint
+each (``EventService.ingest_many``): one commit, and one wait for the disk, per chunk instead of
+per event. A retried batch is safe: the events that did commit come back as duplicates.
 """
 
 from __future__ import annotations

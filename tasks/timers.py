@@ -1,7 +1,11 @@
 """Durable timers: beat asks for a sweep every second; the sweep fires what is due.
 
 Timers are rows written by transitions, never Celery countdowns. Any number of sweeps may run
-at once (on any number of workers): each claims a disjoint batch.
+at once (on any number of workers): each claims a disjoint batch (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so a claim never waits for another's), then fires it ``CaseService.timer_batch``
+timers to a transaction. With many timers due at once every worker process that picks up a
+sweep keeps claiming until none are left, so they share the backlog batch by batch; a claim
+commits at once, so the rows are locked only while they are being claimed.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import builtins
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -69,6 +70,13 @@ class InMemoryCaseRepository:
     def get(self, case_id: int) -> Case | None:
         case = self._db.cases.get(case_id)
         return copy.deepcopy(case) if case else None
+
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        return {
+            case_id: copy.deepcopy(self._db.cases[case_id])
+            for case_id in case_ids
+            if case_id in self._db.cases
+        }
 
     def add(self, case: Case) -> int:
         case.id = self._db.next_case_id
@@ -231,10 +239,14 @@ class InMemoryTimerStore:
         timer = self._db.timers.get(timer_id)
         return replace(timer) if timer else None
 
-    def finish(self, timer_id: int, fired_at: datetime, fired: bool) -> None:
-        timer = self._db.timers[timer_id]
-        timer.status = TimerStatus.FIRED if fired else TimerStatus.CANCELLED
-        timer.fired_at = fired_at
+    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+        assert timer.id is not None
+        stored = self._db.timers[timer.id]
+        if stored.status not in _LIVE or stored.version != timer.version:
+            return False
+        stored.status = TimerStatus.FIRED if fired else TimerStatus.CANCELLED
+        stored.fired_at = fired_at
+        return True
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
@@ -433,6 +445,16 @@ class InMemoryUnitOfWork:
     def rollback(self) -> None:
         self._working = copy.deepcopy(self._committed)
         self._bind_stores()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        before = copy.deepcopy(self._working)
+        try:
+            yield
+        except BaseException:
+            self._working = before
+            self._bind_stores()
+            raise
 
 
 class InMemoryUnitOfWorkFactory:

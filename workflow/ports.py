@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -40,6 +41,10 @@ class CaseQuery:
 
 class CaseRepository(Protocol):
     def get(self, case_id: int) -> Case | None: ...
+
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        """The cases of ``case_ids`` that exist, by id: one read for a batch."""
+        ...
 
     def add(self, case: Case) -> int:
         """Store a new case and return its id; claims its items (one open case per item)."""
@@ -103,8 +108,11 @@ class TimerStore(Protocol):
 
     def get(self, timer_id: int) -> Timer | None: ...
 
-    def finish(self, timer_id: int, fired_at: datetime, fired: bool) -> None:
-        """Mark the timer fired (or cancelled when it was stale) at ``fired_at``."""
+    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+        """Mark the timer fired (or cancelled when it was stale) at ``fired_at``, with its
+        lateness from ``timer.due_at``; only while it is still live at ``timer.version``.
+        False, writing nothing, when it was finished or rescheduled since ``timer`` was read
+        (a rescheduled deadline must not be cancelled on the strength of its old copy)."""
         ...
 
     def claim_due(
@@ -214,6 +222,13 @@ class UnitOfWork(Protocol):
         ...
 
     def rollback(self) -> None: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested transaction: an exception inside rolls back what the block wrote (and
+        only that) and is re-raised; otherwise the writes stay part of the transaction.
+        PostgreSQL aborts the whole transaction at a failed statement; rolling back to the
+        savepoint is what keeps the rest usable, so one bad item of a batch costs only itself."""
+        ...
 
 
 class UnitOfWorkFactory(Protocol):

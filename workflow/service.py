@@ -37,6 +37,12 @@ from workflow.payloads import (
 from workflow.ports import CaseQuery, UnitOfWork, UnitOfWorkFactory
 from workflow.states import CaseState, Role
 
+#: Default of ``CaseService.timer_batch``.
+TIMER_BATCH = 50
+#: A timer whose case a concurrent transition moved between the read and the write: it stays
+#: claimed and is claimed again after the reclaim delay, then fires or turns out stale.
+CONFLICT_OUTCOME = "conflict: the case moved meanwhile"
+
 
 @dataclass(frozen=True)
 class CaseView:
@@ -53,8 +59,6 @@ class FireResult:
     records: list[TransitionRecord]
     #: True when an earlier call with the same idempotency key already did this.
     replayed: bool = False
-    #: True when ``inbound`` named an event processed before: nothing was written.
-    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,19 @@ class CaseService:
         clock: Clock,
         policy: Policy,
         outbox_written: Callable[[], None] | None = None,
+        timer_batch: int = TIMER_BATCH,
     ) -> None:
+        if timer_batch < 1:
+            raise ValueError("timer_batch must be at least 1")
         self._uow = uow_factory
         self.clock = clock
         self.policy = policy
         # Called after a commit that wrote outbox rows, so a relay can publish them at once;
         # the periodic relay sweep is the safety net when this kick is lost.
         self._outbox_written = outbox_written or (lambda: None)
+        #: Timers fired per transaction by ``fire_timers``; each commit waits for the disk,
+        #: so a batch shares that wait (bench/ingest_batch.py measures it).
+        self.timer_batch = timer_batch
 
     # -- submission -----------------------------------------------------------------------
     def submit(
@@ -148,27 +158,13 @@ class CaseService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         expected_version: int | None = None,
-        inbound: tuple[str, str] | None = None,
         then: Sequence[str] = (),
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``: triggers the same actor fires right after it with the
-        same data, in the same transaction, e.g. a delivery that implies the pickup).
-
-        ``inbound`` is the (source, event id) of the inbound event this transition applies: it
-        is recorded in the same transaction, and one recorded before makes the call a no-op
-        with ``duplicate`` set.
-        """
+        same data, in the same transaction, e.g. a delivery that implies the pickup)."""
         try:
             return self._fire(
-                case_id,
-                trigger,
-                actor,
-                data,
-                reason,
-                idempotency_key,
-                expected_version,
-                inbound,
-                then,
+                case_id, trigger, actor, data, reason, idempotency_key, expected_version, then
             )
         except Conflict:
             if not idempotency_key:
@@ -190,15 +186,10 @@ class CaseService:
         reason: str | None,
         idempotency_key: str | None,
         expected_version: int | None,
-        inbound: tuple[str, str] | None = None,
-        then: Sequence[str] = (),
+        then: Sequence[str],
     ) -> FireResult:
         with self._uow() as uow:
             case = _get(uow, case_id)
-            if inbound is not None and not uow.events.record(*inbound, case_id, self.clock.now()):
-                # Before any check: a redelivered event is a no-op whatever the case did since.
-                pending = uow.timers.pending(case_id)
-                return FireResult(case, pending, [], replayed=True, duplicate=True)
             if idempotency_key:
                 earlier = uow.log.by_key(case_id, idempotency_key)
                 if earlier:
@@ -210,25 +201,53 @@ class CaseService:
                     f"case {case_id} is at version {case.version}, not {expected_version}",
                     case.version,
                 )
-            if trigger == "revise":
-                # A revision may ask for more: cap it by what the order has left now.
-                uow.cases.lock_order(case.order_id)
-                others = uow.cases.committed_refunds(case.order_id, exclude_case_id=case_id)
-                case.details["refund_cap"] = max(case.payment.amount - others, 0)
-            previous = uow.timers.pending(case_id)
-            context = engine.Context(self.policy, self.clock.now(), actor, previous)
-            loaded_version = case.version
-            outcome = engine.fire(case, trigger, context, data, reason, idempotency_key)
-            for follow in then:
-                more = engine.fire(
-                    case, follow, replace(context, deadline=None), data, None, idempotency_key
-                )
-                outcome.records.extend(more.records)
-                outcome.messages.extend(more.messages)
-            deadline = self._commit_transition(uow, case, loaded_version, previous, outcome)
-            return FireResult(case, deadline, outcome.records)
+            result = self.transition(uow, case, trigger, actor, data, reason, idempotency_key, then)
+            uow.commit()
+        self._outbox_written()
+        return result
 
-    def _commit_transition(
+    def transition(
+        self,
+        uow: UnitOfWork,
+        case: Case,
+        trigger: str,
+        actor: Actor,
+        data: dict[str, Any] | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        then: Sequence[str] = (),
+    ) -> FireResult:
+        """Fire ``trigger`` (and ``then``) on ``case``, as read in ``uow``, and write it all there:
+        the case compared-and-set on the version it was read at, log, timers, outbox. The
+        caller commits, then calls ``outbox_written``; ``Conflict`` when a concurrent
+        transition moved the case since it was read.
+
+        For callers that read the case themselves and write more in the same transaction
+        (an inbound event and its dedupe record, a batch of events)."""
+        case_id = _id(case)
+        if trigger == "revise":
+            # A revision may ask for more: cap it by what the order has left now.
+            uow.cases.lock_order(case.order_id)
+            others = uow.cases.committed_refunds(case.order_id, exclude_case_id=case_id)
+            case.details["refund_cap"] = max(case.payment.amount - others, 0)
+        previous = uow.timers.pending(case_id)
+        context = engine.Context(self.policy, self.clock.now(), actor, previous)
+        loaded_version = case.version
+        outcome = engine.fire(case, trigger, context, data, reason, idempotency_key)
+        for follow in then:
+            more = engine.fire(
+                case, follow, replace(context, deadline=None), data, None, idempotency_key
+            )
+            outcome.records.extend(more.records)
+            outcome.messages.extend(more.messages)
+        deadline = self._write_transition(uow, case, loaded_version, previous, outcome)
+        return FireResult(case, deadline, outcome.records)
+
+    def outbox_written(self) -> None:
+        """Tell the relay that committed outbox rows wait (after a caller's own commit)."""
+        self._outbox_written()
+
+    def _write_transition(
         self,
         uow: UnitOfWork,
         case: Case,
@@ -248,8 +267,6 @@ class CaseService:
         if case.is_terminal:
             uow.cases.release_items(case_id)
         uow.outbox.add(outcome.messages)
-        uow.commit()
-        self._outbox_written()
         return deadline
 
     def extend_deadline(
@@ -326,31 +343,94 @@ class CaseService:
         The firing uses the timer's id as idempotency key, so a timer fired twice (two sweepers,
         a redelivered task) moves the case once.
         """
-        now = self.clock.now()
         with self._uow() as uow:
             timer = uow.timers.get(timer_id)
             if timer is None:
                 raise NotFound(f"no timer {timer_id}")
             if timer.status.value not in ("pending", "claimed"):
                 return TimerRun(timer, False, f"already {timer.status.value}")
-            if timer.due_at > now:
-                return TimerRun(timer, False, "not due yet")
+            run = self._fire_timer_in(uow, timer)
+            uow.commit()
+        if run.fired:
+            self._outbox_written()
+        return run
+
+    def _fire_timer_in(self, uow: UnitOfWork, timer: Timer, case: Case | None = None) -> TimerRun:
+        """Fire ``timer`` (as read before, maybe in another transaction) inside ``uow``.
+
+        Nothing here trusts the copy further than the database confirms it: the case must
+        still be at the timer's state and version, and ``finish`` only finishes a timer still
+        live at that version (a rescheduled or already finished one is left alone). ``case``,
+        when given, was read in ``uow`` before; the compare-and-set on its version catches a
+        case moved since."""
+        now = self.clock.now()
+        if timer.due_at > now:
+            return TimerRun(timer, False, "not due yet")
+        if case is None:
             case = _get(uow, timer.case_id)
-            if case.state is not timer.state or case.version != timer.version:
-                uow.timers.finish(timer_id, now, fired=False)
+        if case.state is not timer.state or case.version != timer.version:
+            if not uow.timers.finish(timer, now, fired=False):
+                return TimerRun(timer, False, "already finished or rescheduled")
+            return TimerRun(timer, False, "stale: the case moved on")
+        if not uow.timers.finish(timer, now, fired=True):
+            raise Conflict(f"timer {timer.id} changed under case {case.id}")
+        context = engine.Context(self.policy, now, SYSTEM, timer)
+        loaded_version = case.version
+        outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer.id}")
+        self._write_transition(uow, case, loaded_version, None, outcome)
+        return TimerRun(timer, True, f"{timer.trigger}: {case.state.value}")
+
+    def fire_timers(self, due: Sequence[Timer]) -> list[TimerRun]:
+        """Fire timers read (or claimed) before, ``timer_batch`` to a transaction.
+
+        Each timer runs in a savepoint: one that loses a race to a concurrent transition
+        rolls back alone and is reported as a conflict (it stays claimed, and is claimed
+        again later), a stale one is cancelled, and the others commit together. When the
+        transaction itself fails (serialization failure, deadlock, lost connection) its
+        timers are fired again one per transaction: ``finish`` and the ``timer-<id>`` key
+        make a timer that did fire a no-op, so none fires twice.
+        """
+        runs: list[TimerRun] = []
+        for start in range(0, len(due), self.timer_batch):
+            runs.extend(self._fire_timer_batch(due[start : start + self.timer_batch]))
+        return runs
+
+    def _fire_timer_batch(self, batch: Sequence[Timer]) -> list[TimerRun]:
+        if len(batch) == 1:
+            return [self._fire_alone(batch[0])]
+        runs = []
+        try:
+            with self._uow() as uow:
+                # One read for the batch's cases (a timer's case is no other timer's: one live
+                # timer per case).
+                cases = uow.cases.get_many([timer.case_id for timer in batch])
+                for timer in batch:
+                    try:
+                        with uow.savepoint():
+                            runs.append(self._fire_timer_in(uow, timer, cases.get(timer.case_id)))
+                    except Conflict:
+                        runs.append(TimerRun(timer, False, CONFLICT_OUTCOME))
                 uow.commit()
-                return TimerRun(timer, False, "stale: the case moved on")
-            context = engine.Context(self.policy, now, SYSTEM, timer)
-            loaded_version = case.version
-            outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer_id}")
-            uow.timers.finish(timer_id, now, fired=True)
-            self._commit_transition(uow, case, loaded_version, None, outcome)
-            return TimerRun(timer, True, f"{timer.trigger}: {case.state.value}")
+        except Exception:
+            # The batch did not commit, or we cannot know it did. One timer per transaction is
+            # the reference behaviour: it finds what did fire finished, and raises again what
+            # is not a passing failure.
+            return [self._fire_alone(timer) for timer in batch]
+        if any(run.fired for run in runs):
+            self._outbox_written()
+        return runs
+
+    def _fire_alone(self, timer: Timer) -> TimerRun:
+        assert timer.id is not None
+        try:
+            return self.fire_timer(timer.id)
+        except Conflict:
+            return TimerRun(timer, False, CONFLICT_OUTCOME)
 
     def sweep_timers(
         self, claimer: str, batch: int = 500, reclaim_after: timedelta = timedelta(minutes=5)
     ) -> list[TimerRun]:
-        """Claim a batch of due timers and fire each in its own transaction.
+        """Claim a batch of due timers and fire them (``fire_timers``).
 
         Any number of sweepers may run at once: the claim hands each a disjoint batch, and a
         timer claimed by a sweeper that died is claimed again after ``reclaim_after``. Firing
@@ -360,25 +440,11 @@ class CaseService:
         with self._uow() as uow:
             claimed = uow.timers.claim_due(now, batch, claimer, now - reclaim_after)
             uow.commit()
-        runs = []
-        for timer in claimed:
-            assert timer.id is not None
-            try:
-                runs.append(self.fire_timer(timer.id))
-            except Conflict:
-                runs.append(TimerRun(timer, False, "conflict: the case moved meanwhile"))
-        return runs
+        return self.fire_timers(claimed)
 
     def run_due_timers(self, as_of: datetime | None = None, limit: int = 1000) -> list[TimerRun]:
-        """Fire every timer due at ``as_of`` (default now), each in its own transaction."""
-        runs = []
-        for timer in self.due_timers(as_of, limit):
-            assert timer.id is not None
-            try:
-                runs.append(self.fire_timer(timer.id))
-            except Conflict:
-                runs.append(TimerRun(timer, False, "conflict: the case moved meanwhile"))
-        return runs
+        """Fire every timer due at ``as_of`` (default now), ``timer_batch`` to a transaction."""
+        return self.fire_timers(self.due_timers(as_of, limit))
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, case_id: int, actor: Actor | None = None) -> CaseView:

@@ -1,6 +1,6 @@
 """``/events``: producers send events (one or a batch); admins work the dead letters.
 
-An event goes through ``EventService.ingest`` exactly as from Celery or a file: applied,
+Events go through ``EventService.ingest_many`` exactly as from Celery or a file: applied,
 duplicate, ignored or dead-lettered, each reported in the 202's ``outcomes``. Envelopes that do
 not even parse (a missing field, a naive time) are refused whole with 422 naming the field,
 before any is ingested: the producer is online and can fix them, which a queue's consumer
@@ -119,7 +119,8 @@ def letter_data(letter: DeadLetter) -> dict[str, Any]:
     response_model=IngestOut,
     summary="Ingest events",
     description="One event envelope (docs/events.md) or an array of them, applied in order, "
-    "each in its own transaction. 202 with one outcome per event: applied, duplicate, ignored "
+    "an array in few transactions with a savepoint per event (one event's failure undoes only "
+    "that event). 202 with one outcome per event: applied, duplicate, ignored "
     "or dead_lettered (with the reason). A `producer:SOURCE` token sends only events whose "
     "`source` is SOURCE (403 otherwise, nothing ingested); admins send any.",
     openapi_extra={
@@ -150,7 +151,7 @@ def ingest_events(
 
     def action() -> Response:
         # The documents as sent: a dead letter keeps what the producer wrote.
-        results = [api.events.ingest(document) for document, _ in envelopes]
+        results = api.events.ingest_many([document for document, _ in envelopes])
         counts = Counter(result.status for result in results)
         summary = {status.value: counts.get(status, 0) for status in IngestStatus}
         data = {

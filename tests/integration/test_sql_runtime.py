@@ -254,8 +254,8 @@ def test_claimed_timers_finish_and_report_their_lateness(
         assert len(uow.timers.claim_due(as_of, 10, "s", T0)) == 3
         uow.commit()
     with uow_factory() as uow:
-        uow.timers.finish(fired.id or 0, T0 + timedelta(seconds=2, milliseconds=250), fired=True)
-        uow.timers.finish(stale.id or 0, T0 + timedelta(seconds=3), fired=False)
+        uow.timers.finish(fired, T0 + timedelta(seconds=2, milliseconds=250), fired=True)
+        uow.timers.finish(stale, T0 + timedelta(seconds=3), fired=False)
         uow.timers.disarm(disarmed.case_id)  # the case moved on while the timer was claimed
         uow.commit()
     with uow_factory() as uow:

@@ -392,8 +392,8 @@ def test_finish_records_when_and_how_late(
 
     at = datetime(2026, 11, 20, 10, 0, 1, 500000, tzinfo=SHANGHAI)  # 1.5 s late
     with uow_factory() as uow:
-        uow.timers.finish(fired.id, at, fired=True)
-        uow.timers.finish(stale.id, at, fired=False)
+        uow.timers.finish(fired, at, fired=True)
+        uow.timers.finish(stale, at, fired=False)
         uow.commit()
     with uow_factory() as uow:
         done = uow.timers.get(fired.id)

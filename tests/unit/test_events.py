@@ -956,17 +956,17 @@ def test_a_lost_race_is_planned_again(
 ) -> None:
     # given a case a concurrent transition moves between the plan and the write
     case_id = new_case(CaseType.RETURN_REFUND, "approved")
-    real_fire = service.fire
+    real_transition = service.transition
     raced: list[bool] = []
 
-    def racing_fire(*args: Any, **kwargs: Any) -> Any:
+    def racing_transition(*args: Any, **kwargs: Any) -> Any:
         if not raced:
             raced.append(True)
             service.fire(case_id, "ship_back", builders.BUYER, data={"tracking_no": "SF3"})
             raise Conflict("a concurrent writer won")
-        return real_fire(*args, **kwargs)
+        return real_transition(*args, **kwargs)
 
-    monkeypatch.setattr(service, "fire", racing_fire)
+    monkeypatch.setattr(service, "transition", racing_transition)
 
     # when the carrier's pickup loses the race
     result = events.ingest(event("parcel.picked_up", case_id, tracking_no="SF3"))
@@ -986,7 +986,7 @@ def test_a_race_lost_every_time_propagates_for_the_task_to_retry(
     def always_conflicts(*args: Any, **kwargs: Any) -> Any:
         raise Conflict("a concurrent writer won")
 
-    monkeypatch.setattr(service, "fire", always_conflicts)
+    monkeypatch.setattr(service, "transition", always_conflicts)
     with pytest.raises(Conflict):
         events.ingest(event("parcel.picked_up", case_id))
     assert events.dead_letters() == []

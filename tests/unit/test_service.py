@@ -11,7 +11,7 @@ import pytest
 
 from workflow.clock import FakeClock
 from workflow.errors import Conflict, Forbidden, InvalidInput, NotAllowed, NotFound
-from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
+from workflow.memory import InMemoryCaseRepository, InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import Actor, Timer, TimerStatus
 from workflow.ports import CaseQuery
 from workflow.service import CaseService
@@ -494,3 +494,40 @@ def test_run_due_timers_fires_each_due_case_once_in_due_order(
     next_deadline = service.get(early).deadline
     assert next_deadline is not None
     assert next_deadline.due_at == clock.now() + timedelta(days=7)
+
+
+def test_a_timer_that_loses_its_race_in_a_batch_rolls_back_alone(
+    monkeypatch: pytest.MonkeyPatch,
+    uow_factory: InMemoryUnitOfWorkFactory,
+    clock: FakeClock,
+    service: CaseService,
+    new_case: NewCase,
+    db: InMemoryDatabase,
+):
+    # given: three due review deadlines, and a concurrent writer that wins the middle case's
+    # compare-and-set
+    cases = [new_case("return_refund", order_id=f"o{n}") for n in range(3)]
+    clock.advance(timedelta(days=3))
+    kicks: list[int] = []
+    real_save = InMemoryCaseRepository.save
+
+    def save(repository: InMemoryCaseRepository, case: Any, expected_version: int) -> bool:
+        return case.id != cases[1] and real_save(repository, case, expected_version)
+
+    monkeypatch.setattr(InMemoryCaseRepository, "save", save)
+    batched = CaseService(uow_factory, clock, service.policy, lambda: kicks.append(1))
+    # when: the batch fires in one transaction
+    runs = batched.run_due_timers()
+    # then: the others fired and committed together; the loser wrote nothing and stays live
+    assert [(r.timer.case_id, r.fired) for r in runs] == [
+        (cases[0], True),
+        (cases[1], False),
+        (cases[2], True),
+    ]
+    assert runs[1].outcome == "conflict: the case moved meanwhile"
+    monkeypatch.undo()
+    assert [service.get(c).case.state for c in cases] == [S.APPROVED, S.SUBMITTED, S.APPROVED]
+    assert [e.trigger for e in db.log[cases[1]]] == ["submit"]
+    live = service.get(cases[1]).deadline
+    assert live is not None and live.status is TimerStatus.PENDING
+    assert kicks == [1]

@@ -1,0 +1,603 @@
+"""Batch ingestion and batched timer firing, in process (no broker): what a commit costs.
+
+Events. Each event is ``merchant.approved`` for a fresh submitted case (seeded as in
+``bench/support.py``), so every event is a real transition: resolve the case, record (source,
+event id), plan, compare-and-set the case, the log row and its idempotency key, disarm
+``merchant_review``, arm ``return_shipment``, two outbox rows.
+
+- **S**: ``EventService.ingest`` per event: one transaction per event.
+- **B<k>**: ``EventService.ingest_many`` on chunks of k events (``max_batch`` k): one
+  transaction per chunk, a savepoint per event.
+- **R1** / **R<k>**: the same statements with the raw driver (psycopg 3 / sqlite3), one
+  transaction per event, or per k events with a SAVEPOINT ... RELEASE around each event (the
+  per-event isolation the batch guarantees costs the same there).
+
+Timers. Seeded cases' ``merchant_review`` timers, all due: ``CaseService.sweep_timers`` claims
+a batch and fires it with ``timer_batch`` 1 (**T1**: one transaction per timer, as before) or
+``TIMER_BATCH`` (**T<k>**: one per k timers, a savepoint each).
+
+Every variant runs in each round, in an order reversed every other round; figures are medians
+over rounds of per-round rates and ratios. Afterwards the rows are counted: each event's case
+approved once with its log row, key, dedupe record, timers and outbox rows; each timer fired once.
+
+    python -m bench.ingest_batch --backend both --events 1000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg.types.json import Jsonb
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from bench import support
+from config.policy import load_policy
+from persistence.db import make_engine
+from persistence.uow import _CASE_MUTABLE_COLUMNS, SqlUnitOfWorkFactory
+from workflow.clock import FakeClock
+from workflow.events import EventService, IngestStatus
+from workflow.service import TIMER_BATCH, CaseService
+
+#: Target of issue 5, benchmark 2, for batch ingestion (end to end, on PostgreSQL).
+TARGET_EVENTS_PER_S = 2000
+SOURCE = "merchant-portal"
+#: ``merchant_review`` in config/policy.toml: when a submitted case's timer falls due.
+MERCHANT_REVIEW = timedelta(hours=48)
+
+
+def envelope(case_id: int) -> dict[str, Any]:
+    return {
+        "event_id": f"approve-{case_id}",
+        "source": SOURCE,
+        "type": "merchant.approved",
+        "occurred_at": support.FIRED_AT.isoformat(),
+        "case_id": case_id,
+        "data": {"merchant_id": support.MERCHANT.id},
+    }
+
+
+# -- the raw-driver baseline ---------------------------------------------------------------------
+
+_KEY_SQLITE = "INSERT INTO idempotency_keys (case_id, key, first_seq) VALUES (?, ?, ?)"
+_RECORD_SQLITE = (
+    "INSERT INTO inbound_events (source, event_id, case_id, received_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (source, event_id) DO NOTHING"
+)
+_KEY_PG = (
+    "INSERT INTO idempotency_keys (case_id, key, first_seq) "
+    "VALUES (%(case_id)s::BIGINT, %(key)s::VARCHAR, %(first_seq)s::INTEGER)"
+)
+_RECORD_PG = (
+    "INSERT INTO inbound_events (source, event_id, case_id, received_at) VALUES "
+    "(%(source)s::VARCHAR, %(event_id)s::VARCHAR, %(case_id)s::BIGINT, "
+    "%(received_at)s::TIMESTAMP WITH TIME ZONE) ON CONFLICT (source, event_id) DO NOTHING"
+)
+
+
+class RawEvents:
+    """The statements ``EventService`` issues for an approval event, with the driver alone."""
+
+    def __init__(self, database: support.Database, now: datetime = support.FIRED_AT) -> None:
+        self.backend = database.backend
+        self._now = now
+        self._due = now + support.RETURN_SHIPMENT
+        if database.backend == "sqlite":
+            assert database.path is not None
+            self._sqlite = sqlite3.connect(
+                database.path, isolation_level=None, check_same_thread=False
+            )
+            for pragma in (
+                "journal_mode=WAL",
+                f"busy_timeout={support.SQLITE_BUSY_TIMEOUT_MS}",
+                "foreign_keys=ON",
+                "synchronous=NORMAL",
+            ):
+                self._sqlite.execute(f"PRAGMA {pragma}")
+        else:
+            assert database.conninfo is not None
+            self._pg = psycopg.connect(database.conninfo)
+
+    def ingest(self, case_ids: Sequence[int]) -> None:
+        """One transaction for ``case_ids``; a savepoint per event when there are several."""
+        if self.backend == "sqlite":
+            self._sqlite_batch(case_ids)
+        else:
+            self._pg_batch(case_ids)
+
+    def _sqlite_batch(self, case_ids: Sequence[int]) -> None:
+        connection = self._sqlite
+        at = support._sqlite_time(self._now)
+        due = support._sqlite_time(self._due)
+        savepoints = len(case_ids) > 1
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for case_id in case_ids:
+                if savepoints:
+                    connection.execute("SAVEPOINT event")
+                row = connection.execute(support._SQLITE_SELECT_CASE, (case_id,)).fetchone()
+                event = envelope(case_id)
+                connection.execute(_RECORD_SQLITE, (SOURCE, event["event_id"], case_id, at))
+                connection.execute(support._SQLITE_SELECT_TIMER, (case_id,)).fetchone()
+                loaded = row[support._VERSION]
+                version = loaded + 1
+                details = json.loads(row[support._DETAILS])
+                changed = connection.execute(
+                    support._SQLITE_UPDATE_CASE,
+                    (
+                        support._TO_STATE,
+                        version,
+                        *(row[i] for i in _MUTABLE),
+                        json.dumps(details, ensure_ascii=False),
+                        at,
+                        row[support._RETURN_NO],
+                        row[support._OUTBOUND_NO],
+                        case_id,
+                        loaded,
+                    ),
+                ).rowcount
+                if changed != 1:
+                    raise support.Refused(f"case {case_id} moved")
+                key = f"event:{SOURCE}:{event['event_id']}"
+                connection.execute(_KEY_SQLITE, (case_id, key, version))
+                connection.execute(
+                    support._SQLITE_INSERT_TRANSITION,
+                    (case_id, version, *_LOGGED, row[support._STATE], *_TO, None, "{}", at, key),
+                )
+                connection.execute(support._SQLITE_DISARM, ("cancelled", case_id))
+                timer = (case_id, *support._TIMER, support._TO_STATE, version, due, "pending", at)
+                connection.execute(support._SQLITE_INSERT_TIMER, (*timer, None, None, None, None))
+                connection.executemany(
+                    support._SQLITE_INSERT_OUTBOX,
+                    [
+                        (topic, case_id, json.dumps(payload, ensure_ascii=False), at, 0)
+                        for topic, payload in support._messages(row, version)
+                    ],
+                )
+                if savepoints:
+                    connection.execute("RELEASE SAVEPOINT event")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _pg_batch(self, case_ids: Sequence[int]) -> None:
+        connection, now = self._pg, self._now
+        savepoints = len(case_ids) > 1
+        try:
+            with connection.cursor() as cursor:
+                for case_id in case_ids:
+                    if savepoints:
+                        cursor.execute("SAVEPOINT event")
+                    cursor.execute(support._PG_SELECT_CASE, {"case_id": case_id})
+                    row = cursor.fetchone()
+                    assert row is not None
+                    event = envelope(case_id)
+                    cursor.execute(
+                        _RECORD_PG,
+                        {
+                            "source": SOURCE,
+                            "event_id": event["event_id"],
+                            "case_id": case_id,
+                            "received_at": now,
+                        },
+                    )
+                    cursor.execute(support._PG_SELECT_TIMER, {"case_id": case_id})
+                    cursor.fetchone()
+                    loaded = row[support._VERSION]
+                    version = loaded + 1
+                    cursor.execute(
+                        support._PG_UPDATE_CASE,
+                        {
+                            "state": support._TO_STATE,
+                            "version": version,
+                            **{
+                                name: row[i]
+                                for name, i in zip(_MUTABLE_NAMES, _MUTABLE, strict=True)
+                            },
+                            "details": Jsonb(row[support._DETAILS]),
+                            "updated_at": now,
+                            "return_tracking_no": row[support._RETURN_NO],
+                            "outbound_tracking_no": row[support._OUTBOUND_NO],
+                            "where_id": case_id,
+                            "where_version": loaded,
+                        },
+                    )
+                    if cursor.rowcount != 1:
+                        raise support.Refused(f"case {case_id} moved")
+                    key = f"event:{SOURCE}:{event['event_id']}"
+                    cursor.execute(_KEY_PG, {"case_id": case_id, "key": key, "first_seq": version})
+                    cursor.execute(
+                        support._PG_INSERT_TRANSITION,
+                        {
+                            "case_id": case_id,
+                            "seq": version,
+                            "trigger": support._TRIGGER,
+                            "from_state": row[support._STATE],
+                            "to_state": support._TO_STATE,
+                            "actor": support._ACTOR,
+                            "reason": None,
+                            "data": Jsonb({}),
+                            "at": now,
+                            "idempotency_key": key,
+                        },
+                    )
+                    cursor.execute(
+                        support._PG_DISARM, {"status": "cancelled", "where_case_id": case_id}
+                    )
+                    cursor.execute(
+                        support._PG_INSERT_TIMER,
+                        {
+                            "case_id": case_id,
+                            "kind": support._TIMER[0],
+                            "trigger": support._TIMER[1],
+                            "state": support._TO_STATE,
+                            "version": version,
+                            "due_at": self._due,
+                            "status": "pending",
+                            "created_at": now,
+                            "claimed_at": None,
+                            "claimed_by": None,
+                            "fired_at": None,
+                            "lateness_ms": None,
+                        },
+                    )
+                    cursor.fetchone()
+                    cursor.executemany(
+                        support._PG_INSERT_OUTBOX,
+                        [
+                            {
+                                "topic": topic,
+                                "case_id": case_id,
+                                "payload": Jsonb(payload),
+                                "created_at": now,
+                                "attempts": 0,
+                            }
+                            for topic, payload in support._messages(row, version)
+                        ],
+                    )
+                    if savepoints:
+                        cursor.execute("RELEASE SAVEPOINT event")
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+
+    def close(self) -> None:
+        if self.backend == "sqlite":
+            self._sqlite.close()
+        else:
+            self._pg.close()
+
+
+# The case columns an approval writes back unchanged, in UPDATE order after state and version.
+_MUTABLE = (
+    support._DESCRIPTION,
+    support._REQUESTED,
+    support._REFUND,
+    support._DEDUCTION,
+    support._ROUTE,
+    support._ATTEMPTS,
+    support._KEY,
+)
+# Their column names: what ``SqlCaseRepository.save`` writes, between version and details.
+_MUTABLE_NAMES = _CASE_MUTABLE_COLUMNS[2:9]
+_LOGGED = (support._TRIGGER,)
+_TO = (support._TO_STATE, support._ACTOR)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    key: str
+    label: str
+    #: Applies (or fires) a list of case ids; returns how many applied.
+    run: Callable[[list[int]], int]
+    #: Events (or timers) per call of ``run``.
+    chunk: int
+    kind: str = "events"
+    rates: list[float] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+
+
+def _service_variant(events: EventService, size: int) -> Callable[[list[int]], int]:
+    if size == 1:
+
+        def single(ids: list[int]) -> int:
+            return sum(events.ingest(envelope(i)).status is IngestStatus.APPLIED for i in ids)
+
+        return single
+
+    def batch(ids: list[int]) -> int:
+        results = events.ingest_many([envelope(i) for i in ids])
+        return sum(result.status is IngestStatus.APPLIED for result in results)
+
+    return batch
+
+
+def _raw_variant(raw: RawEvents) -> Callable[[list[int]], int]:
+    def run(ids: list[int]) -> int:
+        raw.ingest(ids)
+        return len(ids)
+
+    return run
+
+
+def _timer_variant(service: CaseService, claimer: str) -> Callable[[list[int]], int]:
+    def run(ids: list[int]) -> int:
+        # ``ids`` only says how many: the claim takes the oldest due timers.
+        return sum(run.fired for run in service.sweep_timers(claimer, batch=len(ids)))
+
+    return run
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    variants: dict[str, Variant]
+    ratios: dict[str, list[float]]
+    counts: dict[str, int]
+    load: str
+
+    def rate(self, key: str) -> float:
+        return support.median(self.variants[key].rates)
+
+    def ratio(self, name: str) -> float:
+        return support.median(self.ratios[name])
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def run_backend(
+    backend: str,
+    server_url: str,
+    per_variant: int,
+    rounds: int,
+    sizes: Sequence[int],
+    timers: int,
+    bar: Any,
+) -> BackendResult:
+    policy = load_policy()
+    with support.throwaway_database(backend, server_url) as database:
+        engine = make_engine(database.url)
+        clock = FakeClock(support.T0)
+        factory = SqlUnitOfWorkFactory(engine)
+        service = CaseService(factory, clock, policy)
+        variants: dict[str, Variant] = {}
+        raw = RawEvents(database)
+        for size in sizes:
+            events = EventService(service, factory, clock, max_batch=size)
+            key = "S" if size == 1 else f"B{size}"
+            label = "S ingest, one tx each" if size == 1 else f"B{size} ingest_many, {size}/tx"
+            variants[key] = Variant(key, label, _service_variant(events, size), size)
+            variants[f"R{size}"] = Variant(
+                f"R{size}", f"R{size} raw driver, {size}/tx", _raw_variant(raw), size
+            )
+        one_by_one = CaseService(factory, clock, policy, timer_batch=1)
+        variants["T1"] = Variant(
+            "T1", "T1 sweep, one timer/tx", _timer_variant(one_by_one, "t1"), timers, "timers"
+        )
+        variants[f"T{TIMER_BATCH}"] = Variant(
+            f"T{TIMER_BATCH}",
+            f"T{TIMER_BATCH} sweep, {TIMER_BATCH} timers/tx",
+            _timer_variant(service, "tk"),
+            timers,
+            "timers",
+        )
+        event_variants = [v for v in variants.values() if v.kind == "events"]
+        warmup = max(sizes)
+        needed = len(event_variants) * (per_variant * rounds + warmup)
+        task = bar.add_task(f"{backend}: seeding", total=None)
+        support.seed_submitted_cases(service, engine, 2 * timers * (rounds + 1), f"{backend}-t")
+        ids = iter(support.seed_submitted_cases(service, engine, needed, backend))
+        # Past every merchant_review deadline (48 h): each seeded case's timer is due.
+        clock.set(support.T0 + MERCHANT_REVIEW + timedelta(minutes=1))
+        total = sum(
+            (per_variant if v.kind == "events" else timers) * rounds + warmup
+            for v in variants.values()
+        )
+        bar.update(task, total=total, completed=0)
+
+        def measure(variant: Variant, count: int, record: bool) -> None:
+            # Timer variants take no ids: their sweep claims the oldest due timers, which are
+            # the timer pool's (seeded first, so lower ids at the same due time).
+            batch = [next(ids) for _ in range(count)] if variant.kind == "events" else [0] * count
+            variant.ids.extend(batch)
+            start = time.perf_counter()
+            applied = 0
+            for at in range(0, count, variant.chunk):
+                applied += variant.run(batch[at : at + variant.chunk])
+                bar.update(task, advance=min(variant.chunk, count - at))
+            elapsed = time.perf_counter() - start
+            if applied != count:
+                raise RuntimeError(f"{variant.key}: {applied} of {count} applied")
+            if record:
+                variant.rates.append(count / elapsed)
+
+        for variant in variants.values():
+            bar.update(task, description=f"{backend}: warm-up {variant.key}")
+            measure(variant, warmup if variant.kind == "events" else timers, record=False)
+        order = list(variants.values())
+        ratios: dict[str, list[float]] = {}
+        for number in range(rounds):
+            for variant in order if number % 2 == 0 else reversed(order):
+                bar.update(
+                    task, description=f"{backend}: round {number + 1}/{rounds} {variant.key}"
+                )
+                measure(variant, per_variant if variant.kind == "events" else timers, record=True)
+            for size in sizes:
+                service_key = "S" if size == 1 else f"B{size}"
+                ratios.setdefault(f"{service_key}/R{size}", []).append(
+                    variants[service_key].rates[-1] / variants[f"R{size}"].rates[-1]
+                )
+                ratios.setdefault(f"{service_key}/S", []).append(
+                    variants[service_key].rates[-1] / variants["S"].rates[-1]
+                )
+            ratios.setdefault(f"T{TIMER_BATCH}/T1", []).append(
+                variants[f"T{TIMER_BATCH}"].rates[-1] / variants["T1"].rates[-1]
+            )
+        raw.close()
+        counts = _counts(engine, [i for v in event_variants for i in v.ids])
+        return BackendResult(backend, variants, ratios, counts, _load())
+
+
+def _counts(engine: Engine, event_ids: list[int]) -> dict[str, int]:
+    """Rows that must each number len(event ids) (and timers fired once each)."""
+    lo, hi = min(event_ids), max(event_ids)
+    queries = {
+        "approved by an event": (
+            "SELECT count(*) FROM transitions WHERE case_id BETWEEN :lo AND :hi "
+            "AND \"trigger\" = 'approve' AND idempotency_key LIKE 'event:%'"
+        ),
+        "dedupe records": ("SELECT count(*) FROM inbound_events WHERE case_id BETWEEN :lo AND :hi"),
+        "event idempotency keys": (
+            "SELECT count(*) FROM idempotency_keys WHERE case_id BETWEEN :lo AND :hi "
+            "AND key LIKE 'event:%'"
+        ),
+        "return_shipment pending": (
+            "SELECT count(*) FROM timers WHERE case_id BETWEEN :lo AND :hi "
+            "AND kind = 'return_shipment' AND status = 'pending'"
+        ),
+        "outbox rows / 2": ("SELECT count(*) / 2 FROM outbox WHERE case_id BETWEEN :lo AND :hi"),
+        "timer firings logged more than once": (
+            'SELECT count(*) FROM (SELECT case_id FROM transitions WHERE "trigger" = '
+            "'auto_approve' GROUP BY case_id HAVING count(*) > 1) AS twice"
+        ),
+        "timers fired without their transition": (
+            "SELECT count(*) FROM timers t WHERE t.kind = 'merchant_review' AND t.status = "
+            "'fired' AND NOT EXISTS (SELECT 1 FROM transitions l WHERE l.case_id = t.case_id "
+            "AND l.\"trigger\" = 'auto_approve')"
+        ),
+    }
+    with engine.connect() as connection:
+        return {
+            name: int(connection.execute(sa.text(sql), {"lo": lo, "hi": hi}).scalar_one())
+            for name, sql in queries.items()
+        }
+
+
+def _rows(results: list[BackendResult]) -> list[tuple[str, str, str, str, str]]:
+    """(backend, variant, rate, ratio to raw at the same batch size, ratio to one per tx)."""
+    rows = []
+    for result in results:
+        for key, variant in result.variants.items():
+            versus_raw = versus_single = ""
+            if key == "S" or key.startswith("B"):
+                versus_raw = f"{result.ratio(f'{key}/R{variant.chunk}'):.0%}"
+                versus_single = f"{result.ratio(f'{key}/S'):.2f}×"
+            if key == f"T{TIMER_BATCH}":
+                versus_single = f"{result.ratio(key + '/T1'):.2f}× T1"
+            rows.append(
+                (
+                    result.backend,
+                    variant.label,
+                    f"{result.rate(key):,.0f}",
+                    versus_raw,
+                    versus_single,
+                )
+            )
+    return rows
+
+
+def _table(results: list[BackendResult]) -> Table:
+    table = Table(title="events/s and timers/s (median over rounds) and ratios")
+    table.add_column("backend")
+    table.add_column("variant")
+    table.add_column("rate/s", justify="right")
+    table.add_column("vs raw, same batch", justify="right")
+    table.add_column("vs one per tx", justify="right")
+    for row in _rows(results):
+        table.add_row(*row)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--events", type=int, default=1000, help="per variant per round")
+    parser.add_argument("--timers", type=int, default=1000, help="per timer variant per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--sizes", default="1,10,100,500", help="batch sizes (1 = single ingestion)"
+    )
+    parser.add_argument("--postgres-url", help="server for the throwaway database")
+    parser.add_argument(
+        "--markdown", type=Path, help="write the results section (markdown) to this file"
+    )
+    args = parser.parse_args(argv)
+    sizes = sorted({int(s) for s in args.sizes.split(",")} | {1})
+    if args.events % max(sizes):
+        parser.error(f"--events must be a multiple of the largest batch size {max(sizes)}")
+    console = support.console()
+    server_url = support.postgres_url(args.postgres_url)
+    chosen = support.backends(args.backend)
+    facts = support.machine(server_url if "postgres" in chosen else None)
+    support.print_machine(console, facts)
+    load_before = _load()
+    results = []
+    with support.progress(console) as bar:
+        for backend in chosen:
+            results.append(
+                run_backend(backend, server_url, args.events, args.rounds, sizes, args.timers, bar)
+            )
+    console.print(_table(results))
+    ok = True
+    for result in results:
+        events_total = sum(len(v.ids) for v in result.variants.values() if v.kind == "events")
+        for name, count in result.counts.items():
+            want = 0 if "without" in name or "more than once" in name else events_total
+            if count != want:
+                ok = False
+                console.print(f"[red]{result.backend}: {name} = {count}, expected {want}")
+        console.print(f"{result.backend}: load average after: {result.load}")
+    verdicts = []
+    for r in results:
+        best = max((k for k in r.variants if k.startswith("B")), key=r.rate, default="S")
+        verdicts.append(
+            f"{r.backend} S {r.rate('S'):,.0f}/s ({r.ratio('S/R1'):.0%} of raw), "
+            f"{best} {r.rate(best):,.0f}/s ({r.ratio(best + '/S'):.1f}× S, "
+            f"{r.ratio(f'{best}/R{r.variants[best].chunk}'):.0%} of raw), "
+            f"timers T{TIMER_BATCH} {r.rate(f'T{TIMER_BATCH}'):,.0f}/s "
+            f"({r.ratio(f'T{TIMER_BATCH}/T1'):.1f}× T1)"
+        )
+    command = "python -m bench.ingest_batch " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.markdown:
+        args.markdown.write_text(_markdown(results, facts, command, load_before))
+    print(
+        f"SUMMARY ingest_batch: {'; '.join(verdicts)}; rows {'verified' if ok else 'WRONG'}; "
+        f"load {load_before} -> {_load()}"
+    )
+    return 0 if ok else 1
+
+
+def _markdown(results: list[BackendResult], facts: dict[str, str], command: str, load: str) -> str:
+    lines = [
+        f"Run {facts['date']}, load average before {load}: `{command.strip()}`",
+        "",
+        "| backend | variant | rate/s | vs raw, same batch | vs one per tx |",
+        "|---|---|---:|---:|---:|",
+        *("| " + " | ".join(row) + " |" for row in _rows(results)),
+    ]
+    lines.extend(f"| {r.backend} | load average after | {r.load} | | |" for r in results)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
