@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     #: Simulation only: a file holding the "now" every process reads (workflow.clock.FileClock).
     clock_file: Path | None = None
+    #: Events applied per transaction by a batch (``ingest_events``, ``POST /events``, ``events
+    #: ingest``), a savepoint each: one commit (one disk flush) shared by the batch.
+    event_batch: int = Field(default=50, ge=1, le=1000)
+    #: Due timers fired per transaction by a sweep, a savepoint each. At most 64: PostgreSQL
+    #: keeps 64 subtransactions per backend in shared memory and spills beyond that
+    #: (https://www.postgresql.org/docs/current/subxacts.html).
+    timer_batch: int = Field(default=50, ge=1, le=64)
 
 
 def get_settings() -> Settings:

@@ -42,7 +42,9 @@ def build_service(
     policy = build_policy(settings)
     engine = make_engine_for(settings)
     _prepare_schema(settings.database_url, engine)
-    return CaseService(SqlUnitOfWorkFactory(engine), clock, policy, outbox_written)
+    return CaseService(
+        SqlUnitOfWorkFactory(engine), clock, policy, outbox_written, settings.timer_batch
+    )
 
 
 def make_engine_for(settings: Settings) -> Engine:
@@ -53,7 +55,7 @@ def make_engine_for(settings: Settings) -> Engine:
 def build_event_service(settings: Settings, service: CaseService) -> EventService:
     """Inbound event ingestion on the same database and clock as ``service``."""
     uow_factory = SqlUnitOfWorkFactory(_engine(settings.database_url))
-    return EventService(service, uow_factory, service.clock)
+    return EventService(service, uow_factory, service.clock, max_batch=settings.event_batch)
 
 
 def build_token_store(settings: Settings) -> SqlTokenStore:

@@ -601,7 +601,8 @@ def timers_run_due(
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="Fire at most this many.")] = 1000,
     json_output: JsonFlag = False,
 ) -> None:
-    """Fire every due deadline now (each in its own transaction; use --now to simulate)."""
+    """Fire every due deadline now (a batch to a transaction, each timer on its own; use --now
+    to simulate)."""
     state = _state(ctx, json_output)
     service = state.service()
     total = len(service.due_timers(limit=limit))

@@ -26,7 +26,8 @@ from celery import Celery
 
 #: The task that ingests one envelope, its only argument.
 INGEST_TASK = "aftersales.ingest_event"
-#: The task that ingests a list of envelopes, each in its own transaction.
+#: The task that ingests a list of envelopes in order, many to a transaction (a savepoint
+#: each: a refused or duplicate event has its own outcome and undoes none of the others).
 INGEST_BATCH_TASK = "aftersales.ingest_events"
 
 _apps: dict[str, Celery] = {}
