@@ -13,24 +13,55 @@ per event. A retried batch is safe: the events that did commit come back as dupl
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from entrypoints.bootstrap import SetupError
 from tasks.runtime import runtime
 from workflow.errors import Conflict
 
-#: The database or network failed, or the case kept changing under the event: retry it
-#: (a redelivered event is recognised as a duplicate).
-_INFRASTRUCTURE = (OSError, OperationalError, InterfaceError, Conflict)
+logger = logging.getLogger(__name__)
+
+#: The database or network failed, the schema is being migrated, or the case kept changing
+#: under the event: retry it (a redelivered event is recognised as a duplicate).
+_INFRASTRUCTURE = (OSError, OperationalError, InterfaceError, Conflict, SetupError)
 #: Retry an infrastructure failure after 1, 2, 4, ... s, never more than a minute apart.
 _RETRY = {"max_retries": 100, "retry_backoff": True, "retry_backoff_max": 60}
+
+
+class _KeepsFailedEvents(Task):
+    """A task whose events are never dropped with their message.
+
+    Celery acknowledges a message whose task failed (acks_late acks on failure too). An event
+    task fails only on an error of ours (a bug) or after its retries ran out; ``on_failure``
+    then keeps the events as ``ingest_failed`` dead letters (``aftersales events
+    dead-letters``, ``replay``). When even that cannot be written, the error is logged with the
+    events: the only place left to find them.
+    """
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        events = args[0] if args else kwargs.get("event", kwargs.get("events"))
+        raws = events if isinstance(events, list) else [events]
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            kept = runtime().events.keep_failed(raws, f"ingestion failed ({reason})")
+        except Exception:
+            logger.exception("events of failed task %s NOT kept: %r", task_id, raws)
+            return
+        logger.error(
+            "task %s failed (%s); %d event(s) kept as dead letters", task_id, reason, len(kept)
+        )
 
 
 @shared_task(
     name="aftersales.ingest_event",
     bind=True,
+    base=_KeepsFailedEvents,
     ignore_result=True,
     autoretry_for=_INFRASTRUCTURE,
     **_RETRY,
@@ -42,6 +73,7 @@ def ingest_event_task(self: Task, event: Any) -> str:
 @shared_task(
     name="aftersales.ingest_events",
     bind=True,
+    base=_KeepsFailedEvents,
     ignore_result=True,
     autoretry_for=_INFRASTRUCTURE,
     **_RETRY,

@@ -60,3 +60,10 @@ class PolicyRefusal(AftersalesError):
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(f"refused by rule {rule}: {message}")
         self.rule = rule
+
+
+class IngestFailed(AftersalesError):
+    """An event could not be ingested for a reason that is not the event's: kept as a dead
+    letter to replay once the cause is fixed."""
+
+    code = "ingest_failed"

@@ -12,7 +12,7 @@ dead letter with its reason, to be listed, replayed or discarded. Nothing is dro
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workflow import engine
 from workflow.clock import Clock
 from workflow.definitions import RETURN_LEG
-from workflow.errors import AftersalesError, Conflict, InvalidInput, NotFound
+from workflow.errors import AftersalesError, Conflict, IngestFailed, InvalidInput, NotFound
 from workflow.model import Actor, Case, DeadLetter, DeadLetterStatus
 from workflow.payloads import Fen, Ident, Text, describe_validation_error
 from workflow.ports import UnitOfWork, UnitOfWorkFactory
@@ -898,6 +898,23 @@ class EventService:
             code=refused.error.code,
             letter_id=letter_id,
         )
+
+    def keep_failed(self, raws: Sequence[Any], error: str) -> list[IngestResult]:
+        """Keep events whose ingestion failed for a reason that is ours, not the event's (a
+        bug, a failure that outlasted every retry) as dead letters with code
+        ``ingest_failed``: visible, and replayable once fixed, instead of dropped with the
+        message. Events that did apply are left alone (the dedupe record tells)."""
+        results = []
+        for raw in raws:
+            document = as_document(raw)
+            source, event_id = _identity(document)
+            if event_id is not None:
+                with self._uow() as uow:
+                    # Rolled back: only asks whether the event's record exists.
+                    if not uow.events.record(source, event_id, None, self.clock.now()):
+                        continue
+            results.append(self._dead_letter(document, _Refused(IngestFailed(error))))
+        return results
 
     # -- dead letters ----------------------------------------------------------------------------
     def dead_letters(

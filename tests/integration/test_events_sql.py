@@ -215,3 +215,22 @@ def test_dead_letters_persist_count_attempts_page_and_resolve(
     assert (stored.status, stored.attempts) == (DeadLetterStatus.OPEN, 3)
     assert events.dead_letter(letters[1].id).status is DeadLetterStatus.DISCARDED
     assert [letter.id for letter in events.dead_letters()] == [letters[0].id]
+
+
+def test_events_a_failed_task_could_not_ingest_are_kept_as_dead_letters_and_replay(
+    events: EventService, approved: int
+) -> None:
+    # given one event that applied and one that never got through (its task failed on a bug)
+    applied = envelope("p-1", "parcel.picked_up", approved, tracking_no="SF100")
+    assert events.ingest(applied).status is IngestStatus.APPLIED
+    lost = envelope("d-1", "parcel.delivered", approved, tracking_no="SF100")
+    # when the failed task's hook keeps both
+    kept = events.keep_failed([applied, lost], "ingestion failed (RuntimeError: boom)")
+    # then only the one that did not apply became a dead letter, naming the failure
+    assert [(result.event_id, result.code) for result in kept] == [("d-1", "ingest_failed")]
+    (letter,) = events.dead_letters()
+    assert (letter.event_id, letter.code) == ("d-1", "ingest_failed")
+    assert "RuntimeError: boom" in letter.reason
+    # and replaying it (the bug fixed) applies the event
+    assert events.replay(kept[0].letter_id or 0).status is IngestStatus.APPLIED
+    assert events.dead_letters() == []

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from config.settings import Settings
+import tasks.runtime
+from config.settings import Settings, sqlite_url
 from tasks.app import TASK_MODULES, create_app, retry_countdown
 from tasks.broker import SPOOL_TRANSPORT
 from tasks.schedule import beat_schedule
@@ -28,6 +29,38 @@ SQLITE = "sqlite:////srv/aftersales/var/aftersales.db"
 
 
 # -- configuration (no worker) -----------------------------------------------------------------
+
+
+def test_a_failed_event_task_keeps_its_events_as_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker process's runtime on a database of its own
+    url = sqlite_url(tmp_path / "cases.db")
+    monkeypatch.setenv("AFTERSALES_DATABASE_URL", url)
+    monkeypatch.setattr(tasks.runtime, "_runtime", None)
+    app = create_app(Settings(database_url=url, policy_file=None))
+    events = [
+        {
+            "event_id": f"e-{n}",
+            "source": "sf-express",
+            "type": "parcel.delivered",
+            "occurred_at": "2026-11-20T10:00:00+08:00",
+            "tracking_no": f"SF{n}",
+        }
+        for n in (1, 2)
+    ]
+    # when Celery reports the batch task failed for good (a bug; the message is acked)
+    app.tasks["aftersales.ingest_events"].on_failure(
+        RuntimeError("boom"), "task-1", (events,), {}, None
+    )
+    # then both events wait as dead letters naming the failure, to replay once fixed
+    letters = tasks.runtime.runtime().events.dead_letters()
+    assert [(letter.event_id, letter.code) for letter in letters] == [
+        ("e-1", "ingest_failed"),
+        ("e-2", "ingest_failed"),
+    ]
+    assert all("RuntimeError: boom" in letter.reason for letter in letters)
+    monkeypatch.setattr(tasks.runtime, "_runtime", None)
 
 
 @pytest.mark.parametrize(
