@@ -146,16 +146,32 @@ FLOWS = (
 class Seeded:
     """The seeded cases of each flow not used yet, and what the refund events must name."""
 
-    pools: dict[str, collections.deque[int]]
+    url: str
+    templates: dict[str, int]
     versions: dict[str, int]
     refund_key: str
     refund_amount: int
+    pools: dict[str, collections.deque[int]] = field(default_factory=dict)
     orders: dict[int, str] = field(default_factory=dict)
+    batches: int = 0
+
+    def grow(self, events: int) -> None:
+        """Enough set-based copies of the templates (``support.copy_case``) for ``events``
+        more events, the flows taking turns."""
+        engine = make_engine(self.url)
+        self.batches += 1
+        for flow in FLOWS:
+            count = events // len(FLOWS) + 1
+            tag = f"e2e{self.batches}-{flow.name}"
+            ids = support.copy_case(engine, self.templates[flow.name], count, tag)
+            self.pools.setdefault(flow.name, collections.deque()).extend(ids)
+            if flow is FLOWS[0]:
+                self.orders.update((case_id, f"o-{tag}-{n}") for n, case_id in enumerate(ids, 1))
 
     def take(self, flow: Flow) -> int:
         pool = self.pools[flow.name]
         if not pool:
-            raise RuntimeError(f"no seeded {flow.name} case left: raise --cases")
+            raise RuntimeError(f"no seeded {flow.name} case left")
         return pool.popleft()
 
 
@@ -228,28 +244,19 @@ def _template(service: CaseService, clock: FakeClock, flow: Flow, tag: str) -> i
     return case_id
 
 
-def seed(url: str, per_flow: int, tag: str) -> Seeded:
-    """``per_flow`` cases of each flow: one template each through ``CaseService`` (an hour ago),
-    set-based copies of it (``support.copy_case``); the templates' outbox rows are deleted so
-    that the workers have nothing to do but the events."""
+def seed(url: str) -> Seeded:
+    """A template case of each flow, driven through ``CaseService`` an hour ago; their outbox
+    rows are deleted so that the workers have nothing to do but the events. ``Seeded.grow``
+    copies them."""
     clock = FakeClock(datetime.now(UTC) - timedelta(hours=1))
     service = build_service(Settings(database_url=url), clock)
-    engine = make_engine(url)
-    templates = {flow.name: _template(service, clock, flow, tag) for flow in FLOWS}
+    templates = {flow.name: _template(service, clock, flow, "e2e") for flow in FLOWS}
     refund = service.get(templates["refund"]).case
     assert refund.refund_key is not None and refund.refund_amount is not None
-    with engine.begin() as connection:
+    with make_engine(url).begin() as connection:
         connection.execute(sa.text("DELETE FROM outbox"))
-    pools: dict[str, collections.deque[int]] = {}
-    versions: dict[str, int] = {}
-    orders: dict[int, str] = {}
-    for flow in FLOWS:
-        ids = support.copy_case(engine, templates[flow.name], per_flow, f"{tag}-{flow.name}")
-        pools[flow.name] = collections.deque(ids)
-        versions[flow.name] = service.get(templates[flow.name]).case.version
-        if flow.name == "pickup":
-            orders.update((case_id, f"o-{tag}-{flow.name}-{n}") for n, case_id in enumerate(ids, 1))
-    return Seeded(pools, versions, refund.refund_key, refund.refund_amount, orders)
+    versions = {name: service.get(case_id).case.version for name, case_id in templates.items()}
+    return Seeded(url, templates, versions, refund.refund_key, refund.refund_amount)
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -752,12 +759,14 @@ class Sampler:
     """py-spy sampling every pool child (with idle frames: waiting on PostgreSQL is time too)."""
 
     def __init__(self, stack: Stack, folder: Path, name: str, rate: int = 200) -> None:
-        self.files = []
+        self.files: list[Path] = []
         self.processes = []
         py_spy = Path(sys.executable).with_name("py-spy")
-        for pid in stack.pool_pids():
-            output = folder / f"{name}-{pid}.txt"
-            self.files.append(output)
+        self.main_files: list[Path] = []
+        mains = [worker.pid for worker in stack.workers]
+        for pid in [*stack.pool_pids(), *mains]:
+            output = folder / f"{name}-{'main' if pid in mains else 'child'}-{pid}.txt"
+            (self.main_files if pid in mains else self.files).append(output)
             command = [str(py_spy), "record", "--pid", str(pid), "--rate", str(rate), "--idle"]
             command += ["--format", "raw", "--output", str(output)]
             self.processes.append(
@@ -794,16 +803,46 @@ def _frame_key(frame: str) -> tuple[str, str]:
     return function, where
 
 
-#: Where a pool child waits for its next task (idle, not working).
-_IDLE = ("billiard/pool.py", "_recv", "poll (select", "connection.py")
+#: Where profiled time goes, by the leaf frame's file (first match wins).
+_AREAS = (
+    ("psycopg/connection.py Connection.wait", "waiting for PostgreSQL (psycopg Connection.wait)"),
+    ("psycopg", "psycopg, client side"),
+    ("redis/", "Redis client (publishing: relay kicks, relayed effects)"),
+    ("kombu/", "kombu"),
+    ("sqlalchemy/", "SQLAlchemy"),
+    ("persistence/", "persistence/ (ours)"),
+    ("workflow/", "workflow/ (ours)"),
+    ("tasks/", "tasks/ (ours)"),
+    ("adapters/", "adapters/ (ours: fake gateways)"),
+    ("entrypoints/", "entrypoints/ (ours)"),
+    ("transitions/", "transitions"),
+    ("pydantic", "pydantic"),
+    ("json/", "json"),
+    ("logging/", "logging"),
+    ("celery/", "celery"),
+    ("billiard/", "billiard"),
+)
+_OURS = ("workflow/", "persistence/", "tasks/", "adapters/")
+_TRACE = "build_tracer.<locals>.trace_task"
 
 
-def profile_report(files: Sequence[Path], events: int) -> str:
-    """Own time per file:line and inclusive time per function of ours, per event."""
-    own: collections.Counter[str] = collections.Counter()
+def _area(where: str, function: str) -> str:
+    key = f"{where} {function}"
+    for needle, name in _AREAS:
+        if needle in key:
+            return name
+    return "stdlib and builtins"
+
+
+def profile_report(files: Sequence[Path], events: int, rate: int = 200) -> str:
+    """Where sampled wall time goes, in ms per event: outside tasks (waiting for one, the
+    pool's and the event loop's own work), per task, per area of the leaf frame, and inclusive
+    per function of ours (file:line of the call site)."""
+    outside: collections.Counter[str] = collections.Counter()
+    tasks: collections.Counter[str] = collections.Counter()
+    areas: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = idle = 0
-    rate = 200
     for path in files:
         if not path.exists():
             continue
@@ -813,30 +852,43 @@ def profile_report(files: Sequence[Path], events: int) -> str:
                 continue
             count = int(count_text)
             frames = [_frame_key(f) for f in stack.split(";") if f.strip()]
+            entry = next((i for i, (f, _) in enumerate(frames) if f == _TRACE), None)
             if not frames:
                 continue
-            total += count
-            if not any("aftersales" in f or "tasks/" in w for f, w in frames) and any(
-                "billiard" in w for _, w in frames
-            ):
-                idle += count
-                continue
             function, where = frames[-1]
-            own[f"{where} {function}"] += count
-            for key in {f"{w} {f}" for f, w in frames if not w.startswith(("/", "<"))}:
+            if entry is None:
+                if function in ("_epoll.poll", "Connection._recv", "poll"):
+                    outside["idle: waiting for a message or a task"] += count
+                else:
+                    outside[f"outside tasks: {_area(where, function)}"] += count
+                continue
+            inside = frames[entry:]
+            task = next((f"{w} {f}" for f, w in inside if w.startswith("tasks/")), "celery")
+            tasks[task] += count
+            areas[_area(where, function)] += count
+            leaves[f"{where} {function}"] += count
+            for key in {f"{w} {f}" for f, w in inside if w.startswith(_OURS)}:
                 inclusive[key] += count
-    busy = total - idle
     per = 1e3 / rate / max(events, 1)
-    lines = [
-        f"{total} samples at {rate} Hz over the pool children: {busy} busy "
-        f"({busy * per:.2f} ms per event), {idle} waiting for a task"
-    ]
-    lines.append("own time (leaf frame), ms per event, share of busy:")
-    for key, count in own.most_common(25):
-        lines.append(f"  {count * per:7.3f}  {count / max(busy, 1):5.1%}  {key}")
-    lines.append("inclusive time, ms per event, share of busy:")
-    for key, count in inclusive.most_common(60):
-        lines.append(f"  {count * per:7.3f}  {count / max(busy, 1):5.1%}  {key}")
+    busy = sum(tasks.values())
+
+    def rows(counter: collections.Counter[str], limit: int, of: int) -> list[str]:
+        return [
+            f"  {n * per:8.2f} ms {n / max(of, 1):6.1%}  {key}"
+            for key, n in counter.most_common(limit)
+        ]
+
+    total = busy + sum(outside.values())
+    lines = [f"{total * per:.2f} ms of samples per event ({len(files)} processes, {rate} Hz):"]
+    lines += rows(outside, 10, total)
+    lines.append(f"  {busy * per:8.2f} ms {busy / max(total, 1):6.1%}  inside tasks, by task:")
+    lines += rows(tasks, 10, busy)
+    lines.append("inside tasks, by area of the leaf frame (share of time inside tasks):")
+    lines += rows(areas, 20, busy)
+    lines.append("inside tasks, leaf frames:")
+    lines += rows(leaves, 15, busy)
+    lines.append("inside tasks, inclusive, functions of ours:")
+    lines += rows(inclusive, 40, busy)
     return "\n".join(lines) + "\n"
 
 
@@ -907,13 +959,13 @@ def verify(stack: Stack, events: Sequence[Event], seeded: Seeded) -> list[str]:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def _units(kind: str, options: argparse.Namespace) -> int:
-    return {
-        "noop": options.noop,
-        "single": options.single,
-        "batch": options.batch,
-        "http": options.http,
-    }[kind]
+def _sized(calibration: Drain, kind: str, options: argparse.Namespace) -> int:
+    """Units for about ``--seconds`` at the calibration's rate, whole messages, at least two per
+    prefork child."""
+    per_message = {"batch": options.batch_size, "http": options.http_batch}.get(kind, 1)
+    least = 2 * options.workers * options.concurrency * per_message
+    wanted = int(calibration.rate * options.seconds) // per_message * per_message
+    return max(least, wanted)
 
 
 def _drains_table(drains: Sequence[Drain]) -> Table:
@@ -1024,12 +1076,7 @@ def deployment(options: argparse.Namespace, console: Console) -> Iterator[tuple[
         database = stack_.enter_context(support.throwaway_database("postgres", server_url))
         assert database.conninfo is not None
         broker_url = stack_.enter_context(support.private_redis(folder / "redis"))
-        started = time.monotonic()
-        seeded = seed(database.url, options.cases_per_flow, "e2e")
-        console.print(
-            f"seeded {options.cases_per_flow} cases of each of {', '.join(f.name for f in FLOWS)} "
-            f"in {time.monotonic() - started:.1f} s"
-        )
+        seeded = seed(database.url)
         stack = Stack(database.url, database.conninfo, broker_url, folder, options.concurrency)
         stack_.callback(dispose_engine, database.url)
         stack_.callback(stack.stop)
@@ -1050,11 +1097,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     cores = os.cpu_count() or 2
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--noop", type=int, default=3000, help="no-op tasks per round")
-    parser.add_argument("--single", type=int, default=600, help="single-event messages per round")
-    parser.add_argument("--batch", type=int, default=3000, help="events per round, in batches")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=4.0,
+        help="size each measurement to last about this long at the warm-up's rate",
+    )
+    sized = "per round (default: sized by --seconds; 0: skip this kind)"
+    parser.add_argument("--noop", type=int, help=f"no-op tasks {sized}")
+    parser.add_argument("--single", type=int, help=f"single-event messages {sized}")
+    parser.add_argument("--batch", type=int, help=f"events in batches {sized}")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch message")
-    parser.add_argument("--http", type=int, default=3000, help="events per round over HTTP")
+    parser.add_argument("--http", type=int, help=f"events over HTTP {sized}")
     parser.add_argument("--http-batch", type=int, default=100, help="events per request (≤ 100)")
     parser.add_argument("--http-clients", type=int, default=cores, help="concurrent requests")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -1073,23 +1127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"or {support.DEFAULT_POSTGRES_URL})",
     )
     options = parser.parse_args(argv)
-    kinds = [k for k in KINDS if _units(k, options) > 0]
-    warmup = {"noop": 300, "single": 60, "batch": 300, "http": 300}
-    profile_units = {"single": options.single, "batch": options.batch} if options.profile else {}
-    latency_cap = 4000 if options.latency_seconds else 0
-    events_needed = (
-        options.rounds * sum(_units(k, options) for k in kinds if k != "noop")
-        + sum(warmup[k] for k in kinds if k != "noop")
-        + 2 * latency_cap
-        + sum(profile_units.values())
-    )
-    options.cases_per_flow = events_needed // len(FLOWS) + 1
+    kinds = [k for k in KINDS if getattr(options, k) != 0]
+    warmup = {"noop": 300, "single": 60, "batch": 3 * options.batch_size, "http": 300}
     console = support.console()
     support.print_machine(console, support.machine(support.postgres_url(options.postgres_url)))
     console.print(
-        f"{options.rounds} rounds of {', '.join(f'{k} {_units(k, options)}' for k in kinds)} "
-        f"(batch {options.batch_size}/message, HTTP {options.http_batch}/request × "
-        f"{options.http_clients} clients); load {load()}"
+        f"{options.rounds} rounds of {', '.join(kinds)} (batch {options.batch_size}/message, "
+        f"HTTP {options.http_batch}/request × {options.http_clients} clients); load {load()}"
     )
     wall = time.monotonic()
     drains: list[Drain] = []
@@ -1097,15 +1141,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_events: list[Event] = []
     profiles: list[str] = []
     with deployment(options, console) as (stack, seeded), support.progress(console) as bar:
+        seeded.grow(sum(warmup[k] for k in kinds if k != "noop"))
+        units = {}
         for kind in kinds:
-            _, events = drain(stack, kind, 0, warmup[kind], seeded, options, bar)
+            calibration, events = drain(stack, kind, 0, warmup[kind], seeded, options, bar)
             all_events += events
+            units[kind] = getattr(options, kind) or _sized(calibration, kind, options)
+        console.print(
+            "per round: " + ", ".join(f"{kind} {units[kind]}" for kind in kinds), highlight=False
+        )
+        seeded.grow(options.rounds * sum(units[k] for k in kinds if k != "noop"))
         for round_ in range(1, options.rounds + 1):
             order = kinds if round_ % 2 else list(reversed(kinds))
             for kind in order:
-                result, events = drain(
-                    stack, kind, round_, _units(kind, options), seeded, options, bar
-                )
+                result, events = drain(stack, kind, round_, units[kind], seeded, options, bar)
                 drains.append(result)
                 all_events += events
         rates = {k: support.median([d.rate for d in drains if d.kind == k]) for k in kinds}
@@ -1114,7 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if kind not in rates:
                     continue
                 rate = options.latency_load * rates[kind]
-                rate = min(rate, latency_cap / options.latency_seconds)
+                seeded.grow(int(rate * options.latency_seconds) + options.batch_size)
                 latency = paced(
                     stack, kind, rate, options.latency_seconds, seeded, options.batch_size, bar
                 )
@@ -1122,14 +1171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 all_events += latency.events
         if options.profile:
             options.profile.mkdir(parents=True, exist_ok=True)
-            for kind, units in profile_units.items():
+            profile_units = {k: units[k] for k in ("single", "batch") if k in units}
+            seeded.grow(sum(profile_units.values()))
+            for kind, count in profile_units.items():
                 samplers: list[Sampler] = []
                 start = _sampling(stack, options.profile, kind, samplers)
-                _, events = drain(stack, kind, 90, units, seeded, options, bar, during=start)
+                _, events = drain(stack, kind, 90, count, seeded, options, bar, during=start)
                 all_events += events
-                report = profile_report(samplers[0].files, units)
+                report = profile_report(samplers[0].files, count)
+                report += "the worker's main process:\n"
+                report += profile_report(samplers[0].main_files, count)
                 (options.profile / f"{kind}.txt").write_text(report)
-                profiles.append(f"{kind} ({units} events):\n{report}")
+                profiles.append(f"{kind} ({count} events):\n{report}")
         problems = verify(stack, all_events, seeded)
         runtimes = _task_runtimes(stack)
     console.print(_drains_table(drains))
