@@ -155,13 +155,14 @@ class Seeded:
     orders: dict[int, str] = field(default_factory=dict)
     batches: int = 0
 
-    def grow(self, events: int) -> None:
-        """Enough set-based copies of the templates (``support.copy_case``) for ``events``
-        more events, the flows taking turns."""
+    def grow(self, counts: Sequence[int]) -> None:
+        """Enough set-based copies of the templates (``support.copy_case``) for ``make_events``
+        to be called with each of ``counts``."""
         engine = make_engine(self.url)
         self.batches += 1
         for flow in FLOWS:
-            count = events // len(FLOWS) + 1
+            # make_events starts every call with the first flow.
+            count = sum(math.ceil(c / len(FLOWS)) for c in counts)
             tag = f"e2e{self.batches}-{flow.name}"
             ids = support.copy_case(engine, self.templates[flow.name], count, tag)
             self.pools.setdefault(flow.name, collections.deque()).extend(ids)
@@ -330,8 +331,7 @@ class Stack:
             self.workers.append(
                 subprocess.Popen(command, cwd=self.folder, env=self.env, stdout=log, stderr=log)
             )
-        for _ in range(4 * count * self.concurrency):
-            self.ping()
+        self.ping()
         self.startup_failures = self._prime()
 
     def _prime(self, attempts: int = 10) -> int:
@@ -478,6 +478,8 @@ class Stack:
         redis_pid = int(self.broker.info("server")["process_id"])
         mains = [w.pid for w in self.workers]
         return {
+            # A count, not seconds: the commands Redis processed.
+            "redis commands": float(self.broker.info("stats")["total_commands_processed"]),
             "worker main": sum(_cpu_seconds(pid) for pid in mains),
             "pool children": sum(_cpu_seconds(c) for pid in mains for c in _children(pid)),
             "postgres": sum(_cpu_seconds(pid) for pid in backends),
@@ -807,7 +809,7 @@ def _frame_key(frame: str) -> tuple[str, str]:
 _AREAS = (
     ("psycopg/connection.py Connection.wait", "waiting for PostgreSQL (psycopg Connection.wait)"),
     ("psycopg", "psycopg, client side"),
-    ("redis/", "Redis client (publishing: relay kicks, relayed effects)"),
+    ("redis/", "Redis client"),
     ("kombu/", "kombu"),
     ("sqlalchemy/", "SQLAlchemy"),
     ("persistence/", "persistence/ (ours)"),
@@ -972,6 +974,7 @@ def _drains_table(drains: Sequence[Drain]) -> Table:
     table = Table(title="drains: published with the workers paused, then timed")
     for column in ("round", "kind", "units", "msgs", "done s", "units/s", "settled s", "settled/s"):
         table.add_column(column, justify="right")
+    table.add_column("Redis cmds/unit")
     table.add_column("CPU ms/unit: main · children · postgres · redis · api")
     table.add_column("load 1/5/15")
     for d in drains:
@@ -988,6 +991,7 @@ def _drains_table(drains: Sequence[Drain]) -> Table:
             f"{d.rate:,.0f}",
             f"{d.settled_s:.2f}",
             f"{d.settled_rate:,.0f}",
+            f"{d.cpu['redis commands'] / d.units:.1f}",
             cpu,
             d.load,
         )
@@ -1100,7 +1104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--seconds",
         type=float,
-        default=4.0,
+        default=3.0,
         help="size each measurement to last about this long at the warm-up's rate",
     )
     sized = "per round (default: sized by --seconds; 0: skip this kind)"
@@ -1141,7 +1145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_events: list[Event] = []
     profiles: list[str] = []
     with deployment(options, console) as (stack, seeded), support.progress(console) as bar:
-        seeded.grow(sum(warmup[k] for k in kinds if k != "noop"))
+        seeded.grow([warmup[k] for k in kinds if k != "noop"])
         units = {}
         for kind in kinds:
             calibration, events = drain(stack, kind, 0, warmup[kind], seeded, options, bar)
@@ -1150,7 +1154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(
             "per round: " + ", ".join(f"{kind} {units[kind]}" for kind in kinds), highlight=False
         )
-        seeded.grow(options.rounds * sum(units[k] for k in kinds if k != "noop"))
+        seeded.grow(options.rounds * [units[k] for k in kinds if k != "noop"])
         for round_ in range(1, options.rounds + 1):
             order = kinds if round_ % 2 else list(reversed(kinds))
             for kind in order:
@@ -1163,7 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if kind not in rates:
                     continue
                 rate = options.latency_load * rates[kind]
-                seeded.grow(int(rate * options.latency_seconds) + options.batch_size)
+                seeded.grow([int(rate * options.latency_seconds) + options.batch_size])
                 latency = paced(
                     stack, kind, rate, options.latency_seconds, seeded, options.batch_size, bar
                 )
@@ -1172,7 +1176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.profile:
             options.profile.mkdir(parents=True, exist_ok=True)
             profile_units = {k: units[k] for k in ("single", "batch") if k in units}
-            seeded.grow(sum(profile_units.values()))
+            seeded.grow(list(profile_units.values()))
             for kind, count in profile_units.items():
                 samplers: list[Sampler] = []
                 start = _sampling(stack, options.profile, kind, samplers)
