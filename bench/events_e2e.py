@@ -40,12 +40,13 @@ unacked hash empty, every outbox row completed): what the workers sustain for a 
 The HTTP API does not kick the relay (beat's periodic relay would): the bench sends one relay task
 when the requests are done, and ``settled/s`` includes it.
 
-Latency is measured apart, with the producer publishing at a fixed pace (``--latency-load`` of the
-measured single-event and batch rates) for ``--latency-seconds`` each: publish time kept in the
-producer, commit time from a poller reading new ``inbound_events`` rows every 5 ms (the commit is
-before the poll that first sees the row and after the one before it). ``aftersales.ping``
-tasks sent at the same pace are the broker's own latency (the worker writes its completion time
-into the ping file). ``received_at`` of ``inbound_events`` (the worker's clock when the
+Latency is measured apart, with the producer publishing at a fixed pace (``--latency-load`` of
+the measured single-event and batch settled rates: what the workers sustain with the effects) for
+``--latency-seconds`` each: publish time kept in the producer, commit time from a poller reading
+new ``inbound_events`` rows every 5 ms (the commit is before the poll that first sees the row and
+after the one before it). ``aftersales.ping`` tasks sent ten a second in the same queue are the
+broker's and worker's own latency (the worker writes its completion time into the ping file).
+``received_at`` of ``inbound_events`` (the worker's clock when the
 transition's transaction started) splits the latency into waiting and applying.
 
 CPU per event comes from /proc: the worker's main process, its pool children, the PostgreSQL
@@ -1121,7 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--latency-seconds", type=float, default=8.0, help="per kind; 0: skip")
     parser.add_argument(
-        "--latency-load", type=float, default=0.5, help="publishing pace, share of measured rate"
+        "--latency-load", type=float, default=0.5, help="publishing pace, share of the settled rate"
     )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the pool afterwards")
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
@@ -1161,7 +1162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result, events = drain(stack, kind, round_, units[kind], seeded, options, bar)
                 drains.append(result)
                 all_events += events
-        rates = {k: support.median([d.rate for d in drains if d.kind == k]) for k in kinds}
+        # The pace is a share of what the workers sustain with the events' effects (settled/s):
+        # at a share of units/s alone the relays and notifications would queue up behind.
+        rates = {k: support.median([d.settled_rate for d in drains if d.kind == k]) for k in kinds}
         if options.latency_seconds:
             for kind in ("single", "batch"):
                 if kind not in rates:
