@@ -21,10 +21,13 @@ import platform
 import pstats
 import secrets
 import shutil
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+import redis
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from rich.console import Console
@@ -161,6 +165,14 @@ def seed_submitted_cases(service: CaseService, engine: Engine, count: int, tag: 
     faster than submitting each, and the rows are the same but for ids and order ids).
     """
     template = service.submit(application(f"o-{tag}-template")).case.id
+    assert template is not None
+    return copy_case(engine, template, count, tag)
+
+
+def copy_case(engine: Engine, template: int, count: int, tag: str) -> list[int]:
+    """``count`` set-based copies of case ``template`` in whatever state it is: its case row
+    (order id ``o-<tag>-<n>``), every log row, every timer and its order-item claims; not its
+    outbox rows. Returns the copies' ids in order."""
     with engine.begin() as connection:
         first = connection.execute(sa.text("SELECT max(id) FROM cases")).scalar_one() + 1
         copied = _CASE_COLUMNS.replace("order_id", f"'o-{tag}-' || CAST(n.i AS TEXT)")
@@ -177,7 +189,7 @@ def seed_submitted_cases(service: CaseService, engine: Engine, count: int, tag: 
                 "reason, data, at, idempotency_key) "
                 'SELECT c.id, t.seq, t."trigger", t.from_state, t.to_state, t.actor, t.reason, '
                 "t.data, t.at, t.idempotency_key FROM cases c, transitions t "
-                "WHERE c.id >= :first AND t.case_id = :template ORDER BY c.id"
+                "WHERE c.id >= :first AND t.case_id = :template ORDER BY c.id, t.seq"
             ),
             {"first": first, "template": template},
         )
@@ -187,7 +199,7 @@ def seed_submitted_cases(service: CaseService, engine: Engine, count: int, tag: 
                 "created_at) "
                 'SELECT c.id, t.kind, t."trigger", t.state, t.version, t.due_at, t.status, '
                 "t.created_at FROM cases c, timers t "
-                "WHERE c.id >= :first AND t.case_id = :template ORDER BY c.id"
+                "WHERE c.id >= :first AND t.case_id = :template ORDER BY c.id, t.id"
             ),
             {"first": first, "template": template},
         )
@@ -711,3 +723,63 @@ def machine(server_url: str | None = None) -> dict[str, str]:
 
 def print_machine(console: Console, facts: dict[str, str]) -> None:
     console.print(" · ".join(f"[bold]{key}[/] {value}" for key, value in facts.items()))
+
+
+# -- a private Redis ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def private_redis(folder: Path, deadline_s: float = 20.0) -> Iterator[str]:
+    """A ``redis-server`` of this run only (no persistence), on a free port; its URL.
+
+    Workers on the shared Redis would take other people's tasks, and theirs ours."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    try:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {server.returncode}")
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
