@@ -16,6 +16,7 @@ from celery import Celery, Task
 
 from config.settings import Settings
 from tasks.broker import BrokerConfig, broker_config, var_dir
+from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
 from tasks.schedule import beat_schedule
 from tasks.settings import WorkerSettings
@@ -90,6 +91,9 @@ def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any
         # After a lost broker connection the broker redelivers the unacked messages; stopping
         # their tasks here keeps them from running twice. (Celery 6's default.)
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Celery's consumer shuts the worker down instead of reconnecting when Redis goes away
+        # while a task runs (celery 5.7.0 + kombu 5.7.0); tasks/consumer.py has the why and fix.
+        "worker_consumer": CONSUMER_PATH,
         # The embedded broker carries no broadcasts (nothing would clean up a dead worker's
         # control queue); ``celery inspect`` needs Redis.
         "worker_enable_remote_control": not broker.embedded,

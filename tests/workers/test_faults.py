@@ -156,8 +156,6 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
         def reconnected() -> bool:
             for worker in workers:
                 why = _gave_up(worker)
-                if why is not None and "'hostname'" in why:
-                    pytest.xfail(f"{REDIS_RECONNECT_BUG} ({worker.log.name}: {why})")
                 if why is not None:
                     pytest.fail(f"{worker.log.name} exited after the Redis restart: {why}")
             return all(_connected_again(worker) for worker in workers)
@@ -181,25 +179,8 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
         assert all(worker.alive() for worker in workers)
 
 
-#: Celery 5.7.0's cleanup after a lost broker connection
-#: (``Consumer.on_connection_error_after_connected``) runs ``connection.collect()`` and then
-#: ``connection.close()``. When the worker holds unacknowledged messages (a task running:
-#: acks_late) and its channel has a BRPOP outstanding (a pool slot free), kombu 5.7.0's Redis
-#: ``Channel.close()`` inside ``collect()`` stops at the failing BRPOP drain (ConnectionError)
-#: before marking itself closed; ``collect()`` then drops ``transport.client``; the second
-#: ``close()`` restores the unacknowledged messages through a client it builds from
-#: ``transport.client``, None: ``AttributeError`` in ``Channel._connparams``, which
-#: ``ignore_errors()`` does not catch, and Celery shuts the worker (and its beat) down.
-REDIS_RECONNECT_BUG = (
-    "BUG: a worker running a task when Redis goes away exits with 'Unrecoverable error: "
-    "AttributeError: NoneType object has no attribute hostname' instead of reconnecting "
-    "(celery 5.7.0 on_connection_error_after_connected + kombu 5.7.0 Redis Channel.close)"
-)
-
-
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-@pytest.mark.xfail(strict=True, reason=REDIS_RECONNECT_BUG)
 def test_a_worker_running_a_task_reconnects_after_a_redis_restart(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
