@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 CONSUMER_PATH = "tasks.consumer:ReconnectingConsumer"
 
 
-class ReconnectingConsumer(Consumer):  # type: ignore[misc]
+class ReconnectingConsumer(Consumer):
     """Celery's consumer, finishing interrupted Redis BRPOP reads before it reconnects."""
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
