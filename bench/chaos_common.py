@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +60,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from celery import Celery
+from kombu.exceptions import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -317,6 +319,32 @@ class Supervisor:
                         self.restarts += 1
 
 
+class AtRandomMoments:
+    """Runs ``action`` in a thread after pauses drawn uniformly from ``every`` (min, max seconds),
+    until the ``with`` block ends."""
+
+    def __init__(
+        self, every: tuple[float, float], rng: random.Random, action: Callable[[], None]
+    ) -> None:
+        self.every = every
+        self.rng = rng
+        self.action = action
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> AtRandomMoments:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.rng.uniform(*self.every)):
+            self.action()
+
+
 # -- the deployment --------------------------------------------------------------------------------
 
 
@@ -332,6 +360,8 @@ class Deployment:
     payments: FakePaymentGateway
     workers: list[Slot] = field(default_factory=list)
     beats: list[Slot] = field(default_factory=list)
+    #: Keep the folder (process logs) after the run: set when a check failed.
+    keep_folder: bool = False
 
     def add_worker(self, concurrency: int) -> Slot:
         index = len(self.workers)
@@ -377,8 +407,14 @@ class Deployment:
 
         wait_until(ready, "the workers to be ready", timeout)
 
-    def send_event(self, envelope: dict[str, Any]) -> None:
-        self.app.send_task("aftersales.ingest_event", args=[envelope])
+    def send_event(self, envelope: dict[str, Any]) -> bool:
+        """Publish one event as a producer does; False when the broker is unreachable (the
+        driver tries again on its next round)."""
+        try:
+            self.app.send_task("aftersales.ingest_event", args=[envelope])
+        except (OperationalError, redis.RedisError, OSError):
+            return False
+        return True
 
     def stop(self) -> None:
         for slot in self.workers + self.beats:
@@ -440,6 +476,8 @@ def deployment(server_url: str, extra_env: dict[str, str] | None = None) -> Iter
                 app.close()
     finally:
         server.stop()
+    if not run.keep_folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _kick(app: Celery) -> None:
@@ -598,6 +636,8 @@ class DriverStats:
     resent: int = 0
     waves: int = 0
     jumps: int = 0
+    #: Rounds cut short because the broker was unreachable.
+    send_failures: int = 0
 
 
 class Driver:
@@ -687,7 +727,9 @@ class Driver:
                     f"{what}: cases stuck after {self.stage_timeout_s:.0f} s: {dict(stuck)}"
                 )
             for case, (state, version) in rows.items():
-                self._react(case, state, version)
+                if not self._react(case, state, version):
+                    self.stats.send_failures += 1
+                    break
             time.sleep(0.2)
             elapsed, tick = time.monotonic() - tick, time.monotonic()
             self.run.clock.advance(timedelta(seconds=elapsed * CLOCK_SPEED))
@@ -707,40 +749,36 @@ class Driver:
         # Cases of earlier waves are all terminal when a wave starts.
         return self.stats.cases - len(ids)
 
-    def _react(self, case: int, state: CaseState, version: int) -> None:
+    def _react(self, case: int, state: CaseState, version: int) -> bool:
+        """Send what the outside world sends now for this case; False if the broker is down."""
         if state in TERMINAL_STATES:
-            return
+            return True
         key = (case, version)
         sent = self._sent.get(key)
         if sent is not None:
             at, envelopes = sent
-            if self.flood.resend_after_s and time.monotonic() - at > self.flood.resend_after_s:
-                for envelope in envelopes:
-                    self.run.send_event(envelope)
-                    self.stats.resent += 1
-                self._sent[key] = (time.monotonic(), envelopes)
-            return
-        envelopes = reactions(self.kinds[case], state, case, version, self.run.clock.now())
-        if (
-            state is S.PICKUP
-            and envelopes
-            and self.flood.reorder
-            and self.rng.random() < self.flood.reorder
-        ):
+            if not self.flood.resend_after_s or time.monotonic() - at < self.flood.resend_after_s:
+                return True
+            if not all(self.run.send_event(envelope) for envelope in envelopes):
+                return False
+            self.stats.resent += len(envelopes)
+            self._sent[key] = (time.monotonic(), envelopes)
+            return True
+        now = self.run.clock.now()
+        envelopes = reactions(self.kinds[case], state, case, version, now)
+        if state is S.PICKUP and envelopes and self.rng.random() < self.flood.reorder:
             # The carrier's delivery scan arrives before its pickup scan: the delivery implies
             # the pickup, and the late pickup is ignored.
-            delivered = reactions(
-                self.kinds[case], S.SHIPPED_BACK, case, version, self.run.clock.now()
-            )
-            envelopes = delivered + envelopes
+            envelopes = reactions(self.kinds[case], S.SHIPPED_BACK, case, version, now) + envelopes
             self.stats.reordered += 1
+        copies = [self.rng.randint(1, self.flood.copies) for _ in envelopes]
+        for envelope, times in zip(envelopes, copies, strict=True):
+            if not all(self.run.send_event(envelope) for _ in range(times)):
+                return False  # not recorded as sent: the whole reaction is sent next round
         self._sent[key] = (time.monotonic(), envelopes)
-        for envelope in envelopes:
-            copies = self.rng.randint(1, self.flood.copies)
-            for _ in range(copies):
-                self.run.send_event(envelope)
-            self.stats.events += 1
-            self.stats.copies += copies - 1
+        self.stats.events += len(envelopes)
+        self.stats.copies += sum(copies) - len(copies)
+        return True
 
 
 # -- the checks ------------------------------------------------------------------------------------

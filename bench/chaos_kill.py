@@ -24,7 +24,6 @@ import argparse
 import os
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,53 +45,38 @@ class KillStats:
 
 
 class Killer:
-    """SIGKILLs a random worker process every ``every`` (min, max) seconds until stopped."""
+    """SIGKILLs a random worker process: its main process with everything it started, or one
+    of its prefork children. Holds the supervisor meanwhile, so no restart races the choice."""
 
     def __init__(
         self,
         run: chaos.Deployment,
         supervisor: chaos.Supervisor,
-        every: tuple[float, float],
         rng: random.Random,
         on_kill: Callable[[int], None] = lambda total: None,
     ) -> None:
         self.run = run
         self.supervisor = supervisor
-        self.every = every
         self.rng = rng
         self.on_kill = on_kill
         self.stats = KillStats()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> Killer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.rng.uniform(*self.every)):
-            with self.supervisor.held():
-                self._kill_one()
-
-    def _kill_one(self) -> None:
-        alive = [slot for slot in self.run.workers if slot.alive()]
-        if not alive:
-            return
-        victim = self.rng.choice(alive)
-        children = victim.children()
-        if children and self.rng.random() < 0.5:
-            try:
-                os.kill(self.rng.choice(children), signal.SIGKILL)
-            except ProcessLookupError:
-                return  # it had just exited: no kill landed
-            self.stats.children += 1
-        else:
-            victim.kill_group()
-            self.stats.main += 1
+    def __call__(self) -> None:
+        with self.supervisor.held():
+            alive = [slot for slot in self.run.workers if slot.alive()]
+            if not alive:
+                return
+            victim = self.rng.choice(alive)
+            children = victim.children()
+            if children and self.rng.random() < 0.5:
+                try:
+                    os.kill(self.rng.choice(children), signal.SIGKILL)
+                except ProcessLookupError:
+                    return  # it had just exited: no kill landed
+                self.stats.children += 1
+            else:
+                victim.kill_group()
+                self.stats.main += 1
         self.on_kill(self.stats.total)
 
 
@@ -124,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         terminal = bars.add_task("cases terminal", total=args.cases)
         kills = bars.add_task("kill -9", total=args.kills)
         supervisor = chaos.Supervisor(run.workers + run.beats)
-        killer = Killer(
-            run, supervisor, tuple(args.kill_every), rng, lambda n: bars.update(kills, completed=n)
-        )
+        killer = Killer(run, supervisor, rng, lambda n: bars.update(kills, completed=n))
         driver = chaos.Driver(
             run,
             args.cases,
@@ -136,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda done, total: bars.update(terminal, completed=done, total=total),
         )
         error: Exception | None = None
-        with supervisor, killer:
+        with supervisor, chaos.AtRandomMoments(tuple(args.kill_every), rng, killer):
             try:
                 driver.drive(keep_going=lambda: killer.stats.total < args.kills)
             except TimeoutError as stuck:
@@ -147,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 slot.start()
         chaos.wait_settled(run)
         found = chaos.verify(run)
+        run.keep_folder = not found.ok or error is not None
         elapsed = time.monotonic() - started
         load_after = chaos.load_average()
 
@@ -172,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{problem}")
     if error is not None:
         console.print(f"[red]{error}")
+    if run.keep_folder:
+        console.print(f"process logs kept in {run.folder}")
     ok = found.ok and error is None and killer.stats.total >= args.kills
     console.print(
         f"SUMMARY chaos_kill: {'PASS' if ok else 'FAIL'}; kills={killer.stats.total} "
