@@ -507,8 +507,11 @@ def _process_env(database_url: str, broker_url: str) -> dict[str, str]:
     return env
 
 
-def drop_worker_connections(database_url: str) -> int:
-    """``pg_terminate_backend`` on the workers' sessions of this run's own database only."""
+def drop_sessions(database_url: str, application: str = WORKER_APPLICATION) -> int:
+    """``pg_terminate_backend`` on the sessions named ``application`` (libpq's
+    ``application_name``) of this database, and of no other; how many there were. The server
+    ends each at once, inside a transaction or idle in a pool, as a restart or a network cut
+    would."""
     engine = sa.create_engine(
         normalize_url(database_url), isolation_level="AUTOCOMMIT", poolclass=NullPool
     )
@@ -519,7 +522,7 @@ def drop_worker_connections(database_url: str) -> int:
     )
     try:
         with engine.connect() as connection:
-            return int(connection.execute(query, {"application": WORKER_APPLICATION}).scalar_one())
+            return int(connection.execute(query, {"application": application}).scalar_one())
     finally:
         engine.dispose()
 
@@ -821,6 +824,16 @@ class Findings:
             and not self.refund_mismatches
             and not self.outbox_pending
             and not self.dead_letters
+        )
+
+    def summary(self) -> str:
+        """The checks' figures for a ``SUMMARY`` line."""
+        return (
+            f"cases={self.cases} terminal={self.terminal} transitions={self.transitions} "
+            f"refunds={self.refunds} timers_fired={self.timers_fired} outbox={self.outbox_rows} "
+            f"pending={self.outbox_pending} republished={self.outbox_republished} "
+            f"log_gaps={self.log_gaps} replay_mismatches={self.replay_mismatches} "
+            f"duplicates_found={self.duplicates}"
         )
 
     def problem(self, text: str) -> None:

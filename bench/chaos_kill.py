@@ -161,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"SUMMARY chaos_kill: {'PASS' if ok else 'FAIL'}; kills={killer.stats.total} "
         f"(main {killer.stats.main}, child {killer.stats.children}) restarts={supervisor.restarts} "
-        f"cases={found.cases} terminal={found.terminal} transitions={found.transitions} "
-        f"refunds={found.refunds} timers_fired={found.timers_fired} "
-        f"outbox={found.outbox_rows} pending={found.outbox_pending} "
-        f"duplicates_found={found.duplicates} log_gaps={found.log_gaps} "
-        f"replay_mismatches={found.replay_mismatches} in {elapsed:.0f} s, load {load_after}"
+        f"{found.summary()} in {elapsed:.0f} s, load {load_after}"
     )
     return 0 if ok else 1
 

@@ -89,7 +89,7 @@ class Outages:
         self.stats.redis_down_s += down
 
     def _drop_postgres(self) -> None:
-        ended = chaos.drop_worker_connections(self.run.database_url)
+        ended = chaos.drop_sessions(self.run.database_url)
         self.stats.pg_drops += 1
         self.stats.pg_sessions_ended += ended
 
@@ -209,13 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         f"SUMMARY chaos_outages: {'PASS' if ok else 'FAIL'}; "
         f"redis_restarts={stats.redis_restarts} pg_drops={stats.pg_drops} "
         f"(sessions {stats.pg_sessions_ended}) beats={args.beats} workers={args.workers} "
-        f"exits={len(exits)} cases={found.cases} terminal={found.terminal} "
-        f"transitions={found.transitions} refunds={found.refunds} "
-        f"timers_fired={found.timers_fired} events={driver.stats.events} "
-        f"copies={driver.stats.copies} reordered={driver.stats.reordered} "
-        f"resent={driver.stats.resent} outbox={found.outbox_rows} "
-        f"pending={found.outbox_pending} republished={found.outbox_republished} "
-        f"duplicates_found={found.duplicates} in {elapsed:.0f} s, load {load}"
+        f"exits={len(exits)} events={driver.stats.events} copies={driver.stats.copies} "
+        f"reordered={driver.stats.reordered} resent={driver.stats.resent} "
+        f"{found.summary()} in {elapsed:.0f} s, load {load}"
     )
     return 0 if ok else 1
 

@@ -1,5 +1,7 @@
 """Faults on real workers: a worker killed with SIGKILL while it pays a refund, Redis restarted
-mid-run, events delivered several times and out of order, two schedulers at once.
+mid-run, the workers' PostgreSQL sessions ended mid-run, events delivered several times and out
+of order, two schedulers at once. (The long versions: ``bench/chaos_kill.py`` and
+``bench/chaos_outages.py``.)
 
 Each test ends on the invariants the service promises: every effect once (one payment, one
 transition per event, one firing per timer), every case where it belongs, every outbox row
@@ -187,6 +189,9 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
 def test_a_worker_running_a_task_reconnects_after_a_redis_restart(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """Without ``tasks.consumer.ReconnectingConsumer`` (celery 5.7.0, kombu 5.7.0) the worker
+    exits with "Unrecoverable error: AttributeError: 'NoneType' object has no attribute
+    'hostname'" here instead of reconnecting; the module says why."""
     server = RedisServer(tmp_path / "redis")
     server.start()
     request.addfinalizer(server.stop)
