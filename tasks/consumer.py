@@ -20,8 +20,8 @@ The fix: before Celery's cleanup, finish each channel's interrupted BRPOP read o
 drop its connection error (the reply died with the socket; there is nothing left to read). Then
 the first ``close()`` runs to its end and marks the channel closed, so the second does nothing.
 The unacknowledged messages stay in Redis's ``unacked`` hash (when Redis kept them) and come back
-after the visibility timeout, as after any connection loss; the running task is cancelled by
-``worker_cancel_long_running_tasks_on_connection_loss``.
+after the visibility timeout, as after any connection loss; the running task goes on (its ack
+is lost; ``worker_cancel_long_running_tasks_on_connection_loss`` is off, see ``tasks.app``).
 
 No released kombu or celery changes this path: kombu's ``main`` (read at commit 9ee8595b,
 kombu/transport/redis.py) still has ``_brpop_read`` re-raise before ``close()`` marks the channel
