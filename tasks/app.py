@@ -16,6 +16,7 @@ from celery import Celery, Task
 
 from config.settings import Settings
 from tasks.broker import BrokerConfig, broker_config, var_dir
+from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
 from tasks.schedule import beat_schedule
 from tasks.settings import WorkerSettings
@@ -87,9 +88,15 @@ def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any
         # WorkerLostError (and so requeueing it). It must end before the time limit, or the dead
         # child's task is failed as "time limit exceeded" and acked: lost. Default 10 s.
         "worker_lost_wait": min(10.0, worker.task_time_limit_s / 2),
-        # After a lost broker connection the broker redelivers the unacked messages; stopping
-        # their tasks here keeps them from running twice. (Celery 6's default.)
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Running tasks go on after a lost broker connection. Cancelling them (Celery 6's
+        # default) terminates their pool children, and the worker then dies when it reconnects:
+        # "Unrecoverable error: ValueError('file descriptor is None')" re-registering the
+        # terminated child (celery/celery#9250, open; seen in bench/chaos_outages.py). Going on
+        # may run a task twice (its ack is lost, the broker redelivers it): tasks are idempotent.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Celery's consumer shuts the worker down instead of reconnecting when Redis goes away
+        # while a task runs (celery 5.7.0 + kombu 5.7.0); tasks/consumer.py has the why and fix.
+        "worker_consumer": CONSUMER_PATH,
         # The embedded broker carries no broadcasts (nothing would clean up a dead worker's
         # control queue); ``celery inspect`` needs Redis.
         "worker_enable_remote_control": not broker.embedded,

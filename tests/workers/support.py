@@ -34,6 +34,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 from integration.conftest import POSTGRES_ENV, REQUIRE_POSTGRES_ENV, _throwaway_postgres
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from adapters.fake_gateways import FakePaymentGateway, LedgerEntry
 from config.settings import Settings, sqlite_url
@@ -570,6 +572,39 @@ class RedisServer:
             return False
         finally:
             client.close()
+
+
+# -- PostgreSQL connections dropped ----------------------------------------------------------------
+
+#: ``application_name`` of the workers' PostgreSQL connections in ``drop_worker_connections``
+#: tests: the test process's own connections (it submits and reads) are left alone.
+WORKER_APPLICATION = "aftersales-worker"
+
+
+def tag_worker_connections(stack: Stack) -> None:
+    """Make the workers started from now on name their PostgreSQL connections
+    ``WORKER_APPLICATION`` (libpq's ``application_name``, passed through the URL's query)."""
+    url = make_url(stack.database_url).update_query_dict({"application_name": WORKER_APPLICATION})
+    stack.runtime.env["AFTERSALES_DATABASE_URL"] = url.render_as_string(hide_password=False)
+
+
+def drop_worker_connections(database_url: str) -> int:
+    """``pg_terminate_backend`` on every connection the workers hold to this test's own
+    database (and to no other); how many there were. The server ends each session at once,
+    inside a transaction or idle in a pool, as a server restart or a network cut would."""
+    server = sa.create_engine(
+        normalize_url(database_url), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    query = sa.text(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = :application"
+        " AND pid <> pg_backend_pid()"
+    )
+    try:
+        with server.connect() as connection:
+            return int(connection.execute(query, {"application": WORKER_APPLICATION}).scalar_one())
+    finally:
+        server.dispose()
 
 
 def free_port(first: int = 6390, last: int = 6490) -> int:

@@ -1,5 +1,7 @@
 """Faults on real workers: a worker killed with SIGKILL while it pays a refund, Redis restarted
-mid-run, events delivered several times and out of order, two schedulers at once.
+mid-run, the workers' PostgreSQL sessions ended mid-run, events delivered several times and out
+of order, two schedulers at once. (The long versions: ``bench/chaos_kill.py`` and
+``bench/chaos_outages.py``.)
 
 Each test ends on the invariants the service promises: every effect once (one payment, one
 transition per event, one firing per timer), every case where it belongs, every outbox row
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -19,17 +22,19 @@ import pytest
 
 from workflow.states import CaseState
 
-from .conftest import WorkerProcess, wait_for
+from .conftest import DEADLINE_S, WorkerProcess, wait_for
 from .support import (
     T0,
     RedisServer,
     Stack,
     carrier,
+    drop_worker_connections,
     envelope,
     merchant,
     open_stack,
     stack_params,
     submit,
+    tag_worker_connections,
 )
 
 S = CaseState
@@ -156,8 +161,6 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
         def reconnected() -> bool:
             for worker in workers:
                 why = _gave_up(worker)
-                if why is not None and "'hostname'" in why:
-                    pytest.xfail(f"{REDIS_RECONNECT_BUG} ({worker.log.name}: {why})")
                 if why is not None:
                     pytest.fail(f"{worker.log.name} exited after the Redis restart: {why}")
             return all(_connected_again(worker) for worker in workers)
@@ -181,28 +184,14 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
         assert all(worker.alive() for worker in workers)
 
 
-#: Celery 5.7.0's cleanup after a lost broker connection
-#: (``Consumer.on_connection_error_after_connected``) runs ``connection.collect()`` and then
-#: ``connection.close()``. When the worker holds unacknowledged messages (a task running:
-#: acks_late) and its channel has a BRPOP outstanding (a pool slot free), kombu 5.7.0's Redis
-#: ``Channel.close()`` inside ``collect()`` stops at the failing BRPOP drain (ConnectionError)
-#: before marking itself closed; ``collect()`` then drops ``transport.client``; the second
-#: ``close()`` restores the unacknowledged messages through a client it builds from
-#: ``transport.client``, None: ``AttributeError`` in ``Channel._connparams``, which
-#: ``ignore_errors()`` does not catch, and Celery shuts the worker (and its beat) down.
-REDIS_RECONNECT_BUG = (
-    "BUG: a worker running a task when Redis goes away exits with 'Unrecoverable error: "
-    "AttributeError: NoneType object has no attribute hostname' instead of reconnecting "
-    "(celery 5.7.0 on_connection_error_after_connected + kombu 5.7.0 Redis Channel.close)"
-)
-
-
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-@pytest.mark.xfail(strict=True, reason=REDIS_RECONNECT_BUG)
 def test_a_worker_running_a_task_reconnects_after_a_redis_restart(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """Without ``tasks.consumer.ReconnectingConsumer`` (celery 5.7.0, kombu 5.7.0) the worker
+    exits with "Unrecoverable error: AttributeError: 'NoneType' object has no attribute
+    'hostname'" here instead of reconnecting; the module says why."""
     server = RedisServer(tmp_path / "redis")
     server.start()
     request.addfinalizer(server.stop)
@@ -240,6 +229,87 @@ def _gave_up(worker: WorkerProcess) -> str | None:
 
 def _connected_again(worker: WorkerProcess) -> bool:
     return worker.log.read_text(errors="replace").count("Connected to redis://") >= 2
+
+
+# -- PostgreSQL connections dropped mid-run -------------------------------------------------------
+
+#: Rounds of ``pg_terminate_backend`` that must each end at least one worker connection while
+#: the cases move, and the pause between rounds (s).
+DROP_ROUNDS = 8
+DROP_EVERY_S = 0.3
+
+
+class ConnectionDropper:
+    """A thread ending the workers' PostgreSQL sessions every ``DROP_EVERY_S`` until told to stop
+    (and at least until ``DROP_ROUNDS`` rounds hit something)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.rounds_that_hit = 0
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConnectionDropper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=DEADLINE_S)
+
+    def _run(self) -> None:
+        while not self._stop.wait(DROP_EVERY_S):
+            dropped = drop_worker_connections(self.database_url)
+            self.dropped += dropped
+            self.rounds_that_hit += dropped > 0
+
+
+@pytest.mark.parametrize("stack_kind", stack_params("redis-postgres"), indirect=True)
+def test_postgres_connections_dropped_mid_run_lose_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    # given two workers (beat in one) whose PostgreSQL sessions can be told apart from the
+    # test's own, and a payment gateway slow enough that refunds hold connections
+    env = {"AFTERSALES_FAKE_PAYMENT_LATENCY_MS": "100", "AFTERSALES_FAKE_NOTIFIER_LATENCY_MS": "50"}
+    with open_stack(request, tmp_path, *stack_kind, env=env) as stack:
+        tag_worker_connections(stack)
+        workers = stack.start_workers(2)
+        returns = [submit(stack, "return_refund", f"o-pgdrop-r{n}") for n in range(8)]
+        refunds = [submit(stack, "refund_only", f"o-pgdrop-f{n}") for n in range(8)]
+        stack.wait_outbox_completed()
+
+        # when the server ends every worker session again and again while the merchants'
+        # approvals arrive (events), the review deadlines pass (timers) and refunds are paid
+        # (effects)
+        with ConnectionDropper(stack.database_url) as dropper:
+            stack.send_events(*(merchant(stack, "approved", case) for case in refunds))
+            stack.clock.set(T0 + timedelta(hours=49))
+            wait_for(
+                lambda: dropper.rounds_that_hit >= DROP_ROUNDS,
+                f"{DROP_ROUNDS} rounds of dropped worker connections",
+                timeout=60,
+            )
+        # and time passes: claims of sweeps that lost their connection are taken again after
+        # AFTERSALES_TIMER_RECLAIM_AFTER_S (120 s), unfinished outbox rows published again
+        stack.advance(timedelta(minutes=3))
+
+        # then every case got where it belongs, each step once
+        expected = dict.fromkeys(returns, S.PICKUP) | dict.fromkeys(refunds, S.REFUNDED)
+        stack.wait_states(expected, timeout=90)
+        for case in returns:
+            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
+            assert _fired_once(stack, case, "merchant_review"), case
+        # and each refund was paid once and confirmed once
+        for case in refunds:
+            _assert_paid_once(stack, case)
+        # and every outbox row was completed, every timer settled, no event dead-lettered
+        stack.wait_outbox_completed(timeout=60)
+        assert all(row.status != "claimed" for row in stack.timer_rows())
+        assert stack.dead_letters() == []
+        # and the same workers did it: nobody restarted them
+        assert all(worker.alive() for worker in workers)
+        assert dropper.dropped >= DROP_ROUNDS
 
 
 # -- duplicate and reordered events ------------------------------------------------------------
