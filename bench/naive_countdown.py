@@ -59,7 +59,9 @@ class NaiveResult:
     countdown_s: tuple[float, float]
     #: Worker main process, KiB: before sending, once every task was received, at most, at the end.
     rss_before_kib: int
+    #: At the moment the worker held the most messages (``peak_held``).
     rss_pending_kib: int
+    peak_held: int
     rss_max_kib: int
     rss_final_kib: int
     #: Largest pool child, KiB, at most.
@@ -78,7 +80,7 @@ class NaiveResult:
 
     @property
     def kib_per_pending_task(self) -> float:
-        return (self.rss_pending_kib - self.rss_before_kib) / self.tasks
+        return (self.rss_pending_kib - self.rss_before_kib) / max(self.peak_held, 1)
 
     @property
     def label(self) -> str:
@@ -211,7 +213,10 @@ def run(
     ``grace_s`` after the last task first ran, the counts are read: time for late duplicates.
     """
     rng = random.Random(3)
-    countdowns = [rng.uniform(*countdown_s) for _ in range(tasks)]
+    # Due times counted from the first send, not from each task's own send: with a slow producer
+    # the first tasks would otherwise run before the last are sent, and the worker would never
+    # hold them all at once.
+    due_after = [rng.uniform(*countdown_s) for _ in range(tasks)]
     with naive_workers(redis_url, folder, visibilities, concurrency) as workers:
         samplers = [support.RssSampler({"worker": w.process.pid}) for w in workers]
         with ExitStack() as stack:
@@ -219,25 +224,37 @@ def run(
                 sampler.sample()
                 stack.enter_context(sampler)
             before = [s.memory["worker"].last_kib for s in samplers]
+            peak_held = [0] * len(workers)
+            pending_kib = list(before)
+
+            def observe() -> None:
+                """The most messages each worker held (Redis' unacked hash) and its RSS then."""
+                for index, worker in enumerate(workers):
+                    held = worker.unacked()
+                    if held > peak_held[index]:
+                        samplers[index].sample()
+                        peak_held[index] = held
+                        pending_kib[index] = samplers[index].memory["worker"].last_kib
+
             started = time.monotonic()
             sending = progress.add_task("naive: apply_async(countdown=...)", total=tasks)
             probes = [w.app.tasks[NAME] for w in workers]
-            for number, countdown in enumerate(countdowns, 1):
+            for number, due in enumerate(due_after, 1):
+                countdown = max(0.0, due - (time.monotonic() - started))
                 for worker, probe in zip(workers, probes, strict=True):
                     probe.apply_async(args=[worker.counter_key], countdown=countdown)
                 if number % 500 == 0 or number == tasks:
                     progress.update(sending, completed=number)
+                    observe()
             received = progress.add_task("naive: received by the workers", total=len(workers))
             received_after: list[float] = [0.0] * len(workers)
-            pending_kib: list[int] = [0] * len(workers)
             waiting = set(range(len(workers)))
             deadline = time.monotonic() + countdown_s[0] + 300
             while waiting:
+                observe()
                 for index in sorted(waiting):
                     if workers[index].queued() == 0:
                         received_after[index] = time.monotonic() - started
-                        samplers[index].sample()
-                        pending_kib[index] = samplers[index].memory["worker"].last_kib
                         waiting.discard(index)
                         progress.advance(received)
                 if time.monotonic() > deadline:
@@ -256,6 +273,7 @@ def run(
                     if unique >= tasks and all_ran_after[index] is None:
                         all_ran_after[index] = time.monotonic() - started
                 progress.update(ran, completed=done)
+                observe()
                 time.sleep(0.5)
             grace = progress.add_task(f"naive: {grace_s:.0f} s for late duplicates", total=None)
             time.sleep(grace_s)
@@ -273,6 +291,7 @@ def run(
                     countdown_s=countdown_s,
                     rss_before_kib=before[index],
                     rss_pending_kib=pending_kib[index],
+                    peak_held=peak_held[index],
                     rss_max_kib=memory["worker"].max_kib,
                     rss_final_kib=memory["worker"].last_kib,
                     child_max_kib=child.max_kib if child else 0,
@@ -292,7 +311,8 @@ def results_table(results: list[NaiveResult]) -> Table:
         "broker visibility timeout",
         "tasks",
         "worker RSS before",
-        "with all pending",
+        "held at peak",
+        "RSS then",
         "KiB / pending task",
         "max / final",
         "largest child",
@@ -307,6 +327,7 @@ def results_table(results: list[NaiveResult]) -> Table:
             r.label,
             f"{r.tasks:,}",
             f"{r.rss_before_kib / 1024:.1f} MB",
+            f"{r.peak_held:,}",
             f"{r.rss_pending_kib / 1024:.1f} MB",
             f"{r.kib_per_pending_task:.2f}",
             f"{r.rss_max_kib / 1024:.1f} / {r.rss_final_kib / 1024:.1f} MB",
@@ -322,8 +343,8 @@ def results_table(results: list[NaiveResult]) -> Table:
 def summary(results: list[NaiveResult]) -> str:
     parts = [
         f"{r.label}: {r.kib_per_pending_task:.2f} KiB/pending task "
-        f"(RSS {r.rss_before_kib / 1024:.0f} -> {r.rss_pending_kib / 1024:.0f} MB with "
-        f"{r.tasks:,} pending), {r.duplicates:,} duplicate runs of {r.executed_ids:,} ids"
+        f"(RSS {r.rss_before_kib / 1024:.0f} -> {r.rss_pending_kib / 1024:.0f} MB holding "
+        f"{r.peak_held:,}), {r.duplicates:,} duplicate runs of {r.executed_ids:,} ids"
         for r in results
     ]
     return "SUMMARY naive_countdown: " + "; ".join(parts)
@@ -339,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         help="broker visibility timeout (s); repeat for several "
         f"(default {PRODUCTION_VISIBILITY_S} and 30)",
     )
-    parser.add_argument("--countdown-min", type=float, default=60.0)
-    parser.add_argument("--countdown-max", type=float, default=150.0)
+    parser.add_argument("--countdown-min", type=float, default=150.0)
+    parser.add_argument("--countdown-max", type=float, default=240.0)
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args(argv)
     console = support.console()

@@ -41,7 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,11 @@ SEED_CHUNK = 50_000
 BATCH = WorkerSettings().timer_sweep_batch
 RECLAIM_AFTER = timedelta(seconds=WorkerSettings().timer_reclaim_after_s)
 #: Celery's line for a task that returned (worker log at INFO).
-_SWEEP_DONE = re.compile(r"Task aftersales\.sweep_timers\[[0-9a-f-]+\] succeeded in ([\d.e-]+)s")
+_TASK_DONE = re.compile(
+    r"Task (aftersales\.\w+)\[[0-9a-f-]+\] (?:succeeded|raised[^\n]*?) in ([\d.e-]+)s"
+)
+#: Celery's line for a message dropped unrun because its ``expires`` passed while it queued.
+_EXPIRED = re.compile(r"Discarding revoked task: (aftersales\.\w+)\[")
 
 TARGET_RSS_MB = 150
 TARGET_BURST_S = 60.0
@@ -401,10 +405,46 @@ class Deployment:
                 raise TimeoutError(f"the worker did not run a ping within {timeout_s:.0f} s")
             time.sleep(0.1)
 
-    def sweep_task_seconds(self) -> list[float]:
-        """Run times of every sweep task so far, from the worker's log (Celery logs each)."""
-        text = self.worker.log.read_text(errors="replace")
-        return [float(seconds) for seconds in _SWEEP_DONE.findall(text)]
+    def log_offset(self) -> int:
+        return self.worker.log.stat().st_size
+
+    def work_since(self, offset: int) -> WorkerWork:
+        """What the worker ran (and dropped) since ``offset`` in its log: Celery logs each task's
+        run time at INFO, and each expired message it discards."""
+        with self.worker.log.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+        work = WorkerWork()
+        for name, seconds in _TASK_DONE.findall(text):
+            work.runs.setdefault(name, []).append(float(seconds))
+        for name in _EXPIRED.findall(text):
+            work.expired[name] = work.expired.get(name, 0) + 1
+        return work
+
+
+@dataclass
+class WorkerWork:
+    """Task run times by task name, and expired messages dropped, in one phase."""
+
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    expired: dict[str, int] = field(default_factory=dict)
+
+    def busy_s(self) -> float:
+        return sum(sum(times) for times in self.runs.values())
+
+    def describe(self, wall_s: float, concurrency: int) -> str:
+        """Per task: runs, seconds in all and share of the pool's time."""
+        capacity = wall_s * concurrency
+        parts = [
+            f"{name.removeprefix('aftersales.')} {len(times):,}× {sum(times):.0f} s "
+            f"({sum(times) / capacity:.0%})"
+            for name, times in sorted(self.runs.items(), key=lambda item: -sum(item[1]))
+        ]
+        parts += [
+            f"{count:,} {name.removeprefix('aftersales.')} expired unrun"
+            for name, count in self.expired.items()
+        ]
+        return "; ".join(parts)
 
 
 @contextlib.contextmanager
@@ -652,7 +692,8 @@ class Run:
     cost: SweepCost
     server: ServerTimes
     plans: list[Plan]
-    idle_sweeps_s: list[float]
+    #: What the worker ran in each phase, and the phase's wall time.
+    work: dict[str, tuple[WorkerWork, float]]
     memory: dict[str, support.Memory]
     steady: Steady
     burst: Burst
@@ -751,9 +792,9 @@ def side_by_side(run: Run) -> Table:
         ],
     )
     row(
-        "worker RSS with everything pending",
+        "worker RSS with the most pending",
         f"{_mb(run.memory['worker'].by_phase.get('idle', 0))} (idle phase max)",
-        [_mb(r.rss_pending_kib) for r in run.naive],
+        [f"{_mb(r.rss_pending_kib)} holding {r.peak_held:,}" for r in run.naive],
     )
     row(
         "worker memory per pending timer",
@@ -813,7 +854,7 @@ def phases_table(run: Run) -> Table:
         f"≤ {TARGET_BURST_S:.0f} s {_mark(run.burst_ok())}",
         burst_.load,
     )
-    idle = run.idle_sweeps_s
+    idle = run.work["idle"][0].runs.get("aftersales.sweep_timers", [])
     if idle:
         table.add_row(
             "idle: sweep tasks run by the worker (nothing due)",
@@ -822,6 +863,21 @@ def phases_table(run: Run) -> Table:
             "(Celery's 'succeeded in')",
             "",
             "",
+        )
+    return table
+
+
+def work_table(run: Run) -> Table:
+    """Where the worker pool's time went in each phase (from its log)."""
+    table = Table(title=f"Worker pool time by task (-c {run.args.concurrency}; from its log)")
+    for column in ("phase", "wall s", "pool busy", "by task: runs, seconds (share of pool)"):
+        table.add_column(column)
+    for name, (work, wall) in run.work.items():
+        table.add_row(
+            name,
+            f"{wall:.0f}",
+            f"{work.busy_s() / (wall * run.args.concurrency):.0%}",
+            work.describe(wall, run.args.concurrency),
         )
     return table
 
@@ -903,16 +959,24 @@ def measure(args: argparse.Namespace, console: Console) -> Run:
         with deployment(large_db.url, redis_url, folder / "deploy", args.concurrency) as deploy:
             deploy.wait_ready()
             roles = {"beat": deploy.beat.process.pid, "worker": deploy.worker.process.pid}
+            work: dict[str, tuple[WorkerWork, float]] = {}
             with support.RssSampler(roles) as sampler:
-                sampler.phase = "idle"
-                _wait(bar, f"idle: {large.pending:,} pending, nothing due", args.idle_seconds)
-                idle_sweeps = deploy.sweep_task_seconds()
-                sampler.phase = "steady"
-                steady = steady_state(large, args.rate, args.steady_seconds, bar)
-                sampler.phase = "burst"
-                burst_ = burst(large, deploy, args.burst_timeout, bar)
-                sampler.phase = "after"
-                _wait(bar, "after the burst", 10)
+
+                @contextlib.contextmanager
+                def phase(name: str) -> Iterator[None]:
+                    sampler.phase = name
+                    offset, started = deploy.log_offset(), time.monotonic()
+                    yield
+                    work[name] = (deploy.work_since(offset), time.monotonic() - started)
+
+                with phase("idle"):
+                    _wait(bar, f"idle: {large.pending:,} pending, nothing due", args.idle_seconds)
+                with phase("steady"):
+                    steady = steady_state(large, args.rate, args.steady_seconds, bar)
+                with phase("burst"):
+                    burst_ = burst(large, deploy, args.burst_timeout, bar)
+                with phase("after"):
+                    _wait(bar, "after the burst", 10)
             memory = sampler.memory
         closed, duplicated = duplicate_firings(large)
         dispose_engine(large_db.url)
@@ -937,7 +1001,7 @@ def measure(args: argparse.Namespace, console: Console) -> Run:
         cost,
         server,
         plans,
-        idle_sweeps,
+        work,
         memory,
         steady,
         burst_,
@@ -959,8 +1023,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repetitions", type=int, default=300, help="sweeps per round")
     parser.add_argument("--idle-seconds", type=float, default=15.0)
     parser.add_argument("--naive", type=int, default=50_000, help="countdown tasks (0: skip)")
-    parser.add_argument("--naive-countdown-min", type=float, default=45.0)
-    parser.add_argument("--naive-countdown-max", type=float, default=120.0)
+    parser.add_argument("--naive-countdown-min", type=float, default=150.0)
+    parser.add_argument("--naive-countdown-max", type=float, default=240.0)
     parser.add_argument("--short-visibility", type=int, default=30)
     parser.add_argument("--server", help="PostgreSQL server URL (default: the tests' server)")
     parser.add_argument("--plans", action="store_true", help="print the EXPLAIN ANALYZE plans")
@@ -979,6 +1043,7 @@ def main(argv: list[str] | None = None) -> None:
         for plan in run.plans:
             console.print(f"[bold]{plan.what}[/]\n" + "\n".join(plan.lines))
     console.print(phases_table(run))
+    console.print(work_table(run))
     console.print(memory_table(run))
     console.print(side_by_side(run))
     if run.naive:
