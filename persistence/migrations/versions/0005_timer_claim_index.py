@@ -12,9 +12,9 @@ tied row on every batch: with 100,000 timers due at the same instant, each claim
 sorted all of them (bench/timers_scale.py, BENCHMARKS.md section 3).
 
 The index is built inside the migration's transaction, which holds off writes to ``timers`` while
-it builds (about a second per million rows on the benchmark machine). A deployment that cannot
-pause writes that long creates ``ix_timers_status_due_at_id`` with ``CREATE INDEX CONCURRENTLY``
-before upgrading, and this revision then only drops the old index.
+it reads the whole table. A deployment that cannot pause writes that long creates
+``ix_timers_status_due_at_id`` with ``CREATE INDEX CONCURRENTLY`` before upgrading, and this
+revision then only drops the old index.
 """
 
 from collections.abc import Sequence
