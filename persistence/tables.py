@@ -137,7 +137,9 @@ class IdempotencyKeyRow(SQLModel, table=True):
 class TimerRow(SQLModel, table=True):
     __tablename__ = "timers"
     __table_args__ = (
-        sa.Index("ix_timers_status_due_at", "status", "due_at"),
+        # The sweep's claim: due timers in (due_at, id) order, read in index order up to the
+        # batch even when thousands share one due instant (migration 0005).
+        sa.Index("ix_timers_status_due_at_id", "status", "due_at", "id"),
         # The sweeper's lateness report reads the timers fired since a time.
         sa.Index("ix_timers_fired_at", "fired_at"),
         # The database, not the sweeper's care, guarantees a case never has two live deadlines.

@@ -184,36 +184,39 @@ _SELECT_DUE = (
 _SELECT_TIMER = sa.select(timers).where(timers.c.id == sa.bindparam("timer_id"))
 _PENDING: sa.ColumnElement[Any] = sa.literal_column(f"'{TimerStatus.PENDING.value}'")
 _CLAIMED: sa.ColumnElement[Any] = sa.literal_column(f"'{TimerStatus.CLAIMED.value}'")
-# One statement takes the batch: the subquery picks (and on PostgreSQL locks, skipping rows a
-# concurrent claimer holds) the oldest claimable timers, the UPDATE marks them. SQLite renders
-# no FOR UPDATE; its single writer already makes the claim exclusive. Pending -> claimed keeps
-# the row in the partial unique index of live timers, so the claim cannot conflict there.
-#
-# Two branches, each an index scan in ``ix_timers_status_due_at`` order that stops at ``limit``:
-# claims left by a dead sweeper first (few rows), then pending timers. One ``status = ... OR
-# status = ...`` predicate, or ``id`` as a second sort key, made PostgreSQL read and sort every
-# due row for each batch (100,000 due at once: a seq scan and an external merge sort, ~200 ms a
-# claim). Rows of one ``due_at`` come in index order, which is insertion order for timers never
-# claimed; ``claim_due`` sorts what it returns by (due_at, id).
-_RECLAIMABLE = (
-    sa.select(timers.c.id)
-    .where(timers.c.status == _CLAIMED, timers.c.claimed_at < sa.bindparam("reclaim_before"))
-    .order_by(timers.c.due_at)
-    .limit(sa.bindparam("limit"))
-    .with_for_update(skip_locked=True)
-    .subquery("reclaimable")
+
+
+# One statement takes the batch. Each branch is an ordered range scan of ix_timers_status_due_at_id
+# that stops after ``limit`` rows (and on PostgreSQL locks them, skipping rows a concurrent
+# claimer holds): due pending timers, and claims left by a dead sweeper. A single WHERE with OR
+# cannot be read in index order, so the planner fetched and sorted every claimable row, i.e. the
+# whole backlog on every batch when 100,000 fall due at once (bench/timers_scale.py). SQLite
+# renders no FOR UPDATE; its single writer already makes the claim exclusive. Pending -> claimed
+# keeps the row in the partial unique index of live timers, so the claim cannot conflict there.
+def _claimable(*where: sa.ColumnElement[bool]) -> sa.Subquery:
+    return (
+        sa.select(timers.c.id, timers.c.due_at)
+        .where(*where)
+        .order_by(timers.c.due_at, timers.c.id)
+        .limit(sa.bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .subquery()
+    )
+
+
+_CLAIMABLE_DUE = _claimable(timers.c.status == _PENDING, timers.c.due_at <= sa.bindparam("as_of"))
+_CLAIMABLE_ABANDONED = _claimable(
+    timers.c.status == _CLAIMED, timers.c.claimed_at < sa.bindparam("reclaim_before")
 )
-_DUE_PENDING = (
-    sa.select(timers.c.id)
-    .where(timers.c.status == _PENDING, timers.c.due_at <= sa.bindparam("as_of"))
-    .order_by(timers.c.due_at)
+_CLAIMABLE = sa.union_all(
+    sa.select(_CLAIMABLE_DUE.c.id, _CLAIMABLE_DUE.c.due_at),
+    sa.select(_CLAIMABLE_ABANDONED.c.id, _CLAIMABLE_ABANDONED.c.due_at),
+).subquery()
+_CLAIMABLE_IDS = (
+    sa.select(_CLAIMABLE.c.id)
+    .order_by(_CLAIMABLE.c.due_at, _CLAIMABLE.c.id)
     .limit(sa.bindparam("limit"))
-    .with_for_update(skip_locked=True)
-    .subquery("due_pending")
 )
-_CLAIMABLE_IDS = sa.select(
-    sa.union_all(sa.select(_RECLAIMABLE.c.id), sa.select(_DUE_PENDING.c.id)).subquery().c.id
-).limit(sa.bindparam("limit"))
 _CLAIM_DUE = (
     sa.update(timers)
     .where(timers.c.id.in_(_CLAIMABLE_IDS.scalar_subquery()))
