@@ -90,7 +90,7 @@ def _bind_sqlite_text(value: datetime | None) -> str | None:
     if last[0] is value:
         return last[1]
     # Already UTC (what the clock gives) needs no conversion, only the checks' outcome.
-    utc = value if value.tzinfo is UTC and type(value) is datetime else _aware_utc(value)
+    utc = value if type(value) is datetime and value.tzinfo is UTC else _aware_utc(value)
     text = _SQLITE_STORAGE_FORMAT % (
         utc.year,
         utc.month,
@@ -105,7 +105,7 @@ def _bind_sqlite_text(value: datetime | None) -> str | None:
 
 
 def _bind_aware_utc(value: datetime | None) -> datetime | None:
-    if value is None or (value.tzinfo is UTC and type(value) is datetime):
+    if value is None or (type(value) is datetime and value.tzinfo is UTC):
         return value
     return _aware_utc(value)
 
