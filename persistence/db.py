@@ -5,7 +5,6 @@ One engine per database URL per process (pools are per engine, so sharing matter
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
+from persistence.types import json_text, json_value
+
 #: How long a SQLite writer waits for the lock before giving up (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-#: ``json.dumps(value, ensure_ascii=False)`` builds this same encoder on every call; one shared
-#: instance writes the same text (keeping Chinese text readable in the file; the default escapes
-#: it to \uXXXX) without that cost. ``JSONEncoder.encode`` keeps no state between calls.
-_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -99,7 +95,8 @@ def _create_sqlite(url: URL) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, json_serializer=_JSON_ENCODER.encode)
+    # json.dumps(value, ensure_ascii=False) and json.loads, without their Python frames.
+    engine = sa.create_engine(url, json_serializer=json_text, json_deserializer=json_value)
     event.listen(engine, "connect", _sqlite_on_connect)
     # A deferred transaction that reads and then writes must upgrade its lock, and SQLite fails
     # that upgrade at once with "database is locked" when another writer got there first

@@ -20,6 +20,7 @@ fresh connection. That is what keeps a worker going after a PostgreSQL restart w
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from persistence.types import UTCDateTime
+from persistence.types import UTCDateTime, json_value
 
 Processor = Callable[[Any], Any] | None
 Params = Mapping[str, Any]
@@ -57,6 +58,7 @@ class Checkout:
         "_cursor",
         "_dbapi_error",
         "_dialect",
+        "_ended",
         "_engine",
         "_fairy",
         "_fresh",
@@ -70,6 +72,8 @@ class Checkout:
         self._cursor: Any = None
         self._begun = False
         self._fresh = True
+        #: No transaction is open on the DBAPI connection (none begun, or it ended cleanly).
+        self._ended = True
         self._connection: Connection | None = None
         self._savepoints = 0
         self._fairy: PoolProxiedConnection | None = None
@@ -111,6 +115,7 @@ class Checkout:
             self._dialect.do_commit(self._live_fairy())
         except self._dbapi_error as exc:
             self._fail(exc, "COMMIT", None, None)
+        self._ended = True
 
     def rollback(self) -> None:
         if self._connection is not None:
@@ -127,6 +132,7 @@ class Checkout:
                 self._dialect.do_rollback(self._fairy)
             except self._dbapi_error as exc:
                 self._fail(exc, "ROLLBACK", None, None)
+            self._ended = True
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -176,7 +182,14 @@ class Checkout:
             # The Connection checks the DBAPI connection in (or not, if it was invalidated).
             connection.close()
         elif fairy is not None:
-            fairy.close()
+            close_special = getattr(fairy, "_close_special", None)
+            if self._ended and close_special is not None:
+                # The last transaction was committed or rolled back here: skip the pool's
+                # reset-on-return rollback, as Connection.close() does in that case
+                # (sqlalchemy/engine/base.py, ``_close_special(transaction_reset=True)``).
+                close_special(transaction_reset=True)
+            else:
+                fairy.close()
 
     # -- internals ------------------------------------------------------------------------------
     def _check_out(self) -> None:
@@ -189,6 +202,7 @@ class Checkout:
         self._fairy = fairy
         self._begun = False
         self._fresh = True
+        self._ended = True
         cursor = fairy.info.get(_CURSOR)
         if cursor is None:
             cursor = fairy.info[_CURSOR] = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -206,6 +220,7 @@ class Checkout:
             self._begun = True
             return self._cursor
         fairy = self._live_fairy()
+        self._ended = False
         try:
             self._dialect.do_begin(fairy)
         except self._dbapi_error as exc:
@@ -466,7 +481,10 @@ def bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Process
         direct = implementation.direct_bind_converter(dialect)
         if direct is not None:
             return direct
-    return implementation.bind_processor(dialect)
+    processor = implementation.bind_processor(dialect)
+    if processor is not None and _json_as_text(implementation, dialect):
+        return _json_bind(dialect._json_serializer or json.dumps, processor)
+    return processor
 
 
 def result_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Processor:
@@ -477,7 +495,44 @@ def result_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Proce
         if direct is not None:
             return direct
     # The DBAPI type code only matters to a few dialects' numeric types, none used here.
-    return implementation.result_processor(dialect, None)
+    processor = implementation.result_processor(dialect, None)
+    if processor is not None and _json_as_text(implementation, dialect):
+        loads = dialect._json_deserializer
+        return _json_result(json_value if loads in (None, json.loads) else loads, processor)
+    return processor
+
+
+def _json_as_text(implementation: sa.types.TypeEngine[Any], dialect: Dialect) -> bool:
+    """A JSON column the dialect keeps as text (SQLite): SQLAlchemy's processors only call the
+    engine's serializer and deserializer, inside two or three wrappers."""
+    if not isinstance(implementation, sa.JSON) or dialect.name != "sqlite":
+        return False
+    text = implementation._str_impl  # what SQLAlchemy's JSON processors wrap
+    return text.bind_processor(dialect) is None and text.result_processor(dialect, None) is None
+
+
+def _json_bind(
+    dumps: Callable[[Any], str], processor: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    def bind(value: Any) -> Any:
+        # Documents are dicts and lists; None and SQL NULL markers take SQLAlchemy's way.
+        if type(value) is dict or type(value) is list:
+            return dumps(value)
+        return processor(value)
+
+    return bind
+
+
+def _json_result(
+    loads: Callable[[str], Any], processor: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    def result(value: Any) -> Any:
+        if type(value) is str:
+            return loads(value)
+        # NULL, and numbers SQLite's JSON functions may have stored.
+        return processor(value)
+
+    return result
 
 
 def _conversions(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import json.scanner
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +125,51 @@ def _result_sqlite_text(value: str | None) -> datetime | None:
 
 def _result_aware(value: datetime | None) -> datetime | None:
     return None if value is None else _as_utc(value)
+
+
+# -- JSON text ------------------------------------------------------------------------------
+# json.dumps/json.loads go through three or four Python frames around the C encoder and scanner
+# (JSONEncoder.encode, iterencode, JSONDecoder.decode, raw_decode), which costs more than the C
+# work on the small documents stored here. These call the C parts as those frames do.
+
+#: ``json.dumps(value, ensure_ascii=False)`` builds this same encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+#: What ``json.loads`` runs: the default decoder's scanner (``JSONDecoder.__init__``).
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed
+
+
+def json_text(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``: the same text (SQLite keeps Chinese readable;
+    the default escapes it to \\uXXXX)."""
+    if _c_make_encoder is None:
+        return _JSON_ENCODER.encode(value)
+    # JSONEncoder.iterencode(value, _one_shot=True) with the encoder's settings; a fresh
+    # markers dict keeps the circular-reference check.
+    encoder = _c_make_encoder(
+        {},
+        _JSON_ENCODER.default,
+        json.encoder.encode_basestring,
+        None,
+        _JSON_ENCODER.key_separator,
+        _JSON_ENCODER.item_separator,
+        False,
+        False,
+        True,
+    )
+    return "".join(encoder(value, 0))
+
+
+def json_value(text: str) -> Any:
+    """``json.loads(text)``: the same value, and the same error for text it refuses."""
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        # Trailing whitespace or extra data: json.loads says which.
+        return json.loads(text)
+    return value
 
 
 #: JSON everywhere; on PostgreSQL the binary form, which can be indexed and compared.

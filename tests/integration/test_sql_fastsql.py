@@ -12,11 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from persistence import db
 from persistence import uow as uow_module
 from persistence.fastsql import Prepared, bind_converter, result_converter
 from persistence.tables import cases, outbox, timers, transitions
-from persistence.types import UTCDateTime
+from persistence.types import UTCDateTime, json_text, json_value
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.errors import Conflict
 from workflow.model import (
@@ -294,8 +293,9 @@ def test_rows_written_match_what_core_writes(
     assert core_record is not None
 
 
-def test_sqlite_json_text_is_what_json_dumps_wrote() -> None:
-    """The shared encoder writes the text ``json.dumps(value, ensure_ascii=False)`` wrote."""
+def test_json_text_and_values_are_what_json_dumps_and_loads_give() -> None:
+    """The SQLite engine's serializer writes the text ``json.dumps(value, ensure_ascii=False)``
+    wrote, and its deserializer reads what ``json.loads`` reads, errors included."""
     samples: list[Any] = [
         {},
         [],
@@ -303,6 +303,21 @@ def test_sqlite_json_text_is_what_json_dumps_wrote() -> None:
         [{"sku": "a", "quantity": 1, "unit_price": 12_900}],
         'quote " and \\ and \n',
         float("inf"),
+        None,
     ]
     for value in samples:
-        assert db._JSON_ENCODER.encode(value) == json.dumps(value, ensure_ascii=False)
+        text = json_text(value)
+        assert text == json.dumps(value, ensure_ascii=False)
+        assert str(json_value(text)) == str(json.loads(text))
+    for text in (" {} ", '{"a": 1}\n'):
+        assert json_value(text) == json.loads(text)
+    for bad in ("{} x", "\ufeff{}", "", "{"):
+        with pytest.raises(json.JSONDecodeError) as ours:
+            json_value(bad)
+        with pytest.raises(json.JSONDecodeError) as theirs:
+            json.loads(bad)
+        assert str(ours.value) == str(theirs.value)
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular reference"):
+        json_text(circular)
