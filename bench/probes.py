@@ -7,11 +7,14 @@ beside the same work done the cheap way, interleaved in rounds (median of rounds
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from rich.table import Table
 
@@ -30,6 +33,8 @@ class Probe:
     cheap: Callable[[], object]
     #: What ``ours`` does that ``cheap`` does not.
     note: str
+    #: Releases what the probe opened (connections, engines).
+    close: Callable[[], object] = lambda: None
 
 
 def _per_call(run: Callable[[], object], calls: int) -> float:
@@ -54,15 +59,23 @@ def _measure(probe: Probe, calls: int, rounds: int) -> tuple[float, float]:
 
 def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -> list[Probe]:
     """Probes run inside one open unit of work (its transaction holds no competing lock)."""
+    postgres = database.backend == "postgres"
     dbapi = uow.connection.connection.dbapi_connection
     assert dbapi is not None
-    postgres = database.backend == "postgres"
     select_case = uow.statements.select_case
     params: dict[str, int] | tuple[int] = {"case_id": case_id} if postgres else (case_id,)
     reused = dbapi.cursor()
+    details = 23  # the column's position in the case row
 
-    def prepared_first() -> object:
-        return select_case.first(uow.connection, {"case_id": case_id})
+    def get_case() -> object:
+        return uow.cases.get(case_id)
+
+    def raw_case() -> object:
+        # What the raw baseline does with the row: it decodes ``details`` (psycopg decodes
+        # jsonb itself).
+        reused.execute(select_case.sql, params)
+        row = reused.fetchall()[0]
+        return row[details] if postgres else json.loads(row[details])
 
     def raw_first() -> object:
         reused.execute(select_case.sql, params)
@@ -89,22 +102,22 @@ def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -
 
     return [
         Probe(
-            "read the case row: Prepared.first vs the driver",
-            prepared_first,
-            raw_first,
-            "result processors (dates, JSON), a fresh cursor, fastsql bookkeeping",
+            "read a case: SqlCaseRepository.get vs the driver (row, details decoded)",
+            get_case,
+            raw_case,
+            "dates, items and gifts converted, the Case built, its fixed fields kept",
         ),
         Probe(
             "one SELECT on a fresh DBAPI cursor vs a reused one",
             fresh_cursor,
             raw_first,
-            "fastsql.Prepared._run opens a cursor per statement",
+            "what a cursor per statement would cost (fastsql.Checkout keeps one)",
         ),
         Probe(
-            "open_cases_for_items (Core select built per call) vs the same SQL on the driver",
+            "open_cases_for_items vs the same SQL on the driver",
             open_cases,
             open_cases_raw,
-            "statement construction, cache key, Connection.execute, expanding IN",
+            "the unit of work's statement plumbing (prepared once per SKU count)",
         ),
     ]
 
@@ -112,41 +125,64 @@ def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -
 def _transaction_probe(database: support.Database) -> Probe:
     """What opening and ending a unit of work costs beyond the driver's own transaction."""
     engine = make_engine(database.url)
-    if database.backend == "postgres":
-        no_ping = sa.create_engine(normalize_url(database.url))
-
-        def checkout(with_engine: sa.Engine) -> Callable[[], object]:
-            def run() -> object:
-                with with_engine.connect() as connection:
-                    return connection.connection.dbapi_connection
-
-            return run
-
-        return Probe(
-            "pool checkout + checkin: make_engine (pre-ping) vs no pre-ping",
-            checkout(engine),
-            checkout(no_ping),
-            "pool_pre_ping: one round trip (';' in autocommit) per checkout",
-        )
-    assert database.path is not None
-    raw = sqlite3.connect(database.path, isolation_level=None)
+    factory = SqlUnitOfWorkFactory(engine)
+    postgres = database.backend == "postgres"
+    dbapi: Any = (
+        psycopg.connect(database.conninfo)
+        if postgres
+        else sqlite3.connect(database.path or "", isolation_level=None)
+    )
+    with factory() as uow:
+        disarm = uow.statements.disarm.sql
+    no_timer: dict[str, Any] | tuple[str, int] = (
+        {"status": "cancelled", "where_case_id": -1} if postgres else ("cancelled", -1)
+    )
 
     def unit_of_work() -> object:
-        with engine.connect() as connection:
-            connection.begin()
-            connection.commit()
+        with factory() as uow:
+            uow.timers.disarm(-1)
+            uow.commit()
         return None
 
     def raw_transaction() -> object:
-        raw.execute("BEGIN IMMEDIATE")
-        raw.execute("COMMIT")
+        if postgres:
+            with dbapi.cursor() as cursor:
+                cursor.execute(disarm, no_timer)
+            dbapi.commit()
+        else:
+            dbapi.execute("BEGIN IMMEDIATE")
+            dbapi.execute(disarm, no_timer)
+            dbapi.execute("COMMIT")
         return None
 
     return Probe(
-        "empty transaction: engine.connect(), BEGIN IMMEDIATE, COMMIT, close vs the driver",
+        "smallest unit of work: open, BEGIN, one UPDATE (no row), COMMIT, close vs the driver",
         unit_of_work,
         raw_transaction,
-        "pool checkout/checkin, Connection and transaction objects",
+        "pool checkout/checkin, the unit of work and its stores",
+        dbapi.close,
+    )
+
+
+def _ping_probe(database: support.Database) -> Probe:
+    """What ``pool_pre_ping`` (the engine's setting before) cost per checkout."""
+    engine = make_engine(database.url)
+    pinging = sa.create_engine(normalize_url(database.url), pool_pre_ping=True)
+
+    def checkout(with_engine: sa.Engine) -> Callable[[], object]:
+        def run() -> object:
+            connection = with_engine.raw_connection()
+            connection.close()
+            return connection
+
+        return run
+
+    return Probe(
+        "pool checkout + checkin: pool_pre_ping (before) vs make_engine (no ping)",
+        checkout(pinging),
+        checkout(engine),
+        "one round trip (';' in autocommit) per checkout",
+        pinging.dispose,
     )
 
 
@@ -154,7 +190,10 @@ def run_backend(backend: str, server_url: str, calls: int, rounds: int) -> list[
     rows = []
 
     def measure(probe: Probe) -> None:
-        ours, cheap = _measure(probe, calls, rounds)
+        try:
+            ours, cheap = _measure(probe, calls, rounds)
+        finally:
+            probe.close()
         rows.append(
             [backend, probe.name, f"{ours:.1f}", f"{cheap:.1f}", f"{ours - cheap:.1f}", probe.note]
         )
@@ -169,6 +208,8 @@ def run_backend(backend: str, server_url: str, calls: int, rounds: int) -> list[
             for probe in _read_probes(database, uow, case_id):
                 measure(probe)
         measure(_transaction_probe(database))
+        if backend == "postgres":
+            measure(_ping_probe(database))
     return rows
 
 

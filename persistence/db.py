@@ -5,15 +5,15 @@ One engine per database URL per process (pools are per engine, so sharing matter
 
 from __future__ import annotations
 
-import json
 import threading
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
+
+from persistence.types import json_text, json_value
 
 #: How long a SQLite writer waits for the lock before giving up (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -59,20 +59,44 @@ def _create(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _create_sqlite(url)
     if url.get_backend_name() == "postgresql":
-        # Workers keep connections for hours; a server restart must not surface as errors.
-        return sa.create_engine(url, pool_pre_ping=True)
+        return _create_postgresql(url)
     return sa.create_engine(url)
+
+
+def _create_postgresql(url: URL) -> Engine:
+    # Workers keep connections for hours; a server restart must not surface as errors. The unit
+    # of work (persistence/fastsql.py ``Checkout``) runs its first statement again on a fresh
+    # connection when the server dropped the pooled one, which costs nothing while the server is
+    # up; ``pool_pre_ping`` would cost a round trip per unit of work. Everything else using the
+    # engine (tokens, readings, health) goes through ``Connection``, and keeps a ping per
+    # connection: the pessimistic recipe of SQLAlchemy's pooling docs
+    # (https://docs.sqlalchemy.org/en/20/core/pooling.html#disconnect-handling-pessimistic).
+    engine = sa.create_engine(url)
+    event.listen(engine, "engine_connect", _ping)
+    return engine
+
+
+def _ping(connection: sa.Connection) -> None:
+    """What ``pool_pre_ping`` does at checkout, for a ``Connection``: a dead connection is
+    replaced, with every pooled one opened before it, before anything runs on it."""
+    fairy = connection.connection
+    dialect = connection.dialect
+    try:
+        dialect.do_ping(fairy.dbapi_connection)  # type: ignore[arg-type]
+    except dialect.loaded_dbapi.Error as exc:
+        if not dialect.is_disconnect(exc, fairy.dbapi_connection, None):
+            raise
+        connection.engine.pool._invalidate(fairy, exc)
+        # The Connection checks a new DBAPI connection out when next used.
+        connection.invalidate(exc)
 
 
 def _create_sqlite(url: URL) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(
-        url,
-        # Keep Chinese text readable in the file; the default escapes it to \uXXXX.
-        json_serializer=partial(json.dumps, ensure_ascii=False),
-    )
+    # json.dumps(value, ensure_ascii=False) and json.loads, without their Python frames.
+    engine = sa.create_engine(url, json_serializer=json_text, json_deserializer=json_value)
     event.listen(engine, "connect", _sqlite_on_connect)
     # A deferred transaction that reads and then writes must upgrade its lock, and SQLite fails
     # that upgrade at once with "database is locked" when another writer got there first
@@ -105,4 +129,7 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _begin_immediate(dbapi_connection: Any) -> None:
-    dbapi_connection.execute("BEGIN IMMEDIATE")
+    # Already in a transaction only when a unit of work began it on the driver and then asked
+    # for a Connection (persistence/fastsql.py ``Checkout.connection``): the Connection joins it.
+    if not dbapi_connection.in_transaction:
+        dbapi_connection.execute("BEGIN IMMEDIATE")

@@ -1,29 +1,300 @@
-"""Core statements compiled once per dialect and run straight on the DBAPI cursor.
+"""Core statements compiled once per dialect and run straight on a pooled DBAPI connection.
 
-SQLAlchemy's execution layer (execution context, events, result objects) costs several times
-what SQLite spends on a one-row statement, and one transition runs about ten of them. Here the
-same Core statements are compiled by SQLAlchemy and values go through SQLAlchemy's own bind and
-result processors, so the SQL and the conversions are exactly what ``Connection.execute`` would
-produce; only the per-call machinery is skipped. The transaction stays with the SQLAlchemy
-``Connection``: statements begin it if needed, and commit and rollback go through it.
+SQLAlchemy's execution layer (``Connection``, execution context, events, result objects) costs
+several times what SQLite spends on a one-row statement, and one transition runs about ten of
+them. Here the Core statements are compiled by SQLAlchemy, so the SQL is exactly what
+``Connection.execute`` would send, and values are converted to exactly what it would send and
+return; only the per-call machinery is skipped:
+
+- ``Checkout`` is one pooled DBAPI connection for one unit of work: its transaction (begun by the
+  first statement, through the dialect's ``do_begin``: ``BEGIN IMMEDIATE`` on SQLite), one cursor
+  reused by every statement, and a SQLAlchemy ``Connection`` built only when asked for.
+- ``Prepared`` is one statement: its parameters by name, converted by precomputed functions.
+
+Errors come out as the exception classes Core execution raises (``IntegrityError`` and so on); a
+connection the server dropped is invalidated, and when it fails the first statement of a checkout
+(nothing was sent on it yet, so nothing can be half-written) the statement runs again once on a
+fresh connection. That is what keeps a worker going after a PostgreSQL restart without paying
+``pool_pre_ping``'s round trip on every unit of work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import json
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from persistence.types import UTCDateTime, json_value
 
 Processor = Callable[[Any], Any] | None
 Params = Mapping[str, Any]
 
+#: ``PoolProxiedConnection.info`` key of the cursor kept with each DBAPI connection. SQLAlchemy
+#: clears that dict when it replaces the DBAPI connection (``_ConnectionRecord.get_connection``),
+#: so a cursor never outlives its connection.
+_CURSOR = "aftersales.fastsql.cursor"
+
+
+class Checkout:
+    """One pooled DBAPI connection, held for one unit of work.
+
+    Statements share one cursor (psycopg builds an adapters map per cursor: about 28 µs each).
+    Until ``connection`` is asked for, the transaction is begun, committed and rolled back on the
+    DBAPI connection through the dialect's hooks, as ``Connection`` would; from then on the
+    ``Connection`` owns it, so Core statements, savepoints and these statements share it.
+    """
+
+    __slots__ = (
+        "_begun",
+        "_connection",
+        "_cursor",
+        "_dbapi_error",
+        "_dialect",
+        "_ended",
+        "_engine",
+        "_fairy",
+        "_fresh",
+        "_savepoints",
+    )
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect
+        self._dbapi_error: Any = engine.dialect.loaded_dbapi.Error
+        self._cursor: Any = None
+        self._begun = False
+        self._fresh = True
+        #: No transaction is open on the DBAPI connection (none begun, or it ended cleanly).
+        self._ended = True
+        self._connection: Connection | None = None
+        self._savepoints = 0
+        self._fairy: PoolProxiedConnection | None = None
+        self._check_out()
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def run(self, sql: str, parameters: Any, many: bool = False) -> Any:
+        """Execute inside the transaction (begun first if needed); returns the cursor."""
+        cursor = self._cursor if self._begun else self._begin()
+        try:
+            if many:
+                cursor.executemany(sql, parameters)
+            else:
+                cursor.execute(sql, parameters)
+        except self._dbapi_error as exc:
+            cursor = self._retry(exc, cursor, sql, parameters, many)
+        self._fresh = False
+        return cursor
+
+    # -- transaction ----------------------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        if self._connection is not None:
+            return self._connection.in_transaction()
+        return self._begun
+
+    def commit(self) -> None:
+        if self._connection is not None:
+            self._connection.commit()
+            self._begun = False
+            return
+        if not self._begun:
+            return
+        # Whatever COMMIT answers, the transaction is over for us (as for Connection.commit):
+        # after a failure the caller rolls back, and the pool's reset-on-return rolls back too.
+        self._begun = False
+        self._savepoints = 0
+        try:
+            self._dialect.do_commit(self._live_fairy())
+        except self._dbapi_error as exc:
+            self._fail(exc, "COMMIT", None, None)
+        self._ended = True
+
+    def rollback(self) -> None:
+        if self._connection is not None:
+            self._connection.rollback()
+            self._begun = False
+            return
+        self._begun = False
+        self._savepoints = 0
+        # Also after a failed COMMIT, which may leave SQLite's transaction open; a driver
+        # rollback outside a transaction costs nothing (sqlite3 and psycopg check first).
+        # Nothing to roll back on a connection that was invalidated (dropped by the server).
+        if self._fairy is not None:
+            try:
+                self._dialect.do_rollback(self._fairy)
+            except self._dbapi_error as exc:
+                self._fail(exc, "ROLLBACK", None, None)
+            self._ended = True
+
+    @contextmanager
+    def savepoint(self, release: bool = True) -> Iterator[None]:
+        """A savepoint around the block: released when it ends, rolled back to when it raises.
+
+        On the DBAPI connection with the SQL SQLAlchemy's ``begin_nested`` emits, so a
+        statement that may fail (a unique violation) leaves the transaction usable without
+        building a ``Connection``.
+
+        ``release=False`` saves the ``RELEASE`` round trip for batches that take one savepoint
+        per item: releasing changes nothing before the commit (a released savepoint's writes
+        belong to the enclosing transaction, as they do when it stays open), and ``COMMIT``
+        ends them all (https://www.postgresql.org/docs/current/sql-savepoint.html,
+        https://www.sqlite.org/lang_savepoint.html). Names are unique per transaction, so
+        rolling back to one never stops at a later one of the same name."""
+        if self._connection is not None:
+            with self._connection.begin_nested():
+                yield
+            return
+        name = f"sa_savepoint_{self._savepoints + 1}"
+        self.run(f"SAVEPOINT {name}", ())
+        self._savepoints += 1
+        try:
+            yield
+        except BaseException:
+            if self._fairy is not None and self._begun:
+                self.run(f"ROLLBACK TO SAVEPOINT {name}", ())
+            raise
+        if release:
+            self.run(f"RELEASE SAVEPOINT {name}", ())
+
+    # -- SQLAlchemy Connection, on demand -------------------------------------------------------
+    @property
+    def connection(self) -> Connection:
+        """A ``Connection`` on the same DBAPI connection and transaction, for Core statements."""
+        if self._connection is None:
+            if self._fresh:
+                # Nothing ran yet: prove the connection alive (replacing it if the server dropped
+                # it) before Core, which has no retry, takes over. Off the hot path.
+                self._ping()
+            # No engine events: ``engine_connect`` would ping again (see persistence/db.py).
+            connection = Connection(self._engine, self._live_fairy(), _has_events=False)
+            if self._begun:
+                # Tells Connection a transaction is open; the dialect's do_begin does not begin
+                # a second one (persistence/db.py ``_begin_immediate``, psycopg: nothing to do).
+                connection.begin()
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        """Check the connection in; the pool rolls back whatever is still open."""
+        connection, self._connection = self._connection, None
+        fairy, self._fairy = self._fairy, None
+        if connection is not None:
+            # The Connection checks the DBAPI connection in (or not, if it was invalidated).
+            connection.close()
+        elif fairy is not None:
+            close_special = getattr(fairy, "_close_special", None)
+            if self._ended and close_special is not None:
+                # The last transaction was committed or rolled back here: skip the pool's
+                # reset-on-return rollback, as Connection.close() does in that case
+                # (sqlalchemy/engine/base.py, ``_close_special(transaction_reset=True)``).
+                close_special(transaction_reset=True)
+            else:
+                fairy.close()
+
+    # -- internals ------------------------------------------------------------------------------
+    def _check_out(self) -> None:
+        try:
+            fairy = self._engine.raw_connection()
+        except self._dbapi_error as exc:
+            # As Connection does when it cannot connect.
+            disconnect = self._dialect.is_disconnect(exc, None, None)
+            raise _sqlalchemy_error(exc, None, None, self._dialect, disconnect) from exc
+        self._fairy = fairy
+        self._begun = False
+        self._fresh = True
+        self._ended = True
+        cursor = fairy.info.get(_CURSOR)
+        if cursor is None:
+            cursor = fairy.info[_CURSOR] = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._cursor = cursor
+
+    def _live_fairy(self) -> PoolProxiedConnection:
+        if self._fairy is None:
+            raise sa.exc.ResourceClosedError("the connection was invalidated (lost)")
+        return self._fairy
+
+    def _begin(self) -> Any:
+        if self._connection is not None:
+            if not self._connection.in_transaction():
+                self._connection.begin()
+            self._begun = True
+            return self._cursor
+        fairy = self._live_fairy()
+        self._ended = False
+        try:
+            self._dialect.do_begin(fairy)
+        except self._dbapi_error as exc:
+            # Not begun: the next statement tries again (SQLite's BEGIN IMMEDIATE timed out).
+            self._fail(exc, "BEGIN", None, None)
+        self._begun = True
+        return self._cursor
+
+    def _retry(self, exc: Any, cursor: Any, sql: str, parameters: Any, many: bool) -> Any:
+        if not self._reconnected_after(exc, cursor):
+            self._fail(exc, sql, parameters, cursor)
+        cursor = self._cursor
+        try:
+            _send(cursor, sql, parameters, many)
+        except self._dbapi_error as again:
+            self._fail(again, sql, parameters, cursor)
+        return cursor
+
+    def _reconnected_after(self, exc: Any, cursor: Any) -> bool:
+        """After a disconnect on a checkout's first statement: a fresh connection, begun."""
+        if not self._fresh or self._connection is not None:
+            return False
+        if not self._dialect.is_disconnect(exc, self._live_fairy().dbapi_connection, cursor):
+            return False
+        self._invalidate(exc)
+        self._check_out()
+        self._begin()
+        return True
+
+    def _ping(self) -> None:
+        fairy = self._live_fairy()
+        try:
+            self._dialect.do_ping(fairy.dbapi_connection)  # type: ignore[arg-type]
+        except self._dbapi_error as exc:
+            if not self._dialect.is_disconnect(exc, fairy.dbapi_connection, None):
+                self._fail(exc, "ping", None, None)
+            self._invalidate(exc)
+            self._check_out()
+
+    def _invalidate(self, exc: Exception) -> None:
+        fairy, self._fairy = self._fairy, None
+        self._begun = False
+        if fairy is None:
+            return
+        # As Connection does on a disconnect: this connection is closed, and every pooled one
+        # opened before now is replaced at its next checkout (the server dropped them too).
+        self._engine.pool._invalidate(fairy, exc)
+
+    def _fail(self, exc: Any, sql: str, parameters: Any, cursor: Any) -> NoReturn:
+        # Something reached the server: a disconnect from now on is not retried.
+        self._fresh = False
+        fairy = self._fairy
+        disconnect = fairy is not None and self._dialect.is_disconnect(
+            exc, fairy.dbapi_connection, cursor
+        )
+        if disconnect:
+            self._invalidate(exc)
+        raise _sqlalchemy_error(exc, sql, parameters, self._dialect, disconnect) from exc
+
 
 class Prepared:
-    """One statement for one dialect. Bind parameters are given by name, as with Core."""
+    """One statement for one dialect. Bind parameters are given by name, as with Core.
+
+    The methods take the ``Checkout`` of a unit of work, or a SQLAlchemy ``Connection`` (then
+    its transaction is used, and a cursor per statement).
+    """
 
     def __init__(
         self,
@@ -50,99 +321,153 @@ class Prepared:
         # Named paramstyles may spell a name differently in the SQL text (special characters).
         escaped: Mapping[str, str] = compiled.escaped_bind_names or {}
         self._dbapi_names = tuple(escaped.get(name, name) for name in names)
-        bind_processors = [_bind_processor(binds[name].type, dialect) for name in names]
         # Values fixed in the statement itself (``limit(1)`` renders a parameter, for instance).
         self._fixed = {
             name: binds[name].value
             for name in names
             if binds[name].value is not None and not binds[name].required
         }
-        self._plan = tuple(zip(names, bind_processors, strict=True))
-        processors = [_result_processor(column.type, dialect) for column in returns]
-        self._convert = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+        self._values = _getter(names)
+        self._bind = _conversions(bind_converter(binds[name].type, dialect) for name in names)
+        self._convert = _conversions(result_converter(column.type, dialect) for column in returns)
         self.keys = tuple(column.key for column in returns)
 
     # -- running ------------------------------------------------------------------------------
-    def rows(self, connection: Connection, params: Params) -> list[list[Any]]:
-        cursor = self._run(connection, self._parameters(params))
-        try:
-            fetched = cursor.fetchall()
-        finally:
-            cursor.close()
+    def rows(self, on: Checkout | Connection, params: Params) -> list[list[Any]]:
+        fetched = self._fetch(on, self._parameters(params))
+        convert = self._convert
         result = []
         for row in fetched:
             values = list(row)
-            for i, convert in self._convert:
-                values[i] = convert(values[i])
+            for i, function in convert:
+                values[i] = function(values[i])
             result.append(values)
         return result
 
-    def first(self, connection: Connection, params: Params) -> list[Any] | None:
-        found = self.rows(connection, params)
-        return found[0] if found else None
+    def first(self, on: Checkout | Connection, params: Params) -> list[Any] | None:
+        fetched = self._fetch(on, self._parameters(params))
+        if not fetched:
+            return None
+        values = list(fetched[0])
+        for i, function in self._convert:
+            values[i] = function(values[i])
+        return values
 
-    def execute(self, connection: Connection, params: Params) -> int:
+    def execute(self, on: Checkout | Connection, params: Params) -> int:
         """Run a statement that returns no rows; returns the DBAPI rowcount."""
-        cursor = self._run(connection, self._parameters(params))
-        try:
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+        parameters = self._parameters(params)
+        if isinstance(on, Checkout):
+            return int(on.run(self.sql, parameters).rowcount)
+        with _borrowed(on, self) as checkout:
+            return int(checkout.run(self.sql, parameters).rowcount)
 
-    def execute_many(self, connection: Connection, many: Sequence[Params]) -> None:
+    def execute_many(self, on: Checkout | Connection, many: Sequence[Params]) -> None:
         if len(many) == 1:
-            self.execute(connection, many[0])
+            self.execute(on, many[0])
             return
-        cursor = self._run(connection, [self._parameters(p) for p in many], many=True)
-        cursor.close()
+        parameters = [self._parameters(p) for p in many]
+        if isinstance(on, Checkout):
+            on.run(self.sql, parameters, many=True)
+            return
+        with _borrowed(on, self) as checkout:
+            checkout.run(self.sql, parameters, many=True)
 
-    def insert(self, connection: Connection, params: Params) -> int:
+    def insert(self, on: Checkout | Connection, params: Params) -> int:
         """Run an INSERT and return the new row's id (RETURNING it where the dialect can)."""
-        cursor = self._run(connection, self._parameters(params))
-        try:
-            if self.keys:
-                row = cursor.fetchone()
-                if row is None:
-                    raise RuntimeError(f"no id returned by {self.sql}")
-                return int(row[0])
-            return int(cursor.lastrowid)
-        finally:
-            cursor.close()
+        parameters = self._parameters(params)
+        if isinstance(on, Checkout):
+            return self._new_id(on.run(self.sql, parameters))
+        with _borrowed(on, self) as checkout:
+            return self._new_id(checkout.run(self.sql, parameters))
 
     # -- internals ----------------------------------------------------------------------------
+    def _new_id(self, cursor: Any) -> int:
+        if self.keys:
+            # fetchall, not fetchone: a reused SQLite cursor must not keep the statement open.
+            rows = cursor.fetchall()
+            if not rows:
+                raise RuntimeError(f"no id returned by {self.sql}")
+            return int(rows[0][0])
+        return int(cursor.lastrowid)
+
+    def _fetch(self, on: Checkout | Connection, parameters: Any) -> list[Any]:
+        if isinstance(on, Checkout):
+            fetched: list[Any] = on.run(self.sql, parameters).fetchall()
+            return fetched
+        with _borrowed(on, self) as checkout:
+            fetched = checkout.run(self.sql, parameters).fetchall()
+            return fetched
+
     def _parameters(self, params: Params) -> Any:
         if self._fixed:
             params = {**self._fixed, **params}
-        values = [params[name] if bind is None else bind(params[name]) for name, bind in self._plan]
+        values: Any = self._values(params)
+        if self._bind:
+            values = list(values)
+            for i, function in self._bind:
+                values[i] = function(values[i])
         if self._positional:
             return values
         return dict(zip(self._dbapi_names, values, strict=True))
 
-    def _run(self, connection: Connection, parameters: Any, many: bool = False) -> Any:
+
+class _Borrowed:
+    """What ``Prepared`` needs of a ``Checkout``, on a caller's ``Connection``."""
+
+    def __init__(self, connection: Connection, prepared: Prepared) -> None:
+        self._connection = connection
+        self._prepared = prepared
+        self._cursor: Any = None
+
+    def run(self, sql: str, parameters: Any, many: bool = False) -> Any:
+        connection = self._connection
         # Only inside a transaction SQLAlchemy began: on SQLite that is what emits BEGIN
         # IMMEDIATE, and without it each statement would commit on its own.
         if not connection.in_transaction():
             connection.begin()
         dbapi_connection = connection.connection.dbapi_connection
         assert dbapi_connection is not None
-        cursor = dbapi_connection.cursor()
+        dialect = connection.dialect
+        cursor = self._cursor = dbapi_connection.cursor()
         try:
-            if many:
-                cursor.executemany(self.sql, parameters)
-            else:
-                cursor.execute(self.sql, parameters)
-        except self._dbapi_error as exc:
-            cursor.close()
-            if self._dialect.is_disconnect(exc, dbapi_connection, cursor):
+            _send(cursor, sql, parameters, many)
+        except self._prepared._dbapi_error as exc:
+            disconnect = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if disconnect:
                 connection.invalidate(exc)
-            # The same exception classes Core execution raises (IntegrityError and so on).
-            raise sa.exc.DBAPIError.instance(
-                self.sql, parameters, exc, self._dbapi_error, dialect=self._dialect
-            ) from exc
-        except BaseException:
-            cursor.close()
-            raise
+            raise _sqlalchemy_error(exc, sql, parameters, dialect, disconnect) from exc
         return cursor
+
+
+def _send(cursor: Any, sql: str, parameters: Any, many: bool) -> None:
+    if many:
+        cursor.executemany(sql, parameters)
+    else:
+        cursor.execute(sql, parameters)
+
+
+def _sqlalchemy_error(
+    exc: Any, sql: str | None, parameters: Any, dialect: Dialect, disconnect: bool
+) -> sa.exc.DBAPIError:
+    """The exception Core execution raises for ``exc`` (IntegrityError and so on)."""
+    return sa.exc.DBAPIError.instance(
+        sql,
+        parameters,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=disconnect,
+        dialect=dialect,
+    )
+
+
+@contextmanager
+def _borrowed(connection: Connection, prepared: Prepared) -> Iterator[_Borrowed]:
+    borrowed = _Borrowed(connection, prepared)
+    try:
+        yield borrowed
+    finally:
+        if borrowed._cursor is not None:
+            borrowed._cursor.close()
 
 
 def insert_returning_id(table: sa.Table, dialect: Dialect, column_keys: Sequence[str]) -> Prepared:
@@ -156,10 +481,79 @@ def insert_returning_id(table: sa.Table, dialect: Dialect, column_keys: Sequence
     return Prepared(statement, dialect, column_keys=column_keys, returns=returns)
 
 
-def _bind_processor(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Processor:
-    return type_.dialect_impl(dialect).bind_processor(dialect)
+def bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Processor:
+    """What SQLAlchemy does to a value bound to ``type_`` on ``dialect``, as one function
+    (None: nothing)."""
+    implementation = type_.dialect_impl(dialect)
+    if isinstance(implementation, UTCDateTime):
+        direct = implementation.direct_bind_converter(dialect)
+        if direct is not None:
+            return direct
+    processor = implementation.bind_processor(dialect)
+    if processor is not None and _json_as_text(implementation, dialect):
+        return _json_bind(dialect._json_serializer or json.dumps, processor)
+    return processor
 
 
-def _result_processor(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Processor:
+def result_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Processor:
+    """What SQLAlchemy does to a value of ``type_`` read on ``dialect`` (None: nothing)."""
+    implementation = type_.dialect_impl(dialect)
+    if isinstance(implementation, UTCDateTime):
+        direct = implementation.direct_result_converter(dialect)
+        if direct is not None:
+            return direct
     # The DBAPI type code only matters to a few dialects' numeric types, none used here.
-    return type_.dialect_impl(dialect).result_processor(dialect, None)
+    processor = implementation.result_processor(dialect, None)
+    if processor is not None and _json_as_text(implementation, dialect):
+        loads = dialect._json_deserializer
+        return _json_result(json_value if loads in (None, json.loads) else loads, processor)
+    return processor
+
+
+def _json_as_text(implementation: sa.types.TypeEngine[Any], dialect: Dialect) -> bool:
+    """A JSON column the dialect keeps as text (SQLite): SQLAlchemy's processors only call the
+    engine's serializer and deserializer, inside two or three wrappers."""
+    if not isinstance(implementation, sa.JSON) or dialect.name != "sqlite":
+        return False
+    text = implementation._str_impl  # what SQLAlchemy's JSON processors wrap
+    return text.bind_processor(dialect) is None and text.result_processor(dialect, None) is None
+
+
+def _json_bind(
+    dumps: Callable[[Any], str], processor: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    def bind(value: Any) -> Any:
+        # Documents are dicts and lists; None and SQL NULL markers take SQLAlchemy's way.
+        if type(value) is dict or type(value) is list:
+            return dumps(value)
+        return processor(value)
+
+    return bind
+
+
+def _json_result(
+    loads: Callable[[str], Any], processor: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    def result(value: Any) -> Any:
+        if type(value) is str:
+            return loads(value)
+        # NULL, and numbers SQLite's JSON functions may have stored.
+        return processor(value)
+
+    return result
+
+
+def _conversions(
+    converters: Iterator[Processor] | Sequence[Processor],
+) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    return tuple((i, f) for i, f in enumerate(converters) if f is not None)
+
+
+def _getter(names: Sequence[str]) -> Callable[[Params], Sequence[Any]]:
+    """The values of ``names`` in a parameter dict, in order, in one C call."""
+    if not names:
+        return lambda _params: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda params: (params[name],)
+    return operator.itemgetter(*names)

@@ -16,19 +16,20 @@ from __future__ import annotations
 import builtins
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql import ClauseElement
 
-from persistence.fastsql import Prepared, insert_returning_id
+from persistence.fastsql import Checkout, Prepared, insert_returning_id
 from persistence.tables import (
     cases,
     dead_letters,
@@ -150,6 +151,16 @@ _SELECT_CASES_BY_TRACKING_NO_OF_ORDER = _SELECT_CASES_BY_TRACKING_NO.where(
     cases.c.order_id == sa.bindparam("order_id")
 )
 _LOCK_ORDER = sa.text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK_CLASS}, hashtext(:order_id))")
+
+#: ``CaseRepository.list`` filters, by parameter name.
+_CASE_LIST_FILTERS: dict[str, sa.ColumnElement[bool]] = {
+    "state": cases.c.state == sa.bindparam("state"),
+    "type": cases.c.type == sa.bindparam("type"),
+    "merchant_id": cases.c.merchant_id == sa.bindparam("merchant_id"),
+    "buyer_id": cases.c.buyer_id == sa.bindparam("buyer_id"),
+    "order_id": cases.c.order_id == sa.bindparam("order_id"),
+    "after_id": cases.c.id > sa.bindparam("after_id"),
+}
 
 _SELECT_LOG = (
     sa.select(transitions)
@@ -403,6 +414,50 @@ class _Statements:
         self.select_dead_letters_by_status = select(_SELECT_DEAD_LETTERS_BY_STATUS)
         self.select_dead_letter = select(_SELECT_DEAD_LETTER)
         self.resolve_dead_letter = write(_RESOLVE_DEAD_LETTER)
+        self._dialect = dialect
+        # Statements whose shape depends on the call, compiled once per shape. Two threads may
+        # compile the same one at once; either result is the same statement.
+        self._case_lists: dict[frozenset[str], Prepared] = {}
+        self._open_claims: dict[int, Prepared] = {}
+        self._cases_by_ids: dict[int, Prepared] = {}
+
+    def case_list(self, filters: frozenset[str]) -> Prepared:
+        """``CaseRepository.list`` with these of ``_CASE_LIST_FILTERS`` given, and a limit."""
+        prepared = self._case_lists.get(filters)
+        if prepared is None:
+            statement = sa.select(cases)
+            for name in _CASE_LIST_FILTERS:
+                if name in filters:
+                    statement = statement.where(_CASE_LIST_FILTERS[name])
+            statement = statement.order_by(cases.c.id).limit(sa.bindparam("limit"))
+            prepared = Prepared(statement, self._dialect, returns=list(statement.selected_columns))
+            self._case_lists[filters] = prepared
+        return prepared
+
+    def cases_by_ids(self, count: int) -> Prepared:
+        """The case rows of ``count`` ids (``id_0`` ...): a batch's cases in one SELECT."""
+        prepared = self._cases_by_ids.get(count)
+        if prepared is None:
+            ids = [sa.bindparam(f"id_{i}", type_=cases.c.id.type) for i in range(count)]
+            statement = sa.select(cases).where(cases.c.id.in_(ids))
+            prepared = Prepared(statement, self._dialect, returns=list(statement.selected_columns))
+            self._cases_by_ids[count] = prepared
+        return prepared
+
+    def open_claims(self, count: int) -> Prepared:
+        """The claims of ``count`` SKUs (``sku_0`` ...) of an order: (sku, case_id) rows."""
+        prepared = self._open_claims.get(count)
+        if prepared is None:
+            skus = [
+                sa.bindparam(f"sku_{i}", type_=open_case_items.c.sku.type) for i in range(count)
+            ]
+            statement = sa.select(open_case_items.c.sku, open_case_items.c.case_id).where(
+                open_case_items.c.order_id == sa.bindparam("order_id"),
+                open_case_items.c.sku.in_(skus),
+            )
+            prepared = Prepared(statement, self._dialect, returns=list(statement.selected_columns))
+            self._open_claims[count] = prepared
+        return prepared
 
 
 _compiled: weakref.WeakKeyDictionary[Dialect, _Statements] = weakref.WeakKeyDictionary()
@@ -423,14 +478,15 @@ class SqlUnitOfWork:
     """One ``with`` block is one connection and one transaction; leaving it uncommitted rolls
     back. After a ``Conflict`` or a database error the transaction may be unusable (PostgreSQL
     aborts it): roll back, or leave the block, before doing more.
+
+    The stores run on a ``fastsql.Checkout`` (a pooled DBAPI connection); ``connection`` gives a
+    SQLAlchemy ``Connection`` on the same transaction when Core is wanted.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._connection: Connection | None = None
+        self._checkout: Checkout | None = None
         self._statements: _Statements | None = None
-        #: Savepoints taken by ``savepoint()``, for their names.
-        self._savepoints = 0
         self._log = SqlTransitionLog(self)
         self._cases = SqlCaseRepository(self)
         # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
@@ -442,9 +498,7 @@ class SqlUnitOfWork:
 
     @property
     def connection(self) -> Connection:
-        if self._connection is None:
-            raise RuntimeError("the unit of work is used outside its `with` block")
-        return self._connection
+        return self._active().connection
 
     @property
     def statements(self) -> _Statements:
@@ -457,10 +511,10 @@ class SqlUnitOfWork:
         return self._engine.dialect.name
 
     def __enter__(self) -> Self:
-        if self._connection is not None:
+        if self._checkout is not None:
             raise RuntimeError("the unit of work is already in use")
         # The transaction begins with the first statement (on SQLite: takes the write lock).
-        self._connection = self._engine.connect()
+        self._checkout = Checkout(self._engine)
         # Compiled after the first connect, which tells the dialect what the server supports.
         self._statements = _statements_for(self._engine.dialect)
         return self
@@ -471,20 +525,20 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
+        checkout, self._checkout = self._checkout, None
+        if checkout is None:
             return
         try:
-            if connection.in_transaction():
-                connection.rollback()
+            if checkout.in_transaction:
+                checkout.rollback()
         finally:
             self._forget()
-            connection.close()
+            checkout.close()
 
     def commit(self) -> None:
-        connection = self.connection
+        checkout = self._active()
         try:
-            connection.commit()
+            checkout.commit()
         except IntegrityError as exc:
             self._after_failed_commit()
             raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
@@ -495,8 +549,13 @@ class SqlUnitOfWork:
             raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
 
     def rollback(self) -> None:
-        self.connection.rollback()
+        self._active().rollback()
         self._forget()
+
+    def _active(self) -> Checkout:
+        if self._checkout is None:
+            raise RuntimeError("the unit of work is used outside its `with` block")
+        return self._checkout
 
     def _forget(self) -> None:
         self._log.forget_keys()
@@ -504,51 +563,21 @@ class SqlUnitOfWork:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """``SAVEPOINT``, and ``ROLLBACK TO SAVEPOINT`` then re-raise when the block fails.
-
-        Issued on the DBAPI cursor, one round trip per block, for batches that take one per
-        item: ``Connection.begin_nested`` would add a ``RELEASE`` round trip and its own Python
-        bookkeeping to each (``bench/ingest_batch.py``). A block that succeeds is not released:
-        releasing changes nothing before the commit (a released savepoint's writes belong to
-        the enclosing transaction, as they do when it stays open), and ``COMMIT`` ends them all
-        (https://www.postgresql.org/docs/current/sql-savepoint.html,
-        https://www.sqlite.org/lang_savepoint.html). Each savepoint has its own name, so
-        rolling back to one never stops at a later one of the same name.
-        """
-        connection = self.connection
-        if not connection.in_transaction():
-            connection.begin()  # BEGIN IMMEDIATE on SQLite (persistence/db.py)
-        self._savepoints += 1
-        name = f"uow_item_{self._savepoints}"
+        """A savepoint per item of a batch: rolled back to, then the error re-raised, when the
+        block fails; never released (``Checkout.savepoint(release=False)``: one round trip)."""
+        checkout = self._active()
         keys = self._log.registered_keys()
-        self._run_raw(f"SAVEPOINT {name}")
         try:
-            yield
-        except BaseException as exc:
-            # The keys the block registered are gone with its rows.
+            with checkout.savepoint(release=False):
+                yield
+        except BaseException:
+            # The idempotency keys the block registered are gone with its rows.
             self._log.restore_keys(keys)
-            try:
-                self._run_raw(f"ROLLBACK TO SAVEPOINT {name}")
-            except Exception as failed:
-                # The connection is gone too: the transaction is lost, which the caller
-                # hears about from the original error.
-                raise exc from failed
             raise
-
-    def _run_raw(self, sql: str) -> None:
-        dbapi_connection = self.connection.connection.dbapi_connection
-        if dbapi_connection is None:
-            raise RuntimeError("the connection was invalidated")
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(sql)
-        finally:
-            cursor.close()
 
     def _after_failed_commit(self) -> None:
         self._forget()
-        if self.connection.in_transaction():
-            self.connection.rollback()
+        self._active().rollback()
 
 
 class SqlUnitOfWorkFactory:
@@ -569,19 +598,10 @@ class _Store:
     def __init__(self, uow: SqlUnitOfWork) -> None:
         self._uow = uow
 
-    def _run(self, run: Callable[[Connection, P], R], params: P) -> R:
+    def _run(self, run: Callable[[Checkout, P], R], params: P) -> R:
         """``run`` is a bound ``Prepared`` method; lost races come out as ``Conflict``."""
         try:
-            return run(self._uow.connection, params)
-        except DBAPIError as exc:
-            if _retryable(exc):
-                raise Conflict(f"a concurrent writer is in the way: {_reason(exc)}") from exc
-            raise
-
-    def _execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
-        """For statements built per call, which ``Prepared`` would compile every time."""
-        try:
-            return self._uow.connection.execute(statement, params)
+            return run(self._uow._active(), params)
         except DBAPIError as exc:
             if _retryable(exc):
                 raise Conflict(f"a concurrent writer is in the way: {_reason(exc)}") from exc
@@ -608,12 +628,13 @@ class SqlCaseRepository(_Store):
         return self._load(row) if row is not None else None
 
     def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
-        """One SELECT ... WHERE id IN (...), built per call: ``Prepared`` cannot expand a list
-        (SQLAlchemy caches the compiled form of an expanding IN anyway)."""
-        if not case_ids:
+        """One SELECT ... WHERE id IN (...), prepared per number of ids (a batch has ≤ 64)."""
+        ids = list(dict.fromkeys(case_ids))
+        if not ids:
             return {}
-        statement = sa.select(cases).where(cases.c.id.in_(list(case_ids)))
-        loaded = (self._load(tuple(row)) for row in self._execute(statement))
+        statement = self._uow.statements.cases_by_ids(len(ids))
+        params = {f"id_{i}": case_id for i, case_id in enumerate(ids)}
+        loaded = (self._load(row) for row in self._run(statement.rows, params))
         return {case.id: case for case in loaded if case.id is not None}
 
     def add(self, case: Case) -> int:
@@ -622,16 +643,16 @@ class SqlCaseRepository(_Store):
         skus = list(dict.fromkeys(case.skus))
         # A savepoint keeps the transaction usable after a unique violation (PostgreSQL aborts
         # it otherwise), so the error can be explained with what the database holds.
-        savepoint = self._uow.connection.begin_nested()
         try:
-            case_id = self._run(sql.insert_case.insert, values)
-            claims = [{"order_id": case.order_id, "sku": sku, "case_id": case_id} for sku in skus]
-            if claims:
-                self._run(sql.insert_claim.execute_many, claims)
+            with self._uow._active().savepoint():
+                case_id = self._run(sql.insert_case.insert, values)
+                claims = [
+                    {"order_id": case.order_id, "sku": sku, "case_id": case_id} for sku in skus
+                ]
+                if claims:
+                    self._run(sql.insert_claim.execute_many, claims)
         except IntegrityError as exc:
-            savepoint.rollback()
             self._explain_refused_add(case, skus, exc)
-        savepoint.commit()
         case.id = case_id
         self._loaded[case_id] = _fixed_fields(case)
         return case_id
@@ -673,29 +694,25 @@ class SqlCaseRepository(_Store):
         return self._run(self._uow.statements.update_case.execute, values) == 1
 
     def list(self, query: CaseQuery) -> list[Case]:
-        statement = sa.select(cases)
-        filters: Iterable[tuple[sa.Column[Any], str | None]] = (
-            (cases.c.state, query.state.value if query.state else None),
-            (cases.c.type, query.type.value if query.type else None),
-            (cases.c.merchant_id, query.merchant_id),
-            (cases.c.buyer_id, query.buyer_id),
-            (cases.c.order_id, query.order_id),
-        )
-        for column, wanted in filters:
-            if wanted is not None:
-                statement = statement.where(column == wanted)
-        if query.after_id is not None:
-            statement = statement.where(cases.c.id > query.after_id)
-        statement = statement.order_by(cases.c.id).limit(query.limit)
-        return [self._load(tuple(row)) for row in self._execute(statement)]
+        wanted = {
+            "state": query.state.value if query.state else None,
+            "type": query.type.value if query.type else None,
+            "merchant_id": query.merchant_id,
+            "buyer_id": query.buyer_id,
+            "order_id": query.order_id,
+            "after_id": query.after_id,
+        }
+        params = {name: value for name, value in wanted.items() if value is not None}
+        statement = self._uow.statements.case_list(frozenset(params))
+        params["limit"] = query.limit
+        return [self._load(row) for row in self._run(statement.rows, params)]
 
     def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:
         if not skus:
             return {}
-        statement = sa.select(open_case_items.c.sku, open_case_items.c.case_id).where(
-            open_case_items.c.order_id == order_id, open_case_items.c.sku.in_(list(skus))
-        )
-        return {row.sku: row.case_id for row in self._execute(statement)}
+        statement = self._uow.statements.open_claims(len(skus))
+        params = {"order_id": order_id, **{f"sku_{i}": sku for i, sku in enumerate(skus)}}
+        return {sku: case_id for sku, case_id in self._run(statement.rows, params)}
 
     def release_items(self, case_id: int) -> None:
         self._run(self._uow.statements.delete_claims.execute, {"case_id": case_id})
@@ -986,12 +1003,34 @@ class SqlEventStore(_Store):
 
 # -- rows <-> domain objects ----------------------------------------------------------------
 # Rows are tuples in table column order (``select(table)``), read through the *_KEYS names.
+# Enum members come back from stored values through plain dicts: ``CaseState(value)`` runs the
+# enum machinery in Python, several times per row. ``str(member)`` is a StrEnum's value without
+# the ``.value`` property's cost.
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class _ByValue(dict[str, E]):
+    """The members of a StrEnum by value; an unknown value fails as the enum itself would."""
+
+    def __init__(self, enum: type[E]) -> None:
+        super().__init__((member.value, member) for member in enum)
+        self._enum = enum
+
+    def __missing__(self, value: str) -> E:
+        return self._enum(value)
+
+
+_CASE_TYPES = _ByValue(CaseType)
+_CASE_STATES = _ByValue(CaseState)
+_REFUND_ROUTES = _ByValue(RefundRoute)
+_TIMER_STATUSES = _ByValue(TimerStatus)
 
 
 def _case_values(case: Case) -> dict[str, Any]:
     return {
         "type": case.type.value,
-        "state": case.state.value,
+        "state": str(case.state),
         "version": case.version,
         "order_id": case.order_id,
         "buyer_id": case.buyer_id,
@@ -1032,13 +1071,13 @@ def _tracking_values(case: Case) -> dict[str, str | None]:
 
 def _case_mutable_values(case: Case) -> dict[str, Any]:
     return {
-        "state": case.state.value,
+        "state": str(case.state),
         "version": case.version,
         "description": case.description,
         "requested_amount": case.requested_amount,
         "refund_amount": case.refund_amount,
         "gift_deduction": case.gift_deduction,
-        "refund_route": case.refund_route.value if case.refund_route is not None else None,
+        "refund_route": str(case.refund_route) if case.refund_route is not None else None,
         "refund_attempts": case.refund_attempts,
         "refund_key": case.refund_key,
         "details": case.details,
@@ -1103,8 +1142,8 @@ def _case_from_row(row: Sequence[Any]) -> Case:
     return Case(
         id=case_id,
         version=version,
-        type=CaseType(type_),
-        state=CaseState(state),
+        type=_CASE_TYPES[type_],
+        state=_CASE_STATES[state],
         order_id=order_id,
         buyer_id=buyer_id,
         merchant_id=merchant_id,
@@ -1120,7 +1159,7 @@ def _case_from_row(row: Sequence[Any]) -> Case:
         requested_amount=requested_amount,
         refund_amount=refund_amount,
         gift_deduction=gift_deduction,
-        refund_route=RefundRoute(refund_route) if refund_route is not None else None,
+        refund_route=_REFUND_ROUTES[refund_route] if refund_route is not None else None,
         refund_attempts=refund_attempts,
         refund_key=refund_key,
         submission_key=submission_key,
@@ -1133,8 +1172,8 @@ def _record_values(record: TransitionRecord) -> dict[str, Any]:
         "case_id": record.case_id,
         "seq": record.seq,
         "trigger": record.trigger,
-        "from_state": record.from_state.value if record.from_state is not None else None,
-        "to_state": record.to_state.value,
+        "from_state": str(record.from_state) if record.from_state is not None else None,
+        "to_state": str(record.to_state),
         "actor": record.actor,
         "reason": record.reason,
         "data": record.data,
@@ -1149,8 +1188,8 @@ def _record_from_row(row: Sequence[Any]) -> TransitionRecord:
         case_id=r["case_id"],
         seq=r["seq"],
         trigger=r["trigger"],
-        from_state=CaseState(r["from_state"]) if r["from_state"] is not None else None,
-        to_state=CaseState(r["to_state"]),
+        from_state=_CASE_STATES[r["from_state"]] if r["from_state"] is not None else None,
+        to_state=_CASE_STATES[r["to_state"]],
         actor=r["actor"],
         at=r["at"],
         reason=r["reason"],
@@ -1164,10 +1203,10 @@ def _timer_values(timer: Timer) -> dict[str, Any]:
         "case_id": timer.case_id,
         "kind": timer.kind,
         "trigger": timer.trigger,
-        "state": timer.state.value,
+        "state": str(timer.state),
         "version": timer.version,
         "due_at": timer.due_at,
-        "status": timer.status.value,
+        "status": str(timer.status),
         "created_at": timer.created_at,
         "claimed_at": timer.claimed_at,
         "claimed_by": timer.claimed_by,
@@ -1176,21 +1215,32 @@ def _timer_values(timer: Timer) -> dict[str, Any]:
     }
 
 
+# The unpacking in _timer_from_row follows the table's column order.
+if _TIMER_KEYS != (
+    "id", "case_id", "kind", "trigger", "state", "version", "due_at", "status", "created_at",
+    "claimed_at", "claimed_by", "fired_at", "lateness_ms",
+):  # fmt: skip
+    raise RuntimeError("the timers columns changed: update _timer_from_row")
+
+
 def _timer_from_row(row: Sequence[Any]) -> Timer:
-    r = dict(zip(_TIMER_KEYS, row, strict=True))
+    (
+        timer_id, case_id, kind, trigger, state, version, due_at, status, created_at,
+        claimed_at, claimed_by, fired_at, _lateness_ms,
+    ) = row  # fmt: skip
     return Timer(
-        id=r["id"],
-        case_id=r["case_id"],
-        kind=r["kind"],
-        trigger=r["trigger"],
-        state=CaseState(r["state"]),
-        version=r["version"],
-        due_at=r["due_at"],
-        created_at=r["created_at"],
-        status=TimerStatus(r["status"]),
-        fired_at=r["fired_at"],
-        claimed_at=r["claimed_at"],
-        claimed_by=r["claimed_by"],
+        id=timer_id,
+        case_id=case_id,
+        kind=kind,
+        trigger=trigger,
+        state=_CASE_STATES[state],
+        version=version,
+        due_at=due_at,
+        created_at=created_at,
+        status=_TIMER_STATUSES[status],
+        fired_at=fired_at,
+        claimed_at=claimed_at,
+        claimed_by=claimed_by,
     )
 
 

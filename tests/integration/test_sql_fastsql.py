@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from persistence.fastsql import Prepared
-from persistence.tables import cases, timers
+from persistence import uow as uow_module
+from persistence.fastsql import Prepared, bind_converter, result_converter
+from persistence.tables import cases, outbox, timers, transitions
+from persistence.types import UTCDateTime, json_text, json_value
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.errors import Conflict
-from workflow.model import Case, Gift, Item, Payment
+from workflow.model import (
+    Case,
+    Gift,
+    Item,
+    OutboxMessage,
+    Payment,
+    Timer,
+    TimerStatus,
+    TransitionRecord,
+)
 from workflow.ports import CaseQuery
+from workflow.states import CaseState
 
 NewCase = Callable[..., Case]
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -137,3 +152,172 @@ def test_a_failed_begin_leaves_no_autocommit_behind(
         assert raw.in_transaction
     with uow_factory() as uow:
         assert uow.cases.open_cases_for_items("o-1", ["sku-1"]) == {}
+
+
+# -- the values fastsql writes and reads are SQLAlchemy's, byte for byte ------------------------
+
+INSTANTS = [
+    T0,
+    datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=8))),
+    datetime(2026, 3, 1, 8, 0, tzinfo=timezone(timedelta(hours=-3, minutes=-30))),
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    datetime(2026, 11, 20, 2, 0, tzinfo=ZoneInfo("Asia/Shanghai")),
+]
+
+
+def test_direct_timestamp_converters_give_what_sqlalchemy_gives(engine: Engine) -> None:
+    dialect = engine.dialect
+    column = UTCDateTime()
+    # What SQLAlchemy runs for a bound value: the decorator, then the dialect's DATETIME.
+    core = column.dialect_impl(dialect)
+    ours, theirs = bind_converter(column, dialect), core.bind_processor(dialect)
+    assert ours is not None and theirs is not None
+    for instant in [None, *INSTANTS]:
+        # Twice: the second call of the same object is answered from the last-value memo.
+        assert ours(instant) == ours(instant) == theirs(instant)
+        assert type(ours(instant)) is type(theirs(instant))
+    for bad, error in ((datetime(2026, 1, 1), ValueError), ("2026-01-01", TypeError)):
+        with pytest.raises(error):
+            ours(bad)
+        with pytest.raises(error):
+            theirs(bad)
+
+    read, core_read = result_converter(column, dialect), core.result_processor(dialect, None)
+    assert read is not None and core_read is not None
+    stored: list[Any] = [theirs(instant) for instant in INSTANTS]
+    if engine.dialect.name == "sqlite":
+        # Text SQLAlchemy never writes, but may find in a file edited by hand.
+        stored += ["2026-11-20 03:00:00", "2026-11-20T03:00:00.5+08:00", "2026-11-20"]
+    for value in [None, *stored]:
+        got, want = read(value), core_read(value)
+        assert got == want
+        if want is not None:
+            assert (
+                (got.tzinfo, got.isoformat())
+                == (want.tzinfo, want.isoformat())
+                == (UTC, got.isoformat())
+            )
+
+
+def _stored(connection: sa.Connection, table: sa.Table, row_id: int) -> dict[str, Any]:
+    """Every column but the id as the database holds it: text form, and SQLite's storage class."""
+    columns = [column for column in table.columns if column.key != "id"]
+    typeof = connection.dialect.name == "sqlite"
+    selected: list[sa.ColumnElement[Any]] = []
+    for column in columns:
+        selected.append(sa.cast(column, sa.Text))
+        if typeof:
+            selected.append(sa.func.typeof(column))
+    row = connection.execute(sa.select(*selected).where(table.c.id == row_id)).one()
+    return {
+        column.key: tuple(row)[i * (1 + typeof) : (i + 1) * (1 + typeof)]
+        for i, column in enumerate(columns)
+    }
+
+
+def test_rows_written_match_what_core_writes(
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
+) -> None:
+    """Each statement of a transition, written once through SQLAlchemy Core (what the code
+    before fastsql's own converters wrote) and once through the unit of work, stores the same."""
+    tz = timezone(timedelta(hours=8))
+    case = new_case(
+        gifts=[Gift("g", 1, 300)],
+        payment=Payment("alipay", 1, datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=tz)),
+        details={"说明": "测试", "nested": {"list": [1, 2.5, None, True]}, "refund_base": 1},
+    )
+    with uow_factory() as uow:
+        ours_id = uow.cases.add(case)
+        core_id = uow.connection.execute(
+            sa.insert(cases).values(**{**uow_module._case_values(case), "order_id": "o-core"})
+        ).inserted_primary_key[0]
+        uow.commit()
+    with uow_factory() as uow:
+        loaded = uow.cases.get(ours_id)
+        assert loaded is not None
+        loaded.state, loaded.version = CaseState.APPROVED, 2
+        loaded.updated_at = datetime(2026, 11, 21, 9, 30, 0, 5, tzinfo=tz)
+        loaded.details["return_tracking_no"] = "SF1"
+        assert uow.cases.save(loaded, 1)
+        uow.connection.execute(
+            sa.update(cases)
+            .where(cases.c.id == core_id)
+            .values(**uow_module._case_mutable_values(loaded))
+        )
+        record = TransitionRecord(
+            ours_id, 2, "approve", CaseState.SUBMITTED, CaseState.APPROVED, "merchant:m-1",
+            loaded.updated_at, "why", {"说明": "测试", "n": 1.5},
+        )  # fmt: skip
+        uow.log.append([record])
+        core_record = uow.connection.execute(
+            sa.insert(transitions).values(**{**uow_module._record_values(record), "seq": 3})
+        ).inserted_primary_key[0]
+        timer = Timer(ours_id, "return_shipment", "expire_return", CaseState.APPROVED, 2,
+                      loaded.updated_at + timedelta(days=7), loaded.updated_at)  # fmt: skip
+        uow.timers.arm(timer)
+        core_timer = uow.connection.execute(
+            sa.insert(timers).values(
+                **{**uow_module._timer_values(timer), "status": TimerStatus.CANCELLED.value}
+            )
+        ).inserted_primary_key[0]
+        message = OutboxMessage(
+            "case.transitioned", ours_id, {"说明": [1, None]}, loaded.updated_at
+        )
+        uow.outbox.add([message, message])
+        uow.connection.execute(
+            sa.insert(outbox).values(
+                topic=message.topic,
+                case_id=ours_id,
+                payload=message.payload,
+                created_at=message.created_at,
+                attempts=0,
+            )
+        )
+        uow.commit()
+    with engine.connect() as connection:
+        ours_case, core_case = (_stored(connection, cases, i) for i in (ours_id, core_id))
+        assert ours_case.pop("order_id") != core_case.pop("order_id")
+        assert ours_case == core_case
+        log = connection.execute(sa.select(transitions.c.id).order_by(transitions.c.seq)).all()
+        ours_log, core_log = (_stored(connection, transitions, row.id) for row in log[-2:])
+        assert ours_log.pop("seq") != core_log.pop("seq")
+        assert ours_log == core_log
+        assert timer.id is not None
+        ours_timer, core_timer_row = (
+            _stored(connection, timers, i) for i in (timer.id, core_timer)
+        )
+        assert ours_timer.pop("status") != core_timer_row.pop("status")
+        assert ours_timer == core_timer_row
+        rows = connection.execute(sa.select(outbox.c.id).order_by(outbox.c.id)).all()
+        assert len({str(_stored(connection, outbox, row.id)) for row in rows[-3:]}) == 1
+    assert core_record is not None
+
+
+def test_json_text_and_values_are_what_json_dumps_and_loads_give() -> None:
+    """The SQLite engine's serializer writes the text ``json.dumps(value, ensure_ascii=False)``
+    wrote, and its deserializer reads what ``json.loads`` reads, errors included."""
+    samples: list[Any] = [
+        {},
+        [],
+        {"说明": "测试", "nested": {"list": [1, 2.5, None, True, -0.0, 1e100]}, "": "\u2028"},
+        [{"sku": "a", "quantity": 1, "unit_price": 12_900}],
+        'quote " and \\ and \n',
+        float("inf"),
+        None,
+    ]
+    for value in samples:
+        text = json_text(value)
+        assert text == json.dumps(value, ensure_ascii=False)
+        assert str(json_value(text)) == str(json.loads(text))
+    for text in (" {} ", '{"a": 1}\n'):
+        assert json_value(text) == json.loads(text)
+    for bad in ("{} x", "\ufeff{}", "", "{"):
+        with pytest.raises(json.JSONDecodeError) as ours:
+            json_value(bad)
+        with pytest.raises(json.JSONDecodeError) as theirs:
+            json.loads(bad)
+        assert str(ours.value) == str(theirs.value)
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular reference"):
+        json_text(circular)

@@ -125,7 +125,8 @@ def test_postgres_engine_uses_psycopg_and_is_cached() -> None:
     # Creating an engine does not connect, so this needs no server.
     engine = make_engine("postgresql://nobody@127.0.0.1:1/none")
     assert engine.dialect.driver == "psycopg"
-    assert engine.pool._pre_ping
+    # No ping per checkout; recovering from dropped connections is tested in test_sql_disconnect.
+    assert not engine.pool._pre_ping
     assert make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none") is engine
 
 
