@@ -5,6 +5,7 @@ One engine per database URL per process (pools are per engine, so sharing matter
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,25 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+
+
+def _forget_parent_connections() -> None:
+    """Runs in every forked child (Celery's prefork pool forks its children from a main process
+    that already checked the schema). The pooled connections are the parent's sockets: two
+    processes talking over one socket corrupt each other's sessions (measured: a worker's two
+    pool children failed their first tasks with "can't change 'autocommit' now" and "server
+    closed the connection unexpectedly"). SQLAlchemy's recipe: ``dispose(close=False)`` in
+    the child leaves the parent's connections alone and makes the child open its own
+    (https://docs.sqlalchemy.org/en/20/core/pooling.html#using-connection-pools-with-multiprocessing-or-os-fork).
+    """
+    global _engines_lock
+    # Another thread of the parent may have held it at the fork; the child has no such thread.
+    _engines_lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 def normalize_url(url: str | URL) -> URL:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persistence import uow as uow_module
+from persistence.db import make_engine
 from persistence.fastsql import Prepared, bind_converter, result_converter
 from persistence.tables import cases, outbox, timers, transitions
 from persistence.types import UTCDateTime, json_text, json_value
@@ -321,3 +323,36 @@ def test_json_text_and_values_are_what_json_dumps_and_loads_give() -> None:
     circular["self"] = circular
     with pytest.raises(ValueError, match="Circular reference"):
         json_text(circular)
+
+
+def test_a_forked_child_opens_its_own_connections(
+    backend: str, database_url: str, uow_factory: SqlUnitOfWorkFactory
+) -> None:
+    """Celery's prefork children are forked from a process whose pool holds connections."""
+    if backend != "postgres":
+        pytest.skip("a PostgreSQL session's backend pid tells whose connection it is")
+    engine = make_engine(database_url)
+    # given a parent whose pool holds a connection (as the worker's schema check leaves)
+    with engine.connect() as connection:
+        parent_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and exits
+        code = 1
+        try:
+            # when the child runs a unit of work, as a pool child runs a task
+            with uow_factory() as uow:
+                pid = uow.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            os.write(write_end, str(pid).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(child, 0)
+    reported = os.read(read_end, 64).decode()
+    os.close(read_end)
+    # then it ran on a session of its own, and the parent's connection still works
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert reported and int(reported) != parent_pid
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == parent_pid
