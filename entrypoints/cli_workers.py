@@ -28,12 +28,24 @@ def _checked_settings() -> Settings:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def worker(concurrency: Concurrency = 2, loglevel: LogLevel = "INFO") -> None:
+    def worker(
+        concurrency: Concurrency = 2,
+        loglevel: LogLevel = "INFO",
+        queues: Annotated[
+            str | None,
+            typer.Option(
+                "--queues",
+                "-Q",
+                help="Only these queues, comma-separated: 'timers' for a dedicated timer "
+                "sweeper, 'celery' for everything else. Default: both.",
+            ),
+        ] = None,
+    ) -> None:
         """Run a worker: timers, events, outbox relay and side effects (blocks)."""
         from tasks.worker import run_worker
 
         settings = _checked_settings()
-        run_worker(settings, concurrency=concurrency, loglevel=loglevel)
+        run_worker(settings, concurrency=concurrency, loglevel=loglevel, queues=queues)
 
     @app.command()
     def beat(loglevel: LogLevel = "INFO") -> None:

@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 from celery import Celery, Task
+from kombu import Queue
 
 from config.settings import Settings
 from tasks.broker import BrokerConfig, broker_config, var_dir
@@ -29,6 +30,13 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.effects",
     "tasks.events",
 )
+
+#: The queue of every task but the timer sweep (Celery's own default name, so producers that
+#: know nothing of ours reach it).
+DEFAULT_QUEUE = "celery"
+#: The timer sweeps' queue (see ``celery_config``).
+TIMERS_QUEUE = "timers"
+SWEEP_TASK = "aftersales.sweep_timers"
 
 #: The ``app.conf`` key holding ``WorkerSettings.retry_backoff_max_s`` for ``retry_countdown``.
 RETRY_CAP_KEY = "aftersales_retry_backoff_max_s"
@@ -97,6 +105,19 @@ def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any
         # Celery's consumer shuts the worker down instead of reconnecting when Redis goes away
         # while a task runs (celery 5.7.0 + kombu 5.7.0); tasks/consumer.py has the why and fix.
         "worker_consumer": CONSUMER_PATH,
+        # Timer sweeps have a queue of their own. In one queue they waited behind the effects
+        # the timers they fired had queued (100,000 due at once: 2,500 notifications ahead of
+        # every sweep, which expired unrun; bench/timers_scale.py). A worker reads its queues in
+        # turn (kombu's Redis channel rotates them at every fetch), so a sweep is picked up
+        # after at most one effect per pool process. Every worker consumes both by default;
+        # ``aftersales worker -Q timers`` makes a dedicated sweeper.
+        "task_default_queue": DEFAULT_QUEUE,
+        # Routing keys of their own: two queues bound with one key would each get every message.
+        "task_queues": [
+            Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE),
+            Queue(TIMERS_QUEUE, routing_key=TIMERS_QUEUE),
+        ],
+        "task_routes": {SWEEP_TASK: {"queue": TIMERS_QUEUE}},
         # The embedded broker carries no broadcasts (nothing would clean up a dead worker's
         # control queue); ``celery inspect`` needs Redis.
         "worker_enable_remote_control": not broker.embedded,

@@ -44,6 +44,7 @@ def worker_argv(
     pool: Pool | None = None,
     beat: bool = False,
     hostname: str | None = None,
+    queues: str | None = None,
 ) -> list[str]:
     """The ``celery worker`` arguments ``run_worker`` and ``run_all`` use (tests reuse them)."""
     argv = [
@@ -55,6 +56,8 @@ def worker_argv(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    if queues:
+        argv.append(f"--queues={queues}")
     if beat:
         argv += ["--beat", f"--schedule={_beat_schedule_file(app)}"]
     return argv
@@ -66,10 +69,12 @@ def run_worker(
     loglevel: str = "INFO",
     pool: Pool | None = None,
     worker: WorkerSettings | None = None,
+    queues: str | None = None,
 ) -> None:
-    """A worker consuming every task queue; blocks until stopped."""
+    """A worker consuming every task queue (or only ``queues``, comma-separated); blocks."""
     app = create_app(settings, worker)
-    app.worker_main(worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool))
+    argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, queues=queues)
+    app.worker_main(argv)
 
 
 def run_beat(

@@ -86,6 +86,17 @@ def test_app_is_configured_for_at_least_once_json_delivery(broker_url: str | Non
     assert conf.task_soft_time_limit < conf.task_time_limit
 
 
+def test_timer_sweeps_have_a_queue_of_their_own_that_every_worker_reads() -> None:
+    app = create_app(Settings(database_url=SQLITE))
+    route = app.amqp.router.route({}, "aftersales.sweep_timers")["queue"]
+    other = app.amqp.router.route({}, "aftersales.ingest_event")["queue"]
+    # sweeps do not queue behind the effects the timers they fire have queued
+    assert (route.name, route.routing_key) == ("timers", "timers")
+    assert (other.name, other.routing_key) == ("celery", "celery")
+    # and a worker started without -Q consumes both
+    assert sorted(app.amqp.queues) == ["celery", "timers"]
+
+
 def test_embedded_broker_lives_beside_the_sqlite_database() -> None:
     # given no broker URL
     settings = Settings(database_url=SQLITE, broker_url=None)
