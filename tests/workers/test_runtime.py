@@ -333,4 +333,4 @@ def test_run_beat_sends_the_timer_sweep_every_period(runtime: Runtime) -> None:
     # then it sends a sweep each second (the default period)
     wait_for(lambda: beat.log.read_text(errors="replace").count(sent) >= 2, "two sweeps sent")
     spool = Path(runtime.app.conf.broker_transport_options["data_folder"])
-    assert any(p.name.endswith(".celery.msg") for p in (spool / "ready").iterdir())
+    assert any(p.name.endswith(".timers.msg") for p in (spool / "ready").iterdir())
