@@ -112,16 +112,20 @@ class State:
     def service(self) -> CaseService:
         # Built on first use so ``diagram`` and ``--help`` never touch the database.
         if self._service is None:
-            # Celery is imported here, not at the top: ``--help`` and ``diagram`` stay quick.
+            self._service = bootstrap.build_service(
+                get_settings(), bootstrap.make_clock(self.now), outbox_written=self._kick_relay
+            )
+        return self._service
+
+    def _kick_relay(self) -> None:
+        """After a commit that wrote outbox rows. Celery is imported and the kicker built here,
+        not with the service: commands that only read (or write no effects) never pay for it."""
+        if self.kicker is None:
             from tasks.app import create_app as create_celery_app
             from tasks.kick import RelayKicker
 
-            settings = get_settings()
-            self.kicker = RelayKicker(create_celery_app(settings))
-            self._service = bootstrap.build_service(
-                settings, bootstrap.make_clock(self.now), outbox_written=self.kicker
-            )
-        return self._service
+            self.kicker = RelayKicker(create_celery_app(get_settings()))
+        self.kicker()
 
     def close(self) -> None:
         """Let a relay kick that is under way reach the broker before the process exits."""
