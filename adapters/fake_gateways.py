@@ -34,6 +34,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -42,6 +43,7 @@ from config.gateways import FakeBehaviour, GatewaySettings
 from persistence.db import make_engine
 from workflow.clock import Clock, SystemClock
 from workflow.effects import (
+    Delivery,
     GatewayRejected,
     GatewayUnavailable,
     PickupInfo,
@@ -393,6 +395,31 @@ class FakeNotifier(_SqlRemote):
         if behaviour == "timeout_after":
             raise self._timeout(f"{key} delivered, answer lost")
 
+    def send_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One call for them all: one behaviour drawn, one multi-row insert in one transaction
+        (keys delivered before are skipped), as a push service's batch endpoint would."""
+        behaviour = self._call()
+        what = f"{len(deliveries)} deliveries"
+        if behaviour in ("fail", "reject", "timeout_before"):
+            raise GatewayUnavailable(f"notifier unavailable ({what})")
+        now = self.clock.now()
+        rows = {
+            d.key: {
+                "key": d.key,
+                "recipient": d.recipient,
+                "topic": d.topic,
+                "message": d.message,
+                "created_at": now,
+            }
+            for d in deliveries
+        }
+        if rows:
+            with self.engine.begin() as connection:
+                insert = _insert_new(self.engine, fake_notifications)
+                connection.execute(insert, list(rows.values()))
+        if behaviour == "timeout_after":
+            raise self._timeout(f"{what} delivered, answer lost")
+
     def sent(self, recipient: str | None = None) -> list[Notification]:
         """Deliveries (to ``recipient``, or all), oldest first."""
         table = fake_notifications
@@ -405,6 +432,12 @@ class FakeNotifier(_SqlRemote):
             Notification(row.key, row.recipient, row.topic, row.message, _utc(row.created_at))
             for row in rows
         ]
+
+
+def _insert_new(engine: Engine, table: sa.Table) -> sa.Insert:
+    """INSERT that skips rows whose primary key is stored already (both dialects say it alike)."""
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def _utc(moment: datetime) -> datetime:

@@ -71,7 +71,7 @@ from entrypoints.bootstrap import build_service
 from persistence.db import make_engine, normalize_url
 from persistence.tables import cases, dead_letters, outbox, timers, transitions
 from tasks.app import create_app
-from tasks.runtime import RELAY_TASK
+from tasks.kick import RELAY_TASK
 from tasks.settings import WorkerSettings
 from tasks.worker import worker_argv
 from workflow.clock import FileClock

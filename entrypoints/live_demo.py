@@ -53,8 +53,8 @@ from config.settings import Settings, sqlite_url
 from entrypoints import bootstrap, render, views
 from entrypoints.demo import BUYER, MERCHANT, START, Outcome, summary_table
 from tasks.app import create_app
+from tasks.kick import RELAY_TASK
 from tasks.producer import INGEST_TASK, make_envelope
-from tasks.runtime import RELAY_TASK
 from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
 from workflow.errors import PolicyRefusal

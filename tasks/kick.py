@@ -1,13 +1,14 @@
-"""Kick the outbox relay from processes that are not workers: the HTTP API and the CLI.
+"""Kick the outbox relay after a commit that wrote outbox rows: workers, the HTTP API, the CLI.
 
-A worker's own commits already ask for a relay (``tasks.runtime.kick_relay``). A transition
-made through the API or the CLI used to wait for the relay's periodic sweep (every 5 s) before
-its effect (pickup booking, refund, notification) was published. The kick removes that wait.
+Without a kick a transition's effect (pickup booking, refund, notification) waits for the
+relay's periodic sweep (every 5 s) before it is published.
 
 The kick is only a hint: the rows are committed before it is sent, and the sweep publishes them
-whatever happens to it. So it never raises into a request, and it never holds a request on the
-broker: a background thread sends it, and a burst of commits while one send is under way
-coalesces into one more message.
+whatever happens to it. So it never raises into a request or a task, and never holds one on the
+broker: a background thread sends it, and the commits made while one send is under way (and,
+with ``min_interval_s``, for that long after it) coalesce into one more message. A relay
+publishes every pending row, so one kick serves them all: in a worker applying hundreds of
+events a second, a kick per commit cost as much as the event (benchmark 2 in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,20 +16,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from celery import Celery
 from kombu import Connection
 
-from tasks.runtime import RELAY_TASK
+#: The relay task's name (``tasks.outbox``).
+RELAY_TASK = "aftersales.relay_outbox"
 
 logger = logging.getLogger(__name__)
 
 
 class RelayKicker:
-    """``outbox_written`` for ``CaseService`` in a non-worker process (see the module doc)."""
+    """``outbox_written`` for ``CaseService`` (see the module doc). At most one kick leaves per
+    ``min_interval_s``; the first after a quiet spell leaves at once."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        min_interval_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._app = app
+        self._min_interval_s = min_interval_s
+        self._sleep = sleep
         self._wanted = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -57,6 +69,9 @@ class RelayKicker:
             self._wanted.wait()
             self._wanted.clear()
             self._send()
+            if self._min_interval_s > 0:
+                # Not a synchronisation: a rate limit. Commits meanwhile share the next kick.
+                self._sleep(self._min_interval_s)
             with self._lock:
                 if not self._wanted.is_set():
                     self._idle.set()

@@ -7,7 +7,8 @@ from typing import Any
 
 from celery import shared_task
 
-from tasks.runtime import RELAY_TASK, runtime
+from tasks.kick import RELAY_TASK
+from tasks.runtime import runtime
 
 
 @shared_task(name=RELAY_TASK, bind=True, ignore_result=True)

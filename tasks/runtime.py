@@ -8,7 +8,9 @@ in every new child (``worker_process_init``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from celery import current_app
 from celery.signals import worker_process_init
@@ -18,15 +20,20 @@ from config.gateways import get_gateway_settings
 from config.settings import Settings, get_settings
 from entrypoints.bootstrap import build_event_service, build_service, make_engine_for
 from persistence.uow import SqlUnitOfWorkFactory
+from tasks.kick import RelayKicker
 from tasks.settings import WorkerSettings
 from workflow.clock import Clock, FileClock, SystemClock
-from workflow.effects import EffectService, effects_for_topic, entry_to_message
+from workflow.effects import (
+    TASK_NOTIFY,
+    TASK_NOTIFY_MANY,
+    EffectService,
+    effects_for_topic,
+    entry_to_message,
+)
 from workflow.events import EventService
 from workflow.model import OutboxEntry
 from workflow.relay import OutboxRelay
 from workflow.service import CaseService
-
-RELAY_TASK = "aftersales.relay_outbox"
 
 
 @dataclass
@@ -61,7 +68,9 @@ def build_runtime(settings: Settings) -> Runtime:
     # transitions logs every state callback at INFO: one line per transition per worker.
     logging.getLogger("transitions").setLevel(logging.WARNING)
     clock: Clock = FileClock(str(settings.clock_file)) if settings.clock_file else SystemClock()
-    cases = build_service(settings, clock, outbox_written=kick_relay)
+    worker = WorkerSettings()
+    kicker = RelayKicker(current_app, min_interval_s=worker.relay_kick_interval_s)
+    cases = build_service(settings, clock, outbox_written=kicker)
     gateways = build_fake_gateways(get_gateway_settings(), settings.database_url, clock)
     effects = EffectService(
         cases, gateways.carrier, gateways.payments, gateways.notifier, gateways.shipper, clock
@@ -69,7 +78,7 @@ def build_runtime(settings: Settings) -> Runtime:
     relay = OutboxRelay(SqlUnitOfWorkFactory(make_engine_for(settings)), publish, clock)
     return Runtime(
         settings,
-        WorkerSettings(),
+        worker,
         clock,
         cases,
         build_event_service(settings, cases),
@@ -79,11 +88,20 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
-def publish(entry: OutboxEntry) -> None:
-    """Hand one outbox row to the task that performs its effect."""
-    current_app.send_task(effects_for_topic[entry.topic], args=[entry_to_message(entry)])
+#: The most notices one ``aftersales.notify_many`` message carries.
+NOTICES_PER_MESSAGE = 100
 
 
-def kick_relay() -> None:
-    """Ask for a relay right after a commit that wrote outbox rows (the sweep is the net)."""
-    current_app.send_task(RELAY_TASK)
+def publish(entries: Sequence[OutboxEntry]) -> None:
+    """Hand outbox rows to the tasks that perform their effects: notices many to a message,
+    every other row (pickups, refunds: each with retries of its own) alone."""
+    notices: list[dict[str, Any]] = []
+    for entry in entries:
+        task = effects_for_topic[entry.topic]
+        if task == TASK_NOTIFY:
+            notices.append(entry_to_message(entry))
+        else:
+            current_app.send_task(task, args=[entry_to_message(entry)])
+    for start in range(0, len(notices), NOTICES_PER_MESSAGE):
+        chunk = notices[start : start + NOTICES_PER_MESSAGE]
+        current_app.send_task(TASK_NOTIFY_MANY, args=[chunk])

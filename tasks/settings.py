@@ -34,8 +34,12 @@ class WorkerSettings(BaseSettings):
     broker_polling_interval_s: float = Field(default=0.1, gt=0)
     #: Beat period of the timer sweep (s); business timers fire at most this late.
     timer_sweep_interval_s: float = Field(default=1.0, gt=0)
-    #: Beat period of the outbox relay (s), a fallback behind the kick sent after each commit.
+    #: Beat period of the outbox relay (s), a fallback behind the kick sent after commits.
     outbox_relay_interval_s: float = Field(default=5.0, gt=0)
+    #: A worker process kicks the relay at most once per this many seconds: the first commit
+    #: with outbox rows after a quiet spell kicks at once, the commits of a busy spell share
+    #: one kick (and one relay run) per interval. 0 kicks after every such commit.
+    relay_kick_interval_s: float = Field(default=0.1, ge=0)
     #: A published outbox row no consumer completed within this many seconds is published
     #: again (the broker lost it, or its consumer died); consumers are idempotent.
     outbox_redeliver_after_s: float = Field(default=60.0, gt=0)

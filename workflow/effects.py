@@ -47,6 +47,9 @@ REFUND_PARKED = "refund.parked"
 TASK_BOOK_PICKUP = "aftersales.book_pickup"
 TASK_EXECUTE_REFUND = "aftersales.execute_refund"
 TASK_NOTIFY = "aftersales.notify"
+#: The notices of many outbox rows in one message (``EffectService.notify_many``); the relay
+#: publishes notices this way, ``TASK_NOTIFY`` stays for one row (and for messages already queued).
+TASK_NOTIFY_MANY = "aftersales.notify_many"
 
 #: Which Celery task handles each outbox topic (every one calls ``EffectService.handle``).
 effects_for_topic: Mapping[str, str] = MappingProxyType(
@@ -184,10 +187,25 @@ class Shipper(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One message for one recipient; the notifier delivers each ``key`` at most once."""
+
+    recipient: str
+    topic: str
+    message: str
+    key: str
+
+
 class Notifier(Protocol):
     def send(self, recipient: str, topic: str, message: str, key: str) -> None:
         """Deliver ``message`` to ``recipient`` (``buyer:ID``, ``merchant:ID`` or ``admins``);
         a repeated ``key`` is not delivered again."""
+        ...
+
+    def send_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Deliver them all in one call (a push service's batch endpoint). On
+        ``GatewayUnavailable`` any part may have been delivered: retry all, with the same keys."""
         ...
 
 
@@ -416,6 +434,27 @@ class EffectService:
         messages = self._notices(entry)
         for recipient, message in messages:
             self.notifier.send(recipient, entry.topic, message, f"notify-{entry.id}-{recipient}")
+        return self._sent(entry, messages)
+
+    def notify_many(self, entries: Sequence[OutboxEntry]) -> list[EffectResult]:
+        """The notices of many entries in one ``send_many`` call, keyed as ``notify`` keys them
+        (so a batch and a single task for the same entry deliver once). ``GatewayUnavailable``
+        propagates: retry them all."""
+        notices: list[tuple[OutboxEntry, list[tuple[str, str]]]] = []
+        for entry in entries:
+            if entry.topic not in _NOTICES:
+                raise ValueError(f"entry {entry.id}: {entry.topic} is not a notice")
+            notices.append((entry, self._notices(entry)))
+        deliveries = [
+            Delivery(recipient, entry.topic, message, f"notify-{entry.id}-{recipient}")
+            for entry, messages in notices
+            for recipient, message in messages
+        ]
+        if deliveries:
+            self.notifier.send_many(deliveries)
+        return [self._sent(entry, messages) for entry, messages in notices]
+
+    def _sent(self, entry: OutboxEntry, messages: list[tuple[str, str]]) -> EffectResult:
         sent = ", ".join(recipient for recipient, _ in messages) or "nobody"
         return self._result(entry, EffectStatus.DONE, f"sent to {sent}")
 

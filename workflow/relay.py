@@ -11,7 +11,7 @@ a republish of a message that was only slow costs a duplicate run that does noth
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from workflow.clock import Clock
@@ -26,7 +26,7 @@ class OutboxRelay:
     def __init__(
         self,
         uow_factory: UnitOfWorkFactory,
-        publish: Callable[[OutboxEntry], None],
+        publish: Callable[[Sequence[OutboxEntry]], None],
         clock: Clock,
     ) -> None:
         self._uow = uow_factory
@@ -53,8 +53,9 @@ class OutboxRelay:
         for _ in range(max_batches):
             with self._uow() as uow:
                 entries = uow.outbox.unpublished(batch, redeliver_before=redeliver_before)
-                for entry in entries:
-                    self._publish(entry)
+                if entries:
+                    # All of a batch at once: the publisher may put several rows in one message.
+                    self._publish(entries)
                 uow.outbox.mark_published([entry.id for entry in entries], self._clock.now())
                 uow.commit()
             published += len(entries)
@@ -62,17 +63,19 @@ class OutboxRelay:
                 break
         return published
 
-    def complete(self, entry_id: int) -> None:
-        """A consumer finished with the row (done, skipped, or failed for good): it is never
+    def complete(self, *entry_ids: int) -> None:
+        """A consumer finished with the rows (done, skipped, or failed for good): they are never
         published again. Idempotent."""
         with self._uow() as uow:
-            uow.outbox.mark_completed([entry_id], self._clock.now())
+            uow.outbox.mark_completed(entry_ids, self._clock.now())
             uow.commit()
 
-    def postpone(self, entry_id: int, seconds: float) -> None:
+    def postpone(self, seconds: float, *entry_ids: int) -> None:
         """The consumer retries in ``seconds``: no redelivery before that retry had its chance."""
         with self._uow() as uow:
-            uow.outbox.postpone(entry_id, self._clock.now() + timedelta(seconds=seconds))
+            until = self._clock.now() + timedelta(seconds=seconds)
+            for entry_id in entry_ids:
+                uow.outbox.postpone(entry_id, until)
             uow.commit()
 
     def backlog(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from broker_peek import queued_task_names
 
 from config.settings import Settings
 from entrypoints.http.settings import ApiSettings
-from tasks.kick import RelayKicker
-from tasks.runtime import RELAY_TASK
+from tasks.app import create_app
+from tasks.kick import RELAY_TASK, RelayKicker
 
 from .conftest import Api
 
@@ -126,3 +127,30 @@ def test_on_redis_a_burst_of_transitions_sends_at_most_one_kick_per_commit(
     assert 1 <= kicker.sent <= 20 and kicker.failed == 0
     queued = [json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", 0, -1)]
     assert queued == [RELAY_TASK] * kicker.sent
+
+
+def test_a_worker_kicker_sends_one_kick_per_interval_however_many_commits(
+    redis_broker: tuple[str, redis.Redis[Any]], tmp_path: Path
+) -> None:
+    url, client = redis_broker
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'k.db'}", broker_url=url))
+    in_interval, interval_over = threading.Event(), threading.Event()
+
+    def sleep(_: float) -> None:
+        in_interval.set()
+        interval_over.wait(FLUSH_S)
+
+    kicker = RelayKicker(app, min_interval_s=0.1, sleep=sleep)
+    # given a first commit, whose kick leaves at once
+    kicker()
+    assert in_interval.wait(FLUSH_S), "the first kick did not leave"
+    # when fifty more commits ask for kicks within the interval
+    for _ in range(50):
+        kicker()
+    queued = [json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", 0, -1)]
+    assert queued == [RELAY_TASK]
+    # then they share one kick, sent when the interval is over
+    interval_over.set()
+    assert kicker.flush(FLUSH_S)
+    queued = [json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", 0, -1)]
+    assert (queued, kicker.sent, kicker.failed) == ([RELAY_TASK] * 2, 2, 0)

@@ -11,7 +11,7 @@ import pytest
 from broker_peek import queued_task_names
 
 from config.settings import Settings, sqlite_url
-from tasks.runtime import RELAY_TASK
+from tasks.kick import RELAY_TASK
 from workflow.diagram import mermaid
 from workflow.states import CaseType
 

@@ -360,3 +360,23 @@ def test_notifications_are_sent_once_under_redelivery(
     results = race([lambda: effects.handle(entry) for _ in range(RACERS)])
     assert all(isinstance(r, EffectResult) for r in results), results
     assert sorted(n.recipient for n in notifier.sent()) == ["buyer:b1", "merchant:m1"]
+
+
+def test_batches_of_notices_racing_single_ones_deliver_each_key_once(
+    effects: EffectService, service: CaseService, engine: Engine, notifier: FakeNotifier
+) -> None:
+    entries = []
+    for n in range(3):
+        case_id = service.submit(application(f"o-{n}")).case.id
+        assert case_id is not None
+        entries.append(last(engine, "case.transitioned", case_id))
+    # given: batches overlapping each other and single deliveries of the same entries, at once
+    runs = [lambda: effects.notify_many(entries), lambda: effects.notify_many(entries[1:])]
+    runs += [lambda entry=entry: effects.handle(entry) for entry in entries]
+    results = race(runs)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    # then: every recipient of every entry heard once
+    keys = [n.key for n in notifier.sent()]
+    assert sorted(keys) == sorted(
+        f"notify-{entry.id}-{who}" for entry in entries for who in ("buyer:b1", "merchant:m1")
+    )

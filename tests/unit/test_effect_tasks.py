@@ -13,8 +13,11 @@ from sqlalchemy.exc import OperationalError
 
 from tasks import effects as effect_tasks
 from workflow.effects import (
+    CASE_TRANSITIONED,
     PICKUP_REQUESTED,
     TASK_BOOK_PICKUP,
+    TASK_NOTIFY,
+    TASK_NOTIFY_MANY,
     TASK_RETRY,
     EffectResult,
     EffectStatus,
@@ -33,10 +36,19 @@ class Retried(Exception):
 
 
 @dataclass
+class FakeApp:
+    sent: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+    def send_task(self, name: str, args: list[Any]) -> None:
+        self.sent.append((name, args))
+
+
+@dataclass
 class FakeTask:
     retries: int = 0
     name: str = TASK_BOOK_PICKUP
     retried: list[dict[str, Any]] = field(default_factory=list)
+    app: FakeApp = field(default_factory=FakeApp)
 
     @property
     def request(self) -> SimpleNamespace:
@@ -56,6 +68,9 @@ class FakeEffects:
             raise self.outcome
         return EffectResult(entry.topic, entry.case_id, self.outcome, entry_id=entry.id)
 
+    def notify_many(self, entries: list[OutboxEntry]) -> list[EffectResult]:
+        return [self.handle(entry) for entry in entries]
+
     def handle_exhausted(self, entry: OutboxEntry, error: str) -> EffectResult:
         return EffectResult(entry.topic, entry.case_id, EffectStatus.FAILED, error, entry.id)
 
@@ -66,13 +81,13 @@ class FakeRelay:
     completed: list[int] = field(default_factory=list)
     postponed: list[tuple[int, float]] = field(default_factory=list)
 
-    def postpone(self, entry_id: int, seconds: float) -> None:
-        self.postponed.append((entry_id, seconds))
+    def postpone(self, seconds: float, *entry_ids: int) -> None:
+        self.postponed.extend((entry_id, seconds) for entry_id in entry_ids)
 
-    def complete(self, entry_id: int) -> None:
+    def complete(self, *entry_ids: int) -> None:
         if self.fails is not None:
             raise self.fails
-        self.completed.append(entry_id)
+        self.completed.extend(entry_ids)
 
 
 def _run(
@@ -139,4 +154,59 @@ def test_a_failed_completion_does_not_fail_the_settled_effect(
     relay = FakeRelay(fails=OperationalError("x", {}, Exception()))
     result, _ = _run(monkeypatch, EffectStatus.DONE, relay=relay)
     assert result == "done"
-    assert "could not mark it completed" in caplog.text
+    assert "could not mark them completed" in caplog.text
+
+
+# -- notices many to a message (aftersales.notify_many) --------------------------------------------
+
+NOTICES = [
+    OutboxEntry(n, CASE_TRANSITIONED, n, {"state": "approved"}, ENTRY.created_at) for n in (3, 4, 5)
+]
+NOTICE_MESSAGES = [entry_to_message(entry) for entry in NOTICES]
+
+
+def _run_notices(
+    monkeypatch: pytest.MonkeyPatch, outcome: EffectStatus | BaseException, task: FakeTask
+) -> tuple[int | BaseException, FakeRelay]:
+    relay = FakeRelay()
+    fake = SimpleNamespace(effects=FakeEffects(outcome), relay=relay)
+    monkeypatch.setattr(effect_tasks, "runtime", lambda: fake)
+    try:
+        return effect_tasks._perform_notices(task, NOTICE_MESSAGES), relay
+    except Exception as error:
+        return error, relay
+
+
+def test_a_batch_of_notices_completes_every_entry_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, relay = _run_notices(monkeypatch, EffectStatus.DONE, FakeTask(name=TASK_NOTIFY_MANY))
+    assert (result, relay.completed) == (3, [3, 4, 5])
+
+
+def test_a_notifier_that_is_down_retries_the_batch_as_one_notice_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = FakeTask(name=TASK_NOTIFY_MANY)
+    result, relay = _run_notices(monkeypatch, GatewayUnavailable("push service down"), task)
+    assert isinstance(result, Retried) and relay.completed == []
+    # every entry waits for the retry, which is as far off as a single notice's would be
+    expected = TASK_RETRY[TASK_NOTIFY].delay(0)
+    assert relay.postponed == [(3, expected), (4, expected), (5, expected)]
+    assert task.retried[0]["max_retries"] == TASK_RETRY[TASK_NOTIFY].max_retries
+
+
+def test_a_batch_of_notices_gives_up_with_the_single_notices_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = FakeTask(retries=TASK_RETRY[TASK_NOTIFY].max_retries, name=TASK_NOTIFY_MANY)
+    result, relay = _run_notices(monkeypatch, GatewayUnavailable("push service down"), task)
+    assert (result, task.retried, relay.completed) == (3, [], [3, 4, 5])
+
+
+def test_a_batch_that_fails_unexpectedly_hands_each_notice_to_a_task_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = FakeTask(name=TASK_NOTIFY_MANY)
+    result, relay = _run_notices(monkeypatch, KeyError("bug in one entry"), task)
+    # then nothing is completed here, and each entry goes on (and may fail) alone
+    assert (result, relay.completed) == (0, [])
+    assert task.app.sent == [(TASK_NOTIFY, [message]) for message in NOTICE_MESSAGES]

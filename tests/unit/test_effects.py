@@ -731,6 +731,41 @@ def test_notifications_are_sent_once_per_recipient_whatever_the_redeliveries(
     assert all("-> submitted (submit)" in n.message for n in sent)
 
 
+def test_notices_of_many_entries_go_out_in_one_call_keyed_as_single_ones(
+    effects: EffectService, new_case: NewCase, db: InMemoryDatabase, notifier: FakeNotifier
+) -> None:
+    first = last_entry(db, "case.transitioned", new_case("return_refund"))
+    second = last_entry(db, "dispute.opened", new_case("return_refund", "disputed", order_id="o2"))
+    # given: the first entry was already delivered by a single task
+    effects.handle(first)
+    calls = notifier.calls
+    # when: both come in one batch
+    results = effects.notify_many([first, second])
+    # then: one call to the notifier, and nobody hears of the first entry twice
+    assert notifier.calls == calls + 1
+    assert [(r.entry_id, r.status) for r in results] == [
+        (first.id, EffectStatus.DONE),
+        (second.id, EffectStatus.DONE),
+    ]
+    keys = sorted(n.key for n in notifier.sent())
+    assert keys == sorted(
+        [f"notify-{first.id}-buyer:b1", f"notify-{first.id}-merchant:m1"]
+        + [f"notify-{second.id}-{who}" for who in ("admins", "buyer:b1", "merchant:m1")]
+    )
+
+
+def test_a_batch_of_notices_refuses_an_entry_that_is_not_one(
+    effects: EffectService, new_case: NewCase, db: InMemoryDatabase, notifier: FakeNotifier
+) -> None:
+    notice = last_entry(db, "case.transitioned", new_case("return_refund"))
+    pickup = last_entry(
+        db, "pickup.requested", new_case("return_refund", "approved", order_id="o2")
+    )
+    with pytest.raises(ValueError, match=r"pickup\.requested is not a notice"):
+        effects.notify_many([notice, pickup])
+    assert notifier.sent() == []
+
+
 def test_a_dispute_is_told_to_both_parties_and_the_admins(
     effects: EffectService, new_case: NewCase, db: InMemoryDatabase, notifier: FakeNotifier
 ) -> None:

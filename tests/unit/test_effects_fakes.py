@@ -19,7 +19,7 @@ from adapters.fake_gateways import (
 from config.gateways import FakeBehaviour, GatewaySettings
 from persistence.db import dispose_engine, make_engine
 from workflow.clock import FakeClock
-from workflow.effects import GatewayRejected, GatewayUnavailable, RefundStatus
+from workflow.effects import Delivery, GatewayRejected, GatewayUnavailable, RefundStatus
 from workflow.model import RefundRoute
 from workflow.payloads import BankAccount
 
@@ -206,6 +206,26 @@ def test_the_notifier_delivers_a_key_once(ledger_url: str) -> None:
         notifier.send("admins", "t", "alert", "k3")
     assert [(n.key, n.message) for n in notifier.sent()] == [("k1", "hello"), ("k2", "alert")]
     assert [n.key for n in notifier.sent("admins")] == ["k2"]
+
+
+def test_the_notifier_delivers_a_batch_in_one_call_each_key_once(ledger_url: str) -> None:
+    notifier = FakeNotifier(ledger_url)
+    notifier.send("buyer:b1", "t", "hello", "k1")
+    # a batch repeating a delivered key, and a key twice within itself
+    batch = [Delivery("buyer:b1", "t", "hello", "k1"), Delivery("buyer:b2", "t", "hi", "k2")]
+    notifier.send_many([*batch, Delivery("buyer:b2", "t", "hi", "k2")])
+    assert notifier.calls == 2
+    assert [(n.key, n.recipient) for n in notifier.sent()] == [
+        ("k1", "buyer:b1"),
+        ("k2", "buyer:b2"),
+    ]
+    # an unavailable call delivers nothing; a lost answer delivered all
+    notifier.script("fail", "timeout_after")
+    with pytest.raises(GatewayUnavailable):
+        notifier.send_many([Delivery("admins", "t", "a", "k3")])
+    with pytest.raises(GatewayUnavailable):
+        notifier.send_many([Delivery("admins", "t", "a", "k4"), Delivery("admins", "t", "b", "k5")])
+    assert [n.key for n in notifier.sent("admins")] == ["k4", "k5"]
 
 
 # == settings ======================================================================================

@@ -3,6 +3,7 @@ again once ``redeliver_after`` has passed, until a consumer completes it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,9 +23,9 @@ class Broker:
         self.queue: list[OutboxEntry] = []
         self.sent: list[int] = []
 
-    def publish(self, entry: OutboxEntry) -> None:
-        self.queue.append(entry)
-        self.sent.append(entry.id)
+    def publish(self, entries: Sequence[OutboxEntry]) -> None:
+        self.queue.extend(entries)
+        self.sent.extend(entry.id for entry in entries)
 
     def restart(self) -> None:
         self.queue.clear()

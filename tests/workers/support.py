@@ -37,14 +37,14 @@ from integration.conftest import POSTGRES_ENV, REQUIRE_POSTGRES_ENV, _throwaway_
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from adapters.fake_gateways import FakePaymentGateway, LedgerEntry
+from adapters.fake_gateways import FakeNotifier, FakePaymentGateway, LedgerEntry, Notification
 from config.settings import Settings, sqlite_url
 from entrypoints.bootstrap import build_event_service, build_service
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tables import cases, outbox, timers
 from tasks.app import create_app
-from tasks.runtime import RELAY_TASK
+from tasks.kick import RELAY_TASK
 from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
 from workflow.events import EventService
@@ -296,6 +296,10 @@ class Stack:
     def ledger(self, case_id: int) -> list[LedgerEntry]:
         """The fake payment gateway's records for the case (its own table, across processes)."""
         return self.payments.ledger(case_id)
+
+    def notifications(self) -> list[Notification]:
+        """What the fake notifier delivered (its own table, across processes)."""
+        return FakeNotifier(self.database_url).sent()
 
     def dead_letters(self) -> list[DeadLetter]:
         return self.events.dead_letters()

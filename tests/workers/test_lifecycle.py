@@ -109,6 +109,11 @@ def test_each_case_type_reaches_its_outcome_by_events_and_effects(stack: Stack) 
     # and every side effect the transitions asked for was carried out
     stack.wait_outbox_completed()
     assert stack.dead_letters() == []
+    # among them a notice of every transition to the buyer and the merchant (many to a message)
+    transitions = [row.id for row in stack.outbox_rows() if row.topic == "case.transitioned"]
+    assert len(transitions) == sum(len(stack.history(case)) for case in (rr, ex, rp, ro))
+    told = {notification.key for notification in stack.notifications()}
+    assert {f"notify-{i}-{who}" for i in transitions for who in ("buyer:b1", "merchant:m1")} <= told
 
 
 def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> None:
