@@ -11,6 +11,15 @@ return; only the per-call machinery is skipped:
   reused by every statement, and a SQLAlchemy ``Connection`` built only when asked for.
 - ``Prepared`` is one statement: its parameters by name, converted by precomputed functions.
 
+On PostgreSQL (psycopg) a write whose answer nobody reads (a log row, an outbox row, a disarm,
+a savepoint) can be *deferred*: it is queued and sent in one pipeline with the next statement
+that needs an answer, or with the COMMIT, so it costs no round trip of its own
+(https://www.psycopg.org/psycopg3/docs/advanced/pipeline.html). The transaction sees the same
+statements in the same order; only an error of a deferred write surfaces later, at that next
+statement or the COMMIT, and carries ``deferred_write = True``. PostgreSQL aborts the
+transaction on any error, so nothing after a failed write can commit. SQLite runs every
+statement at once (no round trips to save, and SQLite does not abort a transaction on error).
+
 Errors come out as the exception classes Core execution raises (``IntegrityError`` and so on); a
 connection the server dropped is invalidated, and when it fails the first statement of a checkout
 (nothing was sent on it yet, so nothing can be half-written) the statement runs again once on a
@@ -41,6 +50,8 @@ Params = Mapping[str, Any]
 #: clears that dict when it replaces the DBAPI connection (``_ConnectionRecord.get_connection``),
 #: so a cursor never outlives its connection.
 _CURSOR = "aftersales.fastsql.cursor"
+#: ... and of the second cursor that carries deferred writes (whose results nobody reads).
+_WRITE_CURSOR = "aftersales.fastsql.write_cursor"
 
 
 class Checkout:
@@ -62,6 +73,8 @@ class Checkout:
         "_engine",
         "_fairy",
         "_fresh",
+        "_pipelines",
+        "_queued",
         "_savepoints",
     )
 
@@ -77,11 +90,16 @@ class Checkout:
         self._connection: Connection | None = None
         self._savepoints = 0
         self._fairy: PoolProxiedConnection | None = None
+        self._pipelines = engine.dialect.driver == "psycopg"
+        #: Deferred writes not sent yet: (sql, parameters, many).
+        self._queued: list[tuple[str, Any, bool]] = []
         self._check_out()
 
     # -- the hot path ---------------------------------------------------------------------------
     def run(self, sql: str, parameters: Any, many: bool = False) -> Any:
         """Execute inside the transaction (begun first if needed); returns the cursor."""
+        if self._queued:
+            return self._send_queued(lambda: _send(self._cursor, sql, parameters, many), sql)
         cursor = self._cursor if self._begun else self._begin()
         try:
             if many:
@@ -91,6 +109,41 @@ class Checkout:
         except self._dbapi_error as exc:
             cursor = self._retry(exc, cursor, sql, parameters, many)
         self._fresh = False
+        return cursor
+
+    def defer(self, sql: str, parameters: Any, many: bool = False) -> None:
+        """A write whose result nobody reads: on PostgreSQL it goes out with the next statement
+        that needs an answer (or the COMMIT); elsewhere, and as a transaction's first
+        statement (which may meet a dropped connection and be retried), it runs now."""
+        if not self._pipelines or self._fresh or not self._begun or self._connection is not None:
+            self.run(sql, parameters, many)
+            return
+        self._queued.append((sql, parameters, many))
+
+    def _send_queued(self, then: Callable[[], None], what: str) -> Any:
+        """Send the deferred writes and ``then`` in one pipeline; returns the cursor."""
+        queued, self._queued = self._queued, []
+        connection = self._live_fairy().dbapi_connection
+        writer = self._write_cursor()
+        try:
+            with connection.pipeline():  # type: ignore[union-attr]
+                for sql, parameters, many in queued:
+                    _send(writer, sql, parameters, many)
+                then()
+        except self._dbapi_error as exc:
+            sent = "; ".join(dict.fromkeys(sql for sql, _, _ in queued))
+            try:
+                self._fail(exc, f"{sent}; {what}", None, writer)
+            except sa.exc.DBAPIError as error:
+                error.deferred_write = True  # type: ignore[attr-defined]
+                raise
+        return self._cursor
+
+    def _write_cursor(self) -> Any:
+        fairy = self._live_fairy()
+        cursor = fairy.info.get(_WRITE_CURSOR)
+        if cursor is None:
+            cursor = fairy.info[_WRITE_CURSOR] = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
         return cursor
 
     # -- transaction ----------------------------------------------------------------------------
@@ -111,10 +164,15 @@ class Checkout:
         # after a failure the caller rolls back, and the pool's reset-on-return rolls back too.
         self._begun = False
         self._savepoints = 0
-        try:
-            self._dialect.do_commit(self._live_fairy())
-        except self._dbapi_error as exc:
-            self._fail(exc, "COMMIT", None, None)
+        if self._queued:
+            # The deferred writes and the COMMIT in one round trip.
+            fairy = self._live_fairy()
+            self._send_queued(lambda: self._dialect.do_commit(fairy), "COMMIT")
+        else:
+            try:
+                self._dialect.do_commit(self._live_fairy())
+            except self._dbapi_error as exc:
+                self._fail(exc, "COMMIT", None, None)
         self._ended = True
 
     def rollback(self) -> None:
@@ -124,6 +182,8 @@ class Checkout:
             return
         self._begun = False
         self._savepoints = 0
+        # Deferred writes not sent are simply dropped: nothing of them reached the server.
+        self._queued = []
         # Also after a failed COMMIT, which may leave SQLite's transaction open; a driver
         # rollback outside a transaction costs nothing (sqlite3 and psycopg check first).
         # Nothing to roll back on a connection that was invalidated (dropped by the server).
@@ -153,22 +213,29 @@ class Checkout:
                 yield
             return
         name = f"sa_savepoint_{self._savepoints + 1}"
-        self.run(f"SAVEPOINT {name}", ())
+        mark = len(self._queued)
+        self.defer(f"SAVEPOINT {name}", ())
         self._savepoints += 1
         try:
             yield
         except BaseException:
-            if self._fairy is not None and self._begun:
+            if mark < len(self._queued) and self._queued[mark][0] == f"SAVEPOINT {name}":
+                # Nothing since the SAVEPOINT reached the server: forgetting is rolling back.
+                del self._queued[mark:]
+            elif self._fairy is not None and self._begun:
                 self.run(f"ROLLBACK TO SAVEPOINT {name}", ())
             raise
         if release:
-            self.run(f"RELEASE SAVEPOINT {name}", ())
+            self.defer(f"RELEASE SAVEPOINT {name}", ())
 
     # -- SQLAlchemy Connection, on demand -------------------------------------------------------
     @property
     def connection(self) -> Connection:
         """A ``Connection`` on the same DBAPI connection and transaction, for Core statements."""
         if self._connection is None:
+            if self._queued:
+                # Core takes over the transaction: it must see every write made so far.
+                self._send_queued(lambda: None, "(handing the transaction to Core)")
             if self._fresh:
                 # Nothing ran yet: prove the connection alive (replacing it if the server dropped
                 # it) before Core, which has no retry, takes over. Off the hot path.
@@ -184,6 +251,7 @@ class Checkout:
 
     def close(self) -> None:
         """Check the connection in; the pool rolls back whatever is still open."""
+        self._queued = []
         connection, self._connection = self._connection, None
         fairy, self._fairy = self._fairy, None
         if connection is not None:
@@ -271,6 +339,7 @@ class Checkout:
     def _invalidate(self, exc: Exception) -> None:
         fairy, self._fairy = self._fairy, None
         self._begun = False
+        self._queued = []
         if fairy is None:
             return
         # As Connection does on a disconnect: this connection is closed, and every pooled one
@@ -371,6 +440,17 @@ class Prepared:
             return
         with _borrowed(on, self) as checkout:
             checkout.run(self.sql, parameters, many=True)
+
+    def defer_many(self, on: Checkout | Connection, many: Sequence[Params]) -> None:
+        """``execute_many`` of a write whose result nobody reads: on a ``Checkout`` it may go
+        out with the next statement (``Checkout.defer``); its errors surface there."""
+        if not isinstance(on, Checkout) or not many:
+            self.execute_many(on, many)
+            return
+        if len(many) == 1:
+            on.defer(self.sql, self._parameters(many[0]))
+            return
+        on.defer(self.sql, [self._parameters(p) for p in many], many=True)
 
     def insert(self, on: Checkout | Connection, params: Params) -> int:
         """Run an INSERT and return the new row's id (RETURNING it where the dialect can)."""

@@ -605,6 +605,10 @@ class _Store:
         except DBAPIError as exc:
             if _retryable(exc):
                 raise Conflict(f"a concurrent writer is in the way: {_reason(exc)}") from exc
+            if _deferred_unique_violation(exc):
+                # A deferred write (a log row, ...) lost a race and surfaced here, later than
+                # at its own call, which would have said Conflict too.
+                raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
             raise
 
 
@@ -715,7 +719,7 @@ class SqlCaseRepository(_Store):
         return {sku: case_id for sku, case_id in self._run(statement.rows, params)}
 
     def release_items(self, case_id: int) -> None:
-        self._run(self._uow.statements.delete_claims.execute, {"case_id": case_id})
+        self._run(self._uow.statements.delete_claims.defer_many, [{"case_id": case_id}])
 
     def committed_refunds(self, order_id: str, exclude_case_id: int | None = None) -> int:
         params = {
@@ -807,7 +811,7 @@ class SqlTransitionLog(_Store):
         self, statement: Prepared, rows: list[dict[str, Any]], conflict: Callable[[], str]
     ) -> None:
         try:
-            self._run(statement.execute_many, rows)
+            self._run(statement.defer_many, rows)
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise Conflict(conflict()) from exc
@@ -833,7 +837,7 @@ class SqlTimerStore(_Store):
         return _timer_from_row(row) if row is not None else None
 
     def disarm(self, case_id: int) -> None:
-        self._run(self._uow.statements.disarm.execute, {"where_case_id": case_id})
+        self._run(self._uow.statements.disarm.defer_many, [{"where_case_id": case_id}])
 
     def arm(self, timer: Timer) -> None:
         try:
@@ -908,7 +912,7 @@ class SqlOutbox(_Store):
             }
             for m in messages
         ]
-        self._run(self._uow.statements.insert_outbox.execute_many, rows)
+        self._run(self._uow.statements.insert_outbox.defer_many, rows)
 
     def unpublished(
         self,
@@ -1297,6 +1301,11 @@ def _retryable(exc: DBAPIError) -> bool:
         return True
     name = getattr(exc.orig, "sqlite_errorname", "") or ""
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def _deferred_unique_violation(exc: DBAPIError) -> bool:
+    deferred = getattr(exc, "deferred_write", False)
+    return deferred and isinstance(exc, IntegrityError) and _unique_violation(exc)
 
 
 def _unique_violation(exc: IntegrityError) -> bool:
