@@ -14,7 +14,14 @@ from config.settings import Settings, get_settings
 from entrypoints import bootstrap, cli_http
 
 Concurrency = Annotated[
-    int, typer.Option("--concurrency", "-c", min=1, help="Tasks run at once by this worker.")
+    int | None,
+    typer.Option(
+        "--concurrency",
+        "-c",
+        min=1,
+        help="Tasks run at once by this worker. Default: 2 per core on PostgreSQL, 2 on SQLite.",
+        show_default=False,
+    ),
 ]
 LogLevel = Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR.")]
 
@@ -29,7 +36,7 @@ def _checked_settings() -> Settings:
 def register(app: typer.Typer) -> None:
     @app.command()
     def worker(
-        concurrency: Concurrency = 2,
+        concurrency: Concurrency = None,
         loglevel: LogLevel = "INFO",
         queues: Annotated[
             str | None,
@@ -57,7 +64,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def run(
-        concurrency: Concurrency = 2,
+        concurrency: Concurrency = None,
         loglevel: LogLevel = "INFO",
         api: Annotated[
             bool, typer.Option("--api/--no-api", help="Serve the HTTP API too (aftersales serve).")

@@ -936,13 +936,13 @@ class SqlOutbox(_Store):
         if not ids:
             return
         rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
-        self._run(self._uow.statements.mark_published.execute_many, rows)
+        self._run(self._uow.statements.mark_published.defer_many, rows)
 
     def mark_completed(self, ids: Sequence[int], at: datetime) -> None:
         if not ids:
             return
         rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
-        self._run(self._uow.statements.mark_completed.execute_many, rows)
+        self._run(self._uow.statements.mark_completed.defer_many, rows)
 
     def postpone(self, entry_id: int, until: datetime) -> None:
         self._run(self._uow.statements.postpone.execute, {"where_id": entry_id, "until": until})

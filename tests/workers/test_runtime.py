@@ -21,7 +21,7 @@ from tasks.broker import SPOOL_TRANSPORT
 from tasks.schedule import beat_schedule
 from tasks.settings import WorkerSettings
 from tasks.spool import restore_expired_claims
-from tasks.worker import default_pool
+from tasks.worker import default_concurrency, default_pool
 
 from .conftest import ROOT, Runtime, wait_for
 
@@ -116,6 +116,12 @@ def test_redis_broker_gets_its_key_prefix_and_prefork() -> None:
     assert app.conf.broker_transport is None
     assert app.conf.broker_transport_options["global_keyprefix"] == "shop1:"
     assert default_pool(app) == "prefork"
+
+
+def test_workers_run_two_processes_per_core_on_postgresql_and_two_on_sqlite() -> None:
+    postgres = Settings(database_url="postgresql+psycopg://db/aftersales")
+    assert default_concurrency(postgres) == 2 * (os.cpu_count() or 1)
+    assert default_concurrency(Settings(database_url=SQLITE)) == 2
 
 
 def test_tasks_are_registered_under_stable_names() -> None:
