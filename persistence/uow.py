@@ -865,14 +865,11 @@ class SqlTimerStore(_Store):
         """One UPDATE: the lateness comes from the ``due_at`` the caller read with the timer,
         and the WHERE on the live status and the version makes a finished or rescheduled
         timer a no-op (False) instead of a second read."""
-        params = {
-            "where_id": timer.id,
-            "where_version": timer.version,
-            "status": (TimerStatus.FIRED if fired else TimerStatus.CANCELLED).value,
-            "fired_at": fired_at,
-            "lateness_ms": round((fired_at - timer.due_at).total_seconds() * 1000),
-        }
+        params = _finish_values(timer, fired_at, fired)
         return self._run(self._uow.statements.finish_live.execute, params) == 1
+
+    def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
+        self._run(self._uow.statements.finish_live.defer_many, [_finish_values(timer, fired_at)])
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
@@ -1301,6 +1298,16 @@ def _retryable(exc: DBAPIError) -> bool:
         return True
     name = getattr(exc.orig, "sqlite_errorname", "") or ""
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def _finish_values(timer: Timer, fired_at: datetime, fired: bool = True) -> dict[str, Any]:
+    return {
+        "where_id": timer.id,
+        "where_version": timer.version,
+        "status": (TimerStatus.FIRED if fired else TimerStatus.CANCELLED).value,
+        "fired_at": fired_at,
+        "lateness_ms": round((fired_at - timer.due_at).total_seconds() * 1000),
+    }
 
 
 def _deferred_unique_violation(exc: DBAPIError) -> bool:

@@ -248,6 +248,9 @@ class InMemoryTimerStore:
         stored.fired_at = fired_at
         return True
 
+    def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
+        self.finish(timer, fired_at, fired=True)
+
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
     ) -> list[Timer]:

@@ -115,6 +115,14 @@ class TimerStore(Protocol):
         (a rescheduled deadline must not be cancelled on the strength of its old copy)."""
         ...
 
+    def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
+        """``finish(timer, fired_at, fired=True)`` without the answer, so the store may send it
+        with the next statement. For a caller that then compare-and-sets the timer's case at
+        ``timer.version``: every change of a live timer but a claim also moves its case's
+        version (a transition disarms it, an extension reschedules it, a firing fires it), so
+        that compare-and-set fails exactly when this finish would have found nothing live."""
+        ...
+
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
     ) -> list[Timer]:

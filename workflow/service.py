@@ -372,8 +372,8 @@ class CaseService:
             if not uow.timers.finish(timer, now, fired=False):
                 return TimerRun(timer, False, "already finished or rescheduled")
             return TimerRun(timer, False, "stale: the case moved on")
-        if not uow.timers.finish(timer, now, fired=True):
-            raise Conflict(f"timer {timer.id} changed under case {case.id}")
+        # Checked by the compare-and-set on the case below (see ``TimerStore.finish_fired``).
+        uow.timers.finish_fired(timer, now)
         context = engine.Context(self.policy, now, SYSTEM, timer)
         loaded_version = case.version
         outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer.id}")
