@@ -20,6 +20,10 @@ LIVE_TIMER_STATUSES = ("pending", "claimed")
 _LIVE_TIMER = sa.text("status IN ('pending', 'claimed')")
 #: Outbox rows no consumer has completed yet.
 _PENDING_OUTBOX = sa.text("completed_at IS NULL")
+#: ... and not yet published: what the relay publishes first.
+_UNPUBLISHED_OUTBOX = sa.text("completed_at IS NULL AND published_at IS NULL")
+#: ... published and not completed: the relay publishes them again once they are old.
+_IN_FLIGHT_OUTBOX = sa.text("completed_at IS NULL AND published_at IS NOT NULL")
 
 
 def _case_fk(name: str, *, nullable: bool = False) -> Any:
@@ -184,6 +188,22 @@ class OutboxRow(SQLModel, table=True):
             "id",
             sqlite_where=_PENDING_OUTBOX,
             postgresql_where=_PENDING_OUTBOX,
+        ),
+        # The relay's two reads (migration 0006): rows never published, in id order, and rows
+        # published before the redelivery window, by publish time. Through the index above, a
+        # relay stepped over every row published and still in flight to reach the unpublished
+        # ones: with 100,000 notices queued after a burst of timers, every relay read them all.
+        sa.Index(
+            "ix_outbox_unpublished_id",
+            "id",
+            sqlite_where=_UNPUBLISHED_OUTBOX,
+            postgresql_where=_UNPUBLISHED_OUTBOX,
+        ),
+        sa.Index(
+            "ix_outbox_in_flight_published_at",
+            "published_at",
+            sqlite_where=_IN_FLIGHT_OUTBOX,
+            postgresql_where=_IN_FLIGHT_OUTBOX,
         ),
     )
 

@@ -567,23 +567,6 @@ def test_a_published_row_comes_back_until_it_is_completed(
         assert completed == []
 
 
-def test_the_relay_reads_pending_rows_by_the_partial_index(
-    backend: str, uow_factory: SqlUnitOfWorkFactory
-) -> None:
-    if backend != "sqlite":
-        pytest.skip("PostgreSQL's planner picks a plan by table size; checked on SQLite")
-    with uow_factory() as uow:
-        plans = []
-        for prepared, params in (
-            (uow.statements.select_unpublished, (10, 0)),
-            (uow.statements.select_undelivered, ("2026-11-20 02:00:00.000000", 10, 0)),
-        ):
-            sql = prepared.sql
-            plan = uow.connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
-            plans.append(" ".join(str(row[-1]) for row in plan))
-    assert all("ix_outbox_pending_id" in plan for plan in plans), plans
-
-
 def test_upgrading_from_0002_completes_the_rows_already_published(
     uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
 ) -> None:

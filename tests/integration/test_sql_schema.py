@@ -38,16 +38,22 @@ def test_live_timer_index_is_partial_and_unique(database_url: str) -> None:
     assert "pending" in str(predicate) and "claimed" in str(predicate)
 
 
-def test_pending_outbox_index_is_partial(database_url: str) -> None:
+def test_outbox_indexes_are_partial_on_pending_rows(database_url: str) -> None:
     with make_engine(database_url).connect() as connection:
         indexes = {ix["name"]: ix for ix in sa.inspect(connection).get_indexes("outbox")}
-    assert set(indexes) == {"ix_outbox_pending_id"}
-    pending = indexes["ix_outbox_pending_id"]
-    assert pending["column_names"] == ["id"]
-    predicate = next(
-        v for k, v in pending.get("dialect_options", {}).items() if k.endswith("_where")
-    )
-    assert "completed_at" in str(predicate) and "null" in str(predicate).lower()
+    expected = {
+        "ix_outbox_pending_id": (["id"], ["completed_at"]),
+        "ix_outbox_unpublished_id": (["id"], ["completed_at", "published_at"]),
+        "ix_outbox_in_flight_published_at": (["published_at"], ["completed_at", "published_at"]),
+    }
+    assert set(indexes) == set(expected)
+    for name, (columns, in_predicate) in expected.items():
+        assert indexes[name]["column_names"] == columns
+        predicate = next(
+            v for k, v in indexes[name].get("dialect_options", {}).items() if k.endswith("_where")
+        )
+        assert all(column in str(predicate) for column in in_predicate), (name, predicate)
+        assert "null" in str(predicate).lower()
 
 
 def test_ensure_schema_creates_then_leaves_alone(empty_database_url: str) -> None:
