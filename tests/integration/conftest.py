@@ -122,3 +122,13 @@ def new_case() -> Callable[..., Case]:
         return Case(**values)
 
     return build
+
+
+def analyze(engine: Engine, table: str) -> None:
+    """Fresh planner statistics after a bulk load, so plans are those of a table that size."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(sa.text(f"VACUUM ANALYZE {table}"))
+    else:
+        with engine.begin() as connection:
+            connection.execute(sa.text("ANALYZE"))

@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 from persistence.migrate import alembic_config
 from persistence.uow import SqlUnitOfWorkFactory, _Statements
 
+from .conftest import analyze
+
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 #: Rows published a moment ago and not completed yet: far more than one relay batch.
 IN_FLIGHT = 2_000
@@ -43,12 +45,7 @@ def _seed(engine: Engine) -> dict[str, list[int]]:
     by_kind: dict[str, list[int]] = {}
     for entry_id, case_id in found:
         by_kind.setdefault(kinds[case_id], []).append(entry_id)
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sa.text("VACUUM ANALYZE outbox"))
-    else:
-        with engine.begin() as connection:
-            connection.execute(sa.text("ANALYZE"))
+    analyze(engine, "outbox")
     return by_kind
 
 

@@ -16,6 +16,8 @@ from persistence.uow import SqlUnitOfWorkFactory
 from workflow.model import Case, Timer, TimerStatus
 from workflow.states import CaseState
 
+from .conftest import analyze
+
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 #: Timers due at the same instant: far more than one batch.
 TIED = 2_000
@@ -68,12 +70,7 @@ def _tied_timers(uow_factory: SqlUnitOfWorkFactory, engine: Engine, new_case: Ne
             ),
             {"template": template},
         )
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sa.text("VACUUM ANALYZE timers"))
-    else:
-        with engine.begin() as connection:
-            connection.execute(sa.text("ANALYZE"))
+    analyze(engine, "timers")
 
 
 def test_the_claim_index_holds_due_at_and_id(engine: Engine) -> None:
