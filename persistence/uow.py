@@ -18,6 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
@@ -171,6 +172,14 @@ _SELECT_LOG_BY_KEY = _SELECT_LOG.where(transitions.c.idempotency_key == sa.bindp
 
 # At most one row, by the partial unique index.
 _SELECT_LIVE_TIMER = sa.select(timers).where(timers.c.case_id == sa.bindparam("case_id"), _LIVE)
+# A case with its live timer (if any) in one read: a transition needs both, so reading the timer
+# with the case saves a round trip per transition (``SqlTimerStore.pending`` answers from it).
+_SELECT_CASE_AND_TIMER = (
+    sa.select(cases, timers)
+    .select_from(cases.outerjoin(timers, sa.and_(timers.c.case_id == cases.c.id, _LIVE)))
+    .where(cases.c.id == sa.bindparam("case_id"))
+)
+_CASE_WIDTH = len(cases.columns)
 _DISARM = (
     sa.update(timers)
     .where(timers.c.case_id == sa.bindparam("where_case_id"), _LIVE)
@@ -382,6 +391,7 @@ class _Statements:
         self.select_log_by_key = select(_SELECT_LOG_BY_KEY)
         self.insert_timer = insert_returning_id(timers, dialect, _all_but(timers, "id"))
         self.select_live_timer = select(_SELECT_LIVE_TIMER)
+        self.select_case_and_timer = select(_SELECT_CASE_AND_TIMER)
         self.disarm = write(_DISARM)
         self.reschedule = write(_UPDATE_TIMER, "due_at", "version")
         self.finish_live = write(_FINISH_LIVE, "status", "fired_at", "lateness_ms")
@@ -489,10 +499,11 @@ class SqlUnitOfWork:
         self._statements: _Statements | None = None
         self._log = SqlTransitionLog(self)
         self._cases = SqlCaseRepository(self)
+        self._timers = SqlTimerStore(self)
         # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
         self.cases: CaseRepository = self._cases
         self.log: TransitionLog = self._log
-        self.timers: TimerStore = SqlTimerStore(self)
+        self.timers: TimerStore = self._timers
         self.outbox: Outbox = SqlOutbox(self)
         self.events: EventStore = SqlEventStore(self)
 
@@ -560,6 +571,7 @@ class SqlUnitOfWork:
     def _forget(self) -> None:
         self._log.forget_keys()
         self._cases.forget_loaded()
+        self._timers.forget_read()
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -628,8 +640,12 @@ class SqlCaseRepository(_Store):
         return case
 
     def get(self, case_id: int) -> Case | None:
-        row = self._run(self._uow.statements.select_case.first, {"case_id": case_id})
-        return self._load(row) if row is not None else None
+        row = self._run(self._uow.statements.select_case_and_timer.first, {"case_id": case_id})
+        if row is None:
+            return None
+        timer = row[_CASE_WIDTH:]
+        self._uow._timers.read_with_case(case_id, _timer_from_row(timer) if timer[0] else None)
+        return self._load(row[:_CASE_WIDTH])
 
     def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
         """One SELECT ... WHERE id IN (...), prepared per number of ids (a batch has ≤ 64)."""
@@ -832,8 +848,28 @@ class SqlTransitionLog(_Store):
 
 
 class SqlTimerStore(_Store):
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        super().__init__(uow)
+        # Live timers read with their case (``SqlCaseRepository.get``) since this store last
+        # wrote: ``pending`` answers from them. Any write here, commit or rollback forgets them.
+        self._read: dict[int, Timer | None] = {}
+
+    def read_with_case(self, case_id: int, timer: Timer | None) -> None:
+        self._read[case_id] = timer
+
+    def forget_read(self) -> None:
+        self._read.clear()
+
+    def _run(self, run: Callable[[Checkout, P], R], params: P) -> R:
+        # Every statement of this store but the reads below writes timers.
+        self._read.clear()
+        return super()._run(run, params)
+
     def pending(self, case_id: int) -> Timer | None:
-        row = self._run(self._uow.statements.select_live_timer.first, {"case_id": case_id})
+        if case_id in self._read:
+            timer = self._read[case_id]
+            return replace(timer) if timer is not None else None
+        row = super()._run(self._uow.statements.select_live_timer.first, {"case_id": case_id})
         return _timer_from_row(row) if row is not None else None
 
     def disarm(self, case_id: int) -> None:

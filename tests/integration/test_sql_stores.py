@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from persistence.fastsql import Checkout
 from persistence.tables import outbox, timers
 from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.errors import Conflict, PolicyRefusal
@@ -426,6 +427,40 @@ def test_reschedule_moves_the_deadline(
         assert moved is not None and (moved.due_at, moved.version) == (T0 + timedelta(days=2), 3)
         with pytest.raises(KeyError):
             uow.timers.reschedule(10_000, T0, version=1)
+
+
+def test_a_case_is_read_with_its_live_timer_in_one_statement(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_timer, without = _stored(uow_factory, new_case(), new_case(order_id="o-2"))
+    timer = _timer(with_timer, T0)
+    with uow_factory() as uow:
+        uow.timers.arm(timer)
+        uow.commit()
+    statements: list[str] = []
+    real_run = Checkout.run
+
+    def counted(self: Checkout, sql: str, parameters: object, many: bool = False) -> object:
+        statements.append(sql)
+        return real_run(self, sql, parameters, many)
+
+    monkeypatch.setattr(Checkout, "run", counted)
+    with uow_factory() as uow:
+        # given each case read, one statement each
+        assert uow.cases.get(with_timer) is not None and uow.cases.get(without) is not None
+        assert len(statements) == 2
+        # then their live timers (or none) come with them, as a read of its own would give
+        pending = uow.timers.pending(with_timer)
+        assert pending is not None and (pending.id, pending.due_at) == (timer.id, timer.due_at)
+        assert uow.timers.pending(without) is None
+        assert len(statements) == 2
+        # and a timer written since is read again
+        uow.timers.disarm(with_timer)
+        assert uow.timers.pending(with_timer) is None
+        fresh = _timer(without, T0 + timedelta(hours=1))
+        uow.timers.arm(fresh)
+        rearmed = uow.timers.pending(without)
+        assert rearmed is not None and rearmed.id == fresh.id
 
 
 # -- outbox ---------------------------------------------------------------------------------
