@@ -378,28 +378,13 @@ class FakeNotifier(_SqlRemote):
     name = "notifier"
 
     def send(self, recipient: str, topic: str, message: str, key: str) -> None:
-        behaviour = self._call()
-        if behaviour in ("fail", "reject", "timeout_before"):
-            raise GatewayUnavailable(f"notifier unavailable ({key})")
-        self._insert_once(
-            fake_notifications,
-            fake_notifications.c.key,
-            {
-                "key": key,
-                "recipient": recipient,
-                "topic": topic,
-                "message": message,
-                "created_at": self.clock.now(),
-            },
-        )
-        if behaviour == "timeout_after":
-            raise self._timeout(f"{key} delivered, answer lost")
+        self.send_many([Delivery(recipient, topic, message, key)])
 
     def send_many(self, deliveries: Sequence[Delivery]) -> None:
         """One call for them all: one behaviour drawn, one multi-row insert in one transaction
         (keys delivered before are skipped), as a push service's batch endpoint would."""
         behaviour = self._call()
-        what = f"{len(deliveries)} deliveries"
+        what = ", ".join(d.key for d in deliveries[:3]) + (" …" if len(deliveries) > 3 else "")
         if behaviour in ("fail", "reject", "timeout_before"):
             raise GatewayUnavailable(f"notifier unavailable ({what})")
         now = self.clock.now()

@@ -100,7 +100,6 @@ from config.settings import Settings
 from entrypoints.bootstrap import build_service
 from persistence.db import dispose_engine, make_engine
 from tasks import producer
-from tasks.worker import default_concurrency
 from workflow.clock import FakeClock
 from workflow.model import Actor
 from workflow.service import CaseService
@@ -1136,12 +1135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-batch", type=int, default=100, help="events per request (≤ 100)")
     parser.add_argument("--http-clients", type=int, default=cores, help="concurrent requests")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=default_concurrency(Settings(database_url="postgresql://localhost/aftersales")),
-        help="prefork children per worker (default: the worker's own on PostgreSQL, 2 per core)",
-    )
+    support.add_concurrency_option(parser)
     parser.add_argument("--latency-seconds", type=float, default=8.0, help="per kind; 0: skip")
     parser.add_argument(
         "--latency-load", type=float, default=0.5, help="publishing pace, share of the settled rate"

@@ -239,20 +239,7 @@ class RawEvents:
                     )
                     cursor.execute(
                         support._PG_INSERT_TIMER,
-                        {
-                            "case_id": case_id,
-                            "kind": support._TIMER[0],
-                            "trigger": support._TIMER[1],
-                            "state": support._TO_STATE,
-                            "version": version,
-                            "due_at": self._due,
-                            "status": "pending",
-                            "created_at": now,
-                            "claimed_at": None,
-                            "claimed_by": None,
-                            "fired_at": None,
-                            "lateness_ms": None,
-                        },
+                        support.timer_row(case_id, version, self._due, now),
                     )
                     cursor.fetchone()
                     cursor.executemany(

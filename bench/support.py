@@ -15,6 +15,7 @@ sqlite3 returns text, of which the baseline decodes the ``details`` JSON it writ
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -53,8 +54,10 @@ from rich.progress import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from config.settings import Settings
 from persistence.db import SQLITE_BUSY_TIMEOUT_MS, dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
+from tasks.worker import default_concurrency
 from workflow.model import Actor
 from workflow.service import CaseService
 from workflow.states import Role
@@ -419,6 +422,26 @@ _PG_DISARM = (
     "UPDATE timers SET status=%(status)s::VARCHAR "
     f"WHERE timers.case_id = %(where_case_id)s::BIGINT AND {_LIVE}"
 )
+
+
+def timer_row(case_id: int, version: int, due_at: datetime, now: datetime) -> dict[str, Any]:
+    """The parameters of ``_PG_INSERT_TIMER``: the pending timer an approval arms."""
+    return {
+        "case_id": case_id,
+        "kind": _TIMER[0],
+        "trigger": _TIMER[1],
+        "state": _TO_STATE,
+        "version": version,
+        "due_at": due_at,
+        "status": "pending",
+        "created_at": now,
+        "claimed_at": None,
+        "claimed_by": None,
+        "fired_at": None,
+        "lateness_ms": None,
+    }
+
+
 _PG_INSERT_TIMER = (
     "INSERT INTO timers (case_id, kind, trigger, state, version, due_at, status, created_at, "
     "claimed_at, claimed_by, fired_at, lateness_ms) VALUES (%(case_id)s::BIGINT, "
@@ -495,20 +518,7 @@ class RawPostgres:
                 cursor.execute(_PG_DISARM, {"status": "cancelled", "where_case_id": case_id})
                 cursor.execute(
                     _PG_INSERT_TIMER,
-                    {
-                        "case_id": case_id,
-                        "kind": _TIMER[0],
-                        "trigger": _TIMER[1],
-                        "state": _TO_STATE,
-                        "version": version,
-                        "due_at": self._due,
-                        "status": "pending",
-                        "created_at": now,
-                        "claimed_at": None,
-                        "claimed_by": None,
-                        "fired_at": None,
-                        "lateness_ms": None,
-                    },
+                    timer_row(case_id, version, self._due, now),
                 )
                 cursor.fetchone()
                 cursor.executemany(
@@ -757,6 +767,17 @@ def child_pids(pid: int) -> list[int]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return sorted(set(children))
+
+
+def add_concurrency_option(parser: argparse.ArgumentParser) -> None:
+    """``--concurrency``: pool processes per worker, by default the worker's own on PostgreSQL."""
+    own = default_concurrency(Settings(database_url="postgresql://localhost/aftersales"))
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=own,
+        help=f"prefork children per worker (default {own}: the worker's own on PostgreSQL)",
+    )
 
 
 def free_port() -> int:

@@ -59,7 +59,6 @@ from persistence.db import dispose_engine, make_engine
 from persistence.uow import SqlUnitOfWorkFactory, _Statements
 from tasks.app import create_app
 from tasks.settings import WorkerSettings
-from tasks.worker import default_concurrency
 from workflow.clock import FakeClock, FileClock
 from workflow.service import CaseService
 
@@ -1019,12 +1018,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="steady state: due per second")
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--burst-timeout", type=float, default=180.0)
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=default_concurrency(Settings(database_url="postgresql://localhost/aftersales")),
-        help="worker -c (default: the worker's own on PostgreSQL, 2 per core)",
-    )
+    support.add_concurrency_option(parser)
     parser.add_argument("--rounds", type=int, default=7, help="sweep cost: interleaved rounds")
     parser.add_argument("--repetitions", type=int, default=300, help="sweeps per round")
     parser.add_argument("--idle-seconds", type=float, default=15.0)

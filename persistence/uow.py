@@ -433,40 +433,48 @@ class _Statements:
 
     def case_list(self, filters: frozenset[str]) -> Prepared:
         """``CaseRepository.list`` with these of ``_CASE_LIST_FILTERS`` given, and a limit."""
-        prepared = self._case_lists.get(filters)
-        if prepared is None:
+
+        def build() -> sa.Select[Any]:
             statement = sa.select(cases)
             for name in _CASE_LIST_FILTERS:
                 if name in filters:
                     statement = statement.where(_CASE_LIST_FILTERS[name])
-            statement = statement.order_by(cases.c.id).limit(sa.bindparam("limit"))
-            prepared = Prepared(statement, self._dialect, returns=list(statement.selected_columns))
-            self._case_lists[filters] = prepared
-        return prepared
+            return statement.order_by(cases.c.id).limit(sa.bindparam("limit"))
+
+        return self._compiled_once(self._case_lists, filters, build)
 
     def cases_by_ids(self, count: int) -> Prepared:
         """The case rows of ``count`` ids (``id_0`` ...): a batch's cases in one SELECT."""
-        prepared = self._cases_by_ids.get(count)
-        if prepared is None:
+
+        def build() -> sa.Select[Any]:
             ids = [sa.bindparam(f"id_{i}", type_=cases.c.id.type) for i in range(count)]
-            statement = sa.select(cases).where(cases.c.id.in_(ids))
-            prepared = Prepared(statement, self._dialect, returns=list(statement.selected_columns))
-            self._cases_by_ids[count] = prepared
-        return prepared
+            return sa.select(cases).where(cases.c.id.in_(ids))
+
+        return self._compiled_once(self._cases_by_ids, count, build)
 
     def open_claims(self, count: int) -> Prepared:
         """The claims of ``count`` SKUs (``sku_0`` ...) of an order: (sku, case_id) rows."""
-        prepared = self._open_claims.get(count)
-        if prepared is None:
+
+        def build() -> sa.Select[Any]:
             skus = [
                 sa.bindparam(f"sku_{i}", type_=open_case_items.c.sku.type) for i in range(count)
             ]
-            statement = sa.select(open_case_items.c.sku, open_case_items.c.case_id).where(
+            return sa.select(open_case_items.c.sku, open_case_items.c.case_id).where(
                 open_case_items.c.order_id == sa.bindparam("order_id"),
                 open_case_items.c.sku.in_(skus),
             )
+
+        return self._compiled_once(self._open_claims, count, build)
+
+    def _compiled_once(
+        self, cache: dict[K, Prepared], key: K, build: Callable[[], sa.Select[Any]]
+    ) -> Prepared:
+        """The statement ``build`` makes for ``key``, compiled on first use and kept."""
+        prepared = cache.get(key)
+        if prepared is None:
+            statement = build()
             prepared = Prepared(statement, self._dialect, returns=list(statement.selected_columns))
-            self._open_claims[count] = prepared
+            cache[key] = prepared
         return prepared
 
 
@@ -602,6 +610,7 @@ class SqlUnitOfWorkFactory:
         return SqlUnitOfWork(self.engine)
 
 
+K = TypeVar("K")
 P = TypeVar("P")
 R = TypeVar("R")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from celery import Celery
-from sqlalchemy.engine import make_url
 
 from config.settings import Settings
+from entrypoints.bootstrap import is_embedded
 from tasks.app import create_app
 from tasks.settings import WorkerSettings
 
@@ -74,7 +74,7 @@ def default_concurrency(settings: Settings) -> int:
     cores, 65% with 4). Two on SQLite: it has one writer at a time, and more processes would only
     queue on its lock.
     """
-    if make_url(settings.database_url).get_backend_name() == "sqlite":
+    if is_embedded(settings.database_url):
         return 2
     return 2 * (os.cpu_count() or 1)
 
