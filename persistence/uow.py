@@ -390,6 +390,7 @@ class _Statements:
         self.select_log = select(_SELECT_LOG)
         self.select_log_by_key = select(_SELECT_LOG_BY_KEY)
         self.insert_timer = insert_returning_id(timers, dialect, _all_but(timers, "id"))
+        self.insert_timer_deferred = write(sa.insert(timers), *_all_but(timers, "id"))
         self.select_live_timer = select(_SELECT_LIVE_TIMER)
         self.select_case_and_timer = select(_SELECT_CASE_AND_TIMER)
         self.disarm = write(_DISARM)
@@ -802,13 +803,13 @@ class SqlTransitionLog(_Store):
     def restore_keys(self, keys: frozenset[tuple[int, str]]) -> None:
         self._registered = set(keys)
 
-    def append(self, records: Sequence[TransitionRecord]) -> None:
+    def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:
         if not records:
             return
         sql = self._uow.statements
         first_seqs: dict[tuple[int, str], int] = {}
         for record in records:
-            if record.idempotency_key:
+            if register_key and record.idempotency_key:
                 slot = (record.case_id, record.idempotency_key)
                 if slot not in self._registered:
                     first_seqs[slot] = min(first_seqs.get(slot, record.seq), record.seq)
@@ -884,14 +885,19 @@ class SqlTimerStore(_Store):
     def disarm(self, case_id: int) -> None:
         self._run(self._uow.statements.disarm.defer_many, [{"where_case_id": case_id}])
 
-    def arm(self, timer: Timer) -> None:
+    def arm(self, timer: Timer, with_id: bool = True) -> None:
+        sql = self._uow.statements
         try:
-            timer_id = self._run(self._uow.statements.insert_timer.insert, _timer_values(timer))
+            if with_id:
+                timer.id = self._run(sql.insert_timer.insert, _timer_values(timer))
+            else:
+                # A lost race (a live timer already) surfaces at a later statement, where
+                # ``_Store._run`` turns the deferred unique violation into a Conflict too.
+                self._run(sql.insert_timer_deferred.defer_many, [_timer_values(timer)])
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise Conflict(f"case {timer.case_id} already has a live timer") from exc
             raise
-        timer.id = timer_id
 
     def reschedule(self, timer_id: int, due_at: datetime, version: int) -> None:
         params = {"where_id": timer_id, "due_at": due_at, "version": version}

@@ -829,6 +829,8 @@ class EventService:
                 decided.reason,
                 idempotency_key=f"event:{source}:{event_id}",
                 then=then,
+                # The dedupe record written above makes the event apply once.
+                background=True,
             )
         except Conflict:
             raise  # not the event's fault

@@ -180,13 +180,14 @@ class InMemoryTransitionLog:
     def __init__(self, db: InMemoryDatabase) -> None:
         self._db = db
 
-    def append(self, records: Sequence[TransitionRecord]) -> None:
+    def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:
         for record in records:
             entries = self._db.log.setdefault(record.case_id, [])
             if any(e.seq == record.seq for e in entries):
                 raise Conflict(f"case {record.case_id} already has log entry {record.seq}")
             if (
-                record.idempotency_key
+                register_key
+                and record.idempotency_key
                 and record is records[0]
                 and any(e.idempotency_key == record.idempotency_key for e in entries)
             ):
@@ -215,7 +216,7 @@ class InMemoryTimerStore:
             if timer.case_id == case_id and timer.status in _LIVE:
                 timer.status = TimerStatus.CANCELLED
 
-    def arm(self, timer: Timer) -> None:
+    def arm(self, timer: Timer, with_id: bool = True) -> None:
         if self.pending(timer.case_id) is not None:
             raise Conflict(f"case {timer.case_id} already has a live timer")
         timer.id = self._db.next_timer_id

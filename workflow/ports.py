@@ -84,7 +84,12 @@ class CaseRepository(Protocol):
 
 
 class TransitionLog(Protocol):
-    def append(self, records: Sequence[TransitionRecord]) -> None: ...
+    def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:
+        """Append ``records``. Their idempotency key is also registered for ``by_key`` (a
+        second use of it is a ``Conflict``) unless ``register_key`` is False: for callers
+        whose key only labels the rows because something else already makes the call once
+        (an inbound event's dedupe record, a fired timer's finish)."""
+        ...
 
     def by_key(self, case_id: int, key: str) -> list[TransitionRecord]:
         """The records a trigger with this idempotency key wrote (with its follow-ups)."""
@@ -98,7 +103,11 @@ class TimerStore(Protocol):
 
     def disarm(self, case_id: int) -> None: ...
 
-    def arm(self, timer: Timer) -> None: ...
+    def arm(self, timer: Timer, with_id: bool = True) -> None:
+        """Store the new live timer; sets ``timer.id`` unless ``with_id`` is False (then the
+        store may send the write with the next statement, and ``timer.id`` stays None). A case
+        with a live timer already is a ``Conflict``, raised here or at a later statement."""
+        ...
 
     def reschedule(self, timer_id: int, due_at: datetime, version: int) -> None: ...
 

@@ -216,6 +216,8 @@ class CaseService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         then: Sequence[str] = (),
+        *,
+        background: bool = False,
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``) on ``case``, as read in ``uow``, and write it all there:
         the case compared-and-set on the version it was read at, log, timers, outbox. The
@@ -223,7 +225,8 @@ class CaseService:
         transition moved the case since it was read.
 
         For callers that read the case themselves and write more in the same transaction
-        (an inbound event and its dedupe record, a batch of events)."""
+        (an inbound event and its dedupe record, a batch of events). ``background``: see
+        ``_write_transition``."""
         case_id = _id(case)
         if trigger == "revise":
             # A revision may ask for more: cap it by what the order has left now.
@@ -240,7 +243,9 @@ class CaseService:
             )
             outcome.records.extend(more.records)
             outcome.messages.extend(more.messages)
-        deadline = self._write_transition(uow, case, loaded_version, previous, outcome)
+        deadline = self._write_transition(
+            uow, case, loaded_version, previous, outcome, background=background
+        )
         return FireResult(case, deadline, outcome.records)
 
     def outbox_written(self) -> None:
@@ -254,16 +259,24 @@ class CaseService:
         loaded_version: int,
         previous: Timer | None,
         outcome: engine.Outcome,
+        *,
+        background: bool = False,
     ) -> Timer | None:
+        """Write what ``engine.fire`` decided. ``background`` is for the workers' callers,
+        events and timers: what makes their call happen once is their own record (the inbound
+        event's dedupe row, the timer's finish, both in this transaction), so the idempotency
+        key only labels the log rows and is not registered for ``by_key``; and nobody reads
+        the new deadline's id, so its INSERT may go out with the next statement (``timer.id``
+        stays None in what is returned)."""
         case_id = _id(case)
         if not uow.cases.save(case, loaded_version):
             raise Conflict(f"case {case_id} was changed by another transition; reload and retry")
-        uow.log.append(outcome.records)
+        uow.log.append(outcome.records, register_key=not background)
         if previous is not None:
             uow.timers.disarm(case_id)
         deadline = engine.timer_for(case, self.policy, outcome.records[-1].at, previous)
         if deadline is not None:
-            uow.timers.arm(deadline)
+            uow.timers.arm(deadline, with_id=not background)
         if case.is_terminal:
             uow.cases.release_items(case_id)
         uow.outbox.add(outcome.messages)
@@ -340,8 +353,10 @@ class CaseService:
     def fire_timer(self, timer_id: int) -> TimerRun:
         """Fire one due timer as the system; a timer whose case moved on does nothing.
 
-        The firing uses the timer's id as idempotency key, so a timer fired twice (two sweepers,
-        a redelivered task) moves the case once.
+        A timer fired twice (two sweepers, a redelivered task) moves the case once: the
+        firing finishes the timer and compare-and-sets the case at the timer's version in one
+        transaction, so the second finds it finished or the case moved on. Its log rows carry
+        ``timer-<id>`` as their key.
         """
         with self._uow() as uow:
             timer = uow.timers.get(timer_id)
@@ -377,7 +392,7 @@ class CaseService:
         context = engine.Context(self.policy, now, SYSTEM, timer)
         loaded_version = case.version
         outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer.id}")
-        self._write_transition(uow, case, loaded_version, None, outcome)
+        self._write_transition(uow, case, loaded_version, None, outcome, background=True)
         return TimerRun(timer, True, f"{timer.trigger}: {case.state.value}")
 
     def fire_timers(self, due: Sequence[Timer]) -> list[TimerRun]:
@@ -387,8 +402,8 @@ class CaseService:
         rolls back alone and is reported as a conflict (it stays claimed, and is claimed
         again later), a stale one is cancelled, and the others commit together. When the
         transaction itself fails (serialization failure, deadlock, lost connection) its
-        timers are fired again one per transaction: ``finish`` and the ``timer-<id>`` key
-        make a timer that did fire a no-op, so none fires twice.
+        timers are fired again one per transaction: a timer that did fire is found finished
+        (and its case moved past the timer's version), so none fires twice.
         """
         runs: list[TimerRun] = []
         for start in range(0, len(due), self.timer_batch):
@@ -433,8 +448,8 @@ class CaseService:
         """Claim a batch of due timers and fire them (``fire_timers``).
 
         Any number of sweepers may run at once: the claim hands each a disjoint batch, and a
-        timer claimed by a sweeper that died is claimed again after ``reclaim_after``. Firing
-        is idempotent on the timer id, so a reclaimed timer that had in fact fired does nothing.
+        timer claimed by a sweeper that died is claimed again after ``reclaim_after``. A
+        reclaimed timer that had in fact fired does nothing (``fire_timer``).
         """
         now = self.clock.now()
         with self._uow() as uow:

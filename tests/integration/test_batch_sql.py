@@ -427,3 +427,66 @@ def test_two_sweepers_at_once_fire_each_timer_once(
         count(engine, "SELECT count(*) FROM transitions WHERE \"trigger\" = 'auto_approve'") == 40
     )
     assert count(engine, "SELECT count(*) FROM timers WHERE status = 'fired'") == 40
+
+
+# -- what events and timers write ----------------------------------------------------------------
+
+
+def test_events_and_timers_label_their_log_rows_with_a_key_they_do_not_register(
+    events: EventService, service: CaseService, uow_factory: SqlUnitOfWorkFactory, engine: Engine
+) -> None:
+    # given three cases due for review: one approved by an event, one by the merchant through
+    # the API with an idempotency key, the third left to its timer
+    by_event, by_api, by_timer = due_for_review(service, 3)
+    assert events.ingest(approve("a-1", by_event)).status is IngestStatus.APPLIED
+    service.fire(by_api, "approve", MERCHANT, idempotency_key="req-7")
+    runs = service.sweep_timers("sweeper")
+    assert [run.timer.case_id for run in runs if run.fired] == [by_timer]
+    timer_id = runs[0].timer.id
+
+    # then each log row names what caused it
+    def keys(case_id: int) -> list[str | None]:
+        return [record.idempotency_key for record in service.history(case_id)][1:]
+
+    assert keys(by_event) == ["event:merchant-portal:a-1"]
+    assert keys(by_api) == ["req-7"]
+    assert keys(by_timer) == [f"timer-{timer_id}"]
+    # but only the API's key is registered: the event's dedupe record and the timer's finish
+    # already make those calls once
+    registered = "SELECT case_id, key FROM idempotency_keys ORDER BY case_id"
+    with engine.connect() as connection:
+        assert [tuple(row) for row in connection.execute(sa.text(registered))] == [
+            (by_api, "req-7")
+        ]
+    # and the deadlines the event and the timer armed (sent without asking for their ids) are
+    # live, with ids, like the API's
+    for case_id in (by_event, by_api, by_timer):
+        deadline = service.get(case_id).deadline
+        assert deadline is not None and deadline.id is not None
+        assert deadline.kind == "return_shipment"
+    # and the same timer fired again (a redelivered sweep) and the same event again do nothing
+    assert not service.fire_timers([runs[0].timer])[0].fired
+    assert events.ingest(approve("a-1", by_event)).status is IngestStatus.DUPLICATE
+    assert triggers(service, by_timer) == ["submit", "auto_approve"]
+    assert triggers(service, by_event) == ["submit", "approve"]
+
+
+def test_a_deadline_armed_without_its_id_still_loses_a_race_as_a_conflict(
+    uow_factory: SqlUnitOfWorkFactory, new_case: Callable[..., Case], engine: Engine
+) -> None:
+    # given a case with a live timer
+    def review(case_id: int) -> Timer:
+        return Timer(case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, NOW, NOW)
+
+    with uow_factory() as uow:
+        case_id = uow.cases.add(new_case())
+        uow.timers.arm(review(case_id))
+        uow.commit()
+    # when a second one is armed without asking for its id (PostgreSQL sends it later)
+    # (after a read: a unit of work's first statement always runs at once)
+    with pytest.raises(Conflict), uow_factory() as uow:
+        assert uow.cases.get(case_id) is not None
+        uow.timers.arm(review(case_id), with_id=False)
+        uow.commit()
+    # then the race is a Conflict, at the arm or at the commit, and nothing was written
+    assert count(engine, f"SELECT count(*) FROM timers WHERE case_id = {case_id}") == 1
