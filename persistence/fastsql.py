@@ -20,6 +20,13 @@ statement or the COMMIT, and carries ``deferred_write = True``. PostgreSQL abort
 transaction on any error, so nothing after a failed write can commit. SQLite runs every
 statement at once (no round trips to save, and SQLite does not abort a transaction on error).
 
+A deferred write may also be *checked* (``Checkout.defer_checked``): a compare-and-set whose
+answer is only "did it change the expected number of rows". It is sent on a cursor of its own
+and its rowcount checked when the pipeline returns; a miss raises the caller's exception there
+and *dooms* the transaction (a client-side abort, as PostgreSQL's for an error): the commit
+raises it again, until a rollback to a savepoint taken before the write, or a rollback. A
+COMMIT is never sent in the same pipeline as an unchecked write.
+
 Errors come out as the exception classes Core execution raises (``IntegrityError`` and so on); a
 connection the server dropped is invalidated, and when it fails the first statement of a checkout
 (nothing was sent on it yet, so nothing can be half-written) the statement runs again once on a
@@ -52,6 +59,13 @@ Params = Mapping[str, Any]
 _CURSOR = "aftersales.fastsql.cursor"
 #: ... and of the second cursor that carries deferred writes (whose results nobody reads).
 _WRITE_CURSOR = "aftersales.fastsql.write_cursor"
+#: ... and of the cursors of checked deferred writes: one per write in a pipeline, since a
+#: cursor keeps only its last result.
+_CHECK_CURSORS = "aftersales.fastsql.check_cursors"
+
+#: A checked deferred write: the rowcount it must have, the exception a miss raises, and the
+#: savepoint count when it was queued (a rollback to a savepoint numbered up to that undoes it).
+_Check = tuple[int, Callable[[], Exception], int]
 
 
 class Checkout:
@@ -69,6 +83,7 @@ class Checkout:
         "_cursor",
         "_dbapi_error",
         "_dialect",
+        "_doomed",
         "_ended",
         "_engine",
         "_fairy",
@@ -91,8 +106,10 @@ class Checkout:
         self._savepoints = 0
         self._fairy: PoolProxiedConnection | None = None
         self._pipelines = engine.dialect.driver == "psycopg"
-        #: Deferred writes not sent yet: (sql, parameters, many).
-        self._queued: list[tuple[str, Any, bool]] = []
+        #: Deferred writes not sent yet: (sql, parameters, many, check or None).
+        self._queued: list[tuple[str, Any, bool, _Check | None]] = []
+        #: The check that missed, while the transaction may not commit.
+        self._doomed: _Check | None = None
         self._check_out()
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -115,29 +132,63 @@ class Checkout:
         """A write whose result nobody reads: on PostgreSQL it goes out with the next statement
         that needs an answer (or the COMMIT); elsewhere, and as a transaction's first
         statement (which may meet a dropped connection and be retried), it runs now."""
-        if not self._pipelines or self._fresh or not self._begun or self._connection is not None:
+        if not self._deferring():
             self.run(sql, parameters, many)
             return
-        self._queued.append((sql, parameters, many))
+        self._queued.append((sql, parameters, many, None))
+
+    def defer_checked(
+        self, sql: str, parameters: Any, rows: int, miss: Callable[[], Exception]
+    ) -> None:
+        """``defer`` a write that must change exactly ``rows`` rows, else ``miss()`` is raised:
+        here when it runs at once, at the statement it goes out with when deferred, and at
+        the commit after that (the transaction is doomed, see the module's notes)."""
+        if not self._deferring():
+            if self.run(sql, parameters).rowcount != rows:
+                raise miss()
+            return
+        self._queued.append((sql, parameters, False, (rows, miss, self._savepoints)))
+
+    def _deferring(self) -> bool:
+        return self._pipelines and not self._fresh and self._begun and self._connection is None
 
     def _send_queued(self, then: Callable[[], None], what: str) -> Any:
-        """Send the deferred writes and ``then`` in one pipeline; returns the cursor."""
+        """Send the deferred writes and ``then`` in one pipeline, then check the checked ones;
+        returns the cursor."""
         queued, self._queued = self._queued, []
         connection = self._live_fairy().dbapi_connection
         writer = self._write_cursor()
+        checked: list[tuple[Any, _Check]] = []
         try:
             with connection.pipeline():  # type: ignore[union-attr]
-                for sql, parameters, many in queued:
-                    _send(writer, sql, parameters, many)
+                for sql, parameters, many, check in queued:
+                    if check is None:
+                        _send(writer, sql, parameters, many)
+                    else:
+                        cursor = self._check_cursor(len(checked))
+                        cursor.execute(sql, parameters)
+                        checked.append((cursor, check))
                 then()
         except self._dbapi_error as exc:
-            sent = "; ".join(dict.fromkeys(sql for sql, _, _ in queued))
+            sent = "; ".join(dict.fromkeys(sql for sql, _, _, _ in queued))
             try:
                 self._fail(exc, f"{sent}; {what}", None, writer)
             except sa.exc.DBAPIError as error:
                 error.deferred_write = True  # type: ignore[attr-defined]
                 raise
+        for cursor, check in checked:
+            if cursor.rowcount != check[0] and self._doomed is None:
+                self._doomed = check
+        if self._doomed is not None and checked:
+            raise self._doomed[1]()
         return self._cursor
+
+    def _check_cursor(self, index: int) -> Any:
+        fairy = self._live_fairy()
+        cursors: list[Any] = fairy.info.setdefault(_CHECK_CURSORS, [])
+        while len(cursors) <= index:
+            cursors.append(fairy.dbapi_connection.cursor())  # type: ignore[union-attr]
+        return cursors[index]
 
     def _write_cursor(self) -> Any:
         fairy = self._live_fairy()
@@ -154,6 +205,12 @@ class Checkout:
         return self._begun
 
     def commit(self) -> None:
+        if any(check is not None for _, _, _, check in self._queued):
+            # Checked first: a COMMIT sent with them would commit before their check.
+            self._send_queued(lambda: None, "(checking before COMMIT)")
+        if self._doomed is not None:
+            # The transaction stays open: the caller rolls back, as after any failed commit.
+            raise self._doomed[1]()
         if self._connection is not None:
             self._connection.commit()
             self._begun = False
@@ -176,6 +233,7 @@ class Checkout:
         self._ended = True
 
     def rollback(self) -> None:
+        self._doomed = None
         if self._connection is not None:
             self._connection.rollback()
             self._begun = False
@@ -212,7 +270,8 @@ class Checkout:
             with self._connection.begin_nested():
                 yield
             return
-        name = f"sa_savepoint_{self._savepoints + 1}"
+        number = self._savepoints + 1
+        name = f"sa_savepoint_{number}"
         mark = len(self._queued)
         self.defer(f"SAVEPOINT {name}", ())
         self._savepoints += 1
@@ -224,6 +283,9 @@ class Checkout:
                 del self._queued[mark:]
             elif self._fairy is not None and self._begun:
                 self.run(f"ROLLBACK TO SAVEPOINT {name}", ())
+            if self._doomed is not None and self._doomed[2] >= number:
+                # The write that missed was made after this savepoint: it is undone.
+                self._doomed = None
             raise
         if release:
             self.defer(f"RELEASE SAVEPOINT {name}", ())
@@ -340,6 +402,7 @@ class Checkout:
         fairy, self._fairy = self._fairy, None
         self._begun = False
         self._queued = []
+        self._doomed = None
         if fairy is None:
             return
         # As Connection does on a disconnect: this connection is closed, and every pooled one
@@ -451,6 +514,16 @@ class Prepared:
             on.defer(self.sql, self._parameters(many[0]))
             return
         on.defer(self.sql, [self._parameters(p) for p in many], many=True)
+
+    def defer_checked(
+        self, on: Checkout | Connection, params: Params, rows: int, miss: Callable[[], Exception]
+    ) -> None:
+        """``Checkout.defer_checked``: a write that must change ``rows`` rows, else ``miss()``
+        is raised (on a ``Connection``, at once)."""
+        if isinstance(on, Checkout):
+            on.defer_checked(self.sql, self._parameters(params), rows, miss)
+        elif self.execute(on, params) != rows:
+            raise miss()
 
     def insert(self, on: Checkout | Connection, params: Params) -> int:
         """Run an INSERT and return the new row's id (RETURNING it where the dialect can)."""

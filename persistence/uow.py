@@ -559,6 +559,10 @@ class SqlUnitOfWork:
         checkout = self._active()
         try:
             checkout.commit()
+        except Conflict:
+            # A checked write missed (``Checkout.defer_checked``): nothing was committed.
+            self._after_failed_commit()
+            raise
         except IntegrityError as exc:
             self._after_failed_commit()
             raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
@@ -705,6 +709,20 @@ class SqlCaseRepository(_Store):
         raise exc
 
     def save(self, case: Case, expected_version: int) -> bool:
+        values = self._save_values(case, expected_version)
+        return self._run(self._uow.statements.update_case.execute, values) == 1
+
+    def save_checked(self, case: Case, expected_version: int) -> None:
+        values = self._save_values(case, expected_version)
+        message = f"case {case.id} was changed by another transition; reload and retry"
+        update = self._uow.statements.update_case
+
+        def write(checkout: Checkout, params: dict[str, Any]) -> None:
+            update.defer_checked(checkout, params, 1, lambda: Conflict(message))
+
+        self._run(write, values)
+
+    def _save_values(self, case: Case, expected_version: int) -> dict[str, Any]:
         if case.id is None:
             raise ValueError("save() needs a stored case; use add() for a new one")
         loaded = self._loaded.get(case.id)
@@ -721,7 +739,7 @@ class SqlCaseRepository(_Store):
         values = _case_mutable_values(case)
         values["where_id"] = case.id
         values["where_version"] = expected_version
-        return self._run(self._uow.statements.update_case.execute, values) == 1
+        return values
 
     def list(self, query: CaseQuery) -> list[Case]:
         wanted = {

@@ -801,6 +801,9 @@ class EventService:
         # PostgreSQL a concurrent delivery of the same event waits on it, then sees it.
         try:
             case = _resolve(uow, envelope)
+        except Conflict:
+            # An earlier write of the batch lost its race and surfaced at this read.
+            raise
         except AftersalesError as error:
             if not uow.events.record(source, event_id, None, now):
                 return self._result(envelope, IngestStatus.DUPLICATE)

@@ -100,6 +100,10 @@ class InMemoryCaseRepository:
         self._db.cases[case.id] = copy.deepcopy(case)
         return True
 
+    def save_checked(self, case: Case, expected_version: int) -> None:
+        if not self.save(case, expected_version):
+            raise Conflict(f"case {case.id} was changed by another transition; reload and retry")
+
     def list(self, query: CaseQuery) -> list[Case]:
         found = []
         for case_id in sorted(self._db.cases):

@@ -54,6 +54,13 @@ class CaseRepository(Protocol):
         """Write the case only if its stored version is still ``expected_version``."""
         ...
 
+    def save_checked(self, case: Case, expected_version: int) -> None:
+        """``save``, raising ``Conflict`` when the stored version is not ``expected_version``:
+        here, or (the store may send the write with a later statement) at that later
+        statement or the commit. A miss found later dooms the unit of work: it cannot commit
+        unless a savepoint taken before the write is rolled back to."""
+        ...
+
     def list(self, query: CaseQuery) -> list[Case]: ...
 
     def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:

@@ -269,8 +269,8 @@ class CaseService:
         the new deadline's id, so its INSERT may go out with the next statement (``timer.id``
         stays None in what is returned)."""
         case_id = _id(case)
-        if not uow.cases.save(case, loaded_version):
-            raise Conflict(f"case {case_id} was changed by another transition; reload and retry")
+        # A miss may surface at a later statement or the commit (``save_checked``).
+        uow.cases.save_checked(case, loaded_version)
         uow.log.append(outcome.records, register_key=not background)
         if previous is not None:
             uow.timers.disarm(case_id)

@@ -490,3 +490,34 @@ def test_a_deadline_armed_without_its_id_still_loses_a_race_as_a_conflict(
         uow.commit()
     # then the race is a Conflict, at the arm or at the commit, and nothing was written
     assert count(engine, f"SELECT count(*) FROM timers WHERE case_id = {case_id}") == 1
+
+
+def test_a_timer_whose_case_moves_before_its_write_sends_the_batch_one_by_one(
+    backend: str, service: CaseService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("one writer at a time: no transition can commit inside the batch's")
+    # given three due timers, and a merchant approving the second case (another connection,
+    # committed) after the batch read the cases, just before it writes the second firing
+    cases = due_for_review(service, 3)
+    real_write = service._write_transition
+    raced: list[int] = []
+
+    def racing(uow: Any, case: Case, *args: Any, **kwargs: Any) -> Any:
+        if case.id == cases[1] and not raced:
+            raced.append(case.id)
+            service.fire(cases[1], "approve", MERCHANT)
+        return real_write(uow, case, *args, **kwargs)
+
+    monkeypatch.setattr(service, "_write_transition", racing)
+
+    # when the batch fires (its compare-and-sets go out deferred: the miss is found later)
+    runs = service.sweep_timers("sweeper")
+
+    # then the batch was not committed with the miss: one by one, the first and third timers
+    # fired, the second found its case moved on, and no case moved twice
+    assert raced == [cases[1]]
+    by_case = {run.timer.case_id: run for run in runs}
+    assert [by_case[c].fired for c in cases] == [True, False, True]
+    assert triggers(service, cases[0]) == triggers(service, cases[2]) == ["submit", "auto_approve"]
+    assert triggers(service, cases[1]) == ["submit", "approve"]

@@ -479,3 +479,124 @@ def test_a_deferred_log_row_that_loses_a_race_is_a_conflict(
         uow.cases.get(case_id)
         uow.log.append([record])
         uow.cases.get(case_id)
+
+
+# -- checked deferred writes (a compare-and-set whose miss surfaces later and dooms the commit) ---
+
+
+class _Missed(Exception):
+    pass
+
+
+@pytest.fixture
+def renote(engine: Engine, marks: Prepared) -> Prepared:
+    """A compare-and-set on a mark: its note, only if it is still the expected one."""
+    return Prepared(
+        sa.update(_MARKS)
+        .where(_MARKS.c.id == sa.bindparam("mark_id"), _MARKS.c.note == sa.bindparam("was"))
+        .values(note=sa.bindparam("note")),
+        engine.dialect,
+    )
+
+
+_MISS = {"mark_id": 1, "was": "not the note", "note": "never"}
+
+
+def _only_postgresql(backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite runs a checked write at once (the previous test shows it)")
+
+
+def test_a_checked_write_that_hits_commits_and_one_that_misses_raises(
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    renote: Prepared,
+) -> None:
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        marks.execute(checkout, {"id": 1, "note": "first"})
+        renote.defer_checked(checkout, {"mark_id": 1, "was": "first", "note": "second"}, 1, _Missed)
+        if backend == "sqlite":
+            # SQLite runs it at once: the miss is raised by the call, having written nothing
+            with pytest.raises(_Missed):
+                renote.defer_checked(checkout, _MISS, 1, _Missed)
+        uow.commit()
+    assert _notes(engine) == ["second"]
+
+
+def test_a_checked_write_that_misses_fails_the_next_statement_and_the_commit(
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    renote: Prepared,
+) -> None:
+    _only_postgresql(backend)
+    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        marks.execute(checkout, {"id": 1, "note": "first"})
+        renote.defer_checked(checkout, _MISS, 1, _Missed)
+        marks.defer_many(checkout, [{"id": 2, "note": "written after the miss"}])
+        # the next statement that needs an answer raises the miss
+        with pytest.raises(_Missed):
+            count.rows(checkout, {})
+        # and the commit raises it again, committing nothing
+        with pytest.raises(_Missed):
+            checkout.commit()
+    assert _notes(engine) == []
+
+
+def test_a_checked_write_still_queued_at_the_commit_is_checked_before_any_commit(
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    renote: Prepared,
+) -> None:
+    _only_postgresql(backend)
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        marks.execute(checkout, {"id": 1, "note": "first"})
+        marks.defer_many(checkout, [{"id": 2, "note": "second"}])
+        renote.defer_checked(checkout, _MISS, 1, _Missed)
+        with pytest.raises(_Missed):
+            checkout.commit()
+    assert _notes(engine) == []
+
+
+def test_only_a_rollback_to_a_savepoint_taken_before_the_miss_lifts_the_doom(
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    renote: Prepared,
+) -> None:
+    _only_postgresql(backend)
+    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        marks.execute(checkout, {"id": 1, "note": "first"})
+        # a miss inside a savepoint, found inside it: rolling that savepoint back undoes it
+        with pytest.raises(_Missed), checkout.savepoint(release=False):
+            marks.defer_many(checkout, [{"id": 2, "note": "undone"}])
+            renote.defer_checked(checkout, _MISS, 1, _Missed)
+            count.rows(checkout, {})
+        marks.defer_many(checkout, [{"id": 3, "note": "kept"}])
+        uow.commit()
+    assert _notes(engine) == ["first", "kept"]
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        marks.execute(checkout, {"id": 4, "note": "second transaction"})
+        # a miss in one savepoint, found in the next: rolling back the later one leaves the
+        # miss's own writes in the transaction, so it stays doomed
+        with checkout.savepoint(release=False):
+            marks.defer_many(checkout, [{"id": 5, "note": "with the miss"}])
+            renote.defer_checked(checkout, _MISS, 1, _Missed)
+        with pytest.raises(_Missed), checkout.savepoint(release=False):
+            count.rows(checkout, {})
+        with pytest.raises(_Missed):
+            checkout.commit()
+    assert _notes(engine) == ["first", "kept"]
