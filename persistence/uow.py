@@ -174,11 +174,10 @@ _SELECT_LOG_BY_KEY = _SELECT_LOG.where(transitions.c.idempotency_key == sa.bindp
 _SELECT_LIVE_TIMER = sa.select(timers).where(timers.c.case_id == sa.bindparam("case_id"), _LIVE)
 # A case with its live timer (if any) in one read: a transition needs both, so reading the timer
 # with the case saves a round trip per transition (``SqlTimerStore.pending`` answers from it).
-_SELECT_CASE_AND_TIMER = (
-    sa.select(cases, timers)
-    .select_from(cases.outerjoin(timers, sa.and_(timers.c.case_id == cases.c.id, _LIVE)))
-    .where(cases.c.id == sa.bindparam("case_id"))
+_CASES_AND_TIMERS = sa.select(cases, timers).select_from(
+    cases.outerjoin(timers, sa.and_(timers.c.case_id == cases.c.id, _LIVE))
 )
+_SELECT_CASE_AND_TIMER = _CASES_AND_TIMERS.where(cases.c.id == sa.bindparam("case_id"))
 _CASE_WIDTH = len(cases.columns)
 _DISARM = (
     sa.update(timers)
@@ -445,11 +444,12 @@ class _Statements:
         return self._compiled_once(self._case_lists, filters, build)
 
     def cases_by_ids(self, count: int) -> Prepared:
-        """The case rows of ``count`` ids (``id_0`` ...): a batch's cases in one SELECT."""
+        """The case rows of ``count`` ids (``id_0`` ...) with their live timers, as
+        ``select_case_and_timer``: a batch's cases in one SELECT."""
 
         def build() -> sa.Select[Any]:
             ids = [sa.bindparam(f"id_{i}", type_=cases.c.id.type) for i in range(count)]
-            return sa.select(cases).where(cases.c.id.in_(ids))
+            return _CASES_AND_TIMERS.where(cases.c.id.in_(ids))
 
         return self._compiled_once(self._cases_by_ids, count, build)
 
@@ -596,8 +596,10 @@ class SqlUnitOfWork:
             with checkout.savepoint(release=False):
                 yield
         except BaseException:
-            # The idempotency keys the block registered are gone with its rows.
+            # The idempotency keys the block registered are gone with its rows, and the timers
+            # read with cases may have been read after its writes.
             self._log.restore_keys(keys)
+            self._timers.forget_read()
             raise
 
     def _after_failed_commit(self) -> None:
@@ -655,21 +657,28 @@ class SqlCaseRepository(_Store):
 
     def get(self, case_id: int) -> Case | None:
         row = self._run(self._uow.statements.select_case_and_timer.first, {"case_id": case_id})
-        if row is None:
-            return None
-        timer = row[_CASE_WIDTH:]
-        self._uow._timers.read_with_case(case_id, _timer_from_row(timer) if timer[0] else None)
-        return self._load(row[:_CASE_WIDTH])
+        return self._with_timer(row) if row is not None else None
 
     def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
-        """One SELECT ... WHERE id IN (...), prepared per number of ids (a batch has ≤ 64)."""
+        """One SELECT ... WHERE id IN (...), prepared per number of ids (a batch has ≤ 100),
+        with each case's live timer, as ``get``."""
         ids = list(dict.fromkeys(case_ids))
         if not ids:
             return {}
         statement = self._uow.statements.cases_by_ids(len(ids))
         params = {f"id_{i}": case_id for i, case_id in enumerate(ids)}
-        loaded = (self._load(row) for row in self._run(statement.rows, params))
-        return {case.id: case for case in loaded if case.id is not None}
+        found = {}
+        for row in self._run(statement.rows, params):
+            case = self._with_timer(row)
+            found[_id_of(case)] = case
+        return found
+
+    def _with_timer(self, row: Sequence[Any]) -> Case:
+        """The case of a ``select_case_and_timer`` row; its timer goes to the timer store."""
+        case = self._load(row[:_CASE_WIDTH])
+        timer = row[_CASE_WIDTH:]
+        self._uow._timers.read_with_case(_id_of(case), _timer_from_row(timer) if timer[0] else None)
+        return case
 
     def add(self, case: Case) -> int:
         sql = self._uow.statements
@@ -878,8 +887,9 @@ class SqlTransitionLog(_Store):
 class SqlTimerStore(_Store):
     def __init__(self, uow: SqlUnitOfWork) -> None:
         super().__init__(uow)
-        # Live timers read with their case (``SqlCaseRepository.get``) since this store last
-        # wrote: ``pending`` answers from them. Any write here, commit or rollback forgets them.
+        # Live timers read with their case (``SqlCaseRepository.get`` and ``get_many``):
+        # ``pending`` answers from them. A write to one case's timers forgets that case's, any
+        # other timer write, a commit, a rollback and a savepoint rolled back forget them all.
         self._read: dict[int, Timer | None] = {}
 
     def read_with_case(self, case_id: int, timer: Timer | None) -> None:
@@ -893,6 +903,11 @@ class SqlTimerStore(_Store):
         self._read.clear()
         return super()._run(run, params)
 
+    def _run_for(self, case_id: int, run: Callable[[Checkout, P], R], params: P) -> R:
+        """``_run`` for a write to ``case_id``'s timers only."""
+        self._read.pop(case_id, None)
+        return super()._run(run, params)
+
     def pending(self, case_id: int) -> Timer | None:
         if case_id in self._read:
             timer = self._read[case_id]
@@ -901,17 +916,18 @@ class SqlTimerStore(_Store):
         return _timer_from_row(row) if row is not None else None
 
     def disarm(self, case_id: int) -> None:
-        self._run(self._uow.statements.disarm.defer_many, [{"where_case_id": case_id}])
+        self._run_for(case_id, self._uow.statements.disarm.defer_many, [{"where_case_id": case_id}])
 
     def arm(self, timer: Timer, with_id: bool = True) -> None:
         sql = self._uow.statements
         try:
+            values = _timer_values(timer)
             if with_id:
-                timer.id = self._run(sql.insert_timer.insert, _timer_values(timer))
+                timer.id = self._run_for(timer.case_id, sql.insert_timer.insert, values)
             else:
                 # A lost race (a live timer already) surfaces at a later statement, where
                 # ``_Store._run`` turns the deferred unique violation into a Conflict too.
-                self._run(sql.insert_timer_deferred.defer_many, [_timer_values(timer)])
+                self._run_for(timer.case_id, sql.insert_timer_deferred.defer_many, [values])
         except IntegrityError as exc:
             if _unique_violation(exc):
                 raise Conflict(f"case {timer.case_id} already has a live timer") from exc
@@ -935,10 +951,11 @@ class SqlTimerStore(_Store):
         and the WHERE on the live status and the version makes a finished or rescheduled
         timer a no-op (False) instead of a second read."""
         params = _finish_values(timer, fired_at, fired)
-        return self._run(self._uow.statements.finish_live.execute, params) == 1
+        return self._run_for(timer.case_id, self._uow.statements.finish_live.execute, params) == 1
 
     def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
-        self._run(self._uow.statements.finish_live.defer_many, [_finish_values(timer, fired_at)])
+        finish = self._uow.statements.finish_live.defer_many
+        self._run_for(timer.case_id, finish, [_finish_values(timer, fired_at)])
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
@@ -1203,6 +1220,12 @@ if _CASE_KEYS != (
     "outbound_tracking_no",
 ):  # fmt: skip
     raise RuntimeError("the cases columns changed: update _case_from_row")
+
+
+def _id_of(case: Case) -> int:
+    """The id of a case read from the database (always set there)."""
+    assert case.id is not None
+    return case.id
 
 
 def _case_from_row(row: Sequence[Any]) -> Case:

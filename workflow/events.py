@@ -757,11 +757,17 @@ class EventService:
         if len(raws) == 1:
             return [self.ingest(raws[0])]
         results: list[IngestResult] = []
+        parsed = [_parse(raw) for raw in raws]
         try:
             with self._uow() as uow:
-                for raw in raws:
+                # One read for the cases the events name by id, with their live timers. Each
+                # copy serves the first event of its case; a later one reads the case again.
+                named = uow.cases.get_many(
+                    [p[0].case_id for p in parsed if isinstance(p, tuple) and p[0].case_id]
+                )
+                for raw, parse in zip(raws, parsed, strict=True):
                     try:
-                        results.append(self._apply_in_batch(uow, raw))
+                        results.append(self._apply_in_batch(uow, raw, parse, named))
                     except _Held:
                         break
                 uow.commit()
@@ -774,21 +780,29 @@ class EventService:
             self._cases.outbox_written()
         return results
 
-    def _apply_in_batch(self, uow: UnitOfWork, raw: Any) -> IngestResult:
-        try:
-            envelope, document = parse_envelope(raw)
-        except InvalidInput as error:
-            return self._letter_in(uow, as_document(raw), _Refused(error))
+    def _apply_in_batch(
+        self,
+        uow: UnitOfWork,
+        raw: Any,
+        parsed: tuple[Envelope, dict[str, Any]] | InvalidInput,
+        named: dict[int, Case],
+    ) -> IngestResult:
+        if isinstance(parsed, InvalidInput):
+            return self._letter_in(uow, as_document(raw), _Refused(parsed))
+        envelope, document = parsed
         try:
             with uow.savepoint():
-                return self._apply(uow, envelope)
+                return self._apply(uow, envelope, named)
         except _Refused as refused:
             return self._letter_in(uow, document, refused, envelope)
         except Conflict:
             raise _Held() from None
 
-    def _apply(self, uow: UnitOfWork, envelope: Envelope) -> IngestResult:
+    def _apply(
+        self, uow: UnitOfWork, envelope: Envelope, named: dict[int, Case] | None = None
+    ) -> IngestResult:
         """Resolve, record, plan and fire ``envelope`` in ``uow``; the caller commits.
+        ``named``: cases read before in ``uow``, by id; the one used is taken out.
 
         Raises ``_Refused`` for an event that cannot apply (the caller rolls back what this
         wrote and keeps a dead letter instead) and ``Conflict`` when a concurrent transition
@@ -800,7 +814,7 @@ class EventService:
         # case since. It commits with the transition (or the acknowledgement) it led to; on
         # PostgreSQL a concurrent delivery of the same event waits on it, then sees it.
         try:
-            case = _resolve(uow, envelope)
+            case = _resolve(uow, envelope, named)
         except Conflict:
             # An earlier write of the batch lost its race and surfaced at this read.
             raise
@@ -997,10 +1011,20 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _resolve(uow: UnitOfWork, envelope: Envelope) -> Case:
-    """The one case the envelope names: by id, else by parcel, else the order's open case."""
+def _parse(raw: Any) -> tuple[Envelope, dict[str, Any]] | InvalidInput:
+    try:
+        return parse_envelope(raw)
+    except InvalidInput as error:
+        return error
+
+
+def _resolve(uow: UnitOfWork, envelope: Envelope, named: dict[int, Case] | None = None) -> Case:
+    """The one case the envelope names: by id, else by parcel, else the order's open case.
+    ``named``: cases read before in ``uow``; the one used is taken out (it is about to change)."""
     if envelope.case_id is not None:
-        case = uow.cases.get(envelope.case_id)
+        case = named.pop(envelope.case_id, None) if named else None
+        if case is None:
+            case = uow.cases.get(envelope.case_id)
         if case is None:
             raise NotFound(f"no case {envelope.case_id}")
         if envelope.order_id is not None and envelope.order_id != case.order_id:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
 from persistence.db import dispose_engine, make_engine, normalize_url
+from persistence.fastsql import Checkout
 from persistence.migrate import upgrade
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.model import Case, Item, Payment
@@ -132,3 +133,18 @@ def analyze(engine: Engine, table: str) -> None:
     else:
         with engine.begin() as connection:
             connection.execute(sa.text("ANALYZE"))
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement run on a ``Checkout`` from now on (deferred writes count
+    when they are sent)."""
+    sent: list[str] = []
+    real_run = Checkout.run
+
+    def counted(self: Checkout, sql: str, parameters: object, many: bool = False) -> object:
+        sent.append(sql)
+        return real_run(self, sql, parameters, many)
+
+    monkeypatch.setattr(Checkout, "run", counted)
+    return sent

@@ -521,3 +521,21 @@ def test_a_timer_whose_case_moves_before_its_write_sends_the_batch_one_by_one(
     assert [by_case[c].fired for c in cases] == [True, False, True]
     assert triggers(service, cases[0]) == triggers(service, cases[2]) == ["submit", "auto_approve"]
     assert triggers(service, cases[1]) == ["submit", "approve"]
+
+
+def test_a_batch_reads_the_cases_its_events_name_in_one_statement(
+    events: EventService, service: CaseService, statements: list[str]
+) -> None:
+    # given five submitted cases and a batch approving each, then picking up the first
+    cases = submitted(service, 5)
+    statements.clear()
+    batch = [approve(f"a-{n}", case_id) for n, case_id in enumerate(cases)]
+    batch.append(envelope("p-0", "parcel.picked_up", cases[0], tracking_no="SF0"))
+    results = events.ingest_many(batch)
+    batch_reads = len([sql for sql in statements if sql.startswith("SELECT cases.")])
+
+    # then every event applied, in order (the pickup saw the approval before it)
+    assert [r.status for r in results] == [IngestStatus.APPLIED] * 6
+    assert triggers(service, cases[0]) == ["submit", "approve", "record_pickup"]
+    # with one read for the batch, and one more for the case met a second time
+    assert batch_reads == 2

@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from persistence.fastsql import Checkout
 from persistence.tables import outbox, timers
 from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.errors import Conflict, PolicyRefusal
@@ -430,21 +429,14 @@ def test_reschedule_moves_the_deadline(
 
 
 def test_a_case_is_read_with_its_live_timer_in_one_statement(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, monkeypatch: pytest.MonkeyPatch
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, statements: list[str]
 ) -> None:
     with_timer, without = _stored(uow_factory, new_case(), new_case(order_id="o-2"))
     timer = _timer(with_timer, T0)
     with uow_factory() as uow:
         uow.timers.arm(timer)
         uow.commit()
-    statements: list[str] = []
-    real_run = Checkout.run
-
-    def counted(self: Checkout, sql: str, parameters: object, many: bool = False) -> object:
-        statements.append(sql)
-        return real_run(self, sql, parameters, many)
-
-    monkeypatch.setattr(Checkout, "run", counted)
+    statements.clear()
     with uow_factory() as uow:
         # given each case read, one statement each
         assert uow.cases.get(with_timer) is not None and uow.cases.get(without) is not None
@@ -461,6 +453,36 @@ def test_a_case_is_read_with_its_live_timer_in_one_statement(
         uow.timers.arm(fresh)
         rearmed = uow.timers.pending(without)
         assert rearmed is not None and rearmed.id == fresh.id
+
+
+def test_a_batch_of_cases_is_read_with_their_live_timers_and_a_write_forgets_only_its_case(
+    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, statements: list[str]
+) -> None:
+    first, second, third = _stored(
+        uow_factory, new_case(), new_case(order_id="o-2"), new_case(order_id="o-3")
+    )
+    timers = {case_id: _timer(case_id, T0) for case_id in (first, second)}
+    with uow_factory() as uow:
+        for timer in timers.values():
+            uow.timers.arm(timer)
+        uow.commit()
+    statements.clear()
+    with uow_factory() as uow:
+        # given the three cases read in one statement
+        assert sorted(uow.cases.get_many([third, first, second, first])) == [first, second, third]
+        assert len(statements) == 1
+        # then their live timers come with them
+        for case_id, timer in timers.items():
+            pending = uow.timers.pending(case_id)
+            assert pending is not None and pending.id == timer.id
+        assert uow.timers.pending(third) is None
+        assert len(statements) == 1
+        # and a write to one case's timers makes only that case's be read again
+        uow.timers.disarm(first)
+        assert uow.timers.pending(first) is None
+        read_again = len(statements)
+        assert uow.timers.pending(second) is not None and uow.timers.pending(third) is None
+        assert len(statements) == read_again
 
 
 # -- outbox ---------------------------------------------------------------------------------
