@@ -117,12 +117,13 @@ class Checkout:
         """Execute inside the transaction (begun first if needed); returns the cursor."""
         if self._queued:
             return self._send_queued(lambda: _send(self._cursor, sql, parameters, many), sql)
-        cursor = self._cursor if self._begun else self._begin()
+        if self._begun:
+            cursor, send = self._cursor, _send
+        else:
+            cursor = self._begin()
+            send = self._send_with_begin if self._pipelines else _send
         try:
-            if many:
-                cursor.executemany(sql, parameters)
-            else:
-                cursor.execute(sql, parameters)
+            send(cursor, sql, parameters, many)
         except self._dbapi_error as exc:
             cursor = self._retry(exc, cursor, sql, parameters, many)
         self._fresh = False
@@ -151,6 +152,27 @@ class Checkout:
 
     def _deferring(self) -> bool:
         return self._pipelines and not self._fresh and self._begun and self._connection is None
+
+    def _send_with_begin(self, cursor: Any, sql: str, parameters: Any, many: bool) -> None:
+        """A transaction's first statement, with the BEGIN in one pipeline: one round trip.
+
+        psycopg sends its own BEGIN before the first statement and waits for it. It does not
+        when ``_autocommit`` is set (``BaseConnection._start_query``); every later statement,
+        the commit and the rollback go by the server's transaction status, which our BEGIN
+        sets, so the flag is only held for this call. A driver without that attribute gets
+        the plain path (tests/integration/test_sql_fastsql.py checks which one runs)."""
+        connection = cursor.connection
+        begin = getattr(connection, "_get_tx_start_command", None)
+        if begin is None or connection.autocommit or not hasattr(connection, "_autocommit"):
+            _send(cursor, sql, parameters, many)
+            return
+        connection._autocommit = True
+        try:
+            with connection.pipeline():
+                self._write_cursor().execute(begin())
+                _send(cursor, sql, parameters, many)
+        finally:
+            connection._autocommit = False
 
     def _send_queued(self, then: Callable[[], None], what: str) -> Any:
         """Send the deferred writes and ``then`` in one pipeline, then check the checked ones;

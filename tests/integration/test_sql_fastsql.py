@@ -600,3 +600,47 @@ def test_only_a_rollback_to_a_savepoint_taken_before_the_miss_lifts_the_doom(
         with pytest.raises(_Missed):
             checkout.commit()
     assert _notes(engine) == ["first", "kept"]
+
+
+# -- the transaction's BEGIN, sent with its first statement (PostgreSQL) ---------------------------
+
+
+def test_the_begin_goes_out_with_the_first_statement_and_opens_the_transaction(
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has no round trips; BEGIN IMMEDIATE is tested above")
+    import psycopg
+
+    pipelines: list[int] = []
+    real_pipeline = psycopg.Connection.pipeline
+
+    def counted(self: Any) -> Any:
+        pipelines.append(1)
+        return real_pipeline(self)
+
+    monkeypatch.setattr(psycopg.Connection, "pipeline", counted)
+    notices: list[str] = []
+    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        dbapi: Any = checkout._live_fairy().dbapi_connection
+        dbapi.add_notice_handler(lambda notice: notices.append(notice.message_primary))
+        marks.execute(checkout, {"id": 1, "note": "first statement"})
+        # one pipeline, our BEGIN and the statement: the driver's own BEGIN would be a round
+        # trip of its own, and two BEGINs a server warning
+        assert pipelines == [1]
+        assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert not dbapi.autocommit
+        assert count.rows(checkout, {}) == [[1]]
+        uow.rollback()  # the first statement's write was inside the transaction
+    assert _notes(engine) == []
+    with uow_factory() as uow:
+        marks.execute(_checkout(uow), {"id": 2, "note": "committed"})
+        uow.commit()
+    assert _notes(engine) == ["committed"]
+    assert notices == []
