@@ -7,8 +7,12 @@ worker: to its main process with everything it started (``killpg``: the prefork 
 messages it holds unacknowledged die with it), or to one of its prefork children (the main
 process replaces it). A supervisor thread starts a killed worker again at once, as systemd
 would. One stand-alone beat. When the planned waves are done and fewer than ``--kills`` kills
-have landed, more waves run. Events are sent once and never again: a lost message would leave
-its case stuck, and the run fails.
+have landed, more waves run. By default events are sent once and never again: a lost message
+would leave its case stuck, and the run fails. kombu's Redis transport can lose a message taken
+by a worker main process killed at the wrong instant (BRPOP, then the unacked record: see
+docs/workers.md); ``--resend-after S`` runs the producer contract of docs/events.md instead
+(an event whose case has not moved S seconds later is sent again), and the summary counts the
+events sent again.
 
 At the end, ``chaos_common.verify``: every case terminal, no refund paid twice and each equal to
 what its case records, the log contiguous and replaying to each case's state, every timer fired
@@ -92,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         "--kill-every", type=float, nargs=2, default=(1.5, 4.5), metavar=("MIN", "MAX")
     )
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--resend-after",
+        type=float,
+        default=0.0,
+        help="send again an event whose case has not moved this many seconds later (0: never)",
+    )
     args = parser.parse_args(argv)
 
     console = support.console()
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             run,
             args.cases,
             args.waves,
-            chaos.Flood(),
+            chaos.Flood(resend_after_s=args.resend_after),
             rng,
             lambda done, total: bars.update(terminal, completed=done, total=total),
         )
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("workers started again by the supervisor", str(supervisor.restarts)),
         ("waves (clock jumps)", f"{driver.stats.waves} ({driver.stats.jumps})"),
-        ("events sent", str(driver.stats.events)),
+        ("events sent (sent again)", f"{driver.stats.events} ({driver.stats.resent})"),
         *chaos.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
         ("load average before / after", f"{load_before} / {load_after}"),
@@ -161,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"SUMMARY chaos_kill: {'PASS' if ok else 'FAIL'}; kills={killer.stats.total} "
         f"(main {killer.stats.main}, child {killer.stats.children}) restarts={supervisor.restarts} "
+        f"events={driver.stats.events} resent={driver.stats.resent} "
         f"{found.summary()} in {elapsed:.0f} s, load {load_after}"
     )
     return 0 if ok else 1
