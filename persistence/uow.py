@@ -348,6 +348,28 @@ def _record_event(dialect: Dialect) -> sa.Insert:
     return statement
 
 
+def _record_event_reading_case(dialect: Dialect) -> sa.Select[Any]:
+    """PostgreSQL: ``_record_event`` and ``select_case_and_timer`` in one statement, one row
+    always: (1 if recorded else 0, the case's columns or NULLs, its live timer's or NULLs).
+    The INSERT runs whatever the SELECT finds (a data-modifying WITH always runs to the end)."""
+    recorded = (
+        _record_event(dialect)
+        .values(
+            source=sa.bindparam("source"),
+            event_id=sa.bindparam("event_id"),
+            case_id=sa.bindparam("case_id"),
+            received_at=sa.bindparam("received_at"),
+        )
+        .returning(inbound_events.c.event_id)
+        .cte("recorded")
+    )
+    counted = sa.select(sa.func.count().label("recorded")).select_from(recorded).subquery("r")
+    read = counted.outerjoin(cases, cases.c.id == sa.bindparam("read_case_id")).outerjoin(
+        timers, sa.and_(timers.c.case_id == cases.c.id, _LIVE)
+    )
+    return sa.select(counted.c.recorded, cases, timers).select_from(read)
+
+
 def _store_dead_letter(dialect: Dialect) -> sa.Insert:
     # NULLs are distinct in the unique constraint: letters without an event id always insert.
     insert = _upsert(dead_letters, dialect)
@@ -413,6 +435,10 @@ class _Statements:
         self.oldest_pending = select(_OLDEST_PENDING)
         self.record_event = write(
             _record_event(dialect), "source", "event_id", "case_id", "received_at"
+        )
+        # PostgreSQL only: SQLite has no INSERT inside WITH.
+        self.record_event_reading_case = (
+            select(_record_event_reading_case(dialect)) if dialect.name == "postgresql" else None
         )
         self.store_dead_letter = Prepared(
             _store_dead_letter(dialect),
@@ -1050,6 +1076,26 @@ class SqlEventStore(_Store):
     def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
         params = {"source": source, "event_id": event_id, "case_id": case_id, "received_at": at}
         return self._run(self._uow.statements.record_event.execute, params) == 1
+
+    def record_reading_case(
+        self, source: str, event_id: str, case_id: int, at: datetime
+    ) -> tuple[bool, Case | None]:
+        uow = self._uow
+        if uow.dialect_name != "postgresql":
+            # SQLite: no INSERT inside WITH, and no round trips to save.
+            return self.record(source, event_id, case_id, at), uow._cases.get(case_id)
+        params = {
+            "source": source,
+            "event_id": event_id,
+            "case_id": case_id,
+            "received_at": at,
+            "read_case_id": case_id,
+        }
+        statement = uow.statements.record_event_reading_case
+        assert statement is not None
+        row = self._run(statement.first, params)
+        assert row is not None  # one row always
+        return row[0] == 1, uow._cases._with_timer(row[1:]) if row[1] is not None else None
 
     def dead_letter(self, letter: DeadLetter) -> int:
         """Insert, or for a known (source, event_id) count one more attempt and keep the newest

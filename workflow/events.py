@@ -813,17 +813,28 @@ class EventService:
         # The record comes first: a redelivered event is a duplicate whatever happened to its
         # case since. It commits with the transition (or the acknowledgement) it led to; on
         # PostgreSQL a concurrent delivery of the same event waits on it, then sees it.
+        recorded: bool | None = None
+        named_id = envelope.case_id
+        if named_id is not None and not (named and named_id in named):
+            # The record and the read of the case the event names, in one statement. When the
+            # event is refused below, the record goes with the rollback, as it always did.
+            recorded, read = uow.events.record_reading_case(source, event_id, named_id, now)
+            named = {named_id: read} if read is not None else None
         try:
             case = _resolve(uow, envelope, named)
         except Conflict:
             # An earlier write of the batch lost its race and surfaced at this read.
             raise
         except AftersalesError as error:
-            if not uow.events.record(source, event_id, None, now):
+            if recorded is None:
+                recorded = uow.events.record(source, event_id, None, now)
+            if not recorded:
                 return self._result(envelope, IngestStatus.DUPLICATE)
             raise _Refused(error) from None
         assert case.id is not None
-        if not uow.events.record(source, event_id, case.id, now):
+        if recorded is None:
+            recorded = uow.events.record(source, event_id, case.id, now)
+        if not recorded:
             return self._result(envelope, IngestStatus.DUPLICATE, case)
         try:
             decided = plan(envelope, case)

@@ -367,6 +367,12 @@ class InMemoryEventStore:
         self._db.inbound_events[(source, event_id)] = (case_id, at)
         return True
 
+    def record_reading_case(
+        self, source: str, event_id: str, case_id: int, at: datetime
+    ) -> tuple[bool, Case | None]:
+        case = self._db.cases.get(case_id)
+        return self.record(source, event_id, case_id, at), copy.deepcopy(case)
+
     def dead_letter(self, letter: DeadLetter) -> int:
         """As the SQL one: a known (source, event_id) counts one more attempt and takes the new
         reason, code and envelope; its status and ``received_at`` stay."""

@@ -206,6 +206,13 @@ class EventStore(Protocol):
         """Remember the event in this transaction; False if (source, event_id) was seen."""
         ...
 
+    def record_reading_case(
+        self, source: str, event_id: str, case_id: int, at: datetime
+    ) -> tuple[bool, Case | None]:
+        """``record`` the event for the case it names, and read that case (with its live
+        timer, as ``CaseRepository.get``): one round trip where the store can."""
+        ...
+
     def dead_letter(self, letter: DeadLetter) -> int:
         """Store (or, for a known (source, event_id), update attempts and reason) and return
         the id."""

@@ -485,6 +485,34 @@ def test_a_batch_of_cases_is_read_with_their_live_timers_and_a_write_forgets_onl
         assert len(statements) == read_again
 
 
+def test_an_event_is_recorded_and_its_case_read_in_one_statement(
+    backend: str, uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, statements: list[str]
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    timer = _timer(case_id, T0)
+    with uow_factory() as uow:
+        uow.timers.arm(timer)
+        uow.commit()
+    statements.clear()
+    with uow_factory() as uow:
+        # a new event: recorded, and its case read with the live timer
+        recorded, case = uow.events.record_reading_case("sf", "e-1", case_id, T0)
+        assert recorded and case is not None and case.id == case_id
+        if backend == "postgres":
+            assert len(statements) == 1 and statements[0].startswith("WITH ")
+        pending = uow.timers.pending(case_id)
+        assert pending is not None and pending.id == timer.id
+        # the same event again: not recorded, the case still read
+        again, case_again = uow.events.record_reading_case("sf", "e-1", case_id, T0)
+        assert not again and case_again is not None and case_again.id == case_id
+        # an event naming an unknown case is recorded all the same (the caller decides)
+        assert uow.events.record_reading_case("sf", "e-2", 10_000, T0) == (True, None)
+        uow.commit()
+    with uow_factory() as uow:
+        assert not uow.events.record("sf", "e-1", case_id, T0)
+        assert not uow.events.record("sf", "e-2", None, T0)
+
+
 # -- outbox ---------------------------------------------------------------------------------
 
 
