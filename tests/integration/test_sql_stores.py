@@ -428,14 +428,21 @@ def test_reschedule_moves_the_deadline(
             uow.timers.reschedule(10_000, T0, version=1)
 
 
+def _armed(uow_factory: SqlUnitOfWorkFactory, *case_ids: int) -> list[Timer]:
+    """A live timer, due at T0, stored for each case."""
+    timers = [_timer(case_id, T0) for case_id in case_ids]
+    with uow_factory() as uow:
+        for timer in timers:
+            uow.timers.arm(timer)
+        uow.commit()
+    return timers
+
+
 def test_a_case_is_read_with_its_live_timer_in_one_statement(
     uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, statements: list[str]
 ) -> None:
     with_timer, without = _stored(uow_factory, new_case(), new_case(order_id="o-2"))
-    timer = _timer(with_timer, T0)
-    with uow_factory() as uow:
-        uow.timers.arm(timer)
-        uow.commit()
+    [timer] = _armed(uow_factory, with_timer)
     statements.clear()
     with uow_factory() as uow:
         # given each case read, one statement each
@@ -461,11 +468,7 @@ def test_a_batch_of_cases_is_read_with_their_live_timers_and_a_write_forgets_onl
     first, second, third = _stored(
         uow_factory, new_case(), new_case(order_id="o-2"), new_case(order_id="o-3")
     )
-    timers = {case_id: _timer(case_id, T0) for case_id in (first, second)}
-    with uow_factory() as uow:
-        for timer in timers.values():
-            uow.timers.arm(timer)
-        uow.commit()
+    timers = dict(zip((first, second), _armed(uow_factory, first, second), strict=True))
     statements.clear()
     with uow_factory() as uow:
         # given the three cases read in one statement
@@ -489,10 +492,7 @@ def test_an_event_is_recorded_and_its_case_read_in_one_statement(
     backend: str, uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, statements: list[str]
 ) -> None:
     [case_id] = _stored(uow_factory, new_case())
-    timer = _timer(case_id, T0)
-    with uow_factory() as uow:
-        uow.timers.arm(timer)
-        uow.commit()
+    [timer] = _armed(uow_factory, case_id)
     statements.clear()
     with uow_factory() as uow:
         # a new event: recorded, and its case read with the live timer
