@@ -62,7 +62,8 @@ def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -
     postgres = database.backend == "postgres"
     dbapi = uow.connection.connection.dbapi_connection
     assert dbapi is not None
-    select_case = uow.statements.select_case
+    # What ``uow.cases.get`` runs: the case with its live timer.
+    select_case = uow.statements.select_case_and_timer
     params: dict[str, int] | tuple[int] = {"case_id": case_id} if postgres else (case_id,)
     reused = dbapi.cursor()
     details = 23  # the column's position in the case row

@@ -116,7 +116,6 @@ _TIMER_KEYS = tuple(column.key for column in timers.columns)
 _OUTBOX_KEYS = tuple(column.key for column in outbox.columns)
 _DEAD_LETTER_KEYS = tuple(column.key for column in dead_letters.columns)
 
-_SELECT_CASE = sa.select(cases).where(cases.c.id == sa.bindparam("case_id"))
 _SELECT_CASE_BY_KEY = sa.select(cases).where(cases.c.submission_key == sa.bindparam("key"))
 # WHERE parameters must not share a name with a column the statement sets.
 _UPDATE_CASE = sa.update(cases).where(
@@ -174,8 +173,9 @@ _SELECT_LOG_BY_KEY = _SELECT_LOG.where(transitions.c.idempotency_key == sa.bindp
 _SELECT_LIVE_TIMER = sa.select(timers).where(timers.c.case_id == sa.bindparam("case_id"), _LIVE)
 # A case with its live timer (if any) in one read: a transition needs both, so reading the timer
 # with the case saves a round trip per transition (``SqlTimerStore.pending`` answers from it).
+_LIVE_TIMER_OF_CASE = sa.and_(timers.c.case_id == cases.c.id, _LIVE)
 _CASES_AND_TIMERS = sa.select(cases, timers).select_from(
-    cases.outerjoin(timers, sa.and_(timers.c.case_id == cases.c.id, _LIVE))
+    cases.outerjoin(timers, _LIVE_TIMER_OF_CASE)
 )
 _SELECT_CASE_AND_TIMER = _CASES_AND_TIMERS.where(cases.c.id == sa.bindparam("case_id"))
 _CASE_WIDTH = len(cases.columns)
@@ -365,7 +365,7 @@ def _record_event_reading_case(dialect: Dialect) -> sa.Select[Any]:
     )
     counted = sa.select(sa.func.count().label("recorded")).select_from(recorded).subquery("r")
     read = counted.outerjoin(cases, cases.c.id == sa.bindparam("read_case_id")).outerjoin(
-        timers, sa.and_(timers.c.case_id == cases.c.id, _LIVE)
+        timers, _LIVE_TIMER_OF_CASE
     )
     return sa.select(counted.c.recorded, cases, timers).select_from(read)
 
@@ -395,7 +395,6 @@ class _Statements:
         def write(statement: ClauseElement, *column_keys: str) -> Prepared:
             return Prepared(statement, dialect, column_keys=column_keys)
 
-        self.select_case = select(_SELECT_CASE)
         self.select_case_by_key = select(_SELECT_CASE_BY_KEY)
         self.select_open_cases_of_order = select(_SELECT_OPEN_CASES_OF_ORDER)
         self.select_cases_by_tracking_no = select(_SELECT_CASES_BY_TRACKING_NO)
@@ -749,11 +748,13 @@ class SqlCaseRepository(_Store):
 
     def save_checked(self, case: Case, expected_version: int) -> None:
         values = self._save_values(case, expected_version)
-        message = f"case {case.id} was changed by another transition; reload and retry"
         update = self._uow.statements.update_case
 
+        def miss() -> Exception:
+            return Conflict(f"case {case.id} was changed by another transition; reload and retry")
+
         def write(checkout: Checkout, params: dict[str, Any]) -> None:
-            update.defer_checked(checkout, params, 1, lambda: Conflict(message))
+            update.defer_checked(checkout, params, 1, miss)
 
         self._run(write, values)
 

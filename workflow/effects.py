@@ -433,7 +433,7 @@ class EffectService:
         """Tell the people concerned; each delivery keyed ``notify-{entry}-{recipient}``."""
         messages = self._notices(entry)
         for recipient, message in messages:
-            self.notifier.send(recipient, entry.topic, message, f"notify-{entry.id}-{recipient}")
+            self.notifier.send(recipient, entry.topic, message, _notice_key(entry, recipient))
         return self._sent(entry, messages)
 
     def notify_many(self, entries: Sequence[OutboxEntry]) -> list[EffectResult]:
@@ -446,7 +446,7 @@ class EffectService:
                 raise ValueError(f"entry {entry.id}: {entry.topic} is not a notice")
             notices.append((entry, self._notices(entry)))
         deliveries = [
-            Delivery(recipient, entry.topic, message, f"notify-{entry.id}-{recipient}")
+            Delivery(recipient, entry.topic, message, _notice_key(entry, recipient))
             for entry, messages in notices
             for recipient, message in messages
         ]
@@ -535,6 +535,12 @@ class EffectService:
 
 
 _NOTICES = frozenset({CASE_TRANSITIONED, BANK_ACCOUNT_REQUESTED, DISPUTE_OPENED, REFUND_PARKED})
+
+
+def _notice_key(entry: OutboxEntry, recipient: str) -> str:
+    """The notifier's key for one notice: the same from ``notify`` and ``notify_many``, so an
+    entry sent both ways is delivered once."""
+    return f"notify-{entry.id}-{recipient}"
 
 
 def _stale_refund(case: Case, key: str | None) -> str | None:

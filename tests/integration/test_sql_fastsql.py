@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -379,6 +381,12 @@ def marks(engine: Engine) -> Iterator[Prepared]:
         connection.exec_driver_sql("DROP TABLE deferred_marks")
 
 
+@pytest.fixture
+def count_marks(engine: Engine) -> Prepared:
+    """How many marks there are, as the transaction in hand sees it."""
+    return Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
+
+
 def _notes(engine: Engine) -> list[str]:
     with engine.connect() as connection:
         rows = connection.exec_driver_sql("SELECT note FROM deferred_marks ORDER BY id")
@@ -391,15 +399,14 @@ def _checkout(uow: Any) -> Checkout:
 
 
 def test_a_deferred_write_is_seen_by_the_next_statement_and_committed(
-    engine: Engine, uow_factory: SqlUnitOfWorkFactory, marks: Prepared
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory, marks: Prepared, count_marks: Prepared
 ) -> None:
-    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
     with uow_factory() as uow:
         checkout = _checkout(uow)
-        assert count.rows(checkout, {}) == [[0]]  # the transaction's first statement runs now
+        assert count_marks.rows(checkout, {}) == [[0]]  # the transaction's first statement runs now
         marks.defer_many(checkout, [{"id": 1, "note": "a"}, {"id": 2, "note": "b"}])
         marks.defer_many(checkout, [{"id": 3, "note": "c"}])
-        assert count.rows(checkout, {}) == [[3]]
+        assert count_marks.rows(checkout, {}) == [[3]]
         marks.defer_many(checkout, [{"id": 4, "note": "d"}])
         uow.commit()  # the last one goes with the COMMIT
     assert _notes(engine) == ["a", "b", "c", "d"]
@@ -422,9 +429,12 @@ def test_a_failed_deferred_write_surfaces_at_the_commit_and_commits_nothing(
 
 
 def test_a_failed_deferred_write_surfaces_at_the_next_statement(
-    backend: str, engine: Engine, uow_factory: SqlUnitOfWorkFactory, marks: Prepared
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    count_marks: Prepared,
 ) -> None:
-    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
     with uow_factory() as uow:
         checkout = _checkout(uow)
         marks.execute(checkout, {"id": 1, "note": "first"})
@@ -436,14 +446,14 @@ def test_a_failed_deferred_write_surfaces_at_the_next_statement(
             return
         marks.defer_many(checkout, [{"id": 1, "note": "duplicate"}])
         with pytest.raises(sa.exc.IntegrityError) as raised:
-            count.rows(checkout, {})
+            count_marks.rows(checkout, {})
         assert raised.value.deferred_write  # type: ignore[attr-defined]
         assert "deferred_marks" in str(raised.value.statement)
     assert _notes(engine) == []
 
 
 def test_a_savepoint_whose_writes_were_not_sent_is_rolled_back_by_forgetting_them(
-    engine: Engine, uow_factory: SqlUnitOfWorkFactory, marks: Prepared
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory, marks: Prepared, count_marks: Prepared
 ) -> None:
     with uow_factory() as uow:
         checkout = _checkout(uow)
@@ -453,10 +463,9 @@ def test_a_savepoint_whose_writes_were_not_sent_is_rolled_back_by_forgetting_the
             raise LookupError("the item is refused")
         with checkout.savepoint(release=False):
             marks.defer_many(checkout, [{"id": 3, "note": "kept"}])
-        count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
         with pytest.raises(LookupError), checkout.savepoint(release=False):
             marks.defer_many(checkout, [{"id": 4, "note": "sent, then undone"}])
-            assert count.rows(checkout, {}) == [[3]]  # the SAVEPOINT and the write went out
+            assert count_marks.rows(checkout, {}) == [[3]]  # the SAVEPOINT and the write went out
             raise LookupError("refused after a read")
         uow.commit()
     assert _notes(engine) == ["before", "kept"]
@@ -488,118 +497,118 @@ class _Missed(Exception):
     pass
 
 
+_MISS = {"mark_id": 1, "was": "not the note", "note": "never"}
+
+
+@dataclass
+class _Marks:
+    """The marks table's statements, and a unit of work that wrote the first mark."""
+
+    backend: str
+    engine: Engine
+    uow_factory: SqlUnitOfWorkFactory
+    insert: Prepared
+    #: A compare-and-set on a mark: its note, only if it is still the expected one.
+    renote: Prepared
+    count: Prepared
+
+    @contextmanager
+    def first(self, note: str = "first", mark_id: int = 1) -> Iterator[tuple[Any, Checkout]]:
+        with self.uow_factory() as uow:
+            checkout = _checkout(uow)
+            self.insert.execute(checkout, {"id": mark_id, "note": note})
+            yield uow, checkout
+
+    def notes(self) -> list[str]:
+        return _notes(self.engine)
+
+    def only_postgresql(self) -> None:
+        if self.backend == "sqlite":
+            pytest.skip("SQLite runs a checked write at once (the previous test shows it)")
+
+
 @pytest.fixture
-def renote(engine: Engine, marks: Prepared) -> Prepared:
-    """A compare-and-set on a mark: its note, only if it is still the expected one."""
-    return Prepared(
+def checked(
+    backend: str,
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
+    marks: Prepared,
+    count_marks: Prepared,
+) -> _Marks:
+    renote = Prepared(
         sa.update(_MARKS)
         .where(_MARKS.c.id == sa.bindparam("mark_id"), _MARKS.c.note == sa.bindparam("was"))
         .values(note=sa.bindparam("note")),
         engine.dialect,
     )
+    return _Marks(backend, engine, uow_factory, marks, renote, count_marks)
 
 
-_MISS = {"mark_id": 1, "was": "not the note", "note": "never"}
-
-
-def _only_postgresql(backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite runs a checked write at once (the previous test shows it)")
-
-
-def test_a_checked_write_that_hits_commits_and_one_that_misses_raises(
-    backend: str,
-    engine: Engine,
-    uow_factory: SqlUnitOfWorkFactory,
-    marks: Prepared,
-    renote: Prepared,
-) -> None:
-    with uow_factory() as uow:
-        checkout = _checkout(uow)
-        marks.execute(checkout, {"id": 1, "note": "first"})
-        renote.defer_checked(checkout, {"mark_id": 1, "was": "first", "note": "second"}, 1, _Missed)
-        if backend == "sqlite":
+def test_a_checked_write_that_hits_commits_and_one_that_misses_raises(checked: _Marks) -> None:
+    with checked.first() as (uow, checkout):
+        hit = {"mark_id": 1, "was": "first", "note": "second"}
+        checked.renote.defer_checked(checkout, hit, 1, _Missed)
+        if checked.backend == "sqlite":
             # SQLite runs it at once: the miss is raised by the call, having written nothing
             with pytest.raises(_Missed):
-                renote.defer_checked(checkout, _MISS, 1, _Missed)
+                checked.renote.defer_checked(checkout, _MISS, 1, _Missed)
         uow.commit()
-    assert _notes(engine) == ["second"]
+    assert checked.notes() == ["second"]
 
 
 def test_a_checked_write_that_misses_fails_the_next_statement_and_the_commit(
-    backend: str,
-    engine: Engine,
-    uow_factory: SqlUnitOfWorkFactory,
-    marks: Prepared,
-    renote: Prepared,
+    checked: _Marks,
 ) -> None:
-    _only_postgresql(backend)
-    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
-    with uow_factory() as uow:
-        checkout = _checkout(uow)
-        marks.execute(checkout, {"id": 1, "note": "first"})
-        renote.defer_checked(checkout, _MISS, 1, _Missed)
-        marks.defer_many(checkout, [{"id": 2, "note": "written after the miss"}])
+    checked.only_postgresql()
+    with checked.first() as (_, checkout):
+        checked.renote.defer_checked(checkout, _MISS, 1, _Missed)
+        checked.insert.defer_many(checkout, [{"id": 2, "note": "written after the miss"}])
         # the next statement that needs an answer raises the miss
         with pytest.raises(_Missed):
-            count.rows(checkout, {})
+            checked.count.rows(checkout, {})
         # and the commit raises it again, committing nothing
         with pytest.raises(_Missed):
             checkout.commit()
-    assert _notes(engine) == []
+    assert checked.notes() == []
 
 
 def test_a_checked_write_still_queued_at_the_commit_is_checked_before_any_commit(
-    backend: str,
-    engine: Engine,
-    uow_factory: SqlUnitOfWorkFactory,
-    marks: Prepared,
-    renote: Prepared,
+    checked: _Marks,
 ) -> None:
-    _only_postgresql(backend)
-    with uow_factory() as uow:
-        checkout = _checkout(uow)
-        marks.execute(checkout, {"id": 1, "note": "first"})
-        marks.defer_many(checkout, [{"id": 2, "note": "second"}])
-        renote.defer_checked(checkout, _MISS, 1, _Missed)
+    checked.only_postgresql()
+    with checked.first() as (_, checkout):
+        checked.insert.defer_many(checkout, [{"id": 2, "note": "second"}])
+        checked.renote.defer_checked(checkout, _MISS, 1, _Missed)
         with pytest.raises(_Missed):
             checkout.commit()
-    assert _notes(engine) == []
+    assert checked.notes() == []
 
 
 def test_only_a_rollback_to_a_savepoint_taken_before_the_miss_lifts_the_doom(
-    backend: str,
-    engine: Engine,
-    uow_factory: SqlUnitOfWorkFactory,
-    marks: Prepared,
-    renote: Prepared,
+    checked: _Marks,
 ) -> None:
-    _only_postgresql(backend)
-    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
-    with uow_factory() as uow:
-        checkout = _checkout(uow)
-        marks.execute(checkout, {"id": 1, "note": "first"})
+    checked.only_postgresql()
+    insert, renote, count = checked.insert, checked.renote, checked.count
+    with checked.first() as (uow, checkout):
         # a miss inside a savepoint, found inside it: rolling that savepoint back undoes it
         with pytest.raises(_Missed), checkout.savepoint(release=False):
-            marks.defer_many(checkout, [{"id": 2, "note": "undone"}])
+            insert.defer_many(checkout, [{"id": 2, "note": "undone"}])
             renote.defer_checked(checkout, _MISS, 1, _Missed)
             count.rows(checkout, {})
-        marks.defer_many(checkout, [{"id": 3, "note": "kept"}])
+        insert.defer_many(checkout, [{"id": 3, "note": "kept"}])
         uow.commit()
-    assert _notes(engine) == ["first", "kept"]
-    with uow_factory() as uow:
-        checkout = _checkout(uow)
-        marks.execute(checkout, {"id": 4, "note": "second transaction"})
+    assert checked.notes() == ["first", "kept"]
+    with checked.first("second transaction", mark_id=4) as (_, checkout):
         # a miss in one savepoint, found in the next: rolling back the later one leaves the
         # miss's own writes in the transaction, so it stays doomed
         with checkout.savepoint(release=False):
-            marks.defer_many(checkout, [{"id": 5, "note": "with the miss"}])
+            insert.defer_many(checkout, [{"id": 5, "note": "with the miss"}])
             renote.defer_checked(checkout, _MISS, 1, _Missed)
         with pytest.raises(_Missed), checkout.savepoint(release=False):
             count.rows(checkout, {})
         with pytest.raises(_Missed):
             checkout.commit()
-    assert _notes(engine) == ["first", "kept"]
+    assert checked.notes() == ["first", "kept"]
 
 
 # -- the transaction's BEGIN, sent with its first statement (PostgreSQL) ---------------------------
@@ -611,6 +620,7 @@ def test_the_begin_goes_out_with_the_first_statement_and_opens_the_transaction(
     uow_factory: SqlUnitOfWorkFactory,
     marks: Prepared,
     monkeypatch: pytest.MonkeyPatch,
+    count_marks: Prepared,
 ) -> None:
     if backend == "sqlite":
         pytest.skip("SQLite has no round trips; BEGIN IMMEDIATE is tested above")
@@ -625,7 +635,6 @@ def test_the_begin_goes_out_with_the_first_statement_and_opens_the_transaction(
 
     monkeypatch.setattr(psycopg.Connection, "pipeline", counted)
     notices: list[str] = []
-    count = Prepared(sa.select(sa.func.count()).select_from(_MARKS), engine.dialect)
     with uow_factory() as uow:
         checkout = _checkout(uow)
         dbapi: Any = checkout._live_fairy().dbapi_connection
@@ -636,7 +645,7 @@ def test_the_begin_goes_out_with_the_first_statement_and_opens_the_transaction(
         assert pipelines == [1]
         assert dbapi.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         assert not dbapi.autocommit
-        assert count.rows(checkout, {}) == [[1]]
+        assert count_marks.rows(checkout, {}) == [[1]]
         uow.rollback()  # the first statement's write was inside the transaction
     assert _notes(engine) == []
     with uow_factory() as uow:
