@@ -542,6 +542,23 @@ class RedisServer:
             stderr=subprocess.STDOUT,
         )
 
+    def freeze_with_queued(self, queue: str) -> bool:
+        """Pause every write (``CLIENT PAUSE ... WRITE``: BRPOP and LPUSH wait, reads go on) and
+        say whether messages are waiting in ``queue`` (its Redis key, with the broker's key
+        prefix); unpaused again if none are. A frozen
+        server keeps its queue until ``shutdown_nosave``: no worker can drain it in between."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=2)
+        try:
+            client.execute_command("CLIENT", "PAUSE", int(DEADLINE_S * 1000), "WRITE")
+            # kombu keeps a list per priority step: the queue's own name and name + separator.
+            keys = [queue, *client.scan_iter(match=f"{queue}\x06\x16*")]
+            if sum(int(client.llen(key)) for key in keys) > 0:
+                return True
+            client.execute_command("CLIENT", "UNPAUSE")
+            return False
+        finally:
+            client.close()
+
     def shutdown_nosave(self) -> None:
         """``SHUTDOWN NOSAVE``: every queued and unacknowledged message is gone."""
         client = redis.Redis(port=self.port, socket_connect_timeout=2)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tasks.app import DEFAULT_QUEUE
 from workflow.states import CaseState
 
 from .conftest import DEADLINE_S, WorkerProcess, wait_for
@@ -148,7 +149,10 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
         stack.clock.set(T0 + timedelta(hours=49))
         # and more of their effects are published than the workers hold (two each): some wait
         # in Redis's queue
-        wait_for(lambda: stack.in_flight() > 2 * 2 * len(workers), "effects queued in Redis")
+        wait_for(lambda: stack.in_flight() > 2 * 2 * len(workers), "effects in flight")
+        # (held there: the workers drained a short queue before the shutdown in a CI run)
+        queue = stack.runtime.worker_settings.broker_key_prefix + DEFAULT_QUEUE
+        wait_for(lambda: server.freeze_with_queued(queue), "effects queued in Redis")
 
         # when Redis shuts down without saving (queued and unacknowledged messages are lost)
         server.shutdown_nosave()
