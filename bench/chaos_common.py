@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -70,6 +71,7 @@ from config.settings import Settings
 from entrypoints.bootstrap import build_service
 from persistence.db import make_engine, normalize_url
 from persistence.tables import cases, dead_letters, outbox, timers, transitions
+from tasks import producer
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from tasks.settings import WorkerSettings
@@ -362,6 +364,8 @@ class Deployment:
     beats: list[Slot] = field(default_factory=list)
     #: Keep the folder (process logs) after the run: set when a check failed.
     keep_folder: bool = False
+    #: Producers keep their events in the ledger of unconfirmed events (tasks/producer.py).
+    keep_events: bool = True
 
     def add_worker(self, concurrency: int) -> Slot:
         index = len(self.workers)
@@ -408,10 +412,11 @@ class Deployment:
         wait_until(ready, "the workers to be ready", timeout)
 
     def send_event(self, envelope: dict[str, Any]) -> bool:
-        """Publish one event as a producer does; False when the broker is unreachable (the
-        driver tries again on its next round)."""
+        """Publish one event with the producer helper (kept in its ledger unless
+        ``keep_events`` is off); False when the broker is unreachable (the driver tries again
+        on its next round)."""
         try:
-            self.app.send_task("aftersales.ingest_event", args=[envelope])
+            producer.publish_event(envelope, self.redis.url, keep=self.keep_events)
         except (OperationalError, redis.RedisError, OSError):
             return False
         return True
@@ -839,6 +844,20 @@ class Findings:
     def problem(self, text: str) -> None:
         if len(self.problems) < 20:
             self.problems.append(text)
+
+
+#: The warning ``tasks.unconfirmed`` logs when it sends producers' events again.
+_RESENT = re.compile(r"events not processed [\d.]+ s after they were sent: (\d+) sent again")
+
+
+def resent_from_ledger(run: Deployment) -> int:
+    """How many events the service sent again from the producers' ledger (every process log
+    of the run: each start of each slot has its own)."""
+    return sum(
+        int(match[1])
+        for log in run.folder.glob("*.log")
+        for match in _RESENT.finditer(log.read_text(errors="replace"))
+    )
 
 
 def wait_settled(run: Deployment, timeout: float = 120) -> None:

@@ -7,12 +7,14 @@ worker: to its main process with everything it started (``killpg``: the prefork 
 messages it holds unacknowledged die with it), or to one of its prefork children (the main
 process replaces it). A supervisor thread starts a killed worker again at once, as systemd
 would. One stand-alone beat. When the planned waves are done and fewer than ``--kills`` kills
-have landed, more waves run. By default events are sent once and never again: a lost message
-would leave its case stuck, and the run fails. kombu's Redis transport can lose a message taken
-by a worker main process killed at the wrong instant (BRPOP, then the unacked record: see
-docs/workers.md); ``--resend-after S`` runs the producer contract of docs/events.md instead
-(an event whose case has not moved S seconds later is sent again), and the summary counts the
-events sent again.
+have landed, more waves run. Events are sent once, with the producer helper
+(``tasks/producer.py``), which keeps each in the ledger of unconfirmed events: kombu's Redis
+transport can lose a message taken by a worker main process killed at the wrong instant (BRPOP,
+then the unacked record: see docs/workers.md), and beat's resender then sends the event again
+(the summary counts those). ``--no-ledger`` sends without the ledger: a lost message then leaves
+its case stuck, and the run fails. ``--resend-after S`` adds the producer's own contract of
+docs/events.md (an event whose case has not moved S seconds later is sent again by the
+driver).
 
 At the end, ``chaos_common.verify``: every case terminal, no refund paid twice and each equal to
 what its case records, the log contiguous and replaying to each case's state, every timer fired
@@ -102,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="send again an event whose case has not moved this many seconds later (0: never)",
     )
+    parser.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="producers send without keeping their events (kombu's window then loses some)",
+    )
     args = parser.parse_args(argv)
 
     console = support.console()
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = chaos.load_average()
     with chaos.deployment(server_url) as run, support.progress(console) as bars:
+        run.keep_events = not args.no_ledger
         for _ in range(args.workers):
             run.add_worker(args.concurrency)
         run.add_beat()
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 slot.start()
         chaos.wait_settled(run)
         found = chaos.verify(run)
+        from_ledger = chaos.resent_from_ledger(run)
         run.keep_folder = not found.ok or error is not None
         elapsed = time.monotonic() - started
         load_after = chaos.load_average()
@@ -154,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         ("workers started again by the supervisor", str(supervisor.restarts)),
         ("waves (clock jumps)", f"{driver.stats.waves} ({driver.stats.jumps})"),
         ("events sent (sent again)", f"{driver.stats.events} ({driver.stats.resent})"),
+        (
+            "events sent again by the service from the producers' ledger",
+            str(from_ledger) if run.keep_events else "off",
+        ),
         *chaos.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
         ("load average before / after", f"{load_before} / {load_after}"),
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"SUMMARY chaos_kill: {'PASS' if ok else 'FAIL'}; kills={killer.stats.total} "
         f"(main {killer.stats.main}, child {killer.stats.children}) restarts={supervisor.restarts} "
         f"events={driver.stats.events} resent={driver.stats.resent} "
+        f"ledger={'on' if run.keep_events else 'off'} from_ledger={from_ledger} "
         f"{found.summary()} in {elapsed:.0f} s, load {load_after}"
     )
     return 0 if ok else 1

@@ -348,6 +348,29 @@ def _record_event(dialect: Dialect) -> sa.Insert:
     return statement
 
 
+#: The (source, event_id) pairs one ``select_known_events`` takes: one statement shape, the
+#: last pair repeated to fill it.
+KNOWN_EVENTS_CHUNK = 100
+
+
+def _known_events(count: int) -> sa.CompoundSelect[Any]:
+    """The pairs ``source_i``, ``event_id_i`` the service has processed: recorded, or kept as
+    a dead letter."""
+
+    def known_in(table: sa.Table) -> sa.Select[Any]:
+        pairs = [
+            sa.tuple_(
+                sa.bindparam(f"source_{i}", type_=table.c.source.type),
+                sa.bindparam(f"event_id_{i}", type_=table.c.event_id.type),
+            )
+            for i in range(count)
+        ]
+        pair = sa.tuple_(table.c.source, table.c.event_id)
+        return sa.select(table.c.source, table.c.event_id).where(pair.in_(pairs))
+
+    return sa.union(known_in(inbound_events), known_in(dead_letters))
+
+
 def _record_event_reading_case(dialect: Dialect) -> sa.Select[Any]:
     """PostgreSQL: ``_record_event`` and ``select_case_and_timer`` in one statement, one row
     always: (1 if recorded else 0, the case's columns or NULLs, its live timer's or NULLs).
@@ -438,6 +461,11 @@ class _Statements:
         # PostgreSQL only: SQLite has no INSERT inside WITH.
         self.record_event_reading_case = (
             select(_record_event_reading_case(dialect)) if dialect.name == "postgresql" else None
+        )
+        self.select_known_events = Prepared(
+            _known_events(KNOWN_EVENTS_CHUNK),
+            dialect,
+            returns=[inbound_events.c.source, inbound_events.c.event_id],
         )
         self.store_dead_letter = Prepared(
             _store_dead_letter(dialect),
@@ -1097,6 +1125,20 @@ class SqlEventStore(_Store):
         row = self._run(statement.first, params)
         assert row is not None  # one row always
         return row[0] == 1, uow._cases._with_timer(row[1:]) if row[1] is not None else None
+
+    def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(ids), KNOWN_EVENTS_CHUNK):
+            chunk = list(ids[start : start + KNOWN_EVENTS_CHUNK])
+            chunk += [chunk[-1]] * (KNOWN_EVENTS_CHUNK - len(chunk))
+            params = {}
+            for i, (source, event_id) in enumerate(chunk):
+                params[f"source_{i}"], params[f"event_id_{i}"] = source, event_id
+            found.update(
+                (row[0], row[1])
+                for row in self._run(self._uow.statements.select_known_events.rows, params)
+            )
+        return found
 
     def dead_letter(self, letter: DeadLetter) -> int:
         """Insert, or for a known (source, event_id) count one more attempt and keep the newest

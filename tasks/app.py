@@ -29,6 +29,7 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.outbox",
     "tasks.effects",
     "tasks.events",
+    "tasks.unconfirmed",
 )
 
 #: The queue of every task but the timer sweep (Celery's own default name, so producers that
@@ -62,7 +63,7 @@ def create_app(settings: Settings, worker: WorkerSettings | None = None) -> Cele
     )
     for module in TASK_MODULES:
         importlib.import_module(module)
-    app.conf.beat_schedule = beat_schedule(worker, defined=app.tasks.keys())
+    app.conf.beat_schedule = beat_schedule(worker, app.tasks.keys(), redis=broker.is_redis)
     return app
 
 

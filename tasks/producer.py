@@ -11,16 +11,25 @@ docs/events.md and docs/event.schema.json::
         broker_url="redis://127.0.0.1:6379/0",
     )
 
-Sending is fire-and-forget: the service deduplicates on (source, event_id), so send again with
-the same ``event_id`` whenever unsure whether a send got through.
+Over Redis, nothing sent is lost: before the message goes out, the event is written to a
+ledger of unconfirmed events in the same Redis (``UNCONFIRMED_KEY``,
+``UNCONFIRMED_ENVELOPES_KEY``), and the service's beat sends again every event it has not
+recorded after a while (``aftersales.resend_unconfirmed_events``, docs/events.md). Redis can
+lose a message on its way to a worker (a worker killed between taking it and recording it as
+unacknowledged: celery/celery#7950); the ledger entry outlives it. ``keep=False`` skips the
+ledger. Other brokers have no ledger: there, send again with the same ``event_id`` whenever
+unsure whether a send got through (the service deduplicates on (source, event_id)).
 """
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlparse
 
 from celery import Celery
 
@@ -30,15 +39,53 @@ INGEST_TASK = "aftersales.ingest_event"
 #: each: a refused or duplicate event has its own outcome and undoes none of the others).
 INGEST_BATCH_TASK = "aftersales.ingest_events"
 
-_apps: dict[str, Celery] = {}
+#: The ledger of unconfirmed events (Redis, under the broker's key prefix): a sorted set of
+#: ``unconfirmed_member(source, event_id)`` scored by when to look at the event again (first: the
+#: time it was sent), and a hash from the same member to ``{"envelope": ..., "resends": n}``.
+UNCONFIRMED_KEY = "aftersales:unconfirmed_events"
+UNCONFIRMED_ENVELOPES_KEY = "aftersales:unconfirmed_envelopes"
+
+_apps: dict[tuple[str, str], Celery] = {}
+_unconfirmed_clients: dict[str, Any] = {}
 
 
-def _app(broker_url: str) -> Celery:
+def _app(broker_url: str, key_prefix: str = "") -> Celery:
     # One client per broker for the process: each keeps a connection pool.
-    app = _apps.get(broker_url)
+    app = _apps.get((broker_url, key_prefix))
     if app is None:
-        app = _apps[broker_url] = Celery("aftersales-producer", broker=broker_url)
+        app = Celery("aftersales-producer", broker=broker_url)
+        if key_prefix:
+            app.conf.broker_transport_options = {"global_keyprefix": key_prefix}
+        _apps[(broker_url, key_prefix)] = app
     return app
+
+
+def unconfirmed_member(source: str, event_id: str) -> str:
+    """The ledger's name for an event: its dedupe key as JSON, unambiguous whatever it holds."""
+    return json.dumps([source, event_id])
+
+
+def _keep(envelopes: list[dict[str, Any]], broker_url: str, key_prefix: str) -> None:
+    """Write the envelopes to the ledger, in one transaction (one round trip)."""
+    if urlparse(broker_url).scheme not in ("redis", "rediss"):
+        return
+    kept: dict[Any, Any] = {
+        unconfirmed_member(e["source"], e["event_id"]): json.dumps({"envelope": e, "resends": 0})
+        for e in envelopes
+        if isinstance(e.get("source"), str) and isinstance(e.get("event_id"), str)
+    }
+    if not kept:
+        return  # without (source, event_id) the service cannot tell whether it arrived
+    client = _unconfirmed_clients.get(broker_url)
+    if client is None:
+        import redis  # celery[redis]'s own client: imported only by producers that use Redis
+
+        client = _unconfirmed_clients[broker_url] = redis.Redis.from_url(broker_url)
+    now = time.time()
+    pipe = client.pipeline(transaction=True)
+    pipe.zadd(key_prefix + UNCONFIRMED_KEY, dict.fromkeys(kept, now))
+    pipe.hset(key_prefix + UNCONFIRMED_ENVELOPES_KEY, mapping=kept)
+    pipe.execute()
 
 
 def make_envelope(
@@ -72,18 +119,41 @@ def make_envelope(
     return envelope
 
 
-def publish_event(envelope: Mapping[str, Any], broker_url: str, queue: str | None = None) -> None:
-    """Queue one event for ingestion (``send_task("aftersales.ingest_event", args=[envelope])``)."""
+def publish_event(
+    envelope: Mapping[str, Any],
+    broker_url: str,
+    queue: str | None = None,
+    *,
+    key_prefix: str = "",
+    keep: bool = True,
+) -> None:
+    """Queue one event for ingestion (``send_task("aftersales.ingest_event", args=[envelope])``).
+
+    ``key_prefix`` is the service's ``AFTERSALES_BROKER_KEY_PREFIX``. Over Redis the event is
+    first kept in the ledger (unless ``keep=False``): once this returns, or raises after that
+    write, the service applies the event even if the message is lost.
+    """
+    event = dict(envelope)
+    if keep:
+        _keep([event], broker_url, key_prefix)
     options = {"queue": queue} if queue else {}
-    _app(broker_url).send_task(INGEST_TASK, args=[dict(envelope)], **options)
+    _app(broker_url, key_prefix).send_task(INGEST_TASK, args=[event], **options)
 
 
 def publish_events(
-    envelopes: Iterable[Mapping[str, Any]], broker_url: str, queue: str | None = None
+    envelopes: Iterable[Mapping[str, Any]],
+    broker_url: str,
+    queue: str | None = None,
+    *,
+    key_prefix: str = "",
+    keep: bool = True,
 ) -> None:
-    """Queue a batch of events as one message; they are applied in the given order."""
+    """Queue a batch of events as one message; they are applied in the given order. Kept in
+    the ledger as ``publish_event`` keeps one (an event sent again goes alone)."""
     batch = [dict(envelope) for envelope in envelopes]
     if not batch:
         return
+    if keep:
+        _keep(batch, broker_url, key_prefix)
     options = {"queue": queue} if queue else {}
-    _app(broker_url).send_task(INGEST_BATCH_TASK, args=[batch], **options)
+    _app(broker_url, key_prefix).send_task(INGEST_BATCH_TASK, args=[batch], **options)

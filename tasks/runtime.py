@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import current_app
 from celery.signals import worker_process_init
 
@@ -20,6 +21,7 @@ from config.gateways import get_gateway_settings
 from config.settings import Settings, get_settings
 from entrypoints.bootstrap import build_event_service, build_service, make_engine_for
 from persistence.uow import SqlUnitOfWorkFactory
+from tasks.broker import broker_config
 from tasks.kick import RelayKicker
 from tasks.settings import WorkerSettings
 from workflow.clock import Clock, FileClock, SystemClock
@@ -34,6 +36,7 @@ from workflow.events import EventService
 from workflow.model import OutboxEntry
 from workflow.relay import OutboxRelay
 from workflow.service import CaseService
+from workflow.unconfirmed import UnconfirmedEvents
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Runtime:
     effects: EffectService
     relay: OutboxRelay
     gateways: FakeGateways
+    #: The producers' ledger of unconfirmed events: on a Redis broker only.
+    unconfirmed: UnconfirmedEvents | None = None
 
 
 _runtime: Runtime | None = None
@@ -85,7 +90,17 @@ def build_runtime(settings: Settings) -> Runtime:
         effects,
         relay,
         gateways,
+        _unconfirmed(settings, worker),
     )
+
+
+def _unconfirmed(settings: Settings, worker: WorkerSettings) -> UnconfirmedEvents | None:
+    broker = broker_config(settings.broker_url, settings.database_url, worker)
+    if not broker.is_redis:
+        return None
+    from tasks.unconfirmed import RedisUnconfirmedEvents  # its task module imports this one
+
+    return RedisUnconfirmedEvents(redis.Redis.from_url(broker.url), worker.broker_key_prefix)
 
 
 #: The most notices one ``aftersales.notify_many`` message carries.

@@ -43,6 +43,11 @@ class WorkerSettings(BaseSettings):
     #: A published outbox row no consumer completed within this many seconds is published
     #: again (the broker lost it, or its consumer died); consumers are idempotent.
     outbox_redeliver_after_s: float = Field(default=60.0, gt=0)
+    #: An event a producer kept in the ledger (``tasks/producer.py`` over Redis) and the
+    #: service has not processed this many seconds after it was sent is sent again (then
+    #: after twice as long each time); beat looks every ``event_resend_interval_s``.
+    event_resend_after_s: float = Field(default=60.0, gt=0)
+    event_resend_interval_s: float = Field(default=10.0, gt=0)
     #: Timers claimed per sweep batch, and how long a claim may stay unfinished before another
     #: sweeper takes it (its sweeper died); firing is idempotent, so a reclaim never fires twice.
     timer_sweep_batch: int = Field(default=500, ge=1)

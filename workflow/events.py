@@ -947,6 +947,14 @@ class EventService:
         return results
 
     # -- dead letters ----------------------------------------------------------------------------
+    def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (source, event_id) the service has processed: applied, ignored,
+        duplicate or dead-lettered; the others never arrived (or not yet)."""
+        if not ids:
+            return set()
+        with self._uow() as uow:
+            return uow.events.known(ids)
+
     def dead_letters(
         self,
         status: DeadLetterStatus | None = DeadLetterStatus.OPEN,

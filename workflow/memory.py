@@ -373,6 +373,10 @@ class InMemoryEventStore:
         case = self._db.cases.get(case_id)
         return self.record(source, event_id, case_id, at), copy.deepcopy(case)
 
+    def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        lettered = {(letter.source, letter.event_id) for letter in self._db.dead_letters.values()}
+        return {key for key in ids if key in self._db.inbound_events or key in lettered}
+
     def dead_letter(self, letter: DeadLetter) -> int:
         """As the SQL one: a known (source, event_id) counts one more attempt and takes the new
         reason, code and envelope; its status and ``received_at`` stay."""

@@ -213,6 +213,11 @@ class EventStore(Protocol):
         timer, as ``CaseRepository.get``): one round trip where the store can."""
         ...
 
+    def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (source, event_id) were processed: recorded, or kept as a dead
+        letter."""
+        ...
+
     def dead_letter(self, letter: DeadLetter) -> int:
         """Store (or, for a known (source, event_id), update attempts and reason) and return
         the id."""

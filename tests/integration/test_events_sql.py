@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from config.policy import load_policy
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.uow import KNOWN_EVENTS_CHUNK, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.events import EventService, IngestResult, IngestStatus
 from workflow.model import Actor, DeadLetterStatus
@@ -141,6 +141,25 @@ def test_a_refused_event_leaves_no_record_and_applies_when_it_comes_again_later(
     assert refused.letter_id is not None
     assert events.replay(refused.letter_id).status is IngestStatus.DUPLICATE
     assert events.dead_letters() == []
+
+
+def test_known_names_the_events_recorded_or_dead_lettered_and_no_others(
+    events: EventService, approved: int
+) -> None:
+    # given an event that was refused (kept as a dead letter) and one that applied
+    early = envelope("m-9", "merchant.receipt_confirmed", approved, data={"merchant_id": "m1"})
+    assert events.ingest(early).status is IngestStatus.DEAD_LETTERED
+    pickup = envelope("p-1", "parcel.picked_up", approved, tracking_no="SF100")
+    assert events.ingest(pickup).status is IngestStatus.APPLIED
+
+    # when asked about them among more unknown ids than one statement takes
+    never = [("sf-express", f"n-{i}") for i in range(KNOWN_EVENTS_CHUNK + 7)]
+    asked = [("merchant-portal", "m-9"), *never, ("sf-express", "p-1"), ("sf-express", "m-9")]
+    found = events.known(asked)
+
+    # then exactly those two are known, whichever chunk they were in
+    assert found == {("merchant-portal", "m-9"), ("sf-express", "p-1")}
+    assert events.known([]) == set()
 
 
 def test_the_same_event_from_four_workers_at_once_applies_once(

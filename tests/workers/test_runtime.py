@@ -149,6 +149,20 @@ def test_beat_schedules_only_defined_tasks_with_their_periods() -> None:
     }
 
 
+def test_beat_resends_unconfirmed_events_only_on_redis() -> None:
+    # Producers keep a ledger of their events on Redis only (tasks/producer.py).
+    worker = WorkerSettings(event_resend_interval_s=7.0)
+    defined = {"aftersales.resend_unconfirmed_events"}
+    assert beat_schedule(worker, defined) == {}
+    assert beat_schedule(worker, defined, redis=True) == {
+        "aftersales.resend_unconfirmed_events": {
+            "task": "aftersales.resend_unconfirmed_events",
+            "schedule": 7.0,
+            "options": {"expires": 21.0},
+        }
+    }
+
+
 def test_retry_countdown_doubles_up_to_the_cap() -> None:
     app = create_app(Settings(database_url=SQLITE), WorkerSettings(retry_backoff_max_s=10))
     task = app.tasks["aftersales.noop"]

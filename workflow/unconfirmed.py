@@ -1,0 +1,125 @@
+"""Producers' events the broker may have lost: kept in a ledger until the service has them.
+
+A producer using ``tasks/producer.py`` over Redis writes each event to a ledger before it
+publishes the message. Redis can lose that message: a worker killed between taking it off the
+queue and recording it as unacknowledged (kombu's Redis transport does the two in two round
+trips; celery/celery#7950), or a Redis restart without its data. The ledger entry outlives a
+lost message, and ``EventResender`` (run by beat) looks at each entry once it is
+``resend_after_s`` old: an event the service has processed (recorded, or dead-lettered) leaves
+the ledger; any other is sent again, and looked at again after two windows, then four, and so
+on, so a long backlog (events still queued, not lost) is not flooded with copies. A copy of an event that
+did arrive is a duplicate and changes nothing.
+
+Seconds here are wall-clock seconds (``time.time``) on both sides, never the service's
+``Clock``: they measure a message's trip through the broker, which a simulated clock does not
+move.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from workflow.events import EventService
+
+#: The n-th copy of an event is looked at again ``resend_after_s * 2**n`` after it was sent, n
+#: at most this (64 windows: about an hour with the default minute).
+MAX_DOUBLINGS = 6
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A ledger entry: its member name, the envelope (None when unreadable) and how many times
+    the service has sent it again."""
+
+    member: str
+    envelope: dict[str, Any] | None
+    resends: int
+
+
+class UnconfirmedEvents(Protocol):
+    """The ledger (Redis in production: ``tasks.unconfirmed.RedisUnconfirmedEvents``)."""
+
+    def due(self, before: float, limit: int) -> list[Unconfirmed]:
+        """Up to ``limit`` entries due for a look at ``before`` or earlier, oldest first."""
+        ...
+
+    def forget(self, members: Sequence[str]) -> None: ...
+
+    def postpone(self, entries: Sequence[Unconfirmed], until: Sequence[float]) -> None:
+        """Store each entry (with its ``resends``) due again at its ``until``; an entry
+        forgotten meanwhile stays forgotten."""
+        ...
+
+    def size(self) -> int: ...
+
+
+@dataclass
+class ResendReport:
+    #: Processed by the service: left the ledger.
+    confirmed: int = 0
+    #: Sent again.
+    resent: int = 0
+    #: Unreadable entries (no envelope, or one without its ids) dropped.
+    dropped: int = 0
+
+
+def _ids(envelope: dict[str, Any] | None) -> tuple[str, str] | None:
+    if envelope is None:
+        return None
+    source, event_id = envelope.get("source"), envelope.get("event_id")
+    if isinstance(source, str) and isinstance(event_id, str):
+        return source, event_id
+    return None
+
+
+class EventResender:
+    def __init__(
+        self,
+        ledger: UnconfirmedEvents,
+        events: EventService,
+        send: Callable[[dict[str, Any]], None],
+        resend_after_s: float,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if resend_after_s <= 0:
+            raise ValueError("resend_after_s must be positive")
+        self._ledger = ledger
+        self._events = events
+        self._send = send
+        self._after = resend_after_s
+        self._wall = wall
+
+    def run(self, batch: int = 500, max_batches: int = 20) -> ResendReport:
+        """Look at the entries due now, ``batch`` at a time, ``max_batches`` at most (the next
+        run goes on)."""
+        report = ResendReport()
+        now = self._wall()
+        for _ in range(max_batches):
+            due = self._ledger.due(now - self._after, batch)
+            self._settle(due, now, report)
+            if len(due) < batch:
+                break
+        return report
+
+    def _settle(self, due: list[Unconfirmed], now: float, report: ResendReport) -> None:
+        readable = [(entry, ids) for entry in due if (ids := _ids(entry.envelope)) is not None]
+        known = self._events.known([ids for _, ids in readable])
+        unreadable = [entry.member for entry in due if _ids(entry.envelope) is None]
+        confirmed = [entry.member for entry, ids in readable if ids in known]
+        self._ledger.forget(unreadable + confirmed)
+        report.dropped += len(unreadable)
+        report.confirmed += len(confirmed)
+        missing = [entry for entry, ids in readable if ids not in known]
+        for entry in missing:
+            assert entry.envelope is not None
+            self._send(entry.envelope)
+        # The n-th copy is looked at again ``after * 2**n`` later; a score is when the window
+        # starts, so the score is that look's time less one window.
+        self._ledger.postpone(
+            [Unconfirmed(e.member, e.envelope, e.resends + 1) for e in missing],
+            [now + self._after * (2 ** min(e.resends + 1, MAX_DOUBLINGS) - 1) for e in missing],
+        )
+        report.resent += len(missing)
