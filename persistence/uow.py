@@ -299,6 +299,23 @@ _MARK_COMPLETED = (
     .where(outbox.c.id == sa.bindparam("where_id"), _PENDING_OUTBOX)
     .values(completed_at=sa.bindparam("at", type_=outbox.c.completed_at.type))
 )
+# PostgreSQL: the same two for a list of ids in one statement. The relay marks a batch of up
+# to 200 rows and a notice batch completes up to 100: one statement each instead of one per
+# row (each row a Bind/Execute of its own in the pipeline, parsed and planned apart).
+_ID_LIST = sa.bindparam("ids", type_=postgresql.ARRAY(outbox.c.id.type))
+_MARK_PUBLISHED_ANY = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.any_(_ID_LIST))
+    .values(
+        published_at=sa.bindparam("at", type_=outbox.c.published_at.type),
+        attempts=outbox.c.attempts + 1,
+    )
+)
+_MARK_COMPLETED_ANY = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.any_(_ID_LIST), _PENDING_OUTBOX)
+    .values(completed_at=sa.bindparam("at", type_=outbox.c.completed_at.type))
+)
 # A consumer waiting to retry moves its row's publish time to when the retry runs, so the
 # relay's redelivery window starts from there instead of republishing a live retry chain.
 _POSTPONE = (
@@ -452,6 +469,9 @@ class _Statements:
         self.select_undelivered_before = select(_SELECT_UNDELIVERED_BEFORE)
         self.mark_published = write(_MARK_PUBLISHED)
         self.mark_completed = write(_MARK_COMPLETED)
+        postgres = dialect.name == "postgresql"
+        self.mark_published_any = write(_MARK_PUBLISHED_ANY) if postgres else None
+        self.mark_completed_any = write(_MARK_COMPLETED_ANY) if postgres else None
         self.postpone = write(_POSTPONE)
         self.count_pending = select(_COUNT_PENDING)
         self.oldest_pending = select(_OLDEST_PENDING)
@@ -1075,16 +1095,25 @@ class SqlOutbox(_Store):
         return [_outbox_entry_from_row(row) for row in rows]
 
     def mark_published(self, ids: Sequence[int], at: datetime) -> None:
-        if not ids:
-            return
-        rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
-        self._run(self._uow.statements.mark_published.defer_many, rows)
+        sql = self._uow.statements
+        self._mark(ids, at, sql.mark_published, sql.mark_published_any)
 
     def mark_completed(self, ids: Sequence[int], at: datetime) -> None:
-        if not ids:
+        sql = self._uow.statements
+        self._mark(ids, at, sql.mark_completed, sql.mark_completed_any)
+
+    def _mark(
+        self, ids: Sequence[int], at: datetime, per_row: Prepared, listed: Prepared | None
+    ) -> None:
+        """A deferred write of the rows ``ids``: one statement for them all where the database
+        takes a list (``listed``), else one per row."""
+        unique = list(dict.fromkeys(ids))
+        if not unique:
             return
-        rows = [{"where_id": entry_id, "at": at} for entry_id in dict.fromkeys(ids)]
-        self._run(self._uow.statements.mark_completed.defer_many, rows)
+        if listed is not None and len(unique) > 1:
+            self._run(listed.defer_many, [{"ids": unique, "at": at}])
+        else:
+            self._run(per_row.defer_many, [{"where_id": i, "at": at} for i in unique])
 
     def postpone(self, entry_id: int, until: datetime) -> None:
         self._run(self._uow.statements.postpone.execute, {"where_id": entry_id, "until": until})

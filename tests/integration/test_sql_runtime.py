@@ -528,6 +528,8 @@ def test_a_published_row_comes_back_until_it_is_completed(
         done_at = datetime(2026, 11, 20, 10, 0, 30, tzinfo=SHANGHAI)  # 02:00:30 UTC
         uow.outbox.mark_completed([first.id, first.id], done_at)
         uow.outbox.mark_completed([first.id], done_at + timedelta(minutes=1))
+        # (and in a list: one statement for them all on PostgreSQL)
+        uow.outbox.mark_completed([10_001, first.id], done_at + timedelta(minutes=2))
         uow.outbox.mark_completed([], done_at)
         uow.outbox.mark_completed([10_000], done_at)  # unknown: ignored
         # A row completed before it was ever published does not go out either.
