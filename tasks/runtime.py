@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import current_app
 from celery.signals import worker_process_init
 
@@ -21,7 +20,6 @@ from config.gateways import get_gateway_settings
 from config.settings import Settings, get_settings
 from entrypoints.bootstrap import build_event_service, build_service, make_engine_for
 from persistence.uow import SqlUnitOfWorkFactory
-from tasks.broker import broker_config
 from tasks.kick import RelayKicker
 from tasks.settings import WorkerSettings
 from workflow.clock import Clock, FileClock, SystemClock
@@ -95,12 +93,9 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def _unconfirmed(settings: Settings, worker: WorkerSettings) -> UnconfirmedEvents | None:
-    broker = broker_config(settings.broker_url, settings.database_url, worker)
-    if not broker.is_redis:
-        return None
-    from tasks.unconfirmed import RedisUnconfirmedEvents  # its task module imports this one
+    from tasks.unconfirmed import ledger_for  # its task module imports this one
 
-    return RedisUnconfirmedEvents(redis.Redis.from_url(broker.url), worker.broker_key_prefix)
+    return ledger_for(settings, worker)
 
 
 #: The most notices one ``aftersales.notify_many`` message carries.

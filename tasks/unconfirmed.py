@@ -15,8 +15,11 @@ from typing import Any
 import redis
 from celery import current_app, shared_task
 
+from config.settings import Settings
+from tasks.broker import broker_config
 from tasks.producer import INGEST_TASK, UNCONFIRMED_ENVELOPES_KEY, UNCONFIRMED_KEY
 from tasks.runtime import runtime
+from tasks.settings import WorkerSettings
 from workflow.unconfirmed import EventResender, Unconfirmed
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,17 @@ class RedisUnconfirmedEvents:
 
     def size(self) -> int:
         return int(self._client.zcard(self._scores))
+
+    def count_due(self, before: float) -> int:
+        return int(self._client.zcount(self._scores, "-inf", before))
+
+
+def ledger_for(settings: Settings, worker: WorkerSettings) -> RedisUnconfirmedEvents | None:
+    """The ledger on the broker of ``settings``; None unless it is Redis."""
+    broker = broker_config(settings.broker_url, settings.database_url, worker)
+    if not broker.is_redis:
+        return None
+    return RedisUnconfirmedEvents(redis.Redis.from_url(broker.url), worker.broker_key_prefix)
 
 
 def _entry(member: str, raw: bytes | str | None) -> Unconfirmed:

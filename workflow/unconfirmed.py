@@ -7,8 +7,8 @@ trips; celery/celery#7950), or a Redis restart without its data. The ledger entr
 lost message, and ``EventResender`` (run by beat) looks at each entry once it is
 ``resend_after_s`` old: an event the service has processed (recorded, or dead-lettered) leaves
 the ledger; any other is sent again, and looked at again after two windows, then four, and so
-on, so a long backlog (events still queued, not lost) is not flooded with copies. A copy of an event that
-did arrive is a duplicate and changes nothing.
+on, so a long backlog (events still queued, not lost) is not flooded with copies. A copy of an
+event that did arrive is a duplicate and changes nothing.
 
 Seconds here are wall-clock seconds (``time.time``) on both sides, never the service's
 ``Clock``: they measure a message's trip through the broker, which a simulated clock does not
@@ -54,6 +54,10 @@ class UnconfirmedEvents(Protocol):
         ...
 
     def size(self) -> int: ...
+
+    def count_due(self, before: float) -> int:
+        """How many entries are due for a look at ``before``."""
+        ...
 
 
 @dataclass

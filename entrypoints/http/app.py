@@ -20,7 +20,7 @@ from entrypoints import bootstrap
 from entrypoints.http import cases, events, ops, problems
 from entrypoints.http.auth import RateLimiter
 from entrypoints.http.context import ApiContext
-from entrypoints.http.metrics import ApiMetrics
+from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
 from entrypoints.http.middleware import BodyGuard, Observe
 from entrypoints.http.problems import ProblemError
 from entrypoints.http.settings import ApiSettings
@@ -28,6 +28,8 @@ from persistence.readings import SqlReadings
 from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
 from tasks.app import create_app as create_celery_app
 from tasks.kick import RelayKicker
+from tasks.settings import WorkerSettings
+from tasks.unconfirmed import ledger_for
 from workflow.clock import Clock
 from workflow.events import Envelope
 
@@ -83,7 +85,12 @@ def create_app(
     app = _build(api_settings)
     app.state.api = context
     app.state.relay_kicker = kicker
-    app.state.metrics = ApiMetrics(readings, clock, api_settings.metrics_cache_seconds)
+    worker = WorkerSettings()
+    ledger = ledger_for(settings, worker)
+    unconfirmed = (
+        UnconfirmedCollector(ledger, worker.event_resend_after_s) if ledger is not None else None
+    )
+    app.state.metrics = ApiMetrics(readings, clock, api_settings.metrics_cache_seconds, unconfirmed)
     app.add_middleware(BodyGuard, max_body_bytes=api_settings.max_body_bytes)
     app.add_middleware(Observe, record=app.state.metrics.record)
     return app

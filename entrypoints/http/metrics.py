@@ -8,9 +8,10 @@ durations are this process's own.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import (
@@ -24,6 +25,9 @@ from prometheus_client.registry import Collector
 from persistence.readings import MetricsSnapshot, SqlReadings
 from workflow.clock import Clock
 from workflow.model import DeadLetterStatus
+from workflow.unconfirmed import UnconfirmedEvents
+
+logger = logging.getLogger(__name__)
 
 #: Triggers whose transitions are refund outcomes reported by the payment channel.
 REFUND_OUTCOMES = {"confirm_refund": "succeeded", "fail_refund": "failed"}
@@ -102,6 +106,40 @@ class DatabaseCollector(Collector):
         yield letters
 
 
+class UnconfirmedCollector(Collector):
+    """The producers' ledger of unconfirmed events (Redis brokers only; docs/events.md)."""
+
+    def __init__(
+        self,
+        ledger: UnconfirmedEvents,
+        resend_after_s: float,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self._after = resend_after_s
+        self._wall = wall
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            kept = self._ledger.size()
+            due = self._ledger.count_due(self._wall() - self._after)
+        except Exception:
+            # Redis unreachable: the database's figures still go out (/readyz says why).
+            logger.warning("the ledger of unconfirmed events could not be read", exc_info=True)
+            return
+        yield GaugeMetricFamily(
+            "aftersales_unconfirmed_events",
+            "Producers' events kept in the ledger and not yet confirmed processed.",
+            value=kept,
+        )
+        yield GaugeMetricFamily(
+            "aftersales_unconfirmed_events_due",
+            "Of those, the ones the resender sends again at its next look: not processed "
+            "within the resend window (a lasting non-zero value: events do not get through).",
+            value=due,
+        )
+
+
 def _bound(seconds: float) -> str:
     return str(float(seconds))
 
@@ -109,13 +147,21 @@ def _bound(seconds: float) -> str:
 class ApiMetrics:
     """The registry of one app: database figures plus request counts and durations."""
 
-    def __init__(self, readings: SqlReadings, clock: Clock, cache_seconds: float) -> None:
+    def __init__(
+        self,
+        readings: SqlReadings,
+        clock: Clock,
+        cache_seconds: float,
+        unconfirmed: UnconfirmedCollector | None = None,
+    ) -> None:
         # ``*_created`` series double the output and say nothing a scraper needs (process-wide).
         disable_created_metrics()
         # Per app, not the global default registry: tests build many apps in one process.
         self.registry = CollectorRegistry(auto_describe=False)
         self.database = DatabaseCollector(readings, clock, cache_seconds)
         self.registry.register(self.database)
+        if unconfirmed is not None:
+            self.registry.register(unconfirmed)
         self.requests = Counter(
             "aftersales_http_requests",
             "HTTP requests answered by this process, by route template and status.",

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
+import pytest
+import redis
+
 from entrypoints.http.settings import ApiSettings
+from tasks import producer
 from workflow.model import Actor
 from workflow.states import Role
 
 from .conftest import Api, problem
+
+REDIS_ENV = "AFTERSALES_TEST_REDIS_URL"
 
 
 def test_health_and_readiness(api: Api) -> None:
@@ -133,3 +142,40 @@ def test_actor_of_an_unnamed_admin_token_names_the_token(api: Api) -> None:
     )
     last = api.cases.history(case_id)[-1]
     assert last.actor == str(Actor(Role.ADMIN, f"token-{token.id}"))
+
+
+def test_metrics_count_the_producers_unconfirmed_events_on_redis(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an app on a Redis broker (under a key prefix of the test's own)
+    base = os.environ.get(REDIS_ENV)
+    if not base:
+        pytest.skip(f"{REDIS_ENV} is not set")
+    prefix = f"aftersales-test:{uuid.uuid4().hex}:"
+    monkeypatch.setenv("AFTERSALES_BROKER_KEY_PREFIX", prefix)
+    api = make_api(broker_url=base)
+    client = redis.Redis.from_url(base)
+    try:
+        # and two events a producer kept, one of them sent long ago and not processed since
+        for event_id in ("e-old", "e-new"):
+            envelope = producer.make_envelope("sf", "parcel.delivered", event_id=event_id)
+            producer.publish_event(envelope, base, queue="nowhere", key_prefix=prefix)
+        old = producer.unconfirmed_member("sf", "e-old")
+        client.zadd(prefix + producer.UNCONFIRMED_KEY, {old: time.time() - 3600}, xx=True)
+
+        # when an admin scrapes
+        samples = _samples(api.client.get("/metrics", headers=api.auth("admin")).text)
+
+        # then both are counted, and the old one is due for the resender
+        assert samples["aftersales_unconfirmed_events"] == 2
+        assert samples["aftersales_unconfirmed_events_due"] == 1
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def test_metrics_have_no_ledger_without_redis(api: Api) -> None:
+    samples = _samples(api.client.get("/metrics", headers=api.auth("admin")).text)
+    assert "aftersales_unconfirmed_events" not in samples
