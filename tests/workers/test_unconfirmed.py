@@ -233,3 +233,19 @@ def test_an_event_whose_message_never_reached_a_worker_is_applied_from_the_ledge
         assert stack.triggers(case_id)[:2] == ["submit", "approve"]
         approved = stack.service.history(case_id)[1]
         assert approved.idempotency_key == f"event:merchant-portal:{approval['event_id']}"
+
+
+def test_a_run_takes_batch_after_batch_until_none_is_due_or_its_time_is_up(
+    redis_url: str, prefix: str, ledger: RedisUnconfirmedEvents, events: EventService
+) -> None:
+    # given five events kept and never processed
+    producer.publish_events([_event(f"e-{n}") for n in range(5)], redis_url, key_prefix=prefix)
+    sent: list[dict[str, Any]] = []
+    later = time.time() + AFTER_S + 1
+    resender = EventResender(ledger, events, sent.append, AFTER_S, wall=lambda: later)
+
+    # when a run with no time left looks at them two at a time, it stops after one batch
+    assert resender.run(batch=2, budget_s=0).resent == 2
+    # and a run with time takes the rest, batch after batch (the first two are not due again)
+    assert resender.run(batch=2).resent == 3
+    assert sorted(e["event_id"] for e in sent) == [f"e-{n}" for n in range(5)]
