@@ -365,27 +365,29 @@ def _record_event(dialect: Dialect) -> sa.Insert:
     return statement
 
 
-#: The (source, event_id) pairs one ``select_known_events`` takes: one statement shape, the
-#: last pair repeated to fill it.
+#: The (source, event_id) pairs one ``select_known_events`` or ``select_recorded_events``
+#: takes: one statement shape, the last pair repeated to fill it.
 KNOWN_EVENTS_CHUNK = 100
 
 
-def _known_events(count: int) -> sa.CompoundSelect[Any]:
-    """The pairs ``source_i``, ``event_id_i`` the service has processed: recorded, or kept as
-    a dead letter."""
+def _event_pairs_in(*tables: sa.Table) -> sa.Select[Any] | sa.CompoundSelect[Any]:
+    """The pairs ``source_i``, ``event_id_i`` (``KNOWN_EVENTS_CHUNK`` of them) found in any of
+    ``tables``."""
 
-    def known_in(table: sa.Table) -> sa.Select[Any]:
+    def found_in(table: sa.Table) -> sa.Select[Any]:
         pairs = [
             sa.tuple_(
                 sa.bindparam(f"source_{i}", type_=table.c.source.type),
                 sa.bindparam(f"event_id_{i}", type_=table.c.event_id.type),
             )
-            for i in range(count)
+            for i in range(KNOWN_EVENTS_CHUNK)
         ]
         pair = sa.tuple_(table.c.source, table.c.event_id)
         return sa.select(table.c.source, table.c.event_id).where(pair.in_(pairs))
 
-    return sa.union(known_in(inbound_events), known_in(dead_letters))
+    if len(tables) == 1:
+        return found_in(tables[0])
+    return sa.union(*(found_in(table) for table in tables))
 
 
 def _record_event_reading_case(dialect: Dialect) -> sa.Select[Any]:
@@ -482,10 +484,14 @@ class _Statements:
         self.record_event_reading_case = (
             select(_record_event_reading_case(dialect)) if dialect.name == "postgresql" else None
         )
+        pair = [inbound_events.c.source, inbound_events.c.event_id]
+        # Processed: recorded, or kept as a dead letter (the resender's question).
         self.select_known_events = Prepared(
-            _known_events(KNOWN_EVENTS_CHUNK),
-            dialect,
-            returns=[inbound_events.c.source, inbound_events.c.event_id],
+            _event_pairs_in(inbound_events, dead_letters), dialect, returns=pair
+        )
+        # Recorded (a batch's duplicates, read before its events apply).
+        self.select_recorded_events = Prepared(
+            _event_pairs_in(inbound_events), dialect, returns=pair
         )
         self.store_dead_letter = Prepared(
             _store_dead_letter(dialect),
@@ -712,6 +718,16 @@ class _Store:
                 raise Conflict(f"a concurrent writer won: {_reason(exc)}") from exc
             raise
 
+    def _run_checked(
+        self, statement: Prepared, params: dict[str, Any], miss: Callable[[], Exception]
+    ) -> None:
+        """A checked deferred write of one row (``Prepared.defer_checked``)."""
+
+        def write(checkout: Checkout, values: dict[str, Any]) -> None:
+            statement.defer_checked(checkout, values, 1, miss)
+
+        self._run(write, params)
+
 
 class SqlCaseRepository(_Store):
     def __init__(self, uow: SqlUnitOfWork) -> None:
@@ -795,16 +811,11 @@ class SqlCaseRepository(_Store):
         return self._run(self._uow.statements.update_case.execute, values) == 1
 
     def save_checked(self, case: Case, expected_version: int) -> None:
-        values = self._save_values(case, expected_version)
-        update = self._uow.statements.update_case
-
         def miss() -> Exception:
             return Conflict(f"case {case.id} was changed by another transition; reload and retry")
 
-        def write(checkout: Checkout, params: dict[str, Any]) -> None:
-            update.defer_checked(checkout, params, 1, miss)
-
-        self._run(write, values)
+        values = self._save_values(case, expected_version)
+        self._run_checked(self._uow.statements.update_case, values, miss)
 
     def _save_values(self, case: Case, expected_version: int) -> dict[str, Any]:
         if case.id is None:
@@ -1155,7 +1166,20 @@ class SqlEventStore(_Store):
         assert row is not None  # one row always
         return row[0] == 1, uow._cases._with_timer(row[1:]) if row[1] is not None else None
 
+    def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
+        def miss() -> Exception:
+            return Conflict(f"event {source}/{event_id} was recorded by a concurrent delivery")
+
+        params = {"source": source, "event_id": event_id, "case_id": case_id, "received_at": at}
+        self._run_checked(self._uow.statements.record_event, params, miss)
+
+    def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self._pairs(self._uow.statements.select_recorded_events, ids)
+
     def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self._pairs(self._uow.statements.select_known_events, ids)
+
+    def _pairs(self, statement: Prepared, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
         for start in range(0, len(ids), KNOWN_EVENTS_CHUNK):
             chunk = list(ids[start : start + KNOWN_EVENTS_CHUNK])
@@ -1163,10 +1187,7 @@ class SqlEventStore(_Store):
             params = {}
             for i, (source, event_id) in enumerate(chunk):
                 params[f"source_{i}"], params[f"event_id_{i}"] = source, event_id
-            found.update(
-                (row[0], row[1])
-                for row in self._run(self._uow.statements.select_known_events.rows, params)
-            )
+            found.update((row[0], row[1]) for row in self._run(statement.rows, params))
         return found
 
     def dead_letter(self, letter: DeadLetter) -> int:

@@ -765,9 +765,16 @@ class EventService:
                 named = uow.cases.get_many(
                     [p[0].case_id for p in parsed if isinstance(p, tuple) and p[0].case_id]
                 )
+                # And one for the events recorded before: the others are recorded as checked
+                # writes that ride with the next statement, no round trip per event. One
+                # recorded meanwhile by a concurrent delivery fails the batch's commit, and
+                # the batch goes one event per transaction (below), where it is a duplicate.
+                seen = uow.events.recorded(
+                    [(p[0].source, p[0].event_id) for p in parsed if isinstance(p, tuple)]
+                )
                 for raw, parse in zip(raws, parsed, strict=True):
                     try:
-                        results.append(self._apply_in_batch(uow, raw, parse, named))
+                        results.append(self._apply_in_batch(uow, raw, parse, named, seen))
                     except _Held:
                         break
                 uow.commit()
@@ -786,23 +793,33 @@ class EventService:
         raw: Any,
         parsed: tuple[Envelope, dict[str, Any]] | InvalidInput,
         named: dict[int, Case],
+        seen: set[tuple[str, str]],
     ) -> IngestResult:
         if isinstance(parsed, InvalidInput):
             return self._letter_in(uow, as_document(raw), _Refused(parsed))
         envelope, document = parsed
         try:
             with uow.savepoint():
-                return self._apply(uow, envelope, named)
+                result = self._apply(uow, envelope, named, seen)
+            # Recorded now (unless a duplicate): a copy later in the batch is a duplicate.
+            seen.add((envelope.source, envelope.event_id))
+            return result
         except _Refused as refused:
             return self._letter_in(uow, document, refused, envelope)
         except Conflict:
             raise _Held() from None
 
     def _apply(
-        self, uow: UnitOfWork, envelope: Envelope, named: dict[int, Case] | None = None
+        self,
+        uow: UnitOfWork,
+        envelope: Envelope,
+        named: dict[int, Case] | None = None,
+        seen: set[tuple[str, str]] | None = None,
     ) -> IngestResult:
         """Resolve, record, plan and fire ``envelope`` in ``uow``; the caller commits.
-        ``named``: cases read before in ``uow``, by id; the one used is taken out.
+        ``named``: cases read before in ``uow``, by id; the one used is taken out. ``seen``:
+        the events recorded before (a batch read them at its start): the record of one not
+        among them is a checked write (``EventStore.record_checked``).
 
         Raises ``_Refused`` for an event that cannot apply (the caller rolls back what this
         wrote and keeps a dead letter instead) and ``Conflict`` when a concurrent transition
@@ -832,7 +849,11 @@ class EventService:
                 return self._result(envelope, IngestStatus.DUPLICATE)
             raise _Refused(error) from None
         assert case.id is not None
-        if recorded is None:
+        if recorded is None and seen is not None:
+            recorded = (source, event_id) not in seen
+            if recorded:
+                uow.events.record_checked(source, event_id, case.id, now)
+        elif recorded is None:
             recorded = uow.events.record(source, event_id, case.id, now)
         if not recorded:
             return self._result(envelope, IngestStatus.DUPLICATE, case)

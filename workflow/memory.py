@@ -373,6 +373,13 @@ class InMemoryEventStore:
         case = self._db.cases.get(case_id)
         return self.record(source, event_id, case_id, at), copy.deepcopy(case)
 
+    def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
+        if not self.record(source, event_id, case_id, at):
+            raise Conflict(f"event {source}/{event_id} was recorded by a concurrent delivery")
+
+    def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        return {key for key in ids if key in self._db.inbound_events}
+
     def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         lettered = {(letter.source, letter.event_id) for letter in self._db.dead_letters.values()}
         return {key for key in ids if key in self._db.inbound_events or key in lettered}

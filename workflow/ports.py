@@ -213,6 +213,17 @@ class EventStore(Protocol):
         timer, as ``CaseRepository.get``): one round trip where the store can."""
         ...
 
+    def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
+        """``record`` an event the caller found not recorded (``recorded``), as a checked
+        write: when a concurrent delivery recorded it meanwhile, ``Conflict`` is raised, here
+        or at a later statement, at the latest by the commit (the transaction cannot commit).
+        On PostgreSQL it goes out with the next statement: no round trip of its own."""
+        ...
+
+    def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (source, event_id) are recorded (committed, or in this transaction)."""
+        ...
+
     def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (source, event_id) were processed: recorded, or kept as a dead
         letter."""

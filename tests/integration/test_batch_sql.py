@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from config.policy import load_policy
-from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.uow import SqlEventStore, SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import Conflict
 from workflow.events import EventService, IngestStatus
@@ -540,3 +540,47 @@ def test_a_batch_reads_the_cases_its_events_name_in_one_statement(
     assert triggers(service, cases[0]) == ["submit", "approve", "record_pickup"]
     # with one read for the batch, and one more for the case met a second time
     assert batch_reads == 2
+
+
+def test_a_batch_records_its_events_without_a_round_trip_each(
+    backend: str, events: EventService, service: CaseService, statements: list[str]
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite runs every write at once (no round trips to save)")
+    # given nine submitted cases
+    cases = submitted(service, 9)
+
+    # when a batch of three approvals and then one of six are ingested
+    statements.clear()
+    small = events.ingest_many([approve(f"a-{n}", c) for n, c in enumerate(cases[:3])])
+    waited_small = len(statements)
+    statements.clear()
+    large = events.ingest_many([approve(f"a-{n}", c) for n, c in enumerate(cases[3:], 3)])
+    waited_large = len(statements)
+
+    # then every event applied, and the statements that wait for an answer (the batch's
+    # reads) do not grow with the batch: each event's record rides with the next statement
+    assert [r.status for r in small + large] == [IngestStatus.APPLIED] * 9
+    assert waited_small == waited_large
+
+
+def test_an_event_recorded_by_a_concurrent_delivery_after_the_batch_read_is_a_duplicate(
+    events: EventService, service: CaseService, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an approval another delivery applied (committed) just after the batch's read of
+    # recorded events (the read is made to miss it: the window between the two)
+    first, second = submitted(service, 2)
+    assert events.ingest(approve("a-0", first)).status is IngestStatus.APPLIED
+    monkeypatch.setattr(SqlEventStore, "recorded", lambda self, ids: set())
+
+    # when a batch carries it again, with a new approval of the second case
+    results = events.ingest_many([approve("a-0", first), approve("a-1", second)])
+
+    # then its checked record missed, the batch went one event per transaction, and the copy
+    # is a duplicate (not planned again on the approved case), the other applied once
+    assert [r.status for r in results] == [IngestStatus.DUPLICATE, IngestStatus.APPLIED]
+    assert triggers(service, first) == triggers(service, second) == ["submit", "approve"]
+    assert recorded(engine) == [
+        ("merchant-portal", "a-0", first),
+        ("merchant-portal", "a-1", second),
+    ]
