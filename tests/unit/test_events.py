@@ -948,6 +948,31 @@ def test_ingest_many_applies_each_in_order(
     assert state_of(service, case_id) is S.RETURN_DELIVERED
 
 
+def test_a_batch_finds_duplicates_recorded_before_it_and_within_it(
+    events: EventService, service: CaseService, new_case: Callable[..., int]
+) -> None:
+    # given a case approved by an event, and a pickup named by its tracking number
+    case_id = new_case(CaseType.RETURN_REFUND)
+    approval = event("merchant.approved", case_id, data=MERCHANT)
+    assert events.ingest(approval).status is IngestStatus.APPLIED
+    pickup = event("parcel.picked_up", case_id, tracking_no="SF1")
+    pickup.pop("case_id", None)
+    pickup["order_id"] = service.get(case_id).case.order_id
+
+    # when a batch carries the approval again and the pickup twice
+    results = events.ingest_many([approval, pickup, dict(pickup)])
+
+    # then the approval is a duplicate of the earlier delivery, and the second pickup of the
+    # first (the batch's read of recorded events did not know it)
+    assert [r.status for r in results] == [
+        IngestStatus.DUPLICATE,
+        IngestStatus.APPLIED,
+        IngestStatus.DUPLICATE,
+    ]
+    triggers = [entry.trigger for entry in service.history(case_id)]
+    assert triggers.count("record_pickup") == 1
+
+
 def test_a_lost_race_is_planned_again(
     events: EventService,
     service: CaseService,
