@@ -8,6 +8,7 @@ commands, because ``cli.py`` imports this module while it is being built).
 from __future__ import annotations
 
 import sys
+import time
 from collections import Counter
 from enum import StrEnum
 from typing import Annotated, Any
@@ -260,6 +261,61 @@ def _describe(result: IngestResult) -> str:
         fired = " + ".join([*result.implied, result.trigger or "?"])
         return f"{fired} moved case {result.case_id} to {result.state}"
     return f"{result.status.value}: {result.reason}"
+
+
+@events_app.command("unconfirmed")
+def events_unconfirmed(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Due events to list.")] = 20,
+    json_output: JsonFlag = False,
+) -> None:
+    """The producers' ledger (Redis brokers): events kept and not yet confirmed processed, and
+    the ones the resender sends again at its next look (docs/events.md)."""
+    from entrypoints import cli
+    from tasks.settings import WorkerSettings
+    from tasks.unconfirmed import ledger_for
+
+    state = cli._state(ctx, json_output)
+    worker = WorkerSettings()
+    ledger = ledger_for(get_settings(), worker)
+    if ledger is None:
+        if state.json:
+            cli._print_json({"ledger": None})
+        else:
+            cli._console().print("no ledger: the broker is not Redis (producers resend instead)")
+        return
+    before = time.time() - worker.event_resend_after_s
+    kept, due = ledger.size(), ledger.count_due(before)
+    listed = [
+        {
+            "source": (entry.envelope or {}).get("source"),
+            "event_id": (entry.envelope or {}).get("event_id"),
+            "type": (entry.envelope or {}).get("type"),
+            "resends": entry.resends,
+        }
+        for entry in ledger.due(before, limit)
+    ]
+    if state.json:
+        cli._print_json(
+            {
+                "ledger": {"kept": kept, "due": due, "resend_after_s": worker.event_resend_after_s},
+                "due": listed,
+            }
+        )
+        return
+    console = cli._console()
+    console.print(
+        f"{kept} kept, {due} not processed {worker.event_resend_after_s:g} s after they were sent"
+    )
+    if listed:
+        table = Table(box=box.SIMPLE_HEAD)
+        for column in ("source", "event", "type", "sent again"):
+            table.add_column(column)
+        for row in listed:
+            table.add_row(
+                str(row["source"]), str(row["event_id"]), str(row["type"]), str(row["resends"])
+            )
+        console.print(table)
 
 
 @events_app.command("schema")

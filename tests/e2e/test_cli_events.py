@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+
+from tasks import producer
 from workflow.events import schema_text
 
 from .support import NOW, CliFn
@@ -178,3 +185,49 @@ def test_errors_are_one_line(invoke: CliFn, tmp_path: Path) -> None:
 def test_schema_prints_the_committed_schema(invoke: CliFn) -> None:
     result = invoke("events", "schema")
     assert result.code == 0 and result.stdout == schema_text()
+
+
+def test_unconfirmed_shows_the_producers_ledger_on_redis(
+    invoke: CliFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = os.environ.get("AFTERSALES_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("AFTERSALES_TEST_REDIS_URL is not set")
+    # given a Redis broker (a key prefix of the test's own) and two events a producer kept,
+    # one of them sent long ago and never processed
+    prefix = f"aftersales-test:{uuid.uuid4().hex}:"
+    monkeypatch.setenv("AFTERSALES_BROKER_URL", url)
+    monkeypatch.setenv("AFTERSALES_BROKER_KEY_PREFIX", prefix)
+    client = redis.Redis.from_url(url)
+    try:
+        for event_id in ("old", "new"):
+            kept = envelope(event_id, "parcel.delivered", case_id=1)
+            producer.publish_event(kept, url, queue="nowhere", key_prefix=prefix)
+        member = producer.unconfirmed_member("sf-express", "old")
+        client.zadd(prefix + producer.UNCONFIRMED_KEY, {member: time.time() - 3600}, xx=True)
+
+        # when the operator looks
+        result = invoke("events", "unconfirmed", "--json")
+        text = invoke("events", "unconfirmed")
+
+        # then both are counted and the old one is listed as due
+        assert result.code == 0 and text.code == 0
+        report = result.json()
+        assert report["ledger"]["kept"] == 2 and report["ledger"]["due"] == 1
+        assert report["due"] == [
+            {"source": "sf-express", "event_id": "old", "type": "parcel.delivered", "resends": 0}
+        ]
+        assert "2 kept, 1 not processed 60 s after they were sent" in text.stdout
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def test_unconfirmed_says_there_is_no_ledger_without_redis(
+    invoke: CliFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AFTERSALES_BROKER_URL", raising=False)  # the embedded broker
+    result = invoke("events", "unconfirmed", "--json")
+    assert result.code == 0 and result.json() == {"ledger": None}
