@@ -274,6 +274,7 @@ def events_unconfirmed(
     from entrypoints import cli
     from tasks.settings import WorkerSettings
     from tasks.unconfirmed import ledger_for
+    from workflow.unconfirmed import due_before, summarize
 
     state = cli._state(ctx, json_output)
     worker = WorkerSettings()
@@ -284,8 +285,8 @@ def events_unconfirmed(
         else:
             cli._console().print("no ledger: the broker is not Redis (producers resend instead)")
         return
-    before = time.time() - worker.event_resend_after_s
-    kept, due = ledger.size(), ledger.count_due(before)
+    now, after = time.time(), worker.event_resend_after_s
+    summary = summarize(ledger, after, now)
     listed = [
         {
             "source": (entry.envelope or {}).get("source"),
@@ -293,20 +294,19 @@ def events_unconfirmed(
             "type": (entry.envelope or {}).get("type"),
             "resends": entry.resends,
         }
-        for entry in ledger.due(before, limit)
+        for entry in ledger.due(due_before(after, now), limit)
     ]
     if state.json:
         cli._print_json(
             {
-                "ledger": {"kept": kept, "due": due, "resend_after_s": worker.event_resend_after_s},
+                "ledger": {"kept": summary.kept, "due": summary.due, "resend_after_s": after},
                 "due": listed,
             }
         )
         return
     console = cli._console()
-    console.print(
-        f"{kept} kept, {due} not processed {worker.event_resend_after_s:g} s after they were sent"
-    )
+    kept, due = summary.kept, summary.due
+    console.print(f"{kept} kept, {due} not processed {after:g} s after they were sent")
     if listed:
         table = Table(box=box.SIMPLE_HEAD)
         for column in ("source", "event", "type", "sent again"):

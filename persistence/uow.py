@@ -41,7 +41,7 @@ from persistence.tables import (
     timers,
     transitions,
 )
-from workflow.errors import Conflict, PolicyRefusal
+from workflow.errors import Conflict, PolicyRefusal, case_moved, recorded_meanwhile
 from workflow.model import (
     Case,
     DeadLetter,
@@ -811,11 +811,8 @@ class SqlCaseRepository(_Store):
         return self._run(self._uow.statements.update_case.execute, values) == 1
 
     def save_checked(self, case: Case, expected_version: int) -> None:
-        def miss() -> Exception:
-            return Conflict(f"case {case.id} was changed by another transition; reload and retry")
-
         values = self._save_values(case, expected_version)
-        self._run_checked(self._uow.statements.update_case, values, miss)
+        self._run_checked(self._uow.statements.update_case, values, lambda: case_moved(case.id))
 
     def _save_values(self, case: Case, expected_version: int) -> dict[str, Any]:
         if case.id is None:
@@ -1167,11 +1164,9 @@ class SqlEventStore(_Store):
         return row[0] == 1, uow._cases._with_timer(row[1:]) if row[1] is not None else None
 
     def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
-        def miss() -> Exception:
-            return Conflict(f"event {source}/{event_id} was recorded by a concurrent delivery")
-
         params = {"source": source, "event_id": event_id, "case_id": case_id, "received_at": at}
-        self._run_checked(self._uow.statements.record_event, params, miss)
+        record = self._uow.statements.record_event
+        self._run_checked(record, params, lambda: recorded_meanwhile(source, event_id))
 
     def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return self._pairs(self._uow.statements.select_recorded_events, ids)

@@ -52,6 +52,16 @@ class Conflict(AftersalesError):
         self.current_version = current_version
 
 
+def case_moved(case_id: int | None) -> Conflict:
+    """A compare-and-set on the case's version missed: another transition wrote first."""
+    return Conflict(f"case {case_id} was changed by another transition; reload and retry")
+
+
+def recorded_meanwhile(source: str, event_id: str) -> Conflict:
+    """An event's dedupe record was written by a concurrent delivery of the same event."""
+    return Conflict(f"event {source}/{event_id} was recorded by a concurrent delivery")
+
+
 class PolicyRefusal(AftersalesError):
     """A rule of the after-sales policy refuses the request; ``rule`` names it."""
 

@@ -849,12 +849,8 @@ class EventService:
                 return self._result(envelope, IngestStatus.DUPLICATE)
             raise _Refused(error) from None
         assert case.id is not None
-        if recorded is None and seen is not None:
-            recorded = (source, event_id) not in seen
-            if recorded:
-                uow.events.record_checked(source, event_id, case.id, now)
-        elif recorded is None:
-            recorded = uow.events.record(source, event_id, case.id, now)
+        if recorded is None:
+            recorded = _record(uow, envelope, case.id, now, seen)
         if not recorded:
             return self._result(envelope, IngestStatus.DUPLICATE, case)
         try:
@@ -1049,6 +1045,24 @@ def _with_letter(result: IngestResult, letter_id: int) -> IngestResult:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _record(
+    uow: UnitOfWork,
+    envelope: Envelope,
+    case_id: int,
+    now: datetime,
+    seen: set[tuple[str, str]] | None,
+) -> bool:
+    """Record the event for its case; False if it was recorded before. With ``seen`` (the
+    batch's read of recorded events) a new one is a checked write with no answer to wait for."""
+    key = (envelope.source, envelope.event_id)
+    if seen is None:
+        return uow.events.record(*key, case_id, now)
+    if key in seen:
+        return False
+    uow.events.record_checked(*key, case_id, now)
+    return True
 
 
 def _parse(raw: Any) -> tuple[Envelope, dict[str, Any]] | InvalidInput:

@@ -19,7 +19,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from workflow.errors import Conflict, PolicyRefusal
+from workflow.errors import Conflict, PolicyRefusal, case_moved, recorded_meanwhile
 from workflow.model import (
     Case,
     DeadLetter,
@@ -102,7 +102,7 @@ class InMemoryCaseRepository:
 
     def save_checked(self, case: Case, expected_version: int) -> None:
         if not self.save(case, expected_version):
-            raise Conflict(f"case {case.id} was changed by another transition; reload and retry")
+            raise case_moved(case.id)
 
     def list(self, query: CaseQuery) -> list[Case]:
         found = []
@@ -375,7 +375,7 @@ class InMemoryEventStore:
 
     def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
         if not self.record(source, event_id, case_id, at):
-            raise Conflict(f"event {source}/{event_id} was recorded by a concurrent delivery")
+            raise recorded_meanwhile(source, event_id)
 
     def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return {key for key in ids if key in self._db.inbound_events}

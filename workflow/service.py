@@ -337,8 +337,7 @@ class CaseService:
                     "to": new_due.isoformat(),
                 },
             )
-            if not uow.cases.save(case, loaded_version):
-                raise Conflict(f"case {case_id} was changed by another transition; retry")
+            uow.cases.save_checked(case, loaded_version)
             uow.log.append([record])
             uow.timers.reschedule(deadline.id, new_due, case.version)
             uow.commit()

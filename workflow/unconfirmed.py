@@ -82,6 +82,24 @@ def _ids(envelope: dict[str, Any] | None) -> tuple[str, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class LedgerSummary:
+    #: Entries in the ledger: events sent and not yet confirmed processed.
+    kept: int
+    #: Of those, the ones the resender sends again at its next look.
+    due: int
+
+
+def summarize(ledger: UnconfirmedEvents, resend_after_s: float, now: float) -> LedgerSummary:
+    """What ``/metrics`` and ``aftersales events unconfirmed`` report."""
+    return LedgerSummary(ledger.size(), ledger.count_due(due_before(resend_after_s, now)))
+
+
+def due_before(resend_after_s: float, now: float) -> float:
+    """The ledger score at or below which an entry is due: its window has passed."""
+    return now - resend_after_s
+
+
 class EventResender:
     def __init__(
         self,
@@ -107,20 +125,20 @@ class EventResender:
         now = self._wall()
         started = time.monotonic()
         while True:
-            due = self._ledger.due(now - self._after, batch)
+            due = self._ledger.due(due_before(self._after, now), batch)
             self._settle(due, now, report)
             if len(due) < batch or time.monotonic() - started >= budget_s:
                 return report
 
     def _settle(self, due: list[Unconfirmed], now: float, report: ResendReport) -> None:
-        readable = [(entry, ids) for entry in due if (ids := _ids(entry.envelope)) is not None]
-        known = self._events.known([ids for _, ids in readable])
-        unreadable = [entry.member for entry in due if _ids(entry.envelope) is None]
-        confirmed = [entry.member for entry, ids in readable if ids in known]
+        named = {entry.member: _ids(entry.envelope) for entry in due}
+        known = self._events.known([ids for ids in named.values() if ids is not None])
+        unreadable = [member for member, ids in named.items() if ids is None]
+        confirmed = [member for member, ids in named.items() if ids is not None and ids in known]
         self._ledger.forget(unreadable + confirmed)
         report.dropped += len(unreadable)
         report.confirmed += len(confirmed)
-        missing = [entry for entry, ids in readable if ids not in known]
+        missing = [e for e in due if named[e.member] is not None and named[e.member] not in known]
         for entry in missing:
             assert entry.envelope is not None
             self._send(entry.envelope)

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from persistence.readings import MetricsSnapshot, SqlReadings
 from workflow.clock import Clock
 from workflow.model import DeadLetterStatus
-from workflow.unconfirmed import UnconfirmedEvents
+from workflow.unconfirmed import UnconfirmedEvents, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class UnconfirmedCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            kept = self._ledger.size()
-            due = self._ledger.count_due(self._wall() - self._after)
+            summary = summarize(self._ledger, self._after, self._wall())
         except Exception:
             # Redis unreachable: the database's figures still go out (/readyz says why).
             logger.warning("the ledger of unconfirmed events could not be read", exc_info=True)
@@ -130,13 +129,13 @@ class UnconfirmedCollector(Collector):
         yield GaugeMetricFamily(
             "aftersales_unconfirmed_events",
             "Producers' events kept in the ledger and not yet confirmed processed.",
-            value=kept,
+            value=summary.kept,
         )
         yield GaugeMetricFamily(
             "aftersales_unconfirmed_events_due",
             "Of those, the ones the resender sends again at its next look: not processed "
             "within the resend window (a lasting non-zero value: events do not get through).",
-            value=due,
+            value=summary.due,
         )
 
 
