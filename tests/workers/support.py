@@ -18,13 +18,14 @@ Every wait polls with ``wait_for``; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -542,17 +543,22 @@ class RedisServer:
             stderr=subprocess.STDOUT,
         )
 
-    def freeze_with_queued(self, queue: str) -> bool:
+    def freeze_with_queued(self, queue: str, ignore: Collection[str] = ()) -> bool:
         """Pause every write (``CLIENT PAUSE ... WRITE``: BRPOP and LPUSH wait, reads go on) and
-        say whether messages are waiting in ``queue`` (its Redis key, with the broker's key
-        prefix); unpaused again if none are. A frozen
-        server keeps its queue until ``shutdown_nosave``: no worker can drain it in between."""
+        say whether messages of tasks other than ``ignore`` are waiting in ``queue`` (its Redis
+        key, with the broker's key prefix); unpaused again if none are. A frozen server keeps
+        its queue until ``shutdown_nosave``: no worker can drain it in between."""
         client = redis.Redis(port=self.port, socket_connect_timeout=2)
         try:
             client.execute_command("CLIENT", "PAUSE", int(DEADLINE_S * 1000), "WRITE")
             # kombu keeps a list per priority step: the queue's own name and name + separator.
             keys = [queue, *client.scan_iter(match=f"{queue}\x06\x16*")]
-            if sum(int(client.llen(key)) for key in keys) > 0:
+            tasks = [
+                json.loads(message)["headers"]["task"]
+                for key in keys
+                for message in client.lrange(key, 0, -1)
+            ]
+            if any(task not in ignore for task in tasks):
                 return True
             client.execute_command("CLIENT", "UNPAUSE")
             return False
