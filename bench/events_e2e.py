@@ -776,9 +776,12 @@ def paced(
 
 
 class Sampler:
-    """py-spy sampling every pool child (with idle frames: waiting on PostgreSQL is time too)."""
+    """py-spy sampling every pool child: with idle frames (waiting on PostgreSQL is time too),
+    or, ``on_cpu``, only what runs on a core (where the CPU goes)."""
 
-    def __init__(self, stack: Stack, folder: Path, name: str, rate: int = 200) -> None:
+    def __init__(
+        self, stack: Stack, folder: Path, name: str, rate: int = 200, on_cpu: bool = False
+    ) -> None:
         self.files: list[Path] = []
         self.processes = []
         py_spy = Path(sys.executable).with_name("py-spy")
@@ -787,7 +790,8 @@ class Sampler:
         for pid in [*stack.pool_pids(), *mains]:
             output = folder / f"{name}-{'main' if pid in mains else 'child'}-{pid}.txt"
             (self.main_files if pid in mains else self.files).append(output)
-            command = [str(py_spy), "record", "--pid", str(pid), "--rate", str(rate), "--idle"]
+            command = [str(py_spy), "record", "--pid", str(pid), "--rate", str(rate)]
+            command += [] if on_cpu else ["--idle"]
             command += ["--format", "raw", "--output", str(output)]
             self.processes.append(
                 subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -802,12 +806,12 @@ class Sampler:
 
 
 def _sampling(
-    stack: Stack, folder: Path, name: str, samplers: list[Sampler]
+    stack: Stack, folder: Path, name: str, samplers: list[Sampler], on_cpu: bool
 ) -> Callable[[], Sampler]:
     """What ``drain`` calls when the workers resume: start sampling (kept in ``samplers``)."""
 
     def start() -> Sampler:
-        samplers.append(Sampler(stack, folder, name))
+        samplers.append(Sampler(stack, folder, name, on_cpu=on_cpu))
         return samplers[0]
 
     return start
@@ -855,9 +859,9 @@ def _area(where: str, function: str) -> str:
 
 
 def profile_report(files: Sequence[Path], events: int, rate: int = 200) -> str:
-    """Where sampled wall time goes, in ms per event: outside tasks (waiting for one, the
-    pool's and the event loop's own work), per task, per area of the leaf frame, and inclusive
-    per function of ours (file:line of the call site)."""
+    """Where sampled time goes (wall, or CPU with ``--profile-on-cpu``), in ms per event:
+    outside tasks (waiting for one, the pool's and the event loop's own work), per task, per
+    area of the leaf frame, and inclusive per function of ours (file:line of the call site)."""
     outside: collections.Counter[str] = collections.Counter()
     tasks: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
@@ -1141,6 +1145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--latency-load", type=float, default=0.5, help="publishing pace, share of the settled rate"
     )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the pool afterwards")
+    parser.add_argument(
+        "--profile-on-cpu",
+        action="store_true",
+        help="sample only running threads (where the CPU goes), not waits",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
     parser.add_argument(
         "--postgres-url",
@@ -1198,7 +1207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeded.grow(list(profile_units.values()))
             for kind, count in profile_units.items():
                 samplers: list[Sampler] = []
-                start = _sampling(stack, options.profile, kind, samplers)
+                start = _sampling(stack, options.profile, kind, samplers, options.profile_on_cpu)
                 _, events = drain(stack, kind, 90, count, seeded, options, bar, during=start)
                 all_events += events
                 report = profile_report(samplers[0].files, count)

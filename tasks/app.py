@@ -17,6 +17,7 @@ from kombu import Queue
 
 from config.settings import Settings
 from tasks.broker import BrokerConfig, broker_config, var_dir
+from tasks.coalesce import COALESCE_MAX_KEY
 from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
 from tasks.schedule import beat_schedule
@@ -59,6 +60,7 @@ def create_app(settings: Settings, worker: WorkerSettings | None = None) -> Cele
             "beat_schedule_filename": str(var / BEAT_SCHEDULE_FILE),
             PING_DIR_KEY: str(worker.ping_dir or var / "worker-pings"),
             RETRY_CAP_KEY: worker.retry_backoff_max_s,
+            COALESCE_MAX_KEY: worker.event_coalesce_max,
         }
     )
     for module in TASK_MODULES:

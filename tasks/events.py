@@ -64,10 +64,19 @@ class _KeepsFailedEvents(Task):
     base=_KeepsFailedEvents,
     ignore_result=True,
     autoretry_for=_INFRASTRUCTURE,
+    # A prefork worker applies the messages that wait for a free process together.
+    Strategy="tasks.coalesce:strategy",
     **_RETRY,
 )
 def ingest_event_task(self: Task, event: Any) -> str:
     return str(runtime().events.ingest(event).status)
+
+
+def apply_coalesced(events: list[Any]) -> list[str]:
+    """What a pool child runs for a job of single-event messages (tasks/coalesce.py): their
+    events in one ``ingest_many``, a status each. An exception hands each message back to
+    Celery's path, where ``ingest_event_task`` runs it alone."""
+    return [str(result.status) for result in runtime().events.ingest_many(events)]
 
 
 @shared_task(

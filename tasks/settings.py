@@ -48,6 +48,10 @@ class WorkerSettings(BaseSettings):
     #: after twice as long each time); beat looks every ``event_resend_interval_s``.
     event_resend_after_s: float = Field(default=60.0, gt=0)
     event_resend_interval_s: float = Field(default=10.0, gt=0)
+    #: Single-event messages (``aftersales.ingest_event``) a prefork worker may hold beyond its
+    #: prefetch while every pool process is busy, applied together by the next free one
+    #: (tasks/coalesce.py); also the most events one such job carries. 0 turns it off.
+    event_coalesce_max: int = Field(default=100, ge=0)
     #: Timers claimed per sweep batch, and how long a claim may stay unfinished before another
     #: sweeper takes it (its sweeper died); firing is idempotent, so a reclaim never fires twice.
     timer_sweep_batch: int = Field(default=500, ge=1)
