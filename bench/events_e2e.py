@@ -12,7 +12,8 @@ Each round measures, one after the other (order reversed every other round):
 
 - ``noop``: ``aftersales.noop`` tasks, the broker's and the worker's own ceiling;
 - ``single``: ``aftersales.ingest_event``, one envelope per message
-  (``tasks.producer.publish_event``);
+  (``tasks.producer.publish_event``); the worker applies the messages that wait for a busy pool
+  together (tasks/coalesce.py; the summary gives the jobs' sizes);
 - ``batch``: ``aftersales.ingest_events``, ``--batch-size`` envelopes per message
   (``tasks.producer.publish_events``);
 - ``http``: ``POST /events`` with arrays of ``--http-batch`` envelopes, from ``--http-clients``
@@ -1085,11 +1086,29 @@ def _task_runtimes(stack: Stack) -> str:
     for log in sorted(stack.folder.glob("worker-*.log")):
         for match in pattern.finditer(log.read_text(errors="replace")):
             runtimes[match["name"]].append(float(match["s"]))
-    return "; ".join(
-        f"{name} ×{len(values)} (median {support.median(values) * 1e3:.1f} ms, "
-        f"total {sum(values):.1f} s)"
-        for name, values in sorted(runtimes.items(), key=lambda item: -len(item[1]))
+    jobs = [
+        int(match["count"])
+        for log in sorted(stack.folder.glob("worker-*.log"))
+        for match in _COALESCED_JOB.finditer(log.read_text(errors="replace"))
+    ]
+    coalesced = (
+        f"; single events applied in {len(jobs)} coalesced jobs (events per job: median "
+        f"{support.median(jobs):.0f}, max {max(jobs)}; {jobs.count(1)} alone)"
+        if jobs
+        else ""
     )
+    return (
+        "; ".join(
+            f"{name} ×{len(values)} (median {support.median(values) * 1e3:.1f} ms, "
+            f"total {sum(values):.1f} s)"
+            for name, values in sorted(runtimes.items(), key=lambda item: -len(item[1]))
+        )
+        + coalesced
+    )
+
+
+#: The worker's line for a job of single-event messages applied together (tasks/coalesce.py).
+_COALESCED_JOB = re.compile(r"coalesced job of (?P<count>\d+) aftersales\.ingest_event messages")
 
 
 @contextmanager

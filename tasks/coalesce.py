@@ -4,11 +4,13 @@ A producer that sends one event per message (``aftersales.ingest_event``) paid a
 a commit and a pool round trip per event, where a batch message (``aftersales.ingest_events``)
 shares them among up to a hundred: on the 2-core bench machine a pool child spent about 1.9 ms
 of CPU per single event against 0.6 ms per batched one (BENCHMARKS.md, benchmark 2). So the
-worker's main process, which receives every message, holds the single events that arrive while
-every pool process is busy and hands them to the next free one as one job: the pool child
-applies them with ``EventService.ingest_many`` (a savepoint each, one commit). When a process is
-free an event goes at once, alone: coalescing adds no wait, it only fills the waits that a busy
-pool already imposes.
+worker's main process, which receives every message, hands single events to the pool as jobs
+of its own (``tasks.events.apply_coalesced``: ``EventService.ingest_many``, a savepoint each, one
+commit), at most one job per two pool processes at a time: the pool has two processes per core
+so that waits on the database overlap, but a job of many events keeps its core busy, and the
+other half of the pool stays free for relays, notifications and sweeps. An event that arrives
+when a job may start goes at once, alone; the ones that arrive while the jobs run wait and go
+together in the next. Coalescing adds no wait: it fills the waits a busy pool already imposes.
 
 It is a Celery task strategy (``Task.Strategy``, built per consumer start by
 ``Consumer.update_strategies``; celery/worker/strategy.py ``default`` is the model), so the
@@ -164,8 +166,7 @@ class Coalescer:
     # -- the pool -------------------------------------------------------------------------------
     def _dispatch(self) -> None:
         """Hand waiting requests to the pool while it has a process our jobs do not occupy."""
-        processes = max(1, int(getattr(self._consumer.pool, "num_processes", 1) or 1) // 2)
-        while self._waiting and self._running < processes:
+        while self._waiting and self._running < self._jobs_at_once():
             count = min(len(self._waiting), self._limit)
             batch = [self._waiting.popleft() for _ in range(count)]
             self._running += 1
@@ -184,6 +185,11 @@ class Coalescer:
                 self._fall_back(batch, repr(exc))
                 return
 
+    def _jobs_at_once(self) -> int:
+        """One job per two pool processes (see the module doc), at least one."""
+        processes = int(getattr(self._consumer.pool, "num_processes", 1) or 1)
+        return max(1, processes // 2)
+
     def _returned(self, batch: list[Any], started: float, statuses: Any) -> None:
         self._running -= 1
         if not isinstance(statuses, list) or len(statuses) != len(batch):
@@ -193,20 +199,28 @@ class Coalescer:
         runtime = time.monotonic() - started
         self.jobs += 1
         self.applied += len(batch)
+        if self._logs_info:
+            logger.info(
+                "coalesced job of %d %s messages returned in %.6fs",
+                len(batch),
+                self._task.name,
+                runtime,
+            )
         for request, status in zip(batch, statuses, strict=True):
             self._give_back(request)
             request.acknowledge()
             task_ready(request, successful=True)
             if self._logs_info:
-                # Celery's success line (trace.LOG_SUCCESS) with the job's size: log readers
-                # that follow a task id (the live demo, greps) keep working.
+                # Celery's own success line (trace.LOG_SUCCESS), the job's runtime as the
+                # task's: log readers that follow a task id (the live demo, tests) still work.
                 logger.info(
-                    "Task %s[%s] succeeded in %.6fs (coalesced, %d events): %r",
-                    request.name,
-                    request.id,
-                    runtime,
-                    len(batch),
-                    status,
+                    trace.LOG_SUCCESS,
+                    {
+                        "id": request.id,
+                        "name": request.name,
+                        "return_value": repr(status),
+                        "runtime": runtime,
+                    },
                 )
         self._dispatch()
 

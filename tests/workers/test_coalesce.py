@@ -1,0 +1,113 @@
+"""Single-event messages applied together by a prefork worker (tasks/coalesce.py), on Redis and
+PostgreSQL with real worker processes: the events still take effect once each, every message is
+acknowledged, and a job that fails hands its messages to Celery's own path.
+
+The worker logs each job (``coalesced job of N ... messages``) and, per message, Celery's own
+success line from its main process; a message that ran alone through Celery's path has its
+success line from a pool process (``ForkPoolWorker``) instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from persistence.db import make_engine
+
+from .conftest import wait_for
+from .support import Stack, merchant, open_stack, stack_params, submit
+
+_JOB = re.compile(r"coalesced job of (?P<count>\d+) aftersales\.ingest_event messages")
+
+
+@pytest.fixture(params=stack_params("redis-postgres"))
+def stack_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    broker, database_kind = request.param
+    return str(broker), str(database_kind)
+
+
+def _jobs(stack: Stack) -> list[int]:
+    """The sizes of the coalesced jobs the workers ran, in order."""
+    return [int(m["count"]) for _, text in stack.runtime.logs() for m in _JOB.finditer(text)]
+
+
+def _broker_empty(stack: Stack) -> bool:
+    """No message waits in the default queue and none is delivered but unacknowledged."""
+    prefix = stack.runtime.worker_settings.broker_key_prefix
+    client = redis.Redis.from_url(str(stack.runtime.settings.broker_url))
+    try:
+        return client.llen(f"{prefix}celery") == 0 and client.hlen(f"{prefix}unacked") == 0
+    finally:
+        client.close()
+
+
+def _succeeded_in(stack: Stack, task_id: str) -> str:
+    """The process that logged the task's success line (``MainProcess``, ``ForkPoolWorker-1``)."""
+    line = re.compile(
+        rf"INFO/(?P<process>[\w-]+)\] Task aftersales\.ingest_event\[{task_id}\] succeeded"
+    )
+    for _, text in stack.runtime.logs():
+        match = line.search(text)
+        if match:
+            return match["process"]
+    raise AssertionError(f"no success line for {task_id}")
+
+
+def test_events_that_wait_for_a_busy_pool_are_applied_together_each_once(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    with open_stack(request, tmp_path, *stack_kind) as stack:
+        # given 40 submitted cases, and for each the merchant's approval sent as a message of
+        # its own, with 10 of them sent twice; all queued before any worker runs
+        cases = [submit(stack, "return_refund", f"o-co-{n}") for n in range(40)]
+        approvals = [merchant(stack, "approved", case) for case in cases]
+        task_ids = stack.send_events(*approvals, *approvals[:10])
+        # when one worker starts (2 pool processes: one coalesced job at a time)
+        stack.start_workers(1, beat=False)
+        outcomes = stack.outcomes(task_ids)
+
+        # then every first delivery was applied and every copy was a duplicate
+        assert outcomes[:40] == ["applied"] * 40
+        assert outcomes[40:] == ["duplicate"] * 10
+        # and the messages waiting behind a job went together
+        jobs = _jobs(stack)
+        assert sum(jobs) == 50
+        assert max(jobs) >= 2, jobs
+        # and each case was approved once, by its event
+        for case in cases:
+            assert stack.triggers(case).count("approve") == 1
+        # and every message was acknowledged
+        wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
+
+
+def test_a_failed_job_hands_each_message_to_celerys_own_path(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    with open_stack(request, tmp_path, *stack_kind) as stack:
+        (worker,) = stack.start_workers(1, beat=False)
+        cases = [submit(stack, "return_refund", f"o-fail-{n}") for n in range(3)]
+        engine = make_engine(stack.database_url)
+        # given the dedupe table locked, so that the first job waits past its soft time limit
+        with engine.connect() as locker:
+            locker.execute(sa.text("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE"))
+            first, *others = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
+            # when that job fails (SoftTimeLimitExceeded) and the lock goes
+            stack.wait_log(worker, r"failed together", "the job to fail")
+            locker.rollback()
+        outcomes = stack.outcomes([first, *others])
+
+        # then every event was applied once
+        assert outcomes == ["applied"] * 3
+        for case in cases:
+            assert stack.triggers(case).count("approve") == 1
+        # and the failed job's message ran alone in a pool process, through the task itself,
+        # at once (received once: not redelivered by the broker after the visibility timeout)
+        assert _succeeded_in(stack, first).startswith("ForkPoolWorker")
+        received = f"Task aftersales.ingest_event[{first}] received"
+        assert sum(text.count(received) for _, text in stack.runtime.logs()) == 1
+        assert _jobs(stack)  # the others went through a coalesced job after the lock went
+        wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
