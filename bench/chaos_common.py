@@ -860,6 +860,21 @@ def resent_from_ledger(run: Deployment) -> int:
     )
 
 
+#: The worker's lines for a job of single events applied together, and for one that failed and
+#: handed its messages to Celery's own path (tasks/coalesce.py).
+_COALESCED = re.compile(r"coalesced job of (\d+) aftersales\.ingest_event messages")
+_FELL_BACK = re.compile(r"(\d+) coalesced aftersales\.ingest_event messages failed together")
+
+
+def coalesced_jobs(run: Deployment) -> tuple[int, int, int]:
+    """(jobs that returned, the events they applied, jobs that failed and fell back) over every
+    worker log of the run."""
+    texts = [log.read_text(errors="replace") for log in run.folder.glob("*.log")]
+    sizes = [int(m[1]) for text in texts for m in _COALESCED.finditer(text)]
+    failed = sum(1 for text in texts for _ in _FELL_BACK.finditer(text))
+    return len(sizes), sum(sizes), failed
+
+
 def wait_settled(run: Deployment, timeout: float = 120) -> None:
     """Wait for every outbox row to be completed (effects of the last transitions)."""
     engine = make_engine(run.database_url)

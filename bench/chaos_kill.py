@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         chaos.wait_settled(run)
         found = chaos.verify(run)
         from_ledger = chaos.resent_from_ledger(run)
+        jobs, coalesced, fell_back = chaos.coalesced_jobs(run)
         run.keep_folder = not found.ok or error is not None
         elapsed = time.monotonic() - started
         load_after = chaos.load_average()
@@ -166,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "events sent again by the service from the producers' ledger",
             str(from_ledger) if run.keep_events else "off",
+        ),
+        (
+            "coalesced jobs of single events (events; failed and run alone)",
+            f"{jobs} ({coalesced}; {fell_back})",
         ),
         *chaos.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
@@ -186,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(main {killer.stats.main}, child {killer.stats.children}) restarts={supervisor.restarts} "
         f"events={driver.stats.events} resent={driver.stats.resent} "
         f"ledger={'on' if run.keep_events else 'off'} from_ledger={from_ledger} "
+        f"coalesced_jobs={jobs} coalesced_events={coalesced} jobs_fell_back={fell_back} "
         f"{found.summary()} in {elapsed:.0f} s, load {load_after}"
     )
     return 0 if ok else 1
