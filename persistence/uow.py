@@ -509,6 +509,7 @@ class _Statements:
         self._case_lists: dict[frozenset[str], Prepared] = {}
         self._open_claims: dict[int, Prepared] = {}
         self._cases_by_ids: dict[int, Prepared] = {}
+        self._cases_of_orders: dict[int, Prepared] = {}
 
     def case_list(self, filters: frozenset[str]) -> Prepared:
         """``CaseRepository.list`` with these of ``_CASE_LIST_FILTERS`` given, and a limit."""
@@ -531,6 +532,16 @@ class _Statements:
             return _CASES_AND_TIMERS.where(cases.c.id.in_(ids))
 
         return self._compiled_once(self._cases_by_ids, count, build)
+
+    def cases_of_orders(self, count: int) -> Prepared:
+        """Every case of ``count`` orders (``order_0`` ...) with its live timer, newest first:
+        a batch's cases named by order and parcel in one SELECT."""
+
+        def build() -> sa.Select[Any]:
+            orders = [sa.bindparam(f"order_{i}", type_=cases.c.order_id.type) for i in range(count)]
+            return _CASES_AND_TIMERS.where(cases.c.order_id.in_(orders)).order_by(cases.c.id.desc())
+
+        return self._compiled_once(self._cases_of_orders, count, build)
 
     def open_claims(self, count: int) -> Prepared:
         """The claims of ``count`` SKUs (``sku_0`` ...) of an order: (sku, case_id) rows."""
@@ -760,6 +771,18 @@ class SqlCaseRepository(_Store):
         for row in self._run(statement.rows, params):
             case = self._with_timer(row)
             found[_id_of(case)] = case
+        return found
+
+    def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
+        orders = list(dict.fromkeys(order_ids))
+        if not orders:
+            return {}
+        statement = self._uow.statements.cases_of_orders(len(orders))
+        params = {f"order_{i}": order_id for i, order_id in enumerate(orders)}
+        found: dict[str, builtins.list[Case]] = {}
+        for row in self._run(statement.rows, params):
+            case = self._with_timer(row)
+            found.setdefault(case.order_id, []).append(case)
         return found
 
     def _with_timer(self, row: Sequence[Any]) -> Case:

@@ -24,7 +24,7 @@ from workflow import engine
 from workflow.clock import Clock
 from workflow.definitions import RETURN_LEG
 from workflow.errors import AftersalesError, Conflict, IngestFailed, InvalidInput, NotFound
-from workflow.model import Actor, Case, DeadLetter, DeadLetterStatus
+from workflow.model import Actor, Case, DeadLetter, DeadLetterStatus, cases_by_reference
 from workflow.payloads import Fen, Ident, Text, describe_validation_error
 from workflow.ports import UnitOfWork, UnitOfWorkFactory
 from workflow.service import CaseService
@@ -772,9 +772,20 @@ class EventService:
                 seen = uow.events.recorded(
                     [(p[0].source, p[0].event_id) for p in parsed if isinstance(p, tuple)]
                 )
+                # And one for the cases of the orders that events name without a case id (a
+                # carrier's first scan names the order and the parcel): no read per event.
+                orders = _OrderCopies(
+                    uow.cases.of_orders(
+                        [
+                            p[0].order_id
+                            for p in parsed
+                            if isinstance(p, tuple) and p[0].case_id is None and p[0].order_id
+                        ]
+                    )
+                )
                 for raw, parse in zip(raws, parsed, strict=True):
                     try:
-                        results.append(self._apply_in_batch(uow, raw, parse, named, seen))
+                        results.append(self._apply_in_batch(uow, raw, parse, named, seen, orders))
                     except _Held:
                         break
                 uow.commit()
@@ -794,13 +805,14 @@ class EventService:
         parsed: tuple[Envelope, dict[str, Any]] | InvalidInput,
         named: dict[int, Case],
         seen: set[tuple[str, str]],
+        orders: _OrderCopies,
     ) -> IngestResult:
         if isinstance(parsed, InvalidInput):
             return self._letter_in(uow, as_document(raw), _Refused(parsed))
         envelope, document = parsed
         try:
             with uow.savepoint():
-                result = self._apply(uow, envelope, named, seen)
+                result = self._apply(uow, envelope, named, seen, orders)
             # Recorded now (unless a duplicate): a copy later in the batch is a duplicate.
             seen.add((envelope.source, envelope.event_id))
             return result
@@ -815,11 +827,13 @@ class EventService:
         envelope: Envelope,
         named: dict[int, Case] | None = None,
         seen: set[tuple[str, str]] | None = None,
+        orders: _OrderCopies | None = None,
     ) -> IngestResult:
         """Resolve, record, plan and fire ``envelope`` in ``uow``; the caller commits.
         ``named``: cases read before in ``uow``, by id; the one used is taken out. ``seen``:
         the events recorded before (a batch read them at its start): the record of one not
-        among them is a checked write (``EventStore.record_checked``).
+        among them is a checked write (``EventStore.record_checked``). ``orders``: the cases
+        of the orders a batch's events name without a case id, read at its start.
 
         Raises ``_Refused`` for an event that cannot apply (the caller rolls back what this
         wrote and keeps a dead letter instead) and ``Conflict`` when a concurrent transition
@@ -838,7 +852,7 @@ class EventService:
             recorded, read = uow.events.record_reading_case(source, event_id, named_id, now)
             named = {named_id: read} if read is not None else None
         try:
-            case = _resolve(uow, envelope, named)
+            case = _resolve(uow, envelope, named, orders)
         except Conflict:
             # An earlier write of the batch lost its race and surfaced at this read.
             raise
@@ -849,6 +863,11 @@ class EventService:
                 return self._result(envelope, IngestStatus.DUPLICATE)
             raise _Refused(error) from None
         assert case.id is not None
+        if orders is not None:
+            # This case is about to change: no later event of the batch may use a copy of it.
+            orders.spend(case)
+            if named:
+                named.pop(case.id, None)
         if recorded is None:
             recorded = _record(uow, envelope, case.id, now, seen)
         if not recorded:
@@ -1072,9 +1091,38 @@ def _parse(raw: Any) -> tuple[Envelope, dict[str, Any]] | InvalidInput:
         return error
 
 
-def _resolve(uow: UnitOfWork, envelope: Envelope, named: dict[int, Case] | None = None) -> Case:
+class _OrderCopies:
+    """The cases of some orders as a batch read them at its start (``CaseRepository.of_orders``).
+    An order's copies serve its events until an event of the batch uses one of its cases: from
+    then on they may be stale (a pickup sets a tracking number, an ending closes the case), and
+    its events read the database."""
+
+    def __init__(self, by_order: dict[str, list[Case]]) -> None:
+        self._by_order = by_order
+
+    def of(self, order_id: str | None) -> list[Case] | None:
+        return self._by_order.get(order_id) if order_id is not None else None
+
+    def spend(self, case: Case) -> None:
+        self._by_order.pop(case.order_id, None)
+
+
+def _resolve(
+    uow: UnitOfWork,
+    envelope: Envelope,
+    named: dict[int, Case] | None = None,
+    orders: _OrderCopies | None = None,
+) -> Case:
     """The one case the envelope names: by id, else by parcel, else the order's open case.
-    ``named``: cases read before in ``uow``; the one used is taken out (it is about to change)."""
+    ``named``: cases read before in ``uow``; the one used is taken out (it is about to change).
+    ``orders``: the cases of orders read before in ``uow``, searched instead of the database."""
+    copies = orders.of(envelope.order_id) if orders is not None else None
+
+    def by_reference(order_id: str | None, tracking_no: str | None = None) -> list[Case]:
+        if copies is not None:
+            return cases_by_reference(copies, order_id, tracking_no)
+        return uow.cases.by_reference(order_id=order_id, tracking_no=tracking_no)
+
     if envelope.case_id is not None:
         case = named.pop(envelope.case_id, None) if named else None
         if case is None:
@@ -1087,7 +1135,7 @@ def _resolve(uow: UnitOfWork, envelope: Envelope, named: dict[int, Case] | None 
             )
         return case
     if envelope.tracking_no is not None:
-        found = uow.cases.by_reference(order_id=envelope.order_id, tracking_no=envelope.tracking_no)
+        found = by_reference(envelope.order_id, envelope.tracking_no)
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
@@ -1102,7 +1150,7 @@ def _resolve(uow: UnitOfWork, envelope: Envelope, named: dict[int, Case] | None 
                 "a parcel's first event"
             )
     assert envelope.order_id is not None
-    found = uow.cases.by_reference(order_id=envelope.order_id)
+    found = by_reference(envelope.order_id)
     if not found:
         raise NotFound(f"order {envelope.order_id} has no open case")
     if len(found) > 1:

@@ -29,6 +29,7 @@ from workflow.model import (
     Timer,
     TimerStatus,
     TransitionRecord,
+    cases_by_reference,
 )
 from workflow.ports import (
     CaseQuery,
@@ -160,23 +161,16 @@ class InMemoryCaseRepository:
     ) -> builtins.list[Case]:
         """As the SQL one: by ``tracking_no`` (any state; of ``order_id`` too when given), or
         the open cases of ``order_id``; newest first."""
-        if order_id is None and tracking_no is None:
-            raise ValueError("by_reference() needs an order_id or a tracking_no")
-        found = []
+        found = cases_by_reference(self._db.cases.values(), order_id, tracking_no)
+        return [copy.deepcopy(case) for case in found]
+
+    def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
+        wanted = set(order_ids)
+        found: dict[str, builtins.list[Case]] = {}
         for case_id in sorted(self._db.cases, reverse=True):
             case = self._db.cases[case_id]
-            if order_id is not None and case.order_id != order_id:
-                continue
-            if tracking_no is not None:
-                numbers = (
-                    case.details.get("return_tracking_no"),
-                    case.details.get("outbound_tracking_no"),
-                )
-                if tracking_no not in {str(n) for n in numbers if n is not None}:
-                    continue
-            elif case.is_terminal:
-                continue
-            found.append(copy.deepcopy(case))
+            if case.order_id in wanted:
+                found.setdefault(case.order_id, []).append(copy.deepcopy(case))
         return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -115,6 +116,31 @@ class Case:
     @property
     def skus(self) -> list[str]:
         return [item.sku for item in self.items]
+
+
+def cases_by_reference(
+    cases: Iterable[Case], order_id: str | None = None, tracking_no: str | None = None
+) -> list[Case]:
+    """``CaseRepository.by_reference`` over cases in hand: with ``tracking_no``, those (in any
+    state) whose return or outbound parcel has it, of ``order_id`` too when given; with
+    ``order_id`` alone, the order's open cases. Newest first."""
+    if order_id is None and tracking_no is None:
+        raise ValueError("by_reference() needs an order_id or a tracking_no")
+    found = []
+    for case in sorted(cases, key=lambda case: case.id or 0, reverse=True):
+        if order_id is not None and case.order_id != order_id:
+            continue
+        if tracking_no is not None:
+            numbers = (
+                case.details.get("return_tracking_no"),
+                case.details.get("outbound_tracking_no"),
+            )
+            if tracking_no not in {str(n) for n in numbers if n is not None}:
+                continue
+        elif case.is_terminal:
+            continue
+        found.append(case)
+    return found
 
 
 @dataclass(frozen=True)

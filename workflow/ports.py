@@ -89,6 +89,13 @@ class CaseRepository(Protocol):
         stored in indexed columns); newest first."""
         ...
 
+    def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
+        """Every case (in any state) of each of these orders that has one, newest first, with
+        its live timer as ``get`` reads it: one read for a batch's events that name their
+        case by order and parcel (``model.cases_by_reference`` then picks, as ``by_reference``
+        would)."""
+        ...
+
 
 class TransitionLog(Protocol):
     def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:

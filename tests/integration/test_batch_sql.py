@@ -542,6 +542,54 @@ def test_a_batch_reads_the_cases_its_events_name_in_one_statement(
     assert batch_reads == 2
 
 
+def picked_up_by_order(event_id: str, order_id: str, tracking_no: str) -> dict[str, Any]:
+    """A carrier's first scan of a parcel the platform booked: the order and the parcel, no
+    case id."""
+    document = envelope(event_id, "parcel.picked_up", 0, order_id=order_id, tracking_no=tracking_no)
+    del document["case_id"]
+    return document
+
+
+def test_a_batch_finds_the_cases_its_events_name_by_order_in_one_read(
+    events: EventService, service: CaseService, statements: list[str]
+) -> None:
+    # given five approved cases, one per order
+    cases = submitted(service, 5)
+    events.ingest_many([approve(f"a-{n}", case_id) for n, case_id in enumerate(cases)])
+    statements.clear()
+
+    # when a batch of the carrier's first scans names each by its order and a new parcel
+    results = events.ingest_many(
+        [picked_up_by_order(f"p-{n}", f"o-{n}", f"SF{n}") for n in range(5)]
+    )
+    case_reads = [sql for sql in statements if sql.startswith("SELECT cases.")]
+    timer_reads = [sql for sql in statements if sql.startswith("SELECT timers.")]
+
+    # then each found its case and applied
+    assert [r.status for r in results] == [IngestStatus.APPLIED] * 5
+    assert [r.case_id for r in results] == cases
+    for case_id in cases:
+        assert triggers(service, case_id) == ["submit", "approve", "record_pickup"]
+    # with one read of the orders' cases and their timers for the batch, none per event
+    assert len(case_reads) == 1
+    assert timer_reads == []
+
+
+def test_an_event_named_by_order_sees_what_the_batch_did_to_that_order_before_it(
+    events: EventService, service: CaseService
+) -> None:
+    # given a submitted case
+    (case_id,) = submitted(service, 1)
+
+    # when one batch approves it (by its id) and then carries the carrier's first scan of
+    # its parcel (by its order): the batch's copy of the order's cases predates the approval
+    results = events.ingest_many([approve("a-0", case_id), picked_up_by_order("p-0", "o-0", "SF0")])
+
+    # then the scan was planned on the approved case, not on the copy, and applied
+    assert [r.status for r in results] == [IngestStatus.APPLIED] * 2
+    assert triggers(service, case_id) == ["submit", "approve", "record_pickup"]
+
+
 def test_a_batch_records_its_events_without_a_round_trip_each(
     backend: str, events: EventService, service: CaseService, statements: list[str]
 ) -> None:
