@@ -226,7 +226,9 @@ class Coalescer:
 
     def _failed(self, batch: list[Any], exc_info: Any) -> None:
         self._running -= 1
-        self._fall_back(batch, repr(getattr(exc_info, "exception", exc_info)))
+        exc = getattr(exc_info, "exception", exc_info)
+        # billiard wraps what a child raised (as Request.on_failure unwraps it).
+        self._fall_back(batch, repr(getattr(exc, "exc", exc)))
 
     def _fall_back(self, batch: list[Any], why: str) -> None:
         self.fell_back += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -653,3 +654,39 @@ def test_the_begin_goes_out_with_the_first_statement_and_opens_the_transaction(
         uow.commit()
     assert _notes(engine) == ["committed"]
     assert notices == []
+
+
+class _Interrupted(Exception):
+    """What a Celery task's soft time limit raises: an exception out of a signal handler."""
+
+
+def test_a_connection_cut_off_mid_pipeline_is_closed_not_pooled(
+    backend: str, uow_factory: SqlUnitOfWorkFactory
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("sqlite3 has no pipeline to leave half-way")
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted()
+
+    # given a unit of work whose statement (with a deferred write, in one pipeline) is cut off
+    # while psycopg waits for the server, as a soft time limit does
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        # (psycopg then fails to leave the pipeline, and raises that instead)
+        with pytest.raises((_Interrupted, sa.exc.OperationalError)), uow_factory() as uow:
+            checkout = _checkout(uow)
+            first_backend = checkout.run("SELECT pg_backend_pid()", ()).fetchone()[0]
+            checkout.defer("SELECT 1", ())
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            checkout.run("SELECT pg_sleep(5)", ())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # then the next unit of work runs (on another connection: that one was closed; the
+    # rollback and the pool's reset fail on it, and the pool then discards it)
+    with uow_factory() as uow:
+        checkout = _checkout(uow)
+        assert checkout.run("SELECT pg_backend_pid()", ()).fetchone()[0] != first_backend
+        uow.commit()

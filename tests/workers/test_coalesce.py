@@ -9,7 +9,9 @@ success line from a pool process (``ForkPoolWorker``) instead.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -110,4 +112,56 @@ def test_a_failed_job_hands_each_message_to_celerys_own_path(
         received = f"Task aftersales.ingest_event[{first}] received"
         assert sum(text.count(received) for _, text in stack.runtime.logs()) == 1
         assert _jobs(stack)  # the others went through a coalesced job after the lock went
+        wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
+
+
+def _pool_children(pid: int) -> list[int]:
+    """The worker's prefork pool processes (its direct children)."""
+    return sorted(
+        {
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        }
+    )
+
+
+def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_path(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    with open_stack(request, tmp_path, *stack_kind) as stack:
+        (worker,) = stack.start_workers(1, beat=False)
+        cases = [submit(stack, "return_refund", f"o-kill-{n}") for n in range(2)]
+        engine = make_engine(stack.database_url)
+        waiting_on_lock = sa.text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+
+        def lock_waits() -> int:
+            # A connection of its own each time: statistics views keep one snapshot per
+            # transaction.
+            with engine.connect() as observer:
+                return int(observer.execute(waiting_on_lock).scalar_one())
+
+        with engine.connect() as locker:
+            # given a job of the first event stuck in a pool process (the dedupe table locked)
+            locker.execute(sa.text("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE"))
+            first, second = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
+            wait_for(lambda: lock_waits() >= 1, "the job to wait on the lock")
+            # when every pool process is killed (kill -9) and the lock goes
+            for child in _pool_children(worker.pid):
+                os.kill(child, signal.SIGKILL)
+            stack.wait_log(worker, r"failed together \(WorkerLostError", "the job to be lost")
+            locker.rollback()
+        outcomes = stack.outcomes([first, second])
+
+        # then both events were applied once, the lost job's alone through Celery's own path
+        # and at once (not redelivered by the broker after the visibility timeout)
+        assert outcomes == ["applied", "applied"]
+        for case in cases:
+            assert stack.triggers(case).count("approve") == 1
+        assert _succeeded_in(stack, first).startswith("ForkPoolWorker")
+        received = f"Task aftersales.ingest_event[{first}] received"
+        assert sum(text.count(received) for _, text in stack.runtime.logs()) == 1
         wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
