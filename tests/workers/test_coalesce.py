@@ -9,9 +9,11 @@ success line from a pool process (``ForkPoolWorker``) instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 
 from persistence.db import make_engine
 
-from .conftest import wait_for
+from .conftest import WorkerProcess, wait_for
 from .support import Stack, merchant, open_stack, stack_params, submit
 
 _JOB = re.compile(r"coalesced job of (?P<count>\d+) aftersales\.ingest_event messages")
@@ -45,6 +47,21 @@ def _broker_empty(stack: Stack) -> bool:
         return client.llen(f"{prefix}celery") == 0 and client.hlen(f"{prefix}unacked") == 0
     finally:
         client.close()
+
+
+def _worker_and_cases(stack: Stack, prefix: str, count: int) -> tuple[WorkerProcess, list[int]]:
+    """One worker (2 pool processes) and ``count`` submitted cases of orders ``<prefix>-<n>``."""
+    (worker,) = stack.start_workers(1, beat=False)
+    return worker, [submit(stack, "return_refund", f"{prefix}-{n}") for n in range(count)]
+
+
+@contextlib.contextmanager
+def _dedupe_table_locked(stack: Stack) -> Iterator[sa.Connection]:
+    """``inbound_events`` locked until the block ends or the connection given rolls back:
+    every event's transaction waits on it."""
+    with make_engine(stack.database_url).connect() as locker:
+        locker.execute(sa.text("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE"))
+        yield locker
 
 
 def _succeeded_in(stack: Stack, task_id: str) -> str:
@@ -90,12 +107,9 @@ def test_a_failed_job_hands_each_message_to_celerys_own_path(
     request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
 ) -> None:
     with open_stack(request, tmp_path, *stack_kind) as stack:
-        (worker,) = stack.start_workers(1, beat=False)
-        cases = [submit(stack, "return_refund", f"o-fail-{n}") for n in range(3)]
-        engine = make_engine(stack.database_url)
+        worker, cases = _worker_and_cases(stack, "o-fail", 3)
         # given the dedupe table locked, so that the first job waits past its soft time limit
-        with engine.connect() as locker:
-            locker.execute(sa.text("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE"))
+        with _dedupe_table_locked(stack) as locker:
             first, *others = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
             # when that job fails (SoftTimeLimitExceeded) and the lock goes
             stack.wait_log(worker, r"failed together", "the job to fail")
@@ -130,8 +144,7 @@ def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_pa
     request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
 ) -> None:
     with open_stack(request, tmp_path, *stack_kind) as stack:
-        (worker,) = stack.start_workers(1, beat=False)
-        cases = [submit(stack, "return_refund", f"o-kill-{n}") for n in range(2)]
+        worker, cases = _worker_and_cases(stack, "o-kill", 2)
         engine = make_engine(stack.database_url)
         waiting_on_lock = sa.text(
             "SELECT count(*) FROM pg_stat_activity "
@@ -144,9 +157,8 @@ def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_pa
             with engine.connect() as observer:
                 return int(observer.execute(waiting_on_lock).scalar_one())
 
-        with engine.connect() as locker:
-            # given a job of the first event stuck in a pool process (the dedupe table locked)
-            locker.execute(sa.text("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE"))
+        # given a job of the first event stuck in a pool process (the dedupe table locked)
+        with _dedupe_table_locked(stack) as locker:
             first, second = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
             wait_for(lambda: lock_waits() >= 1, "the job to wait on the lock")
             # when every pool process is killed (kill -9) and the lock goes
