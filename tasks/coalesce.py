@@ -10,7 +10,8 @@ commit), at most one job per two pool processes at a time: the pool has two proc
 so that waits on the database overlap, but a job of many events keeps its core busy, and the
 other half of the pool stays free for relays, notifications and sweeps. An event that arrives
 when a job may start goes at once, alone; the ones that arrive while the jobs run wait and go
-together in the next. Coalescing adds no wait: it fills the waits a busy pool already imposes.
+together in the next, at most as long as a running job (milliseconds; benchmark 2 measured
+p50 / p99 9 / 63 ms at the pace where one event per message gave 8 / 44 ms).
 
 It is a Celery task strategy (``Task.Strategy``, built per consumer start by
 ``Consumer.update_strategies``; celery/worker/strategy.py ``default`` is the model), so the
@@ -100,12 +101,9 @@ class Coalescer:
         self._waiting: deque[Any] = deque()
         #: Jobs handed to the pool and not returned.
         self._running = 0
-        #: The QoS each held request raised, by request id (given back when it is done).
-        self._raised: dict[str, Any] = {}
-        #: Counters for tests and logs: jobs run, messages they applied, jobs that fell back.
-        self.jobs = 0
-        self.applied = 0
-        self.fell_back = 0
+        #: The QoS each held request raised, by the request object's identity (two deliveries
+        #: may carry one task id), given back when it is done.
+        self._raised: dict[int, Any] = {}
 
     # -- receiving ------------------------------------------------------------------------------
     def handle(
@@ -159,7 +157,7 @@ class Coalescer:
         if len(self._raised) < self._limit:
             qos = self._consumer.qos
             qos.increment_eventually()
-            self._raised[request.id] = qos
+            self._raised[id(request)] = qos
         self._waiting.append(request)
         self._dispatch()
 
@@ -197,8 +195,6 @@ class Coalescer:
             self._fall_back(batch, f"unexpected result {statuses!r:.200}")
             return
         runtime = time.monotonic() - started
-        self.jobs += 1
-        self.applied += len(batch)
         if self._logs_info:
             logger.info(
                 "coalesced job of %d %s messages returned in %.6fs",
@@ -231,7 +227,6 @@ class Coalescer:
         self._fall_back(batch, repr(getattr(exc, "exc", exc)))
 
     def _fall_back(self, batch: list[Any], why: str) -> None:
-        self.fell_back += 1
         logger.warning(
             "%d coalesced %s messages failed together (%s); each runs alone now",
             len(batch),
@@ -244,7 +239,7 @@ class Coalescer:
         self._dispatch()
 
     def _give_back(self, request: Any) -> None:
-        qos = self._raised.pop(request.id, None)
+        qos = self._raised.pop(id(request), None)
         # After a reconnection the consumer has a new QoS: the old one is gone with its channel.
         if qos is not None and qos is self._consumer.qos:
             qos.decrement_eventually()
