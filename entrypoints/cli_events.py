@@ -288,12 +288,8 @@ def events_unconfirmed(
     now, after = time.time(), worker.event_resend_after_s
     summary = summarize(ledger, after, now)
     listed = [
-        {
-            "source": (entry.envelope or {}).get("source"),
-            "event_id": (entry.envelope or {}).get("event_id"),
-            "type": (entry.envelope or {}).get("type"),
-            "resends": entry.resends,
-        }
+        {key: (entry.envelope or {}).get(key) for key in ("source", "event_id", "type")}
+        | {"resends": entry.resends}
         for entry in ledger.due(due_before(after, now), limit)
     ]
     if state.json:

@@ -508,8 +508,7 @@ class _Statements:
         # compile the same one at once; either result is the same statement.
         self._case_lists: dict[frozenset[str], Prepared] = {}
         self._open_claims: dict[int, Prepared] = {}
-        self._cases_by_ids: dict[int, Prepared] = {}
-        self._cases_of_orders: dict[int, Prepared] = {}
+        self._cases_with_timers: dict[tuple[str, int], Prepared] = {}
 
     def case_list(self, filters: frozenset[str]) -> Prepared:
         """``CaseRepository.list`` with these of ``_CASE_LIST_FILTERS`` given, and a limit."""
@@ -523,25 +522,17 @@ class _Statements:
 
         return self._compiled_once(self._case_lists, filters, build)
 
-    def cases_by_ids(self, count: int) -> Prepared:
-        """The case rows of ``count`` ids (``id_0`` ...) with their live timers, as
-        ``select_case_and_timer``: a batch's cases in one SELECT."""
+    def cases_with_timers(self, key: str, count: int) -> Prepared:
+        """The case rows whose column ``key`` (``id``, ``order_id``) is one of ``count`` values
+        (``<key>_0`` ...), with their live timers, as ``select_case_and_timer``: a batch's
+        cases in one SELECT."""
 
         def build() -> sa.Select[Any]:
-            ids = [sa.bindparam(f"id_{i}", type_=cases.c.id.type) for i in range(count)]
-            return _CASES_AND_TIMERS.where(cases.c.id.in_(ids))
+            column = cases.c[key]
+            values = [sa.bindparam(f"{key}_{i}", type_=column.type) for i in range(count)]
+            return _CASES_AND_TIMERS.where(column.in_(values))
 
-        return self._compiled_once(self._cases_by_ids, count, build)
-
-    def cases_of_orders(self, count: int) -> Prepared:
-        """Every case of ``count`` orders (``order_0`` ...) with its live timer, newest first:
-        a batch's cases named by order and parcel in one SELECT."""
-
-        def build() -> sa.Select[Any]:
-            orders = [sa.bindparam(f"order_{i}", type_=cases.c.order_id.type) for i in range(count)]
-            return _CASES_AND_TIMERS.where(cases.c.order_id.in_(orders)).order_by(cases.c.id.desc())
-
-        return self._compiled_once(self._cases_of_orders, count, build)
+        return self._compiled_once(self._cases_with_timers, (key, count), build)
 
     def open_claims(self, count: int) -> Prepared:
         """The claims of ``count`` SKUs (``sku_0`` ...) of an order: (sku, case_id) rows."""
@@ -762,28 +753,22 @@ class SqlCaseRepository(_Store):
     def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
         """One SELECT ... WHERE id IN (...), prepared per number of ids (a batch has ≤ 100),
         with each case's live timer, as ``get``."""
-        ids = list(dict.fromkeys(case_ids))
-        if not ids:
-            return {}
-        statement = self._uow.statements.cases_by_ids(len(ids))
-        params = {f"id_{i}": case_id for i, case_id in enumerate(ids)}
-        found = {}
-        for row in self._run(statement.rows, params):
-            case = self._with_timer(row)
-            found[_id_of(case)] = case
-        return found
+        return {_id_of(case): case for case in self._with_timers_where("id", case_ids)}
 
     def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
-        orders = list(dict.fromkeys(order_ids))
-        if not orders:
-            return {}
-        statement = self._uow.statements.cases_of_orders(len(orders))
-        params = {f"order_{i}": order_id for i, order_id in enumerate(orders)}
         found: dict[str, builtins.list[Case]] = {}
-        for row in self._run(statement.rows, params):
-            case = self._with_timer(row)
+        for case in self._with_timers_where("order_id", order_ids):
             found.setdefault(case.order_id, []).append(case)
         return found
+
+    def _with_timers_where(self, key: str, values: Sequence[Any]) -> builtins.list[Case]:
+        """The cases whose ``key`` is one of ``values``, their live timers to the timer store."""
+        distinct = list(dict.fromkeys(values))
+        if not distinct:
+            return []
+        statement = self._uow.statements.cases_with_timers(key, len(distinct))
+        params = {f"{key}_{i}": value for i, value in enumerate(distinct)}
+        return [self._with_timer(row) for row in self._run(statement.rows, params)]
 
     def _with_timer(self, row: Sequence[Any]) -> Case:
         """The case of a ``select_case_and_timer`` row; its timer goes to the timer store."""

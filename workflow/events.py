@@ -760,32 +760,25 @@ class EventService:
         parsed = [_parse(raw) for raw in raws]
         try:
             with self._uow() as uow:
-                # One read for the cases the events name by id, with their live timers. Each
-                # copy serves the first event of its case; a later one reads the case again.
-                named = uow.cases.get_many(
-                    [p[0].case_id for p in parsed if isinstance(p, tuple) and p[0].case_id]
-                )
-                # And one for the events recorded before: the others are recorded as checked
-                # writes that ride with the next statement, no round trip per event. One
-                # recorded meanwhile by a concurrent delivery fails the batch's commit, and
-                # the batch goes one event per transaction (below), where it is a duplicate.
-                seen = uow.events.recorded(
-                    [(p[0].source, p[0].event_id) for p in parsed if isinstance(p, tuple)]
-                )
-                # And one for the cases of the orders that events name without a case id (a
-                # carrier's first scan names the order and the parcel): no read per event.
-                orders = _OrderCopies(
-                    uow.cases.of_orders(
-                        [
-                            p[0].order_id
-                            for p in parsed
-                            if isinstance(p, tuple) and p[0].case_id is None and p[0].order_id
-                        ]
-                    )
+                envelopes = [p[0] for p in parsed if isinstance(p, tuple)]
+                reads = _BatchReads(
+                    # One read for the cases the events name by id, with their live timers.
+                    by_id=uow.cases.get_many([e.case_id for e in envelopes if e.case_id]),
+                    # One for the events recorded before: the others are recorded as checked
+                    # writes that ride with the next statement, no round trip per event. One
+                    # recorded meanwhile by a concurrent delivery fails the batch's commit,
+                    # and the batch goes one event per transaction (below), where it is a
+                    # duplicate.
+                    recorded=uow.events.recorded([(e.source, e.event_id) for e in envelopes]),
+                    # One for the cases of the orders that events name without a case id (a
+                    # carrier's first scan names the order and the parcel).
+                    by_order=uow.cases.of_orders(
+                        [e.order_id for e in envelopes if e.case_id is None and e.order_id]
+                    ),
                 )
                 for raw, parse in zip(raws, parsed, strict=True):
                     try:
-                        results.append(self._apply_in_batch(uow, raw, parse, named, seen, orders))
+                        results.append(self._apply_in_batch(uow, raw, parse, reads))
                     except _Held:
                         break
                 uow.commit()
@@ -803,18 +796,16 @@ class EventService:
         uow: UnitOfWork,
         raw: Any,
         parsed: tuple[Envelope, dict[str, Any]] | InvalidInput,
-        named: dict[int, Case],
-        seen: set[tuple[str, str]],
-        orders: _OrderCopies,
+        reads: _BatchReads,
     ) -> IngestResult:
         if isinstance(parsed, InvalidInput):
             return self._letter_in(uow, as_document(raw), _Refused(parsed))
         envelope, document = parsed
         try:
             with uow.savepoint():
-                result = self._apply(uow, envelope, named, seen, orders)
+                result = self._apply(uow, envelope, reads)
             # Recorded now (unless a duplicate): a copy later in the batch is a duplicate.
-            seen.add((envelope.source, envelope.event_id))
+            reads.recorded.add((envelope.source, envelope.event_id))
             return result
         except _Refused as refused:
             return self._letter_in(uow, document, refused, envelope)
@@ -825,15 +816,11 @@ class EventService:
         self,
         uow: UnitOfWork,
         envelope: Envelope,
-        named: dict[int, Case] | None = None,
-        seen: set[tuple[str, str]] | None = None,
-        orders: _OrderCopies | None = None,
+        reads: _BatchReads | None = None,
     ) -> IngestResult:
         """Resolve, record, plan and fire ``envelope`` in ``uow``; the caller commits.
-        ``named``: cases read before in ``uow``, by id; the one used is taken out. ``seen``:
-        the events recorded before (a batch read them at its start): the record of one not
-        among them is a checked write (``EventStore.record_checked``). ``orders``: the cases
-        of the orders a batch's events name without a case id, read at its start.
+        ``reads``: what a batch read at its start in ``uow`` (cases, recorded events), used
+        instead of reading again.
 
         Raises ``_Refused`` for an event that cannot apply (the caller rolls back what this
         wrote and keeps a dead letter instead) and ``Conflict`` when a concurrent transition
@@ -845,6 +832,7 @@ class EventService:
         # case since. It commits with the transition (or the acknowledgement) it led to; on
         # PostgreSQL a concurrent delivery of the same event waits on it, then sees it.
         recorded: bool | None = None
+        named = reads.by_id if reads is not None else None
         named_id = envelope.case_id
         if named_id is not None and not (named and named_id in named):
             # The record and the read of the case the event names, in one statement. When the
@@ -852,7 +840,7 @@ class EventService:
             recorded, read = uow.events.record_reading_case(source, event_id, named_id, now)
             named = {named_id: read} if read is not None else None
         try:
-            case = _resolve(uow, envelope, named, orders)
+            case = _resolve(uow, envelope, named, reads.by_order if reads is not None else None)
         except Conflict:
             # An earlier write of the batch lost its race and surfaced at this read.
             raise
@@ -863,13 +851,11 @@ class EventService:
                 return self._result(envelope, IngestStatus.DUPLICATE)
             raise _Refused(error) from None
         assert case.id is not None
-        if orders is not None:
+        if reads is not None:
             # This case is about to change: no later event of the batch may use a copy of it.
-            orders.spend(case)
-            if named:
-                named.pop(case.id, None)
+            reads.spend(case)
         if recorded is None:
-            recorded = _record(uow, envelope, case.id, now, seen)
+            recorded = _record(uow, envelope, case.id, now, reads)
         if not recorded:
             return self._result(envelope, IngestStatus.DUPLICATE, case)
         try:
@@ -1071,14 +1057,14 @@ def _record(
     envelope: Envelope,
     case_id: int,
     now: datetime,
-    seen: set[tuple[str, str]] | None,
+    reads: _BatchReads | None,
 ) -> bool:
-    """Record the event for its case; False if it was recorded before. With ``seen`` (the
-    batch's read of recorded events) a new one is a checked write with no answer to wait for."""
+    """Record the event for its case; False if it was recorded before. In a batch (which read
+    the recorded events at its start) a new one is a checked write with no answer to wait for."""
     key = (envelope.source, envelope.event_id)
-    if seen is None:
+    if reads is None:
         return uow.events.record(*key, case_id, now)
-    if key in seen:
+    if key in reads.recorded:
         return False
     uow.events.record_checked(*key, case_id, now)
     return True
@@ -1091,32 +1077,36 @@ def _parse(raw: Any) -> tuple[Envelope, dict[str, Any]] | InvalidInput:
         return error
 
 
-class _OrderCopies:
-    """The cases of some orders as a batch read them at its start (``CaseRepository.of_orders``).
-    An order's copies serve its events until an event of the batch uses one of its cases: from
-    then on they may be stale (a pickup sets a tracking number, an ending closes the case), and
-    its events read the database."""
+@dataclass
+class _BatchReads:
+    """What a batch read at its start, in its transaction. A copy of a case serves the batch's
+    events until one of them uses that case (or, for ``by_order``, any case of that order):
+    from then on it may be stale (a pickup sets a tracking number, an ending closes the case),
+    and later events read the database, where they see the batch's writes."""
 
-    def __init__(self, by_order: dict[str, list[Case]]) -> None:
-        self._by_order = by_order
-
-    def of(self, order_id: str | None) -> list[Case] | None:
-        return self._by_order.get(order_id) if order_id is not None else None
+    #: The cases the events name by id, with their live timers.
+    by_id: dict[int, Case]
+    #: The events recorded before the batch, and then the batch's own.
+    recorded: set[tuple[str, str]]
+    #: Every case of the orders the events name without a case id, with their live timers.
+    by_order: dict[str, list[Case]]
 
     def spend(self, case: Case) -> None:
-        self._by_order.pop(case.order_id, None)
+        if case.id is not None:
+            self.by_id.pop(case.id, None)
+        self.by_order.pop(case.order_id, None)
 
 
 def _resolve(
     uow: UnitOfWork,
     envelope: Envelope,
     named: dict[int, Case] | None = None,
-    orders: _OrderCopies | None = None,
+    by_order: dict[str, list[Case]] | None = None,
 ) -> Case:
     """The one case the envelope names: by id, else by parcel, else the order's open case.
-    ``named``: cases read before in ``uow``; the one used is taken out (it is about to change).
-    ``orders``: the cases of orders read before in ``uow``, searched instead of the database."""
-    copies = orders.of(envelope.order_id) if orders is not None else None
+    ``named`` (cases by id) and ``by_order`` (the cases of orders): copies read before in
+    ``uow``, used instead of the database."""
+    copies = by_order.get(envelope.order_id) if by_order and envelope.order_id else None
 
     def by_reference(order_id: str | None, tracking_no: str | None = None) -> list[Case]:
         if copies is not None:
@@ -1124,7 +1114,7 @@ def _resolve(
         return uow.cases.by_reference(order_id=order_id, tracking_no=tracking_no)
 
     if envelope.case_id is not None:
-        case = named.pop(envelope.case_id, None) if named else None
+        case = named.get(envelope.case_id) if named else None
         if case is None:
             case = uow.cases.get(envelope.case_id)
         if case is None:

@@ -167,8 +167,7 @@ class InMemoryCaseRepository:
     def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
         wanted = set(order_ids)
         found: dict[str, builtins.list[Case]] = {}
-        for case_id in sorted(self._db.cases, reverse=True):
-            case = self._db.cases[case_id]
+        for case in self._db.cases.values():
             if case.order_id in wanted:
                 found.setdefault(case.order_id, []).append(copy.deepcopy(case))
         return found

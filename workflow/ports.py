@@ -90,10 +90,10 @@ class CaseRepository(Protocol):
         ...
 
     def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
-        """Every case (in any state) of each of these orders that has one, newest first, with
-        its live timer as ``get`` reads it: one read for a batch's events that name their
-        case by order and parcel (``model.cases_by_reference`` then picks, as ``by_reference``
-        would)."""
+        """Every case (in any state) of each of these orders that has one, in no particular
+        order, with its live timer as ``get`` reads it: one read for a batch's events that name
+        their case by order and parcel (``model.cases_by_reference`` then picks and orders, as
+        ``by_reference`` would)."""
         ...
 
 

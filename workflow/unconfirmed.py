@@ -134,11 +134,12 @@ class EventResender:
         named = {entry.member: _ids(entry.envelope) for entry in due}
         known = self._events.known([ids for ids in named.values() if ids is not None])
         unreadable = [member for member, ids in named.items() if ids is None]
-        confirmed = [member for member, ids in named.items() if ids is not None and ids in known]
+        confirmed = [member for member, ids in named.items() if ids in known]
         self._ledger.forget(unreadable + confirmed)
         report.dropped += len(unreadable)
         report.confirmed += len(confirmed)
-        missing = [e for e in due if named[e.member] is not None and named[e.member] not in known]
+        settled = {*unreadable, *confirmed}
+        missing = [entry for entry in due if entry.member not in settled]
         for entry in missing:
             assert entry.envelope is not None
             self._send(entry.envelope)
