@@ -48,7 +48,8 @@ from sqlalchemy.engine import Engine
 from bench import support
 from config.policy import load_policy
 from persistence.db import make_engine
-from persistence.uow import _CASE_MUTABLE_COLUMNS, SqlUnitOfWorkFactory
+from persistence.statements import CASE_MUTABLE_COLUMNS
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.events import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
@@ -275,7 +276,7 @@ _MUTABLE = (
     support._KEY,
 )
 # Their column names: what ``SqlCaseRepository.save`` writes, between version and details.
-_MUTABLE_NAMES = _CASE_MUTABLE_COLUMNS[2:9]
+_MUTABLE_NAMES = CASE_MUTABLE_COLUMNS[2:9]
 _LOGGED = (support._TRIGGER,)
 _TO = (support._TO_STATE, support._ACTOR)
 

@@ -40,7 +40,7 @@ from bench import support
 from config.policy import Policy, load_policy
 from persistence.db import make_engine
 from persistence.tables import timers
-from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import AftersalesError
 from workflow.events import EventService, IngestStatus

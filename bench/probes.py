@@ -21,7 +21,7 @@ from rich.table import Table
 from bench import support
 from config.policy import load_policy
 from persistence.db import make_engine, normalize_url
-from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.service import CaseService
 

@@ -2,7 +2,7 @@
 progress bar, round statistics and the machine description.
 
 The raw-driver baseline (``RawSqlite``, ``RawPostgres``) issues the statements the SQL unit of work
-issues for a transition (``persistence/uow.py``; the SQL text is the one SQLAlchemy compiles for
+issues for a transition (``persistence/stores/``; the SQL text is the one SQLAlchemy compiles for
 it), with the same connection settings, one transaction per transition:
 
     SELECT the case row, SELECT its live timer, UPDATE cases ... WHERE id AND version (compare and
@@ -628,7 +628,9 @@ _AREAS = (
     ("sqlalchemy/engine", "sqlalchemy: Connection, transaction"),
     ("sqlalchemy", "sqlalchemy: type processors, other"),
     ("persistence/fastsql", "persistence/fastsql.py"),
-    ("persistence/uow", "persistence/uow.py"),
+    ("persistence/unit_of_work", "persistence/unit_of_work.py"),
+    ("persistence/stores", "persistence/stores/"),
+    ("persistence/mappers", "persistence/mappers.py"),
     ("persistence/types", "persistence/types.py (UTCDateTime)"),
     ("persistence/db", "persistence/db.py"),
     ("transitions/", "transitions (Machine)"),

@@ -56,7 +56,8 @@ from bench import naive_countdown, support
 from config.policy import load_policy
 from config.settings import Settings
 from persistence.db import dispose_engine, make_engine
-from persistence.uow import SqlUnitOfWorkFactory, _Statements
+from persistence.statements import Statements
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from tasks.app import create_app
 from tasks.settings import WorkerSettings
 from workflow.clock import FakeClock, FileClock
@@ -319,7 +320,7 @@ class Plan:
 def explain_claim(seeded: Seeded, as_of: datetime, what: str) -> Plan:
     """``EXPLAIN ANALYZE`` of the production claim statement (its compiled SQL text), rolled
     back so nothing stays claimed."""
-    statement = _Statements(seeded.engine.dialect).claim_due.sql
+    statement = Statements(seeded.engine.dialect).claim_due.sql
     params = {
         "as_of": as_of,
         "reclaim_before": as_of - RECLAIM_AFTER,

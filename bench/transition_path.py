@@ -1,8 +1,8 @@
 """Benchmark 1: the transition path against raw SQL.
 
-Path A fires ``approve`` on submitted cases through ``CaseService.fire`` (the SQL unit of work of
-``persistence/uow.py`` on the engine of ``persistence/db.py``, a ``FakeClock``): each call is one
-transaction that compares-and-sets the case's version, appends the log row, disarms the
+Path A fires ``approve`` on submitted cases through ``CaseService.fire`` (the SQL unit of work
+of ``persistence/unit_of_work.py`` on the engine of ``persistence/db.py``, a ``FakeClock``): each
+call is one transaction that compares-and-sets the case's version, appends the log row, disarms the
 ``merchant_review`` timer, arms ``return_shipment`` and writes the ``case.transitioned`` and
 ``pickup.requested`` outbox rows. Path B issues the same statements with the driver directly
 (``bench/support.py``). Both run in one process on one throwaway database per backend, in
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from bench import support
 from config.policy import Policy, load_policy
 from persistence.db import make_engine, normalize_url
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow import engine
 from workflow.clock import FakeClock
 from workflow.model import Timer, TransitionRecord

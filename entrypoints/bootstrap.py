@@ -20,7 +20,7 @@ from config.settings import Settings
 from persistence import migrate
 from persistence.db import dispose_engine, make_engine
 from persistence.tokens import SqlTokenStore
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import Clock, FakeClock, SystemClock
 from workflow.events import EventService
 from workflow.service import CaseService

@@ -1,6 +1,6 @@
 """The relational schema, declared as SQLModel tables.
 
-The stores in ``uow.py`` use the Core ``Table`` objects exported at the bottom (``cases`` etc.),
+The stores in ``stores/`` use the Core ``Table`` objects exported at the bottom (``cases`` etc.),
 not ORM sessions: the classes are the single declaration of columns and constraints, which the
 migrations must reproduce exactly (``tests/integration`` compares them).
 """

@@ -19,7 +19,7 @@ from adapters.fake_gateways import FakeGateways, build_fake_gateways
 from config.gateways import get_gateway_settings
 from config.settings import Settings, get_settings
 from entrypoints.bootstrap import build_event_service, build_service, make_engine_for
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from tasks.kick import RelayKicker
 from tasks.settings import WorkerSettings
 from workflow.clock import Clock, FileClock, SystemClock

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.fastsql import Checkout
 from persistence.migrate import upgrade
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.model import Case, Item, Payment
 from workflow.states import CaseState, CaseType
 

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from config.policy import load_policy
-from persistence.uow import SqlEventStore, SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.stores.events import SqlEventStore
+from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import Conflict
 from workflow.events import EventService, IngestStatus

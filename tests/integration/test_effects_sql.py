@@ -24,7 +24,7 @@ from adapters.fake_gateways import (
 )
 from config.policy import Policy, load_policy
 from persistence import tables
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.effects import (
     EffectResult,

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from config.policy import load_policy
-from persistence.uow import KNOWN_EVENTS_CHUNK, SqlUnitOfWorkFactory
+from persistence.statements import KNOWN_EVENTS_CHUNK
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.events import EventService, IngestResult, IngestStatus
 from workflow.model import Actor, DeadLetterStatus

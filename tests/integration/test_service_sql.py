@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from config.policy import load_policy
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import AftersalesError, Conflict, NotAllowed
 from workflow.model import Actor, TimerStatus

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.errors import Conflict
 from workflow.model import Case, TransitionRecord
 

@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from config.policy import load_policy
 from persistence.db import normalize_url
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.model import Actor, TimerStatus
 from workflow.service import CaseService

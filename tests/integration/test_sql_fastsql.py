@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from persistence import uow as uow_module
+from persistence import mappers
 from persistence.db import make_engine
 from persistence.fastsql import Checkout, Prepared, bind_converter, result_converter
 from persistence.tables import cases, outbox, timers, transitions
 from persistence.types import UTCDateTime, json_text, json_value
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.errors import Conflict
 from workflow.model import (
     Case,
@@ -234,7 +234,7 @@ def test_rows_written_match_what_core_writes(
     with uow_factory() as uow:
         ours_id = uow.cases.add(case)
         core_id = uow.connection.execute(
-            sa.insert(cases).values(**{**uow_module._case_values(case), "order_id": "o-core"})
+            sa.insert(cases).values(**{**mappers.case_values(case), "order_id": "o-core"})
         ).inserted_primary_key[0]
         uow.commit()
     with uow_factory() as uow:
@@ -247,7 +247,7 @@ def test_rows_written_match_what_core_writes(
         uow.connection.execute(
             sa.update(cases)
             .where(cases.c.id == core_id)
-            .values(**uow_module._case_mutable_values(loaded))
+            .values(**mappers.case_mutable_values(loaded))
         )
         record = TransitionRecord(
             ours_id, 2, "approve", CaseState.SUBMITTED, CaseState.APPROVED, "merchant:m-1",
@@ -255,14 +255,14 @@ def test_rows_written_match_what_core_writes(
         )  # fmt: skip
         uow.log.append([record])
         core_record = uow.connection.execute(
-            sa.insert(transitions).values(**{**uow_module._record_values(record), "seq": 3})
+            sa.insert(transitions).values(**{**mappers.record_values(record), "seq": 3})
         ).inserted_primary_key[0]
         timer = Timer(ours_id, "return_shipment", "expire_return", CaseState.APPROVED, 2,
                       loaded.updated_at + timedelta(days=7), loaded.updated_at)  # fmt: skip
         uow.timers.arm(timer)
         core_timer = uow.connection.execute(
             sa.insert(timers).values(
-                **{**uow_module._timer_values(timer), "status": TimerStatus.CANCELLED.value}
+                **{**mappers.timer_values(timer), "status": TimerStatus.CANCELLED.value}
             )
         ).inserted_primary_key[0]
         message = OutboxMessage(
@@ -395,7 +395,7 @@ def _notes(engine: Engine) -> list[str]:
 
 
 def _checkout(uow: Any) -> Checkout:
-    checkout: Checkout = uow._active()
+    checkout: Checkout = uow.active()
     return checkout
 
 

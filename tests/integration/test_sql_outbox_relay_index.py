@@ -12,7 +12,8 @@ from alembic import command
 from sqlalchemy.engine import Engine
 
 from persistence.migrate import alembic_config
-from persistence.uow import SqlUnitOfWorkFactory, _Statements
+from persistence.statements import Statements
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 
 from .conftest import analyze
 
@@ -73,7 +74,7 @@ def test_the_relay_takes_lost_rows_then_fresh_ones_and_not_those_in_flight(
 
 def test_each_relay_read_goes_through_its_partial_index(engine: Engine) -> None:
     _seed(engine)
-    statements = _Statements(engine.dialect)
+    statements = Statements(engine.dialect)
     redeliver_before = T0 - timedelta(minutes=1)
     reads = {
         "ix_outbox_unpublished_id": (statements.select_unpublished, {"limit": LIMIT}),

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from persistence.migrate import alembic_config
 from persistence.tables import cases, outbox, timers
-from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.model import (
     Case,
     DeadLetter,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persistence.tables import outbox, timers
-from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.errors import Conflict, PolicyRefusal
 from workflow.model import (
     Case,

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from persistence.migrate import alembic_config
 from persistence.tables import cases
-from persistence.uow import SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.model import Case, Timer, TimerStatus
 from workflow.states import CaseState
 

@@ -1,0 +1,1 @@
+"""The SQL stores of a unit of work, one per table (or pair of tables)."""

@@ -1,0 +1,200 @@
+"""The cases (and their items' open-case claims): ``workflow.ports.CaseRepository``."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from sqlalchemy.exc import IntegrityError
+
+from persistence.mappers import (
+    FIXED_FIELDS,
+    case_from_row,
+    case_mutable_values,
+    case_values,
+    fixed_fields,
+    id_of,
+    timer_from_row,
+)
+from persistence.statements import CASE_WIDTH
+from persistence.stores.base import SqlStore, Transaction
+from persistence.stores.timers import SqlTimerStore
+from workflow.errors import Conflict, PolicyRefusal, case_moved
+from workflow.model import Case
+from workflow.ports import CaseQuery
+
+
+class SqlCaseRepository(SqlStore):
+    def __init__(self, uow: Transaction, timers: SqlTimerStore) -> None:
+        super().__init__(uow)
+        self._timers = timers
+        # The fixed columns of each case as loaded, so save() can refuse to drop a change to them.
+        self._loaded: dict[int, tuple[Any, ...]] = {}
+
+    def forget_loaded(self) -> None:
+        self._loaded.clear()
+
+    def _load(self, row: Sequence[Any]) -> Case:
+        case = case_from_row(row)
+        assert case.id is not None
+        self._loaded[case.id] = fixed_fields(case)
+        return case
+
+    def get(self, case_id: int) -> Case | None:
+        row = self._run(self._uow.statements.select_case_and_timer.first, {"case_id": case_id})
+        return self.with_timer(row) if row is not None else None
+
+    def get_many(self, case_ids: Sequence[int]) -> dict[int, Case]:
+        """One SELECT ... WHERE id IN (...), prepared per number of ids (a batch has ≤ 100),
+        with each case's live timer, as ``get``."""
+        return {id_of(case): case for case in self._with_timers_where("id", case_ids)}
+
+    def of_orders(self, order_ids: Sequence[str]) -> dict[str, builtins.list[Case]]:
+        found: dict[str, builtins.list[Case]] = {}
+        for case in self._with_timers_where("order_id", order_ids):
+            found.setdefault(case.order_id, []).append(case)
+        return found
+
+    def _with_timers_where(self, key: str, values: Sequence[Any]) -> builtins.list[Case]:
+        """The cases whose ``key`` is one of ``values``, their live timers to the timer store."""
+        distinct = list(dict.fromkeys(values))
+        if not distinct:
+            return []
+        statement = self._uow.statements.cases_with_timers(key, len(distinct))
+        params = {f"{key}_{i}": value for i, value in enumerate(distinct)}
+        return [self.with_timer(row) for row in self._run(statement.rows, params)]
+
+    def with_timer(self, row: Sequence[Any]) -> Case:
+        """The case of a ``select_case_and_timer`` row; its timer goes to the timer store."""
+        case = self._load(row[:CASE_WIDTH])
+        timer = row[CASE_WIDTH:]
+        self._timers.read_with_case(id_of(case), timer_from_row(timer) if timer[0] else None)
+        return case
+
+    def add(self, case: Case) -> int:
+        sql = self._uow.statements
+        values = case_values(case)
+        skus = list(dict.fromkeys(case.skus))
+        # A savepoint keeps the transaction usable after a unique violation (PostgreSQL aborts
+        # it otherwise), so the error can be explained with what the database holds.
+        try:
+            with self._uow.active().savepoint():
+                case_id = self._run(sql.insert_case.insert, values)
+                claims = [
+                    {"order_id": case.order_id, "sku": sku, "case_id": case_id} for sku in skus
+                ]
+                if claims:
+                    self._run(sql.insert_claim.execute_many, claims)
+        except IntegrityError as exc:
+            self._explain_refused_add(case, skus, exc)
+        case.id = case_id
+        self._loaded[case_id] = fixed_fields(case)
+        return case_id
+
+    def _explain_refused_add(self, case: Case, skus: list[str], exc: IntegrityError) -> NoReturn:
+        if case.submission_key is not None:
+            earlier = self.by_submission_key(case.submission_key)
+            if earlier is not None:
+                raise Conflict(
+                    f"submission {case.submission_key} already created case {earlier.id}"
+                ) from exc
+        taken = self.open_cases_for_items(case.order_id, skus)
+        if taken:
+            listed = "; ".join(
+                f"{sku} of order {case.order_id} already has an open case {taken[sku]}"
+                for sku in skus
+                if sku in taken
+            )
+            raise PolicyRefusal("one_open_case_per_item", listed) from exc
+        raise exc
+
+    def save(self, case: Case, expected_version: int) -> bool:
+        values = self._save_values(case, expected_version)
+        return self._run(self._uow.statements.update_case.execute, values) == 1
+
+    def save_checked(self, case: Case, expected_version: int) -> None:
+        values = self._save_values(case, expected_version)
+        self._run_checked(self._uow.statements.update_case, values, lambda: case_moved(case.id))
+
+    def _save_values(self, case: Case, expected_version: int) -> dict[str, Any]:
+        if case.id is None:
+            raise ValueError("save() needs a stored case; use add() for a new one")
+        loaded = self._loaded.get(case.id)
+        if loaded is not None and loaded != fixed_fields(case):
+            changed = [
+                name
+                for name, was, now in zip(FIXED_FIELDS, loaded, fixed_fields(case), strict=True)
+                if was != now
+            ]
+            raise ValueError(
+                f"case {case.id}: {', '.join(changed)} cannot change after submission "
+                "(save() writes only the fields transitions change)"
+            )
+        values = case_mutable_values(case)
+        values["where_id"] = case.id
+        values["where_version"] = expected_version
+        return values
+
+    def list(self, query: CaseQuery) -> list[Case]:
+        wanted = {
+            "state": query.state.value if query.state else None,
+            "type": query.type.value if query.type else None,
+            "merchant_id": query.merchant_id,
+            "buyer_id": query.buyer_id,
+            "order_id": query.order_id,
+            "after_id": query.after_id,
+        }
+        params = {name: value for name, value in wanted.items() if value is not None}
+        statement = self._uow.statements.case_list(frozenset(params))
+        params["limit"] = query.limit
+        return [self._load(row) for row in self._run(statement.rows, params)]
+
+    def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:
+        if not skus:
+            return {}
+        statement = self._uow.statements.open_claims(len(skus))
+        params = {"order_id": order_id, **{f"sku_{i}": sku for i, sku in enumerate(skus)}}
+        return {sku: case_id for sku, case_id in self._run(statement.rows, params)}
+
+    def release_items(self, case_id: int) -> None:
+        self._run(self._uow.statements.delete_claims.defer_many, [{"case_id": case_id}])
+
+    def committed_refunds(self, order_id: str, exclude_case_id: int | None = None) -> int:
+        params = {
+            "order_id": order_id,
+            "exclude_id": -1 if exclude_case_id is None else exclude_case_id,
+        }
+        row = self._run(self._uow.statements.sum_refunds.first, params)
+        return int(row[0]) if row is not None else 0
+
+    def lock_order(self, order_id: str) -> None:
+        # SQLite needs nothing: every transaction began with BEGIN IMMEDIATE, so writers are
+        # already serialised for the whole database.
+        if self._uow.dialect_name == "postgresql":
+            self._run(self._uow.statements.lock_order.execute, {"order_id": order_id})
+
+    def by_submission_key(self, key: str) -> Case | None:
+        row = self._run(self._uow.statements.select_case_by_key.first, {"key": key})
+        return self._load(row) if row is not None else None
+
+    def by_reference(
+        self, order_id: str | None = None, tracking_no: str | None = None
+    ) -> builtins.list[Case]:
+        """With ``tracking_no``: the cases (in any state) whose return or outbound parcel has it,
+        of ``order_id`` too when given; with ``order_id`` alone: the order's open cases. Newest
+        first."""
+        sql = self._uow.statements
+        if tracking_no is not None:
+            if order_id is None:
+                statement = sql.select_cases_by_tracking_no
+                params = {"tracking_no": tracking_no}
+            else:
+                statement = sql.select_cases_by_tracking_no_of_order
+                params = {"tracking_no": tracking_no, "order_id": order_id}
+        elif order_id is not None:
+            statement = sql.select_open_cases_of_order
+            params = {"order_id": order_id}
+        else:
+            raise ValueError("by_reference() needs an order_id or a tracking_no")
+        return [self._load(row) for row in self._run(statement.rows, params)]
