@@ -42,6 +42,7 @@ from persistence.db import make_engine, normalize_url
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow import engine
 from workflow.clock import FakeClock
+from workflow.errors import Conflict
 from workflow.model import Timer, TransitionRecord
 from workflow.service import CaseService
 from workflow.states import CaseState
@@ -127,8 +128,10 @@ def _unit_of_work_only(factory: SqlUnitOfWorkFactory, clock: FakeClock) -> Calla
             record = TransitionRecord(
                 case_id, case.version, "approve", source, case.state, str(support.MERCHANT), now
             )
-            if not uow.cases.save(case, loaded):
-                raise support.Refused(f"case {case_id} moved")
+            try:
+                uow.cases.save(case, loaded)
+            except Conflict as moved:
+                raise support.Refused(f"case {case_id} moved") from moved
             uow.log.append([record])
             uow.timers.disarm(case_id)
             due = now + support.RETURN_SHIPMENT

@@ -47,15 +47,18 @@ class SqlUnitOfWork:
         self._engine = engine
         self._checkout: Checkout | None = None
         self._statements: Statements | None = None
+        #: An event was recorded or a timer marked fired: see ``workflow.ports.UnitOfWork``.
+        self.once_by_record = False
         self._log = SqlTransitionLog(self)
         self._timers = SqlTimerStore(self)
         self._cases = SqlCaseRepository(self, self._timers)
+        self._events = SqlEventStore(self, self._cases)
         # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
         self.cases: CaseRepository = self._cases
         self.log: TransitionLog = self._log
         self.timers: TimerStore = self._timers
         self.outbox: Outbox = SqlOutbox(self)
-        self.events: EventStore = SqlEventStore(self, self._cases)
+        self.events: EventStore = self._events
 
     @property
     def connection(self) -> Connection:
@@ -126,6 +129,8 @@ class SqlUnitOfWork:
         self._log.forget_keys()
         self._cases.forget_loaded()
         self._timers.forget_read()
+        self._events.forget_read()
+        self.once_by_record = False
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -141,6 +146,7 @@ class SqlUnitOfWork:
             # read with cases may have been read after its writes.
             self._log.restore_keys(keys)
             self._timers.forget_read()
+            self._cases.forget_read()
             raise
 
     def _after_failed_commit(self) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from workflow.errors import Conflict, PolicyRefusal, case_moved, recorded_meanwhile
+from workflow.errors import Conflict, PolicyRefusal, case_moved
 from workflow.model import (
     Case,
     DeadLetter,
@@ -45,6 +45,14 @@ _NOT_REFUNDING = frozenset(
     {CaseState.CANCELLED, CaseState.CLOSED, CaseState.EXCHANGED, CaseState.REPAIRED}
 )
 _LIVE = (TimerStatus.PENDING, TimerStatus.CLAIMED)
+
+
+@dataclass
+class _Transaction:
+    """What one transaction knows of itself, shared by its stores."""
+
+    #: An event was recorded or a timer marked fired: see ``workflow.ports.UnitOfWork``.
+    once_by_record: bool = False
 
 
 @dataclass
@@ -93,17 +101,12 @@ class InMemoryCaseRepository:
         self._db.cases[case.id] = copy.deepcopy(case)
         return case.id
 
-    def save(self, case: Case, expected_version: int) -> bool:
+    def save(self, case: Case, expected_version: int) -> None:
         assert case.id is not None
         stored = self._db.cases.get(case.id)
         if stored is None or stored.version != expected_version:
-            return False
-        self._db.cases[case.id] = copy.deepcopy(case)
-        return True
-
-    def save_checked(self, case: Case, expected_version: int) -> None:
-        if not self.save(case, expected_version):
             raise case_moved(case.id)
+        self._db.cases[case.id] = copy.deepcopy(case)
 
     def list(self, query: CaseQuery) -> list[Case]:
         found = []
@@ -174,10 +177,12 @@ class InMemoryCaseRepository:
 
 
 class InMemoryTransitionLog:
-    def __init__(self, db: InMemoryDatabase) -> None:
+    def __init__(self, db: InMemoryDatabase, transaction: _Transaction) -> None:
         self._db = db
+        self._transaction = transaction
 
-    def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:
+    def append(self, records: Sequence[TransitionRecord]) -> None:
+        register_key = not self._transaction.once_by_record
         for record in records:
             entries = self._db.log.setdefault(record.case_id, [])
             if any(e.seq == record.seq for e in entries):
@@ -199,8 +204,9 @@ class InMemoryTransitionLog:
 
 
 class InMemoryTimerStore:
-    def __init__(self, db: InMemoryDatabase) -> None:
+    def __init__(self, db: InMemoryDatabase, transaction: _Transaction) -> None:
         self._db = db
+        self._transaction = transaction
 
     def pending(self, case_id: int) -> Timer | None:
         for timer in self._db.timers.values():
@@ -213,7 +219,7 @@ class InMemoryTimerStore:
             if timer.case_id == case_id and timer.status in _LIVE:
                 timer.status = TimerStatus.CANCELLED
 
-    def arm(self, timer: Timer, with_id: bool = True) -> None:
+    def arm(self, timer: Timer) -> None:
         if self.pending(timer.case_id) is not None:
             raise Conflict(f"case {timer.case_id} already has a live timer")
         timer.id = self._db.next_timer_id
@@ -237,7 +243,14 @@ class InMemoryTimerStore:
         timer = self._db.timers.get(timer_id)
         return replace(timer) if timer else None
 
-    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+    def cancel_stale(self, timer: Timer, at: datetime) -> bool:
+        return self._finish(timer, at, fired=False)
+
+    def mark_fired(self, timer: Timer, fired_at: datetime) -> None:
+        self._transaction.once_by_record = True
+        self._finish(timer, fired_at, fired=True)
+
+    def _finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
         assert timer.id is not None
         stored = self._db.timers[timer.id]
         if stored.status not in _LIVE or stored.version != timer.version:
@@ -245,9 +258,6 @@ class InMemoryTimerStore:
         stored.status = TimerStatus.FIRED if fired else TimerStatus.CANCELLED
         stored.fired_at = fired_at
         return True
-
-    def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
-        self.finish(timer, fired_at, fired=True)
 
     def claim_due(
         self, as_of: datetime, limit: int, claimer: str, reclaim_before: datetime
@@ -351,24 +361,17 @@ class InMemoryOutbox:
 
 
 class InMemoryEventStore:
-    def __init__(self, db: InMemoryDatabase) -> None:
+    def __init__(self, db: InMemoryDatabase, transaction: _Transaction) -> None:
         self._db = db
+        self._transaction = transaction
 
     def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
+        if case_id is not None:
+            self._transaction.once_by_record = True
         if (source, event_id) in self._db.inbound_events:
             return False
         self._db.inbound_events[(source, event_id)] = (case_id, at)
         return True
-
-    def record_reading_case(
-        self, source: str, event_id: str, case_id: int, at: datetime
-    ) -> tuple[bool, Case | None]:
-        case = self._db.cases.get(case_id)
-        return self.record(source, event_id, case_id, at), copy.deepcopy(case)
-
-    def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
-        if not self.record(source, event_id, case_id, at):
-            raise recorded_meanwhile(source, event_id)
 
     def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return {key for key in ids if key in self._db.inbound_events}
@@ -434,18 +437,20 @@ class InMemoryUnitOfWork:
     def __init__(self, db: InMemoryDatabase) -> None:
         self._committed = db
         self._working = db
+        self._transaction = _Transaction()
 
     def __enter__(self) -> Self:
         self._working = copy.deepcopy(self._committed)
+        self._transaction = _Transaction()
         self._bind_stores()
         return self
 
     def _bind_stores(self) -> None:
         self.cases = InMemoryCaseRepository(self._working)
-        self.log = InMemoryTransitionLog(self._working)
-        self.timers = InMemoryTimerStore(self._working)
+        self.log = InMemoryTransitionLog(self._working, self._transaction)
+        self.timers = InMemoryTimerStore(self._working, self._transaction)
         self.outbox = InMemoryOutbox(self._working)
-        self.events = InMemoryEventStore(self._working)
+        self.events = InMemoryEventStore(self._working, self._transaction)
 
     def __exit__(
         self,
@@ -458,10 +463,12 @@ class InMemoryUnitOfWork:
     def commit(self) -> None:
         self._committed.__dict__.update(self._working.__dict__)
         self._working = copy.deepcopy(self._committed)
+        self._transaction = _Transaction()
         self._bind_stores()
 
     def rollback(self) -> None:
         self._working = copy.deepcopy(self._committed)
+        self._transaction = _Transaction()
         self._bind_stores()
 
     @contextmanager

@@ -2,7 +2,8 @@
 
 ``persistence/`` implements these with SQL; tests use the in-memory ones in ``workflow.memory``.
 A unit of work is one transaction: nothing it wrote is visible to others until ``commit()``, and
-leaving the ``with`` block without a commit rolls everything back.
+leaving the ``with`` block without a commit rolls everything back. One method per intent: how a
+write travels (at once, or with the next statement) is the store's choice, never the caller's.
 """
 
 from __future__ import annotations
@@ -50,15 +51,11 @@ class CaseRepository(Protocol):
         """Store a new case and return its id; claims its items (one open case per item)."""
         ...
 
-    def save(self, case: Case, expected_version: int) -> bool:
-        """Write the case only if its stored version is still ``expected_version``."""
-        ...
-
-    def save_checked(self, case: Case, expected_version: int) -> None:
-        """``save``, raising ``Conflict`` when the stored version is not ``expected_version``:
-        here, or (the store may send the write with a later statement) at that later
-        statement or the commit. A miss found later dooms the unit of work: it cannot commit
-        unless a savepoint taken before the write is rolled back to."""
+    def save(self, case: Case, expected_version: int) -> None:
+        """Write the case only if its stored version is still ``expected_version``, else raise
+        ``Conflict``: here, or (the store may send the write with a later statement) at that
+        later statement or the commit. A miss found later fails the unit of work: it cannot
+        commit unless a savepoint taken before the write is rolled back to."""
         ...
 
     def list(self, query: CaseQuery) -> list[Case]: ...
@@ -98,11 +95,10 @@ class CaseRepository(Protocol):
 
 
 class TransitionLog(Protocol):
-    def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:
-        """Append ``records``. Their idempotency key is also registered for ``by_key`` (a
-        second use of it is a ``Conflict``) unless ``register_key`` is False: for callers
-        whose key only labels the rows because something else already makes the call once
-        (an inbound event's dedupe record, a fired timer's finish)."""
+    def append(self, records: Sequence[TransitionRecord]) -> None:
+        """Append ``records``. Their idempotency key is also registered (a second use of it is
+        a ``Conflict``), except in a unit of work made once by its own record (see
+        ``UnitOfWork``), where the key only labels the rows."""
         ...
 
     def by_key(self, case_id: int, key: str) -> list[TransitionRecord]:
@@ -117,10 +113,11 @@ class TimerStore(Protocol):
 
     def disarm(self, case_id: int) -> None: ...
 
-    def arm(self, timer: Timer, with_id: bool = True) -> None:
-        """Store the new live timer; sets ``timer.id`` unless ``with_id`` is False (then the
-        store may send the write with the next statement, and ``timer.id`` stays None). A case
-        with a live timer already is a ``Conflict``, raised here or at a later statement."""
+    def arm(self, timer: Timer) -> None:
+        """Store the new live timer and set ``timer.id``; in a unit of work made once by its
+        own record (see ``UnitOfWork``) nobody reads the id, so the store may send the write
+        with the next statement and leave ``timer.id`` None. A case with a live timer already
+        is a ``Conflict``, raised here or at a later statement."""
         ...
 
     def reschedule(self, timer_id: int, due_at: datetime, version: int) -> None: ...
@@ -131,19 +128,20 @@ class TimerStore(Protocol):
 
     def get(self, timer_id: int) -> Timer | None: ...
 
-    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
-        """Mark the timer fired (or cancelled when it was stale) at ``fired_at``, with its
-        lateness from ``timer.due_at``; only while it is still live at ``timer.version``.
-        False, writing nothing, when it was finished or rescheduled since ``timer`` was read
-        (a rescheduled deadline must not be cancelled on the strength of its old copy)."""
+    def cancel_stale(self, timer: Timer, at: datetime) -> bool:
+        """Cancel a timer whose case moved on, at ``at``, with its lateness from
+        ``timer.due_at``; only while it is still live at ``timer.version``. False, writing
+        nothing, when it was finished or rescheduled since ``timer`` was read (a rescheduled
+        deadline must not be cancelled on the strength of its old copy)."""
         ...
 
-    def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
-        """``finish(timer, fired_at, fired=True)`` without the answer, so the store may send it
-        with the next statement. For a caller that then compare-and-sets the timer's case at
-        ``timer.version``: every change of a live timer but a claim also moves its case's
-        version (a transition disarms it, an extension reschedules it, a firing fires it), so
-        that compare-and-set fails exactly when this finish would have found nothing live."""
+    def mark_fired(self, timer: Timer, fired_at: datetime) -> None:
+        """Mark the timer fired at ``fired_at``, with its lateness, while it is still live at
+        ``timer.version``. No answer, so the store may send it with the next statement: the
+        caller then compare-and-sets the timer's case at ``timer.version``, and every change of
+        a live timer but a claim also moves its case's version (a transition disarms it, an
+        extension reschedules it, a firing fires it), so that compare-and-set fails exactly when
+        this would have found nothing live. Makes the unit of work once by its own record."""
         ...
 
     def claim_due(
@@ -210,21 +208,15 @@ class EventStore(Protocol):
     """Inbound events: the processed ids (dedupe) and the dead letters."""
 
     def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
-        """Remember the event in this transaction; False if (source, event_id) was seen."""
-        ...
+        """Remember the event in this transaction; False if (source, event_id) was seen. For a
+        case, makes the unit of work once by its own record (see ``UnitOfWork``).
 
-    def record_reading_case(
-        self, source: str, event_id: str, case_id: int, at: datetime
-    ) -> tuple[bool, Case | None]:
-        """``record`` the event for the case it names, and read that case (with its live
-        timer, as ``CaseRepository.get``): one round trip where the store can."""
-        ...
-
-    def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
-        """``record`` an event the caller found not recorded (``recorded``), as a checked
-        write: when a concurrent delivery recorded it meanwhile, ``Conflict`` is raised, here
-        or at a later statement, at the latest by the commit (the transaction cannot commit).
-        On PostgreSQL it goes out with the next statement: no round trip of its own."""
+        The store may save round trips: an event this transaction read as not recorded
+        (``recorded``) is a checked write that answers True, and raises ``Conflict`` (here, at
+        a later statement, at the latest by the commit) when a concurrent delivery recorded it
+        meanwhile; and a case the transaction holds no current copy of (not read yet, or
+        written since) may be read with the record, for the ``CaseRepository.get`` of it that
+        follows."""
         ...
 
     def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -256,6 +248,11 @@ class EventStore(Protocol):
 
 
 class UnitOfWork(Protocol):
+    """One transaction. A unit of work that recorded an inbound event for a case
+    (``EventStore.record``) or marked a timer fired (``TimerStore.mark_fired``) is *made once
+    by its own record*: that row is what keeps a redelivery from applying twice, so its log
+    rows' idempotency keys only label them and nobody reads its new timers' ids."""
+
     cases: CaseRepository
     log: TransitionLog
     timers: TimerStore

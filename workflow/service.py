@@ -216,8 +216,6 @@ class CaseService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         then: Sequence[str] = (),
-        *,
-        background: bool = False,
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``) on ``case``, as read in ``uow``, and write it all there:
         the case compared-and-set on the version it was read at, log, timers, outbox. The
@@ -225,8 +223,7 @@ class CaseService:
         transition moved the case since it was read.
 
         For callers that read the case themselves and write more in the same transaction
-        (an inbound event and its dedupe record, a batch of events). ``background``: see
-        ``_write_transition``."""
+        (an inbound event and its dedupe record, a batch of events)."""
         case_id = _id(case)
         if trigger == "revise":
             # A revision may ask for more: cap it by what the order has left now.
@@ -243,9 +240,7 @@ class CaseService:
             )
             outcome.records.extend(more.records)
             outcome.messages.extend(more.messages)
-        deadline = self._write_transition(
-            uow, case, loaded_version, previous, outcome, background=background
-        )
+        deadline = self._write_transition(uow, case, loaded_version, previous, outcome)
         return FireResult(case, deadline, outcome.records)
 
     def outbox_written(self) -> None:
@@ -259,24 +254,20 @@ class CaseService:
         loaded_version: int,
         previous: Timer | None,
         outcome: engine.Outcome,
-        *,
-        background: bool = False,
     ) -> Timer | None:
-        """Write what ``engine.fire`` decided. ``background`` is for the workers' callers,
-        events and timers: what makes their call happen once is their own record (the inbound
-        event's dedupe row, the timer's finish, both in this transaction), so the idempotency
-        key only labels the log rows and is not registered for ``by_key``; and nobody reads
-        the new deadline's id, so its INSERT may go out with the next statement (``timer.id``
-        stays None in what is returned)."""
+        """Write what ``engine.fire`` decided. For the workers' callers, events and timers,
+        the unit of work is made once by their own record (the inbound event's dedupe row,
+        the timer marked fired, both in this transaction: ``ports.UnitOfWork``): the idempotency
+        key only labels the log rows, and the new deadline's ``id`` may stay None."""
         case_id = _id(case)
-        # A miss may surface at a later statement or the commit (``save_checked``).
-        uow.cases.save_checked(case, loaded_version)
-        uow.log.append(outcome.records, register_key=not background)
+        # A miss may surface at a later statement or the commit (``CaseRepository.save``).
+        uow.cases.save(case, loaded_version)
+        uow.log.append(outcome.records)
         if previous is not None:
             uow.timers.disarm(case_id)
         deadline = engine.timer_for(case, self.policy, outcome.records[-1].at, previous)
         if deadline is not None:
-            uow.timers.arm(deadline, with_id=not background)
+            uow.timers.arm(deadline)
         if case.is_terminal:
             uow.cases.release_items(case_id)
         uow.outbox.add(outcome.messages)
@@ -337,7 +328,7 @@ class CaseService:
                     "to": new_due.isoformat(),
                 },
             )
-            uow.cases.save_checked(case, loaded_version)
+            uow.cases.save(case, loaded_version)
             uow.log.append([record])
             uow.timers.reschedule(deadline.id, new_due, case.version)
             uow.commit()
@@ -373,7 +364,7 @@ class CaseService:
         """Fire ``timer`` (as read before, maybe in another transaction) inside ``uow``.
 
         Nothing here trusts the copy further than the database confirms it: the case must
-        still be at the timer's state and version, and ``finish`` only finishes a timer still
+        still be at the timer's state and version, and the timer store only finishes a timer still
         live at that version (a rescheduled or already finished one is left alone). ``case``,
         when given, was read in ``uow`` before; the compare-and-set on its version catches a
         case moved since."""
@@ -383,15 +374,15 @@ class CaseService:
         if case is None:
             case = _get(uow, timer.case_id)
         if case.state is not timer.state or case.version != timer.version:
-            if not uow.timers.finish(timer, now, fired=False):
+            if not uow.timers.cancel_stale(timer, now):
                 return TimerRun(timer, False, "already finished or rescheduled")
             return TimerRun(timer, False, "stale: the case moved on")
-        # Checked by the compare-and-set on the case below (see ``TimerStore.finish_fired``).
-        uow.timers.finish_fired(timer, now)
+        # Checked by the compare-and-set on the case below (see ``TimerStore.mark_fired``).
+        uow.timers.mark_fired(timer, now)
         context = engine.Context(self.policy, now, SYSTEM, timer)
         loaded_version = case.version
         outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer.id}")
-        self._write_transition(uow, case, loaded_version, None, outcome, background=True)
+        self._write_transition(uow, case, loaded_version, None, outcome)
         return TimerRun(timer, True, f"{timer.trigger}: {case.state.value}")
 
     def fire_timers(self, due: Sequence[Timer]) -> list[TimerRun]:

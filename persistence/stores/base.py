@@ -25,6 +25,9 @@ class Transaction(Protocol):
     @property
     def dialect_name(self) -> str: ...
 
+    #: An event was recorded or a timer marked fired: see ``workflow.ports.UnitOfWork``.
+    once_by_record: bool
+
     def active(self) -> Checkout: ...
 
 

@@ -31,17 +31,37 @@ class SqlCaseRepository(SqlStore):
         self._timers = timers
         # The fixed columns of each case as loaded, so save() can refuse to drop a change to them.
         self._loaded: dict[int, tuple[Any, ...]] = {}
+        # Cases saved since they were last read: the caller's copies of them are not current.
+        self._saved: set[int] = set()
+        # Cases read with an inbound event's record (``SqlEventStore.record``), for ``get``.
+        self._read_with_record: dict[int, Case | None] = {}
 
     def forget_loaded(self) -> None:
         self._loaded.clear()
+        self._saved.clear()
+        self._read_with_record.clear()
+
+    def forget_read(self) -> None:
+        self._read_with_record.clear()
+
+    def holds_current(self, case_id: int) -> bool:
+        """Whether this transaction read the case and has not saved it since."""
+        return case_id in self._loaded and case_id not in self._saved
+
+    def read_with_record(self, case_id: int, case: Case | None) -> None:
+        self._read_with_record[case_id] = case
 
     def _load(self, row: Sequence[Any]) -> Case:
         case = case_from_row(row)
         assert case.id is not None
         self._loaded[case.id] = fixed_fields(case)
+        self._saved.discard(case.id)
         return case
 
     def get(self, case_id: int) -> Case | None:
+        if case_id in self._read_with_record:
+            # Read with the event's record just before, in this transaction.
+            return self._read_with_record.pop(case_id)
         row = self._run(self._uow.statements.select_case_and_timer.first, {"case_id": case_id})
         return self.with_timer(row) if row is not None else None
 
@@ -109,13 +129,13 @@ class SqlCaseRepository(SqlStore):
             raise PolicyRefusal("one_open_case_per_item", listed) from exc
         raise exc
 
-    def save(self, case: Case, expected_version: int) -> bool:
-        values = self._save_values(case, expected_version)
-        return self._run(self._uow.statements.update_case.execute, values) == 1
-
-    def save_checked(self, case: Case, expected_version: int) -> None:
+    def save(self, case: Case, expected_version: int) -> None:
+        """A checked write (``Prepared.defer_checked``): on PostgreSQL it goes out with the next
+        statement, and a miss raises ``Conflict`` there or at the commit."""
         values = self._save_values(case, expected_version)
         self._run_checked(self._uow.statements.update_case, values, lambda: case_moved(case.id))
+        self._saved.add(id_of(case))
+        self._read_with_record.pop(id_of(case), None)
 
     def _save_values(self, case: Case, expected_version: int) -> dict[str, Any]:
         if case.id is None:

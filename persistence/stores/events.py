@@ -16,7 +16,6 @@ from persistence.stores.base import SqlStore, Transaction
 from persistence.stores.cases import SqlCaseRepository
 from workflow.errors import recorded_meanwhile
 from workflow.model import (
-    Case,
     DeadLetter,
     DeadLetterStatus,
 )
@@ -27,37 +26,45 @@ class SqlEventStore(SqlStore):
         super().__init__(uow)
         # Read with a recorded event: the case it names, with its live timer.
         self._cases = cases
+        # What ``recorded`` answered "not recorded" in this transaction (a batch's start).
+        self._not_recorded: set[tuple[str, str]] = set()
+
+    def forget_read(self) -> None:
+        self._not_recorded.clear()
 
     def record(self, source: str, event_id: str, case_id: int | None, at: datetime) -> bool:
-        params = {"source": source, "event_id": event_id, "case_id": case_id, "received_at": at}
-        return self._run(self._uow.statements.record_event.execute, params) == 1
+        """One statement, in the cheapest form the transaction allows (``EventStore.record``).
 
-    def record_reading_case(
-        self, source: str, event_id: str, case_id: int, at: datetime
-    ) -> tuple[bool, Case | None]:
+        For a case this transaction holds no current copy of (the caller reads it next), on
+        PostgreSQL the record reads it too: one round trip for both. For an event this
+        transaction read as not recorded, a checked write sent with the next statement. Else
+        a plain INSERT ... ON CONFLICT DO NOTHING."""
         uow = self._uow
-        if uow.dialect_name != "postgresql":
-            # SQLite: no INSERT inside WITH, and no round trips to save.
-            return self.record(source, event_id, case_id, at), self._cases.get(case_id)
-        params = {
-            "source": source,
-            "event_id": event_id,
-            "case_id": case_id,
-            "received_at": at,
-            "read_case_id": case_id,
-        }
-        statement = uow.statements.record_event_reading_case
-        assert statement is not None
-        row = self._run(statement.first, params)
-        assert row is not None  # one row always
-        return row[0] == 1, self._cases.with_timer(row[1:]) if row[1] is not None else None
-
-    def record_checked(self, source: str, event_id: str, case_id: int, at: datetime) -> None:
         params = {"source": source, "event_id": event_id, "case_id": case_id, "received_at": at}
-        record = self._uow.statements.record_event
-        self._run_checked(record, params, lambda: recorded_meanwhile(source, event_id))
+        record = uow.statements.record_event
+        if case_id is None:
+            return self._run(record.execute, params) == 1
+        uow.once_by_record = True
+        if not self._cases.holds_current(case_id):
+            reading = uow.statements.record_event_reading_case
+            if reading is None:  # SQLite: no INSERT inside WITH, and no round trips to save
+                return self._run(record.execute, params) == 1
+            row = self._run(reading.first, {**params, "read_case_id": case_id})
+            assert row is not None  # one row always
+            case = self._cases.with_timer(row[1:]) if row[1] is not None else None
+            self._cases.read_with_record(case_id, case)
+            return bool(row[0] == 1)
+        if (source, event_id) in self._not_recorded:
+            self._run_checked(record, params, lambda: recorded_meanwhile(source, event_id))
+            return True
+        return self._run(record.execute, params) == 1
 
     def recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        found = self._read_recorded(ids)
+        self._not_recorded.update(pair for pair in ids if pair not in found)
+        return found
+
+    def _read_recorded(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return self._pairs(self._uow.statements.select_recorded_events, ids)
 
     def known(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:

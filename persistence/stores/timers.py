@@ -57,11 +57,12 @@ class SqlTimerStore(SqlStore):
     def disarm(self, case_id: int) -> None:
         self._run_for(case_id, self._uow.statements.disarm.defer_many, [{"where_case_id": case_id}])
 
-    def arm(self, timer: Timer, with_id: bool = True) -> None:
+    def arm(self, timer: Timer) -> None:
         sql = self._uow.statements
         try:
             values = timer_values(timer)
-            if with_id:
+            # Made once by its own record, the unit of work reads no new timer's id.
+            if not self._uow.once_by_record:
                 timer.id = self._run_for(timer.case_id, sql.insert_timer.insert, values)
             else:
                 # A lost race (a live timer already) surfaces at a later statement, where
@@ -85,14 +86,16 @@ class SqlTimerStore(SqlStore):
         row = self._run(self._uow.statements.select_timer.first, {"timer_id": timer_id})
         return timer_from_row(row) if row is not None else None
 
-    def finish(self, timer: Timer, fired_at: datetime, fired: bool) -> bool:
+    def cancel_stale(self, timer: Timer, at: datetime) -> bool:
         """One UPDATE: the lateness comes from the ``due_at`` the caller read with the timer,
         and the WHERE on the live status and the version makes a finished or rescheduled
         timer a no-op (False) instead of a second read."""
-        params = _finish_values(timer, fired_at, fired)
+        params = _finish_values(timer, at, fired=False)
         return self._run_for(timer.case_id, self._uow.statements.finish_live.execute, params) == 1
 
-    def finish_fired(self, timer: Timer, fired_at: datetime) -> None:
+    def mark_fired(self, timer: Timer, fired_at: datetime) -> None:
+        """The UPDATE of ``cancel_stale``, deferred: its answer is the caller's compare-and-set."""
+        self._uow.once_by_record = True
         finish = self._uow.statements.finish_live.defer_many
         self._run_for(timer.case_id, finish, [_finish_values(timer, fired_at)])
 

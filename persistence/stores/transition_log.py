@@ -34,9 +34,11 @@ class SqlTransitionLog(SqlStore):
     def restore_keys(self, keys: frozenset[tuple[int, str]]) -> None:
         self._registered = set(keys)
 
-    def append(self, records: Sequence[TransitionRecord], register_key: bool = True) -> None:
+    def append(self, records: Sequence[TransitionRecord]) -> None:
         if not records:
             return
+        # In a unit of work made once by its own record the key only labels the rows.
+        register_key = not self._uow.once_by_record
         sql = self._uow.statements
         first_seqs: dict[tuple[int, str], int] = {}
         for record in records:

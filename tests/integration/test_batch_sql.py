@@ -487,7 +487,9 @@ def test_a_deadline_armed_without_its_id_still_loses_a_race_as_a_conflict(
     # (after a read: a unit of work's first statement always runs at once)
     with pytest.raises(Conflict), uow_factory() as uow:
         assert uow.cases.get(case_id) is not None
-        uow.timers.arm(review(case_id), with_id=False)
+        # (a unit of work made once by an event's record reads no new timer's id)
+        assert uow.events.record("sf", f"arm-{case_id}", case_id, NOW)
+        uow.timers.arm(review(case_id))
         uow.commit()
     # then the race is a Conflict, at the arm or at the commit, and nothing was written
     assert count(engine, f"SELECT count(*) FROM timers WHERE case_id = {case_id}") == 1
@@ -533,7 +535,7 @@ def test_a_batch_reads_the_cases_its_events_name_in_one_statement(
     batch = [approve(f"a-{n}", case_id) for n, case_id in enumerate(cases)]
     batch.append(envelope("p-0", "parcel.picked_up", cases[0], tracking_no="SF0"))
     results = events.ingest_many(batch)
-    # (a case read alone, or with the event's dedupe record: ``record_reading_case``)
+    # (a case read alone, or with the event's dedupe record: ``EventStore.record``)
     batch_reads = len([sql for sql in statements if sql.startswith(("SELECT cases.", "WITH "))])
 
     # then every event applied, in order (the pickup saw the approval before it)
@@ -620,7 +622,7 @@ def test_an_event_recorded_by_a_concurrent_delivery_after_the_batch_read_is_a_du
     # recorded events (the read is made to miss it: the window between the two)
     first, second = submitted(service, 2)
     assert events.ingest(approve("a-0", first)).status is IngestStatus.APPLIED
-    monkeypatch.setattr(SqlEventStore, "recorded", lambda self, ids: set())
+    monkeypatch.setattr(SqlEventStore, "_read_recorded", lambda self, ids: set())
 
     # when a batch carries it again, with a new approval of the second case
     results = events.ingest_many([approve("a-0", first), approve("a-1", second)])

@@ -24,8 +24,8 @@ def _bump(uow_factory: SqlUnitOfWorkFactory, case_id: int) -> None:
         loaded = case.version
         case.version += 1
         case.refund_attempts += 1
-        if not uow.cases.save(case, loaded):
-            raise Conflict("stale")
+        # A stale version is a Conflict, here or at the commit.
+        uow.cases.save(case, loaded)
         uow.log.append(
             [
                 TransitionRecord(

@@ -156,7 +156,10 @@ def test_a_transition_cut_short_by_the_server_writes_nothing(
         case = uow.cases.get(case_id)
         assert case is not None
         case.state, case.version = CaseState.APPROVED, 2
-        assert uow.cases.save(case, 1)
+        uow.cases.save(case, 1)
+        # (read back: the compare-and-set went out, whenever the store sends it)
+        written = uow.cases.get(case_id)
+        assert written is not None and written.state is CaseState.APPROVED
         # ... then the server drops the connection.
         _drop_server_connections(database_url)
         if cut_before == "commit":

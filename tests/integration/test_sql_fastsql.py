@@ -243,7 +243,7 @@ def test_rows_written_match_what_core_writes(
         loaded.state, loaded.version = CaseState.APPROVED, 2
         loaded.updated_at = datetime(2026, 11, 21, 9, 30, 0, 5, tzinfo=tz)
         loaded.details["return_tracking_no"] = "SF1"
-        assert uow.cases.save(loaded, 1)
+        uow.cases.save(loaded, 1)  # a miss would be a Conflict at the next statement
         uow.connection.execute(
             sa.update(cases)
             .where(cases.c.id == core_id)

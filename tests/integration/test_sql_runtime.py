@@ -92,7 +92,7 @@ def test_by_reference_finds_cases_by_order_and_parcel(
         case.details["return_tracking_no"] = "SF200"
         case.details["outbound_tracking_no"] = "JD200"
         case.version += 1
-        assert uow.cases.save(case, case.version - 1)
+        uow.cases.save(case, case.version - 1)  # a miss: Conflict by the commit
         uow.commit()
 
     with uow_factory() as uow:
@@ -121,7 +121,7 @@ def test_by_reference_finds_cases_by_order_and_parcel(
         case.details["return_tracking_no"] = "SF201"
         del case.details["outbound_tracking_no"]
         case.version += 1
-        assert uow.cases.save(case, case.version - 1)
+        uow.cases.save(case, case.version - 1)  # a miss: Conflict by the commit
         uow.commit()
     with uow_factory() as uow:
         assert uow.cases.by_reference(tracking_no="SF200") == []
@@ -254,8 +254,8 @@ def test_claimed_timers_finish_and_report_their_lateness(
         assert len(uow.timers.claim_due(as_of, 10, "s", T0)) == 3
         uow.commit()
     with uow_factory() as uow:
-        uow.timers.finish(fired, T0 + timedelta(seconds=2, milliseconds=250), fired=True)
-        uow.timers.finish(stale, T0 + timedelta(seconds=3), fired=False)
+        uow.timers.mark_fired(fired, T0 + timedelta(seconds=2, milliseconds=250))
+        assert uow.timers.cancel_stale(stale, T0 + timedelta(seconds=3))
         uow.timers.disarm(disarmed.case_id)  # the case moved on while the timer was claimed
         uow.commit()
     with uow_factory() as uow:

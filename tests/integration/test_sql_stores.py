@@ -136,14 +136,16 @@ def test_save_writes_only_over_the_expected_version(
         assert mine is not None
         mine.state, mine.version = CaseState.APPROVED, 2
         mine.updated_at = T0 + timedelta(hours=1)
-        assert first.cases.save(mine, expected_version=1)
+        first.cases.save(mine, expected_version=1)
         first.commit()
 
         stale = second.cases.get(case_id)
         assert stale is not None and stale.version == 2
         stale = replace(stale, state=CaseState.CANCELLED, description="late writer", version=2)
-        assert not second.cases.save(stale, expected_version=1)
-        second.commit()
+        # the miss is a Conflict, at the save or (sent with a later statement) at the commit
+        with pytest.raises(Conflict):
+            second.cases.save(stale, expected_version=1)
+            second.commit()
 
     with uow_factory() as uow:
         stored = uow.cases.get(case_id)
@@ -392,8 +394,8 @@ def test_finish_records_when_and_how_late(
 
     at = datetime(2026, 11, 20, 10, 0, 1, 500000, tzinfo=SHANGHAI)  # 1.5 s late
     with uow_factory() as uow:
-        uow.timers.finish(fired, at, fired=True)
-        uow.timers.finish(stale, at, fired=False)
+        uow.timers.mark_fired(fired, at)
+        assert uow.timers.cancel_stale(stale, at)
         uow.commit()
     with uow_factory() as uow:
         done = uow.timers.get(fired.id)
@@ -496,17 +498,24 @@ def test_an_event_is_recorded_and_its_case_read_in_one_statement(
     statements.clear()
     with uow_factory() as uow:
         # a new event: recorded, and its case read with the live timer
-        recorded, case = uow.events.record_reading_case("sf", "e-1", case_id, T0)
+        recorded = uow.events.record("sf", "e-1", case_id, T0)
+        case = uow.cases.get(case_id)
         assert recorded and case is not None and case.id == case_id
         if backend == "postgres":
             assert len(statements) == 1 and statements[0].startswith("WITH ")
         pending = uow.timers.pending(case_id)
         assert pending is not None and pending.id == timer.id
-        # the same event again: not recorded, the case still read
-        again, case_again = uow.events.record_reading_case("sf", "e-1", case_id, T0)
+        # the same event again (the case saved meanwhile): not recorded, the case read again
+        uow.cases.save(case, case.version)
+        statements.clear()
+        again = uow.events.record("sf", "e-1", case_id, T0)
+        case_again = uow.cases.get(case_id)
         assert not again and case_again is not None and case_again.id == case_id
+        if backend == "postgres":
+            assert len(statements) == 1 and statements[0].startswith("WITH ")
         # an event naming an unknown case is recorded all the same (the caller decides)
-        assert uow.events.record_reading_case("sf", "e-2", 10_000, T0) == (True, None)
+        assert uow.events.record("sf", "e-2", 10_000, T0)
+        assert uow.cases.get(10_000) is None
         uow.commit()
     with uow_factory() as uow:
         assert not uow.events.record("sf", "e-1", case_id, T0)

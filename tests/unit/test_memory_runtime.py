@@ -126,8 +126,8 @@ def test_claim_due_reclaim_and_finish(uow_factory: InMemoryUnitOfWorkFactory) ->
         taken = uow.timers.claim_due(retry_at, 10, "b", as_of + timedelta(seconds=1))
         assert _ids(taken) == _ids([early, later])
         assert all(t.claimed_by == "b" and t.claimed_at == retry_at for t in taken)
-        uow.timers.finish(early, T0 + timedelta(minutes=1, milliseconds=1500), fired=True)
-        uow.timers.finish(later, retry_at, fired=False)
+        uow.timers.mark_fired(early, T0 + timedelta(minutes=1, milliseconds=1500))
+        assert uow.timers.cancel_stale(later, retry_at)
         uow.commit()
 
     with uow_factory() as uow:

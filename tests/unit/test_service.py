@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from workflow.clock import FakeClock
-from workflow.errors import Conflict, Forbidden, InvalidInput, NotAllowed, NotFound
+from workflow.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    case_moved,
+)
 from workflow.memory import InMemoryCaseRepository, InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import Actor, Timer, TimerStatus
 from workflow.ports import CaseQuery
@@ -511,8 +518,10 @@ def test_a_timer_that_loses_its_race_in_a_batch_rolls_back_alone(
     kicks: list[int] = []
     real_save = InMemoryCaseRepository.save
 
-    def save(repository: InMemoryCaseRepository, case: Any, expected_version: int) -> bool:
-        return case.id != cases[1] and real_save(repository, case, expected_version)
+    def save(repository: InMemoryCaseRepository, case: Any, expected_version: int) -> None:
+        if case.id == cases[1]:
+            raise case_moved(case.id)
+        real_save(repository, case, expected_version)
 
     monkeypatch.setattr(InMemoryCaseRepository, "save", save)
     batched = CaseService(uow_factory, clock, service.policy, lambda: kicks.append(1))
