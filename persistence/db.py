@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
+from persistence import sqlalchemy_internals
 from persistence.types import json_text, json_value
 
 #: How long a SQLite writer waits for the lock before giving up (ms).
@@ -99,14 +100,14 @@ def _create_postgresql(url: URL) -> Engine:
 def _ping(connection: sa.Connection) -> None:
     """What ``pool_pre_ping`` does at checkout, for a ``Connection``: a dead connection is
     replaced, with every pooled one opened before it, before anything runs on it."""
-    fairy = connection.connection
+    pooled = connection.connection
     dialect = connection.dialect
     try:
-        dialect.do_ping(fairy.dbapi_connection)  # type: ignore[arg-type]
+        dialect.do_ping(pooled.dbapi_connection)  # type: ignore[arg-type]
     except dialect.loaded_dbapi.Error as exc:
-        if not dialect.is_disconnect(exc, fairy.dbapi_connection, None):
+        if not dialect.is_disconnect(exc, pooled.dbapi_connection, None):
             raise
-        connection.engine.pool._invalidate(fairy, exc)
+        sqlalchemy_internals.invalidate_pool(connection.engine, pooled, exc)
         # The Connection checks a new DBAPI connection out when next used.
         connection.invalidate(exc)
 

@@ -1,37 +1,13 @@
 """Core statements compiled once per dialect and run straight on a pooled DBAPI connection.
 
-SQLAlchemy's execution layer (``Connection``, execution context, events, result objects) costs
-several times what SQLite spends on a one-row statement, and one transition runs about ten of
-them. Here the Core statements are compiled by SQLAlchemy, so the SQL is exactly what
-``Connection.execute`` would send, and values are converted to exactly what it would send and
-return; only the per-call machinery is skipped:
-
-- ``Checkout`` is one pooled DBAPI connection for one unit of work: its transaction (begun by the
-  first statement, through the dialect's ``do_begin``: ``BEGIN IMMEDIATE`` on SQLite), one cursor
-  reused by every statement, and a SQLAlchemy ``Connection`` built only when asked for.
-- ``Prepared`` is one statement: its parameters by name, converted by precomputed functions.
-
-On PostgreSQL (psycopg) a write whose answer nobody reads (a log row, an outbox row, a disarm,
-a savepoint) can be *deferred*: it is queued and sent in one pipeline with the next statement
-that needs an answer, or with the COMMIT, so it costs no round trip of its own
-(https://www.psycopg.org/psycopg3/docs/advanced/pipeline.html). The transaction sees the same
-statements in the same order; only an error of a deferred write surfaces later, at that next
-statement or the COMMIT, and carries ``deferred_write = True``. PostgreSQL aborts the
-transaction on any error, so nothing after a failed write can commit. SQLite runs every
-statement at once (no round trips to save, and SQLite does not abort a transaction on error).
-
-A deferred write may also be *checked* (``Checkout.defer_checked``): a compare-and-set whose
-answer is only "did it change the expected number of rows". It is sent on a cursor of its own
-and its rowcount checked when the pipeline returns; a miss raises the caller's exception there
-and *dooms* the transaction (a client-side abort, as PostgreSQL's for an error): the commit
-raises it again, until a rollback to a savepoint taken before the write, or a rollback. A
-COMMIT is never sent in the same pipeline as an unchecked write.
-
-Errors come out as the exception classes Core execution raises (``IntegrityError`` and so on); a
-connection the server dropped is invalidated, and when it fails the first statement of a checkout
-(nothing was sent on it yet, so nothing can be half-written) the statement runs again once on a
-fresh connection. That is what keeps a worker going after a PostgreSQL restart without paying
-``pool_pre_ping``'s round trip on every unit of work.
+``Checkout`` is one pooled DBAPI connection for one unit of work (one cursor reused, a SQLAlchemy
+``Connection`` only when asked for); ``Prepared`` is one statement, its values converted as Core
+would. The SQL and the values are exactly what ``Connection.execute`` would send; only its
+per-call machinery is skipped (docs/adr/0001-fast-sql-path.md). On PostgreSQL a write whose
+answer nobody reads is *deferred*: sent in one psycopg pipeline with the next statement that
+needs an answer, or the COMMIT; its error surfaces there (``deferred_write = True``). A *checked*
+deferred write that misses fails the transaction until a rollback to a savepoint before it.
+A first statement that meets a dropped connection runs again once on a fresh one.
 """
 
 from __future__ import annotations
@@ -48,6 +24,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from persistence import psycopg_internals, sqlalchemy_internals
 from persistence.types import UTCDateTime, json_value
 
 Processor = Callable[[Any], Any] | None
@@ -83,12 +60,12 @@ class Checkout:
         "_cursor",
         "_dbapi_error",
         "_dialect",
-        "_doomed",
         "_ended",
         "_engine",
-        "_fairy",
+        "_failed_check",
         "_fresh",
         "_pipelines",
+        "_pooled",
         "_queued",
         "_savepoints",
     )
@@ -104,12 +81,12 @@ class Checkout:
         self._ended = True
         self._connection: Connection | None = None
         self._savepoints = 0
-        self._fairy: PoolProxiedConnection | None = None
+        self._pooled: PoolProxiedConnection | None = None
         self._pipelines = engine.dialect.driver == "psycopg"
         #: Deferred writes not sent yet: (sql, parameters, many, check or None).
         self._queued: list[tuple[str, Any, bool, _Check | None]] = []
         #: The check that missed, while the transaction may not commit.
-        self._doomed: _Check | None = None
+        self._failed_check: _Check | None = None
         self._check_out()
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -143,7 +120,7 @@ class Checkout:
     ) -> None:
         """``defer`` a write that must change exactly ``rows`` rows, else ``miss()`` is raised:
         here when it runs at once, at the statement it goes out with when deferred, and at
-        the commit after that (the transaction is doomed, see the module's notes)."""
+        the commit after that (the transaction has failed, see the module's notes)."""
         if not self._deferring():
             if self.run(sql, parameters).rowcount != rows:
                 raise miss()
@@ -154,31 +131,22 @@ class Checkout:
         return self._pipelines and not self._fresh and self._begun and self._connection is None
 
     def _send_with_begin(self, cursor: Any, sql: str, parameters: Any, many: bool) -> None:
-        """A transaction's first statement, with the BEGIN in one pipeline: one round trip.
-
-        psycopg sends its own BEGIN before the first statement and waits for it. It does not
-        when ``_autocommit`` is set (``BaseConnection._start_query``); every later statement,
-        the commit and the rollback go by the server's transaction status, which our BEGIN
-        sets, so the flag is only held for this call. A driver without that attribute gets
-        the plain path (tests/integration/test_sql_fastsql.py checks which one runs)."""
+        """A transaction's first statement, with the BEGIN in one pipeline: one round trip
+        (psycopg would send its BEGIN alone and wait; ``persistence/psycopg_internals.py``)."""
         connection = cursor.connection
-        begin = getattr(connection, "_get_tx_start_command", None)
-        if begin is None or connection.autocommit or not hasattr(connection, "_autocommit"):
+        begin = psycopg_internals.begin_command(connection)
+        if begin is None:
             _send(cursor, sql, parameters, many)
             return
-        connection._autocommit = True
-        try:
-            with connection.pipeline():
-                self._write_cursor().execute(begin())
-                _send(cursor, sql, parameters, many)
-        finally:
-            connection._autocommit = False
+        with psycopg_internals.own_begin(connection), connection.pipeline():
+            self._write_cursor().execute(begin)
+            _send(cursor, sql, parameters, many)
 
     def _send_queued(self, then: Callable[[], None], what: str) -> Any:
         """Send the deferred writes and ``then`` in one pipeline, then check the checked ones;
         returns the cursor."""
         queued, self._queued = self._queued, []
-        connection = self._live_fairy().dbapi_connection
+        connection = self._live_pooled().dbapi_connection
         writer = self._write_cursor()
         checked: list[tuple[Any, _Check]] = []
         try:
@@ -199,24 +167,24 @@ class Checkout:
                 error.deferred_write = True  # type: ignore[attr-defined]
                 raise
         for cursor, check in checked:
-            if cursor.rowcount != check[0] and self._doomed is None:
-                self._doomed = check
-        if self._doomed is not None and checked:
-            raise self._doomed[1]()
+            if cursor.rowcount != check[0] and self._failed_check is None:
+                self._failed_check = check
+        if self._failed_check is not None and checked:
+            raise self._failed_check[1]()
         return self._cursor
 
     def _check_cursor(self, index: int) -> Any:
-        fairy = self._live_fairy()
-        cursors: list[Any] = fairy.info.setdefault(_CHECK_CURSORS, [])
+        pooled = self._live_pooled()
+        cursors: list[Any] = pooled.info.setdefault(_CHECK_CURSORS, [])
         while len(cursors) <= index:
-            cursors.append(fairy.dbapi_connection.cursor())  # type: ignore[union-attr]
+            cursors.append(pooled.dbapi_connection.cursor())  # type: ignore[union-attr]
         return cursors[index]
 
     def _write_cursor(self) -> Any:
-        fairy = self._live_fairy()
-        cursor = fairy.info.get(_WRITE_CURSOR)
+        pooled = self._live_pooled()
+        cursor = pooled.info.get(_WRITE_CURSOR)
         if cursor is None:
-            cursor = fairy.info[_WRITE_CURSOR] = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor = pooled.info[_WRITE_CURSOR] = pooled.dbapi_connection.cursor()  # type: ignore[union-attr]
         return cursor
 
     # -- transaction ----------------------------------------------------------------------------
@@ -230,9 +198,9 @@ class Checkout:
         if any(check is not None for _, _, _, check in self._queued):
             # Checked first: a COMMIT sent with them would commit before their check.
             self._send_queued(lambda: None, "(checking before COMMIT)")
-        if self._doomed is not None:
+        if self._failed_check is not None:
             # The transaction stays open: the caller rolls back, as after any failed commit.
-            raise self._doomed[1]()
+            raise self._failed_check[1]()
         if self._connection is not None:
             self._connection.commit()
             self._begun = False
@@ -245,17 +213,17 @@ class Checkout:
         self._savepoints = 0
         if self._queued:
             # The deferred writes and the COMMIT in one round trip.
-            fairy = self._live_fairy()
-            self._send_queued(lambda: self._dialect.do_commit(fairy), "COMMIT")
+            pooled = self._live_pooled()
+            self._send_queued(lambda: self._dialect.do_commit(pooled), "COMMIT")
         else:
             try:
-                self._dialect.do_commit(self._live_fairy())
+                self._dialect.do_commit(self._live_pooled())
             except self._dbapi_error as exc:
                 self._fail(exc, "COMMIT", None, None)
         self._ended = True
 
     def rollback(self) -> None:
-        self._doomed = None
+        self._failed_check = None
         if self._connection is not None:
             self._connection.rollback()
             self._begun = False
@@ -267,9 +235,9 @@ class Checkout:
         # Also after a failed COMMIT, which may leave SQLite's transaction open; a driver
         # rollback outside a transaction costs nothing (sqlite3 and psycopg check first).
         # Nothing to roll back on a connection that was invalidated (dropped by the server).
-        if self._fairy is not None:
+        if self._pooled is not None:
             try:
-                self._dialect.do_rollback(self._fairy)
+                self._dialect.do_rollback(self._pooled)
             except self._dbapi_error as exc:
                 self._fail(exc, "ROLLBACK", None, None)
             self._ended = True
@@ -303,11 +271,11 @@ class Checkout:
             if mark < len(self._queued) and self._queued[mark][0] == f"SAVEPOINT {name}":
                 # Nothing since the SAVEPOINT reached the server: forgetting is rolling back.
                 del self._queued[mark:]
-            elif self._fairy is not None and self._begun:
+            elif self._pooled is not None and self._begun:
                 self.run(f"ROLLBACK TO SAVEPOINT {name}", ())
-            if self._doomed is not None and self._doomed[2] >= number:
+            if self._failed_check is not None and self._failed_check[2] >= number:
                 # The write that missed was made after this savepoint: it is undone.
-                self._doomed = None
+                self._failed_check = None
             raise
         if release:
             self.defer(f"RELEASE SAVEPOINT {name}", ())
@@ -325,7 +293,9 @@ class Checkout:
                 # it) before Core, which has no retry, takes over. Off the hot path.
                 self._ping()
             # No engine events: ``engine_connect`` would ping again (see persistence/db.py).
-            connection = Connection(self._engine, self._live_fairy(), _has_events=False)
+            connection = sqlalchemy_internals.connection_without_events(
+                self._engine, self._live_pooled()
+            )
             if self._begun:
                 # Tells Connection a transaction is open; the dialect's do_begin does not begin
                 # a second one (persistence/db.py ``_begin_immediate``, psycopg: nothing to do).
@@ -337,41 +307,38 @@ class Checkout:
         """Check the connection in; the pool rolls back whatever is still open."""
         self._queued = []
         connection, self._connection = self._connection, None
-        fairy, self._fairy = self._fairy, None
+        pooled, self._pooled = self._pooled, None
         if connection is not None:
             # The Connection checks the DBAPI connection in (or not, if it was invalidated).
             connection.close()
-        elif fairy is not None:
-            close_special = getattr(fairy, "_close_special", None)
-            if self._ended and close_special is not None:
-                # The last transaction was committed or rolled back here: skip the pool's
-                # reset-on-return rollback, as Connection.close() does in that case
-                # (sqlalchemy/engine/base.py, ``_close_special(transaction_reset=True)``).
-                close_special(transaction_reset=True)
-            else:
-                fairy.close()
+        elif pooled is not None and not (
+            # After a commit or rollback here, skip the pool's reset-on-return rollback, as
+            # Connection.close() does in that case.
+            self._ended and sqlalchemy_internals.check_in_after_reset(pooled)
+        ):
+            pooled.close()
 
     # -- internals ------------------------------------------------------------------------------
     def _check_out(self) -> None:
         try:
-            fairy = self._engine.raw_connection()
+            pooled = self._engine.raw_connection()
         except self._dbapi_error as exc:
             # As Connection does when it cannot connect.
             disconnect = self._dialect.is_disconnect(exc, None, None)
             raise _sqlalchemy_error(exc, None, None, self._dialect, disconnect) from exc
-        self._fairy = fairy
+        self._pooled = pooled
         self._begun = False
         self._fresh = True
         self._ended = True
-        cursor = fairy.info.get(_CURSOR)
+        cursor = pooled.info.get(_CURSOR)
         if cursor is None:
-            cursor = fairy.info[_CURSOR] = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor = pooled.info[_CURSOR] = pooled.dbapi_connection.cursor()  # type: ignore[union-attr]
         self._cursor = cursor
 
-    def _live_fairy(self) -> PoolProxiedConnection:
-        if self._fairy is None:
+    def _live_pooled(self) -> PoolProxiedConnection:
+        if self._pooled is None:
             raise sa.exc.ResourceClosedError("the connection was invalidated (lost)")
-        return self._fairy
+        return self._pooled
 
     def _begin(self) -> Any:
         if self._connection is not None:
@@ -379,10 +346,10 @@ class Checkout:
                 self._connection.begin()
             self._begun = True
             return self._cursor
-        fairy = self._live_fairy()
+        pooled = self._live_pooled()
         self._ended = False
         try:
-            self._dialect.do_begin(fairy)
+            self._dialect.do_begin(pooled)
         except self._dbapi_error as exc:
             # Not begun: the next statement tries again (SQLite's BEGIN IMMEDIATE timed out).
             self._fail(exc, "BEGIN", None, None)
@@ -403,7 +370,7 @@ class Checkout:
         """After a disconnect on a checkout's first statement: a fresh connection, begun."""
         if not self._fresh or self._connection is not None:
             return False
-        if not self._dialect.is_disconnect(exc, self._live_fairy().dbapi_connection, cursor):
+        if not self._dialect.is_disconnect(exc, self._live_pooled().dbapi_connection, cursor):
             return False
         self._invalidate(exc)
         self._check_out()
@@ -411,32 +378,32 @@ class Checkout:
         return True
 
     def _ping(self) -> None:
-        fairy = self._live_fairy()
+        pooled = self._live_pooled()
         try:
-            self._dialect.do_ping(fairy.dbapi_connection)  # type: ignore[arg-type]
+            self._dialect.do_ping(pooled.dbapi_connection)  # type: ignore[arg-type]
         except self._dbapi_error as exc:
-            if not self._dialect.is_disconnect(exc, fairy.dbapi_connection, None):
+            if not self._dialect.is_disconnect(exc, pooled.dbapi_connection, None):
                 self._fail(exc, "ping", None, None)
             self._invalidate(exc)
             self._check_out()
 
     def _invalidate(self, exc: Exception) -> None:
-        fairy, self._fairy = self._fairy, None
+        pooled, self._pooled = self._pooled, None
         self._begun = False
         self._queued = []
-        self._doomed = None
-        if fairy is None:
+        self._failed_check = None
+        if pooled is None:
             return
         # As Connection does on a disconnect: this connection is closed, and every pooled one
         # opened before now is replaced at its next checkout (the server dropped them too).
-        self._engine.pool._invalidate(fairy, exc)
+        sqlalchemy_internals.invalidate_pool(self._engine, pooled, exc)
 
     def _fail(self, exc: Any, sql: str, parameters: Any, cursor: Any) -> NoReturn:
         # Something reached the server: a disconnect from now on is not retried.
         self._fresh = False
-        fairy = self._fairy
-        disconnect = fairy is not None and self._dialect.is_disconnect(
-            exc, fairy.dbapi_connection, cursor
+        pooled = self._pooled
+        disconnect = pooled is not None and self._dialect.is_disconnect(
+            exc, pooled.dbapi_connection, cursor
         )
         if disconnect:
             self._invalidate(exc)
@@ -666,7 +633,7 @@ def bind_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Process
             return direct
     processor = implementation.bind_processor(dialect)
     if processor is not None and _json_as_text(implementation, dialect):
-        return _json_bind(dialect._json_serializer or json.dumps, processor)
+        return _json_bind(sqlalchemy_internals.json_serializer(dialect) or json.dumps, processor)
     return processor
 
 
@@ -680,7 +647,7 @@ def result_converter(type_: sa.types.TypeEngine[Any], dialect: Dialect) -> Proce
     # The DBAPI type code only matters to a few dialects' numeric types, none used here.
     processor = implementation.result_processor(dialect, None)
     if processor is not None and _json_as_text(implementation, dialect):
-        loads = dialect._json_deserializer
+        loads = sqlalchemy_internals.json_deserializer(dialect)
         return _json_result(json_value if loads in (None, json.loads) else loads, processor)
     return processor
 

@@ -491,7 +491,7 @@ def test_a_deferred_log_row_that_loses_a_race_is_a_conflict(
         uow.cases.get(case_id)
 
 
-# -- checked deferred writes (a compare-and-set whose miss surfaces later and dooms the commit) ---
+# -- checked deferred writes (a compare-and-set whose miss surfaces later and fails the commit) --
 
 
 class _Missed(Exception):
@@ -585,7 +585,7 @@ def test_a_checked_write_still_queued_at_the_commit_is_checked_before_any_commit
     assert checked.notes() == []
 
 
-def test_only_a_rollback_to_a_savepoint_taken_before_the_miss_lifts_the_doom(
+def test_only_a_rollback_to_a_savepoint_taken_before_the_miss_clears_the_failure(
     checked: _Marks,
 ) -> None:
     checked.only_postgresql()
@@ -601,7 +601,7 @@ def test_only_a_rollback_to_a_savepoint_taken_before_the_miss_lifts_the_doom(
     assert checked.notes() == ["first", "kept"]
     with checked.first("second transaction", mark_id=4) as (_, checkout):
         # a miss in one savepoint, found in the next: rolling back the later one leaves the
-        # miss's own writes in the transaction, so it stays doomed
+        # miss's own writes in the transaction, so it stays failed
         with checkout.savepoint(release=False):
             insert.defer_many(checkout, [{"id": 5, "note": "with the miss"}])
             renote.defer_checked(checkout, _MISS, 1, _Missed)
@@ -638,7 +638,7 @@ def test_the_begin_goes_out_with_the_first_statement_and_opens_the_transaction(
     notices: list[str] = []
     with uow_factory() as uow:
         checkout = _checkout(uow)
-        dbapi: Any = checkout._live_fairy().dbapi_connection
+        dbapi: Any = checkout._live_pooled().dbapi_connection
         dbapi.add_notice_handler(lambda notice: notices.append(notice.message_primary))
         marks.execute(checkout, {"id": 1, "note": "first statement"})
         # one pipeline, our BEGIN and the statement: the driver's own BEGIN would be a round
