@@ -125,6 +125,8 @@ def test_the_request_class_and_worker_state_the_coalescer_uses_are_there() -> No
         assert hasattr(Request, attribute), f"celery Request.{attribute} is gone"
     assert parameters(worker_state.task_reserved)[0] == "request"
     assert parameters(worker_state.task_ready)[:2] == ["request", "successful"]
+    # the coalescer reads consumer.controller.state.revoked: the WorkController's state module
+    assert hasattr(worker_state, "revoked")
     assert "on_task_request" in parameters(Consumer.__init__)
 
 
