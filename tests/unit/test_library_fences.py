@@ -19,6 +19,7 @@ from celery.worker import state as worker_state
 from celery.worker import strategy as celery_strategy
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.request import Request, create_request_cls
+from celery.worker.worker import WorkController
 from kombu import Connection
 from kombu.common import QoS
 from kombu.transport import filesystem, virtual
@@ -125,7 +126,8 @@ def test_the_request_class_and_worker_state_the_coalescer_uses_are_there() -> No
         assert hasattr(Request, attribute), f"celery Request.{attribute} is gone"
     assert parameters(worker_state.task_reserved)[0] == "request"
     assert parameters(worker_state.task_ready)[:2] == ["request", "successful"]
-    # the coalescer reads consumer.controller.state.revoked: the WorkController's state module
+    # the coalescer reads consumer.controller.state.revoked, as Celery's default strategy does
+    assert WorkController.state.fget(object()) is worker_state
     assert hasattr(worker_state, "revoked")
     assert "on_task_request" in parameters(Consumer.__init__)
 
