@@ -68,7 +68,6 @@ def _refund_routes(
 _EXCHANGE = frozenset({CaseType.EXCHANGE})
 _REPAIR = frozenset({CaseType.REPAIR})
 _OUTBOUND = frozenset({CaseType.EXCHANGE, CaseType.REPAIR})
-_REFUND_AUTO = frozenset({CaseType.RETURN_REFUND, CaseType.REFUND_ONLY})
 _STALLABLE = (
     CaseState.SHIPPED_BACK,
     CaseState.SHIPPED_TO_BUYER,
