@@ -249,6 +249,8 @@ class TimerSpec:
     binds: Role | None = None
 
 
+#: The deadline each state arms (``engine.timer_for``, on entering it); when it is due,
+#: ``tasks/timers.py`` ``sweep_timers_task`` fires its trigger (``CaseService.sweep_timers``).
 TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
     CaseState.SUBMITTED: (TimerSpec("merchant_review", "auto_approve", binds=Role.MERCHANT),),
     # One deadline from approval to shipping, carried across the pickup booking.
@@ -286,7 +288,8 @@ TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
 
 TIMER_SPECS: dict[str, TimerSpec] = {spec.kind: spec for specs in TIMERS.values() for spec in specs}
 
-#: On entering (type, state), this system trigger fires at once in the same transaction.
+#: On entering (type, state), this system trigger fires at once in the same transaction
+#: (``engine.fire``).
 FOLLOW_UPS: dict[tuple[CaseType, CaseState], str] = {
     (CaseType.REFUND_ONLY, CaseState.APPROVED): "start_refund",
     (CaseType.RETURN_REFUND, CaseState.INSPECTED): "start_refund",
