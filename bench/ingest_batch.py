@@ -50,7 +50,7 @@ from config.policy import load_policy
 from persistence.db import make_engine
 from persistence.uow import _CASE_MUTABLE_COLUMNS, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
 
 #: Target of issue 5, benchmark 2, for batch ingestion (end to end, on PostgreSQL).
