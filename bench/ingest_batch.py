@@ -51,7 +51,7 @@ from persistence.db import make_engine
 from persistence.statements import CASE_MUTABLE_COLUMNS
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
 
 #: Target of issue 5, benchmark 2, for batch ingestion (end to end, on PostgreSQL).

@@ -43,7 +43,7 @@ from persistence.tables import timers
 from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import AftersalesError
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.model import SYSTEM, Actor
 from workflow.service import CaseService
 from workflow.states import CaseState, Role

@@ -22,7 +22,7 @@ from persistence.db import dispose_engine, make_engine
 from persistence.tokens import SqlTokenStore
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import Clock, FakeClock, SystemClock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.service import CaseService
 
 

@@ -1,8 +1,8 @@
 """``aftersales events``: ingest inbound events from JSON lines, and work the dead letters.
 
-A thin adapter over ``workflow.events.EventService``, mounted on the main app by ``cli.py``; the
-error handling, the output helpers and the wiring are the main app's (imported inside the
-commands, because ``cli.py`` imports this module while it is being built).
+A thin adapter over ``EventService`` (``workflow.events.ingestion``), mounted on the main app by
+``cli.py``; the error handling, the output helpers and the wiring are the main app's (imported
+inside the commands, because ``cli.py`` imports this module while it is being built).
 """
 
 from __future__ import annotations
@@ -22,13 +22,9 @@ from rich.text import Text
 
 from config.settings import get_settings
 from entrypoints import bootstrap, views
-from workflow.events import (
-    EventService,
-    IngestResult,
-    IngestStatus,
-    mapping_markdown,
-    schema_text,
-)
+from workflow.events.ingestion import EventService, IngestResult, IngestStatus
+from workflow.events.mapping import mapping_markdown
+from workflow.events.schema import schema_text
 from workflow.model import DeadLetter, DeadLetterStatus
 
 events_app = typer.Typer(

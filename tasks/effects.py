@@ -9,7 +9,7 @@ retries run out the case takes its slow path (``EffectService.handle_exhausted``
 Notices (the notifications of ``case.transitioned`` and the like) come from the relay many to
 a message (``aftersales.notify_many``): one task, one delivery call and one completing
 transaction for up to ``tasks.runtime.NOTICES_PER_MESSAGE`` rows, where one row per task cost
-three messages' worth of work per transition (benchmark 2 in BENCHMARKS.md).
+three messages' worth of work per transition (docs/adr/0009).
 """
 
 from __future__ import annotations

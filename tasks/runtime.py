@@ -30,7 +30,7 @@ from workflow.effects import (
     effects_for_topic,
     entry_to_message,
 )
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.model import OutboxEntry
 from workflow.relay import OutboxRelay
 from workflow.service import CaseService

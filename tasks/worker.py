@@ -70,7 +70,7 @@ def default_concurrency(settings: Settings) -> int:
 
     Two per core on PostgreSQL: an event or timer task waits on the database for about half
     its run (round trips, the commit's flush), so one process per core leaves the cores idle
-    (benchmark 2 in BENCHMARKS.md: single events at 49% of the no-op rate with 2 processes on 2
+    (docs/adr/0008, benchmark 2: single events at 49% of the no-op rate with 2 processes on 2
     cores, 65% with 4). Two on SQLite: it has one writer at a time, and more processes would only
     queue on its lock.
     """

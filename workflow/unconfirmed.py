@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 
 #: The n-th copy of an event is looked at again ``resend_after_s * 2**n`` after it was sent, n
 #: at most this (64 windows: about an hour with the default minute).

@@ -31,7 +31,7 @@ from tasks.kick import RelayKicker
 from tasks.settings import WorkerSettings
 from tasks.unconfirmed import ledger_for
 from workflow.clock import Clock
-from workflow.events import Envelope
+from workflow.events.envelope import Envelope
 
 DESCRIPTION = """\
 After-sales cases (return-and-refund, exchange, repair, refund-only) moving through their state

@@ -18,7 +18,7 @@ from entrypoints.http.settings import ApiSettings
 from persistence.readings import SqlReadings
 from persistence.tokens import SqlIdempotencyStore, SqlTokenStore, StoredResponse
 from workflow.clock import Clock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.service import CaseService
 
 #: Response headers an idempotent replay repeats.

@@ -29,7 +29,7 @@ from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tokens import SqlTokenStore
 from workflow.clock import FakeClock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.model import Actor
 from workflow.service import CaseService
 from workflow.states import Role

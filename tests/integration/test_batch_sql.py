@@ -17,7 +17,7 @@ from persistence.stores.events import SqlEventStore
 from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import Conflict
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.memory import InMemoryUnitOfWorkFactory
 from workflow.model import Actor, Case, Timer, TimerStatus
 from workflow.service import CaseService, TimerRun

@@ -16,7 +16,7 @@ from config.policy import load_policy
 from persistence.statements import KNOWN_EVENTS_CHUNK
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestResult, IngestStatus
+from workflow.events.ingestion import EventService, IngestResult, IngestStatus
 from workflow.model import Actor, DeadLetterStatus
 from workflow.service import CaseService
 from workflow.states import CaseState, Role

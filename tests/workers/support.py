@@ -48,7 +48,7 @@ from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.model import DeadLetter
 from workflow.service import CaseService
 from workflow.states import CaseState

@@ -19,7 +19,7 @@ from tasks import producer
 from tasks.app import DEFAULT_QUEUE
 from tasks.unconfirmed import RedisUnconfirmedEvents
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.memory import InMemoryUnitOfWorkFactory
 from workflow.service import CaseService
 from workflow.unconfirmed import EventResender, Unconfirmed
