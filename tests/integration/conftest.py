@@ -33,7 +33,7 @@ REQUIRE_POSTGRES_ENV = "AFTERSALES_REQUIRE_POSTGRES"
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 
 
-def _postgres_param() -> Any:
+def postgres_param() -> Any:
     marks: list[Any] = [pytest.mark.postgres]
     if not os.environ.get(POSTGRES_ENV) and not os.environ.get(REQUIRE_POSTGRES_ENV):
         marks.append(
@@ -45,7 +45,7 @@ def _postgres_param() -> Any:
     return pytest.param("postgres", id="postgres", marks=marks)
 
 
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"), _postgres_param()])
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"), postgres_param()])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -1,5 +1,6 @@
-"""The runtime stores on SQLite and PostgreSQL: parcel lookups, timer claims, the outbox relay's
-reads, inbound event dedupe and dead letters."""
+"""The runtime stores on SQLite and PostgreSQL, what only SQL has: the tracking-number indexes,
+migrations of the runtime tables, and concurrent claimers, relays and deliveries. The behaviour
+every store shares is the contract suite's (``test_store_contract.py``)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,12 @@ from sqlalchemy.engine import Engine
 
 from persistence.migrate import alembic_config
 from persistence.tables import cases, outbox, timers
-from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.model import (
     Case,
-    DeadLetter,
-    DeadLetterStatus,
     OutboxMessage,
     Timer,
-    TimerStatus,
 )
-from workflow.states import CaseState
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 SHANGHAI = timezone(timedelta(hours=8))
@@ -40,100 +37,11 @@ def _stored(uow_factory: SqlUnitOfWorkFactory, *new: Case) -> list[int]:
     return ids
 
 
-def _timer(case_id: int, due_at: datetime, **fields: object) -> Timer:
-    values: dict[str, object] = {
-        "case_id": case_id,
-        "kind": "merchant_review",
-        "trigger": "auto_approve",
-        "state": CaseState.SUBMITTED,
-        "version": 1,
-        "due_at": due_at,
-        "created_at": T0,
-    }
-    values.update(fields)
-    return Timer(**values)  # type: ignore[arg-type]
-
-
-def _armed(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, due: list[datetime]
-) -> list[Timer]:
-    """One case per timer (a case has one live timer), armed and committed."""
-    with uow_factory() as uow:
-        armed = []
-        for n, due_at in enumerate(due):
-            case_id = uow.cases.add(new_case(order_id=f"o-{n}"))
-            timer = _timer(case_id, due_at)
-            uow.timers.arm(timer)
-            armed.append(timer)
-        uow.commit()
-    return armed
-
-
 def _ids(timers: list[Timer]) -> list[int]:
     return [t.id or 0 for t in timers]
 
 
 # -- cases by reference ---------------------------------------------------------------------
-
-
-def test_by_reference_finds_cases_by_order_and_parcel(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
-) -> None:
-    first, second, ended, other_order = _stored(
-        uow_factory,
-        new_case(skus=("a",), details={"return_tracking_no": "SF100"}),
-        new_case(skus=("b",)),
-        new_case(skus=("c",), state=CaseState.CLOSED, details={"return_tracking_no": "SF300"}),
-        new_case(order_id="o-2"),
-    )
-    with uow_factory() as uow:
-        case = uow.cases.get(second)
-        assert case is not None
-        case.details["return_tracking_no"] = "SF200"
-        case.details["outbound_tracking_no"] = "JD200"
-        case.version += 1
-        uow.cases.save(case, case.version - 1)  # a miss: Conflict by the commit
-        uow.commit()
-
-    with uow_factory() as uow:
-        # The order's open cases, newest first; the closed one is left out.
-        assert [c.id for c in uow.cases.by_reference(order_id="o-1")] == [second, first]
-        assert [c.id for c in uow.cases.by_reference(order_id="o-2")] == [other_order]
-        assert uow.cases.by_reference(order_id="o-404") == []
-        # A parcel names its case whatever its state, by either leg.
-        assert [c.id for c in uow.cases.by_reference(tracking_no="SF100")] == [first]
-        assert [c.id for c in uow.cases.by_reference(tracking_no="SF200")] == [second]
-        assert [c.id for c in uow.cases.by_reference(tracking_no="JD200")] == [second]
-        assert [c.id for c in uow.cases.by_reference(tracking_no="SF300")] == [ended]
-        assert uow.cases.by_reference(tracking_no="SF404") == []
-        both = uow.cases.by_reference(order_id="o-1", tracking_no="JD200")
-        assert [c.id for c in both] == [second]
-        assert uow.cases.by_reference(order_id="o-2", tracking_no="JD200") == []
-        found = uow.cases.by_reference(tracking_no="JD200")[0]
-        assert found.details["outbound_tracking_no"] == "JD200"
-        with pytest.raises(ValueError):
-            uow.cases.by_reference()
-
-    # The columns follow details: a changed number moves, a removed one is cleared.
-    with uow_factory() as uow:
-        case = uow.cases.get(second)
-        assert case is not None
-        case.details["return_tracking_no"] = "SF201"
-        del case.details["outbound_tracking_no"]
-        case.version += 1
-        uow.cases.save(case, case.version - 1)  # a miss: Conflict by the commit
-        uow.commit()
-    with uow_factory() as uow:
-        assert uow.cases.by_reference(tracking_no="SF200") == []
-        assert uow.cases.by_reference(tracking_no="JD200") == []
-        assert [c.id for c in uow.cases.by_reference(tracking_no="SF201")] == [second]
-    with engine.connect() as connection:
-        row = connection.execute(
-            sa.select(cases.c.return_tracking_no, cases.c.outbound_tracking_no).where(
-                cases.c.id == second
-            )
-        ).one()
-    assert tuple(row) == ("SF201", None)
 
 
 def test_tracking_number_lookup_uses_the_indexes(
@@ -173,108 +81,6 @@ def test_upgrading_from_0001_fills_the_tracking_columns(
 
 
 # -- timer claims ---------------------------------------------------------------------------
-
-
-def test_claim_due_takes_the_oldest_due_timers(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    later, early, not_due, middle = _armed(
-        uow_factory,
-        new_case,
-        [
-            T0 + timedelta(minutes=3),
-            T0 + timedelta(minutes=1),
-            T0 + timedelta(hours=1),
-            # 10:02 in Shanghai is 02:02 UTC: ordered by instant.
-            datetime(2026, 11, 20, 10, 2, tzinfo=SHANGHAI),
-        ],
-    )
-    as_of = T0 + timedelta(minutes=10)
-    with uow_factory() as uow:
-        claimed = uow.timers.claim_due(as_of, 2, "sweeper-1", as_of - timedelta(minutes=5))
-        assert _ids(claimed) == _ids([early, middle])
-        assert all(
-            (t.status, t.claimed_at, t.claimed_by) == (TimerStatus.CLAIMED, as_of, "sweeper-1")
-            for t in claimed
-        )
-        assert claimed[0].claimed_at is not None and claimed[0].claimed_at.tzinfo is UTC
-        rest = uow.timers.claim_due(as_of, 10, "sweeper-1", as_of - timedelta(minutes=5))
-        assert _ids(rest) == _ids([later])
-        uow.commit()
-
-    with uow_factory() as uow:
-        # Nothing left to claim: the claims are fresh, the last timer is not due.
-        assert uow.timers.claim_due(as_of, 10, "sweeper-2", as_of - timedelta(minutes=5)) == []
-        # due() lists pending timers only; a claimed timer is still the case's live one.
-        assert uow.timers.due(as_of, 10) == []
-        live = uow.timers.pending(early.case_id)
-        assert live is not None and live.status is TimerStatus.CLAIMED
-        assert live.claimed_by == "sweeper-1"
-        stored = uow.timers.get(not_due.id or 0)
-        assert stored is not None and stored.status is TimerStatus.PENDING
-        assert stored.claimed_at is None
-
-
-def test_a_stale_claim_is_taken_over(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
-    [timer] = _armed(uow_factory, new_case, [T0])
-    with uow_factory() as uow:
-        assert _ids(uow.timers.claim_due(T0, 10, "dead", T0 - timedelta(minutes=5))) == _ids(
-            [timer]
-        )
-        uow.commit()
-
-    later = T0 + timedelta(minutes=5)
-    with uow_factory() as uow:
-        # A claim exactly as old as the bound is not stale yet.
-        assert uow.timers.claim_due(later, 10, "alive", T0) == []
-        [again] = uow.timers.claim_due(later, 10, "alive", T0 + timedelta(seconds=1))
-        uow.commit()
-    assert (again.id, again.claimed_by, again.claimed_at) == (timer.id, "alive", later)
-    with uow_factory() as uow:
-        stored = uow.timers.get(timer.id or 0)
-        assert stored is not None and (stored.claimed_by, stored.claimed_at) == ("alive", later)
-
-
-def test_a_claim_rolled_back_leaves_the_timer_pending(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    [timer] = _armed(uow_factory, new_case, [T0])
-    with uow_factory() as uow:
-        assert len(uow.timers.claim_due(T0, 10, "s", T0)) == 1
-    with uow_factory() as uow:
-        assert _ids(uow.timers.claim_due(T0, 10, "s", T0)) == _ids([timer])
-
-
-def test_claimed_timers_finish_and_report_their_lateness(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    fired, stale, disarmed = _armed(uow_factory, new_case, [T0, T0, T0])
-    as_of = T0 + timedelta(seconds=2)
-    with uow_factory() as uow:
-        assert len(uow.timers.claim_due(as_of, 10, "s", T0)) == 3
-        uow.commit()
-    with uow_factory() as uow:
-        uow.timers.mark_fired(fired, T0 + timedelta(seconds=2, milliseconds=250))
-        assert uow.timers.cancel_stale(stale, T0 + timedelta(seconds=3))
-        uow.timers.disarm(disarmed.case_id)  # the case moved on while the timer was claimed
-        uow.commit()
-    with uow_factory() as uow:
-        done = uow.timers.get(fired.id or 0)
-        assert done is not None and done.status is TimerStatus.FIRED
-        assert done.claimed_by == "s"
-        dropped = uow.timers.get(stale.id or 0)
-        assert dropped is not None and dropped.status is TimerStatus.CANCELLED
-        cancelled = uow.timers.get(disarmed.id or 0)
-        assert cancelled is not None and cancelled.status is TimerStatus.CANCELLED
-        assert uow.timers.pending(fired.case_id) is None
-        assert uow.timers.pending(disarmed.case_id) is None
-        # Only fired timers count, since the given time.
-        assert uow.timers.lateness(T0) == [2_250]
-        assert uow.timers.lateness(T0 + timedelta(seconds=2, milliseconds=250)) == [2_250]
-        assert uow.timers.lateness(T0 + timedelta(seconds=3)) == []
-        # The slot is free again: the case can get its next deadline.
-        uow.timers.arm(_timer(fired.case_id, T0 + timedelta(days=1), version=2))
-        uow.commit()
 
 
 CLAIMERS = 4
@@ -386,46 +192,6 @@ def _messages(case_id: int, count: int, created_at: datetime = T0) -> list[Outbo
     return [OutboxMessage("case.event", case_id, {"n": n}, created_at) for n in range(count)]
 
 
-def test_the_relay_reads_marks_and_counts(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
-) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    with uow_factory() as uow:
-        uow.outbox.add(_messages(case_id, 3))
-        uow.outbox.add([OutboxMessage("late", case_id, {"注": "稍后"}, T0 + timedelta(hours=1))])
-        assert uow.outbox.backlog() == 4
-        uow.commit()
-
-    with uow_factory() as uow:
-        waiting = uow.outbox.unpublished(10)
-        assert [e.payload for e in waiting] == [{"n": 0}, {"n": 1}, {"n": 2}, {"注": "稍后"}]
-        assert [e.id for e in waiting] == sorted(e.id for e in waiting)
-        assert all(e.published_at is None and e.attempts == 0 for e in waiting)
-        assert waiting[0].created_at == T0 and waiting[0].created_at.tzinfo is UTC
-        assert [e.id for e in uow.outbox.unpublished(2)] == [e.id for e in waiting[:2]]
-        # created_before is strict: rows written at that instant wait for the next read.
-        before = uow.outbox.unpublished(10, created_before=T0 + timedelta(hours=1))
-        assert [e.id for e in before] == [e.id for e in waiting[:3]]
-        assert uow.outbox.unpublished(10, created_before=T0) == []
-
-        published_at = datetime(2026, 11, 20, 10, 5, tzinfo=SHANGHAI)
-        uow.outbox.mark_published([waiting[0].id, waiting[2].id, waiting[0].id], published_at)
-        uow.outbox.mark_published([], published_at)
-        # Published is not finished: the rows stay pending until a consumer completes them.
-        assert uow.outbox.backlog() == 4
-        assert [e.id for e in uow.outbox.unpublished(10)] == [waiting[1].id, waiting[3].id]
-        uow.commit()
-
-    with engine.connect() as connection:
-        rows = {r.id: r for r in connection.execute(sa.select(outbox))}
-    assert rows[waiting[0].id].published_at == published_at
-    assert rows[waiting[0].id].attempts == 1  # once, although named twice
-    assert (rows[waiting[1].id].published_at, rows[waiting[1].id].attempts) == (None, 0)
-    assert all(row.completed_at is None for row in rows.values())
-    with uow_factory() as uow:
-        assert uow.outbox.backlog() == 4
-
-
 RELAYS = 2
 RELAY_BATCH = 25
 RELAY_ROUNDS = 4
@@ -490,85 +256,6 @@ def test_concurrent_relays_publish_disjoint_rows(
         uow.commit()
 
 
-def test_a_published_row_comes_back_until_it_is_completed(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
-) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    with uow_factory() as uow:
-        uow.outbox.add(_messages(case_id, 3))
-        uow.outbox.add(_messages(case_id, 1, created_at=T0 + timedelta(hours=1)))
-        uow.commit()
-    with uow_factory() as uow:
-        first, second, third, late = uow.outbox.unpublished(10)
-        assert uow.outbox.oldest_pending_age(T0 + timedelta(minutes=5)) == 300.0
-        uow.outbox.mark_published([first.id, second.id, third.id], T0)
-        uow.commit()
-
-    with uow_factory() as uow:
-        # Without redeliver_before only never-published rows, as before.
-        assert [e.id for e in uow.outbox.unpublished(10)] == [late.id]
-        # redeliver_before is strict: rows published at that instant are not due yet.
-        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=T0)] == [late.id]
-        again = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(seconds=1))
-        assert [e.id for e in again] == [first.id, second.id, third.id, late.id]
-        assert [(e.published_at, e.attempts, e.completed_at) for e in again[:1]] == [(T0, 1, None)]
-        assert again[0].published_at is not None and again[0].published_at.tzinfo is UTC
-        both = uow.outbox.unpublished(
-            10, created_before=T0 + timedelta(hours=1), redeliver_before=T0 + timedelta(seconds=1)
-        )
-        assert [e.id for e in both] == [first.id, second.id, third.id]
-        assert [
-            e.id for e in uow.outbox.unpublished(2, redeliver_before=T0 + timedelta(days=1))
-        ] == [
-            first.id,
-            second.id,
-        ]
-
-        # A consumer finished the first; a second completion (a redelivery) keeps the first time.
-        done_at = datetime(2026, 11, 20, 10, 0, 30, tzinfo=SHANGHAI)  # 02:00:30 UTC
-        uow.outbox.mark_completed([first.id, first.id], done_at)
-        uow.outbox.mark_completed([first.id], done_at + timedelta(minutes=1))
-        # (and in a list: one statement for them all on PostgreSQL)
-        uow.outbox.mark_completed([10_001, first.id], done_at + timedelta(minutes=2))
-        uow.outbox.mark_completed([], done_at)
-        uow.outbox.mark_completed([10_000], done_at)  # unknown: ignored
-        # A row completed before it was ever published does not go out either.
-        uow.outbox.mark_completed([late.id], done_at)
-        assert uow.outbox.backlog() == 2
-        assert uow.outbox.unpublished(10) == []
-        later = T0 + timedelta(days=1)
-        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=later)] == [
-            second.id,
-            third.id,
-        ]
-        # The second is published again a minute later: it is not due while the third is.
-        uow.outbox.mark_published([second.id], T0 + timedelta(minutes=1))
-        due = uow.outbox.unpublished(10, redeliver_before=T0 + timedelta(seconds=30))
-        assert [e.id for e in due] == [third.id]
-        uow.commit()
-
-    with engine.connect() as connection:
-        rows = {r.id: r for r in connection.execute(sa.select(outbox))}
-    assert rows[first.id].completed_at == done_at
-    assert rows[late.id].completed_at == done_at and rows[late.id].published_at is None
-    assert (rows[second.id].attempts, rows[second.id].completed_at) == (2, None)
-    with uow_factory() as uow:
-        assert uow.outbox.backlog() == 2
-        [entry] = uow.outbox.unpublished(1, redeliver_before=later)
-        assert entry.id == second.id and entry.completed_at is None
-        # Ages are measured from created_at, whatever zone the caller's clock is in.
-        assert uow.outbox.oldest_pending_age(datetime(2026, 11, 20, 11, tzinfo=SHANGHAI)) == 3600.0
-        assert uow.outbox.oldest_pending_age(T0 - timedelta(hours=1)) == 0.0  # never negative
-        uow.outbox.mark_completed([second.id, third.id], done_at)
-        uow.commit()
-    with uow_factory() as uow:
-        assert uow.outbox.backlog() == 0
-        assert uow.outbox.oldest_pending_age(later) is None
-        assert uow.outbox.unpublished(10, redeliver_before=later) == []
-        completed = uow.outbox.unpublished(10, redeliver_before=later + timedelta(days=365))
-        assert completed == []
-
-
 def test_upgrading_from_0002_completes_the_rows_already_published(
     uow_factory: SqlUnitOfWorkFactory, new_case: NewCase, engine: Engine
 ) -> None:
@@ -604,39 +291,6 @@ def test_upgrading_from_0002_completes_the_rows_already_published(
 # -- inbound events -------------------------------------------------------------------------
 
 
-def test_a_seen_event_is_refused_without_spoiling_the_transaction(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    with uow_factory() as uow:
-        assert uow.events.record("carrier", "evt-1", case_id, T0)
-        assert not uow.events.record("carrier", "evt-1", case_id, T0)
-        # Same id from another source, and an event naming no case, are new.
-        assert uow.events.record("payment", "evt-1", None, T0)
-        uow.outbox.add(_messages(case_id, 1))
-        uow.commit()
-
-    with uow_factory() as uow:
-        assert not uow.events.record("carrier", "evt-1", case_id, T0 + timedelta(hours=1))
-        # The transaction goes on after the duplicate: these writes commit.
-        assert uow.events.record("carrier", "evt-2", case_id, T0)
-        uow.outbox.add(_messages(case_id, 1))
-        uow.commit()
-    with uow_factory() as uow:
-        assert uow.outbox.backlog() == 2
-        assert not uow.events.record("carrier", "evt-2", case_id, T0)
-
-
-def test_a_rolled_back_event_can_be_recorded_again(uow_factory: SqlUnitOfWorkFactory) -> None:
-    with uow_factory() as uow:
-        assert uow.events.record("carrier", "evt-1", None, T0)
-    with uow_factory() as uow:
-        assert uow.events.record("carrier", "evt-1", None, T0)
-        uow.rollback()
-        assert uow.events.record("carrier", "evt-1", None, T0)
-        uow.commit()
-
-
 def test_the_same_event_in_two_transactions_records_once(
     uow_factory: SqlUnitOfWorkFactory,
 ) -> None:
@@ -663,110 +317,3 @@ def test_the_same_event_in_two_transactions_records_once(
     thread.join()
     assert failures == []
     assert second == [False]
-
-
-# -- dead letters ---------------------------------------------------------------------------
-
-
-def _letter(event_id: str | None, **fields: object) -> DeadLetter:
-    values: dict[str, object] = {
-        "source": "carrier",
-        "event_id": event_id,
-        "envelope": {"tracking_no": "SF404", "说明": "签收"},
-        "reason": "no case has parcel SF404",
-        "code": "not_found",
-        "received_at": T0,
-    }
-    values.update(fields)
-    return DeadLetter(**values)  # type: ignore[arg-type]
-
-
-def test_dead_letters_round_trip_and_redeliveries_count(
-    uow_factory: SqlUnitOfWorkFactory,
-) -> None:
-    letter = _letter("evt-1")
-    with uow_factory() as uow:
-        letter_id = uow.events.dead_letter(letter)
-        assert letter.id == letter_id
-        uow.commit()
-    with uow_factory() as uow:
-        stored = uow.events.get_dead_letter(letter_id)
-        assert stored == letter
-        assert stored is not None and stored.received_at.tzinfo is UTC
-        assert uow.events.get_dead_letter(10_000) is None
-
-    redelivered = _letter(
-        "evt-1",
-        envelope={"tracking_no": "SF404", "attempt": 2},
-        reason="still no case",
-        code="not_allowed",
-        received_at=T0 + timedelta(hours=1),
-    )
-    with uow_factory() as uow:
-        assert uow.events.dead_letter(redelivered) == letter_id
-        assert uow.events.dead_letter(_letter("evt-1", source="payment")) != letter_id
-        uow.commit()
-    with uow_factory() as uow:
-        again = uow.events.get_dead_letter(letter_id)
-        assert again is not None
-        assert (again.attempts, again.reason, again.code) == (2, "still no case", "not_allowed")
-        assert again.envelope == {"tracking_no": "SF404", "attempt": 2}
-        assert again.received_at == T0  # the first delivery's
-        assert len(uow.events.dead_letters(status=None)) == 2
-
-
-def test_dead_letters_without_an_event_id_never_merge(uow_factory: SqlUnitOfWorkFactory) -> None:
-    with uow_factory() as uow:
-        first = uow.events.dead_letter(_letter(None))
-        second = uow.events.dead_letter(_letter(None))
-        uow.commit()
-    assert first != second
-    with uow_factory() as uow:
-        assert [d.id for d in uow.events.dead_letters()] == [first, second]
-        assert all(d.attempts == 1 and d.event_id is None for d in uow.events.dead_letters())
-
-
-def test_dead_letters_list_page_and_resolve(uow_factory: SqlUnitOfWorkFactory) -> None:
-    with uow_factory() as uow:
-        ids = [uow.events.dead_letter(_letter(f"evt-{n}")) for n in range(5)]
-        uow.commit()
-    with uow_factory() as uow:
-        assert [d.id for d in uow.events.dead_letters()] == ids
-        assert [d.id for d in uow.events.dead_letters(limit=2)] == ids[:2]
-        assert [d.id for d in uow.events.dead_letters(after_id=ids[1], limit=2)] == ids[2:4]
-        assert uow.events.dead_letters(after_id=ids[-1]) == []
-
-        at = datetime(2026, 11, 21, 9, 0, tzinfo=SHANGHAI)
-        uow.events.resolve_dead_letter(ids[1], DeadLetterStatus.DISCARDED, at)
-        uow.events.resolve_dead_letter(ids[3], DeadLetterStatus.REPLAYED, at)
-        with pytest.raises(KeyError):
-            uow.events.resolve_dead_letter(10_000, DeadLetterStatus.DISCARDED, at)
-        uow.commit()
-
-    with uow_factory() as uow:
-        assert [d.id for d in uow.events.dead_letters()] == [ids[0], ids[2], ids[4]]
-        assert [d.id for d in uow.events.dead_letters(DeadLetterStatus.DISCARDED)] == [ids[1]]
-        assert [d.id for d in uow.events.dead_letters(DeadLetterStatus.REPLAYED)] == [ids[3]]
-        assert [d.id for d in uow.events.dead_letters(None)] == ids
-        discarded = uow.events.get_dead_letter(ids[1])
-        assert discarded is not None
-        assert (discarded.status, discarded.resolved_at) == (DeadLetterStatus.DISCARDED, at)
-
-        # A redelivery of a discarded event counts, but does not reopen it.
-        uow.events.dead_letter(_letter("evt-1"))
-        after = uow.events.get_dead_letter(ids[1])
-        assert after is not None and (after.status, after.attempts) == (
-            DeadLetterStatus.DISCARDED,
-            2,
-        )
-        # Reopening clears the resolution time.
-        uow.events.resolve_dead_letter(ids[1], DeadLetterStatus.OPEN, at)
-        reopened = uow.events.get_dead_letter(ids[1])
-        assert reopened is not None and reopened.resolved_at is None
-        assert [d.id for d in uow.events.dead_letters()] == [ids[0], ids[1], ids[2], ids[4]]
-
-
-def test_the_unit_of_work_has_the_event_store(engine: Engine) -> None:
-    uow = SqlUnitOfWork(engine)
-    with uow:
-        assert uow.events.dead_letters() == []

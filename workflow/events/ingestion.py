@@ -254,9 +254,11 @@ class EventService:
         named = reads.by_id if reads is not None else None
         named_id = envelope.case_id
         if named_id is not None and not (named and named_id in named):
-            # The record and the read of the case the event names, in one statement. When the
-            # event is refused below, the record goes with the rollback, as it always did.
-            recorded, read = uow.events.record_reading_case(source, event_id, named_id, now)
+            # The record and the read of the case the event names (one statement where the
+            # store can: ``EventStore.record``). When the event is refused below, the record
+            # goes with the rollback, as it always did.
+            recorded = uow.events.record(source, event_id, named_id, now)
+            read = uow.cases.get(named_id)
             named = {named_id: read} if read is not None else None
         try:
             case = find_case(uow, envelope, named, reads.by_order if reads is not None else None)
@@ -298,8 +300,6 @@ class EventService:
                 decided.reason,
                 idempotency_key=f"event:{source}:{event_id}",
                 then=then,
-                # The dedupe record written above makes the event apply once.
-                background=True,
             )
         except Conflict:
             raise  # not the event's fault
@@ -481,14 +481,12 @@ def _record(
     reads: BatchReads | None,
 ) -> bool:
     """Record the event for its case; False if it was recorded before. In a batch (which read
-    the recorded events at its start) a new one is a checked write with no answer to wait for."""
+    the recorded events at its start) a new one is a checked write with no answer to wait for
+    (the store knows it read the event as not recorded: ``EventStore.record``)."""
     key = (envelope.source, envelope.event_id)
-    if reads is None:
-        return uow.events.record(*key, case_id, now)
-    if key in reads.recorded:
+    if reads is not None and key in reads.recorded:
         return False
-    uow.events.record_checked(*key, case_id, now)
-    return True
+    return uow.events.record(*key, case_id, now)
 
 
 def _parse(raw: Any) -> tuple[Envelope, dict[str, Any]] | InvalidInput:
