@@ -1,4 +1,5 @@
-"""The SQL stores keep the contract of ``workflow.ports`` on SQLite and PostgreSQL."""
+"""The SQL stores keep the contract of ``workflow.ports`` on SQLite and PostgreSQL: what the
+in-memory stores do not (yet) share with them. The shared contract: ``test_store_contract.py``."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from workflow.model import (
     TimerStatus,
     TransitionRecord,
 )
-from workflow.ports import CaseQuery, UnitOfWork
+from workflow.ports import UnitOfWork
 from workflow.states import CaseState, CaseType
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -111,17 +112,6 @@ def test_case_round_trip(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -
     assert loaded.type is CaseType.EXCHANGE and loaded.refund_route is RefundRoute.BANK_TRANSFER
 
 
-def test_nothing_is_visible_before_commit_and_exit_rolls_back(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    with uow_factory() as uow:
-        case_id = uow.cases.add(new_case())
-        assert uow.cases.get(case_id) is not None
-    with uow_factory() as uow:
-        assert uow.cases.get(case_id) is None
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1"]) == {}
-
-
 def test_naive_times_are_refused(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
     with uow_factory() as uow, pytest.raises(ValueError, match="naive datetime"):
         uow.cases.add(new_case(created_at=datetime(2026, 11, 20, 10, 0)))
@@ -191,59 +181,6 @@ def test_a_submission_key_creates_one_case(
         assert uow.cases.by_submission_key("k-2") is None
 
 
-def test_committed_refunds_count_cases_that_may_still_refund(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    amounts = {
-        CaseState.SUBMITTED: 100,
-        CaseState.REJECTED: 200,
-        CaseState.REFUNDED: 400,
-        CaseState.CANCELLED: 1_000,
-        CaseState.CLOSED: 2_000,
-        CaseState.EXCHANGED: 3_000,
-        CaseState.REPAIRED: 4_000,
-    }
-    built = [
-        new_case(skus=(f"sku-{state.value}",), state=state, refund_amount=amount)
-        for state, amount in amounts.items()
-    ]
-    ids = _stored(uow_factory, *built, new_case(order_id="o-2", refund_amount=50_000))
-    with uow_factory() as uow:
-        assert uow.cases.committed_refunds("o-1") == 700
-        assert uow.cases.committed_refunds("o-1", exclude_case_id=ids[0]) == 600
-        assert uow.cases.committed_refunds("o-unknown") == 0
-
-
-def test_list_filters_and_pages_by_id(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
-    ids = _stored(
-        uow_factory,
-        *(new_case(order_id=f"o-{n}", merchant_id=f"m-{n % 2}") for n in range(5)),
-        new_case(order_id="o-9", state=CaseState.APPROVED, type=CaseType.REPAIR),
-    )
-    with uow_factory() as uow:
-        listed = uow.cases.list
-
-        assert [c.id for c in listed(CaseQuery())] == ids
-        assert [c.id for c in listed(CaseQuery(merchant_id="m-0"))] == [ids[0], ids[2], ids[4]]
-        assert [c.id for c in listed(CaseQuery(merchant_id="m-0", after_id=ids[0], limit=1))] == [
-            ids[2]
-        ]
-        assert [c.id for c in listed(CaseQuery(state=CaseState.APPROVED))] == [ids[5]]
-        assert [c.id for c in listed(CaseQuery(type=CaseType.REPAIR))] == [ids[5]]
-        assert [c.id for c in listed(CaseQuery(order_id="o-3", buyer_id="b-1"))] == [ids[3]]
-        assert listed(CaseQuery(buyer_id="b-2")) == []
-
-
-def test_order_lock_is_taken_within_the_transaction(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    with uow_factory() as uow:
-        uow.cases.lock_order("o-1")
-        uow.cases.lock_order("o-1")  # re-entrant for its own transaction
-        uow.cases.add(new_case())
-        uow.commit()
-
-
 # -- transition log ---------------------------------------------------------------------------
 
 
@@ -297,19 +234,6 @@ def test_a_seq_logs_once(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -
         uow.commit()
     with uow_factory() as uow, pytest.raises(Conflict, match="already has entry"):
         uow.log.append([_record(case_id, 2, "reject", to_state=CaseState.REJECTED)])
-
-
-def test_a_rolled_back_key_can_be_used_again(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    with uow_factory() as uow:
-        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
-        uow.rollback()
-        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
-        uow.commit()
-    with uow_factory() as uow, pytest.raises(Conflict):
-        uow.log.append([_record(case_id, 3, idempotency_key="call-1")])
 
 
 # -- timers ---------------------------------------------------------------------------------
@@ -410,24 +334,6 @@ def test_finish_records_when_and_how_late(
     with engine.connect() as connection:
         lateness = connection.execute(sa.select(timers.c.lateness_ms).order_by(timers.c.id))
         assert lateness.scalars().all() == [1_500, 1_500]
-
-
-def test_reschedule_moves_the_deadline(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    timer = _timer(case_id, T0)
-    with uow_factory() as uow:
-        uow.timers.arm(timer)
-        assert timer.id is not None
-        uow.timers.reschedule(timer.id, T0 + timedelta(days=2), version=3)
-        uow.commit()
-    with uow_factory() as uow:
-        assert uow.timers.due(T0 + timedelta(days=1), limit=10) == []
-        moved = uow.timers.get(timer.id)
-        assert moved is not None and (moved.due_at, moved.version) == (T0 + timedelta(days=2), 3)
-        with pytest.raises(KeyError):
-            uow.timers.reschedule(10_000, T0, version=1)
 
 
 def _armed(uow_factory: SqlUnitOfWorkFactory, *case_ids: int) -> list[Timer]:

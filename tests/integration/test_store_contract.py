@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from persistence.mappers import outbox_entry_from_row
 from persistence.tables import cases, outbox
 from persistence.unit_of_work import SqlUnitOfWorkFactory
+from workflow.errors import Conflict
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import (
     Case,
@@ -24,9 +25,10 @@ from workflow.model import (
     OutboxMessage,
     Timer,
     TimerStatus,
+    TransitionRecord,
 )
-from workflow.ports import UnitOfWorkFactory
-from workflow.states import CaseState
+from workflow.ports import CaseQuery, UnitOfWorkFactory
+from workflow.states import CaseState, CaseType
 
 from .conftest import postgres_param
 
@@ -137,6 +139,20 @@ def _letter(event_id: str | None, **fields: object) -> DeadLetter:
     }
     values.update(fields)
     return DeadLetter(**values)  # type: ignore[arg-type]
+
+
+def _record(case_id: int, seq: int, trigger: str = "approve", **fields: object) -> TransitionRecord:
+    values: dict[str, object] = {
+        "case_id": case_id,
+        "seq": seq,
+        "trigger": trigger,
+        "from_state": CaseState.SUBMITTED,
+        "to_state": CaseState.APPROVED,
+        "actor": "merchant:m-1",
+        "at": T0 + timedelta(minutes=seq),
+    }
+    values.update(fields)
+    return TransitionRecord(**values)  # type: ignore[arg-type]
 
 
 # -- cases by reference ---
@@ -616,3 +632,99 @@ def test_dead_letters_list_page_and_resolve(uow_factory: UnitOfWorkFactory) -> N
         reopened = uow.events.get_dead_letter(ids[1])
         assert reopened is not None and reopened.resolved_at is None
         assert [d.id for d in uow.events.dead_letters()] == [ids[0], ids[1], ids[2], ids[4]]
+
+
+# -- cases, log and timers (moved from test_sql_stores.py) ---
+
+
+def test_nothing_is_visible_before_commit_and_exit_rolls_back(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    with uow_factory() as uow:
+        case_id = uow.cases.add(new_case())
+        assert uow.cases.get(case_id) is not None
+    with uow_factory() as uow:
+        assert uow.cases.get(case_id) is None
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1"]) == {}
+
+
+def test_committed_refunds_count_cases_that_may_still_refund(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    amounts = {
+        CaseState.SUBMITTED: 100,
+        CaseState.REJECTED: 200,
+        CaseState.REFUNDED: 400,
+        CaseState.CANCELLED: 1_000,
+        CaseState.CLOSED: 2_000,
+        CaseState.EXCHANGED: 3_000,
+        CaseState.REPAIRED: 4_000,
+    }
+    built = [
+        new_case(skus=(f"sku-{state.value}",), state=state, refund_amount=amount)
+        for state, amount in amounts.items()
+    ]
+    ids = _stored(uow_factory, *built, new_case(order_id="o-2", refund_amount=50_000))
+    with uow_factory() as uow:
+        assert uow.cases.committed_refunds("o-1") == 700
+        assert uow.cases.committed_refunds("o-1", exclude_case_id=ids[0]) == 600
+        assert uow.cases.committed_refunds("o-unknown") == 0
+
+
+def test_list_filters_and_pages_by_id(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    ids = _stored(
+        uow_factory,
+        *(new_case(order_id=f"o-{n}", merchant_id=f"m-{n % 2}") for n in range(5)),
+        new_case(order_id="o-9", state=CaseState.APPROVED, type=CaseType.REPAIR),
+    )
+    with uow_factory() as uow:
+        listed = uow.cases.list
+
+        assert [c.id for c in listed(CaseQuery())] == ids
+        assert [c.id for c in listed(CaseQuery(merchant_id="m-0"))] == [ids[0], ids[2], ids[4]]
+        assert [c.id for c in listed(CaseQuery(merchant_id="m-0", after_id=ids[0], limit=1))] == [
+            ids[2]
+        ]
+        assert [c.id for c in listed(CaseQuery(state=CaseState.APPROVED))] == [ids[5]]
+        assert [c.id for c in listed(CaseQuery(type=CaseType.REPAIR))] == [ids[5]]
+        assert [c.id for c in listed(CaseQuery(order_id="o-3", buyer_id="b-1"))] == [ids[3]]
+        assert listed(CaseQuery(buyer_id="b-2")) == []
+
+
+def test_order_lock_is_taken_within_the_transaction(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    with uow_factory() as uow:
+        uow.cases.lock_order("o-1")
+        uow.cases.lock_order("o-1")  # re-entrant for its own transaction
+        uow.cases.add(new_case())
+        uow.commit()
+
+
+def test_a_rolled_back_key_can_be_used_again(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
+        uow.rollback()
+        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
+        uow.commit()
+    with uow_factory() as uow, pytest.raises(Conflict):
+        uow.log.append([_record(case_id, 3, idempotency_key="call-1")])
+
+
+def test_reschedule_moves_the_deadline(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    timer = _timer(case_id, T0)
+    with uow_factory() as uow:
+        uow.timers.arm(timer)
+        assert timer.id is not None
+        uow.timers.reschedule(timer.id, T0 + timedelta(days=2), version=3)
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.timers.due(T0 + timedelta(days=1), limit=10) == []
+        moved = uow.timers.get(timer.id)
+        assert moved is not None and (moved.due_at, moved.version) == (T0 + timedelta(days=2), 3)
+        with pytest.raises(KeyError):
+            uow.timers.reschedule(10_000, T0, version=1)
