@@ -112,7 +112,7 @@ def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -
             "one SELECT on a fresh DBAPI cursor vs a reused one",
             fresh_cursor,
             raw_first,
-            "what a cursor per statement would cost (fastsql.Checkout keeps one)",
+            "what a cursor per statement would cost (checkout.Checkout keeps one)",
         ),
         Probe(
             "open_cases_for_items vs the same SQL on the driver",

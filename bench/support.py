@@ -628,6 +628,7 @@ _AREAS = (
     ("sqlalchemy/engine", "sqlalchemy: Connection, transaction"),
     ("sqlalchemy", "sqlalchemy: type processors, other"),
     ("persistence/fastsql", "persistence/fastsql.py"),
+    ("persistence/checkout", "persistence/checkout.py"),
     ("persistence/unit_of_work", "persistence/unit_of_work.py"),
     ("persistence/stores", "persistence/stores/"),
     ("persistence/mappers", "persistence/mappers.py"),

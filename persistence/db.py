@@ -86,7 +86,7 @@ def _create(url: URL) -> Engine:
 
 def _create_postgresql(url: URL) -> Engine:
     # Workers keep connections for hours; a server restart must not surface as errors. The unit
-    # of work (persistence/fastsql.py ``Checkout``) runs its first statement again on a fresh
+    # of work (persistence/checkout.py ``Checkout``) runs its first statement again on a fresh
     # connection when the server dropped the pooled one, which costs nothing while the server is
     # up; ``pool_pre_ping`` would cost a round trip per unit of work. Everything else using the
     # engine (tokens, readings, health) goes through ``Connection``, and keeps a ping per
@@ -151,6 +151,6 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 def _begin_immediate(dbapi_connection: Any) -> None:
     # Already in a transaction only when a unit of work began it on the driver and then asked
-    # for a Connection (persistence/fastsql.py ``Checkout.connection``): the Connection joins it.
+    # for a Connection (persistence/checkout.py ``Checkout.connection``): the Connection joins it.
     if not dbapi_connection.in_transaction:
         dbapi_connection.execute("BEGIN IMMEDIATE")

@@ -1,5 +1,5 @@
 """psycopg's private API, fenced: sending a transaction's BEGIN in one pipeline with its first
-statement (``fastsql.Checkout``).
+statement (``checkout.Checkout``).
 
 Relies on (psycopg 3.3.9, ``psycopg/_connection_base.py``): ``BaseConnection._start_query``
 sends its own BEGIN, alone, before a transaction's first statement unless ``_autocommit`` is set

@@ -1,4 +1,4 @@
-"""SQLAlchemy's private API, fenced: what ``fastsql.Checkout`` (a unit of work on a pooled DBAPI
+"""SQLAlchemy's private API, fenced: what ``checkout.Checkout`` (a unit of work on a pooled DBAPI
 connection) and ``db.py`` need of the pool, ``Connection`` and the dialects.
 
 Relies on (SQLAlchemy 2.1.9): ``Connection(engine, connection, _has_events=False)``

@@ -16,7 +16,7 @@ from typing import Self
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from persistence.fastsql import Checkout
+from persistence.checkout import Checkout
 from persistence.sql_errors import reason_of, retryable
 from persistence.statements import Statements, statements_for
 from persistence.stores.cases import SqlCaseRepository
@@ -39,7 +39,7 @@ class SqlUnitOfWork:
     back. After a ``Conflict`` or a database error the transaction may be unusable (PostgreSQL
     aborts it): roll back, or leave the block, before doing more.
 
-    The stores run on a ``fastsql.Checkout`` (a pooled DBAPI connection); ``connection`` gives a
+    The stores run on a ``checkout.Checkout`` (a pooled DBAPI connection); ``connection`` gives a
     SQLAlchemy ``Connection`` on the same transaction when Core is wanted.
     """
 

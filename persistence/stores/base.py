@@ -7,7 +7,8 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-from persistence.fastsql import Checkout, Prepared
+from persistence.checkout import Checkout
+from persistence.fastsql import Prepared
 from persistence.sql_errors import deferred_unique_violation, reason_of, retryable
 from persistence.statements import Statements
 from workflow.errors import Conflict

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from persistence.fastsql import Checkout
+from persistence.checkout import Checkout
 from persistence.mappers import (
     timer_from_row,
     timer_values,

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
+from persistence.checkout import Checkout
 from persistence.db import dispose_engine, make_engine, normalize_url
-from persistence.fastsql import Checkout
 from persistence.migrate import upgrade
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.model import Case, Item, Payment

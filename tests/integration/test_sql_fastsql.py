@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persistence import mappers
+from persistence.checkout import Checkout
 from persistence.db import make_engine
-from persistence.fastsql import Checkout, Prepared, bind_converter, result_converter
+from persistence.fastsql import Prepared, bind_converter, result_converter
 from persistence.tables import cases, outbox, timers, transitions
 from persistence.types import UTCDateTime, json_text, json_value
 from persistence.unit_of_work import SqlUnitOfWorkFactory
