@@ -25,13 +25,7 @@ from persistence.stores.outbox import SqlOutbox
 from persistence.stores.timers import SqlTimerStore
 from persistence.stores.transition_log import SqlTransitionLog
 from workflow.errors import Conflict
-from workflow.ports import (
-    CaseRepository,
-    EventStore,
-    Outbox,
-    TimerStore,
-    TransitionLog,
-)
+from workflow.ports import CaseRepository, EventStore, Outbox, TimerStore, TransitionLog
 
 
 class SqlUnitOfWork:

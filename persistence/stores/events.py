@@ -7,18 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from persistence.fastsql import Prepared
-from persistence.mappers import (
-    dead_letter_from_row,
-    dead_letter_values,
-)
+from persistence.mappers import dead_letter_from_row, dead_letter_values
 from persistence.statements import KNOWN_EVENTS_CHUNK
 from persistence.stores.base import SqlStore, Transaction
 from persistence.stores.cases import SqlCaseRepository
 from workflow.errors import recorded_meanwhile
-from workflow.model import (
-    DeadLetter,
-    DeadLetterStatus,
-)
+from workflow.model import DeadLetter, DeadLetterStatus
 
 
 class SqlEventStore(SqlStore):

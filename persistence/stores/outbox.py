@@ -9,10 +9,7 @@ from typing import Any
 from persistence.fastsql import Prepared
 from persistence.mappers import outbox_entry_from_row
 from persistence.stores.base import SqlStore
-from workflow.model import (
-    OutboxEntry,
-    OutboxMessage,
-)
+from workflow.model import OutboxEntry, OutboxMessage
 
 
 class SqlOutbox(SqlStore):

@@ -10,17 +10,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from persistence.checkout import Checkout
-from persistence.mappers import (
-    timer_from_row,
-    timer_values,
-)
+from persistence.mappers import timer_from_row, timer_values
 from persistence.sql_errors import unique_violation
 from persistence.stores.base import P, R, SqlStore, Transaction
 from workflow.errors import Conflict
-from workflow.model import (
-    Timer,
-    TimerStatus,
-)
+from workflow.model import Timer, TimerStatus
 
 
 class SqlTimerStore(SqlStore):

@@ -8,10 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from persistence.fastsql import Prepared
-from persistence.mappers import (
-    record_from_row,
-    record_values,
-)
+from persistence.mappers import record_from_row, record_values
 from persistence.sql_errors import unique_violation
 from persistence.stores.base import SqlStore, Transaction
 from workflow.errors import Conflict
