@@ -109,6 +109,10 @@ class SqlUnitOfWork:
                 raise
             self._after_failed_commit()
             raise Conflict(f"a concurrent writer won: {reason_of(exc)}") from exc
+        # What the stores knew of the transaction that ended (the case copies they hold stay).
+        self.once_by_record = False
+        self._events.forget_read()
+        self._cases.forget_read()
 
     def rollback(self) -> None:
         self.active().rollback()

@@ -728,3 +728,24 @@ def test_reschedule_moves_the_deadline(uow_factory: UnitOfWorkFactory, new_case:
         assert moved is not None and (moved.due_at, moved.version) == (T0 + timedelta(days=2), 3)
         with pytest.raises(KeyError):
             uow.timers.reschedule(10_000, T0, version=1)
+
+
+def test_a_unit_of_work_made_once_by_an_events_record_only_labels_its_keys(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 1, idempotency_key="event:sf:e-1")])
+        uow.commit()
+    # given a unit of work that recorded an inbound event for the case
+    with uow_factory() as uow:
+        assert uow.events.record("sf", "e-2", case_id, T0)
+        # when its records carry a key used before, it only labels them
+        uow.log.append([_record(case_id, 2, idempotency_key="event:sf:e-1")])
+        uow.commit()
+    with uow_factory() as uow:
+        assert [r.seq for r in uow.log.by_key(case_id, "event:sf:e-1")] == [1, 2]
+    # then a unit of work without such a record still refuses the key
+    with uow_factory() as uow, pytest.raises(Conflict):
+        uow.log.append([_record(case_id, 3, idempotency_key="event:sf:e-1")])
+        uow.commit()
