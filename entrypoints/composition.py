@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from tasks.kick import RelayKicker
+    from tasks.resender import UnconfirmedEvents
     from tasks.runtime import Runtime
 
 
@@ -86,6 +87,13 @@ def relay_kicker(settings: Settings, min_interval_s: float = 0.0) -> RelayKicker
     return RelayKicker(create_app(settings), min_interval_s=min_interval_s)
 
 
+def unconfirmed_ledger(settings: Settings) -> UnconfirmedEvents | None:
+    """The producers' ledger on the configured broker; None unless it is Redis."""
+    from tasks.ledger import ledger_for
+
+    return ledger_for(settings)
+
+
 def worker_app(settings: Settings) -> Celery:
     """The Celery app of a worker or beat process, its tasks' runtime installed: built on first
     use in each process (after the pool's fork), from these settings."""
@@ -101,7 +109,6 @@ def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
     """The services the tasks of ``app`` call."""
     from adapters.fake_gateways import build_fake_gateways
     from tasks.kick import RelayKicker
-    from tasks.ledger import ledger_for
     from tasks.publish import publish
     from tasks.runtime import Runtime
     from workflow.effects import EffectService
@@ -125,7 +132,7 @@ def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
         effects,
         relay,
         gateways,
-        ledger_for(settings),
+        unconfirmed_ledger(settings),
     )
 
 
@@ -139,7 +146,6 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
     from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
     from persistence.readings import SqlReadings
     from persistence.tokens import SqlIdempotencyStore
-    from tasks.ledger import ledger_for
 
     api = settings.api
     kicker = relay_kicker(settings) if api.kick_relay else None
@@ -161,7 +167,7 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
             "broker": ops.broker_check(settings),
         },
     )
-    ledger = ledger_for(settings)
+    ledger = unconfirmed_ledger(settings)
     unconfirmed = (
         UnconfirmedCollector(ledger, settings.worker.event_resend_after_s)
         if ledger is not None

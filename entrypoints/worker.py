@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
-
-from celery import Celery
+from typing import TYPE_CHECKING, Literal
 
 from config.settings import Settings
 from entrypoints.composition import worker_app
+
+if TYPE_CHECKING:
+    # Only the functions that start a process load Celery (``worker_app``): every other
+    # ``aftersales`` command starts without it.
+    from celery import Celery
 
 Pool = Literal["prefork", "threads", "solo"]
 

@@ -31,7 +31,6 @@ from entrypoints.cli.common import (
     read_text,
     state_of,
 )
-from tasks.ledger import ledger_for
 from tasks.resender import due_before, summarize
 from workflow.events import (
     EventService,
@@ -268,7 +267,7 @@ def events_unconfirmed(
     """The producers' ledger (Redis brokers): events kept and not yet confirmed processed, and
     the ones the resender sends again at its next look (docs/events.md)."""
     state = state_of(ctx, json_output)
-    ledger = ledger_for(state.settings())
+    ledger = composition.unconfirmed_ledger(state.settings())
     if ledger is None:
         if state.json:
             print_json({"ledger": None})
