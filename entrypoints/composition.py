@@ -79,12 +79,13 @@ def build_token_store(settings: Settings) -> SqlTokenStore:
     return SqlTokenStore(engine)
 
 
-def relay_kicker(settings: Settings, min_interval_s: float = 0.0) -> RelayKicker:
-    """The ``outbox_written`` hook that asks the workers for a relay after a commit."""
+def relay_kicker(settings: Settings) -> RelayKicker:
+    """The ``outbox_written`` hook of the CLI and the API: asks the workers for a relay after
+    a commit that wrote outbox rows (workers build theirs in ``build_worker_runtime``)."""
     from tasks.app import create_app
     from tasks.kick import RelayKicker
 
-    return RelayKicker(create_app(settings), min_interval_s=min_interval_s)
+    return RelayKicker(create_app(settings))
 
 
 def unconfirmed_ledger(settings: Settings) -> UnconfirmedEvents | None:
