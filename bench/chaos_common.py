@@ -87,7 +87,7 @@ S = CaseState
 WORKER_APPLICATION = "aftersales-chaos-worker"
 
 #: Broker timing of the run. A killed worker's unacknowledged messages come back after the
-#: visibility timeout; the time limit and retry cap stay below it (``WorkerSettings`` checks).
+#: visibility timeout; the time limit and retry cap stay below it (``Settings`` checks).
 VISIBILITY_TIMEOUT_S = 10
 TASK_TIME_LIMIT_S = 6
 RETRY_CAP_S = 3

@@ -46,7 +46,7 @@ from entrypoints.worker import worker_argv
 from tasks.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The production visibility timeout (``WorkerSettings``' default).
+#: The production visibility timeout (``BrokerSettings``' default).
 PRODUCTION_VISIBILITY_S = BrokerSettings().visibility_timeout_s
 
 
