@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 from celery import Celery, Task
-from kombu import Queue
+from kombu.entity import Queue
 
 from config.settings import Settings, WorkerSettings
 from tasks.broker import BrokerConfig, broker_config, var_dir

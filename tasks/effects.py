@@ -74,9 +74,13 @@ def _perform_notices(task: Task, messages: list[dict[str, Any]]) -> int:
 def _retry(task: Task, error: Exception) -> Exception:
     if isinstance(error, Conflict):
         # Another transition won the race for the case; the effect re-reads it on retry.
-        return task.retry(exc=error, countdown=1, max_retries=_policy(task).max_retries)
+        retry: Exception = task.retry(exc=error, countdown=1, max_retries=_policy(task).max_retries)
+        return retry
     # The database went away (restart, dropped connection): nothing was committed; retry.
-    return task.retry(exc=error, countdown=min(2**task.request.retries, 30), max_retries=100)
+    retry_later: Exception = task.retry(
+        exc=error, countdown=min(2**task.request.retries, 30), max_retries=100
+    )
+    return retry_later
 
 
 def _retry_unless_exhausted(task: Task, error: GatewayUnavailable, ids: list[int]) -> None:

@@ -73,7 +73,7 @@ def broker_check(settings: Settings) -> Callable[[], str | None]:
         return redis_ping
 
     def kombu_connect() -> str | None:
-        from kombu import Connection
+        from kombu.connection import Connection
 
         with Connection(
             config.url, transport_options=config.transport_options, connect_timeout=BROKER_TIMEOUT_S
