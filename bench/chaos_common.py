@@ -6,8 +6,8 @@ checks run at the end.
 The deployment (``Deployment``): a throwaway PostgreSQL database (``bench.support``), a
 ``redis-server`` of its own on a free port (stopping it harms nobody), a ``FileClock`` every
 process reads, and ``celery worker`` / ``celery beat`` subprocesses started the way
-``aftersales worker`` / ``aftersales beat`` start them (``tasks.worker.worker_argv``), each in its
-own process group. The workers name their PostgreSQL sessions ``aftersales-chaos-worker``
+``aftersales worker`` / ``aftersales beat`` start them (``entrypoints.worker.worker_argv``), each
+in its own process group. The workers name their PostgreSQL sessions ``aftersales-chaos-worker``
 (libpq's ``application_name``) so that an outage can end theirs and only theirs.
 
 The driver (``Driver``) plays the outside world, reacting to each case's state as read from the
@@ -67,15 +67,14 @@ from sqlalchemy.pool import NullPool
 
 from adapters.fake_gateways import FakePaymentGateway
 from bench import support
-from config.settings import Settings
-from entrypoints.bootstrap import build_service
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
+from entrypoints.composition import build_service
+from entrypoints.worker import worker_argv
 from persistence.db import make_engine, normalize_url
 from persistence.tables import cases, dead_letters, outbox, timers, transitions
 from tasks import producer
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
-from tasks.settings import WorkerSettings
-from tasks.worker import worker_argv
 from workflow.clock import FileClock
 from workflow.definitions import TIMER_SPECS, rules_for
 from workflow.service import CaseService
@@ -88,7 +87,7 @@ S = CaseState
 WORKER_APPLICATION = "aftersales-chaos-worker"
 
 #: Broker timing of the run. A killed worker's unacknowledged messages come back after the
-#: visibility timeout; the time limit and retry cap stay below it (``WorkerSettings`` checks).
+#: visibility timeout; the time limit and retry cap stay below it (``Settings`` checks).
 VISIBILITY_TIMEOUT_S = 10
 TASK_TIME_LIMIT_S = 6
 RETRY_CAP_S = 3
@@ -378,7 +377,7 @@ class Deployment:
                 pool="prefork",
                 hostname=f"chaos-w{index}-{start}@%h",
             )
-            return [sys.executable, "-m", "celery", "-A", "tasks.celery_entry", *argv]
+            return [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", *argv]
 
         slot = Slot(f"worker-{index}", command, self.folder, self.env)
         slot.start()
@@ -393,7 +392,7 @@ class Deployment:
 
         def command(start: int) -> list[str]:
             return [
-                *(sys.executable, "-m", "celery", "-A", "tasks.celery_entry", "beat"),
+                *(sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", "beat"),
                 *("--loglevel=INFO", f"--schedule={schedule}"),
             ]
 
@@ -450,19 +449,15 @@ def deployment(server_url: str, extra_env: dict[str, str] | None = None) -> Iter
             env["AFTERSALES_PING_DIR"] = str(folder / "pings")
             env.update(extra_env or {})
             settings = Settings(
-                database_url=database.url,
-                broker_url=server.url,
+                database=DatabaseSettings(url=database.url),
+                broker=BrokerSettings(url=server.url, visibility_timeout_s=VISIBILITY_TIMEOUT_S),
+                worker=WorkerSettings(
+                    task_time_limit_s=TASK_TIME_LIMIT_S, retry_backoff_max_s=RETRY_CAP_S
+                ),
                 clock_file=clock_file,
                 policy_file=None,
             )
-            app = create_app(
-                settings,
-                WorkerSettings(
-                    broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S,
-                    task_time_limit_s=TASK_TIME_LIMIT_S,
-                    retry_backoff_max_s=RETRY_CAP_S,
-                ),
-            )
+            app = create_app(settings)
             service = build_service(settings, clock, outbox_written=lambda: _kick(app))
             run = Deployment(
                 folder,

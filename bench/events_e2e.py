@@ -97,8 +97,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench import support
-from config.settings import Settings
-from entrypoints.bootstrap import build_service
+from config.settings import DatabaseSettings, Settings
+from entrypoints.composition import build_service
 from persistence.db import dispose_engine, make_engine
 from tasks import producer
 from workflow.clock import FakeClock
@@ -254,7 +254,7 @@ def seed(url: str) -> Seeded:
     rows are deleted so that the workers have nothing to do but the events. ``Seeded.grow``
     copies them."""
     clock = FakeClock(datetime.now(UTC) - timedelta(hours=1))
-    service = build_service(Settings(database_url=url), clock)
+    service = build_service(Settings(database=DatabaseSettings(url=url)), clock)
     templates = {flow.name: _template(service, clock, flow, "e2e") for flow in FLOWS}
     refund = service.get(templates["refund"]).case
     assert refund.refund_key is not None and refund.refund_amount is not None
@@ -343,7 +343,7 @@ class Stack:
         tasks that failed meanwhile.
 
         Each pool child inherits the connection the ``worker`` command opened in the main process
-        to check the schema (entrypoints/cli_workers.py ``_checked_settings``), and the children
+        to check the schema (entrypoints/cli/workers.py ``_checked_settings``), and the children
         use it at once: their first tasks fail with ``SetupError`` (seen in every run). An event
         that met it would be acknowledged as failed, i.e. lost, so the bench lets relays meet it.
         """

@@ -54,12 +54,11 @@ from sqlalchemy.engine import Engine
 
 from bench import naive_countdown, support
 from config.policy import load_policy
-from config.settings import Settings
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
 from persistence.db import dispose_engine, make_engine
 from persistence.statements import Statements
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from tasks.app import create_app
-from tasks.settings import WorkerSettings
 from workflow.clock import FakeClock, FileClock
 from workflow.service import CaseService
 
@@ -468,8 +467,13 @@ def deployment(
         }
     )
     aftersales = str(Path(sys.executable).with_name("aftersales"))
-    settings = Settings(database_url=database_url, broker_url=redis_url, clock_file=clock_file)
-    app = create_app(settings, WorkerSettings(ping_dir=ping_dir))
+    settings = Settings(
+        database=DatabaseSettings(url=database_url),
+        broker=BrokerSettings(url=redis_url),
+        worker=WorkerSettings(ping_dir=ping_dir),
+        clock_file=clock_file,
+    )
+    app = create_app(settings)
     processes: list[Process] = []
 
     def start(name: str, *arguments: str) -> Process:

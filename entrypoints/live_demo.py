@@ -48,14 +48,19 @@ from rich.table import Table
 from rich.text import Text
 
 from adapters.fake_gateways import build_fake_gateways
-from config.gateways import GatewaySettings
-from config.settings import Settings, sqlite_url
-from entrypoints import bootstrap, render, views
+from config.settings import (
+    BrokerSettings,
+    DatabaseSettings,
+    FakeGatewaySettings,
+    Settings,
+    WorkerSettings,
+    sqlite_url,
+)
+from entrypoints import composition, render, views
 from entrypoints.demo import BUYER, MERCHANT, START, Outcome, summary_table
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from tasks.producer import INGEST_TASK, make_envelope
-from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
 from workflow.errors import PolicyRefusal
 from workflow.model import RefundRoute, TransitionRecord
@@ -130,25 +135,25 @@ class Layout:
     def settings(self) -> Settings:
         """Explicit values, not the environment: the embedded broker and the default policy."""
         return Settings(
-            database_url=sqlite_url(self.database),
+            database=DatabaseSettings(url=sqlite_url(self.database)),
             policy_file=None,
-            broker_url=None,
+            broker=BrokerSettings(
+                url=None,
+                key_prefix="",
+                polling_interval_s=WORKER_TUNING["broker_polling_interval_s"],
+            ),
             clock_file=self.clock,
-        )
-
-    def worker_settings(self) -> WorkerSettings:
-        return WorkerSettings(
-            ping_dir=self.pings,
-            broker_key_prefix="",
-            timer_sweep_interval_s=WORKER_TUNING["timer_sweep_interval_s"],
-            outbox_relay_interval_s=WORKER_TUNING["outbox_relay_interval_s"],
-            broker_polling_interval_s=WORKER_TUNING["broker_polling_interval_s"],
+            worker=WorkerSettings(
+                ping_dir=self.pings,
+                timer_sweep_interval_s=WORKER_TUNING["timer_sweep_interval_s"],
+                outbox_relay_interval_s=WORKER_TUNING["outbox_relay_interval_s"],
+            ),
         )
 
     def worker_env(self) -> dict[str, str]:
         """The child's environment: ours without any ``AFTERSALES_*``, plus the demo's."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
-        env["AFTERSALES_DATABASE_URL"] = self.settings().database_url
+        env["AFTERSALES_DATABASE_URL"] = self.settings().database.url
         env["AFTERSALES_CLOCK_FILE"] = str(self.clock)
         for name, value in WORKER_TUNING.items():
             env[f"AFTERSALES_{name.upper()}"] = str(value)
@@ -172,7 +177,7 @@ def prepare(folder: Path) -> Layout:
     if layout.folder.exists():
         shutil.rmtree(layout.folder)
     layout.folder.mkdir(parents=True)
-    bootstrap.recreate_embedded_database(layout.settings())
+    composition.recreate_embedded_database(layout.settings())
     FileClock(str(layout.clock)).set(START)
     return layout
 
@@ -411,8 +416,8 @@ class LiveDemo:
         # takes only a URL, and the embedded broker has none on its own (its folder is a
         # transport option), so events go through an app with the worker's broker settings:
         # the same ``send_task(INGEST_TASK, args=[envelope])`` the helper makes.
-        self.broker: Celery = create_app(self.settings, layout.worker_settings())
-        self.service: CaseService = bootstrap.build_service(
+        self.broker: Celery = create_app(self.settings)
+        self.service: CaseService = composition.build_service(
             self.settings, self.clock, outbox_written=self._kick_relay
         )
         self.zone = ZoneInfo(self.service.policy.timezone)
@@ -671,7 +676,7 @@ class LiveDemo:
         return statuses
 
     def _letters(self) -> str:
-        events = bootstrap.build_event_service(self.settings, self.service)
+        events = composition.build_event_service(self.settings, self.service)
         letters = events.dead_letters()
         if not letters:
             return ""
@@ -928,7 +933,7 @@ class LiveDemo:
     def _paid(self, sample: Sample) -> str:
         """What the fake payment gateway's ledger holds for the case: one payment."""
         gateways = build_fake_gateways(
-            GatewaySettings(ledger_url=None), self.settings.database_url, self.clock
+            FakeGatewaySettings(ledger_url=None), self.settings.database.url, self.clock
         )
         count = gateways.payments.payments_count(_id(sample))
         if count != 1:

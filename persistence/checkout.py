@@ -413,7 +413,7 @@ def sqlalchemy_error(
     exc: Any, sql: str | None, parameters: Any, dialect: Dialect, disconnect: bool
 ) -> sa.exc.DBAPIError:
     """The exception Core execution raises for ``exc`` (IntegrityError and so on)."""
-    return sa.exc.DBAPIError.instance(
+    error: sa.exc.DBAPIError = sa.exc.DBAPIError.instance(
         sql,
         parameters,
         exc,
@@ -421,3 +421,4 @@ def sqlalchemy_error(
         connection_invalidated=disconnect,
         dialect=dialect,
     )
+    return error

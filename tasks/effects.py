@@ -1,14 +1,14 @@
 """Side-effect tasks: one per outbox topic family, each a few lines around EffectService.
 
 Gateways that are down (``GatewayUnavailable``: outcome unknown) are retried with the capped
-backoff of ``workflow.effects.TASK_RETRY``; the cap stays far below the broker's visibility
+backoff of ``tasks.publish.TASK_RETRY``; the cap stays far below the broker's visibility
 timeout. A task that waits to retry postpones its outbox row, so the relay's redelivery (for
 messages the broker lost) starts counting from the retry, not from the first publish. When
 retries run out the case takes its slow path (``EffectService.handle_exhausted``).
 
 Notices (the notifications of ``case.transitioned`` and the like) come from the relay many to
 a message (``aftersales.notify_many``): one task, one delivery call and one completing
-transaction for up to ``tasks.runtime.NOTICES_PER_MESSAGE`` rows, where one row per task cost
+transaction for up to ``tasks.publish.NOTICES_PER_MESSAGE`` rows, where one row per task cost
 three messages' worth of work per transition (docs/adr/0009).
 """
 
@@ -20,17 +20,15 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from tasks.runtime import runtime
-from workflow.effects import (
+from tasks.publish import (
     TASK_BOOK_PICKUP,
     TASK_EXECUTE_REFUND,
     TASK_NOTIFY,
     TASK_NOTIFY_MANY,
     TASK_RETRY,
-    GatewayUnavailable,
-    RetryPolicy,
-    entry_from_message,
 )
+from tasks.runtime import runtime
+from workflow.effects import GatewayUnavailable, RetryPolicy, entry_from_message
 from workflow.errors import Conflict
 
 logger = logging.getLogger(__name__)
@@ -76,9 +74,13 @@ def _perform_notices(task: Task, messages: list[dict[str, Any]]) -> int:
 def _retry(task: Task, error: Exception) -> Exception:
     if isinstance(error, Conflict):
         # Another transition won the race for the case; the effect re-reads it on retry.
-        return task.retry(exc=error, countdown=1, max_retries=_policy(task).max_retries)
+        retry: Exception = task.retry(exc=error, countdown=1, max_retries=_policy(task).max_retries)
+        return retry
     # The database went away (restart, dropped connection): nothing was committed; retry.
-    return task.retry(exc=error, countdown=min(2**task.request.retries, 30), max_retries=100)
+    retry_later: Exception = task.retry(
+        exc=error, countdown=min(2**task.request.retries, 30), max_retries=100
+    )
+    return retry_later
 
 
 def _retry_unless_exhausted(task: Task, error: GatewayUnavailable, ids: list[int]) -> None:

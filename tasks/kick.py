@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 
 #: The relay task's name (``tasks.outbox``).
 RELAY_TASK = "aftersales.relay_outbox"

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from config.settings import sqlite_url
-from entrypoints.cli import app
+from entrypoints.cli.main import app
 
 
 @pytest.fixture

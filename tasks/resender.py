@@ -43,7 +43,7 @@ class Unconfirmed:
 
 
 class UnconfirmedEvents(Protocol):
-    """The ledger (Redis in production: ``tasks.unconfirmed.RedisUnconfirmedEvents``)."""
+    """The ledger (Redis in production: ``tasks.ledger.RedisUnconfirmedEvents``)."""
 
     def due(self, before: float, limit: int) -> list[Unconfirmed]:
         """Up to ``limit`` entries due for a look at ``before`` or earlier, oldest first."""
