@@ -53,6 +53,8 @@ class _Transaction:
 
     #: An event was recorded or a timer marked fired: see ``workflow.ports.UnitOfWork``.
     once_by_record: bool = False
+    #: The (case id, idempotency key) pairs this transaction registered.
+    registered: set[tuple[int, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -66,6 +68,8 @@ class InMemoryDatabase:
     #: (source, event_id) -> (case id, received at) of the inbound events processed.
     inbound_events: dict[tuple[str, str], tuple[int | None, datetime]] = field(default_factory=dict)
     dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
+    #: (case id, idempotency key) of the calls made (``TransitionLog.append``).
+    idempotency_keys: set[tuple[int, str]] = field(default_factory=set)
     next_case_id: int = 1
     next_timer_id: int = 1
     next_outbox_id: int = 1
@@ -90,13 +94,26 @@ class InMemoryCaseRepository:
     def add(self, case: Case) -> int:
         case.id = self._db.next_case_id
         self._db.next_case_id += 1
-        for sku in case.skus:
-            owner = self._db.open_items.get((case.order_id, sku))
-            if owner is not None:
-                raise PolicyRefusal(
-                    "one_open_case_per_item",
-                    f"{sku} of order {case.order_id} already has open case {owner}",
-                )
+        # Refused as the SQL store refuses (a unique index each), with the same words.
+        if case.submission_key is not None:
+            for earlier in self._db.cases.values():
+                if earlier.submission_key == case.submission_key:
+                    raise Conflict(
+                        f"submission {case.submission_key} already created case {earlier.id}"
+                    )
+        skus = list(dict.fromkeys(case.skus))
+        taken = {
+            sku: self._db.open_items[(case.order_id, sku)]
+            for sku in skus
+            if (case.order_id, sku) in self._db.open_items
+        }
+        if taken:
+            listed = "; ".join(
+                f"{sku} of order {case.order_id} already has an open case {owner}"
+                for sku, owner in taken.items()
+            )
+            raise PolicyRefusal("one_open_case_per_item", listed)
+        for sku in skus:
             self._db.open_items[(case.order_id, sku)] = case.id
         self._db.cases[case.id] = copy.deepcopy(case)
         return case.id
@@ -182,25 +199,28 @@ class InMemoryTransitionLog:
         self._transaction = transaction
 
     def append(self, records: Sequence[TransitionRecord]) -> None:
-        register_key = not self._transaction.once_by_record
+        # As the SQL log: a key is registered once per transaction (a call appending its
+        # records in several batches is one call), unless it only labels the rows.
+        slots: set[tuple[int, str]] = set()
+        if not self._transaction.once_by_record:
+            slots = {(r.case_id, r.idempotency_key) for r in records if r.idempotency_key}
+            slots -= self._transaction.registered
+        used = sorted(key for _, key in slots & self._db.idempotency_keys)
+        if used:
+            raise Conflict(f"idempotency key {', '.join(used)} was already used")
+        if any(e.seq == r.seq for r in records for e in self._db.log.get(r.case_id, ())):
+            entries = ", ".join(f"{r.case_id}#{r.seq}" for r in records)
+            raise Conflict(f"the log already has entry {entries}")
+        self._db.idempotency_keys |= slots
+        self._transaction.registered |= slots
         for record in records:
-            entries = self._db.log.setdefault(record.case_id, [])
-            if any(e.seq == record.seq for e in entries):
-                raise Conflict(f"case {record.case_id} already has log entry {record.seq}")
-            if (
-                register_key
-                and record.idempotency_key
-                and record is records[0]
-                and any(e.idempotency_key == record.idempotency_key for e in entries)
-            ):
-                raise Conflict(f"idempotency key {record.idempotency_key} already used")
-            entries.append(record)
+            self._db.log.setdefault(record.case_id, []).append(record)
 
     def by_key(self, case_id: int, key: str) -> list[TransitionRecord]:
-        return [e for e in self._db.log.get(case_id, []) if e.idempotency_key == key]
+        return [e for e in self.for_case(case_id) if e.idempotency_key == key]
 
     def for_case(self, case_id: int) -> list[TransitionRecord]:
-        return list(self._db.log.get(case_id, []))
+        return sorted(self._db.log.get(case_id, []), key=lambda e: e.seq)
 
 
 class InMemoryTimerStore:
@@ -474,10 +494,12 @@ class InMemoryUnitOfWork:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         before = copy.deepcopy(self._working)
+        registered = set(self._transaction.registered)
         try:
             yield
         except BaseException:
             self._working = before
+            self._transaction.registered = registered
             self._bind_stores()
             raise
 

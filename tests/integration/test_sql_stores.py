@@ -1,5 +1,6 @@
 """The SQL stores keep the contract of ``workflow.ports`` on SQLite and PostgreSQL: what the
-in-memory stores do not (yet) share with them. The shared contract: ``test_store_contract.py``."""
+in-memory stores do not share (times read back in UTC, two units of work at once, statement
+counts, the database's own constraints). The shared contract: ``test_store_contract.py``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from persistence.tables import outbox, timers
 from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
-from workflow.errors import Conflict, PolicyRefusal
+from workflow.errors import Conflict
 from workflow.model import (
     Case,
     Gift,
@@ -144,43 +145,6 @@ def test_save_writes_only_over_the_expected_version(
     assert stored.updated_at == T0 + timedelta(hours=1)
 
 
-def test_one_open_case_per_item(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
-    [first] = _stored(uow_factory, new_case(skus=("sku-1", "sku-2")))
-    with uow_factory() as uow:
-        with pytest.raises(PolicyRefusal) as refusal:
-            uow.cases.add(new_case(skus=("sku-3", "sku-2")))
-        assert refusal.value.rule == "one_open_case_per_item"
-        assert f"sku-2 of order o-1 already has an open case {first}" in str(refusal.value)
-        # The refusal rolled back only its savepoint: the transaction goes on.
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2", "sku-3"]) == {
-            "sku-1": first,
-            "sku-2": first,
-        }
-        other_order = uow.cases.add(new_case(order_id="o-2", skus=("sku-2",)))
-        uow.commit()
-
-    with uow_factory() as uow:
-        assert uow.cases.open_cases_for_items("o-2", ["sku-2"]) == {"sku-2": other_order}
-        uow.cases.release_items(first)
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {}
-        again = uow.cases.add(new_case(skus=("sku-2",)))
-        uow.commit()
-    with uow_factory() as uow:
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {"sku-2": again}
-
-
-def test_a_submission_key_creates_one_case(
-    uow_factory: SqlUnitOfWorkFactory, new_case: NewCase
-) -> None:
-    [first] = _stored(uow_factory, new_case(submission_key="k-1"))
-    with uow_factory() as uow:
-        with pytest.raises(Conflict, match=f"created case {first}"):
-            uow.cases.add(new_case(order_id="o-2", submission_key="k-1"))
-        found = uow.cases.by_submission_key("k-1")
-        assert found is not None and found.id == first
-        assert uow.cases.by_submission_key("k-2") is None
-
-
 # -- transition log ---------------------------------------------------------------------------
 
 
@@ -212,28 +176,6 @@ def test_log_keeps_records_in_seq_order(
         assert uow.log.by_key(case_id, "call-1") == records[1:]
         assert uow.log.by_key(case_id, "call-2") == []
         assert all(r.at.tzinfo is UTC for r in uow.log.for_case(case_id))
-
-
-def test_an_idempotency_key_logs_once(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    with uow_factory() as uow:
-        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
-        # The same call appending its follow-up separately is still one call.
-        uow.log.append([_record(case_id, 3, "start_refund", idempotency_key="call-1")])
-        uow.commit()
-    with uow_factory() as uow, pytest.raises(Conflict, match="idempotency key call-1"):
-        uow.log.append([_record(case_id, 4, idempotency_key="call-1")])
-    with uow_factory() as uow:
-        assert [r.seq for r in uow.log.by_key(case_id, "call-1")] == [2, 3]
-
-
-def test_a_seq_logs_once(uow_factory: SqlUnitOfWorkFactory, new_case: NewCase) -> None:
-    [case_id] = _stored(uow_factory, new_case())
-    with uow_factory() as uow:
-        uow.log.append([_record(case_id, 2)])
-        uow.commit()
-    with uow_factory() as uow, pytest.raises(Conflict, match="already has entry"):
-        uow.log.append([_record(case_id, 2, "reject", to_state=CaseState.REJECTED)])
 
 
 # -- timers ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from persistence.mappers import outbox_entry_from_row
 from persistence.tables import cases, outbox
 from persistence.unit_of_work import SqlUnitOfWorkFactory
-from workflow.errors import Conflict
+from workflow.errors import Conflict, PolicyRefusal
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import (
     Case,
@@ -635,6 +635,65 @@ def test_dead_letters_list_page_and_resolve(uow_factory: UnitOfWorkFactory) -> N
 
 
 # -- cases, log and timers (moved from test_sql_stores.py) ---
+
+
+def test_one_open_case_per_item(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    [first] = _stored(uow_factory, new_case(skus=("sku-1", "sku-2")))
+    with uow_factory() as uow:
+        with pytest.raises(PolicyRefusal) as refusal:
+            uow.cases.add(new_case(skus=("sku-3", "sku-2")))
+        assert refusal.value.rule == "one_open_case_per_item"
+        assert f"sku-2 of order o-1 already has an open case {first}" in str(refusal.value)
+        # The refusal rolled back only its savepoint: the transaction goes on.
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2", "sku-3"]) == {
+            "sku-1": first,
+            "sku-2": first,
+        }
+        other_order = uow.cases.add(new_case(order_id="o-2", skus=("sku-2",)))
+        uow.commit()
+
+    with uow_factory() as uow:
+        assert uow.cases.open_cases_for_items("o-2", ["sku-2"]) == {"sku-2": other_order}
+        uow.cases.release_items(first)
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {}
+        again = uow.cases.add(new_case(skus=("sku-2",)))
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {"sku-2": again}
+
+
+def test_a_submission_key_creates_one_case(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    [first] = _stored(uow_factory, new_case(submission_key="k-1"))
+    with uow_factory() as uow:
+        with pytest.raises(Conflict, match=f"created case {first}"):
+            uow.cases.add(new_case(order_id="o-2", submission_key="k-1"))
+        found = uow.cases.by_submission_key("k-1")
+        assert found is not None and found.id == first
+        assert uow.cases.by_submission_key("k-2") is None
+
+
+def test_an_idempotency_key_logs_once(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 2, idempotency_key="call-1")])
+        # The same call appending its follow-up separately is still one call.
+        uow.log.append([_record(case_id, 3, "start_refund", idempotency_key="call-1")])
+        uow.commit()
+    with uow_factory() as uow, pytest.raises(Conflict, match="idempotency key call-1"):
+        uow.log.append([_record(case_id, 4, idempotency_key="call-1")])
+    with uow_factory() as uow:
+        assert [r.seq for r in uow.log.by_key(case_id, "call-1")] == [2, 3]
+
+
+def test_a_seq_logs_once(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.log.append([_record(case_id, 2)])
+        uow.commit()
+    with uow_factory() as uow, pytest.raises(Conflict, match="already has entry"):
+        uow.log.append([_record(case_id, 2, "reject", to_state=CaseState.REJECTED)])
 
 
 def test_nothing_is_visible_before_commit_and_exit_rolls_back(
