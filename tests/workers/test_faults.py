@@ -292,6 +292,13 @@ def test_postgres_connections_dropped_mid_run_lose_nothing(
         # (effects)
         with ConnectionDropper(stack.database_url) as dropper:
             stack.send_events(*(merchant(stack, "approved", case) for case in refunds))
+            # (the approvals applied before the clock passes their review deadline: else
+            # ``auto_approve`` may fire first, as it did once under load in CI)
+            wait_for(
+                lambda: all("approve" in stack.triggers(case) for case in refunds),
+                "the merchants' approvals to be applied",
+                timeout=60,
+            )
             stack.clock.set(T0 + timedelta(hours=49))
             wait_for(
                 lambda: dropper.rounds_that_hit >= DROP_ROUNDS,
