@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
+from entrypoints.processes import ChildProcess
 from tasks.app import DEFAULT_QUEUE
 from tasks.kick import RELAY_TASK
 from workflow.states import CaseState
 
-from .conftest import DEADLINE_S, WorkerProcess, wait_for
+from .conftest import DEADLINE_S, wait_for
 from .support import (
     T0,
     RedisServer,
@@ -75,7 +76,7 @@ def test_kill9_on_the_gateway_call_of_a_refund_pays_it_exactly_once(
         _applied(stack, merchant(stack, "approved", case))
         # when the worker is killed with SIGKILL while the slow gateway is on the refund's call
         stack.wait_log(first, _REFUND_RECEIVED, "the refund task to start")
-        first.kill9()
+        first.kill()
         # (the kill did land before the gateway recorded anything)
         assert stack.ledger(case) == []
         assert stack.state(case) is S.REFUNDING
@@ -105,7 +106,7 @@ def test_kill9_between_the_payment_and_its_confirmation_pays_it_exactly_once(
         # the case's row lock while the gateway call runs), and the worker is killed then
         with stack.case_locked(case):
             wait_for(lambda: stack.ledger(case), "the gateway to record the payment")
-            first.kill9()
+            first.kill()
         assert len(stack.ledger(case)) == 1
         assert stack.state(case) is S.REFUNDING
         # and a new worker starts
@@ -227,16 +228,16 @@ def test_a_worker_running_a_task_reconnects_after_a_redis_restart(
         stack.runtime.ping(worker)
 
 
-def _gave_up(worker: WorkerProcess) -> str | None:
+def _gave_up(worker: ChildProcess) -> str | None:
     """Why the worker stopped instead of reconnecting, or None while it has not."""
-    crash = re.search(r"Unrecoverable error: .*", worker.log.read_text(errors="replace"))
+    crash = re.search(r"Unrecoverable error: .*", worker.output())
     if crash:
         return crash[0]
-    return None if worker.alive() else f"exit code {worker.process.returncode}"
+    return None if worker.alive() else f"exit code {worker.returncode}"
 
 
-def _connected_again(worker: WorkerProcess) -> bool:
-    return worker.log.read_text(errors="replace").count("Connected to redis://") >= 2
+def _connected_again(worker: ChildProcess) -> bool:
+    return worker.output().count("Connected to redis://") >= 2
 
 
 # -- PostgreSQL connections dropped mid-run -------------------------------------------------------
