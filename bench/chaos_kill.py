@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from bench import chaos_checks, chaos_driver, support
 from bench import chaos_common as chaos
-from bench import support
 
 
 @dataclass
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     support.print_machine(console, support.machine(server_url))
     rng = random.Random(args.seed)
     started = time.monotonic()
-    load_before = chaos.load_average()
+    load_before = chaos_checks.load_average()
     with chaos.deployment(server_url) as run, support.progress(console) as bars:
         run.keep_events = not args.no_ledger
         for _ in range(args.workers):
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         kills = bars.add_task("kill -9", total=args.kills)
         supervisor = chaos.Supervisor(run.workers + run.beats)
         killer = Killer(run, supervisor, rng, lambda n: bars.update(kills, completed=n))
-        driver = chaos.Driver(
+        driver = chaos_driver.Driver(
             run,
             args.cases,
             args.waves,
-            chaos.Flood(resend_after_s=args.resend_after),
+            chaos_driver.Flood(resend_after_s=args.resend_after),
             rng,
             lambda done, total: bars.update(terminal, completed=done, total=total),
         )
@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         for slot in run.workers + run.beats:
             if not slot.alive():
                 slot.start()
-        chaos.wait_settled(run)
-        found = chaos.verify(run)
-        from_ledger = chaos.resent_from_ledger(run)
-        jobs, coalesced, fell_back = chaos.coalesced_jobs(run)
+        chaos_checks.wait_settled(run)
+        found = chaos_checks.verify(run)
+        from_ledger = chaos_checks.resent_from_ledger(run)
+        jobs, coalesced, fell_back = chaos_checks.coalesced_jobs(run)
         run.keep_folder = not found.ok or error is not None
         elapsed = time.monotonic() - started
-        load_after = chaos.load_average()
+        load_after = chaos_checks.load_average()
 
     table = Table(title="chaos_kill")
     table.add_column("figure")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "coalesced jobs of single events (events; failed and run alone)",
             f"{jobs} ({coalesced}; {fell_back})",
         ),
-        *chaos.findings_table(found),
+        *chaos_checks.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
         ("load average before / after", f"{load_before} / {load_after}"),
     ]

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from bench import chaos_checks, chaos_driver, support
 from bench import chaos_common as chaos
-from bench import support
 
 
 @dataclass
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             rng,
             lambda n: bars.update(outage_bar, completed=n),
         )
-        flood = chaos.Flood(args.copies, args.reorder, args.resend_after)
-        driver = chaos.Driver(
+        flood = chaos_driver.Flood(args.copies, args.reorder, args.resend_after)
+        driver = chaos_driver.Driver(
             run,
             args.cases,
             args.waves,
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 driver.drive(keep_going=lambda: outages.remaining > 0)
             except TimeoutError as stuck:
                 error = stuck
-        chaos.wait_settled(run)
-        found = chaos.verify(run)
+        chaos_checks.wait_settled(run)
+        found = chaos_checks.verify(run)
         exits = [
             f"{slot.log.name}: {slot.exits()}"
             for slot in run.workers + run.beats
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for slot in run.workers
         )
         elapsed = time.monotonic() - started
-        load = chaos.load_average()
+        load = chaos_checks.load_average()
 
     stats = outages.stats
     table = Table(title="chaos_outages")
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{driver.stats.events} ({driver.stats.copies}, {driver.stats.reordered}, "
             f"{driver.stats.resent})",
         ),
-        *chaos.findings_table(found),
+        *chaos_checks.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
         ("load average at the end", load),
     ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +38,10 @@ from celery import Celery
 from rich.progress import Progress
 from rich.table import Table
 
-from bench import support
+from bench import resources, support
 from bench.countdown_probe import COUNTER_URL_ENV, NAME
 from config.settings import Settings
+from entrypoints.processes import ChildProcess
 from tasks.app import create_app
 from tasks.settings import WorkerSettings
 from tasks.worker import worker_argv
@@ -130,15 +130,9 @@ class NaiveWorker:
         argv = worker_argv(self.app, concurrency=concurrency, loglevel="WARNING")
         command = [sys.executable, "-m", "celery", "-A", "tasks.celery_entry", *argv]
         self.log = self.folder / "worker.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*command, "--include=bench.countdown_probe"],
-                cwd=self.folder,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = ChildProcess(
+            [*command, "--include=bench.countdown_probe"], self.log, env=env, cwd=self.folder
+        ).start()
         self.redis = redis.Redis.from_url(redis_url)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -160,10 +154,10 @@ class NaiveWorker:
         return len(counts), sum(counts)
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process.alive()
 
     def stop(self) -> None:
-        support.stop_group(self.process)
+        self.process.stop(grace_s=30)
         self.app.close()
         self.redis.close()
 
@@ -218,7 +212,7 @@ def run(
     # hold them all at once.
     due_after = [rng.uniform(*countdown_s) for _ in range(tasks)]
     with naive_workers(redis_url, folder, visibilities, concurrency) as workers:
-        samplers = [support.RssSampler({"worker": w.process.pid}) for w in workers]
+        samplers = [resources.RssSampler({"worker": w.process.pid}) for w in workers]
         with ExitStack() as stack:
             for sampler in samplers:
                 sampler.sample()
@@ -290,7 +284,7 @@ def run(
                     executed_ids=unique,
                     executions=executions,
                     all_ran_after_s=all_ran_after[index],
-                    load=support.load_average(),
+                    load=resources.load_average(),
                 )
             )
         return results
@@ -358,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     console = support.console()
     support.print_machine(console, support.machine())
     folder = Path(tempfile.mkdtemp(prefix="aftersales-naive-"))
-    with support.private_redis(folder / "redis") as redis_url, support.progress(console) as bar:
+    with resources.private_redis(folder / "redis") as redis_url, support.progress(console) as bar:
         results = run(
             redis_url,
             folder,

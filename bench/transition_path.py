@@ -5,7 +5,7 @@ Path A fires ``approve`` on submitted cases through ``CaseService.fire`` (the SQ
 transaction that compares-and-sets the case's version, appends the log row, disarms the
 ``merchant_review`` timer, arms ``return_shipment`` and writes the ``case.transitioned`` and
 ``pickup.requested`` outbox rows. Path B issues the same statements with the driver directly
-(``bench/support.py``). Both run in one process on one throwaway database per backend, in
+(``bench/raw_baseline.py``). Both run in one process on one throwaway database per backend, in
 interleaved rounds (A,B then B,A), each round on fresh cases; the figure is the median over rounds
 of A's rate divided by B's. Afterwards the rows both paths wrote are counted and compared.
 
@@ -36,7 +36,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from bench import support
+from bench import raw_baseline, support
 from config.policy import Policy, load_policy
 from persistence.db import make_engine, normalize_url
 from persistence.uow import SqlUnitOfWorkFactory
@@ -128,7 +128,7 @@ def _unit_of_work_only(factory: SqlUnitOfWorkFactory, clock: FakeClock) -> Calla
                 case_id, case.version, "approve", source, case.state, str(support.MERCHANT), now
             )
             if not uow.cases.save(case, loaded):
-                raise support.Refused(f"case {case_id} moved")
+                raise raw_baseline.Refused(f"case {case_id} moved")
             uow.log.append([record])
             uow.timers.disarm(case_id)
             due = now + support.RETURN_SHIPMENT
@@ -192,7 +192,7 @@ def run_backend(
         )
         spare, ids = ids[-1], ids[:-1]
         clock.set(support.FIRED_AT)
-        raw = support.raw_path(database)
+        raw = raw_baseline.raw_path(database)
         paths = {"A": Path_("A", "A service layer", _fire(service))}
         if pinging is not None:
             paths["A0"] = Path_(
