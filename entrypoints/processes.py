@@ -140,7 +140,8 @@ class ChildProcess:
             value = condition()
             if not value and not self.alive():
                 raise ProcessExited(
-                    f"{self.log.name}: exited with {self.returncode} while waiting for {what}"
+                    f"{self.log.name}: exited with {self.returncode} while waiting for {what}:\n"
+                    + self.tail(20)
                 )
             return value
 
