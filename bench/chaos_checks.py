@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.chaos_common import Deployment, S, wait_until
+from bench.chaos_common import Deployment, wait_until
 from persistence.db import make_engine
 from persistence.tables import cases, dead_letters, outbox, timers, transitions
 from workflow.definitions import TIMER_SPECS, rules_for
@@ -217,7 +217,7 @@ def _check_refunds(found: Findings, run: Deployment, case_rows: dict[int, Any]) 
         if len(entries) > 1:
             found.duplicate_refunds += len(entries) - 1
             found.problem(f"case {case_id}: {len(entries)} refunds paid")
-        if row.state == S.REFUNDED.value:
+        if row.state == CaseState.REFUNDED.value:
             reference = (row.details or {}).get("refund_reference")
             if (
                 len(entries) != 1

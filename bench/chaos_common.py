@@ -46,8 +46,6 @@ from workflow.service import CaseService
 from workflow.states import CaseState
 
 ROOT = Path(__file__).resolve().parents[1]
-S = CaseState
-
 #: ``application_name`` of the workers' PostgreSQL sessions (what an outage terminates).
 WORKER_APPLICATION = "aftersales-chaos-worker"
 
@@ -81,8 +79,8 @@ CASE_TYPE_OF = {kind: case_type for kind, case_type, _ in KINDS}
 #: terminal by then): before the first, the unreviewed application and the rejection; before
 #: the second, the return approved by its review deadline and never shipped.
 WAITING_FOR_TIMER: tuple[dict[str, CaseState], ...] = (
-    {"silent": S.SUBMITTED, "rejected": S.REJECTED},
-    {"silent": S.PICKUP, "rejected": S.REJECTED},
+    {"silent": CaseState.SUBMITTED, "rejected": CaseState.REJECTED},
+    {"silent": CaseState.PICKUP, "rejected": CaseState.REJECTED},
 )
 
 

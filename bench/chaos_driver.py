@@ -24,7 +24,6 @@ from bench.chaos_common import (
     KINDS,
     WAITING_FOR_TIMER,
     Deployment,
-    S,
 )
 from persistence.db import make_engine
 from persistence.tables import cases
@@ -97,24 +96,24 @@ def reactions(
 
     if kind == "silent":
         return []
-    if state is S.SUBMITTED:
+    if state is CaseState.SUBMITTED:
         if kind == "rejected":
             return [merchant("rejected", reason="worn and washed")]
         return [merchant("approved")]
     outbound = f"FX{case_id}"
     reacting: dict[CaseState, Callable[[], list[dict[str, Any]]]] = {
-        S.PICKUP: lambda: [carrier("picked_up", f"SF{case_id}")],
-        S.SHIPPED_BACK: lambda: [carrier("delivered", f"SF{case_id}")],
-        S.RETURN_DELIVERED: lambda: [merchant("receipt_confirmed")],
-        S.RECEIVED: lambda: [merchant("inspected")],
-        S.SHIPPED_TO_BUYER: lambda: [carrier("delivered", outbound)],
-        S.DELIVERED_TO_BUYER: lambda: [
+        CaseState.PICKUP: lambda: [carrier("picked_up", f"SF{case_id}")],
+        CaseState.SHIPPED_BACK: lambda: [carrier("delivered", f"SF{case_id}")],
+        CaseState.RETURN_DELIVERED: lambda: [merchant("receipt_confirmed")],
+        CaseState.RECEIVED: lambda: [merchant("inspected")],
+        CaseState.SHIPPED_TO_BUYER: lambda: [carrier("delivered", outbound)],
+        CaseState.DELIVERED_TO_BUYER: lambda: [
             _event(
                 "buyer-app", "buyer.delivery_confirmed", case_id, version, now, {"buyer_id": "b1"}
             )
         ],
     }
-    if state is S.INSPECTED and kind in ("exchange", "repair"):
+    if state is CaseState.INSPECTED and kind in ("exchange", "repair"):
         shipped = "replacement_shipped" if kind == "exchange" else "repaired_shipped"
         return [merchant(shipped, tracking_no=outbound, carrier="SF")]
     make = reacting.get(state)
@@ -272,10 +271,12 @@ class Driver:
             return True
         now = self.run.clock.now()
         envelopes = reactions(self.kinds[case], state, case, version, now)
-        if state is S.PICKUP and envelopes and self.rng.random() < self.flood.reorder:
+        if state is CaseState.PICKUP and envelopes and self.rng.random() < self.flood.reorder:
             # The carrier's delivery scan arrives before its pickup scan: the delivery implies
             # the pickup, and the late pickup is ignored.
-            envelopes = reactions(self.kinds[case], S.SHIPPED_BACK, case, version, now) + envelopes
+            envelopes = (
+                reactions(self.kinds[case], CaseState.SHIPPED_BACK, case, version, now) + envelopes
+            )
             self.stats.reordered += 1
         copies = [self.rng.randint(1, self.flood.copies) for _ in envelopes]
         for envelope, times in zip(envelopes, copies, strict=True):

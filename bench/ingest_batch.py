@@ -50,8 +50,6 @@ from workflow.clock import FakeClock
 from workflow.events import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
 
-#: Target of issue 5, benchmark 2, for batch ingestion (end to end, on PostgreSQL).
-TARGET_EVENTS_PER_S = 2000
 #: ``merchant_review`` in config/policy.toml: when a submitted case's timer falls due.
 MERCHANT_REVIEW = timedelta(hours=48)
 

@@ -1,28 +1,11 @@
 """Benchmark 3, timers at scale: a million pending timers in PostgreSQL, fired by the production
 worker and beat, beside the naive way (one Celery countdown task per deadline).
 
-One run, in this order (BENCHMARKS.md section 3 has the method and the results):
-
-1. **Seed** a throwaway database (migrated to head) with ``--timers`` approved return cases, each
-   with its pending ``return_shipment`` timer (``expire_return`` closes the case), set-based
-   (``INSERT ... SELECT ... generate_series``). ``--burst`` of them fall due at one instant a day
-   ahead, ``--rate`` x ``--steady-seconds`` are kept for the steady-state phase, the rest fall
-   due over the following four weeks. A second database gets 1,000 such timers.
-2. **Sweep cost with nothing due**: ``CaseService.sweep_timers`` (the claim statement and its
-   commit, what a sweep task does when nothing is due) on the 1,000-timer and the 1,000,000-timer
-   database, in interleaved rounds; and ``EXPLAIN ANALYZE`` of the claim statement, nothing due
-   and with the burst due.
-3. **The deployment**: a private ``redis-server``, ``aftersales worker -c N`` (prefork on Redis)
-   and ``aftersales beat``, the production commands, sharing a ``FileClock`` file with this
-   process. Resident memory of beat, the worker's main process and its pool children is sampled
-   every 0.5 s from ``/proc/<pid>/status`` for the whole run.
-4. **Steady state** on the real clock (the clock file empty): the steady timers are moved to fall
-   due ``--rate`` per second for ``--steady-seconds``; lateness is the sweeper's own
-   ``lateness_ms`` (fired_at - due_at).
-5. **Burst**: the clock file is moved one second past the burst instant; the wall time until every
-   burst timer is ``fired`` (read from the timers table), or ``--burst-timeout``.
-6. **Naive**: ``bench/naive_countdown.py`` with ``--naive`` countdown tasks, for the production
-   visibility timeout and a short one, side by side.
+One run: seed the timers (``bench.timers_seeding``); time a sweep with nothing due on 1,000 and on
+``--timers`` timers (``bench.timers_sweep_cost``); start ``aftersales worker`` and ``aftersales
+beat`` on a private Redis (``bench.timers_deployment``), sampling their memory; fire a steady
+stream and then a burst due at one instant (``bench.timers_phases``); run the naive countdown
+tasks (``bench.naive_countdown``); report (``bench.timers_report``).
 
     python -m bench.timers_scale                      # defaults: 1,000,000 timers, ~10 min
     python -m bench.timers_scale --timers 100000 --burst 20000 --naive 5000   # a smaller run

@@ -60,6 +60,7 @@ from .conftest import (
     TESTS,
     VISIBILITY_TIMEOUT_S,
     Runtime,
+    delete_keys,
     wait_for,
 )
 
@@ -365,7 +366,7 @@ def open_stack(
             stop_all(runtime.workers)
             app.close()
             if broker_url and key_prefix:
-                _delete_keys(broker_url, key_prefix)
+                delete_keys(broker_url, key_prefix)
 
 
 def _process_env(
@@ -393,18 +394,6 @@ def _process_env(
     if broker_url:
         env["AFTERSALES_BROKER_URL"] = broker_url
     return env
-
-
-def _delete_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if keys:
-            client.delete(*keys)
-    except redis.RedisError:
-        pass  # a test's own server that is gone already
-    finally:
-        client.close()
 
 
 # -- cases and events --------------------------------------------------------------------------
