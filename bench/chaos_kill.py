@@ -1,24 +1,11 @@
 """Fault injection, long run: ``kill -9`` of worker processes at random moments.
 
-A few hundred cases of mixed types (``bench.chaos_common.KINDS``) run on PostgreSQL and a private
-Redis, moved by events, timers (the ``FileClock`` jumps) and the workers' own effects, while a
-killer thread sends SIGKILL, every ``--kill-every`` seconds (uniformly drawn), to a random
-worker: to its main process with everything it started (``killpg``: the prefork children and the
-messages it holds unacknowledged die with it), or to one of its prefork children (the main
-process replaces it). A supervisor thread starts a killed worker again at once, as systemd
-would. One stand-alone beat. When the planned waves are done and fewer than ``--kills`` kills
-have landed, more waves run. Events are sent once, with the producer helper
-(``tasks/producer.py``), which keeps each in the ledger of unconfirmed events: kombu's Redis
-transport can lose a message taken by a worker main process killed at the wrong instant (BRPOP,
-then the unacked record: see docs/workers.md), and beat's resender then sends the event again
-(the summary counts those). ``--no-ledger`` sends without the ledger: a lost message then leaves
-its case stuck, and the run fails. ``--resend-after S`` adds the producer's own contract of
-docs/events.md (an event whose case has not moved S seconds later is sent again by the
-driver).
-
-At the end, ``chaos_common.verify``: every case terminal, no refund paid twice and each equal to
-what its case records, the log contiguous and replaying to each case's state, every timer fired
-at most once, every outbox row completed.
+The mixed cases of ``bench.chaos_driver`` run on PostgreSQL and a private Redis while a killer
+thread SIGKILLs, every ``--kill-every`` seconds, a random worker's whole process group or one of
+its prefork children; a supervisor restarts killed workers at once, as systemd would. Events go
+through the producer's ledger of unconfirmed events, so beat's resender makes up for a message
+kombu lost with a killed main process (docs/workers.md); ``--no-ledger`` shows the loss. At the
+end, ``bench.chaos_checks.verify``.
 
     python -m bench.chaos_kill                         # 300 cases, >= 50 kills, about 5 min
     python -m bench.chaos_kill --cases 60 --kills 10   # a quick look

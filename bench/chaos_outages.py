@@ -1,23 +1,11 @@
 """Fault injection, long run: Redis and PostgreSQL outages, two beats, floods of duplicate and
 reordered events.
 
-The same waves of mixed cases as ``bench/chaos_kill.py`` (``bench.chaos_common``), on PostgreSQL
-and a private Redis, with:
-
-- a fault thread that, every ``--fault-every`` seconds, either shuts Redis down without saving
-  (``SHUTDOWN NOSAVE``: every queued and unacknowledged message is lost) and starts it again on
-  the same port after ``--redis-down`` seconds, or ends every PostgreSQL session the workers hold
-  on the run's own database (``pg_terminate_backend``), alternating until both have happened as
-  often as asked;
-- two stand-alone beats and ``--workers`` workers, sweeps every 0.2 s from each beat claiming
-  ``--sweep-batch`` timers at a time, so many sweepers claim at once;
-- every event sent 1..``--copies`` times, a return parcel's delivery sometimes reported before its
-  pickup (``--reorder``), and an event whose case has not moved ``--resend-after`` seconds later
-  sent again, as a producer retrying what the broker lost would.
-
-Nobody restarts a worker or a beat: each must reconnect by itself, and the run fails if one
-exits. At the end, the checks of ``chaos_common.verify`` (every case terminal, no refund paid
-twice, the log replaying to each state, every timer fired once, every outbox row completed).
+The mixed cases of ``bench.chaos_driver`` run while a fault thread alternates a Redis
+``SHUTDOWN NOSAVE`` (restarted after ``--redis-down`` s) and ``pg_terminate_backend`` of the
+workers' sessions; two beats sweep at once; events are sent up to ``--copies`` times, some
+reordered. Nobody restarts a worker or a beat: each must reconnect by itself. At the end,
+``bench.chaos_checks.verify``.
 
     python -m bench.chaos_outages                      # 300 cases, 6 Redis restarts, 10 drops
     python -m bench.chaos_outages --cases 60 --redis-restarts 1 --pg-drops 2   # a quick look

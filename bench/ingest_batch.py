@@ -1,26 +1,11 @@
 """Batch ingestion and batched timer firing, in process (no broker): what a commit costs.
 
-Events. Each event is ``merchant.approved`` for a fresh submitted case (seeded as in
-``bench/support.py``), so every event is a real transition: resolve the case, record (source,
-event id), plan, compare-and-set the case, the log row (labelled with the event's key; the
-dedupe record, not a key row, makes the event apply once), disarm ``merchant_review``, arm
-``return_shipment``, two outbox rows.
-
-- **S**: ``EventService.ingest`` per event: one transaction per event.
-- **B<k>**: ``EventService.ingest_many`` on chunks of k events (``max_batch`` k): one
-  transaction per chunk, a savepoint per event.
-- **R1** / **R<k>**: the same statements with the raw driver (psycopg 3 / sqlite3), one
-  transaction per event, or per k events with a SAVEPOINT ... RELEASE around each event (the
-  per-event isolation the batch guarantees costs the same there).
-
-Timers. Seeded cases' ``merchant_review`` timers, all due: ``CaseService.sweep_timers`` claims
-a batch and fires it with ``timer_batch`` 1 (**T1**: one transaction per timer, as before) or
-``TIMER_BATCH`` (**T<k>**: one per k timers, a savepoint each).
-
-Every variant runs in each round, in an order reversed every other round; figures are medians
-over rounds of per-round rates and ratios. Afterwards the rows are counted: each event's case
-approved once with its log row, dedupe record, timers and outbox rows, and no idempotency-key
-row; each timer fired once.
+Each event is ``merchant.approved`` for a fresh submitted case, a real transition. **S** ingests
+one event per transaction, **B<k>** k per transaction (a savepoint each), **R1**/**R<k>** the same
+statements with the raw driver (``bench.raw_ingest``). Timers: a sweep fires due
+``merchant_review`` timers one per transaction (**T1**) or ``TIMER_BATCH`` per transaction
+(**T<k>**). Variants alternate order each round; figures are medians over rounds; the rows are
+verified afterwards.
 
     python -m bench.ingest_batch --backend both --events 1000 --rounds 3
 """

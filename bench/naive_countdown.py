@@ -1,20 +1,10 @@
 """The naive way to keep timers: one Celery task per deadline, ``apply_async(countdown=...)``.
 
-Benchmark 3's comparison (BENCHMARKS.md section 3; ``bench/timers_scale.py`` runs it beside the
-database timers). For each broker visibility timeout given, a real prefork worker on a private
-Redis receives ``--tasks`` countdown tasks of a trivial probe (``bench/countdown_probe.py``), with
-countdowns spread over minutes, and runs them when due. Measured:
-
-- the worker's resident memory before, with every task received and waiting (an ETA task is held
-  in the worker's memory, unacknowledged, until it is due), at most and at the end;
-- executions per task id (counted in Redis by the probe): a duplicate is a second run.
-
-Why duplicates: on Redis an unacknowledged message older than the visibility timeout is put back
-in the queue (kombu ``transport/redis.py``, ``QoS.restore_visible``) and delivered again while the
-first worker still holds it, so an ETA task due later than the visibility timeout runs twice or
-more ("Caveats" in https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html).
-The production timeout (3600 s) hides that for countdowns under an hour; a short one shows it
-within the run.
+Benchmark 3's comparison: for each visibility timeout given, a prefork worker on a private Redis
+receives ``--tasks`` countdown tasks of a trivial probe (``bench.countdown_probe``) and runs them
+when due. Measured: the worker's resident memory (an ETA task waits in the worker's memory) and
+runs per task id. Redis hands an unacknowledged message older than the visibility timeout out
+again (kombu ``QoS.restore_visible``), so a countdown longer than it runs twice or more.
 
     python -m bench.naive_countdown --tasks 50000 --visibility 3600 --visibility 30
 """
