@@ -21,8 +21,6 @@ from persistence.tables import cases, dead_letters, outbox, timers, transitions
 from workflow.definitions import TIMER_SPECS, rules_for
 from workflow.states import TERMINAL_STATES, CaseState, CaseType
 
-# -- the checks ------------------------------------------------------------------------------------
-
 
 @dataclass
 class Findings:

@@ -29,8 +29,6 @@ from persistence.db import make_engine
 from persistence.tables import cases
 from workflow.states import TERMINAL_STATES, CaseState
 
-# -- the cases and the outside world ---------------------------------------------------------------
-
 
 def application(kind: str, order_id: str, now: datetime) -> dict[str, Any]:
     """An application of ``kind`` eligible at ``now`` (paid 5 days ago, delivered 2 days ago)."""

@@ -29,9 +29,6 @@ from tasks import producer
 KINDS = ("noop", "single", "batch", "http")
 
 
-# -- one drain ------------------------------------------------------------------------------------
-
-
 @dataclass
 class Drain:
     """One measured drain of one kind."""

@@ -20,8 +20,6 @@ from bench.events_seeding import Event, Seeded, make_events
 from bench.events_stack import POLL_S, Stack, load, wait_for
 from tasks import producer
 
-# -- latency -------------------------------------------------------------------------------------
-
 
 class CommitWatch(threading.Thread):
     """Sees each event's ``inbound_events`` row appear: the commit was before the poll that first

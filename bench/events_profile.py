@@ -12,8 +12,6 @@ from pathlib import Path
 
 from bench.events_stack import ROOT, Stack
 
-# -- profiles -----------------------------------------------------------------------------------
-
 
 class Sampler:
     """py-spy sampling every pool child: with idle frames (waiting on PostgreSQL is time too),

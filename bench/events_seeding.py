@@ -25,9 +25,6 @@ from workflow.states import CaseState, Role
 BUYER = Actor(Role.BUYER, "b-1")
 
 
-# -- the cases and their events -------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Flow:
     """A kind of seeded case and the event that moves it one step."""

@@ -37,9 +37,6 @@ POLL_S = 0.005
 DEADLINE_S = 180.0
 
 
-# -- processes ------------------------------------------------------------------------------------
-
-
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a live process (0 when it is gone)."""
     try:

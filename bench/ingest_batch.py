@@ -39,9 +39,6 @@ from workflow.service import TIMER_BATCH, CaseService
 MERCHANT_REVIEW = timedelta(hours=48)
 
 
-# -- the run ---------------------------------------------------------------------------------------
-
-
 @dataclass
 class Variant:
     key: str

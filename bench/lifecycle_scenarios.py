@@ -18,9 +18,6 @@ START = support.T0 + timedelta(days=1)
 FAR = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-# -- the scenarios ---------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Act:
     """A buyer, merchant or the system fires a trigger ``after`` the previous step."""

@@ -25,9 +25,6 @@ from workflow.states import Role
 ARRIVALS = timedelta(minutes=2)
 
 
-# -- the simulation --------------------------------------------------------------------------------
-
-
 class CountingFactory:
     """The SQL unit-of-work factory, counting the units of work (transactions) opened."""
 

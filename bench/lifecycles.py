@@ -48,9 +48,6 @@ from workflow.service import CaseService
 POOL = 1000
 
 
-# -- rounds ----------------------------------------------------------------------------------------
-
-
 @dataclass
 class RoundResult:
     cases: int

@@ -32,8 +32,6 @@ def envelope(case_id: int) -> dict[str, Any]:
     }
 
 
-# -- the raw-driver baseline ---------------------------------------------------------------------
-
 _RECORD_SQLITE = (
     "INSERT INTO inbound_events (source, event_id, case_id, received_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (source, event_id) DO NOTHING"

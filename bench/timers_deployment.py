@@ -30,9 +30,6 @@ _TASK_DONE = re.compile(
 _EXPIRED = re.compile(r"Discarding revoked task: (aftersales\.\w+)\[")
 
 
-# -- the deployment: aftersales worker + aftersales beat --------------------------------------
-
-
 @dataclass
 class Deployment:
     worker: ChildProcess

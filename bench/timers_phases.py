@@ -16,8 +16,6 @@ from bench import resources
 from bench.timers_deployment import Deployment
 from bench.timers_seeding import Seeded
 
-# -- phases ----------------------------------------------------------------------------------
-
 
 def _percentile(values: list[int], share: float) -> float:
     ordered = sorted(values)

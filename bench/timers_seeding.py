@@ -24,9 +24,6 @@ SMALL = 1_000
 SEED_CHUNK = 50_000
 
 
-# -- seeding ---------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Layout:
     """Which seeded timers fall due when, by position among the copies (0-based)."""

@@ -24,9 +24,6 @@ BATCH = WorkerSettings().timer_sweep_batch
 RECLAIM_AFTER = timedelta(seconds=WorkerSettings().timer_reclaim_after_s)
 
 
-# -- sweep cost with nothing due -------------------------------------------------------------
-
-
 @dataclass
 class SweepCost:
     #: Microseconds per empty sweep, one value per round, per database.
