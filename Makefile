@@ -3,9 +3,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test lint typecheck unit format clean
+.PHONY: install run demo test lint typecheck unit format clean lock
 
-$(STAMP): pyproject.toml scripts/bootstrap-venv.sh
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh
 	@bash scripts/bootstrap-venv.sh
 
 install: $(STAMP)
@@ -25,6 +25,7 @@ test: $(STAMP) lint typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +36,14 @@ unit: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## Re-resolves requirements.lock from pyproject.toml's ranges (dev extra included), with hashes.
+## Keeps every pin that still fits; `make lock UPGRADE=--upgrade` (or `UPGRADE="-P celery"`)
+## moves versions. Then `make install` and the tests (tests/unit/test_library_fences.py first).
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --extra dev $(UPGRADE) \
+		--output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

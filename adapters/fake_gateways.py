@@ -1,7 +1,7 @@
 """In-process fakes of the remotes: carrier, payment gateway, shipper, notification service.
 
 Each simulates a remote call: a latency (``time.sleep``), and failures drawn from a seeded random
-generator (``config.gateways.FakeBehaviour``) or scripted call by call with ``script(...)``:
+generator (``config.settings.FakeBehaviour``) or scripted call by call with ``script(...)``:
 
 - ``ok``: the remote acts and answers;
 - ``fail``: a definite failure. The payment gateway declines (stored under the key, so a repeat
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from config.gateways import FakeBehaviour, GatewaySettings
+from config.settings import FakeBehaviour, FakeGatewaySettings
 from persistence.db import make_engine
 from workflow.clock import Clock, SystemClock
 from workflow.effects import (
@@ -442,7 +442,7 @@ class FakeGateways:
 
 
 def build_fake_gateways(
-    settings: GatewaySettings,
+    settings: FakeGatewaySettings,
     database_url: str,
     clock: Clock | None = None,
     sleep: Callable[[float], None] = time.sleep,

@@ -32,15 +32,14 @@ from sqlalchemy.pool import NullPool
 
 from adapters.fake_gateways import FakePaymentGateway
 from bench import support
-from config.settings import Settings
-from entrypoints.bootstrap import build_service
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
+from entrypoints.composition import build_service
 from entrypoints.processes import ChildProcess, free_port, redis_server_command, stop_all
+from entrypoints.worker import worker_argv
 from persistence.db import normalize_url
 from tasks import producer
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
-from tasks.settings import WorkerSettings
-from tasks.worker import worker_argv
 from workflow.clock import FileClock
 from workflow.service import CaseService
 from workflow.states import CaseState
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER_APPLICATION = "aftersales-chaos-worker"
 
 #: Broker timing of the run. A killed worker's unacknowledged messages come back after the
-#: visibility timeout; the time limit and retry cap stay below it (``WorkerSettings`` checks).
+#: visibility timeout; the time limit and retry cap stay below it (``Settings`` checks).
 VISIBILITY_TIMEOUT_S = 10
 TASK_TIME_LIMIT_S = 6
 RETRY_CAP_S = 3
@@ -286,7 +285,7 @@ class Deployment:
                 pool="prefork",
                 hostname=f"chaos-w{index}-{start}@%h",
             )
-            return [sys.executable, "-m", "celery", "-A", "tasks.celery_entry", *argv]
+            return [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", *argv]
 
         slot = Slot(f"worker-{index}", command, self.folder, self.env)
         slot.start()
@@ -301,7 +300,7 @@ class Deployment:
 
         def command(start: int) -> list[str]:
             return [
-                *(sys.executable, "-m", "celery", "-A", "tasks.celery_entry", "beat"),
+                *(sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", "beat"),
                 *("--loglevel=INFO", f"--schedule={schedule}"),
             ]
 
@@ -354,19 +353,15 @@ def deployment(server_url: str, extra_env: dict[str, str] | None = None) -> Iter
             env["AFTERSALES_PING_DIR"] = str(folder / "pings")
             env.update(extra_env or {})
             settings = Settings(
-                database_url=database.url,
-                broker_url=server.url,
+                database=DatabaseSettings(url=database.url),
+                broker=BrokerSettings(url=server.url, visibility_timeout_s=VISIBILITY_TIMEOUT_S),
+                worker=WorkerSettings(
+                    task_time_limit_s=TASK_TIME_LIMIT_S, retry_backoff_max_s=RETRY_CAP_S
+                ),
                 clock_file=clock_file,
                 policy_file=None,
             )
-            app = create_app(
-                settings,
-                WorkerSettings(
-                    broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S,
-                    task_time_limit_s=TASK_TIME_LIMIT_S,
-                    retry_backoff_max_s=RETRY_CAP_S,
-                ),
-            )
+            app = create_app(settings)
             service = build_service(settings, clock, outbox_written=lambda: _kick(app))
             run = Deployment(
                 folder,

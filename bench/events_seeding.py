@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench import support
-from config.settings import Settings
-from entrypoints.bootstrap import build_service
+from config.settings import DatabaseSettings, Settings
+from entrypoints.composition import build_service
 from persistence.db import make_engine
 from workflow.clock import FakeClock
 from workflow.model import Actor
@@ -157,7 +157,7 @@ def seed(url: str) -> Seeded:
     rows are deleted so that the workers have nothing to do but the events. ``Seeded.grow``
     copies them."""
     clock = FakeClock(datetime.now(UTC) - timedelta(hours=1))
-    service = build_service(Settings(database_url=url), clock)
+    service = build_service(Settings(database=DatabaseSettings(url=url)), clock)
     templates = {flow.name: _template(service, clock, flow, "e2e") for flow in FLOWS}
     refund = service.get(templates["refund"]).case
     assert refund.refund_key is not None and refund.refund_amount is not None

@@ -111,7 +111,7 @@ class Stack:
         tasks that failed meanwhile.
 
         Each pool child inherits the connection the ``worker`` command opened in the main process
-        to check the schema (entrypoints/cli_workers.py ``_checked_settings``), and the children
+        to check the schema (entrypoints/cli/workers.py ``_checked_settings``), and the children
         use it at once: their first tasks fail with ``SetupError`` (seen in every run). An event
         that met it would be acknowledged as failed, i.e. lost, so the bench lets relays meet it.
         """

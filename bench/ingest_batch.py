@@ -32,7 +32,7 @@ from config.policy import load_policy
 from persistence.db import make_engine
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
 
 #: ``merchant_review`` in config/policy.toml: when a submitted case's timer falls due.

@@ -16,7 +16,7 @@ from bench.lifecycle_scenarios import SWEEP, Act, D, Event, Scenario, Step, Wait
 from persistence.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import AftersalesError
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.model import SYSTEM, Actor
 from workflow.service import CaseService
 from workflow.states import Role

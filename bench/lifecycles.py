@@ -41,7 +41,7 @@ from persistence.db import make_engine
 from persistence.tables import timers
 from persistence.uow import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.service import CaseService
 
 #: The raw baseline cycles over this many seeded cases.

@@ -30,15 +30,14 @@ from rich.table import Table
 
 from bench import resources, support
 from bench.countdown_probe import COUNTER_URL_ENV, NAME
-from config.settings import Settings
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
 from entrypoints.processes import ChildProcess
+from entrypoints.worker import worker_argv
 from tasks.app import create_app
-from tasks.settings import WorkerSettings
-from tasks.worker import worker_argv
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The production visibility timeout (``WorkerSettings``' default).
-PRODUCTION_VISIBILITY_S = WorkerSettings().broker_visibility_timeout_s
+#: The production visibility timeout (``BrokerSettings``' default).
+PRODUCTION_VISIBILITY_S = BrokerSettings().visibility_timeout_s
 
 
 @dataclass
@@ -87,24 +86,26 @@ class NaiveWorker:
         self.counter_key = f"{self.prefix}executions"
         self.folder = folder / f"naive-{visibility_s}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        # A short visibility timeout needs the time limit and retry cap below it (WorkerSettings).
+        # A short visibility timeout needs the time limit and retry cap below it (Settings checks).
         limit = min(600, max(1, visibility_s // 3))
         worker_settings = WorkerSettings(
-            broker_visibility_timeout_s=visibility_s,
             task_time_limit_s=limit,
             retry_backoff_max_s=limit,
-            broker_key_prefix=self.prefix,
             ping_dir=self.folder / "pings",
         )
         # The probe needs no database; the URL only places the worker's var/ folder.
         settings = Settings(
-            database_url=f"sqlite:///{self.folder / 'var' / 'unused.db'}", broker_url=redis_url
+            database=DatabaseSettings(url=f"sqlite:///{self.folder / 'var' / 'unused.db'}"),
+            broker=BrokerSettings(
+                url=redis_url, visibility_timeout_s=visibility_s, key_prefix=self.prefix
+            ),
+            worker=worker_settings,
         )
-        self.app: Celery = create_app(settings, worker_settings)
+        self.app: Celery = create_app(settings)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
         env.update(
             {
-                "AFTERSALES_DATABASE_URL": settings.database_url,
+                "AFTERSALES_DATABASE_URL": settings.database.url,
                 "AFTERSALES_BROKER_URL": redis_url,
                 "AFTERSALES_BROKER_KEY_PREFIX": self.prefix,
                 "AFTERSALES_BROKER_VISIBILITY_TIMEOUT_S": str(visibility_s),
@@ -115,10 +116,10 @@ class NaiveWorker:
                 "PYTHONPATH": str(ROOT),
             }
         )
-        # The production worker command line (tasks.worker.worker_argv, prefork on Redis) plus
-        # the probe module. WARNING: 50,000 "Received task" lines would only cost CPU.
+        # The production worker command line (entrypoints.worker.worker_argv, prefork on Redis)
+        # plus the probe module. WARNING: 50,000 "Received task" lines would only cost CPU.
         argv = worker_argv(self.app, concurrency=concurrency, loglevel="WARNING")
-        command = [sys.executable, "-m", "celery", "-A", "tasks.celery_entry", *argv]
+        command = [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", *argv]
         self.log = self.folder / "worker.log"
         self.process = ChildProcess(
             [*command, "--include=bench.countdown_probe"], self.log, env=env, cwd=self.folder

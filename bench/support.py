@@ -35,10 +35,10 @@ from rich.progress import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from config.settings import Settings
+from config.settings import DatabaseSettings, Settings
+from entrypoints.worker import default_concurrency
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
-from tasks.worker import default_concurrency
 from workflow.model import Actor
 from workflow.service import CaseService
 from workflow.states import Role
@@ -403,7 +403,9 @@ def print_machine(console: Console, facts: dict[str, str]) -> None:
 
 def add_concurrency_option(parser: argparse.ArgumentParser) -> None:
     """``--concurrency``: pool processes per worker, by default the worker's own on PostgreSQL."""
-    own = default_concurrency(Settings(database_url="postgresql://localhost/aftersales"))
+    own = default_concurrency(
+        Settings(database=DatabaseSettings(url="postgresql://localhost/aftersales"))
+    )
     parser.add_argument(
         "--concurrency",
         type=int,

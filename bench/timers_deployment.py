@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
 from entrypoints.processes import ChildProcess
 from tasks.app import create_app
-from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,8 +113,13 @@ def deployment(
         }
     )
     aftersales = str(Path(sys.executable).with_name("aftersales"))
-    settings = Settings(database_url=database_url, broker_url=redis_url, clock_file=clock_file)
-    app = create_app(settings, WorkerSettings(ping_dir=ping_dir))
+    settings = Settings(
+        database=DatabaseSettings(url=database_url),
+        broker=BrokerSettings(url=redis_url),
+        worker=WorkerSettings(ping_dir=ping_dir),
+        clock_file=clock_file,
+    )
+    app = create_app(settings)
     processes: list[ChildProcess] = []
 
     def start(name: str, *arguments: str) -> ChildProcess:

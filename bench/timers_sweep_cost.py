@@ -14,8 +14,8 @@ from rich.progress import Progress
 from bench import resources, support
 from bench.timers_seeding import Seeded
 from config.policy import load_policy
+from config.settings import WorkerSettings
 from persistence.uow import SqlUnitOfWorkFactory, _Statements
-from tasks.settings import WorkerSettings
 from workflow.clock import FakeClock
 from workflow.service import CaseService
 

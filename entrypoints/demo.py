@@ -21,8 +21,8 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from config.settings import Settings, sqlite_url
-from entrypoints import bootstrap, render, views
+from config.settings import DatabaseSettings, Settings, sqlite_url
+from entrypoints import composition, render, views
 from workflow.clock import FakeClock
 from workflow.errors import PolicyRefusal
 from workflow.model import SYSTEM, Actor
@@ -325,14 +325,14 @@ SCENARIOS: tuple[Callable[[_Script], Outcome], ...] = (
 def run(db_path: Path, console: Console | None = None) -> list[Outcome]:
     """Run every scenario on a fresh SQLite file at ``db_path``; print them if ``console``."""
     # Explicit values, not the environment: the demo always shows the default policy.
-    settings = Settings(database_url=sqlite_url(db_path), policy_file=None)
-    bootstrap.recreate_embedded_database(settings)
+    settings = Settings(database=DatabaseSettings(url=sqlite_url(db_path)), policy_file=None)
+    composition.recreate_embedded_database(settings)
     clock = FakeClock(START)
-    service = bootstrap.build_service(settings, clock)
+    service = composition.build_service(settings, clock)
     script = _Script(service, clock, console)
     if console is not None:
         console.print(
-            f"[bold]after-sales demo[/] on {bootstrap.display_url(settings.database_url)}, "
+            f"[bold]after-sales demo[/] on {composition.display_url(settings.database.url)}, "
             f"simulated clock from {views.local(START, script.zone)}"
         )
     outcomes = [scenario(script) for scenario in SCENARIOS]

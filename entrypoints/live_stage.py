@@ -28,15 +28,20 @@ from rich.table import Table
 from rich.text import Text
 
 from adapters.fake_gateways import build_fake_gateways
-from config.gateways import GatewaySettings
-from config.settings import Settings, sqlite_url
-from entrypoints import bootstrap, render, views
+from config.settings import (
+    BrokerSettings,
+    DatabaseSettings,
+    FakeGatewaySettings,
+    Settings,
+    WorkerSettings,
+    sqlite_url,
+)
+from entrypoints import composition, render, views
 from entrypoints.demo import BUYER, MERCHANT, START, Outcome
 from entrypoints.processes import ChildProcess
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from tasks.producer import INGEST_TASK, make_envelope
-from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
 from workflow.errors import PolicyRefusal
 from workflow.model import RefundRoute, TransitionRecord
@@ -86,16 +91,27 @@ class DemoFailed(Exception):
 
 def _settings(folder: Path) -> Settings:
     """Explicit values, not the environment: the embedded broker and the default policy."""
-    database_url = sqlite_url(folder / "aftersales.db")
     return Settings(
-        database_url=database_url, policy_file=None, broker_url=None, clock_file=folder / "clock"
+        database=DatabaseSettings(url=sqlite_url(folder / "aftersales.db")),
+        policy_file=None,
+        broker=BrokerSettings(
+            url=None,
+            key_prefix="",
+            polling_interval_s=WORKER_TUNING["broker_polling_interval_s"],
+        ),
+        clock_file=folder / "clock",
+        worker=WorkerSettings(
+            ping_dir=folder / "worker-pings",
+            timer_sweep_interval_s=WORKER_TUNING["timer_sweep_interval_s"],
+            outbox_relay_interval_s=WORKER_TUNING["outbox_relay_interval_s"],
+        ),
     )
 
 
 def _worker_env(folder: Path) -> dict[str, str]:
     """The worker's environment: ours without any ``AFTERSALES_*``, plus the demo's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
-    env["AFTERSALES_DATABASE_URL"] = _settings(folder).database_url
+    env["AFTERSALES_DATABASE_URL"] = _settings(folder).database.url
     env["AFTERSALES_CLOCK_FILE"] = str(folder / "clock")
     for name, value in WORKER_TUNING.items():
         env[f"AFTERSALES_{name.upper()}"] = str(value)
@@ -118,7 +134,7 @@ def prepare(folder: Path) -> Path:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    bootstrap.recreate_embedded_database(_settings(folder))
+    composition.recreate_embedded_database(_settings(folder))
     FileClock(str(folder / "clock")).set(START)
     return folder
 
@@ -241,17 +257,8 @@ class Stage:
         self.clock = FileClock(str(folder / "clock"))
         # Events go through an app with the worker's broker settings (the embedded broker has
         # no URL of its own): the same ``send_task(INGEST_TASK, ...)`` producers make.
-        self.broker = create_app(
-            self.settings,
-            WorkerSettings(
-                ping_dir=folder / "worker-pings",
-                broker_key_prefix="",
-                timer_sweep_interval_s=WORKER_TUNING["timer_sweep_interval_s"],
-                outbox_relay_interval_s=WORKER_TUNING["outbox_relay_interval_s"],
-                broker_polling_interval_s=WORKER_TUNING["broker_polling_interval_s"],
-            ),
-        )
-        self.service = bootstrap.build_service(
+        self.broker = create_app(self.settings)
+        self.service = composition.build_service(
             self.settings, self.clock, outbox_written=lambda: self.broker.send_task(RELAY_TASK)
         )
         self.zone = ZoneInfo(self.service.policy.timezone)
@@ -476,7 +483,7 @@ class Stage:
         wanted = dict(expected or {"applied": len(waiting)})
         counted = {status: statuses.count(status) for status in set(statuses)}
         if counted != wanted:
-            letters = bootstrap.build_event_service(self.settings, self.service).dead_letters()
+            letters = composition.build_event_service(self.settings, self.service).dead_letters()
             told = "; ".join(f"{d.event_id}: {d.reason}" for d in letters)
             raise DemoFailed(
                 f"events ended {counted}, expected {wanted}"
@@ -525,7 +532,7 @@ class Stage:
     def paid(self, sample: Sample) -> str:
         """What the fake payment gateway's ledger holds for the case: one payment."""
         gateways = build_fake_gateways(
-            GatewaySettings(ledger_url=None), self.settings.database_url, self.clock
+            FakeGatewaySettings(ledger_url=None), self.settings.database.url, self.clock
         )
         count = gateways.payments.payments_count(sample.id)
         if count != 1:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with a Python >= 3.11 and installs the project into it (editable, with dev tools).
+# Creates .venv with a Python >= 3.11 and installs into it the exact versions of requirements.lock
+# (hash-checked; the dev tools included), then the project itself, editable, with --no-deps: the
+# ranges of pyproject.toml never pick a version here (`make lock` updates the lock, see README).
 # Works on a bare Debian/Ubuntu where python3-venv (ensurepip) is missing: then the venv is made
 # without pip and pip is bootstrapped from its wheel on PyPI, which runs as a zip.
 set -euo pipefail
@@ -35,6 +37,7 @@ PY
     "$VENV/bin/python" "$wheel/pip" install -q "$wheel"
   fi
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+"$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
+# setuptools and wheel come from the lock too, so the build needs nothing unpinned.
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 touch "$VENV/.installed"

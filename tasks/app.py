@@ -15,13 +15,12 @@ from typing import Any
 from celery import Celery, Task
 from kombu import Queue
 
-from config.settings import Settings
+from config.settings import Settings, WorkerSettings
 from tasks.broker import BrokerConfig, broker_config, var_dir
 from tasks.coalesce import COALESCE_MAX_KEY
 from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
 from tasks.schedule import beat_schedule
-from tasks.settings import WorkerSettings
 
 #: Modules holding ``@shared_task`` definitions; add each new one here.
 TASK_MODULES: tuple[str, ...] = (
@@ -40,17 +39,18 @@ DEFAULT_QUEUE = "celery"
 TIMERS_QUEUE = "timers"
 SWEEP_TASK = "aftersales.sweep_timers"
 
-#: The ``app.conf`` key holding ``WorkerSettings.retry_backoff_max_s`` for ``retry_countdown``.
+#: The ``app.conf`` key holding ``Settings.worker.retry_backoff_max_s`` for ``retry_countdown``.
 RETRY_CAP_KEY = "aftersales_retry_backoff_max_s"
 #: The file in ``<var>`` where beat keeps each entry's last run (so a restart does not re-send).
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 
 
-def create_app(settings: Settings, worker: WorkerSettings | None = None) -> Celery:
-    """A configured app; ``worker`` defaults to ``WorkerSettings()`` read from the environment."""
-    worker = worker if worker is not None else WorkerSettings()
-    broker = broker_config(settings.broker_url, settings.database_url, worker)
-    var = var_dir(settings.database_url)
+def create_app(settings: Settings) -> Celery:
+    """A configured app. The tasks it runs read the services from ``tasks.runtime``, which the
+    composition root installs (``entrypoints.composition.worker_app``)."""
+    worker = settings.worker
+    broker = broker_config(settings)
+    var = var_dir(settings.database.url)
 
     app = Celery("aftersales")
     app.conf.update(celery_config(broker, worker))
@@ -91,7 +91,7 @@ def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any
         # Tasks report through the database; nobody waits on a result.
         "task_ignore_result": True,
         "result_backend": None,
-        # Kept below the visibility timeout (WorkerSettings checks): a task still running when
+        # Kept below the visibility timeout (Settings checks): a task still running when
         # the broker gives its message to another worker would run twice at once.
         "task_time_limit": worker.task_time_limit_s,
         "task_soft_time_limit": max(1, worker.task_time_limit_s * 9 // 10),

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy.engine import make_url
 
-from tasks.settings import WorkerSettings
+from config.settings import BrokerSettings, Settings
 
 #: Import path of the embedded transport, handed to kombu as the connection's ``transport``.
 SPOOL_TRANSPORT = "tasks.spool:Transport"
@@ -48,41 +48,40 @@ def var_dir(database_url: str) -> Path:
     return (Path.cwd() / "var").resolve()
 
 
-def broker_config(
-    broker_url: str | None, database_url: str, worker: WorkerSettings
-) -> BrokerConfig:
+def broker_config(settings: Settings) -> BrokerConfig:
+    broker, broker_url = settings.broker, settings.broker.url
     if broker_url is None or not broker_url.strip():
-        return _spool(var_dir(database_url) / "broker", worker)
+        return _spool(var_dir(settings.database.url) / "broker", broker)
     parsed = urlparse(broker_url)
     if parsed.scheme == "filesystem":
         if not parsed.path or parsed.path == "/":
-            return _spool(var_dir(database_url) / "broker", worker)
-        return _spool(Path(parsed.path), worker)
+            return _spool(var_dir(settings.database.url) / "broker", broker)
+        return _spool(Path(parsed.path), broker)
     if parsed.scheme in ("redis", "rediss"):
-        return BrokerConfig(url=broker_url, transport_options=_redis_options(worker))
+        return BrokerConfig(url=broker_url, transport_options=_redis_options(broker))
     return BrokerConfig(url=broker_url)
 
 
-def _spool(folder: Path, worker: WorkerSettings) -> BrokerConfig:
+def _spool(folder: Path, broker: BrokerSettings) -> BrokerConfig:
     return BrokerConfig(
         url=SPOOL_URL,
         transport=SPOOL_TRANSPORT,
         transport_options={
             "data_folder": str(folder.expanduser().resolve()),
-            "visibility_timeout": worker.broker_visibility_timeout_s,
-            "polling_interval": worker.broker_polling_interval_s,
+            "visibility_timeout": broker.visibility_timeout_s,
+            "polling_interval": broker.polling_interval_s,
         },
     )
 
 
-def _redis_options(worker: WorkerSettings) -> dict[str, Any]:
-    timeout = worker.broker_visibility_timeout_s
+def _redis_options(broker: BrokerSettings) -> dict[str, Any]:
+    timeout = broker.visibility_timeout_s
     options: dict[str, Any] = {"visibility_timeout": timeout}
     if timeout < 1000:
         # kombu scans for expired messages every 10 s x 10 polls; with a short timeout (tests)
         # that would leave a killed worker's messages waiting for minutes.
         options["unacked_restore_interval"] = max(1, timeout // 10)
         options["unacked_restore_throttle"] = 1
-    if worker.broker_key_prefix:
-        options["global_keyprefix"] = worker.broker_key_prefix
+    if broker.key_prefix:
+        options["global_keyprefix"] = broker.key_prefix
     return options

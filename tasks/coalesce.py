@@ -1,43 +1,25 @@
 """Single-event messages applied together by the prefork worker that fetched them.
 
-A producer that sends one event per message (``aftersales.ingest_event``) paid a transaction,
-a commit and a pool round trip per event, where a batch message (``aftersales.ingest_events``)
-shares them among up to a hundred: on the 2-core bench machine a pool child spent about 1.9 ms
-of CPU per single event against 0.6 ms per batched one (BENCHMARKS.md, benchmark 2). So the
-worker's main process, which receives every message, hands single events to the pool as jobs
-of its own (``tasks.events.apply_coalesced``: ``EventService.ingest_many``, a savepoint each, one
-commit), at most one job per two pool processes at a time: the pool has two processes per core
-so that waits on the database overlap, but a job of many events keeps its core busy, and the
-other half of the pool stays free for relays, notifications and sweeps. An event that arrives
-when a job may start goes at once, alone; the ones that arrive while the jobs run wait and go
-together in the next, at most as long as a running job (milliseconds; benchmark 2 measured
-p50 / p99 9 / 63 ms at the pace where one event per message gave 8 / 44 ms).
+A Celery task strategy for ``aftersales.ingest_event`` (docs/adr/0003): the worker's main
+process hands waiting single events to the pool as one job (``tasks.events.apply_coalesced``),
+acknowledges each message after its job returned, and hands each message of a failed job to
+Celery's own path. The fence around Celery's worker internals:
 
-It is a Celery task strategy (``Task.Strategy``, built per consumer start by
-``Consumer.update_strategies``; celery/worker/strategy.py ``default`` is the model), so the
-messages stay Celery's: received, reserved, acknowledged and requeued by its machinery.
-
-- **Acknowledged late, as before.** A message is acknowledged when the job that applied its
-  event has returned; until then it is an unacknowledged delivery, which the broker gives back
-  if this worker dies (Redis: after the visibility timeout; at once on a warm shutdown), like a
-  prefetched message.
-- **Any failure falls back to Celery's own path.** If a job raises (the database is down), its
-  child dies, or it passes the time limit, each of its messages is handed to
-  ``consumer.on_task_request``, the default strategy's last step, and runs alone with the task's
-  retries, dead letters and worker-lost requeue, exactly as if it had never been held. Events
-  that did commit are then recognised as duplicates (the dedupe record).
-- **Only plain first deliveries are held.** A message with an ETA or expiry (a retry), one
-  the broker redelivered, or one whose arguments are not one envelope goes the default way,
-  so a poison event cannot take a job's other events with it twice.
-- **Bounded.** The worker's prefetch stays one message per process; each held message raises
-  it by one (``QoS.increment_eventually``, as Celery does for ETA tasks) up to
-  ``event_coalesce_max`` (``AFTERSALES_EVENT_COALESCE_MAX``), and gives it back when done. So a
-  worker takes at most that many messages more than it would have, and a job carries at most
-  that many events. 0 turns coalescing off.
-
-Only the prefork pool coalesces: its callbacks run in the main process's event loop, as the
-strategy does, so the bookkeeping here needs no lock. The threads and solo pools (the embedded
-broker's) keep the default strategy.
+- Relies on: ``celery.worker.strategy.default`` (the model, and the fall-back handler),
+  ``create_request_cls``, ``Consumer.on_task_request``, ``consumer.qos``'s
+  ``increment_eventually``/``decrement_eventually`` (kombu ``QoS``), ``consumer.controller.state
+  .revoked``, ``celery.worker.state.task_reserved``/``task_ready``, ``trace.LOG_RECEIVED``/
+  ``LOG_SUCCESS``, billiard's ``apply_async`` options (``callback``, ``error_callback``,
+  ``timeout``, ``soft_timeout``) and ``TaskPool.num_processes``. Checked by
+  ``tests/unit/test_library_fences.py``.
+- Measured: benchmark 2 (``python -m bench.events_e2e --rounds 3 --latency-seconds 0 --batch 0
+  --http 0``), single events 45.4-53.9% of the no-op task without it, 84.0-87.3% with it, side
+  by side on one host.
+- Upstream: Celery has no batching strategy; ``celery/worker/strategy.py`` ``default`` (celery
+  5.7.0) is what this follows. celery-batches does not fit (docs/adr/0007).
+- Delete when: Celery ships a strategy that applies several messages in one pool job with an
+  ack per message after the job and a per-message fall-back, or when producers send batches
+  (``aftersales.ingest_events``) only.
 """
 
 from __future__ import annotations
@@ -69,7 +51,11 @@ Handler = Callable[..., Any]
 
 def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Handler:
     """``Task.Strategy`` of ``aftersales.ingest_event``: the coalescing handler on a prefork
-    pool with ``event_coalesce_max`` of 2 or more, Celery's default otherwise."""
+    pool with ``event_coalesce_max`` of 2 or more, Celery's default otherwise.
+
+    Only prefork coalesces: its callbacks run in the main process's event loop, as the strategy
+    does, so the bookkeeping needs no lock. The threads and solo pools (the embedded broker's)
+    keep the default strategy."""
     default: Handler = celery_strategy.default(task, app, consumer, **kwargs)
     limit = int(app.conf.get(COALESCE_MAX_KEY) or 0)
     if limit < 2 or not isinstance(consumer.pool, PreforkPool):
@@ -78,7 +64,7 @@ def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Handler:
 
 
 class Coalescer:
-    """The message handler of one consumer start (see the module doc)."""
+    """The message handler of one consumer start: waits, jobs, acknowledgements, fall-back."""
 
     def __init__(self, task: Task, app: Celery, consumer: Any, limit: int, default: Handler):
         self._task = task
@@ -97,19 +83,21 @@ class Coalescer:
             app=app,
         )
         self._logs_info = celery_strategy.logger.isEnabledFor(logging.INFO)
-        #: Held requests not handed to the pool yet, oldest first.
+        #: Requests waiting for a job, oldest first.
         self._waiting: deque[Any] = deque()
         #: Jobs handed to the pool and not returned.
         self._running = 0
-        #: The QoS each held request raised, by the request object's identity (two deliveries
-        #: may carry one task id), given back when it is done.
-        self._raised: dict[int, Any] = {}
+        #: The QoS whose prefetch each waiting request raised, by the request object's identity
+        #: (two deliveries may carry one task id), given back when it is done.
+        self._prefetch_raised: dict[int, Any] = {}
 
     # -- receiving ------------------------------------------------------------------------------
     def handle(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any
     ) -> None:
         headers = message.headers or {}
+        # Only plain first deliveries wait for a job: a retry (ETA, expiry), a redelivery or
+        # another shape goes Celery's way, so a poison event cannot fail a job twice.
         if (
             body is not None
             or "args" in message.payload
@@ -154,10 +142,12 @@ class Coalescer:
         if _envelope(request) is None:
             self._consumer.on_task_request(request)
             return
-        if len(self._raised) < self._limit:
+        # Each waiting message raises the prefetch by one (as Celery does for ETA tasks), up to
+        # the limit, so the worker still fetches while messages wait.
+        if len(self._prefetch_raised) < self._limit:
             qos = self._consumer.qos
             qos.increment_eventually()
-            self._raised[id(request)] = qos
+            self._prefetch_raised[id(request)] = qos
         self._waiting.append(request)
         self._dispatch()
 
@@ -184,7 +174,8 @@ class Coalescer:
                 return
 
     def _jobs_at_once(self) -> int:
-        """One job per two pool processes (see the module doc), at least one."""
+        """One job per two pool processes, at least one: a job of many events keeps its core
+        busy, and the other half of the pool stays free for relays, notices and sweeps."""
         processes = int(getattr(self._consumer.pool, "num_processes", 1) or 1)
         return max(1, processes // 2)
 
@@ -239,7 +230,7 @@ class Coalescer:
         self._dispatch()
 
     def _give_back(self, request: Any) -> None:
-        qos = self._raised.pop(id(request), None)
+        qos = self._prefetch_raised.pop(id(request), None)
         # After a reconnection the consumer has a new QoS: the old one is gone with its channel.
         if qos is not None and qos is self._consumer.qos:
             qos.decrement_eventually()

@@ -1,32 +1,27 @@
-"""The worker's broker consumer: Celery's, with a fix that lets it reconnect after Redis went away
-while it held a task (``app.conf.worker_consumer``).
+"""The worker's broker consumer: Celery's, able to reconnect after Redis went away while it
+held a task (``app.conf.worker_consumer``).
 
-The bug (celery 5.7.0 with kombu 5.7.0, the newest releases; reproduced by
-``tests/workers/test_faults.py::test_a_worker_running_a_task_reconnects_after_a_redis_restart``):
-when the connection to Redis breaks, ``celery.worker.consumer.Consumer.
-on_connection_error_after_connected`` runs ``connection.collect()`` and then
-``connection.close()``. If the worker had a BRPOP outstanding (a pool slot free) the Redis
-channel's ``close()`` (``kombu/transport/redis.py`` ``Channel.close``) first reads that BRPOP's
-reply to keep a message it may carry; on a dead socket the read raises ``ConnectionError``, which
-leaves ``close()`` before the channel is marked closed. ``collect()`` swallows that error and then
-drops ``transport.client``. The second ``close()`` finds the channel still open, goes on to
-requeue the unacknowledged messages (the running task, acks_late) through a new Redis client
-built from ``transport.client``, now ``None``: ``AttributeError: 'NoneType' object has no
-attribute 'hostname'`` in ``Channel._connparams``. ``kombu.common.ignore_errors`` lets only
-connection errors pass, so Celery reports an "Unrecoverable error" and shuts the worker (and a
-beat inside it) down instead of reconnecting.
+The bug (celery 5.7.0, kombu 5.7.0): on a broken Redis connection Celery's
+``Consumer.on_connection_error_after_connected`` runs ``connection.collect()`` then
+``connection.close()``. With a BRPOP outstanding, the Redis ``Channel.close()`` first reads its
+reply; on the dead socket that raises before the channel is marked closed. ``collect()``
+swallows it and drops ``transport.client``; the second ``close()`` then requeues the
+unacknowledged messages through a client built from ``None`` (``AttributeError: 'NoneType'
+object has no attribute 'hostname'``) and Celery shuts the worker down. The fix finishes each
+channel's interrupted BRPOP read first, so the first ``close()`` completes (docs/adr/0005).
 
-The fix: before Celery's cleanup, finish each channel's interrupted BRPOP read ourselves and
-drop its connection error (the reply died with the socket; there is nothing left to read). Then
-the first ``close()`` runs to its end and marks the channel closed, so the second does nothing.
-The unacknowledged messages stay in Redis's ``unacked`` hash (when Redis kept them) and come back
-after the visibility timeout, as after any connection loss; the running task goes on (its ack
-is lost; ``worker_cancel_long_running_tasks_on_connection_loss`` is off, see ``tasks.app``).
+The fence around kombu's Redis channel internals:
 
-No released kombu or celery changes this path: kombu's ``main`` (read at commit 9ee8595b,
-kombu/transport/redis.py) still has ``_brpop_read`` re-raise before ``close()`` marks the channel
-closed, and celery 5.7.0 added the ``collect()`` + ``close()`` pair. Remove this module when a
-kombu release makes ``Channel.close`` finish on a dead BRPOP.
+- Relies on: ``Consumer.on_connection_error_after_connected(exc)``, ``connection._transport
+  .channels``, the Redis ``Channel._in_poll`` and ``Channel._brpop_read()``,
+  ``channel.connection_errors``. Checked by ``tests/unit/test_library_fences.py``.
+- Measured: ``tests/workers/test_faults.py::test_a_worker_running_a_task_reconnects_after_a_
+  redis_restart`` fails without it; with it every worker reconnected after each of the 6 Redis
+  restarts of ``python -m bench.chaos_outages`` (21 reconnections for 3 workers, 2 runs).
+- Upstream: kombu ``main`` (read at 9ee8595b) ``kombu/transport/redis.py``: ``_brpop_read``
+  re-raises before ``Channel.close`` marks the channel closed.
+- Delete when: a kombu release makes ``Channel.close`` finish on a dead BRPOP (the test above
+  then passes without this class).
 """
 
 from __future__ import annotations

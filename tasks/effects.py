@@ -1,15 +1,15 @@
 """Side-effect tasks: one per outbox topic family, each a few lines around EffectService.
 
 Gateways that are down (``GatewayUnavailable``: outcome unknown) are retried with the capped
-backoff of ``workflow.effects.TASK_RETRY``; the cap stays far below the broker's visibility
+backoff of ``tasks.publish.TASK_RETRY``; the cap stays far below the broker's visibility
 timeout. A task that waits to retry postpones its outbox row, so the relay's redelivery (for
 messages the broker lost) starts counting from the retry, not from the first publish. When
 retries run out the case takes its slow path (``EffectService.handle_exhausted``).
 
 Notices (the notifications of ``case.transitioned`` and the like) come from the relay many to
 a message (``aftersales.notify_many``): one task, one delivery call and one completing
-transaction for up to ``tasks.runtime.NOTICES_PER_MESSAGE`` rows, where one row per task cost
-three messages' worth of work per transition (benchmark 2 in BENCHMARKS.md).
+transaction for up to ``tasks.publish.NOTICES_PER_MESSAGE`` rows, where one row per task cost
+three messages' worth of work per transition (docs/adr/0009).
 """
 
 from __future__ import annotations
@@ -20,17 +20,15 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from tasks.runtime import runtime
-from workflow.effects import (
+from tasks.publish import (
     TASK_BOOK_PICKUP,
     TASK_EXECUTE_REFUND,
     TASK_NOTIFY,
     TASK_NOTIFY_MANY,
     TASK_RETRY,
-    GatewayUnavailable,
-    RetryPolicy,
-    entry_from_message,
 )
+from tasks.runtime import runtime
+from workflow.effects import GatewayUnavailable, RetryPolicy, entry_from_message
 from workflow.errors import Conflict
 
 logger = logging.getLogger(__name__)

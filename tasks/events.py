@@ -19,7 +19,7 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from entrypoints.bootstrap import SetupError
+from config.errors import SetupError
 from tasks.runtime import runtime
 from workflow.errors import Conflict
 

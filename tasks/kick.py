@@ -8,7 +8,7 @@ whatever happens to it. So it never raises into a request or a task, and never h
 broker: a background thread sends it, and the commits made while one send is under way (and,
 with ``min_interval_s``, for that long after it) coalesce into one more message. A relay
 publishes every pending row, so one kick serves them all: in a worker applying hundreds of
-events a second, a kick per commit cost as much as the event (benchmark 2 in BENCHMARKS.md).
+events a second, a kick per commit cost as much as the event (docs/adr/0009).
 """
 
 from __future__ import annotations

@@ -1,45 +1,31 @@
-"""Per-process wiring for worker processes: the services tasks call, built on first use.
+"""The services the tasks call, built once per worker process by the composition root.
 
-Celery's prefork pool forks children from the main worker process; database engines and
-connection pools must not cross a fork, so nothing is built at import and the cache is cleared
-in every new child (``worker_process_init``).
+The tasks never wire anything: the module Celery loads (``entrypoints/celery_app.py``, or
+``aftersales worker``) installs a builder with ``install``, and ``runtime()`` calls it on first
+use. Celery's prefork pool forks children from the main worker process; database engines and
+connection pools must not cross a fork, so the built runtime is forgotten in every new child
+(``worker_process_init``) and built again there, from the builder inherited with the fork.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from celery import current_app
 from celery.signals import worker_process_init
 
-from adapters.fake_gateways import FakeGateways, build_fake_gateways
-from config.gateways import get_gateway_settings
-from config.settings import Settings, get_settings
-from entrypoints.bootstrap import build_event_service, build_service, make_engine_for
-from persistence.uow import SqlUnitOfWorkFactory
-from tasks.kick import RelayKicker
-from tasks.settings import WorkerSettings
-from workflow.clock import Clock, FileClock, SystemClock
-from workflow.effects import (
-    TASK_NOTIFY,
-    TASK_NOTIFY_MANY,
-    EffectService,
-    effects_for_topic,
-    entry_to_message,
-)
-from workflow.events import EventService
-from workflow.model import OutboxEntry
+from adapters.fake_gateways import FakeGateways
+from config.settings import WorkerSettings
+from tasks.resender import UnconfirmedEvents
+from workflow.clock import Clock
+from workflow.effects import EffectService
+from workflow.events.ingestion import EventService
 from workflow.relay import OutboxRelay
 from workflow.service import CaseService
-from workflow.unconfirmed import UnconfirmedEvents
 
 
 @dataclass
 class Runtime:
-    settings: Settings
     worker: WorkerSettings
     clock: Clock
     cases: CaseService
@@ -51,13 +37,26 @@ class Runtime:
     unconfirmed: UnconfirmedEvents | None = None
 
 
+_builder: Callable[[], Runtime] | None = None
 _runtime: Runtime | None = None
+
+
+def install(builder: Callable[[], Runtime]) -> None:
+    """Make ``builder`` the way this process (and the pool children it forks) gets its
+    runtime; one built before is forgotten."""
+    global _builder, _runtime
+    _builder, _runtime = builder, None
 
 
 def runtime() -> Runtime:
     global _runtime
     if _runtime is None:
-        _runtime = build_runtime(get_settings())
+        if _builder is None:
+            raise RuntimeError(
+                "no runtime installed: start workers through entrypoints.celery_app "
+                "(or aftersales worker), which install one"
+            )
+        _runtime = _builder()
     return _runtime
 
 
@@ -65,53 +64,3 @@ def runtime() -> Runtime:
 def _forget_parent_runtime(**_: object) -> None:
     global _runtime
     _runtime = None
-
-
-def build_runtime(settings: Settings) -> Runtime:
-    # transitions logs every state callback at INFO: one line per transition per worker.
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-    clock: Clock = FileClock(str(settings.clock_file)) if settings.clock_file else SystemClock()
-    worker = WorkerSettings()
-    kicker = RelayKicker(current_app, min_interval_s=worker.relay_kick_interval_s)
-    cases = build_service(settings, clock, outbox_written=kicker)
-    gateways = build_fake_gateways(get_gateway_settings(), settings.database_url, clock)
-    effects = EffectService(
-        cases, gateways.carrier, gateways.payments, gateways.notifier, gateways.shipper, clock
-    )
-    relay = OutboxRelay(SqlUnitOfWorkFactory(make_engine_for(settings)), publish, clock)
-    return Runtime(
-        settings,
-        worker,
-        clock,
-        cases,
-        build_event_service(settings, cases),
-        effects,
-        relay,
-        gateways,
-        _unconfirmed(settings, worker),
-    )
-
-
-def _unconfirmed(settings: Settings, worker: WorkerSettings) -> UnconfirmedEvents | None:
-    from tasks.unconfirmed import ledger_for  # its task module imports this one
-
-    return ledger_for(settings, worker)
-
-
-#: The most notices one ``aftersales.notify_many`` message carries.
-NOTICES_PER_MESSAGE = 100
-
-
-def publish(entries: Sequence[OutboxEntry]) -> None:
-    """Hand outbox rows to the tasks that perform their effects: notices many to a message,
-    every other row (pickups, refunds: each with retries of its own) alone."""
-    notices: list[dict[str, Any]] = []
-    for entry in entries:
-        task = effects_for_topic[entry.topic]
-        if task == TASK_NOTIFY:
-            notices.append(entry_to_message(entry))
-        else:
-            current_app.send_task(task, args=[entry_to_message(entry)])
-    for start in range(0, len(notices), NOTICES_PER_MESSAGE):
-        chunk = notices[start : start + NOTICES_PER_MESSAGE]
-        current_app.send_task(TASK_NOTIFY_MANY, args=[chunk])

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.settings import WorkerSettings
+from config.settings import WorkerSettings
 
 
 @dataclass(frozen=True)

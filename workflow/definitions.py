@@ -1,11 +1,11 @@
-"""The case state machines, declared as data.
+"""The case state machines, declared as data: ``RULES`` (one row per trigger, sources, destination,
+roles, case types, routing condition; the first row whose condition holds wins), ``TIMERS`` (the
+deadline each state arms) and ``FOLLOW_UPS`` (a system trigger fired on entering a state).
 
-``RULES`` is the transition table: one row per (trigger, sources, destination), with the roles that
-may fire it, the case types it applies to, and an optional routing condition. When a trigger has
-several rows for the same source, the first whose condition holds wins (that is how
-``transitions`` evaluates them too). ``TIMERS`` says which deadline a state arms, ``FOLLOW_UPS``
-which system trigger fires at once on entering a state. ``engine.py`` builds one
-``transitions.Machine`` per case type from these tables; ``diagram.py`` draws them.
+Timers fire their triggers from ``tasks/timers.py`` (``sweep_timers_task`` calls
+``CaseService.sweep_timers``, which runs ``engine.fire``), inbound events from
+``workflow/events/mapping.py`` (``EVENT_RULES``, applied by ``EventService.ingest``), people through
+``CaseService.fire``; docs/triggers.md lists each trigger's rows, guard, timer and firing code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from workflow.states import TERMINAL_STATES, CaseState, CaseType, Role
 
-S = CaseState
 ALL_TYPES: frozenset[CaseType] = frozenset(CaseType)
 RETURN_LEG: frozenset[CaseType] = frozenset(
     {CaseType.RETURN_REFUND, CaseType.EXCHANGE, CaseType.REPAIR}
@@ -61,87 +60,170 @@ def _refund_routes(
 ) -> list[Rule]:
     """Refund to the original channel while its window is open, else wait for a bank account."""
     return [
-        _rule(trigger, sources, S.REFUNDING, actors, types, when="refund_channel_open"),
-        _rule(trigger, sources, S.AWAITING_BANK_ACCOUNT, actors, types),
+        _rule(trigger, sources, CaseState.REFUNDING, actors, types, when="refund_channel_open"),
+        _rule(trigger, sources, CaseState.AWAITING_BANK_ACCOUNT, actors, types),
     ]
 
 
 _EXCHANGE = frozenset({CaseType.EXCHANGE})
 _REPAIR = frozenset({CaseType.REPAIR})
 _OUTBOUND = frozenset({CaseType.EXCHANGE, CaseType.REPAIR})
-_REFUND_AUTO = frozenset({CaseType.RETURN_REFUND, CaseType.REFUND_ONLY})
-_STALLABLE = (S.SHIPPED_BACK, S.SHIPPED_TO_BUYER, S.INSPECTED, S.AWAITING_BANK_ACCOUNT)
-_CANCELLABLE = (S.SUBMITTED, S.APPROVED, S.PICKUP, S.REJECTED, S.DISPUTED)
-_ADMIN_REFUNDABLE = tuple(s for s in OPEN_STATES if s not in (S.REFUNDING, S.AWAITING_BANK_ACCOUNT))
+_STALLABLE = (
+    CaseState.SHIPPED_BACK,
+    CaseState.SHIPPED_TO_BUYER,
+    CaseState.INSPECTED,
+    CaseState.AWAITING_BANK_ACCOUNT,
+)
+_CANCELLABLE = (
+    CaseState.SUBMITTED,
+    CaseState.APPROVED,
+    CaseState.PICKUP,
+    CaseState.REJECTED,
+    CaseState.DISPUTED,
+)
+_ADMIN_REFUNDABLE = tuple(
+    s for s in OPEN_STATES if s not in (CaseState.REFUNDING, CaseState.AWAITING_BANK_ACCOUNT)
+)
 
 RULES: tuple[Rule, ...] = (
     # Review (A.1 step 3; B: 48 h then auto-approve).
-    _rule("approve", S.SUBMITTED, S.APPROVED, MERCHANT),
-    _rule("auto_approve", S.SUBMITTED, S.APPROVED, SYSTEM),
-    _rule("reject", S.SUBMITTED, S.REJECTED, MERCHANT),
-    _rule("cancel", _CANCELLABLE, S.CANCELLED, BUYER),
+    _rule("approve", CaseState.SUBMITTED, CaseState.APPROVED, MERCHANT),
+    _rule("auto_approve", CaseState.SUBMITTED, CaseState.APPROVED, SYSTEM),
+    _rule("reject", CaseState.SUBMITTED, CaseState.REJECTED, MERCHANT),
+    _rule("cancel", _CANCELLABLE, CaseState.CANCELLED, BUYER),
     # After a rejection: revise and re-apply, ask the platform to intervene, or let it close.
-    _rule("revise", S.REJECTED, S.SUBMITTED, BUYER),
-    _rule("escalate", S.REJECTED, S.DISPUTED, BUYER),
-    _rule("expire_dispute_window", S.REJECTED, S.CLOSED, SYSTEM),
+    _rule("revise", CaseState.REJECTED, CaseState.SUBMITTED, BUYER),
+    _rule("escalate", CaseState.REJECTED, CaseState.DISPUTED, BUYER),
+    _rule("expire_dispute_window", CaseState.REJECTED, CaseState.CLOSED, SYSTEM),
     # Return leg (A.1 steps 3-5).
-    _rule("book_pickup", S.APPROVED, S.PICKUP, SYSTEM, RETURN_LEG),
-    _rule("ship_back", (S.APPROVED, S.PICKUP), S.SHIPPED_BACK, BUYER, RETURN_LEG),
-    _rule("record_pickup", (S.APPROVED, S.PICKUP), S.SHIPPED_BACK, CARRIER, RETURN_LEG),
-    _rule("expire_return", (S.APPROVED, S.PICKUP), S.CLOSED, SYSTEM, RETURN_LEG),
-    _rule("record_return_delivery", S.SHIPPED_BACK, S.RETURN_DELIVERED, CARRIER, RETURN_LEG),
+    _rule("book_pickup", CaseState.APPROVED, CaseState.PICKUP, SYSTEM, RETURN_LEG),
     _rule(
-        "confirm_receipt", (S.SHIPPED_BACK, S.RETURN_DELIVERED), S.RECEIVED, MERCHANT, RETURN_LEG
+        "ship_back",
+        (CaseState.APPROVED, CaseState.PICKUP),
+        CaseState.SHIPPED_BACK,
+        BUYER,
+        RETURN_LEG,
     ),
-    _rule("auto_receive", S.RETURN_DELIVERED, S.RECEIVED, SYSTEM, RETURN_LEG),
-    _rule("inspect", S.RECEIVED, S.INSPECTED, MERCHANT, RETURN_LEG),
-    _rule("deem_inspected", S.RECEIVED, S.INSPECTED, SYSTEM, RETURN_LEG),
-    _rule("fail_inspection", S.RECEIVED, S.REJECTED, MERCHANT, RETURN_LEG),
+    _rule(
+        "record_pickup",
+        (CaseState.APPROVED, CaseState.PICKUP),
+        CaseState.SHIPPED_BACK,
+        CARRIER,
+        RETURN_LEG,
+    ),
+    _rule(
+        "expire_return",
+        (CaseState.APPROVED, CaseState.PICKUP),
+        CaseState.CLOSED,
+        SYSTEM,
+        RETURN_LEG,
+    ),
+    _rule(
+        "record_return_delivery",
+        CaseState.SHIPPED_BACK,
+        CaseState.RETURN_DELIVERED,
+        CARRIER,
+        RETURN_LEG,
+    ),
+    _rule(
+        "confirm_receipt",
+        (CaseState.SHIPPED_BACK, CaseState.RETURN_DELIVERED),
+        CaseState.RECEIVED,
+        MERCHANT,
+        RETURN_LEG,
+    ),
+    _rule("auto_receive", CaseState.RETURN_DELIVERED, CaseState.RECEIVED, SYSTEM, RETURN_LEG),
+    _rule("inspect", CaseState.RECEIVED, CaseState.INSPECTED, MERCHANT, RETURN_LEG),
+    _rule("deem_inspected", CaseState.RECEIVED, CaseState.INSPECTED, SYSTEM, RETURN_LEG),
+    _rule("fail_inspection", CaseState.RECEIVED, CaseState.REJECTED, MERCHANT, RETURN_LEG),
     # Outcomes: refund, replacement (A.1 step 5), repair (A.5).
-    *_refund_routes("start_refund", S.APPROVED, SYSTEM, frozenset({CaseType.REFUND_ONLY})),
-    *_refund_routes("start_refund", S.INSPECTED, SYSTEM, frozenset({CaseType.RETURN_REFUND})),
-    *_refund_routes("convert_to_refund", S.INSPECTED, MERCHANT | SYSTEM, _OUTBOUND),
-    _rule("ship_replacement", S.INSPECTED, S.SHIPPED_TO_BUYER, MERCHANT, _EXCHANGE),
-    _rule("ship_repaired", S.INSPECTED, S.SHIPPED_TO_BUYER, MERCHANT, _REPAIR),
-    _rule("record_buyer_delivery", S.SHIPPED_TO_BUYER, S.DELIVERED_TO_BUYER, CARRIER, _OUTBOUND),
+    *_refund_routes("start_refund", CaseState.APPROVED, SYSTEM, frozenset({CaseType.REFUND_ONLY})),
+    *_refund_routes(
+        "start_refund", CaseState.INSPECTED, SYSTEM, frozenset({CaseType.RETURN_REFUND})
+    ),
+    *_refund_routes("convert_to_refund", CaseState.INSPECTED, MERCHANT | SYSTEM, _OUTBOUND),
+    _rule("ship_replacement", CaseState.INSPECTED, CaseState.SHIPPED_TO_BUYER, MERCHANT, _EXCHANGE),
+    _rule("ship_repaired", CaseState.INSPECTED, CaseState.SHIPPED_TO_BUYER, MERCHANT, _REPAIR),
+    _rule(
+        "record_buyer_delivery",
+        CaseState.SHIPPED_TO_BUYER,
+        CaseState.DELIVERED_TO_BUYER,
+        CARRIER,
+        _OUTBOUND,
+    ),
     _rule(
         "confirm_delivery",
-        (S.SHIPPED_TO_BUYER, S.DELIVERED_TO_BUYER),
-        S.EXCHANGED,
+        (CaseState.SHIPPED_TO_BUYER, CaseState.DELIVERED_TO_BUYER),
+        CaseState.EXCHANGED,
         BUYER,
         _EXCHANGE,
     ),
     _rule(
-        "confirm_delivery", (S.SHIPPED_TO_BUYER, S.DELIVERED_TO_BUYER), S.REPAIRED, BUYER, _REPAIR
+        "confirm_delivery",
+        (CaseState.SHIPPED_TO_BUYER, CaseState.DELIVERED_TO_BUYER),
+        CaseState.REPAIRED,
+        BUYER,
+        _REPAIR,
     ),
-    _rule("auto_confirm_delivery", S.DELIVERED_TO_BUYER, S.EXCHANGED, SYSTEM, _EXCHANGE),
-    _rule("auto_confirm_delivery", S.DELIVERED_TO_BUYER, S.REPAIRED, SYSTEM, _REPAIR),
+    _rule(
+        "auto_confirm_delivery",
+        CaseState.DELIVERED_TO_BUYER,
+        CaseState.EXCHANGED,
+        SYSTEM,
+        _EXCHANGE,
+    ),
+    _rule(
+        "auto_confirm_delivery", CaseState.DELIVERED_TO_BUYER, CaseState.REPAIRED, SYSTEM, _REPAIR
+    ),
     # Refund execution (A.4; B: refunds execute once).
-    _rule("confirm_refund", S.REFUNDING, S.REFUNDED, PAYMENT),
-    _rule("fail_refund", S.REFUNDING, S.REFUND_FAILED, PAYMENT),
-    _rule("retry_refund", S.REFUND_FAILED, S.REFUNDING, SYSTEM | ADMIN),
-    _rule("switch_to_bank_transfer", S.REFUND_FAILED, S.AWAITING_BANK_ACCOUNT, ADMIN),
-    _rule("provide_bank_account", S.AWAITING_BANK_ACCOUNT, S.REFUNDING, BUYER),
-    _rule("remind_bank_account", S.AWAITING_BANK_ACCOUNT, S.AWAITING_BANK_ACCOUNT, SYSTEM),
+    _rule("confirm_refund", CaseState.REFUNDING, CaseState.REFUNDED, PAYMENT),
+    _rule("fail_refund", CaseState.REFUNDING, CaseState.REFUND_FAILED, PAYMENT),
+    _rule("retry_refund", CaseState.REFUND_FAILED, CaseState.REFUNDING, SYSTEM | ADMIN),
+    _rule(
+        "switch_to_bank_transfer", CaseState.REFUND_FAILED, CaseState.AWAITING_BANK_ACCOUNT, ADMIN
+    ),
+    _rule("provide_bank_account", CaseState.AWAITING_BANK_ACCOUNT, CaseState.REFUNDING, BUYER),
+    _rule(
+        "remind_bank_account",
+        CaseState.AWAITING_BANK_ACCOUNT,
+        CaseState.AWAITING_BANK_ACCOUNT,
+        SYSTEM,
+    ),
     # Logistics problems (A.6): the carrier answers for the parcel; the platform steps in.
     _rule(
-        "report_parcel_lost", (S.SHIPPED_BACK, S.SHIPPED_TO_BUYER), S.DISPUTED, CARRIER, RETURN_LEG
+        "report_parcel_lost",
+        (CaseState.SHIPPED_BACK, CaseState.SHIPPED_TO_BUYER),
+        CaseState.DISPUTED,
+        CARRIER,
+        RETURN_LEG,
     ),
     _rule(
         "report_parcel_damaged",
-        (S.SHIPPED_BACK, S.SHIPPED_TO_BUYER),
-        S.DISPUTED,
+        (CaseState.SHIPPED_BACK, CaseState.SHIPPED_TO_BUYER),
+        CaseState.DISPUTED,
         CARRIER,
         RETURN_LEG,
     ),
     # Stalled deadlines escalate to the platform rather than waiting unseen.
-    _rule("escalate", _STALLABLE, S.DISPUTED, SYSTEM),
+    _rule("escalate", _STALLABLE, CaseState.DISPUTED, SYSTEM),
     # Platform rulings and corrective admin transitions (each with a mandatory reason).
-    _rule("rule_for_buyer", S.DISPUTED, S.INSPECTED, ADMIN, RETURN_LEG, when="goods_back"),
-    _rule("rule_for_buyer", S.DISPUTED, S.APPROVED, ADMIN),
-    _rule("rule_for_merchant", S.DISPUTED, S.CLOSED, ADMIN),
-    _rule("escalate", tuple(s for s in OPEN_STATES if s != S.DISPUTED), S.DISPUTED, ADMIN),
-    _rule("force_close", OPEN_STATES, S.CLOSED, ADMIN),
+    _rule(
+        "rule_for_buyer",
+        CaseState.DISPUTED,
+        CaseState.INSPECTED,
+        ADMIN,
+        RETURN_LEG,
+        when="goods_back",
+    ),
+    _rule("rule_for_buyer", CaseState.DISPUTED, CaseState.APPROVED, ADMIN),
+    _rule("rule_for_merchant", CaseState.DISPUTED, CaseState.CLOSED, ADMIN),
+    _rule(
+        "escalate",
+        tuple(s for s in OPEN_STATES if s != CaseState.DISPUTED),
+        CaseState.DISPUTED,
+        ADMIN,
+    ),
+    _rule("force_close", OPEN_STATES, CaseState.CLOSED, ADMIN),
     *_refund_routes("force_refund", _ADMIN_REFUNDABLE, ADMIN),
 )
 
@@ -167,46 +249,57 @@ class TimerSpec:
     binds: Role | None = None
 
 
+#: The deadline each state arms (``engine.timer_for``, on entering it); when it is due,
+#: ``tasks/timers.py`` ``sweep_timers_task`` fires its trigger (``CaseService.sweep_timers``).
 TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
-    S.SUBMITTED: (TimerSpec("merchant_review", "auto_approve", binds=Role.MERCHANT),),
+    CaseState.SUBMITTED: (TimerSpec("merchant_review", "auto_approve", binds=Role.MERCHANT),),
     # One deadline from approval to shipping, carried across the pickup booking.
-    S.APPROVED: (TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),),
-    S.PICKUP: (TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),),
-    S.SHIPPED_BACK: (TimerSpec("return_transit", "escalate"),),
-    S.RETURN_DELIVERED: (TimerSpec("merchant_receipt", "auto_receive", binds=Role.MERCHANT),),
-    S.RECEIVED: (TimerSpec("merchant_inspection", "deem_inspected", binds=Role.MERCHANT),),
-    S.INSPECTED: (
+    CaseState.APPROVED: (
+        TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),
+    ),
+    CaseState.PICKUP: (
+        TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),
+    ),
+    CaseState.SHIPPED_BACK: (TimerSpec("return_transit", "escalate"),),
+    CaseState.RETURN_DELIVERED: (
+        TimerSpec("merchant_receipt", "auto_receive", binds=Role.MERCHANT),
+    ),
+    CaseState.RECEIVED: (TimerSpec("merchant_inspection", "deem_inspected", binds=Role.MERCHANT),),
+    CaseState.INSPECTED: (
         TimerSpec("replacement_shipment", "convert_to_refund", _EXCHANGE, binds=Role.MERCHANT),
         TimerSpec("repair_completion", "escalate", _REPAIR),
     ),
-    S.SHIPPED_TO_BUYER: (TimerSpec("outbound_transit", "escalate"),),
-    S.DELIVERED_TO_BUYER: (
+    CaseState.SHIPPED_TO_BUYER: (TimerSpec("outbound_transit", "escalate"),),
+    CaseState.DELIVERED_TO_BUYER: (
         TimerSpec("buyer_confirmation", "auto_confirm_delivery", binds=Role.BUYER),
     ),
-    S.REJECTED: (TimerSpec("dispute_window", "expire_dispute_window", binds=Role.BUYER),),
-    S.AWAITING_BANK_ACCOUNT: (
+    CaseState.REJECTED: (TimerSpec("dispute_window", "expire_dispute_window", binds=Role.BUYER),),
+    CaseState.AWAITING_BANK_ACCOUNT: (
         TimerSpec(
             "bank_account_reminder", "remind_bank_account", flag=("bank_account_reminded", False)
         ),
         TimerSpec("bank_account_escalation", "escalate", flag=("bank_account_reminded", True)),
     ),
     # Its delay comes from the refund retry backoff, not a fixed timer value.
-    S.REFUND_FAILED: (TimerSpec("refund_retry", "retry_refund", flag=("refund_parked", False)),),
+    CaseState.REFUND_FAILED: (
+        TimerSpec("refund_retry", "retry_refund", flag=("refund_parked", False)),
+    ),
 }
 
 TIMER_SPECS: dict[str, TimerSpec] = {spec.kind: spec for specs in TIMERS.values() for spec in specs}
 
-#: On entering (type, state), this system trigger fires at once in the same transaction.
+#: On entering (type, state), this system trigger fires at once in the same transaction
+#: (``engine.fire``).
 FOLLOW_UPS: dict[tuple[CaseType, CaseState], str] = {
-    (CaseType.REFUND_ONLY, S.APPROVED): "start_refund",
-    (CaseType.RETURN_REFUND, S.INSPECTED): "start_refund",
+    (CaseType.REFUND_ONLY, CaseState.APPROVED): "start_refund",
+    (CaseType.RETURN_REFUND, CaseState.INSPECTED): "start_refund",
 }
 
 
 def states_for(case_type: CaseType) -> list[CaseState]:
     """The states a case of this type can reach from ``submitted``, in declaration order."""
-    reachable = {S.SUBMITTED}
-    frontier = [S.SUBMITTED]
+    reachable = {CaseState.SUBMITTED}
+    frontier = [CaseState.SUBMITTED]
     typed = [rule for rule in RULES if case_type in rule.types]
     while frontier:
         state = frontier.pop()

@@ -13,8 +13,8 @@ the *same* key. A definite refusal is ``GatewayRejected`` (carrier, shipper, not
 payment, a ``RefundOutcome`` with status ``failed``.
 
 This module is the domain side: no SQL and no Celery. ``tasks/`` wraps ``EffectService.handle``
-in one Celery task per name of ``effects_for_topic`` and retries ``GatewayUnavailable`` with the
-capped backoff of ``TASK_RETRY``; when the retries are exhausted it calls
+in one Celery task per ``EffectKind`` of ``effect_for_topic`` and retries ``GatewayUnavailable``
+with the capped backoff of ``RETRY_POLICY``; when the retries are exhausted it calls
 ``EffectService.handle_exhausted``. See ``docs/side-effects.md``.
 """
 
@@ -35,7 +35,7 @@ from workflow.payloads import BankAccount
 from workflow.service import CaseService, FireResult
 from workflow.states import CaseState, CaseType, Role
 
-# == topics and the tasks that handle them =========================================================
+# == topics and the kinds of effect they ask for ==================================================
 
 CASE_TRANSITIONED = "case.transitioned"
 PICKUP_REQUESTED = "pickup.requested"
@@ -44,22 +44,25 @@ BANK_ACCOUNT_REQUESTED = "bank_account.requested"
 DISPUTE_OPENED = "dispute.opened"
 REFUND_PARKED = "refund.parked"
 
-TASK_BOOK_PICKUP = "aftersales.book_pickup"
-TASK_EXECUTE_REFUND = "aftersales.execute_refund"
-TASK_NOTIFY = "aftersales.notify"
-#: The notices of many outbox rows in one message (``EffectService.notify_many``); the relay
-#: publishes notices this way, ``TASK_NOTIFY`` stays for one row (and for messages already queued).
-TASK_NOTIFY_MANY = "aftersales.notify_many"
 
-#: Which Celery task handles each outbox topic (every one calls ``EffectService.handle``).
-effects_for_topic: Mapping[str, str] = MappingProxyType(
+class EffectKind(StrEnum):
+    """What a worker does with an outbox row; ``tasks/effects.py`` names a Celery task per kind."""
+
+    BOOK_PICKUP = "book_pickup"
+    EXECUTE_REFUND = "execute_refund"
+    #: Notifications; many rows' notices may travel together (``EffectService.notify_many``).
+    NOTIFY = "notify"
+
+
+#: Which kind of effect each outbox topic is (every one is performed by ``EffectService.handle``).
+effect_for_topic: Mapping[str, EffectKind] = MappingProxyType(
     {
-        CASE_TRANSITIONED: TASK_NOTIFY,
-        PICKUP_REQUESTED: TASK_BOOK_PICKUP,
-        REFUND_REQUESTED: TASK_EXECUTE_REFUND,
-        BANK_ACCOUNT_REQUESTED: TASK_NOTIFY,
-        DISPUTE_OPENED: TASK_NOTIFY,
-        REFUND_PARKED: TASK_NOTIFY,
+        CASE_TRANSITIONED: EffectKind.NOTIFY,
+        PICKUP_REQUESTED: EffectKind.BOOK_PICKUP,
+        REFUND_REQUESTED: EffectKind.EXECUTE_REFUND,
+        BANK_ACCOUNT_REQUESTED: EffectKind.NOTIFY,
+        DISPUTE_OPENED: EffectKind.NOTIFY,
+        REFUND_PARKED: EffectKind.NOTIFY,
     }
 )
 
@@ -78,15 +81,15 @@ class RetryPolicy:
         return float(min(self.first_seconds * 2 ** max(retries, 0), self.max_seconds))
 
 
-#: Suggested retry policy per task. A refund's in-task retries are short: after them the case
+#: Suggested retry policy per kind. A refund's in-task retries are short: after them the case
 #: goes to ``refund_failed`` with the outcome unknown and the durable ``refund_retry`` timer takes
 #: over (minutes to hours, same key). A pickup keeps trying for about a day while the case waits
 #: in ``approved``; the buyer may ship by themselves at any time meanwhile.
-TASK_RETRY: Mapping[str, RetryPolicy] = MappingProxyType(
+RETRY_POLICY: Mapping[EffectKind, RetryPolicy] = MappingProxyType(
     {
-        TASK_BOOK_PICKUP: RetryPolicy(first_seconds=10, max_seconds=600, max_retries=150),
-        TASK_EXECUTE_REFUND: RetryPolicy(first_seconds=5, max_seconds=300, max_retries=8),
-        TASK_NOTIFY: RetryPolicy(first_seconds=10, max_seconds=900, max_retries=30),
+        EffectKind.BOOK_PICKUP: RetryPolicy(first_seconds=10, max_seconds=600, max_retries=150),
+        EffectKind.EXECUTE_REFUND: RetryPolicy(first_seconds=5, max_seconds=300, max_retries=8),
+        EffectKind.NOTIFY: RetryPolicy(first_seconds=10, max_seconds=900, max_retries=30),
     }
 )
 

@@ -1,11 +1,10 @@
 """Runs triggers on cases with the shared state machines; pure, no storage.
 
-One ``transitions.Machine`` per case type is built from ``definitions.RULES`` the first time it is
-needed and shared by every case of the process. A case is bound to it for one trigger through a
-small ``_Binding`` object and released afterwards; the machine itself holds no per-case state, so
-the same machine serves any number of threads. (We call the machine's ``Event.trigger`` with the
-binding instead of ``Machine.add_model``, which would attach some sixty convenience methods to
-every case object it sees.)
+One ``transitions.Machine`` per case type, built from ``definitions.RULES`` on first use, serves
+every case of the process. For one trigger a case is bound to it through a small ``_Binding`` and
+fired with ``Event.trigger(binding)`` (what ``model.trigger(name)`` calls); nothing stays bound.
+``Machine.add_model``/``remove_model`` around each trigger would set some 75 methods on the
+binding every time: 144 µs a trigger against 13 µs (transitions 0.9.3, this machine).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from functools import cache
 from typing import Any, cast
 
 from pydantic import BaseModel
-from transitions import EventData, Machine, Transition
+from transitions import EventData, Machine
 
 from config.policy import Policy
 from workflow import definitions, payloads, rules
@@ -239,7 +238,7 @@ def _step(
     source = case.state
     _apply_data(case, trigger, data, context)
     binding = _Binding(case, context, str(source))
-    if not _trigger(case.type, trigger, binding):
+    if not _move(binding, trigger):
         # Every trigger has an unconditional last row, so this means the tables are inconsistent.
         raise RuntimeError(f"{trigger} matched no transition from {source.value}")
     case.state = _STATES[binding.state]
@@ -264,85 +263,12 @@ def _step(
 
 _STATES: dict[str, CaseState] = {state.value: state for state in CaseState}
 
-#: One transition of a machine's event from one source, with its conditions' checks and the
-#: answer each must give.
-_Route = tuple[Transition, str, tuple[tuple[Callable[[EventData], bool], bool], ...]]
 
-
-def _trigger(case_type: CaseType, trigger: str, binding: _Binding) -> bool:
-    """``machine.events[trigger].trigger(binding)``, for the machines ``machine_for`` builds.
-
-    Those have no callbacks (prepare, before, after, on_enter, on_exit, final states), no queue
-    and send the event to conditions, so firing an event comes down to: take its transitions
-    from the source in order and move to the destination of the first whose conditions all
-    give their expected answer (transitions 0.9 ``Event._process``, ``Transition.execute``,
-    ``Condition.check``). This walks the machine's own transitions and conditions without the
-    library's per-call dispatch and debug logging, which took a third of the engine's time.
-    Anything else (no transition from the source: ``MachineError``) goes to the library.
-    """
-    routes = _routes(case_type, trigger, binding.state)
-    if routes is None:
-        return bool(machine_for(case_type).events[trigger].trigger(binding))
-    event_data: EventData | None = None
-    for transition, dest, conditions in routes:
-        if conditions:
-            if event_data is None:
-                machine = machine_for(case_type)
-                event_data = EventData(
-                    machine.get_state(binding.state),
-                    machine.events[trigger],
-                    machine,
-                    binding,
-                    (),
-                    {},
-                )
-            event_data.transition = transition
-            if not all(check(event_data) == expected for check, expected in conditions):
-                continue
-        binding.state = dest
-        return True
-    return False
-
-
-@cache
-def _routes(case_type: CaseType, trigger: str, source: str) -> tuple[_Route, ...] | None:
-    """The transitions ``_trigger`` walks, or None when the library must fire the event."""
-    machine = machine_for(case_type)
-    transitions = machine.events[trigger].transitions.get(source)
-    if not transitions or not _plain(machine):
-        return None
-    routes: list[_Route] = []
-    for transition in transitions:
-        if (
-            transition.prepare
-            or transition.before
-            or transition.after
-            or not isinstance(transition.dest, str)
-            or machine.get_state(transition.dest).final
-            or not all(callable(condition.func) for condition in transition.conditions)
-        ):
-            return None
-        checks = tuple(
-            (cast(Callable[[EventData], bool], c.func), c.target) for c in transition.conditions
-        )
-        routes.append((transition, transition.dest, checks))
-    return tuple(routes)
-
-
-def _plain(machine: Machine) -> bool:
-    """No callbacks or queue anywhere, conditions get the event, the model's ``state`` moves."""
-    return not (
-        machine.prepare_event
-        or machine.before_state_change
-        or machine.after_state_change
-        or machine.finalize_event
-        or machine.on_exception
-        or machine.on_final
-        or machine.has_queue
-        or not machine.send_event
-        or machine.model_attribute != "state"
-        or any(state.on_enter or state.on_exit for state in machine.states.values())
-    )
+def _move(binding: _Binding, trigger: str) -> bool:
+    """Fire ``trigger`` on ``binding`` through its case type's shared machine: the first of the
+    trigger's transitions from the binding's state whose conditions hold moves ``binding.state``.
+    Raises ``MachineError`` when the trigger has no transition from that state."""
+    return bool(machine_for(binding.case.type).events[trigger].trigger(binding))
 
 
 def _loggable(data: BaseModel) -> dict[str, Any]:

@@ -1,13 +1,12 @@
-"""``create_app(settings, clock)``: the HTTP API as a FastAPI app, wired through ``bootstrap``.
+"""``create_app(context, metrics)``: the HTTP API as a FastAPI app over services already wired.
 
-No module creates an app at import time: ``aftersales serve`` builds one and hands it to
-uvicorn, and tests build their own on a throwaway database. ``openapi_document()`` builds the
-same routes without any service, which is how docs/openapi.json is generated.
+No module creates an app at import time: the composition root (``composition.http_app``) builds
+one for ``aftersales serve`` and for tests on a throwaway database. ``openapi_document()`` builds
+the same routes without any service, which is how docs/openapi.json is generated.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -15,23 +14,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 
-from config.settings import Settings
-from entrypoints import bootstrap
 from entrypoints.http import cases, events, ops, problems
-from entrypoints.http.auth import RateLimiter
 from entrypoints.http.context import ApiContext
-from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
+from entrypoints.http.metrics import ApiMetrics
 from entrypoints.http.middleware import BodyGuard, Observe
 from entrypoints.http.problems import ProblemError
-from entrypoints.http.settings import ApiSettings
-from persistence.readings import SqlReadings
-from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
-from tasks.app import create_app as create_celery_app
 from tasks.kick import RelayKicker
-from tasks.settings import WorkerSettings
-from tasks.unconfirmed import ledger_for
-from workflow.clock import Clock
-from workflow.events import Envelope
+from workflow.events.envelope import Envelope
 
 DESCRIPTION = """\
 After-sales cases (return-and-refund, exchange, repair, refund-only) moving through their state
@@ -56,43 +45,16 @@ def _version() -> str:
 
 
 def create_app(
-    settings: Settings, clock: Clock, api_settings: ApiSettings | None = None
+    context: ApiContext, metrics: ApiMetrics, relay_kicker: RelayKicker | None = None
 ) -> FastAPI:
-    """The API on the configured database, broker and policy; raises ``SetupError`` (one line)
-    when the database is unreachable or not migrated, as every other entry point does."""
-    api_settings = api_settings if api_settings is not None else ApiSettings()
-    kicker = RelayKicker(create_celery_app(settings)) if api_settings.kick_relay else None
-    case_service = bootstrap.build_service(settings, clock, outbox_written=kicker)
-    engine = bootstrap.make_engine_for(settings)
-    readings = SqlReadings(engine)
-    context = ApiContext(
-        settings=api_settings,
-        clock=clock,
-        cases=case_service,
-        events=bootstrap.build_event_service(settings, case_service),
-        tokens=SqlTokenStore(engine),
-        idempotency=SqlIdempotencyStore(
-            engine, retention=timedelta(hours=api_settings.idempotency_hours)
-        ),
-        readings=readings,
-        rate_limiter=RateLimiter(api_settings.rate_limit_per_minute),
-        auth_failures=RateLimiter(api_settings.auth_failures_per_minute),
-        readiness={
-            "database": ops.database_check(readings, settings.database_url),
-            "broker": ops.broker_check(settings),
-        },
-    )
-    app = _build(api_settings)
+    """The API's routes over ``context``; the composition root (``entrypoints.composition
+    .http_app``) builds the context, the metrics and the kicker."""
+    app = _build()
     app.state.api = context
-    app.state.relay_kicker = kicker
-    worker = WorkerSettings()
-    ledger = ledger_for(settings, worker)
-    unconfirmed = (
-        UnconfirmedCollector(ledger, worker.event_resend_after_s) if ledger is not None else None
-    )
-    app.state.metrics = ApiMetrics(readings, clock, api_settings.metrics_cache_seconds, unconfirmed)
-    app.add_middleware(BodyGuard, max_body_bytes=api_settings.max_body_bytes)
-    app.add_middleware(Observe, record=app.state.metrics.record)
+    app.state.relay_kicker = relay_kicker
+    app.state.metrics = metrics
+    app.add_middleware(BodyGuard, max_body_bytes=context.settings.max_body_bytes)
+    app.add_middleware(Observe, record=metrics.record)
     return app
 
 
@@ -117,7 +79,7 @@ async def reject_unknown_query(request: Request) -> None:
             )
 
 
-def _build(api_settings: ApiSettings) -> FastAPI:
+def _build() -> FastAPI:
     app = FastAPI(
         dependencies=[Depends(reject_unknown_query)],
         title="aftersales",
@@ -180,4 +142,4 @@ def _document(app: FastAPI) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document, built without a database (docs/openapi.json)."""
-    return _build(ApiSettings()).openapi()
+    return _build().openapi()

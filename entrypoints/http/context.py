@@ -12,13 +12,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from config.settings import ApiSettings
 from entrypoints.http.auth import Principal, RateLimiter
 from entrypoints.http.problems import ProblemError, response_for
-from entrypoints.http.settings import ApiSettings
 from persistence.readings import SqlReadings
 from persistence.tokens import SqlIdempotencyStore, SqlTokenStore, StoredResponse
 from workflow.clock import Clock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.service import CaseService
 
 #: Response headers an idempotent replay repeats.

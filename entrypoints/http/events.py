@@ -24,7 +24,8 @@ from entrypoints.http.context import api_of, idempotent, json_response
 from entrypoints.http.problems import ProblemError, responses
 from entrypoints.http.schemas import MAX_ID, DeadLetterList, DeadLetterOut, IngestOut, IngestOutcome
 from entrypoints.http.scopes import TokenRole
-from workflow.events import Envelope, IngestResult, IngestStatus
+from workflow.events.envelope import Envelope
+from workflow.events.ingestion import IngestResult, IngestStatus
 from workflow.model import DeadLetter, DeadLetterStatus
 
 router = APIRouter(prefix="/events", tags=["events"])

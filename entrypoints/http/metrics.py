@@ -23,9 +23,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from persistence.readings import MetricsSnapshot, SqlReadings
+from tasks.resender import UnconfirmedEvents, summarize
 from workflow.clock import Clock
 from workflow.model import DeadLetterStatus
-from workflow.unconfirmed import UnconfirmedEvents, summarize
 
 logger = logging.getLogger(__name__)
 

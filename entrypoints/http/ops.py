@@ -15,7 +15,6 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
-from entrypoints.bootstrap import display_url
 from entrypoints.http.auth import Authenticated, require
 from entrypoints.http.context import api_of, json_response
 from entrypoints.http.problems import responses
@@ -23,7 +22,6 @@ from entrypoints.http.schemas import Health, Readiness
 from entrypoints.http.scopes import TokenRole
 from persistence.readings import SqlReadings
 from tasks.broker import broker_config
-from tasks.settings import WorkerSettings
 
 router = APIRouter(tags=["operations"])
 
@@ -31,19 +29,21 @@ router = APIRouter(tags=["operations"])
 BROKER_TIMEOUT_S = 2.0
 
 
-def database_check(readings: SqlReadings, url: str) -> Callable[[], str | None]:
+def database_check(readings: SqlReadings, shown_url: str) -> Callable[[], str | None]:
+    """``shown_url``: the database URL with its password hidden."""
+
     def check() -> str | None:
         readings.ping()
         return None
 
-    check.__doc__ = f"database {display_url(url)}"
+    check.__doc__ = f"database {shown_url}"
     return check
 
 
 def broker_check(settings: Settings) -> Callable[[], str | None]:
     """Reachability of the broker the workers use: Redis answers PING; the embedded spool's
     folder exists (or can be made) and is writable; any other URL gets a kombu connection."""
-    config = broker_config(settings.broker_url, settings.database_url, WorkerSettings())
+    config = broker_config(settings)
     if config.embedded:
         folder = Path(str(config.transport_options["data_folder"]))
 

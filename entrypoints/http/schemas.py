@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workflow.events import IngestStatus
+from workflow.events.ingestion import IngestStatus
 from workflow.model import DeadLetterStatus
 from workflow.states import CaseState, CaseType
 

@@ -22,14 +22,13 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.pool import NullPool
 
-from config.settings import Settings
-from entrypoints.http.app import create_app
-from entrypoints.http.settings import ApiSettings
+from config.settings import ApiSettings, BrokerSettings, DatabaseSettings, Settings
+from entrypoints.composition import http_app
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tokens import SqlTokenStore
 from workflow.clock import FakeClock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.model import Actor
 from workflow.service import CaseService
 from workflow.states import Role
@@ -157,12 +156,13 @@ def build_api(
 ) -> Api:
     clock = FakeClock(NOW)
     configured = Settings(
-        database_url=database_url,
+        database=DatabaseSettings(url=database_url),
+        broker=BrokerSettings(url=settings.pop("broker_url", f"filesystem://{folder / 'broker'}")),
+        api=api_settings or ApiSettings(rate_limit_per_minute=0),
         policy_file=None,
-        broker_url=settings.pop("broker_url", f"filesystem://{folder / 'broker'}"),
         clock_file=None,
     )
-    app = create_app(configured, clock, api_settings or ApiSettings(rate_limit_per_minute=0))
+    app = http_app(configured, clock)
     client = TestClient(app, raise_server_exceptions=True)
     return Api(client, clock, database_url, SqlTokenStore(make_engine(database_url)))
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from config.settings import sqlite_url
-from entrypoints.cli import app
+from entrypoints.cli.main import app
 from entrypoints.processes import ChildProcess, free_port
 
 

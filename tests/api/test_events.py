@@ -98,7 +98,7 @@ def test_malformed_envelopes_are_refused_whole_with_422(api: Api) -> None:
 
 
 def test_batches_are_bounded(make_api: Any) -> None:
-    from entrypoints.http.settings import ApiSettings
+    from config.settings import ApiSettings
 
     small = make_api(ApiSettings(max_batch=2, rate_limit_per_minute=0))
     batch = [event(f"sf-{n}", case_id=1) for n in range(3)]

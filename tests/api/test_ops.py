@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from entrypoints.http.settings import ApiSettings
+from config.settings import ApiSettings
 from tasks import producer
 from workflow.model import Actor
 from workflow.states import Role

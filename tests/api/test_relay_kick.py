@@ -16,8 +16,7 @@ import pytest
 import redis
 from broker_peek import queued_task_names
 
-from config.settings import Settings
-from entrypoints.http.settings import ApiSettings
+from config.settings import ApiSettings, BrokerSettings, DatabaseSettings, Settings
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK, RelayKicker
 
@@ -54,9 +53,9 @@ def _queued_tasks(api: Api, folder: Path) -> list[str]:
     """Task names of the messages waiting in the app's embedded broker."""
     return queued_task_names(
         Settings(
-            database_url=api.database_url,
+            database=DatabaseSettings(url=api.database_url),
+            broker=BrokerSettings(url=f"filesystem://{folder / 'broker'}"),
             policy_file=None,
-            broker_url=f"filesystem://{folder / 'broker'}",
             clock_file=None,
         )
     )
@@ -133,7 +132,12 @@ def test_a_worker_kicker_sends_one_kick_per_interval_however_many_commits(
     redis_broker: tuple[str, redis.Redis[Any]], tmp_path: Path
 ) -> None:
     url, client = redis_broker
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'k.db'}", broker_url=url))
+    app = create_app(
+        Settings(
+            database=DatabaseSettings(url=f"sqlite:///{tmp_path / 'k.db'}"),
+            broker=BrokerSettings(url=url),
+        )
+    )
     in_interval, interval_over = threading.Event(), threading.Event()
 
     def sleep(_: float) -> None:

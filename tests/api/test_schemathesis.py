@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
-from entrypoints.http.settings import ApiSettings
+from config.settings import ApiSettings
 from entrypoints.http.spec import DEFAULT_PATH
 
 from .conftest import Api, build_api, fresh_database

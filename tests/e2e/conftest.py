@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from config.settings import sqlite_url
-from entrypoints.cli import app
+from entrypoints.cli.main import app
 
 from .support import NOW, CliFn, Run, application
 

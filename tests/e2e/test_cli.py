@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from broker_peek import queued_task_names
 
-from config.settings import Settings, sqlite_url
+from config.settings import DatabaseSettings, Settings, sqlite_url
 from tasks.kick import RELAY_TASK
 from workflow.diagram import mermaid
 from workflow.states import CaseType
@@ -646,7 +646,9 @@ def test_a_cli_transition_kicks_the_relay_in_the_broker(
 ) -> None:
     # given a submitted case, and the embedded broker's queue drained of the submission's kick
     case_id = submitted()
-    settings = Settings(database_url=sqlite_url(tmp_path / "var" / "cases.db"), policy_file=None)
+    settings = Settings(
+        database=DatabaseSettings(url=sqlite_url(tmp_path / "var" / "cases.db")), policy_file=None
+    )
     assert RELAY_TASK in queued_task_names(settings)
     # when the merchant approves it with the console script (a process that exits at once)
     done = cli("--now", NOW, "case", "fire", str(case_id), "approve", "--actor", "merchant:m1")

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tasks import producer
-from workflow.events import schema_text
+from workflow.events.schema import schema_text
 
 from .support import NOW, CliFn
 

@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from adapters.fake_gateways import build_fake_gateways
-from config.gateways import GatewaySettings
-from config.settings import Settings, sqlite_url
-from entrypoints import bootstrap
+from config.settings import DatabaseSettings, FakeGatewaySettings, Settings, sqlite_url
+from entrypoints import composition
 from entrypoints.demo import START
 from workflow.clock import FakeClock
 from workflow.model import RefundRoute
@@ -140,8 +139,10 @@ def test_live_demo_moves_every_sample_case_through_the_running_service(tmp_path:
 
     # and the database it left behind agrees
     folder = tmp_path / "var" / "demo-live"
-    settings = Settings(database_url=sqlite_url(folder / "aftersales.db"), policy_file=None)
-    service = bootstrap.build_service(settings, FakeClock(START))
+    settings = Settings(
+        database=DatabaseSettings(url=sqlite_url(folder / "aftersales.db")), policy_file=None
+    )
+    service = composition.build_service(settings, FakeClock(START))
     cases = {o["case_id"]: o for o in outcomes if o["case_id"] is not None}
     assert len(cases) == 5
     for case_id, outcome in cases.items():
@@ -161,7 +162,9 @@ def test_live_demo_moves_every_sample_case_through_the_running_service(tmp_path:
     assert triggers[idle][-1] == "expire_return"
     assert "provide_bank_account" in triggers[preorder]
     assert service.get(preorder).case.refund_route is RefundRoute.BANK_TRANSFER
-    payments = build_fake_gateways(GatewaySettings(ledger_url=None), settings.database_url).payments
+    payments = build_fake_gateways(
+        FakeGatewaySettings(ledger_url=None), settings.database.url
+    ).payments
     for refunded in (jacket, preorder):
         assert payments.payments_count(refunded) == 1
         assert payments.amount_paid(refunded) == cases[refunded]["refund_amount"]

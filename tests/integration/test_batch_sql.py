@@ -16,7 +16,7 @@ from config.policy import load_policy
 from persistence.uow import SqlEventStore, SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import Conflict
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.memory import InMemoryUnitOfWorkFactory
 from workflow.model import Actor, Case, Timer, TimerStatus
 from workflow.service import CaseService, TimerRun

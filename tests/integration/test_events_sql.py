@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from config.policy import load_policy
 from persistence.uow import KNOWN_EVENTS_CHUNK, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestResult, IngestStatus
+from workflow.events.ingestion import EventService, IngestResult, IngestStatus
 from workflow.model import Actor, DeadLetterStatus
 from workflow.service import CaseService
 from workflow.states import CaseState, Role

@@ -12,13 +12,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from tasks import effects as effect_tasks
+from tasks.publish import TASK_BOOK_PICKUP, TASK_NOTIFY, TASK_NOTIFY_MANY, TASK_RETRY
 from workflow.effects import (
     CASE_TRANSITIONED,
     PICKUP_REQUESTED,
-    TASK_BOOK_PICKUP,
-    TASK_NOTIFY,
-    TASK_NOTIFY_MANY,
-    TASK_RETRY,
     EffectResult,
     EffectStatus,
     GatewayUnavailable,

@@ -24,15 +24,14 @@ from adapters.fake_gateways import (
 )
 from config.policy import Policy
 from persistence.db import dispose_engine
+from tasks.publish import TASK_RETRY, effects_for_topic
 from workflow.clock import FakeClock
 from workflow.effects import (
     ADMINS,
-    TASK_RETRY,
     EffectService,
     EffectStatus,
     GatewayUnavailable,
     RefundStatus,
-    effects_for_topic,
     entry_from_message,
     entry_to_message,
 )

@@ -16,7 +16,7 @@ from adapters.fake_gateways import (
     build_fake_gateways,
     fake_gateway_payments,
 )
-from config.gateways import FakeBehaviour, GatewaySettings
+from config.settings import FakeBehaviour, FakeGatewaySettings
 from persistence.db import dispose_engine, make_engine
 from workflow.clock import FakeClock
 from workflow.effects import Delivery, GatewayRejected, GatewayUnavailable, RefundStatus
@@ -236,7 +236,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AFTERSALES_FAKE_PAYMENT_TIMEOUT_RATE", "0.1")
     monkeypatch.setenv("AFTERSALES_FAKE_CARRIER_LATENCY_MS", "1500")
     monkeypatch.setenv("AFTERSALES_FAKE_SEED", "42")
-    settings = GatewaySettings()
+    settings = FakeGatewaySettings()
     assert settings.payment == FakeBehaviour(failure_rate=0.2, timeout_rate=0.1)
     assert settings.carrier.latency_ms == 1500
     assert settings.seed == 42 and settings.ledger_url is None
@@ -253,17 +253,17 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 )
 def test_settings_refuse_impossible_values(values: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
-        GatewaySettings(**values)  # type: ignore[arg-type]
+        FakeGatewaySettings(**values)  # type: ignore[arg-type]
 
 
 def test_the_ledgers_live_in_the_service_database_unless_told_otherwise(
     ledger_url: str, tmp_path: Path
 ) -> None:
-    fakes = build_fake_gateways(GatewaySettings(), ledger_url)
+    fakes = build_fake_gateways(FakeGatewaySettings(), ledger_url)
     assert fakes.payments.url == ledger_url == fakes.notifier.url
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     try:
-        moved = build_fake_gateways(GatewaySettings(ledger_url=elsewhere), ledger_url)
+        moved = build_fake_gateways(FakeGatewaySettings(ledger_url=elsewhere), ledger_url)
         assert moved.payments.url == elsewhere
     finally:
         dispose_engine(elsewhere)

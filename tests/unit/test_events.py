@@ -16,7 +16,9 @@ import pytest
 
 from workflow.clock import FakeClock
 from workflow.errors import Conflict, InvalidInput, NotFound
-from workflow.events import EVENT_RULES, EventService, EventType, IngestResult, IngestStatus
+from workflow.events.envelope import EventType
+from workflow.events.ingestion import EventService, IngestResult, IngestStatus
+from workflow.events.mapping import EVENT_RULES
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import DeadLetterStatus
 from workflow.service import CaseService

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from workflow.events import Envelope
+from workflow.events.envelope import Envelope
 
 PRODUCER = Path(__file__).resolve().parents[2] / "tasks" / "producer.py"
 

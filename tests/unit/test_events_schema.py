@@ -10,15 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from workflow import definitions
-from workflow.events import (
-    CONDITIONS,
-    EVENT_RULES,
-    Envelope,
-    EventType,
-    event_schema,
-    mapping_markdown,
-    schema_text,
-)
+from workflow.events.envelope import Envelope, EventType
+from workflow.events.mapping import CONDITIONS, EVENT_RULES, mapping_markdown
+from workflow.events.schema import event_schema, schema_text
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -24,11 +24,10 @@ import pytest
 import redis
 from celery import Celery
 
-from config.settings import Settings, sqlite_url
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
 from entrypoints.processes import ChildProcess, wait_until
+from entrypoints.worker import Pool, worker_argv
 from tasks.app import create_app
-from tasks.settings import WorkerSettings
-from tasks.worker import Pool, worker_argv
 
 REDIS_ENV = "AFTERSALES_TEST_REDIS_URL"
 REQUIRE_ENV = "AFTERSALES_REQUIRE_POSTGRES"
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 
 #: Short enough that a test sees Redis hand a dead worker's message on (it waits this long);
-#: the time limit and retry cap stay below it, as ``WorkerSettings`` requires.
+#: the time limit and retry cap stay below it, as ``Settings`` requires.
 VISIBILITY_TIMEOUT_S = 8
 TASK_TIME_LIMIT_S = 5
 RETRY_CAP_S = 2
@@ -63,7 +62,6 @@ class Runtime:
 
     broker: str
     settings: Settings
-    worker_settings: WorkerSettings
     env: dict[str, str]
     folder: Path
     app: Celery
@@ -88,7 +86,7 @@ class Runtime:
             "-m",
             "celery",
             "-A",
-            "tasks.celery_entry",
+            "entrypoints.celery_app",
             *argv,
             "--include=workers.probe_tasks",
         ]
@@ -183,16 +181,19 @@ def runtime(broker: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     env.pop("AFTERSALES_BROKER_URL", None)
     if broker_url:
         env["AFTERSALES_BROKER_URL"] = broker_url
-    settings = Settings(database_url=database_url, broker_url=broker_url)
-    worker_settings = WorkerSettings(
-        broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S,
-        task_time_limit_s=TASK_TIME_LIMIT_S,
-        retry_backoff_max_s=RETRY_CAP_S,
-        broker_key_prefix=key_prefix,
-        ping_dir=tmp_path / "pings",
+    settings = Settings(
+        database=DatabaseSettings(url=database_url),
+        broker=BrokerSettings(
+            url=broker_url, visibility_timeout_s=VISIBILITY_TIMEOUT_S, key_prefix=key_prefix
+        ),
+        worker=WorkerSettings(
+            task_time_limit_s=TASK_TIME_LIMIT_S,
+            retry_backoff_max_s=RETRY_CAP_S,
+            ping_dir=tmp_path / "pings",
+        ),
     )
-    app = create_app(settings, worker_settings)
-    runtime = Runtime(broker, settings, worker_settings, env, tmp_path, app)
+    app = create_app(settings)
+    runtime = Runtime(broker, settings, env, tmp_path, app)
     request.node._worker_runtime = runtime
     try:
         yield runtime

@@ -37,17 +37,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from adapters.fake_gateways import FakeNotifier, FakePaymentGateway, LedgerEntry, Notification
-from config.settings import Settings, sqlite_url
-from entrypoints.bootstrap import build_event_service, build_service
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
+from entrypoints.composition import build_event_service, build_service
 from entrypoints.processes import ChildProcess, free_port, redis_server_command, stop_all
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tables import cases, outbox, timers
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
-from tasks.settings import WorkerSettings
 from workflow.clock import FileClock
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 from workflow.model import DeadLetter
 from workflow.service import CaseService
 from workflow.states import CaseState
@@ -159,7 +158,7 @@ class Stack:
             "-m",
             "celery",
             "-A",
-            "tasks.celery_entry",
+            "entrypoints.celery_app",
             "beat",
             "--loglevel=INFO",
             f"--schedule={self._beat_file()}",
@@ -336,20 +335,20 @@ def open_stack(
         process_env = _process_env(database_url, broker_url, key_prefix, clock_file, tmp_path)
         process_env.update(env or {})
         settings = Settings(
-            database_url=database_url,
-            broker_url=broker_url,
+            database=DatabaseSettings(url=database_url),
+            broker=BrokerSettings(
+                url=broker_url, visibility_timeout_s=VISIBILITY_TIMEOUT_S, key_prefix=key_prefix
+            ),
+            worker=WorkerSettings(
+                task_time_limit_s=TASK_TIME_LIMIT_S,
+                retry_backoff_max_s=RETRY_CAP_S,
+                ping_dir=tmp_path / "pings",
+            ),
             clock_file=clock_file,
             policy_file=None,
         )
-        worker_settings = WorkerSettings(
-            broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S,
-            task_time_limit_s=TASK_TIME_LIMIT_S,
-            retry_backoff_max_s=RETRY_CAP_S,
-            broker_key_prefix=key_prefix,
-            ping_dir=tmp_path / "pings",
-        )
-        app = create_app(settings, worker_settings)
-        runtime = Runtime(broker, settings, worker_settings, process_env, tmp_path, app)
+        app = create_app(settings)
+        runtime = Runtime(broker, settings, process_env, tmp_path, app)
         request.node._worker_runtime = runtime
         service = build_service(settings, clock, outbox_written=lambda: app.send_task(RELAY_TASK))
         stack = Stack(

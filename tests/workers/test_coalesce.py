@@ -42,8 +42,8 @@ def _jobs(stack: Stack) -> list[int]:
 
 def _broker_empty(stack: Stack) -> bool:
     """No message waits in the default queue and none is delivered but unacknowledged."""
-    prefix = stack.runtime.worker_settings.broker_key_prefix
-    client = redis.Redis.from_url(str(stack.runtime.settings.broker_url))
+    prefix = stack.runtime.settings.broker.key_prefix
+    client = redis.Redis.from_url(str(stack.runtime.settings.broker.url))
     try:
         return client.llen(f"{prefix}celery") == 0 and client.hlen(f"{prefix}unacked") == 0
     finally:

@@ -152,7 +152,7 @@ def test_redis_restart_mid_run_loses_no_timer_and_no_outbox_row(
         wait_for(lambda: stack.in_flight() > 2 * 2 * len(workers), "effects in flight")
         # (held there: the workers drained a short queue before the shutdown in a CI run; and
         # effects, not only relay kicks, whose loss no outbox row would show, in another)
-        queue = stack.runtime.worker_settings.broker_key_prefix + DEFAULT_QUEUE
+        queue = stack.runtime.settings.broker.key_prefix + DEFAULT_QUEUE
         wait_for(
             lambda: server.freeze_with_queued(queue, ignore={RELAY_TASK}), "effects queued in Redis"
         )

@@ -15,13 +15,13 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 import tasks.runtime
-from config.settings import Settings, sqlite_url
+from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
+from entrypoints.composition import worker_app
+from entrypoints.worker import default_concurrency, default_pool
 from tasks.app import TASK_MODULES, create_app, retry_countdown
 from tasks.broker import SPOOL_TRANSPORT
 from tasks.schedule import beat_schedule
-from tasks.settings import WorkerSettings
 from tasks.spool import restore_expired_claims
-from tasks.worker import default_concurrency, default_pool
 
 from .conftest import ROOT, Runtime, wait_for
 
@@ -38,7 +38,8 @@ def test_a_failed_event_task_keeps_its_events_as_dead_letters(
     url = sqlite_url(tmp_path / "cases.db")
     monkeypatch.setenv("AFTERSALES_DATABASE_URL", url)
     monkeypatch.setattr(tasks.runtime, "_runtime", None)
-    app = create_app(Settings(database_url=url, policy_file=None))
+    monkeypatch.setattr(tasks.runtime, "_builder", None)
+    app = worker_app(Settings(database=DatabaseSettings(url=url), policy_file=None))
     events = [
         {
             "event_id": f"e-{n}",
@@ -68,9 +69,11 @@ def test_a_failed_event_task_keeps_its_events_as_dead_letters(
 )
 def test_app_is_configured_for_at_least_once_json_delivery(broker_url: str | None) -> None:
     # given settings for either broker
-    settings = Settings(database_url=SQLITE, broker_url=broker_url)
+    settings = Settings(
+        database=DatabaseSettings(url=SQLITE), broker=BrokerSettings(url=broker_url)
+    )
     # when the app is built
-    conf = create_app(settings, WorkerSettings()).conf
+    conf = create_app(settings).conf
     # then only JSON travels, messages are acked after the task and requeued if its process dies
     assert conf.task_serializer == "json"
     assert conf.accept_content == ["json"]
@@ -87,7 +90,7 @@ def test_app_is_configured_for_at_least_once_json_delivery(broker_url: str | Non
 
 
 def test_timer_sweeps_have_a_queue_of_their_own_that_every_worker_reads() -> None:
-    app = create_app(Settings(database_url=SQLITE))
+    app = create_app(Settings(database=DatabaseSettings(url=SQLITE)))
     route = app.amqp.router.route({}, "aftersales.sweep_timers")["queue"]
     other = app.amqp.router.route({}, "aftersales.ingest_event")["queue"]
     # sweeps do not queue behind the effects the timers they fire have queued
@@ -99,9 +102,9 @@ def test_timer_sweeps_have_a_queue_of_their_own_that_every_worker_reads() -> Non
 
 def test_embedded_broker_lives_beside_the_sqlite_database() -> None:
     # given no broker URL
-    settings = Settings(database_url=SQLITE, broker_url=None)
+    settings = Settings(database=DatabaseSettings(url=SQLITE), broker=BrokerSettings(url=None))
     # when the app is built
-    app = create_app(settings, WorkerSettings())
+    app = create_app(settings)
     # then the spool transport keeps its files in <var>/broker, beat its state in <var>
     assert app.conf.broker_transport == SPOOL_TRANSPORT
     assert app.conf.broker_transport_options["data_folder"] == "/srv/aftersales/var/broker"
@@ -111,29 +114,33 @@ def test_embedded_broker_lives_beside_the_sqlite_database() -> None:
 
 
 def test_redis_broker_gets_its_key_prefix_and_prefork() -> None:
-    settings = Settings(database_url=SQLITE, broker_url="redis://127.0.0.1:6379/3")
-    app = create_app(settings, WorkerSettings(broker_key_prefix="shop1:"))
+    settings = Settings(
+        database=DatabaseSettings(url=SQLITE),
+        broker=BrokerSettings(url="redis://127.0.0.1:6379/3", key_prefix="shop1:"),
+    )
+    app = create_app(settings)
     assert app.conf.broker_transport is None
     assert app.conf.broker_transport_options["global_keyprefix"] == "shop1:"
     assert default_pool(app) == "prefork"
 
 
 def test_workers_run_two_processes_per_core_on_postgresql_and_two_on_sqlite() -> None:
-    postgres = Settings(database_url="postgresql+psycopg://db/aftersales")
+    postgres = Settings(database=DatabaseSettings(url="postgresql+psycopg://db/aftersales"))
     assert default_concurrency(postgres) == 2 * (os.cpu_count() or 1)
-    assert default_concurrency(Settings(database_url=SQLITE)) == 2
+    assert default_concurrency(Settings(database=DatabaseSettings(url=SQLITE))) == 2
 
 
 def test_tasks_are_registered_under_stable_names() -> None:
-    app = create_app(Settings(database_url=SQLITE), WorkerSettings())
+    app = create_app(Settings(database=DatabaseSettings(url=SQLITE)))
     assert {"aftersales.ping", "aftersales.noop"} <= set(app.tasks)
     assert set(TASK_MODULES) <= set(app.conf.include)
 
 
 def test_visibility_timeout_must_exceed_time_limit_plus_retry_cap() -> None:
     with pytest.raises(ValueError, match="visibility_timeout"):
-        WorkerSettings(
-            broker_visibility_timeout_s=600, task_time_limit_s=300, retry_backoff_max_s=300
+        Settings(
+            broker=BrokerSettings(visibility_timeout_s=600),
+            worker=WorkerSettings(task_time_limit_s=300, retry_backoff_max_s=300),
         )
 
 
@@ -164,7 +171,11 @@ def test_beat_resends_unconfirmed_events_only_on_redis() -> None:
 
 
 def test_retry_countdown_doubles_up_to_the_cap() -> None:
-    app = create_app(Settings(database_url=SQLITE), WorkerSettings(retry_backoff_max_s=10))
+    app = create_app(
+        Settings(
+            database=DatabaseSettings(url=SQLITE), worker=WorkerSettings(retry_backoff_max_s=10)
+        )
+    )
     task = app.tasks["aftersales.noop"]
     countdowns = []
     for retries in range(6):
@@ -178,8 +189,9 @@ def test_importing_the_task_modules_creates_no_app() -> None:
     # given a fresh interpreter; when every tasks module but the CLI entry is imported
     code = (
         "import celery._state as s, importlib\n"
-        "for m in ['tasks', 'tasks.app', 'tasks.worker', 'tasks.spool', 'tasks.health',"
-        " 'tasks.broker', 'tasks.schedule', 'tasks.settings']:\n"
+        "for m in ['tasks', 'tasks.app', 'tasks.spool', 'tasks.health', 'tasks.broker',"
+        " 'tasks.schedule', 'tasks.runtime', 'tasks.publish', 'tasks.ledger',"
+        " 'tasks.resender', 'entrypoints.worker', 'entrypoints.composition']:\n"
         "    importlib.import_module(m)\n"
         "print(len([a for a in s._apps]))\n"
     )
@@ -211,7 +223,7 @@ def test_a_producer_without_our_code_reaches_the_worker(runtime: Runtime, redis_
 
     producer = Celery("someone-else", broker=redis_url)
     producer.conf.broker_transport_options = {
-        "global_keyprefix": runtime.worker_settings.broker_key_prefix
+        "global_keyprefix": runtime.settings.broker.key_prefix
     }
     token = uuid.uuid4().hex
     # when it sends the task by name
@@ -224,8 +236,10 @@ def test_a_producer_without_our_code_reaches_the_worker(runtime: Runtime, redis_
 def test_a_stock_kombu_filesystem_producer_reaches_the_spool(tmp_path: Path) -> None:
     # given the embedded broker's folders
     app = create_app(
-        Settings(database_url=f"sqlite:///{tmp_path}/var/a.db"),
-        WorkerSettings(ping_dir=tmp_path / "pings"),
+        Settings(
+            database=DatabaseSettings(url=f"sqlite:///{tmp_path}/var/a.db"),
+            worker=WorkerSettings(ping_dir=tmp_path / "pings"),
+        )
     )
     spool = Path(app.conf.broker_transport_options["data_folder"])
     # when kombu's own filesystem transport (no code of ours) publishes a Celery message
@@ -294,16 +308,16 @@ def test_task_survives_kill9_of_the_whole_worker(runtime: Runtime) -> None:
     wait_for(lambda: list(folder.glob(f"{token}.done.*")), "the redelivered task to complete")
     assert len(_attempts(folder, token)) == 2
     if runtime.broker == "redis":
-        assert time.monotonic() - started >= runtime.worker_settings.broker_visibility_timeout_s / 2
+        assert time.monotonic() - started >= runtime.settings.broker.visibility_timeout_s / 2
 
 
 @pytest.mark.parametrize("broker", ["embedded"])
 def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
     # given `aftersales run`'s function in a process of its own
     code = (
-        "from config.settings import get_settings\n"
-        "from tasks.worker import run_all\n"
-        "run_all(get_settings(), concurrency=2)\n"
+        "from entrypoints.composition import load_settings\n"
+        "from entrypoints.worker import run_all\n"
+        "run_all(load_settings(), concurrency=2)\n"
     )
     worker = runtime.spawn([sys.executable, "-c", code])
     # when a ping is sent, then it runs, and beat started beside the worker
@@ -344,9 +358,9 @@ def test_spool_gives_back_claims_of_dead_processes_and_expired_ones(tmp_path: Pa
 def test_run_beat_sends_the_timer_sweep_every_period(runtime: Runtime) -> None:
     # given `aftersales beat`'s function in a process of its own, in a folder with no var/ yet
     code = (
-        "from config.settings import get_settings\n"
-        "from tasks.worker import run_beat\n"
-        "run_beat(get_settings())\n"
+        "from entrypoints.composition import load_settings\n"
+        "from entrypoints.worker import run_beat\n"
+        "run_beat(load_settings())\n"
     )
     beat = runtime.spawn([sys.executable, "-c", code])
     sent = "Sending due task aftersales.sweep_timers"

@@ -17,12 +17,12 @@ import redis
 from config.policy import load_policy
 from tasks import producer
 from tasks.app import DEFAULT_QUEUE
-from tasks.unconfirmed import RedisUnconfirmedEvents
+from tasks.ledger import RedisUnconfirmedEvents
+from tasks.resender import EventResender, Unconfirmed
 from workflow.clock import FakeClock
-from workflow.events import EventService, IngestStatus
+from workflow.events.ingestion import EventService, IngestStatus
 from workflow.memory import InMemoryUnitOfWorkFactory
 from workflow.service import CaseService
-from workflow.unconfirmed import EventResender, Unconfirmed
 
 from .conftest import wait_for
 from .support import T0, application, merchant, open_stack, stack_params, submit
@@ -208,8 +208,8 @@ def test_an_event_whose_message_never_reached_a_worker_is_applied_from_the_ledge
         # given a worker with beat, and a submitted case
         (worker,) = stack.start_workers(1)
         case_id = submit(stack, "return_refund", "o-lost-1")
-        prefix = stack.runtime.worker_settings.broker_key_prefix
-        broker_url = stack.runtime.settings.broker_url
+        prefix = stack.runtime.settings.broker.key_prefix
+        broker_url = stack.runtime.settings.broker.url
         assert broker_url is not None
 
         # when the merchant's approval is published to a queue no worker reads (the message is

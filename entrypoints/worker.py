@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
-
-from celery import Celery
+from typing import TYPE_CHECKING, Literal
 
 from config.settings import Settings
-from entrypoints.bootstrap import is_embedded
-from tasks.app import create_app
-from tasks.settings import WorkerSettings
+from entrypoints.composition import worker_app
+
+if TYPE_CHECKING:
+    # Only the functions that start a process load Celery (``worker_app``): every other
+    # ``aftersales`` command starts without it.
+    from celery import Celery
 
 Pool = Literal["prefork", "threads", "solo"]
 
@@ -70,11 +71,11 @@ def default_concurrency(settings: Settings) -> int:
 
     Two per core on PostgreSQL: an event or timer task waits on the database for about half
     its run (round trips, the commit's flush), so one process per core leaves the cores idle
-    (benchmark 2 in BENCHMARKS.md: single events at 49% of the no-op rate with 2 processes on 2
+    (docs/adr/0008, benchmark 2: single events at 49% of the no-op rate with 2 processes on 2
     cores, 65% with 4). Two on SQLite: it has one writer at a time, and more processes would only
     queue on its lock.
     """
-    if is_embedded(settings.database_url):
+    if settings.database.is_sqlite:
         return 2
     return 2 * (os.cpu_count() or 1)
 
@@ -84,21 +85,18 @@ def run_worker(
     concurrency: int | None = None,
     loglevel: str = "INFO",
     pool: Pool | None = None,
-    worker: WorkerSettings | None = None,
     queues: str | None = None,
 ) -> None:
     """A worker consuming every task queue (or only ``queues``, comma-separated); blocks."""
-    app = create_app(settings, worker)
+    app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
     argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, queues=queues)
     app.worker_main(argv)
 
 
-def run_beat(
-    settings: Settings, loglevel: str = "INFO", worker: WorkerSettings | None = None
-) -> None:
+def run_beat(settings: Settings, loglevel: str = "INFO") -> None:
     """The scheduler sending the periodic tasks; run exactly one per deployment."""
-    app = create_app(settings, worker)
+    app = worker_app(settings)
     app.start(["beat", f"--loglevel={loglevel}", f"--schedule={_beat_schedule_file(app)}"])
 
 
@@ -107,7 +105,6 @@ def run_all(
     concurrency: int | None = None,
     loglevel: str = "INFO",
     pool: Pool | None = None,
-    worker: WorkerSettings | None = None,
 ) -> None:
     """Worker and beat in one command for a single machine (``aftersales run``).
 
@@ -115,7 +112,7 @@ def run_all(
     thing to start and stop; it is why only one ``run`` may be started per deployment. Several
     machines run ``aftersales worker`` each and one ``aftersales beat``.
     """
-    app = create_app(settings, worker)
+    app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
     argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, beat=True)
     app.worker_main(argv)

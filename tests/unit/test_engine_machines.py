@@ -1,5 +1,5 @@
-"""The engine's direct walk of a machine's transitions moves a case exactly as firing the event
-through ``transitions`` does, for every trigger, source state and routing-condition outcome."""
+"""Firing a trigger through a case type's shared ``transitions`` machine moves a case where the
+table in ``definitions`` says, for every trigger, source state and routing-condition outcome."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from transitions import MachineError
 
 from config.policy import load_policy
-from workflow import engine
+from workflow import definitions, engine
 from workflow.model import SYSTEM, Case, Item, Payment, RefundRoute
 from workflow.states import CaseState, CaseType
 
@@ -50,27 +50,50 @@ def _binding(case: Case) -> engine._Binding:
     return engine._Binding(replace(case, details=dict(case.details)), context, case.state.value)
 
 
+def _expected(
+    case_type: CaseType, trigger: str, state: CaseState, holds: dict[str, bool]
+) -> tuple[bool, str] | None:
+    """(moved, state after) by the table: the first row from ``state`` whose condition holds;
+    None when the trigger has no row from ``state``."""
+    rows = [
+        rule
+        for rule in definitions.rules_for(case_type)
+        if rule.trigger == trigger and state in rule.sources
+    ]
+    if not rows:
+        return None
+    for rule in rows:
+        if rule.when is None or holds[rule.when]:
+            return True, rule.dest.value
+    return False, state.value
+
+
 @pytest.mark.parametrize("case_type", list(CaseType))
-def test_direct_walk_matches_the_library(case_type: CaseType) -> None:
+def test_the_shared_machine_moves_a_case_as_the_table_says(case_type: CaseType) -> None:
     machine = engine.machine_for(case_type)
     destinations: dict[tuple[str, CaseState], set[str]] = {}
-    for trigger, event in machine.events.items():
+    for trigger in machine.events:
         for state in (CaseState(name) for name in machine.states):
             for goods_back, channel_open in itertools.product((False, True), repeat=2):
-                case = _case(case_type, state, goods_back, channel_open)
-                ours, theirs = _binding(case), _binding(case)
-                if state.value not in event.transitions:
-                    # No row from this state: both refuse the same way.
+                # given a case in this state, with the routing conditions holding or not
+                binding = _binding(_case(case_type, state, goods_back, channel_open))
+                holds = {"goods_back": goods_back, "refund_channel_open": channel_open}
+                expected = _expected(case_type, trigger, state, holds)
+                if expected is None:
+                    # then a trigger with no row from this state is refused by the machine
                     with pytest.raises(MachineError):
-                        engine._trigger(case_type, trigger, ours)
-                    with pytest.raises(MachineError):
-                        event.trigger(theirs)
+                        engine._move(binding, trigger)
                     continue
-                moved = engine._trigger(case_type, trigger, ours)
-                assert (moved, ours.state) == (event.trigger(theirs), theirs.state), (
+                # when the trigger fires through the machine
+                moved = engine._move(binding, trigger)
+                # then the case moves to the first row whose condition holds
+                assert (moved, binding.state) == expected, (
                     f"{case_type.value} {trigger} from {state.value}, "
                     f"goods_back={goods_back}, channel_open={channel_open}"
                 )
-                destinations.setdefault((trigger, state), set()).add(ours.state)
+                destinations.setdefault((trigger, state), set()).add(binding.state)
     # Some rows are routed by a condition: both of its outcomes were compared.
     assert any(len(reached) > 1 for reached in destinations.values())
+    # One machine per case type, shared: it keeps no case bound after a trigger.
+    assert engine.machine_for(case_type) is machine
+    assert machine.models == []

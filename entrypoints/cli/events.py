@@ -1,8 +1,7 @@
 """``aftersales events``: ingest inbound events from JSON lines, and work the dead letters.
 
-A thin adapter over ``workflow.events.EventService``, mounted on the main app by ``cli.py``; the
-error handling, the output helpers and the wiring are the main app's (imported inside the
-commands, because ``cli.py`` imports this module while it is being built).
+A thin adapter over ``workflow.events.ingestion.EventService``; the producers' ledger is read from
+``tasks.ledger`` on a Redis broker.
 """
 
 from __future__ import annotations
@@ -20,15 +19,22 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from config.settings import get_settings
-from entrypoints import bootstrap, views
-from workflow.events import (
-    EventService,
-    IngestResult,
-    IngestStatus,
-    mapping_markdown,
-    schema_text,
+from entrypoints import composition, views
+from entrypoints.cli.common import (
+    EXIT_CODES,
+    PROGRESS_THRESHOLD,
+    JsonFlag,
+    State,
+    new_console,
+    print_error,
+    print_json,
+    read_text,
+    state_of,
 )
+from tasks.resender import due_before, summarize
+from workflow.events.ingestion import EventService, IngestResult, IngestStatus
+from workflow.events.mapping import mapping_markdown
+from workflow.events.schema import schema_text
 from workflow.model import DeadLetter, DeadLetterStatus
 
 events_app = typer.Typer(
@@ -36,13 +42,10 @@ events_app = typer.Typer(
     help="Inbound events (carrier, payment, merchant, buyer): ingest them, work the dead letters.",
 )
 
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print JSON (money in integer fen, times in UTC).")
-]
 LetterId = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id.")]
 #: Dead letters per page of ``events dead-letters``.
 DEFAULT_PAGE = 20
-#: Exit code of a replay that still fails, per error code (as ``cli.EXIT_CODES``); codes of
+#: Exit code of a replay that still fails, per error code (as ``common.EXIT_CODES``); codes of
 #: their own (``stale_event``) mean "cannot apply now", as ``not_allowed`` does.
 CANNOT_APPLY_EXIT = 5
 
@@ -54,11 +57,9 @@ class LetterFilter(StrEnum):
     ALL = "all"
 
 
-def _events(ctx: typer.Context, json_output: bool) -> tuple[Any, EventService]:
-    from entrypoints import cli
-
-    state = cli._state(ctx, json_output)
-    return state, bootstrap.build_event_service(get_settings(), state.service())
+def _events(ctx: typer.Context, json_output: bool) -> tuple[State, EventService]:
+    state = state_of(ctx, json_output)
+    return state, composition.build_event_service(state.settings(), state.service())
 
 
 # -- ingest ---------------------------------------------------------------------------------------
@@ -77,12 +78,10 @@ def events_ingest(
     A line that cannot apply (malformed, unknown case, illegal in the case's state) becomes a
     dead letter and the rest go on; the summary counts each outcome.
     """
-    from entrypoints import cli
-
     if source == "-":
         text, name = sys.stdin.read(), "stdin"
     else:
-        text, name = cli._read_text(source)
+        text, name = read_text(source)
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     state, service = _events(ctx, json_output)
     outcomes: list[tuple[int, IngestResult]] = []
@@ -95,7 +94,7 @@ def events_ingest(
             (number, result) for (number, _), result in zip(chunk, results, strict=True)
         )
 
-    if state.json or len(lines) <= cli.PROGRESS_THRESHOLD:
+    if state.json or len(lines) <= PROGRESS_THRESHOLD:
         for chunk in chunks:
             ingest(chunk)
     else:
@@ -107,14 +106,14 @@ def events_ingest(
     counts = Counter(result.status for _, result in outcomes)
     summary = {status.value: counts.get(status, 0) for status in IngestStatus}
     if state.json:
-        cli._print_json(
+        print_json(
             {
                 "summary": {**summary, "total": len(outcomes)},
                 "outcomes": [{"line": n, **result.as_json()} for n, result in outcomes],
             }
         )
         return
-    console = cli._console()
+    console = new_console()
     unusual = [(n, r) for n, r in outcomes if r.status is not IngestStatus.APPLIED]
     if unusual:
         console.print(_outcomes_table(unusual))
@@ -156,8 +155,6 @@ def events_dead_letters(
     json_output: JsonFlag = False,
 ) -> None:
     """Events that could not apply, with their reasons; oldest first, paged by id."""
-    from entrypoints import cli
-
     state, service = _events(ctx, json_output)
     wanted = None if status is LetterFilter.ALL else DeadLetterStatus(status.value)
     # One more than asked tells whether there is a next page.
@@ -165,11 +162,11 @@ def events_dead_letters(
     page = letters[:limit]
     next_after = page[-1].id if len(letters) > limit and page else None
     if state.json:
-        cli._print_json(
+        print_json(
             {"dead_letters": [letter_json(letter) for letter in page], "next_after": next_after}
         )
         return
-    console = cli._console()
+    console = new_console()
     if not page:
         console.print("no dead letters" if wanted is None else f"no {wanted.value} dead letters")
         return
@@ -225,35 +222,29 @@ def events_replay(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag
     Marked replayed when it applies (or is ignored, or turns out already processed); still
     failing, it stays open with one more attempt and the new reason, and the command fails.
     """
-    from entrypoints import cli
-
     state, service = _events(ctx, json_output)
     result = service.replay(letter_id)
     if result.status is IngestStatus.DEAD_LETTERED:
         code = result.code or "error"
-        exits = {
-            getattr(error, "code", ""): exit_code for error, exit_code in cli.EXIT_CODES.items()
-        }
+        exits = {getattr(error, "code", ""): exit_code for error, exit_code in EXIT_CODES.items()}
         message = f"dead letter {letter_id} still fails: {result.reason}"
-        cli._print_error(code, message, {"letter_id": letter_id}, state.json)
+        print_error(code, message, {"letter_id": letter_id}, state.json)
         raise typer.Exit(exits.get(code, CANNOT_APPLY_EXIT))
     if state.json:
-        cli._print_json(result.as_json())
+        print_json(result.as_json())
         return
-    cli._console().print(Text(f"dead letter {letter_id} replayed: {_describe(result)}"))
+    new_console().print(Text(f"dead letter {letter_id} replayed: {_describe(result)}"))
 
 
 @events_app.command("discard")
 def events_discard(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag = False) -> None:
     """Set an open dead letter aside: looked at, it will not apply."""
-    from entrypoints import cli
-
     state, service = _events(ctx, json_output)
     letter = service.discard(letter_id)
     if state.json:
-        cli._print_json(letter_json(letter))
+        print_json(letter_json(letter))
         return
-    cli._console().print(f"dead letter {letter_id} discarded")
+    new_console().print(f"dead letter {letter_id} discarded")
 
 
 def _describe(result: IngestResult) -> str:
@@ -271,21 +262,15 @@ def events_unconfirmed(
 ) -> None:
     """The producers' ledger (Redis brokers): events kept and not yet confirmed processed, and
     the ones the resender sends again at its next look (docs/events.md)."""
-    from entrypoints import cli
-    from tasks.settings import WorkerSettings
-    from tasks.unconfirmed import ledger_for
-    from workflow.unconfirmed import due_before, summarize
-
-    state = cli._state(ctx, json_output)
-    worker = WorkerSettings()
-    ledger = ledger_for(get_settings(), worker)
+    state = state_of(ctx, json_output)
+    ledger = composition.unconfirmed_ledger(state.settings())
     if ledger is None:
         if state.json:
-            cli._print_json({"ledger": None})
+            print_json({"ledger": None})
         else:
-            cli._console().print("no ledger: the broker is not Redis (producers resend instead)")
+            new_console().print("no ledger: the broker is not Redis (producers resend instead)")
         return
-    now, after = time.time(), worker.event_resend_after_s
+    now, after = time.time(), state.settings().worker.event_resend_after_s
     summary = summarize(ledger, after, now)
     listed = [
         {key: (entry.envelope or {}).get(key) for key in ("source", "event_id", "type")}
@@ -293,14 +278,14 @@ def events_unconfirmed(
         for entry in ledger.due(due_before(after, now), limit)
     ]
     if state.json:
-        cli._print_json(
+        print_json(
             {
                 "ledger": {"kept": summary.kept, "due": summary.due, "resend_after_s": after},
                 "due": listed,
             }
         )
         return
-    console = cli._console()
+    console = new_console()
     kept, due = summary.kept, summary.due
     console.print(f"{kept} kept, {due} not processed {after:g} s after they were sent")
     if listed:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from workflow.events import EventService
+from workflow.events.ingestion import EventService
 
 #: The n-th copy of an event is looked at again ``resend_after_s * 2**n`` after it was sent, n
 #: at most this (64 windows: about an hour with the default minute).
@@ -43,7 +43,7 @@ class Unconfirmed:
 
 
 class UnconfirmedEvents(Protocol):
-    """The ledger (Redis in production: ``tasks.unconfirmed.RedisUnconfirmedEvents``)."""
+    """The ledger (Redis in production: ``tasks.ledger.RedisUnconfirmedEvents``)."""
 
     def due(self, before: float, limit: int) -> list[Unconfirmed]:
         """Up to ``limit`` entries due for a look at ``before`` or earlier, oldest first."""

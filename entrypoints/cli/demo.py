@@ -1,0 +1,73 @@
+"""``aftersales demo``: the scripted demo, or the live one on the running service.
+
+The demo modules are imported when the command runs: every other command starts without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from entrypoints.cli.common import (
+    EXIT_OTHER,
+    InputError,
+    JsonFlag,
+    State,
+    new_console,
+    print_error,
+    print_json,
+    state_of,
+)
+
+
+def demo(
+    ctx: typer.Context,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite file of the scripted demo (default var/demo.db); deleted and recreated "
+            "each run."
+        ),
+    ] = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Play it on the running service instead: `aftersales run` as a child process, "
+            "events through the embedded broker, timers firing on a shared clock "
+            "(files in var/demo-live/, recreated each run).",
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Run the demo: sample cases of every type moving through their states."""
+    state = state_of(ctx, json_output)
+    if live:
+        if db is not None:
+            raise InputError("usage", "--db is for the scripted demo; --live uses var/demo-live/")
+        _demo_live(state)
+        return
+    from entrypoints import demo as demo_script
+
+    outcomes = demo_script.run(
+        db or Path("var/demo.db"), console=None if state.json else new_console()
+    )
+    if state.json:
+        print_json([outcome.as_json() for outcome in outcomes])
+
+
+def _demo_live(state: State) -> None:
+    from entrypoints import live_demo
+
+    try:
+        result = live_demo.run(live_demo.DEMO_DIR, console=None if state.json else new_console())
+    except live_demo.DemoFailed as error:
+        print_error("demo_failed", str(error), {}, state.json)
+        raise typer.Exit(EXIT_OTHER) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the demo's worker was stopped", err=True)
+        raise typer.Exit(130) from None
+    if state.json:
+        print_json(result.as_json())

@@ -1,0 +1,102 @@
+"""``aftersales tokens``: the HTTP API's bearer tokens, created, listed and revoked in the
+database (the secret is printed once, at creation)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from entrypoints import composition, views
+from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
+from entrypoints.http.scopes import parse_scope
+from persistence.tokens import ApiToken, SqlTokenStore
+from workflow.errors import NotFound
+
+tokens_app = typer.Typer(
+    no_args_is_help=True, help="Bearer tokens of the HTTP API: create, list, revoke."
+)
+
+
+def _token_json(token: ApiToken) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "role": token.scope,
+        "name": token.name,
+        "created_at": views.iso(token.created_at),
+        "revoked_at": views.iso(token.revoked_at),
+    }
+
+
+def _store(state: State) -> SqlTokenStore:
+    return composition.build_token_store(state.settings())
+
+
+@tokens_app.command("create")
+def tokens_create(
+    ctx: typer.Context,
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            metavar="ROLE",
+            help="admin[:NAME], merchant:ID, buyer:ID or producer:SOURCE.",
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="A label for people: who holds it, what for.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Create a token and print its secret: shown this once, stored only as a hash."""
+    state = state_of(ctx, json_output)
+    parsed_role, subject = parse_scope(role)
+    token, secret = _store(state).create(parsed_role.value, subject, name, datetime.now(UTC))
+    if state.json:
+        print_json({**_token_json(token), "token": secret})
+        return
+    console = new_console()
+    console.print(Text(f"token {token.id} ({token.scope}) created; its secret, shown only now:"))
+    # Plain stdout, not rich: nothing may wrap or style the secret a script copies.
+    typer.echo(secret)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    ctx: typer.Context,
+    revoked: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """The tokens (never their secrets)."""
+    state = state_of(ctx, json_output)
+    tokens = _store(state).list(include_revoked=revoked)
+    if state.json:
+        print_json([_token_json(token) for token in tokens])
+        return
+    console = new_console()
+    if not tokens:
+        console.print("no tokens")
+        return
+    for token in tokens:
+        status = f"revoked {views.iso(token.revoked_at)}" if token.revoked_at else "live"
+        label = f" {token.name}" if token.name else ""
+        console.print(Text(f"{token.id:>4}  {token.scope:<32}{label}  ({status})"))
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ctx: typer.Context,
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Revoke a token: its next request gets 401."""
+    state = state_of(ctx, json_output)
+    token = _store(state).revoke(token_id, datetime.now(UTC))
+    if token is None:
+        raise NotFound(f"no token {token_id}")
+    if state.json:
+        print_json(_token_json(token))
+        return
+    new_console().print(Text(f"token {token.id} ({token.scope}) revoked"))

@@ -1,0 +1,295 @@
+"""The composition root: settings in, the wired services of a process out.
+
+Every process builds from here: the CLI (``State`` in ``entrypoints/cli/common.py``), the HTTP
+API (``http_app``) and the Celery worker (``worker_app``, which the module Celery loads calls).
+``load_settings`` is the one place ``Settings()`` reads the environment. Celery and FastAPI are
+imported by the functions that need them, so a CLI command that only reads never loads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from config.errors import SetupError
+from config.policy import Policy, load_policy
+from config.settings import Settings
+from persistence import migrate
+from persistence.db import dispose_engine, make_engine
+from persistence.tokens import SqlTokenStore
+from persistence.uow import SqlUnitOfWorkFactory
+from workflow.clock import Clock, FakeClock, FileClock, SystemClock
+from workflow.events.ingestion import EventService
+from workflow.service import CaseService
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from fastapi import FastAPI
+
+    from tasks.kick import RelayKicker
+    from tasks.resender import UnconfirmedEvents
+    from tasks.runtime import Runtime
+
+
+def load_settings() -> Settings:
+    """The settings of this process, read from the environment (``AFTERSALES_*``)."""
+    return Settings()
+
+
+def build_service(
+    settings: Settings, clock: Clock, outbox_written: Callable[[], None] | None = None
+) -> CaseService:
+    """A service on the configured database and policy, its schema checked (or created).
+
+    ``outbox_written`` is called after commits that wrote outbox rows (workers kick the relay).
+    """
+    policy = build_policy(settings)
+    engine = make_engine_for(settings)
+    _prepare_schema(settings.database.url, engine)
+    return CaseService(
+        SqlUnitOfWorkFactory(engine), clock, policy, outbox_written, settings.database.timer_batch
+    )
+
+
+def make_engine_for(settings: Settings) -> Engine:
+    """The process-wide engine of the configured database (one pool per URL)."""
+    return _engine(settings.database.url)
+
+
+def build_event_service(settings: Settings, service: CaseService) -> EventService:
+    """Inbound event ingestion on the same database and clock as ``service``."""
+    uow_factory = SqlUnitOfWorkFactory(_engine(settings.database.url))
+    return EventService(
+        service, uow_factory, service.clock, max_batch=settings.database.event_batch
+    )
+
+
+def build_token_store(settings: Settings) -> SqlTokenStore:
+    """The HTTP API's tokens on the configured database, its schema checked (or created)."""
+    engine = make_engine_for(settings)
+    _prepare_schema(settings.database.url, engine)
+    return SqlTokenStore(engine)
+
+
+def relay_kicker(settings: Settings) -> RelayKicker:
+    """The ``outbox_written`` hook of the CLI and the API: asks the workers for a relay after
+    a commit that wrote outbox rows (workers build theirs in ``build_worker_runtime``)."""
+    from tasks.app import create_app
+    from tasks.kick import RelayKicker
+
+    return RelayKicker(create_app(settings))
+
+
+def unconfirmed_ledger(settings: Settings) -> UnconfirmedEvents | None:
+    """The producers' ledger on the configured broker; None unless it is Redis."""
+    from tasks.ledger import ledger_for
+
+    return ledger_for(settings)
+
+
+def worker_app(settings: Settings) -> Celery:
+    """The Celery app of a worker or beat process, its tasks' runtime installed: built on first
+    use in each process (after the pool's fork), from these settings."""
+    from tasks import runtime
+    from tasks.app import create_app
+
+    app = create_app(settings)
+    runtime.install(lambda: build_worker_runtime(settings, app))
+    return app
+
+
+def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
+    """The services the tasks of ``app`` call."""
+    from adapters.fake_gateways import build_fake_gateways
+    from tasks.kick import RelayKicker
+    from tasks.publish import publish
+    from tasks.runtime import Runtime
+    from workflow.effects import EffectService
+    from workflow.relay import OutboxRelay
+
+    # transitions logs every state callback at INFO: one line per transition per worker.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    clock = shared_clock(settings, None)
+    kicker = RelayKicker(app, min_interval_s=settings.worker.relay_kick_interval_s)
+    cases = build_service(settings, clock, outbox_written=kicker)
+    gateways = build_fake_gateways(settings.fakes, settings.database.url, clock)
+    effects = EffectService(
+        cases, gateways.carrier, gateways.payments, gateways.notifier, gateways.shipper, clock
+    )
+    relay = OutboxRelay(SqlUnitOfWorkFactory(make_engine_for(settings)), publish, clock)
+    return Runtime(
+        settings.worker,
+        clock,
+        cases,
+        build_event_service(settings, cases),
+        effects,
+        relay,
+        gateways,
+        unconfirmed_ledger(settings),
+    )
+
+
+def http_app(settings: Settings, clock: Clock) -> FastAPI:
+    """The API on the configured database, broker and policy; raises ``SetupError`` (one line)
+    when the database is unreachable or not migrated, as every other entry point does."""
+    from entrypoints.http import ops
+    from entrypoints.http.app import create_app
+    from entrypoints.http.auth import RateLimiter
+    from entrypoints.http.context import ApiContext
+    from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
+    from persistence.readings import SqlReadings
+    from persistence.tokens import SqlIdempotencyStore
+
+    api = settings.api
+    kicker = relay_kicker(settings) if api.kick_relay else None
+    case_service = build_service(settings, clock, outbox_written=kicker)
+    engine = make_engine_for(settings)
+    readings = SqlReadings(engine)
+    context = ApiContext(
+        settings=api,
+        clock=clock,
+        cases=case_service,
+        events=build_event_service(settings, case_service),
+        tokens=SqlTokenStore(engine),
+        idempotency=SqlIdempotencyStore(engine, retention=timedelta(hours=api.idempotency_hours)),
+        readings=readings,
+        rate_limiter=RateLimiter(api.rate_limit_per_minute),
+        auth_failures=RateLimiter(api.auth_failures_per_minute),
+        readiness={
+            "database": ops.database_check(readings, display_url(settings.database.url)),
+            "broker": ops.broker_check(settings),
+        },
+    )
+    ledger = unconfirmed_ledger(settings)
+    unconfirmed = (
+        UnconfirmedCollector(ledger, settings.worker.event_resend_after_s)
+        if ledger is not None
+        else None
+    )
+    metrics = ApiMetrics(readings, clock, api.metrics_cache_seconds, unconfirmed)
+    return create_app(context, metrics, kicker)
+
+
+def build_policy(settings: Settings) -> Policy:
+    path = settings.policy_file
+    try:
+        return load_policy(path)
+    except OSError as error:
+        raise SetupError(f"policy file {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SetupError(f"policy file {path} is not valid TOML: {error}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SetupError(f"policy file {path}: {where}: {first['msg']}") from None
+
+
+def make_clock(now: datetime | None) -> Clock:
+    """``--now``: a fixed simulation clock at that instant; otherwise the system time."""
+    return SystemClock() if now is None else FakeClock(now)
+
+
+def shared_clock(settings: Settings, now: datetime | None) -> Clock:
+    """The clock of the long-running processes (workers, the API): a shared simulation clock
+    file (live demo, end-to-end tests) wins, then ``--now``, then the system time."""
+    if settings.clock_file is not None:
+        return FileClock(str(settings.clock_file))
+    return make_clock(now)
+
+
+def upgrade_database(settings: Settings) -> str:
+    """Apply every pending migration (``aftersales db upgrade``); returns the URL shown to users."""
+    url = settings.database.url
+    _engine(url)
+    try:
+        migrate.upgrade(url)
+    except migrate.SchemaError as error:
+        raise SetupError(f"database {display_url(url)}: {error}") from None
+    except SQLAlchemyError as error:
+        raise _database_error(url, error) from None
+    return display_url(url)
+
+
+def recreate_embedded_database(settings: Settings) -> None:
+    """Delete the SQLite file of ``settings`` and create it afresh at the newest schema (demo)."""
+    url = make_url(settings.database.url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        raise SetupError(f"only a SQLite file can be recreated, not {display_url(str(url))}")
+    # The process-wide engine may hold connections to the old file; close them before deleting.
+    dispose_engine(settings.database.url)
+    path = Path(url.database)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    # ``upgrade``, not ``ensure_schema``: the latter remembers per process that this URL was
+    # current, which the deleted file no longer is.
+    upgrade_database(settings)
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
+
+
+def is_embedded(url: str) -> bool:
+    """SQLite is the embedded database: created on first use, no separate migration step."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _engine(url: str) -> Engine:
+    try:
+        make_url(url)
+    except ArgumentError:
+        # Not echoed: an unparsable URL cannot have its password hidden.
+        raise SetupError(
+            "AFTERSALES_DATABASE_URL is not a database URL; use e.g. "
+            "sqlite:////abs/path/aftersales.db or postgresql://user@host/dbname"
+        ) from None
+    try:
+        return make_engine(url)
+    except (ArgumentError, ImportError) as error:
+        raise SetupError(f"unusable database URL {display_url(url)}: {error}") from None
+    except OSError as error:
+        # The SQLite file's directory could not be created (permissions, a file in the way).
+        raise SetupError(f"database {display_url(url)}: {error.strerror or error}") from None
+
+
+def _prepare_schema(url: str, engine: Engine) -> None:
+    try:
+        if is_embedded(url):
+            migrate.ensure_schema(url)
+            return
+        # A shared server is migrated deliberately (one deploy step), never as a side effect of
+        # whichever command happens to run first against it.
+        with engine.connect() as connection:
+            current = migrate.current_revision(connection)
+    except migrate.SchemaError as error:
+        raise SetupError(f"database {display_url(url)}: {error}") from None
+    except SQLAlchemyError as error:
+        raise _database_error(url, error) from None
+    head = migrate.head_revision()
+    if current is None:
+        raise SetupError(
+            f"database {display_url(url)} has no schema yet; run `aftersales db upgrade` first"
+        )
+    if current != head:
+        raise SetupError(
+            f"database {display_url(url)} is at schema revision {current}, this version needs "
+            f"{head}; run `aftersales db upgrade`"
+        )
+
+
+def _database_error(url: str, error: SQLAlchemyError) -> SetupError:
+    # The driver's message is several lines with SQL and a link; its first line says what failed.
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return SetupError(f"database {display_url(url)}: {detail[0] if detail else error}")
