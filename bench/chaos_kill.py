@@ -1,24 +1,11 @@
 """Fault injection, long run: ``kill -9`` of worker processes at random moments.
 
-A few hundred cases of mixed types (``bench.chaos_common.KINDS``) run on PostgreSQL and a private
-Redis, moved by events, timers (the ``FileClock`` jumps) and the workers' own effects, while a
-killer thread sends SIGKILL, every ``--kill-every`` seconds (uniformly drawn), to a random
-worker: to its main process with everything it started (``killpg``: the prefork children and the
-messages it holds unacknowledged die with it), or to one of its prefork children (the main
-process replaces it). A supervisor thread starts a killed worker again at once, as systemd
-would. One stand-alone beat. When the planned waves are done and fewer than ``--kills`` kills
-have landed, more waves run. Events are sent once, with the producer helper
-(``tasks/producer.py``), which keeps each in the ledger of unconfirmed events: kombu's Redis
-transport can lose a message taken by a worker main process killed at the wrong instant (BRPOP,
-then the unacked record: see docs/workers.md), and beat's resender then sends the event again
-(the summary counts those). ``--no-ledger`` sends without the ledger: a lost message then leaves
-its case stuck, and the run fails. ``--resend-after S`` adds the producer's own contract of
-docs/events.md (an event whose case has not moved S seconds later is sent again by the
-driver).
-
-At the end, ``chaos_common.verify``: every case terminal, no refund paid twice and each equal to
-what its case records, the log contiguous and replaying to each case's state, every timer fired
-at most once, every outbox row completed.
+The mixed cases of ``bench.chaos_driver`` run on PostgreSQL and a private Redis while a killer
+thread SIGKILLs, every ``--kill-every`` seconds, a random worker's whole process group or one of
+its prefork children; a supervisor restarts killed workers at once, as systemd would. Events go
+through the producer's ledger of unconfirmed events, so beat's resender makes up for a message
+kombu lost with a killed main process (docs/workers.md); ``--no-ledger`` shows the loss. At the
+end, ``bench.chaos_checks.verify``.
 
     python -m bench.chaos_kill                         # 300 cases, >= 50 kills, about 5 min
     python -m bench.chaos_kill --cases 60 --kills 10   # a quick look
@@ -36,8 +23,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from bench import chaos_checks, chaos_driver, support
 from bench import chaos_common as chaos
-from bench import support
 
 
 @dataclass
@@ -116,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     support.print_machine(console, support.machine(server_url))
     rng = random.Random(args.seed)
     started = time.monotonic()
-    load_before = chaos.load_average()
+    load_before = chaos_checks.load_average()
     with chaos.deployment(server_url) as run, support.progress(console) as bars:
         run.keep_events = not args.no_ledger
         for _ in range(args.workers):
@@ -127,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         kills = bars.add_task("kill -9", total=args.kills)
         supervisor = chaos.Supervisor(run.workers + run.beats)
         killer = Killer(run, supervisor, rng, lambda n: bars.update(kills, completed=n))
-        driver = chaos.Driver(
+        driver = chaos_driver.Driver(
             run,
             args.cases,
             args.waves,
-            chaos.Flood(resend_after_s=args.resend_after),
+            chaos_driver.Flood(resend_after_s=args.resend_after),
             rng,
             lambda done, total: bars.update(terminal, completed=done, total=total),
         )
@@ -145,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         for slot in run.workers + run.beats:
             if not slot.alive():
                 slot.start()
-        chaos.wait_settled(run)
-        found = chaos.verify(run)
-        from_ledger = chaos.resent_from_ledger(run)
-        jobs, coalesced, fell_back = chaos.coalesced_jobs(run)
+        chaos_checks.wait_settled(run)
+        found = chaos_checks.verify(run)
+        from_ledger = chaos_checks.resent_from_ledger(run)
+        jobs, coalesced, fell_back = chaos_checks.coalesced_jobs(run)
         run.keep_folder = not found.ok or error is not None
         elapsed = time.monotonic() - started
-        load_after = chaos.load_average()
+        load_after = chaos_checks.load_average()
 
     table = Table(title="chaos_kill")
     table.add_column("figure")
@@ -172,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "coalesced jobs of single events (events; failed and run alone)",
             f"{jobs} ({coalesced}; {fell_back})",
         ),
-        *chaos.findings_table(found),
+        *chaos_checks.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
         ("load average before / after", f"{load_before} / {load_after}"),
     ]

@@ -1,23 +1,11 @@
 """Fault injection, long run: Redis and PostgreSQL outages, two beats, floods of duplicate and
 reordered events.
 
-The same waves of mixed cases as ``bench/chaos_kill.py`` (``bench.chaos_common``), on PostgreSQL
-and a private Redis, with:
-
-- a fault thread that, every ``--fault-every`` seconds, either shuts Redis down without saving
-  (``SHUTDOWN NOSAVE``: every queued and unacknowledged message is lost) and starts it again on
-  the same port after ``--redis-down`` seconds, or ends every PostgreSQL session the workers hold
-  on the run's own database (``pg_terminate_backend``), alternating until both have happened as
-  often as asked;
-- two stand-alone beats and ``--workers`` workers, sweeps every 0.2 s from each beat claiming
-  ``--sweep-batch`` timers at a time, so many sweepers claim at once;
-- every event sent 1..``--copies`` times, a return parcel's delivery sometimes reported before its
-  pickup (``--reorder``), and an event whose case has not moved ``--resend-after`` seconds later
-  sent again, as a producer retrying what the broker lost would.
-
-Nobody restarts a worker or a beat: each must reconnect by itself, and the run fails if one
-exits. At the end, the checks of ``chaos_common.verify`` (every case terminal, no refund paid
-twice, the log replaying to each state, every timer fired once, every outbox row completed).
+The mixed cases of ``bench.chaos_driver`` run while a fault thread alternates a Redis
+``SHUTDOWN NOSAVE`` (restarted after ``--redis-down`` s) and ``pg_terminate_backend`` of the
+workers' sessions; two beats sweep at once; events are sent up to ``--copies`` times, some
+reordered. Nobody restarts a worker or a beat: each must reconnect by itself. At the end,
+``bench.chaos_checks.verify``.
 
     python -m bench.chaos_outages                      # 300 cases, 6 Redis restarts, 10 drops
     python -m bench.chaos_outages --cases 60 --redis-restarts 1 --pg-drops 2   # a quick look
@@ -33,8 +21,8 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from bench import chaos_checks, chaos_driver, support
 from bench import chaos_common as chaos
-from bench import support
 
 
 @dataclass
@@ -139,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             rng,
             lambda n: bars.update(outage_bar, completed=n),
         )
-        flood = chaos.Flood(args.copies, args.reorder, args.resend_after)
-        driver = chaos.Driver(
+        flood = chaos_driver.Flood(args.copies, args.reorder, args.resend_after)
+        driver = chaos_driver.Driver(
             run,
             args.cases,
             args.waves,
@@ -154,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 driver.drive(keep_going=lambda: outages.remaining > 0)
             except TimeoutError as stuck:
                 error = stuck
-        chaos.wait_settled(run)
-        found = chaos.verify(run)
+        chaos_checks.wait_settled(run)
+        found = chaos_checks.verify(run)
         exits = [
             f"{slot.log.name}: {slot.exits()}"
             for slot in run.workers + run.beats
@@ -167,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             for slot in run.workers
         )
         elapsed = time.monotonic() - started
-        load = chaos.load_average()
+        load = chaos_checks.load_average()
 
     stats = outages.stats
     table = Table(title="chaos_outages")
@@ -191,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{driver.stats.events} ({driver.stats.copies}, {driver.stats.reordered}, "
             f"{driver.stats.resent})",
         ),
-        *chaos.findings_table(found),
+        *chaos_checks.findings_table(found),
         ("wall time", f"{elapsed:.0f} s"),
         ("load average at the end", load),
     ]

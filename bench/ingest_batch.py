@@ -1,26 +1,11 @@
 """Batch ingestion and batched timer firing, in process (no broker): what a commit costs.
 
-Events. Each event is ``merchant.approved`` for a fresh submitted case (seeded as in
-``bench/support.py``), so every event is a real transition: resolve the case, record (source,
-event id), plan, compare-and-set the case, the log row (labelled with the event's key; the
-dedupe record, not a key row, makes the event apply once), disarm ``merchant_review``, arm
-``return_shipment``, two outbox rows.
-
-- **S**: ``EventService.ingest`` per event: one transaction per event.
-- **B<k>**: ``EventService.ingest_many`` on chunks of k events (``max_batch`` k): one
-  transaction per chunk, a savepoint per event.
-- **R1** / **R<k>**: the same statements with the raw driver (psycopg 3 / sqlite3), one
-  transaction per event, or per k events with a SAVEPOINT ... RELEASE around each event (the
-  per-event isolation the batch guarantees costs the same there).
-
-Timers. Seeded cases' ``merchant_review`` timers, all due: ``CaseService.sweep_timers`` claims
-a batch and fires it with ``timer_batch`` 1 (**T1**: one transaction per timer, as before) or
-``TIMER_BATCH`` (**T<k>**: one per k timers, a savepoint each).
-
-Every variant runs in each round, in an order reversed every other round; figures are medians
-over rounds of per-round rates and ratios. Afterwards the rows are counted: each event's case
-approved once with its log row, dedupe record, timers and outbox rows, and no idempotency-key
-row; each timer fired once.
+Each event is ``merchant.approved`` for a fresh submitted case, a real transition. **S** ingests
+one event per transaction, **B<k>** k per transaction (a savepoint each), **R1**/**R<k>** the same
+statements with the raw driver (``bench.raw_ingest``). Timers: a sweep fires due
+``merchant_review`` timers one per transaction (**T1**) or ``TIMER_BATCH`` per transaction
+(**T<k>**). Variants alternate order each round; figures are medians over rounds; the rows are
+verified afterwards.
 
     python -m bench.ingest_batch --backend both --events 1000 --rounds 3
 """
@@ -28,260 +13,30 @@ row; each timer fired once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from bench import support
+from bench.raw_ingest import RawEvents, envelope
 from config.policy import load_policy
 from persistence.db import make_engine
-from persistence.statements import CASE_MUTABLE_COLUMNS
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.events.ingestion import EventService, IngestStatus
 from workflow.service import TIMER_BATCH, CaseService
 
-#: Target of issue 5, benchmark 2, for batch ingestion (end to end, on PostgreSQL).
-TARGET_EVENTS_PER_S = 2000
-SOURCE = "merchant-portal"
 #: ``merchant_review`` in config/policy.toml: when a submitted case's timer falls due.
 MERCHANT_REVIEW = timedelta(hours=48)
-
-
-def envelope(case_id: int) -> dict[str, Any]:
-    return {
-        "event_id": f"approve-{case_id}",
-        "source": SOURCE,
-        "type": "merchant.approved",
-        "occurred_at": support.FIRED_AT.isoformat(),
-        "case_id": case_id,
-        "data": {"merchant_id": support.MERCHANT.id},
-    }
-
-
-# -- the raw-driver baseline ---------------------------------------------------------------------
-
-_RECORD_SQLITE = (
-    "INSERT INTO inbound_events (source, event_id, case_id, received_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (source, event_id) DO NOTHING"
-)
-_RECORD_PG = (
-    "INSERT INTO inbound_events (source, event_id, case_id, received_at) VALUES "
-    "(%(source)s::VARCHAR, %(event_id)s::VARCHAR, %(case_id)s::BIGINT, "
-    "%(received_at)s::TIMESTAMP WITH TIME ZONE) ON CONFLICT (source, event_id) DO NOTHING"
-)
-
-
-class RawEvents:
-    """The statements ``EventService`` issues for an approval event, with the driver alone."""
-
-    def __init__(self, database: support.Database, now: datetime = support.FIRED_AT) -> None:
-        self.backend = database.backend
-        self._now = now
-        self._due = now + support.RETURN_SHIPMENT
-        if database.backend == "sqlite":
-            assert database.path is not None
-            self._sqlite = sqlite3.connect(
-                database.path, isolation_level=None, check_same_thread=False
-            )
-            for pragma in (
-                "journal_mode=WAL",
-                f"busy_timeout={support.SQLITE_BUSY_TIMEOUT_MS}",
-                "foreign_keys=ON",
-                "synchronous=NORMAL",
-            ):
-                self._sqlite.execute(f"PRAGMA {pragma}")
-        else:
-            assert database.conninfo is not None
-            self._pg = psycopg.connect(database.conninfo)
-
-    def ingest(self, case_ids: Sequence[int]) -> None:
-        """One transaction for ``case_ids``; a savepoint per event when there are several."""
-        if self.backend == "sqlite":
-            self._sqlite_batch(case_ids)
-        else:
-            self._pg_batch(case_ids)
-
-    def _sqlite_batch(self, case_ids: Sequence[int]) -> None:
-        connection = self._sqlite
-        at = support._sqlite_time(self._now)
-        due = support._sqlite_time(self._due)
-        savepoints = len(case_ids) > 1
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for case_id in case_ids:
-                if savepoints:
-                    connection.execute("SAVEPOINT event")
-                row = connection.execute(support._SQLITE_SELECT_CASE, (case_id,)).fetchone()
-                event = envelope(case_id)
-                connection.execute(_RECORD_SQLITE, (SOURCE, event["event_id"], case_id, at))
-                connection.execute(support._SQLITE_SELECT_TIMER, (case_id,)).fetchone()
-                loaded = row[support._VERSION]
-                version = loaded + 1
-                details = json.loads(row[support._DETAILS])
-                changed = connection.execute(
-                    support._SQLITE_UPDATE_CASE,
-                    (
-                        support._TO_STATE,
-                        version,
-                        *(row[i] for i in _MUTABLE),
-                        json.dumps(details, ensure_ascii=False),
-                        at,
-                        row[support._RETURN_NO],
-                        row[support._OUTBOUND_NO],
-                        case_id,
-                        loaded,
-                    ),
-                ).rowcount
-                if changed != 1:
-                    raise support.Refused(f"case {case_id} moved")
-                key = f"event:{SOURCE}:{event['event_id']}"
-                connection.execute(
-                    support._SQLITE_INSERT_TRANSITION,
-                    (case_id, version, *_LOGGED, row[support._STATE], *_TO, None, "{}", at, key),
-                )
-                connection.execute(support._SQLITE_DISARM, ("cancelled", case_id))
-                timer = (case_id, *support._TIMER, support._TO_STATE, version, due, "pending", at)
-                connection.execute(support._SQLITE_INSERT_TIMER, (*timer, None, None, None, None))
-                connection.executemany(
-                    support._SQLITE_INSERT_OUTBOX,
-                    [
-                        (topic, case_id, json.dumps(payload, ensure_ascii=False), at, 0)
-                        for topic, payload in support._messages(row, version)
-                    ],
-                )
-                if savepoints:
-                    connection.execute("RELEASE SAVEPOINT event")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-
-    def _pg_batch(self, case_ids: Sequence[int]) -> None:
-        connection, now = self._pg, self._now
-        savepoints = len(case_ids) > 1
-        try:
-            with connection.cursor() as cursor:
-                for case_id in case_ids:
-                    if savepoints:
-                        cursor.execute("SAVEPOINT event")
-                    cursor.execute(support._PG_SELECT_CASE, {"case_id": case_id})
-                    row = cursor.fetchone()
-                    assert row is not None
-                    event = envelope(case_id)
-                    cursor.execute(
-                        _RECORD_PG,
-                        {
-                            "source": SOURCE,
-                            "event_id": event["event_id"],
-                            "case_id": case_id,
-                            "received_at": now,
-                        },
-                    )
-                    cursor.execute(support._PG_SELECT_TIMER, {"case_id": case_id})
-                    cursor.fetchone()
-                    loaded = row[support._VERSION]
-                    version = loaded + 1
-                    cursor.execute(
-                        support._PG_UPDATE_CASE,
-                        {
-                            "state": support._TO_STATE,
-                            "version": version,
-                            **{
-                                name: row[i]
-                                for name, i in zip(_MUTABLE_NAMES, _MUTABLE, strict=True)
-                            },
-                            "details": Jsonb(row[support._DETAILS]),
-                            "updated_at": now,
-                            "return_tracking_no": row[support._RETURN_NO],
-                            "outbound_tracking_no": row[support._OUTBOUND_NO],
-                            "where_id": case_id,
-                            "where_version": loaded,
-                        },
-                    )
-                    if cursor.rowcount != 1:
-                        raise support.Refused(f"case {case_id} moved")
-                    key = f"event:{SOURCE}:{event['event_id']}"
-                    cursor.execute(
-                        support._PG_INSERT_TRANSITION,
-                        {
-                            "case_id": case_id,
-                            "seq": version,
-                            "trigger": support._TRIGGER,
-                            "from_state": row[support._STATE],
-                            "to_state": support._TO_STATE,
-                            "actor": support._ACTOR,
-                            "reason": None,
-                            "data": Jsonb({}),
-                            "at": now,
-                            "idempotency_key": key,
-                        },
-                    )
-                    cursor.execute(
-                        support._PG_DISARM, {"status": "cancelled", "where_case_id": case_id}
-                    )
-                    cursor.execute(
-                        support._PG_INSERT_TIMER,
-                        support.timer_row(case_id, version, self._due, now),
-                    )
-                    cursor.fetchone()
-                    cursor.executemany(
-                        support._PG_INSERT_OUTBOX,
-                        [
-                            {
-                                "topic": topic,
-                                "case_id": case_id,
-                                "payload": Jsonb(payload),
-                                "created_at": now,
-                                "attempts": 0,
-                            }
-                            for topic, payload in support._messages(row, version)
-                        ],
-                    )
-                    if savepoints:
-                        cursor.execute("RELEASE SAVEPOINT event")
-            connection.commit()
-        except BaseException:
-            connection.rollback()
-            raise
-
-    def close(self) -> None:
-        if self.backend == "sqlite":
-            self._sqlite.close()
-        else:
-            self._pg.close()
-
-
-# The case columns an approval writes back unchanged, in UPDATE order after state and version.
-_MUTABLE = (
-    support._DESCRIPTION,
-    support._REQUESTED,
-    support._REFUND,
-    support._DEDUCTION,
-    support._ROUTE,
-    support._ATTEMPTS,
-    support._KEY,
-)
-# Their column names: what ``SqlCaseRepository.save`` writes, between version and details.
-_MUTABLE_NAMES = CASE_MUTABLE_COLUMNS[2:9]
-_LOGGED = (support._TRIGGER,)
-_TO = (support._TO_STATE, support._ACTOR)
-
-
-# -- the run ---------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -19,375 +19,33 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import heapq
 import io
 import pstats
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from rich.progress import Progress, TaskID
+from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from bench import support
+from bench import raw_baseline, support
+from bench.lifecycle_scenarios import FAR, SCENARIOS, START
+from bench.lifecycle_simulation import CountingFactory, Lifecycle, Simulation
 from config.policy import Policy, load_policy
 from persistence.db import make_engine
 from persistence.tables import timers
-from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
+from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.errors import AftersalesError
-from workflow.events.ingestion import EventService, IngestStatus
-from workflow.model import SYSTEM, Actor
+from workflow.events.ingestion import EventService
 from workflow.service import CaseService
-from workflow.states import CaseState, Role
 
-#: The timer sweep runs every simulated hour (``aftersales timers run-due`` from a cron job).
-SWEEP = timedelta(hours=1)
-#: Between two cases' applications.
-ARRIVALS = timedelta(minutes=2)
 #: The raw baseline cycles over this many seeded cases.
 POOL = 1000
-START = support.T0 + timedelta(days=1)
-#: The raw baseline's clock: its timers are never due during the simulation.
-FAR = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-# -- the scenarios ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Act:
-    """A buyer, merchant or the system fires a trigger ``after`` the previous step."""
-
-    after: timedelta
-    role: Role
-    trigger: str
-    data: dict[str, Any] | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Event:
-    """A carrier or the payment channel reports ``type``; ``names`` says how it names the case."""
-
-    after: timedelta
-    source: str
-    type: str
-    names: dict[str, Any]
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Nobody acts: a timer fires in one of the sweeps meanwhile."""
-
-    after: timedelta
-
-
-Step = Act | Event | Wait
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    weight: int
-    final: CaseState
-    #: (case type, category, reason, days since payment, days since delivery or None, price)
-    application: tuple[str, str, str, float, float | None, int]
-    steps: tuple[Step, ...]
-
-
-def _timeout(hours: float) -> timedelta:
-    """Long enough for a timer of ``hours`` to be due and swept."""
-    return timedelta(hours=hours) + SWEEP + timedelta(minutes=1)
-
-
-H, D, M = timedelta(hours=1), timedelta(days=1), timedelta(minutes=1)
-B, MER, SYS = Role.BUYER, Role.MERCHANT, Role.SYSTEM
-_RETURN_DELIVERED = ("sf-express", "parcel.delivered")
-_BY_RETURN_PARCEL = {"tracking_no": "{ret}"}
-_TO_MERCHANT = {"recipient": "merchant"}
-_TO_BUYER = {"recipient": "buyer"}
-
-
-def _refund(result: str, attempt: int) -> Event:
-    data: dict[str, Any] = {"idempotency_key": f"refund-{{case}}-{attempt}"}
-    if result == "refund.succeeded":
-        data["reference"] = "wx-{n}"
-    else:
-        data["error"] = "channel busy"
-    return Event(10 * M, "wechat-pay", result, {"case_id": "{case}"}, data)
-
-
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario(
-        "return_refund",
-        25,
-        CaseState.REFUNDED,
-        ("return_refund", "clothing", "no_reason", 5, 2, 19_900),
-        (
-            Act(3 * H, MER, "approve"),
-            Act(1 * H, SYS, "book_pickup", {"carrier": "SF", "pickup_code": "PK-{n}"}),
-            Act(1 * D, B, "ship_back", {"tracking_no": "{ret}"}),
-            Event(2 * D, *_RETURN_DELIVERED, _BY_RETURN_PARCEL, _TO_MERCHANT),
-            Act(4 * H, MER, "confirm_receipt"),
-            Act(2 * H, MER, "inspect"),
-            _refund("refund.succeeded", 1),
-        ),
-    ),
-    Scenario(
-        "return_refund, by timers",
-        10,
-        CaseState.REFUNDED,
-        ("return_refund", "home", "no_reason", 4, 1, 12_800),
-        (
-            Wait(_timeout(48)),  # auto_approve
-            # The carrier's first news names the order: the case does not know the parcel yet.
-            Event(
-                1 * D,
-                *_RETURN_DELIVERED,
-                {"order_id": "{order}", "tracking_no": "{ret}"},
-                _TO_MERCHANT,
-            ),
-            Wait(_timeout(240)),  # auto_receive
-            Wait(_timeout(48)),  # deem_inspected, then start_refund
-            _refund("refund.succeeded", 1),
-        ),
-    ),
-    Scenario(
-        "return_refund, cancelled",
-        5,
-        CaseState.CANCELLED,
-        ("return_refund", "clothing", "no_reason", 3, 1, 9_900),
-        (Act(2 * H, B, "cancel"),),
-    ),
-    Scenario(
-        "exchange",
-        20,
-        CaseState.EXCHANGED,
-        ("exchange", "phone", "quality_issue", 24, 20, 329_900),
-        (
-            Act(5 * H, MER, "approve"),
-            Act(20 * H, B, "ship_back", {"tracking_no": "{ret}"}),
-            Event(1 * D, *_RETURN_DELIVERED, _BY_RETURN_PARCEL, _TO_MERCHANT),
-            Act(2 * H, MER, "confirm_receipt"),
-            Act(6 * H, MER, "inspect", {"note": "speaker fault confirmed"}),
-            Act(8 * H, MER, "ship_replacement", {"tracking_no": "{out}"}),
-            Event(1 * D, "jd-logistics", "parcel.delivered", {"tracking_no": "{out}"}, _TO_BUYER),
-            Act(3 * H, B, "confirm_delivery"),
-        ),
-    ),
-    Scenario(
-        "exchange, rejected",
-        5,
-        CaseState.CLOSED,
-        ("exchange", "phone", "quality_issue", 30, 25, 159_900),
-        (
-            Act(4 * H, MER, "reject", reason="damage caused by the buyer"),
-            Wait(_timeout(168)),  # expire_dispute_window
-        ),
-    ),
-    Scenario(
-        "repair",
-        15,
-        CaseState.REPAIRED,
-        ("repair", "electronics", "quality_issue", 155, 150, 89_900),
-        (
-            Act(20 * H, MER, "approve"),
-            Act(1 * D, B, "ship_back", {"tracking_no": "{ret}"}),
-            Event(2 * D, *_RETURN_DELIVERED, _BY_RETURN_PARCEL, _TO_MERCHANT),
-            Act(1 * H, MER, "confirm_receipt"),
-            Act(4 * H, MER, "inspect", {"note": "loose connector"}),
-            Act(3 * D, MER, "ship_repaired", {"tracking_no": "{out}"}),
-            Event(1 * D, "yto-express", "parcel.delivered", {"tracking_no": "{out}"}, _TO_BUYER),
-            Wait(_timeout(240)),  # auto_confirm_delivery
-        ),
-    ),
-    Scenario(
-        "refund_only, one failed refund",
-        20,
-        CaseState.REFUNDED,
-        ("refund_only", "home", "not_received", 3, None, 45_800),
-        (
-            Act(6 * H, MER, "approve"),  # and start_refund
-            _refund("refund.failed", 1),
-            Wait(_timeout(5 / 60)),  # retry_refund
-            _refund("refund.succeeded", 2),
-        ),
-    ),
-)
-
-
-# -- the simulation --------------------------------------------------------------------------------
-
-
-class CountingFactory:
-    """The SQL unit-of-work factory, counting the units of work (transactions) opened."""
-
-    def __init__(self, inner: SqlUnitOfWorkFactory) -> None:
-        self._inner = inner
-        self.opened = 0
-
-    def __call__(self) -> SqlUnitOfWork:
-        self.opened += 1
-        return self._inner()
-
-
-@dataclass
-class Lifecycle:
-    number: int
-    scenario: Scenario
-    case_id: int = 0
-    step: int = 0
-    failed: str | None = None
-
-    def values(self) -> dict[str, Any]:
-        return {
-            "n": self.number,
-            "case": self.case_id,
-            "order": f"o-{self.number}",
-            "ret": f"RT{self.number:07d}",
-            "out": f"OB{self.number:07d}",
-        }
-
-    def fill(self, value: Any) -> Any:
-        if isinstance(value, str):
-            filled = value.format_map(self.values())
-            return int(filled) if value == "{case}" else filled
-        if isinstance(value, dict):
-            return {key: self.fill(item) for key, item in value.items()}
-        return value
-
-    def application(self, now: datetime) -> dict[str, Any]:
-        kind, category, reason, paid, delivered, price = self.scenario.application
-        return {
-            "type": kind,
-            "order_id": f"o-{self.number}",
-            "buyer_id": f"b-{self.number % 997}",
-            "merchant_id": f"m-{self.number % 53}",
-            "category": category,
-            "reason": reason,
-            "description": self.scenario.name,
-            "payment": {
-                "channel": "wechat_pay",
-                "amount": price,
-                "paid_at": (now - timedelta(days=paid)).isoformat(),
-            },
-            "delivered_at": None if delivered is None else (now - delivered * D).isoformat(),
-            "items": [{"sku": f"sku-{self.number}", "quantity": 1, "unit_price": price}],
-            "gifts": [],
-        }
-
-    def actor(self, role: Role) -> Actor:
-        if role is Role.BUYER:
-            return Actor(role, f"b-{self.number % 997}")
-        if role is Role.MERCHANT:
-            return Actor(role, f"m-{self.number % 53}")
-        return SYSTEM
-
-
-@dataclass
-class Simulation:
-    service: CaseService
-    events: EventService
-    clock: FakeClock
-    bar: Progress
-    task: TaskID
-    timers_fired: int = 0
-    timers_idle: int = 0
-    events_applied: int = 0
-    failures: list[str] = field(default_factory=list)
-
-    def sweep(self) -> None:
-        while True:
-            runs = self.service.run_due_timers(limit=1000)
-            for run in runs:
-                if run.fired:
-                    self.timers_fired += 1
-                else:
-                    self.timers_idle += 1
-            if len(runs) < 1000:
-                return
-
-    def run(self, lifecycles: Sequence[Lifecycle]) -> None:
-        """Drive every lifecycle to its end, in simulated-time order."""
-        start = self.clock.now()
-        queue: list[tuple[datetime, int, int]] = []
-        for index in range(len(lifecycles)):
-            heapq.heappush(queue, (start + index * ARRIVALS, index, index))
-        serial = len(lifecycles)
-        next_sweep = start + SWEEP
-        while queue:
-            at, _, index = heapq.heappop(queue)
-            while next_sweep <= at:
-                self.clock.set(next_sweep)
-                self.sweep()
-                next_sweep += SWEEP
-            self.clock.set(at)
-            lifecycle = lifecycles[index]
-            following = self.advance(lifecycle)
-            if following is None:
-                self.bar.advance(self.task)
-                continue
-            serial += 1
-            heapq.heappush(queue, (at + following, serial, index))
-        # Nothing may be left waiting.
-        self.sweep()
-
-    def advance(self, lifecycle: Lifecycle) -> timedelta | None:
-        """Run the lifecycle's next step; the delay to the one after, None at the end."""
-        steps = lifecycle.scenario.steps
-        try:
-            if lifecycle.case_id == 0:
-                view = self.service.submit(lifecycle.application(self.clock.now()))
-                assert view.case.id is not None
-                lifecycle.case_id = view.case.id
-            else:
-                self.perform(lifecycle, steps[lifecycle.step])
-                lifecycle.step += 1
-        except (AftersalesError, AssertionError) as error:
-            lifecycle.failed = f"{lifecycle.scenario.name} #{lifecycle.number}: {error!r}"
-            self.failures.append(lifecycle.failed)
-            return None
-        if lifecycle.step >= len(steps):
-            return None
-        return steps[lifecycle.step].after
-
-    def perform(self, lifecycle: Lifecycle, step: Step) -> None:
-        match step:
-            case Act():
-                self.service.fire(
-                    lifecycle.case_id,
-                    step.trigger,
-                    lifecycle.actor(step.role),
-                    lifecycle.fill(step.data) if step.data else None,
-                    step.reason,
-                )
-            case Event():
-                envelope = {
-                    "event_id": f"{step.type}-{lifecycle.number}-{lifecycle.step}",
-                    "source": step.source,
-                    "type": step.type,
-                    "occurred_at": self.clock.now().isoformat(),
-                    **lifecycle.fill(step.names),
-                    "data": lifecycle.fill(step.data),
-                }
-                result = self.events.ingest(envelope)
-                if result.status is not IngestStatus.APPLIED:
-                    raise AssertionError(f"{step.type}: {result.status} {result.reason}")
-                self.events_applied += 1
-            case Wait():
-                pass
-
-
-# -- rounds ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -471,7 +129,7 @@ def run_backend(
         # The pool's timers (and those the baseline arms) must never come due in a sweep.
         with production.begin() as connection:
             connection.execute(sa.update(timers).values(due_at=FAR))
-        raw = support.raw_path(database, now=FAR)
+        raw = raw_baseline.raw_path(database, now=FAR)
         clock.set(START)
         simulation = Simulation(service, events, clock, bar, task)
         raw_task = bar.add_task(f"{backend}: raw baseline", total=None)

@@ -1,20 +1,10 @@
 """The naive way to keep timers: one Celery task per deadline, ``apply_async(countdown=...)``.
 
-Benchmark 3's comparison (BENCHMARKS.md section 3; ``bench/timers_scale.py`` runs it beside the
-database timers). For each broker visibility timeout given, a real prefork worker on a private
-Redis receives ``--tasks`` countdown tasks of a trivial probe (``bench/countdown_probe.py``), with
-countdowns spread over minutes, and runs them when due. Measured:
-
-- the worker's resident memory before, with every task received and waiting (an ETA task is held
-  in the worker's memory, unacknowledged, until it is due), at most and at the end;
-- executions per task id (counted in Redis by the probe): a duplicate is a second run.
-
-Why duplicates: on Redis an unacknowledged message older than the visibility timeout is put back
-in the queue (kombu ``transport/redis.py``, ``QoS.restore_visible``) and delivered again while the
-first worker still holds it, so an ETA task due later than the visibility timeout runs twice or
-more ("Caveats" in https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html).
-The production timeout (3600 s) hides that for countdowns under an hour; a short one shows it
-within the run.
+Benchmark 3's comparison: for each visibility timeout given, a prefork worker on a private Redis
+receives ``--tasks`` countdown tasks of a trivial probe (``bench.countdown_probe``) and runs them
+when due. Measured: the worker's resident memory (an ETA task waits in the worker's memory) and
+runs per task id. Redis hands an unacknowledged message older than the visibility timeout out
+again (kombu ``QoS.restore_visible``), so a countdown longer than it runs twice or more.
 
     python -m bench.naive_countdown --tasks 50000 --visibility 3600 --visibility 30
 """
@@ -24,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +28,10 @@ from celery import Celery
 from rich.progress import Progress
 from rich.table import Table
 
-from bench import support
+from bench import resources, support
 from bench.countdown_probe import COUNTER_URL_ENV, NAME
 from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
+from entrypoints.processes import ChildProcess
 from entrypoints.worker import worker_argv
 from tasks.app import create_app
 
@@ -131,15 +121,9 @@ class NaiveWorker:
         argv = worker_argv(self.app, concurrency=concurrency, loglevel="WARNING")
         command = [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", *argv]
         self.log = self.folder / "worker.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*command, "--include=bench.countdown_probe"],
-                cwd=self.folder,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = ChildProcess(
+            [*command, "--include=bench.countdown_probe"], self.log, env=env, cwd=self.folder
+        ).start()
         self.redis = redis.Redis.from_url(redis_url)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -161,10 +145,10 @@ class NaiveWorker:
         return len(counts), sum(counts)
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process.alive()
 
     def stop(self) -> None:
-        support.stop_group(self.process)
+        self.process.stop(grace_s=30)
         self.app.close()
         self.redis.close()
 
@@ -219,7 +203,7 @@ def run(
     # hold them all at once.
     due_after = [rng.uniform(*countdown_s) for _ in range(tasks)]
     with naive_workers(redis_url, folder, visibilities, concurrency) as workers:
-        samplers = [support.RssSampler({"worker": w.process.pid}) for w in workers]
+        samplers = [resources.RssSampler({"worker": w.process.pid}) for w in workers]
         with ExitStack() as stack:
             for sampler in samplers:
                 sampler.sample()
@@ -291,7 +275,7 @@ def run(
                     executed_ids=unique,
                     executions=executions,
                     all_ran_after_s=all_ran_after[index],
-                    load=support.load_average(),
+                    load=resources.load_average(),
                 )
             )
         return results
@@ -359,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     console = support.console()
     support.print_machine(console, support.machine())
     folder = Path(tempfile.mkdtemp(prefix="aftersales-naive-"))
-    with support.private_redis(folder / "redis") as redis_url, support.progress(console) as bar:
+    with resources.private_redis(folder / "redis") as redis_url, support.progress(console) as bar:
         results = run(
             redis_url,
             folder,

@@ -1,21 +1,11 @@
 """Benchmark 1: the transition path against raw SQL.
 
-Path A fires ``approve`` on submitted cases through ``CaseService.fire`` (the SQL unit of work
-of ``persistence/unit_of_work.py`` on the engine of ``persistence/db.py``, a ``FakeClock``): each
-call is one transaction that compares-and-sets the case's version, appends the log row, disarms the
-``merchant_review`` timer, arms ``return_shipment`` and writes the ``case.transitioned`` and
-``pickup.requested`` outbox rows. Path B issues the same statements with the driver directly
-(``bench/support.py``). Both run in one process on one throwaway database per backend, in
-interleaved rounds (A,B then B,A), each round on fresh cases; the figure is the median over rounds
-of A's rate divided by B's. Afterwards the rows both paths wrote are counted and compared.
-
-``--breakdown`` adds, in the same rounds, what explains the gap: U (the same statements through the
-SQL unit of work, the domain objects built by hand: no service layer, no state machine), E (the
-service's in-memory work alone: state machine, log record, outbox messages, next timer; no
-database) and on PostgreSQL A0 (A on an engine with ``pool_pre_ping``, as before the unit of work
-retried its first statement instead). ``CPU µs/tx`` is this
-process's CPU time: on PostgreSQL, wall time less CPU is waiting for the server. ``--profile``
-runs cProfile on A and B afterwards (unmeasured).
+Path A fires ``approve`` through ``CaseService.fire`` (one transaction: compare-and-set, log row,
+timers, two outbox rows); path B issues the same statements with the driver directly
+(``bench.raw_baseline``). Interleaved rounds on fresh cases; the figure is the median of A's rate
+over B's; the rows both wrote are compared afterwards. ``--breakdown`` adds U (the unit of work
+alone), E (the in-memory work alone) and, on PostgreSQL, A0 (with ``pool_pre_ping``);
+``--profile`` runs cProfile on A and B afterwards.
 
     python -m bench.transition_path --backend both --transitions 5000 --rounds 5
 """
@@ -36,7 +26,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from bench import support
+from bench import raw_baseline, support
 from config.policy import Policy, load_policy
 from persistence.db import make_engine, normalize_url
 from persistence.unit_of_work import SqlUnitOfWorkFactory
@@ -131,7 +121,7 @@ def _unit_of_work_only(factory: SqlUnitOfWorkFactory, clock: FakeClock) -> Calla
             try:
                 uow.cases.save(case, loaded)
             except Conflict as moved:
-                raise support.Refused(f"case {case_id} moved") from moved
+                raise raw_baseline.Refused(f"case {case_id} moved") from moved
             uow.log.append([record])
             uow.timers.disarm(case_id)
             due = now + support.RETURN_SHIPMENT
@@ -195,7 +185,7 @@ def run_backend(
         )
         spare, ids = ids[-1], ids[:-1]
         clock.set(support.FIRED_AT)
-        raw = support.raw_path(database)
+        raw = raw_baseline.raw_path(database)
         paths = {"A": Path_("A", "A service layer", _fire(service))}
         if pinging is not None:
             paths["A0"] = Path_(

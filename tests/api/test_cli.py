@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +14,7 @@ from typer.testing import CliRunner
 
 from config.settings import sqlite_url
 from entrypoints.cli.main import app
+from entrypoints.processes import ChildProcess, free_port
 
 
 @pytest.fixture
@@ -70,35 +68,25 @@ def test_tokens_revoke_unknown_is_not_found(env: dict[str, str]) -> None:
     assert json.loads(err)["error"]["code"] == "not_found"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Path) -> None:
     # given a token, and `aftersales serve` started as a shell would
     _, out, _ = invoke("tokens", "create", "--role", "admin", "--json")
     secret = json.loads(out)["token"]
-    port = _free_port()
+    port = free_port()
     script = Path(sys.executable).with_name("aftersales")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [*command, "serve", "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log
-    )
+    command += ["serve", "--port", str(port)]
+    server = ChildProcess(command, tmp_path / "serve.log", env=env, cwd=tmp_path).start()
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
+
+        def healthy() -> bool:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+                return False
+
+        server.wait_until(healthy, "the server to come up", timeout=30)
         # then it serves the API with that token, and the OpenAPI document
         headers = {"Authorization": f"Bearer {secret}"}
         assert httpx.get(f"{base}/cases", headers=headers).json() == {
@@ -108,8 +96,7 @@ def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Pa
         assert httpx.get(f"{base}/cases").status_code == 401
         assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "aftersales"
     finally:
-        server.send_signal(signal.SIGTERM)
+        server.terminate()
         # uvicorn shuts down, then re-raises the signal it caught: the shell sees SIGTERM.
         assert server.wait(timeout=30) in (0, -signal.SIGTERM)
-        log.close()
-    assert "Finished server process" in (tmp_path / "serve.log").read_text()
+    assert "Finished server process" in server.output()

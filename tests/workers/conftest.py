@@ -11,13 +11,9 @@ Redis tests are marked ``redis``. They are skipped when Redis does not answer, u
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +25,7 @@ import redis
 from celery import Celery
 
 from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
+from entrypoints.processes import ChildProcess, wait_until
 from entrypoints.worker import Pool, worker_argv
 from tasks.app import create_app
 
@@ -53,44 +50,10 @@ def wait_for(
     condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S, every: float = 0.05
 ) -> Any:
     """Poll ``condition`` until it returns something truthy, and return that; fail at timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-@dataclass
-class WorkerProcess:
-    """One ``celery worker`` subprocess, in its own process group."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL the worker and every process it started: nothing gets to clean up."""
-        os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait(timeout=DEADLINE_S)
-
-    def stop(self, grace_s: float = 20.0) -> None:
-        """Warm shutdown (SIGTERM); SIGKILL to the group if it has not exited within ``grace_s``."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=grace_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)  # children a killed parent left behind
-        self.process.wait(timeout=DEADLINE_S)
+    try:
+        return wait_until(condition, what, timeout, every)
+    except TimeoutError as timed_out:
+        pytest.fail(str(timed_out))
 
 
 @dataclass
@@ -102,7 +65,7 @@ class Runtime:
     env: dict[str, str]
     folder: Path
     app: Celery
-    workers: list[WorkerProcess] = field(default_factory=list)
+    workers: list[ChildProcess] = field(default_factory=list)
 
     @property
     def ping_dir(self) -> Path:
@@ -128,29 +91,20 @@ class Runtime:
             "--include=workers.probe_tasks",
         ]
 
-    def spawn(self, command: list[str]) -> WorkerProcess:
+    def spawn(self, command: list[str]) -> ChildProcess:
         log = self.folder / f"worker-{len(self.workers)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(process, log)
+        worker = ChildProcess(command, log, env=self.env, cwd=ROOT).start()
         self.workers.append(worker)
         return worker
 
-    def start_worker(self, pool: Pool | None = None, *, ready: bool = True) -> WorkerProcess:
+    def start_worker(self, pool: Pool | None = None, *, ready: bool = True) -> ChildProcess:
         """A worker subprocess; with ``ready``, returns once it has run a ping."""
         worker = self.spawn(self.command(pool))
         if ready:
             self.ping(worker)
         return worker
 
-    def ping(self, worker: WorkerProcess | None = None) -> dict[str, Any]:
+    def ping(self, worker: ChildProcess | None = None) -> dict[str, Any]:
         """Send ``aftersales.ping`` and wait for its proof file; the proof's JSON."""
         token = uuid.uuid4().hex
         self.app.send_task("aftersales.ping", args=[token])
@@ -158,18 +112,14 @@ class Runtime:
 
         def done() -> bool:
             if worker is not None and not worker.alive():
-                pytest.fail(f"worker exited with {worker.process.returncode} before the ping ran")
+                pytest.fail(f"worker exited with {worker.returncode} before the ping ran")
             return proof.exists()
 
         wait_for(done, f"ping {token} to run")
         return dict(json.loads(proof.read_text()))
 
     def logs(self) -> list[tuple[str, str]]:
-        return [
-            (f"worker log {w.log.name}", w.log.read_text(errors="replace"))
-            for w in self.workers
-            if w.log.exists()
-        ]
+        return [(f"worker log {w.log.name}", w.output()) for w in self.workers if w.log.exists()]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -252,14 +202,17 @@ def runtime(broker: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
             worker.stop()
         app.close()
         if broker_url and key_prefix:
-            _delete_keys(broker_url, key_prefix)
+            delete_keys(broker_url, key_prefix)
 
 
-def _delete_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
+def delete_keys(url: str, prefix: str) -> None:
+    """Delete the test's broker keys (nothing when its own Redis server is gone already)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=500))
         if keys:
             client.delete(*keys)
+    except redis.RedisError:
+        pass
     finally:
         client.close()

@@ -21,8 +21,6 @@ import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import Collection, Iterator, Mapping
@@ -41,6 +39,7 @@ from sqlalchemy.pool import NullPool
 from adapters.fake_gateways import FakeNotifier, FakePaymentGateway, LedgerEntry, Notification
 from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
 from entrypoints.composition import build_event_service, build_service
+from entrypoints.processes import ChildProcess, free_port, redis_server_command, stop_all
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tables import cases, outbox, timers
@@ -60,9 +59,12 @@ from .conftest import (
     TESTS,
     VISIBILITY_TIMEOUT_S,
     Runtime,
-    WorkerProcess,
+    delete_keys,
     wait_for,
 )
+
+#: Where a test's own ``redis-server`` listens: apart from the shared one (6379) and the bench's.
+REDIS_PORTS = (6390, 6490)
 
 #: The simulation's first instant: 10:00 in Shanghai, two days after the sample delivery.
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -136,20 +138,20 @@ class Stack:
         return self.runtime.folder
 
     # -- processes ---------------------------------------------------------------------------
-    def start_workers(self, count: int = 2, *, beat: bool = True) -> list[WorkerProcess]:
+    def start_workers(self, count: int = 2, *, beat: bool = True) -> list[ChildProcess]:
         """``count`` workers (the first with beat inside when ``beat``), once all are ready."""
         workers = [self.start_worker(beat=beat and index == 0) for index in range(count)]
         self.wait_ready(*workers)
         return workers
 
-    def start_worker(self, *, beat: bool = False) -> WorkerProcess:
+    def start_worker(self, *, beat: bool = False) -> ChildProcess:
         """A worker subprocess, not waited for; ``beat`` runs the scheduler inside it."""
         command = self.runtime.command()
         if beat:
             command += ["--beat", f"--schedule={self._beat_file()}"]
         return self.runtime.spawn(command)
 
-    def start_beat(self) -> WorkerProcess:
+    def start_beat(self) -> ChildProcess:
         """A stand-alone scheduler (what ``aftersales beat`` runs), with its own state file."""
         command = [
             sys.executable,
@@ -171,22 +173,22 @@ class Stack:
         folder.mkdir()
         return folder / "celerybeat-schedule"
 
-    def wait_log(self, process: WorkerProcess, pattern: str, what: str) -> re.Match[str]:
+    def wait_log(self, process: ChildProcess, pattern: str, what: str) -> re.Match[str]:
         """Wait for a line matching ``pattern`` in the process's log; the match."""
         regex = re.compile(pattern, re.MULTILINE)
 
         def found() -> re.Match[str] | None:
-            return regex.search(process.log.read_text(errors="replace"))
+            return regex.search(process.output())
 
         match: re.Match[str] = wait_for(found, what)
         return match
 
-    def wait_ready(self, *workers: WorkerProcess) -> None:
+    def wait_ready(self, *workers: ChildProcess) -> None:
         def ready() -> bool:
             for worker in workers:
                 if not worker.alive():
-                    pytest.fail(f"{worker.log.name} exited with {worker.process.returncode}")
-            return all(_READY.search(worker.log.read_text(errors="replace")) for worker in workers)
+                    pytest.fail(f"{worker.log.name} exited with {worker.returncode}")
+            return all(_READY.search(worker.output()) for worker in workers)
 
         wait_for(ready, f"{len(workers)} worker(s) to be ready")
 
@@ -360,10 +362,10 @@ def open_stack(
         try:
             yield stack
         finally:
-            _stop_all(runtime.workers)
+            stop_all(runtime.workers)
             app.close()
             if broker_url and key_prefix:
-                _delete_keys(broker_url, key_prefix)
+                delete_keys(broker_url, key_prefix)
 
 
 def _process_env(
@@ -391,28 +393,6 @@ def _process_env(
     if broker_url:
         env["AFTERSALES_BROKER_URL"] = broker_url
     return env
-
-
-def _stop_all(workers: list[WorkerProcess]) -> None:
-    """Warm shutdown of every process at once, then wait for each (SIGKILL past the grace)."""
-    for worker in workers:
-        if worker.alive():
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.terminate()
-    for worker in workers:
-        worker.stop()
-
-
-def _delete_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if keys:
-            client.delete(*keys)
-    except redis.RedisError:
-        pass  # a test's own server that is gone already
-    finally:
-        client.close()
 
 
 # -- cases and events --------------------------------------------------------------------------
@@ -502,8 +482,8 @@ class RedisServer:
     def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.port = port or free_port(*REDIS_PORTS)
+        self.process: ChildProcess | None = None
         self.starts = 0
         self._moves = 0
 
@@ -519,28 +499,8 @@ class RedisServer:
 
     def _spawn(self) -> None:
         log = self.folder / f"redis-{self.starts}.log"
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--daemonize",
-                "no",
-                "--bind",
-                "127.0.0.1",
-                "-::1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-                "--logfile",
-                str(log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        command = redis_server_command(self.port, self.folder, log)
+        self.process = ChildProcess(command, self.folder / f"redis-{self.starts}.out").start()
 
     def freeze_with_queued(self, queue: str, ignore: Collection[str] = ()) -> bool:
         """Pause every write (``CLIENT PAUSE ... WRITE``: BRPOP and LPUSH wait, reads go on) and
@@ -574,20 +534,15 @@ class RedisServer:
             self.process.wait(timeout=DEADLINE_S)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            self.process.stop(grace_s=10)
 
     def _answers(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
+        if self.process is not None and not self.process.alive():
             if self.starts == 1 and self._moves < 5:
                 # Someone took the port between free_port() and the bind: take another.
                 self._moves += 1
-                self.port = free_port()
+                self.port = free_port(*REDIS_PORTS)
                 self._spawn()
                 return False
             pytest.fail(f"redis-server exited with {self.process.returncode}")
@@ -631,15 +586,3 @@ def drop_worker_connections(database_url: str) -> int:
             return int(connection.execute(query, {"application": WORKER_APPLICATION}).scalar_one())
     finally:
         server.dispose()
-
-
-def free_port(first: int = 6390, last: int = 6490) -> int:
-    """A port in ``first..last`` nothing listens on (nor holds) now."""
-    for port in range(first, last + 1):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {first}..{last}")

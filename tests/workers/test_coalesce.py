@@ -20,9 +20,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from entrypoints.processes import ChildProcess
 from persistence.db import make_engine
 
-from .conftest import WorkerProcess, wait_for
+from .conftest import wait_for
 from .support import Stack, merchant, open_stack, stack_params, submit
 
 _JOB = re.compile(r"coalesced job of (?P<count>\d+) aftersales\.ingest_event messages")
@@ -49,7 +50,7 @@ def _broker_empty(stack: Stack) -> bool:
         client.close()
 
 
-def _worker_and_cases(stack: Stack, prefix: str, count: int) -> tuple[WorkerProcess, list[int]]:
+def _worker_and_cases(stack: Stack, prefix: str, count: int) -> tuple[ChildProcess, list[int]]:
     """One worker (2 pool processes) and ``count`` submitted cases of orders ``<prefix>-<n>``."""
     (worker,) = stack.start_workers(1, beat=False)
     return worker, [submit(stack, "return_refund", f"{prefix}-{n}") for n in range(count)]
@@ -129,17 +130,6 @@ def test_a_failed_job_hands_each_message_to_celerys_own_path(
         wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
 
 
-def _pool_children(pid: int) -> list[int]:
-    """The worker's prefork pool processes (its direct children)."""
-    return sorted(
-        {
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        }
-    )
-
-
 def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_path(
     request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
 ) -> None:
@@ -162,7 +152,7 @@ def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_pa
             first, second = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
             wait_for(lambda: lock_waits() >= 1, "the job to wait on the lock")
             # when every pool process is killed (kill -9) and the lock goes
-            for child in _pool_children(worker.pid):
+            for child in worker.children():
                 os.kill(child, signal.SIGKILL)
             stack.wait_log(worker, r"failed together \(WorkerLostError", "the job to be lost")
             locker.rollback()

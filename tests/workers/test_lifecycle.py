@@ -29,8 +29,6 @@ from .support import (
     submit,
 )
 
-S = CaseState
-
 
 @pytest.fixture(params=stack_params())
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
@@ -58,16 +56,18 @@ def test_each_case_type_reaches_its_outcome_by_events_and_effects(stack: Stack) 
 
     # when the merchant approves each: the workers book the pickups, and pay the refund-only
     _apply(stack, *(merchant(stack, "approved", case) for case in (*returns, ro)))
-    stack.wait_states({rr: S.PICKUP, ex: S.PICKUP, rp: S.PICKUP, ro: S.REFUNDED})
+    stack.wait_states(
+        {rr: CaseState.PICKUP, ex: CaseState.PICKUP, rp: CaseState.PICKUP, ro: CaseState.REFUNDED}
+    )
     # and the carrier picks the returns up and delivers them to the merchant
     _apply(stack, *(carrier(stack, "picked_up", case, f"SF{case}") for case in returns))
-    stack.wait_states(dict.fromkeys(returns, S.SHIPPED_BACK))
+    stack.wait_states(dict.fromkeys(returns, CaseState.SHIPPED_BACK))
     _apply(stack, *(carrier(stack, "delivered", case, f"SF{case}") for case in returns))
-    stack.wait_states(dict.fromkeys(returns, S.RETURN_DELIVERED))
+    stack.wait_states(dict.fromkeys(returns, CaseState.RETURN_DELIVERED))
     # and the merchant confirms receipt and inspects: the return is refunded by a worker
     _apply(stack, *(merchant(stack, "receipt_confirmed", case) for case in returns))
     _apply(stack, *(merchant(stack, "inspected", case) for case in returns))
-    stack.wait_states({rr: S.REFUNDED, ex: S.INSPECTED, rp: S.INSPECTED})
+    stack.wait_states({rr: CaseState.REFUNDED, ex: CaseState.INSPECTED, rp: CaseState.INSPECTED})
     # and the replacement and the repaired phone go back to the buyer, who confirms them
     _apply(
         stack,
@@ -75,11 +75,18 @@ def test_each_case_type_reaches_its_outcome_by_events_and_effects(stack: Stack) 
         merchant(stack, "repaired_shipped", rp, tracking_no=f"FX{rp}", carrier="SF"),
     )
     _apply(stack, *(carrier(stack, "delivered", case, f"FX{case}") for case in (ex, rp)))
-    stack.wait_states({ex: S.DELIVERED_TO_BUYER, rp: S.DELIVERED_TO_BUYER})
+    stack.wait_states({ex: CaseState.DELIVERED_TO_BUYER, rp: CaseState.DELIVERED_TO_BUYER})
     _apply(stack, *(buyer(stack, "delivery_confirmed", case) for case in (ex, rp)))
 
     # then every case reached its outcome
-    stack.wait_states({rr: S.REFUNDED, ex: S.EXCHANGED, rp: S.REPAIRED, ro: S.REFUNDED})
+    stack.wait_states(
+        {
+            rr: CaseState.REFUNDED,
+            ex: CaseState.EXCHANGED,
+            rp: CaseState.REPAIRED,
+            ro: CaseState.REFUNDED,
+        }
+    )
     # along its whole path, each step once, by the party that took it
     review = [("submit", "buyer:b1", "submitted"), ("approve", "merchant:m1", "approved")]
     return_leg = [
@@ -139,21 +146,23 @@ def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> N
         *(merchant(stack, "approved", case) for case in (*returns, bank)),
         merchant(stack, "rejected", dispute, reason="worn and washed"),
     )
-    stack.wait_states({**dict.fromkeys(returns, S.PICKUP), bank: S.AWAITING_BANK_ACCOUNT})
+    stack.wait_states(
+        {**dict.fromkeys(returns, CaseState.PICKUP), bank: CaseState.AWAITING_BANK_ACCOUNT}
+    )
     _apply(stack, *(carrier(stack, "delivered", case, f"SF{case}") for case in returns))
-    stack.wait_states(dict.fromkeys(returns, S.RETURN_DELIVERED))
+    stack.wait_states(dict.fromkeys(returns, CaseState.RETURN_DELIVERED))
     goods_back = (replacement, confirmation)
     _apply(stack, *(merchant(stack, "receipt_confirmed", case) for case in goods_back))
     _apply(stack, *(merchant(stack, "inspected", case) for case in goods_back))
     _apply(stack, merchant(stack, "repaired_shipped", confirmation, tracking_no="FX1"))
     _apply(stack, carrier(stack, "delivered", confirmation, "FX1"))
     waiting = {
-        review: S.SUBMITTED,  # merchant review: 48 h
-        receipt: S.RETURN_DELIVERED,  # merchant receipt: 10 days
-        replacement: S.INSPECTED,  # replacement shipment: 48 h
-        confirmation: S.DELIVERED_TO_BUYER,  # buyer confirmation: 10 days
-        dispute: S.REJECTED,  # dispute window: 7 days
-        bank: S.AWAITING_BANK_ACCOUNT,  # bank account: 7 days, reminder
+        review: CaseState.SUBMITTED,  # merchant review: 48 h
+        receipt: CaseState.RETURN_DELIVERED,  # merchant receipt: 10 days
+        replacement: CaseState.INSPECTED,  # replacement shipment: 48 h
+        confirmation: CaseState.DELIVERED_TO_BUYER,  # buyer confirmation: 10 days
+        dispute: CaseState.REJECTED,  # dispute window: 7 days
+        bank: CaseState.AWAITING_BANK_ACCOUNT,  # bank account: 7 days, reminder
     }
     stack.wait_states(waiting)
     stack.wait_outbox_completed()
@@ -167,17 +176,20 @@ def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> N
 
     # when the clock passes 48 h: the review is approved (and a pickup booked), the exchange
     # that was never shipped becomes a refund, which a worker pays
-    at(49, {review: S.PICKUP, replacement: S.REFUNDED})
+    at(49, {review: CaseState.PICKUP, replacement: CaseState.REFUNDED})
     # and 7 days: the rejection is final, the buyer is reminded of the bank account
-    at(169, {dispute: S.CLOSED})
+    at(169, {dispute: CaseState.CLOSED})
     wait_reminded(stack, bank)
     # and 10 days: the return not shipped within 7 days of the approval (at 49 h) is closed, the
     # delivered return is received, the repaired phone confirmed
-    at(241, {review: S.CLOSED, receipt: S.RECEIVED, confirmation: S.REPAIRED})
+    at(
+        241,
+        {review: CaseState.CLOSED, receipt: CaseState.RECEIVED, confirmation: CaseState.REPAIRED},
+    )
     # and 48 h after that receipt the inspection is deemed passed, and a worker refunds
-    at(290, {receipt: S.REFUNDED})
+    at(290, {receipt: CaseState.REFUNDED})
     # and 7 days after the reminder the missing bank account goes to the platform
-    at(338, {bank: S.DISPUTED})
+    at(338, {bank: CaseState.DISPUTED})
 
     # then each timeout fired exactly once, as the system
     assert timeouts(stack, review) == ["auto_approve", "expire_return"]

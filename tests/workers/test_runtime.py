@@ -299,7 +299,7 @@ def test_task_survives_kill9_of_the_whole_worker(runtime: Runtime) -> None:
     token, folder = _hold(runtime)
     wait_for(lambda: _attempts(folder, token), "the task to start")
     # when the worker and all its processes are killed with SIGKILL, and a new one starts
-    first_worker.kill9()
+    first_worker.kill()
     (folder / f"{token}.release").touch()
     started = time.monotonic()
     runtime.start_worker(ready=False)
@@ -322,10 +322,10 @@ def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
     worker = runtime.spawn([sys.executable, "-c", code])
     # when a ping is sent, then it runs, and beat started beside the worker
     runtime.ping(worker)
-    wait_for(lambda: "beat: Starting" in worker.log.read_text(errors="replace"), "beat to start")
+    wait_for(lambda: "beat: Starting" in worker.output(), "beat to start")
     # and SIGTERM stops the whole thing
-    worker.process.send_signal(signal.SIGTERM)
-    assert worker.process.wait(timeout=30) == 0
+    worker.terminate()
+    assert worker.wait(timeout=30) == 0
     assert json.loads(next(runtime.ping_dir.iterdir()).read_text())["pid"] == worker.pid
 
 
@@ -365,6 +365,6 @@ def test_run_beat_sends_the_timer_sweep_every_period(runtime: Runtime) -> None:
     beat = runtime.spawn([sys.executable, "-c", code])
     sent = "Sending due task aftersales.sweep_timers"
     # then it sends a sweep each second (the default period)
-    wait_for(lambda: beat.log.read_text(errors="replace").count(sent) >= 2, "two sweeps sent")
+    wait_for(lambda: beat.output().count(sent) >= 2, "two sweeps sent")
     spool = Path(runtime.app.conf.broker_transport_options["data_folder"])
     assert any(p.name.endswith(".timers.msg") for p in (spool / "ready").iterdir())
