@@ -42,7 +42,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from config.settings import FakeBehaviour, FakeGatewaySettings
 from persistence.db import make_engine
 from workflow.clock import Clock, SystemClock
-from workflow.effects import (
+from workflow.gateways import (
     Delivery,
     GatewayRejected,
     GatewayUnavailable,

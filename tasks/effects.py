@@ -28,8 +28,9 @@ from tasks.publish import (
     TASK_RETRY,
 )
 from tasks.runtime import runtime
-from workflow.effects import GatewayUnavailable, RetryPolicy, entry_from_message
+from workflow.effects import RetryPolicy, entry_from_message
 from workflow.errors import Conflict
+from workflow.gateways import GatewayUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,8 @@ from config.policy import Policy, load_policy
 from persistence import tables
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.effects import (
-    EffectResult,
-    EffectService,
-    EffectStatus,
-    GatewayUnavailable,
-    RefundOutcome,
-)
+from workflow.effects import EffectResult, EffectService, EffectStatus
+from workflow.gateways import GatewayUnavailable, RefundOutcome
 from workflow.model import Actor, OutboxEntry, RefundRoute
 from workflow.payloads import BankAccount
 from workflow.service import CaseService

@@ -18,10 +18,10 @@ from workflow.effects import (
     PICKUP_REQUESTED,
     EffectResult,
     EffectStatus,
-    GatewayUnavailable,
     entry_to_message,
 )
 from workflow.errors import Conflict
+from workflow.gateways import GatewayUnavailable
 from workflow.model import OutboxEntry
 
 ENTRY = OutboxEntry(7, PICKUP_REQUESTED, 1, {"seq": 2}, datetime(2026, 11, 20, 2, tzinfo=UTC))

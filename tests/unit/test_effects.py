@@ -30,12 +30,11 @@ from workflow.effects import (
     ADMINS,
     EffectService,
     EffectStatus,
-    GatewayUnavailable,
-    RefundStatus,
     entry_from_message,
     entry_to_message,
 )
 from workflow.errors import Forbidden, InvalidInput
+from workflow.gateways import GatewayUnavailable, RefundStatus
 from workflow.memory import InMemoryDatabase
 from workflow.model import OutboxEntry, RefundRoute, TimerStatus
 from workflow.service import CaseService

@@ -19,7 +19,7 @@ from adapters.fake_gateways import (
 from config.settings import FakeBehaviour, FakeGatewaySettings
 from persistence.db import dispose_engine, make_engine
 from workflow.clock import FakeClock
-from workflow.effects import Delivery, GatewayRejected, GatewayUnavailable, RefundStatus
+from workflow.gateways import Delivery, GatewayRejected, GatewayUnavailable, RefundStatus
 from workflow.model import RefundRoute
 from workflow.payloads import BankAccount
 
