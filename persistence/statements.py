@@ -23,27 +23,20 @@ from persistence.tables import (
     dead_letters,
     idempotency_keys,
     inbound_events,
-    open_case_items,
+    orders,
     outbox,
     timers,
     transitions,
 )
 from workflow.model import TimerStatus
-from workflow.states import TERMINAL_STATES, CaseState
+from workflow.states import TERMINAL_STATES
 
 K = TypeVar("K")
 
-#: Ended cases that will not refund (a refunded case keeps counting: its money went out).
-_NOT_REFUNDING: list[sa.ColumnElement[Any]] = [
-    sa.literal_column(f"'{state.value}'")
-    for state in (CaseState.CANCELLED, CaseState.CLOSED, CaseState.EXCHANGED, CaseState.REPAIRED)
-]
 #: Ended cases: ``by_reference(order_id=...)`` lists the others.
 _TERMINAL: list[sa.ColumnElement[Any]] = [
     sa.literal_column(f"'{state.value}'") for state in sorted(TERMINAL_STATES)
 ]
-#: Namespace of the per-order advisory locks (the two-key form keeps them apart from others).
-_ORDER_LOCK_CLASS = 0x6F726472  # "ordr"
 
 # PostgreSQL SQLSTATEs that mean "a concurrent transaction got in the way; retry".
 # Literals, not bind parameters: the planners can only use the partial unique index on live
@@ -79,15 +72,6 @@ _SELECT_CASE_BY_KEY = sa.select(cases).where(cases.c.submission_key == sa.bindpa
 _UPDATE_CASE = sa.update(cases).where(
     cases.c.id == sa.bindparam("where_id"), cases.c.version == sa.bindparam("where_version")
 )
-_DELETE_CLAIMS = sa.delete(open_case_items).where(
-    open_case_items.c.case_id == sa.bindparam("case_id")
-)
-_SUM_REFUNDS = sa.select(sa.func.coalesce(sa.func.sum(cases.c.refund_amount), 0)).where(
-    cases.c.order_id == sa.bindparam("order_id"),
-    cases.c.state.not_in(_NOT_REFUNDING),
-    # -1 never matches: one statement serves with and without an excluded case.
-    cases.c.id != sa.bindparam("exclude_id"),
-)
 _SELECT_OPEN_CASES_OF_ORDER = (
     sa.select(cases)
     .where(cases.c.order_id == sa.bindparam("order_id"), cases.c.state.not_in(_TERMINAL))
@@ -108,7 +92,10 @@ _SELECT_CASES_BY_TRACKING_NO = (
 _SELECT_CASES_BY_TRACKING_NO_OF_ORDER = _SELECT_CASES_BY_TRACKING_NO.where(
     cases.c.order_id == sa.bindparam("order_id")
 )
-_LOCK_ORDER = sa.text(f"SELECT pg_advisory_xact_lock({_ORDER_LOCK_CLASS}, hashtext(:order_id))")
+_SELECT_ORDER = sa.select(orders).where(orders.c.order_id == sa.bindparam("order_id"))
+# SQLite renders no FOR UPDATE: its writers are serialised by BEGIN IMMEDIATE already.
+_LOCK_ORDER_ROW = _SELECT_ORDER.with_for_update()
+_SET_ORDER_DELIVERED = sa.update(orders).where(orders.c.order_id == sa.bindparam("where_order_id"))
 
 #: ``CaseRepository.list`` filters, by parameter name.
 _CASE_LIST_FILTERS: dict[str, sa.ColumnElement[bool]] = {
@@ -401,10 +388,10 @@ class Statements:
         self.select_cases_by_tracking_no_of_order = select(_SELECT_CASES_BY_TRACKING_NO_OF_ORDER)
         self.insert_case = insert_returning_id(cases, dialect, _CASE_INSERT_COLUMNS)
         self.update_case = write(_UPDATE_CASE, *CASE_MUTABLE_COLUMNS)
-        self.insert_claim = write(sa.insert(open_case_items), "order_id", "sku", "case_id")
-        self.delete_claims = write(_DELETE_CLAIMS)
-        self.sum_refunds = select(_SUM_REFUNDS)
-        self.lock_order = write(_LOCK_ORDER)
+        self.select_order = select(_SELECT_ORDER)
+        self.lock_order_row = select(_LOCK_ORDER_ROW)
+        self.insert_order = write(sa.insert(orders), *_all_but(orders))
+        self.set_order_delivered = write(_SET_ORDER_DELIVERED, "delivered_at", "updated_at")
         self.insert_key = write(sa.insert(idempotency_keys), "case_id", "key", "first_seq")
         self.insert_transition = write(sa.insert(transitions), *_all_but(transitions, "id"))
         self.select_log = select(_SELECT_LOG)
@@ -465,7 +452,6 @@ class Statements:
         # Statements whose shape depends on the call, compiled once per shape. Two threads may
         # compile the same one at once; either result is the same statement.
         self._case_lists: dict[frozenset[str], Prepared] = {}
-        self._open_claims: dict[int, Prepared] = {}
         self._cases_with_timers: dict[tuple[str, int], Prepared] = {}
 
     def case_list(self, filters: frozenset[str]) -> Prepared:
@@ -491,20 +477,6 @@ class Statements:
             return _CASES_AND_TIMERS.where(column.in_(values))
 
         return self._compiled_once(self._cases_with_timers, (key, count), build)
-
-    def open_claims(self, count: int) -> Prepared:
-        """The claims of ``count`` SKUs (``sku_0`` ...) of an order: (sku, case_id) rows."""
-
-        def build() -> sa.Select[Any]:
-            skus = [
-                sa.bindparam(f"sku_{i}", type_=open_case_items.c.sku.type) for i in range(count)
-            ]
-            return sa.select(open_case_items.c.sku, open_case_items.c.case_id).where(
-                open_case_items.c.order_id == sa.bindparam("order_id"),
-                open_case_items.c.sku.in_(skus),
-            )
-
-        return self._compiled_once(self._open_claims, count, build)
 
     def _compiled_once(
         self, cache: dict[K, Prepared], key: K, build: Callable[[], sa.Select[Any]]

@@ -260,15 +260,31 @@ class DeadLetterRow(SQLModel, table=True):
     resolved_at: datetime | None = _time("resolved_at", nullable=True)
 
 
-class OpenCaseItemRow(SQLModel, table=True):
-    """An order item claimed by its open case: the primary key allows one open case per item."""
+class OrderRow(SQLModel, table=True):
+    """An order of record (``workflow.orders.Order``). Lines and gifts are JSON documents: they
+    are read and written with their order, never queried apart."""
 
-    __tablename__ = "open_case_items"
-    __table_args__ = (sa.Index("ix_open_case_items_case_id", "case_id"),)
+    __tablename__ = "orders"
+    __table_args__ = (
+        sa.Index("ix_orders_buyer_id", "buyer_id"),
+        sa.Index("ix_orders_merchant_id", "merchant_id"),
+    )
 
     order_id: str = Field(primary_key=True)
-    sku: str = Field(primary_key=True)
-    case_id: int = _case_fk("fk_open_case_items_case_id")
+    buyer_id: str
+    merchant_id: str
+    payment_channel: str
+    paid_amount: int = _money("paid_amount")
+    paid_at: datetime = _time("paid_at")
+    delivered_at: datetime | None = _time("delivered_at", nullable=True)
+    #: ``[{"sku", "quantity", "unit_price", "category"}]``
+    lines: list[dict[str, Any]] = _json("lines")
+    #: ``[{"sku", "quantity", "value"}]``
+    gifts: list[dict[str, Any]] = _json("gifts")
+    #: Built by migration 0007 from an existing case's snapshot.
+    migrated: bool
+    imported_at: datetime = _time("imported_at")
+    updated_at: datetime = _time("updated_at")
 
 
 class ApiTokenRow(SQLModel, table=True):
@@ -329,7 +345,7 @@ idempotency_keys: sa.Table = metadata.tables["idempotency_keys"]
 timers: sa.Table = metadata.tables["timers"]
 outbox: sa.Table = metadata.tables["outbox"]
 inbound_events: sa.Table = metadata.tables["inbound_events"]
-open_case_items: sa.Table = metadata.tables["open_case_items"]
 dead_letters: sa.Table = metadata.tables["dead_letters"]
 api_tokens: sa.Table = metadata.tables["api_tokens"]
+orders: sa.Table = metadata.tables["orders"]
 api_idempotency: sa.Table = metadata.tables["api_idempotency"]

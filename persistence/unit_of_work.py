@@ -21,11 +21,19 @@ from persistence.sql_errors import reason_of, retryable
 from persistence.statements import Statements, statements_for
 from persistence.stores.cases import SqlCaseRepository
 from persistence.stores.events import SqlEventStore
+from persistence.stores.orders import SqlOrderStore
 from persistence.stores.outbox import SqlOutbox
 from persistence.stores.timers import SqlTimerStore
 from persistence.stores.transition_log import SqlTransitionLog
 from workflow.errors import Conflict
-from workflow.ports import CaseRepository, EventStore, Outbox, TimerStore, TransitionLog
+from workflow.ports import (
+    CaseRepository,
+    EventStore,
+    OrderStore,
+    Outbox,
+    TimerStore,
+    TransitionLog,
+)
 
 
 class SqlUnitOfWork:
@@ -49,6 +57,7 @@ class SqlUnitOfWork:
         self._events = SqlEventStore(self, self._cases)
         # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
         self.cases: CaseRepository = self._cases
+        self.orders: OrderStore = SqlOrderStore(self)
         self.log: TransitionLog = self._log
         self.timers: TimerStore = self._timers
         self.outbox: Outbox = SqlOutbox(self)

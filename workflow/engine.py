@@ -298,7 +298,10 @@ def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> 
             details.setdefault("return_tracking_no", data.tracking_no)
         case payloads.Inspection():
             case.gift_deduction = rules.gift_deduction(case.gifts, data.gifts_missing)
-            details["inspection"] = data.model_dump(mode="json")
+            details["inspection"] = data.model_dump(mode="json", exclude={"received"})
+            _record_received(case, data)
+        case payloads.Receipt():
+            _record_received(case, data)
         case payloads.BankAccount():
             details["bank_account"] = data.model_dump(mode="json")
             case.refund_route = RefundRoute.BANK_TRANSFER
@@ -323,6 +326,37 @@ def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> 
             details["goods_back"] = True
 
 
+def _record_received(case: Case, data: payloads.Receipt) -> None:
+    """The units per line that came back (``details['received']``): the refund follows them."""
+    if data.received is None:
+        return
+    announced = {item.sku: item.quantity for item in case.items}
+    received: dict[str, int] = {sku: 0 for sku in announced}
+    for index, entry in enumerate(data.received):
+        if entry.sku not in announced:
+            raise InvalidInput(
+                f"not an item of this case: {entry.sku}", f"data.received.{index}.sku"
+            )
+        if entry.quantity > announced[entry.sku]:
+            raise InvalidInput(
+                f"{entry.quantity} units of {entry.sku} received but the case announced "
+                f"{announced[entry.sku]}",
+                f"data.received.{index}.quantity",
+            )
+        received[entry.sku] = entry.quantity
+    case.details["received"] = received
+
+
+def _refund_due(case: Case) -> int:
+    """The refund: the base (items or the partial amount asked for, capped at submission),
+    at most the price of the units received, less the missing gifts' value."""
+    base = int(case.details.get("refund_base", case.refund_amount))
+    received = case.details.get("received")
+    if received is not None and case.type is not CaseType.REFUND_ONLY:
+        base = min(base, sum(item.unit_price * received.get(item.sku, 0) for item in case.items))
+    return max(0, base - case.gift_deduction)
+
+
 def _revise_amount(case: Case, requested: int) -> None:
     if requested > case.items_amount:
         raise InvalidInput(
@@ -340,8 +374,7 @@ def _on_enter(case: Case, trigger: str, context: Context) -> None:
     if state is CaseState.RECEIVED:
         case.details["goods_back"] = True
     elif state is CaseState.INSPECTED:
-        base = int(case.details.get("refund_base", case.refund_amount))
-        case.refund_amount = max(0, base - case.gift_deduction)
+        case.refund_amount = _refund_due(case)
     elif state is CaseState.REFUNDING:
         if case.refund_route is None or trigger != "retry_refund":
             case.refund_route = (
@@ -354,6 +387,10 @@ def _on_enter(case: Case, trigger: str, context: Context) -> None:
         # while the last attempt has no result (an admin ruling after an escalation) reuses it,
         # so the gateway answers the first call instead of paying again.
         if case.refund_key is None or not case.details.get("refund_unsettled"):
+            if "received" in case.details:
+                # A new attempt pays for the units that came back; a retry of an unsettled one
+                # keeps its amount with its key.
+                case.refund_amount = _refund_due(case)
             case.refund_attempts += 1
             case.refund_key = f"refund-{case.id}-{case.refund_attempts}"
         case.details["refund_unsettled"] = True

@@ -19,7 +19,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from workflow.errors import Conflict, PolicyRefusal, case_moved
+from workflow.errors import Conflict, case_moved
 from workflow.model import (
     Case,
     DeadLetter,
@@ -31,19 +31,17 @@ from workflow.model import (
     TransitionRecord,
     cases_by_reference,
 )
+from workflow.orders import Order
 from workflow.ports import (
     CaseQuery,
     CaseRepository,
     EventStore,
+    OrderStore,
     Outbox,
     TimerStore,
     TransitionLog,
 )
-from workflow.states import CaseState
 
-_NOT_REFUNDING = frozenset(
-    {CaseState.CANCELLED, CaseState.CLOSED, CaseState.EXCHANGED, CaseState.REPAIRED}
-)
 _LIVE = (TimerStatus.PENDING, TimerStatus.CLAIMED)
 
 
@@ -64,7 +62,7 @@ class InMemoryDatabase:
     timers: dict[int, Timer] = field(default_factory=dict)
     #: In id order (ids are assigned in ``add`` order).
     outbox: list[OutboxEntry] = field(default_factory=list)
-    open_items: dict[tuple[str, str], int] = field(default_factory=dict)
+    orders: dict[str, Order] = field(default_factory=dict)
     #: (source, event_id) -> (case id, received at) of the inbound events processed.
     inbound_events: dict[tuple[str, str], tuple[int | None, datetime]] = field(default_factory=dict)
     dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
@@ -101,20 +99,6 @@ class InMemoryCaseRepository:
                     raise Conflict(
                         f"submission {case.submission_key} already created case {earlier.id}"
                     )
-        skus = list(dict.fromkeys(case.skus))
-        taken = {
-            sku: self._db.open_items[(case.order_id, sku)]
-            for sku in skus
-            if (case.order_id, sku) in self._db.open_items
-        }
-        if taken:
-            listed = "; ".join(
-                f"{sku} of order {case.order_id} already has an open case {owner}"
-                for sku, owner in taken.items()
-            )
-            raise PolicyRefusal("one_open_case_per_item", listed)
-        for sku in skus:
-            self._db.open_items[(case.order_id, sku)] = case.id
         self._db.cases[case.id] = copy.deepcopy(case)
         return case.id
 
@@ -147,29 +131,6 @@ class InMemoryCaseRepository:
                 break
         return found
 
-    def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:
-        return {
-            sku: self._db.open_items[(order_id, sku)]
-            for sku in skus
-            if (order_id, sku) in self._db.open_items
-        }
-
-    def release_items(self, case_id: int) -> None:
-        for key in [k for k, owner in self._db.open_items.items() if owner == case_id]:
-            del self._db.open_items[key]
-
-    def committed_refunds(self, order_id: str, exclude_case_id: int | None = None) -> int:
-        return sum(
-            case.refund_amount
-            for case in self._db.cases.values()
-            if case.order_id == order_id
-            and case.id != exclude_case_id
-            and case.state not in _NOT_REFUNDING
-        )
-
-    def lock_order(self, order_id: str) -> None:
-        """One thread at a time in tests; nothing to lock."""
-
     def by_submission_key(self, key: str) -> Case | None:
         for case in self._db.cases.values():
             if case.submission_key == key:
@@ -191,6 +152,22 @@ class InMemoryCaseRepository:
             if case.order_id in wanted:
                 found.setdefault(case.order_id, []).append(copy.deepcopy(case))
         return found
+
+
+class InMemoryOrderStore:
+    def __init__(self, db: InMemoryDatabase) -> None:
+        self._db = db
+
+    def get(self, order_id: str) -> Order | None:
+        # Orders are frozen: no copy needed.
+        return self._db.orders.get(order_id)
+
+    def lock(self, order_id: str) -> Order | None:
+        """One unit of work at a time here (see the module's note): reading is enough."""
+        return self._db.orders.get(order_id)
+
+    def put(self, order: Order, at: datetime) -> None:
+        self._db.orders[order.order_id] = order
 
 
 class InMemoryTransitionLog:
@@ -449,6 +426,7 @@ class InMemoryUnitOfWork:
 
     # Typed as the ports: protocol attributes are mutable, so mypy matches them invariantly.
     cases: CaseRepository
+    orders: OrderStore
     log: TransitionLog
     timers: TimerStore
     outbox: Outbox
@@ -467,6 +445,7 @@ class InMemoryUnitOfWork:
 
     def _bind_stores(self) -> None:
         self.cases = InMemoryCaseRepository(self._working)
+        self.orders = InMemoryOrderStore(self._working)
         self.log = InMemoryTransitionLog(self._working, self._transaction)
         self.timers = InMemoryTimerStore(self._working, self._transaction)
         self.outbox = InMemoryOutbox(self._working)

@@ -43,7 +43,8 @@ class PaymentIn(_Input):
 class ItemIn(_Input):
     sku: Ident
     quantity: Annotated[int, Field(ge=1, le=10_000, strict=True)]
-    unit_price: Fen
+    #: The order of record's price; stating it is allowed when it agrees.
+    unit_price: Fen | None = None
 
 
 class GiftIn(_Input):
@@ -53,21 +54,25 @@ class GiftIn(_Input):
 
 
 class Application(_Input):
-    """What a buyer submits (``aftersales case submit``)."""
+    """What a buyer submits (``aftersales case submit``): the order, its lines and quantities,
+    the reason and the buyer's account. The facts (payment, prices, categories, delivery time,
+    merchant, gifts) come from the order of record; an application may still state them, and is
+    refused, naming the field, when they disagree with it (``orders.check_stated``)."""
 
     type: CaseType
     order_id: Ident
     buyer_id: Ident
-    merchant_id: Ident
-    category: Ident
     reason: Ident
-    payment: PaymentIn
-    delivered_at: datetime | None = None
     items: list[ItemIn] = Field(min_length=1)
-    gifts: list[GiftIn] = Field(default_factory=list)
     description: Text = ""
     #: A partial refund: less than the items' paid amount.
     requested_amount: Fen | None = None
+    # Stated facts, checked against the order of record.
+    merchant_id: Ident | None = None
+    category: Ident | None = None
+    payment: PaymentIn | None = None
+    delivered_at: datetime | None = None
+    gifts: list[GiftIn] | None = None
 
     @field_validator("delivered_at")
     @classmethod
@@ -106,10 +111,22 @@ class PickupBooked(_Input):
     address: Text = ""
 
 
-class Inspection(_Input):
+class ReceivedIn(_Input):
+    sku: Ident
+    quantity: Annotated[int, Field(ge=0, le=10_000, strict=True)]
+
+
+class Receipt(_Input):
+    """What the merchant's receipt of a return records: the units that came back per line
+    (each line not listed: none came back). Omitted: all the announced units."""
+
+    received: list[ReceivedIn] | None = None
+    note: Text = ""
+
+
+class Inspection(Receipt):
     #: Skus of gifts that did not come back; each takes at most its declared value off the refund.
     gifts_missing: list[Ident] = Field(default_factory=list)
-    note: Text = ""
 
 
 class BankAccount(_Input):
@@ -150,6 +167,7 @@ TRIGGER_DATA: dict[str, type[_Input]] = {
     "report_parcel_lost": CarrierEvent,
     "report_parcel_damaged": CarrierEvent,
     "book_pickup": PickupBooked,
+    "confirm_receipt": Receipt,
     "inspect": Inspection,
     "provide_bank_account": BankAccount,
     "confirm_refund": RefundResult,

@@ -25,6 +25,7 @@ from workflow.model import (
     Timer,
     TransitionRecord,
 )
+from workflow.orders import Order
 from workflow.states import CaseState, CaseType
 
 
@@ -48,7 +49,8 @@ class CaseRepository(Protocol):
         ...
 
     def add(self, case: Case) -> int:
-        """Store a new case and return its id; claims its items (one open case per item)."""
+        """Store a new case and return its id (the caller checked the order's account under
+        ``OrderStore.lock``)."""
         ...
 
     def save(self, case: Case, expected_version: int) -> None:
@@ -59,22 +61,6 @@ class CaseRepository(Protocol):
         ...
 
     def list(self, query: CaseQuery) -> list[Case]: ...
-
-    def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:
-        """Which of these skus of the order already have an open case, and which."""
-        ...
-
-    def release_items(self, case_id: int) -> None:
-        """The case ended: its items may be applied for again."""
-        ...
-
-    def committed_refunds(self, order_id: str, exclude_case_id: int | None = None) -> int:
-        """Fen refunded or claimed by the order's other cases that may still refund."""
-        ...
-
-    def lock_order(self, order_id: str) -> None:
-        """Serialise submissions for one order until the transaction ends."""
-        ...
 
     def by_submission_key(self, key: str) -> Case | None: ...
 
@@ -91,6 +77,23 @@ class CaseRepository(Protocol):
         order, with its live timer as ``get`` reads it: one read for a batch's events that name
         their case by order and parcel (``model.cases_by_reference`` then picks and orders, as
         ``by_reference`` would)."""
+        ...
+
+
+class OrderStore(Protocol):
+    """Orders of record (``workflow.orders``), written only by the order import."""
+
+    def get(self, order_id: str) -> Order | None: ...
+
+    def lock(self, order_id: str) -> Order | None:
+        """Read the order and hold it until the transaction ends: submissions and refunds of
+        one order are serialised (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's writers
+        already are). None, locking nothing, when there is no such order."""
+        ...
+
+    def put(self, order: Order, at: datetime) -> None:
+        """At ``at``, insert the order, or write its delivery time when it is stored already
+        (``orders.merge_import`` checked before that what was paid and ordered is unchanged)."""
         ...
 
 
@@ -254,6 +257,7 @@ class UnitOfWork(Protocol):
     rows' idempotency keys only label them and nobody reads its new timers' ids."""
 
     cases: CaseRepository
+    orders: OrderStore
     log: TransitionLog
     timers: TimerStore
     outbox: Outbox

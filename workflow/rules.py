@@ -79,6 +79,8 @@ def check_eligibility(app: Application, category: str, policy: Policy, now: date
         raise InvalidInput(f"unknown reason {app.reason!r} (one of {known})", "reason")
     if app.delivered_at is not None and app.delivered_at > now:
         raise InvalidInput("delivered_at lies in the future", "delivered_at")
+    # The service fills payment (and delivered_at) in from the order of record.
+    assert app.payment is not None
     if app.payment.paid_at > now:
         raise InvalidInput("paid_at lies in the future", "payment.paid_at")
     if app.type is CaseType.REFUND_ONLY:
@@ -166,25 +168,6 @@ def _check_repair(app: Application, category: str, policy: Policy, now: datetime
         raise PolicyRefusal("warranty_period", f"category {category} carries no warranty")
     if not warranty.covers(now):
         raise PolicyRefusal(warranty.rule, warranty.describe("the warranty", now))
-
-
-def refund_base(app: Application, already_committed: int) -> int:
-    """Items' paid amount (or the partial amount asked for), within what the order has left."""
-    items_amount = sum(item.quantity * item.unit_price for item in app.items)
-    if app.requested_amount is not None and app.requested_amount > items_amount:
-        raise InvalidInput(
-            f"asks {app.requested_amount} fen but the items were paid {items_amount} fen",
-            "requested_amount",
-        )
-    wanted = items_amount if app.requested_amount is None else app.requested_amount
-    left = app.payment.amount - already_committed
-    if app.type is not CaseType.REPAIR and left <= 0:
-        raise PolicyRefusal(
-            "order_refund_cap",
-            f"order {app.order_id} paid {app.payment.amount} fen and "
-            f"{already_committed} fen are already refunded or claimed",
-        )
-    return max(0, min(wanted, left))
 
 
 def gift_deduction(gifts: list[Gift], missing: list[str]) -> int:

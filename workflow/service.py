@@ -15,22 +15,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.policy import Policy
-from workflow import engine, rules
+from workflow import engine, orders, rules
 from workflow.clock import Clock, ensure_utc
-from workflow.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyRefusal
+from workflow.errors import Conflict, Forbidden, InvalidInput, NotFound
 from workflow.model import (
     SYSTEM,
     Actor,
     Case,
-    Gift,
     Item,
-    Payment,
     Timer,
     TransitionRecord,
 )
+from workflow.orders import Order, OrderLine
 from workflow.payloads import (
     Application,
     Deadline,
+    PaymentIn,
     describe_validation_error,
     parse_application,
 )
@@ -89,6 +89,11 @@ class CaseService:
         #: so a batch shares that wait (bench/ingest_batch.py measures it).
         self.timer_batch = timer_batch
 
+    @property
+    def uow_factory(self) -> UnitOfWorkFactory:
+        """The units of work this service runs on (for services beside it, e.g. orders)."""
+        return self._uow
+
     # -- submission -----------------------------------------------------------------------
     def submit(
         self,
@@ -102,32 +107,31 @@ class CaseService:
             raise Forbidden("a buyer applies only for its own orders")
         if actor is not None and actor.role not in (Role.BUYER, Role.ADMIN):
             raise Forbidden(f"a {actor.role.value} cannot submit applications")
-        if len(app.items) + len(app.gifts) > self.policy.max_lines:
+        if len(app.items) + len(app.gifts or ()) > self.policy.max_lines:
             raise InvalidInput(f"at most {self.policy.max_lines} items and gifts", "items")
         now = self.clock.now()
-        category = self.policy.normalise_category(app.category)
         with self._uow() as uow:
             if idempotency_key:
                 # Before the rules: a retried submission gets its case even after the window.
                 earlier = uow.cases.by_submission_key(idempotency_key)
                 if earlier is not None:
                     return CaseView(earlier, uow.timers.pending(_id(earlier)))
-            rules.check_eligibility(app, category, self.policy, now)
-            uow.cases.lock_order(app.order_id)
+            # Held to the commit: submissions of one order are serialised, so the account read
+            # below stays true until this case is written.
+            order = orders.owned_order(uow.orders.lock(app.order_id), app.order_id, app.buyer_id)
             if idempotency_key:
                 # Again under the order lock: a concurrent twin may have committed meanwhile.
                 earlier = uow.cases.by_submission_key(idempotency_key)
                 if earlier is not None:
                     return CaseView(earlier, uow.timers.pending(_id(earlier)))
-            taken = uow.cases.open_cases_for_items(app.order_id, [i.sku for i in app.items])
-            if taken:
-                listed = ", ".join(f"{sku} (case {cid})" for sku, cid in sorted(taken.items()))
-                raise rules_refusal_open_case(app.order_id, listed)
-            committed = uow.cases.committed_refunds(app.order_id)
-            base = rules.refund_base(app, committed)
-            case = _new_case(
-                app, category, base, app.payment.amount - committed, now, idempotency_key
-            )
+            lines = orders.lines_applied_for(order, app)
+            for line in lines:
+                rules.check_eligibility(
+                    _eligibility_facts(app, order), line.category, self.policy, now
+                )
+            account = orders.account(order, _cases_of(uow, order.order_id))
+            base = orders.claim(account, app)
+            case = _new_case(app, order, lines, base, account.refundable, now, idempotency_key)
             case.id = uow.cases.add(case)
             record = TransitionRecord(
                 case.id,
@@ -227,9 +231,10 @@ class CaseService:
         case_id = _id(case)
         if trigger == "revise":
             # A revision may ask for more: cap it by what the order has left now.
-            uow.cases.lock_order(case.order_id)
-            others = uow.cases.committed_refunds(case.order_id, exclude_case_id=case_id)
-            case.details["refund_cap"] = max(case.payment.amount - others, 0)
+            order = uow.orders.lock(case.order_id)
+            if order is not None:
+                others = [c for c in _cases_of(uow, case.order_id) if c.id != case_id]
+                case.details["refund_cap"] = orders.account(order, others).refundable
         previous = uow.timers.pending(case_id)
         context = engine.Context(self.policy, self.clock.now(), actor, previous)
         loaded_version = case.version
@@ -268,8 +273,6 @@ class CaseService:
         deadline = engine.timer_for(case, self.policy, outcome.records[-1].at, previous)
         if deadline is not None:
             uow.timers.arm(deadline)
-        if case.is_terminal:
-            uow.cases.release_items(case_id)
         uow.outbox.add(outcome.messages)
         return deadline
 
@@ -491,28 +494,48 @@ def _get(uow: UnitOfWork, case_id: int) -> Case:
     return case
 
 
-def rules_refusal_open_case(order_id: str, listed: str) -> PolicyRefusal:
-    return PolicyRefusal(
-        "one_open_case_per_item", f"order {order_id} already has an open case for {listed}"
+def _cases_of(uow: UnitOfWork, order_id: str) -> list[Case]:
+    return uow.cases.of_orders([order_id]).get(order_id, [])
+
+
+def _eligibility_facts(app: Application, order: Order) -> Application:
+    """The application with the order of record's payment and delivery time, as
+    ``rules.check_eligibility`` reads them (until it takes its facts apart)."""
+    paid = order.payment
+    return app.model_copy(
+        update={
+            "payment": PaymentIn(channel=paid.channel, amount=paid.amount, paid_at=paid.paid_at),
+            "delivered_at": order.delivered_at,
+        }
     )
 
 
 def _new_case(
-    app: Application, category: str, base: int, cap: int, now: datetime, key: str | None
+    app: Application,
+    order: Order,
+    lines: Sequence[OrderLine],
+    base: int,
+    cap: int,
+    now: datetime,
+    key: str | None,
 ) -> Case:
+    """The case, its snapshot copied from the order of record."""
     return Case(
         type=app.type,
         state=CaseState.SUBMITTED,
-        order_id=app.order_id,
-        buyer_id=app.buyer_id,
-        merchant_id=app.merchant_id,
-        category=category,
+        order_id=order.order_id,
+        buyer_id=order.buyer_id,
+        merchant_id=order.merchant_id,
+        category=lines[0].category,
         reason=app.reason,
         description=app.description,
-        payment=Payment(app.payment.channel, app.payment.amount, ensure_utc(app.payment.paid_at)),
-        delivered_at=ensure_utc(app.delivered_at) if app.delivered_at else None,
-        items=[Item(i.sku, i.quantity, i.unit_price) for i in app.items],
-        gifts=[Gift(g.sku, g.quantity, g.value) for g in app.gifts],
+        payment=order.payment,
+        delivered_at=order.delivered_at,
+        items=[
+            Item(item.sku, item.quantity, line.unit_price)
+            for item, line in zip(app.items, lines, strict=True)
+        ],
+        gifts=orders.case_gifts(order, app),
         created_at=now,
         updated_at=now,
         requested_amount=app.requested_amount,

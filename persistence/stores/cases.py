@@ -1,4 +1,4 @@
-"""The cases (and their items' open-case claims): ``workflow.ports.CaseRepository``."""
+"""The cases: ``workflow.ports.CaseRepository``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from persistence.mappers import (
 from persistence.statements import CASE_WIDTH
 from persistence.stores.base import SqlStore, Transaction
 from persistence.stores.timers import SqlTimerStore
-from workflow.errors import Conflict, PolicyRefusal, case_moved
+from workflow.errors import Conflict, case_moved
 from workflow.model import Case
 from workflow.ports import CaseQuery
 
@@ -95,38 +95,24 @@ class SqlCaseRepository(SqlStore):
     def add(self, case: Case) -> int:
         sql = self._uow.statements
         values = case_values(case)
-        skus = list(dict.fromkeys(case.skus))
         # A savepoint keeps the transaction usable after a unique violation (PostgreSQL aborts
         # it otherwise), so the error can be explained with what the database holds.
         try:
             with self._uow.active().savepoint():
                 case_id = self._run(sql.insert_case.insert, values)
-                claims = [
-                    {"order_id": case.order_id, "sku": sku, "case_id": case_id} for sku in skus
-                ]
-                if claims:
-                    self._run(sql.insert_claim.execute_many, claims)
         except IntegrityError as exc:
-            self._explain_refused_add(case, skus, exc)
+            self._explain_refused_add(case, exc)
         case.id = case_id
         self._loaded[case_id] = fixed_fields(case)
         return case_id
 
-    def _explain_refused_add(self, case: Case, skus: list[str], exc: IntegrityError) -> NoReturn:
+    def _explain_refused_add(self, case: Case, exc: IntegrityError) -> NoReturn:
         if case.submission_key is not None:
             earlier = self.by_submission_key(case.submission_key)
             if earlier is not None:
                 raise Conflict(
                     f"submission {case.submission_key} already created case {earlier.id}"
                 ) from exc
-        taken = self.open_cases_for_items(case.order_id, skus)
-        if taken:
-            listed = "; ".join(
-                f"{sku} of order {case.order_id} already has an open case {taken[sku]}"
-                for sku in skus
-                if sku in taken
-            )
-            raise PolicyRefusal("one_open_case_per_item", listed) from exc
         raise exc
 
     def save(self, case: Case, expected_version: int) -> None:
@@ -169,30 +155,6 @@ class SqlCaseRepository(SqlStore):
         statement = self._uow.statements.case_list(frozenset(params))
         params["limit"] = query.limit
         return [self._load(row) for row in self._run(statement.rows, params)]
-
-    def open_cases_for_items(self, order_id: str, skus: Sequence[str]) -> dict[str, int]:
-        if not skus:
-            return {}
-        statement = self._uow.statements.open_claims(len(skus))
-        params = {"order_id": order_id, **{f"sku_{i}": sku for i, sku in enumerate(skus)}}
-        return {sku: case_id for sku, case_id in self._run(statement.rows, params)}
-
-    def release_items(self, case_id: int) -> None:
-        self._run(self._uow.statements.delete_claims.defer_many, [{"case_id": case_id}])
-
-    def committed_refunds(self, order_id: str, exclude_case_id: int | None = None) -> int:
-        params = {
-            "order_id": order_id,
-            "exclude_id": -1 if exclude_case_id is None else exclude_case_id,
-        }
-        row = self._run(self._uow.statements.sum_refunds.first, params)
-        return int(row[0]) if row is not None else 0
-
-    def lock_order(self, order_id: str) -> None:
-        # SQLite needs nothing: every transaction began with BEGIN IMMEDIATE, so writers are
-        # already serialised for the whole database.
-        if self._uow.dialect_name == "postgresql":
-            self._run(self._uow.statements.lock_order.execute, {"order_id": order_id})
 
     def by_submission_key(self, key: str) -> Case | None:
         row = self._run(self._uow.statements.select_case_by_key.first, {"key": key})

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from persistence.mappers import outbox_entry_from_row
 from persistence.tables import cases, outbox
 from persistence.unit_of_work import SqlUnitOfWorkFactory
-from workflow.errors import Conflict, PolicyRefusal
+from workflow.errors import Conflict
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import (
     Case,
@@ -23,10 +23,12 @@ from workflow.model import (
     DeadLetterStatus,
     OutboxEntry,
     OutboxMessage,
+    Payment,
     Timer,
     TimerStatus,
     TransitionRecord,
 )
+from workflow.orders import Order, OrderGift, OrderLine, account
 from workflow.ports import CaseQuery, UnitOfWorkFactory
 from workflow.states import CaseState, CaseType
 
@@ -637,29 +639,46 @@ def test_dead_letters_list_page_and_resolve(uow_factory: UnitOfWorkFactory) -> N
 # -- cases, log and timers (moved from test_sql_stores.py) ---
 
 
-def test_one_open_case_per_item(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
-    [first] = _stored(uow_factory, new_case(skus=("sku-1", "sku-2")))
-    with uow_factory() as uow:
-        with pytest.raises(PolicyRefusal) as refusal:
-            uow.cases.add(new_case(skus=("sku-3", "sku-2")))
-        assert refusal.value.rule == "one_open_case_per_item"
-        assert f"sku-2 of order o-1 already has an open case {first}" in str(refusal.value)
-        # The refusal rolled back only its savepoint: the transaction goes on.
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2", "sku-3"]) == {
-            "sku-1": first,
-            "sku-2": first,
-        }
-        other_order = uow.cases.add(new_case(order_id="o-2", skus=("sku-2",)))
-        uow.commit()
+def _order(order_id: str = "o-1", delivered_at: datetime | None = None) -> Order:
+    return Order(
+        order_id=order_id,
+        buyer_id="b-1",
+        merchant_id="m-1",
+        payment=Payment("wechat_pay", 30_000, datetime(2026, 11, 1, tzinfo=UTC)),
+        lines=(OrderLine("sku-1", 3, 10_000, "clothing"), OrderLine("sku-2", 1, 5_000, "home")),
+        gifts=(OrderGift("gift-1", 1, 500),),
+        delivered_at=delivered_at,
+    )
 
+
+def test_an_order_of_record_is_stored_whole_and_only_its_delivery_time_changes(
+    uow_factory: UnitOfWorkFactory,
+) -> None:
+    at = datetime(2026, 11, 2, tzinfo=UTC)
     with uow_factory() as uow:
-        assert uow.cases.open_cases_for_items("o-2", ["sku-2"]) == {"sku-2": other_order}
-        uow.cases.release_items(first)
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {}
-        again = uow.cases.add(new_case(skus=("sku-2",)))
+        assert uow.orders.get("o-1") is None and uow.orders.lock("o-1") is None
+        uow.orders.put(_order(), at)
+        assert uow.orders.get("o-1") == _order()
+        uow.commit()
+    delivered = datetime(2026, 11, 3, 4, 5, 6, 789_000, tzinfo=UTC)
+    with uow_factory() as uow:
+        assert uow.orders.lock("o-1") == _order()
+        assert uow.orders.lock("o-1") == _order()  # re-entrant for its own transaction
+        uow.orders.put(_order(delivered_at=delivered), at)
         uow.commit()
     with uow_factory() as uow:
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1", "sku-2"]) == {"sku-2": again}
+        assert uow.orders.get("o-1") == _order(delivered_at=delivered)
+        assert uow.orders.get("o-2") is None
+
+
+def test_cases_of_one_order_may_share_a_line(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    """Units, not items, are claimed now (the service checks them under the order's lock):
+    the store takes a second open case of the same sku."""
+    first, second = _stored(uow_factory, new_case(skus=("sku-1",)), new_case(skus=("sku-1",)))
+    with uow_factory() as uow:
+        assert {c.id for c in uow.cases.of_orders(["o-1"])["o-1"]} == {first, second}
 
 
 def test_a_submission_key_creates_one_case(
@@ -701,15 +720,18 @@ def test_nothing_is_visible_before_commit_and_exit_rolls_back(
 ) -> None:
     with uow_factory() as uow:
         case_id = uow.cases.add(new_case())
+        uow.orders.put(_order(), datetime(2026, 11, 2, tzinfo=UTC))
         assert uow.cases.get(case_id) is not None
     with uow_factory() as uow:
         assert uow.cases.get(case_id) is None
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1"]) == {}
+        assert uow.orders.get("o-1") is None
 
 
-def test_committed_refunds_count_cases_that_may_still_refund(
+def test_an_orders_account_counts_the_cases_that_may_still_refund(
     uow_factory: UnitOfWorkFactory, new_case: NewCase
 ) -> None:
+    """The cases of an order as ``of_orders`` reads them make its account: open ones hold
+    units and pending fen, refunded ones refunded units and fen, the others nothing."""
     amounts = {
         CaseState.SUBMITTED: 100,
         CaseState.REJECTED: 200,
@@ -720,14 +742,16 @@ def test_committed_refunds_count_cases_that_may_still_refund(
         CaseState.REPAIRED: 4_000,
     }
     built = [
-        new_case(skus=(f"sku-{state.value}",), state=state, refund_amount=amount)
+        new_case(skus=("sku-1",), state=state, refund_amount=amount)
         for state, amount in amounts.items()
     ]
-    ids = _stored(uow_factory, *built, new_case(order_id="o-2", refund_amount=50_000))
+    _stored(uow_factory, *built, new_case(order_id="o-2", refund_amount=50_000))
     with uow_factory() as uow:
-        assert uow.cases.committed_refunds("o-1") == 700
-        assert uow.cases.committed_refunds("o-1", exclude_case_id=ids[0]) == 600
-        assert uow.cases.committed_refunds("o-unknown") == 0
+        accounted = account(_order(), uow.cases.of_orders(["o-1"])["o-1"])
+    assert (accounted.pending, accounted.refunded) == (300, 400)
+    line = accounted.line("sku-1")
+    assert line is not None
+    assert (line.open_quantity, line.refunded_quantity, line.refunded_amount) == (2, 1, 400)
 
 
 def test_list_filters_and_pages_by_id(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
@@ -748,16 +772,6 @@ def test_list_filters_and_pages_by_id(uow_factory: UnitOfWorkFactory, new_case: 
         assert [c.id for c in listed(CaseQuery(type=CaseType.REPAIR))] == [ids[5]]
         assert [c.id for c in listed(CaseQuery(order_id="o-3", buyer_id="b-1"))] == [ids[3]]
         assert listed(CaseQuery(buyer_id="b-2")) == []
-
-
-def test_order_lock_is_taken_within_the_transaction(
-    uow_factory: UnitOfWorkFactory, new_case: NewCase
-) -> None:
-    with uow_factory() as uow:
-        uow.cases.lock_order("o-1")
-        uow.cases.lock_order("o-1")  # re-entrant for its own transaction
-        uow.cases.add(new_case())
-        uow.commit()
 
 
 def test_a_rolled_back_key_can_be_used_again(

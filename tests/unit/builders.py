@@ -7,13 +7,17 @@ wraps them as fixtures. Everything here is written out by hand from RULES.md, ne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from workflow.memory import InMemoryDatabase
 from workflow.model import Actor
-from workflow.service import CaseService
+from workflow.orders import account
+from workflow.orders_service import ImportResult, OrderService
+from workflow.service import CaseService, CaseView
 from workflow.states import CaseState, CaseType, Role
 
 #: The fixed "now" of the unit tests: Friday 2026-11-20, 10:00 in Shanghai.
@@ -80,6 +84,63 @@ def application(
     }
     app.update(overrides)
     return app
+
+
+def order_for(app: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The order of record an application describes: its order, buyer, merchant, payment,
+    delivery time, items as lines (the application's category on each) and gifts.
+
+    ``overrides`` replace top-level keys of the order (``lines``, ``payment`` ...)."""
+    order: dict[str, Any] = {
+        "order_id": app["order_id"],
+        "buyer_id": app["buyer_id"],
+        "merchant_id": app.get("merchant_id", MERCHANT.id),
+        "payment": copy.deepcopy(app.get("payment", payment())),
+        "delivered_at": app.get("delivered_at"),
+        "lines": [
+            {
+                "sku": entry["sku"],
+                "quantity": entry["quantity"],
+                "unit_price": entry.get("unit_price", ITEM_PRICE),
+                "category": app.get("category", "clothing"),
+            }
+            for entry in app["items"]
+        ],
+        "gifts": copy.deepcopy(app.get("gifts") or []),
+    }
+    order.update(overrides)
+    return order
+
+
+def import_orders(service: CaseService, *orders: dict[str, Any]) -> ImportResult:
+    """Import orders of record as an admin, beside ``service``."""
+    orders_service = OrderService(service.uow_factory, service.clock, service.policy)
+    return orders_service.import_orders(list(orders), ADMIN)
+
+
+def submit_with_order(
+    service: CaseService,
+    app: dict[str, Any],
+    actor: Actor | None = None,
+    idempotency_key: str | None = None,
+) -> CaseView:
+    """Import the order the application describes (``order_for``; an order already imported
+    with the same facts stays as it is), then submit the application.
+
+    An order the import refuses (the application is malformed) is not imported: the submission
+    then says why the application is wrong."""
+    if isinstance(app, dict) and isinstance(app.get("items"), list):
+        # Too malformed to describe an order: submit() says what is wrong.
+        with contextlib.suppress(KeyError, TypeError, AttributeError):
+            import_orders(service, order_for(app))
+    return service.submit(app, actor, idempotency_key)
+
+
+def open_units(db: InMemoryDatabase, order_id: str) -> dict[str, int]:
+    """Units per sku of the order that open cases hold (the lines with any)."""
+    cases = [case for case in db.cases.values() if case.order_id == order_id]
+    lines = account(db.orders[order_id], cases).lines
+    return {line.sku: line.open_quantity for line in lines if line.open_quantity}
 
 
 def payment(
@@ -219,7 +280,7 @@ def submit_in(
     service: CaseService, case_type: CaseType | str, label: str = "submitted", **overrides: Any
 ) -> int:
     """Submit a default application of ``case_type`` (at the service clock) and drive it."""
-    view = service.submit(application(case_type, now=service.clock.now(), **overrides))
+    view = submit_with_order(service, application(case_type, now=service.clock.now(), **overrides))
     assert view.case.id is not None
     drive_to(service, view.case.id, label)
     return view.case.id

@@ -843,8 +843,11 @@ def test_the_same_bad_event_delivered_again_counts_attempts_on_one_letter(
 
 
 def test_an_order_with_several_open_cases_needs_the_case_named(
-    events: EventService, new_case: Callable[..., int]
+    events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
+    both = [builders.item("A", 100), builders.item("B", 100)]
+    app = builders.application(CaseType.RETURN_REFUND, items=both, payment=builders.payment(200))
+    builders.import_orders(service, builders.order_for(app))
     new_case(CaseType.RETURN_REFUND, items=[builders.item("A", 100)], payment=builders.payment(200))
     new_case(CaseType.RETURN_REFUND, items=[builders.item("B", 100)], payment=builders.payment(200))
     result = events.ingest(event("merchant.approved", order_id="o1", data=MERCHANT))

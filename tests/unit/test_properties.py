@@ -28,6 +28,7 @@ from workflow.definitions import TRIGGERS, rules_for, states_for
 from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
 from workflow.memory import InMemoryUnitOfWorkFactory
 from workflow.model import Actor, Case, TimerStatus, TransitionRecord
+from workflow.orders import account
 from workflow.service import CaseService
 from workflow.states import CaseState, CaseType, Role
 
@@ -40,8 +41,11 @@ from .builders import (
     REASON,
     application,
     data_for,
+    import_orders,
     item,
+    order_for,
     payment,
+    submit_with_order,
 )
 
 S = CaseState
@@ -49,20 +53,26 @@ POLICY = load_policy()
 
 #: Orders the cases are drawn from. o1 had an order coupon: its items add up to more than was
 #: paid, so the order cap matters; o3 was paid by a channel without refund window.
+#: Items are sku: (unit price, units ordered); a case may name some of a line's units.
 ORDERS: dict[str, dict[str, Any]] = {
     "o1": {
         "category": "clothing",
         "paid": 30_000,
         "channel": "wechat_pay",
-        "items": {"A": 15_000, "B": 15_000, "C": 10_000},
+        "items": {"A": (15_000, 3), "B": (15_000, 1), "C": (10_000, 2)},
     },
     "o2": {
         "category": "electronics",
         "paid": 60_000,
         "channel": "alipay",
-        "items": {"X": 50_000, "Y": 10_000},
+        "items": {"X": (50_000, 1), "Y": (10_000, 4)},
     },
-    "o3": {"category": "home", "paid": 8_000, "channel": "cash_on_delivery", "items": {"H": 8_000}},
+    "o3": {
+        "category": "home",
+        "paid": 8_000,
+        "channel": "cash_on_delivery",
+        "items": {"H": (8_000, 1)},
+    },
 }
 REASONS = {
     CaseType.RETURN_REFUND: ["no_reason", "quality_issue"],
@@ -72,7 +82,19 @@ REASONS = {
 }
 #: Well-formed alternatives for some triggers; revisions may ask for more or less money.
 DATA_VARIANTS: dict[str, list[dict[str, Any]]] = {
-    "inspect": [{}, {"gifts_missing": ["G"]}],
+    # The units that came back: all announced, fewer, none.
+    "confirm_receipt": [
+        {},
+        {"received": [{"sku": "A", "quantity": 1}]},
+        {"received": [{"sku": "Y", "quantity": 1}]},
+        {"received": []},
+    ],
+    "inspect": [
+        {},
+        {"gifts_missing": ["G"]},
+        {"received": [{"sku": "A", "quantity": 0}, {"sku": "C", "quantity": 1}]},
+        {"received": [{"sku": "Y", "quantity": 2}], "gifts_missing": ["G"]},
+    ],
     "revise": [
         {"description": "more photos"},
         {},
@@ -161,6 +183,19 @@ class CaseWorkflow(RuleBasedStateMachine):
         self.clock = FakeClock(NOW)
         self.factory = InMemoryUnitOfWorkFactory()
         self.service = CaseService(self.factory, self.clock, POLICY)
+        for order_id, order in ORDERS.items():
+            lines = [
+                {**item(sku, price, quantity), "category": order["category"]}
+                for sku, (price, quantity) in order["items"].items()
+            ]
+            app = application(
+                CaseType.RETURN_REFUND,
+                now=NOW,
+                order_id=order_id,
+                payment=payment(order["paid"], NOW - timedelta(days=4), order["channel"]),
+            )
+            result = import_orders(self.service, order_for(app, lines=lines))
+            assert result.imported == 1, result
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -168,7 +203,7 @@ class CaseWorkflow(RuleBasedStateMachine):
     def first_case(self) -> Any:
         # order o0: the builders' default order (one item, paid in full)
         app = application(CaseType.RETURN_REFUND, now=NOW, order_id="o0")
-        return self.service.submit(app).case.id
+        return submit_with_order(self.service, app).case.id
 
     @rule(
         target=cases,
@@ -179,8 +214,12 @@ class CaseWorkflow(RuleBasedStateMachine):
     def submit(self, case_type: CaseType, order_id: str, data: st.DataObject) -> Any:
         order = ORDERS[order_id]
         skus = data.draw(st.lists(st.sampled_from(sorted(order["items"])), min_size=1, unique=True))
-        items = [item(sku, order["items"][sku]) for sku in skus]
-        items_amount = sum(i["unit_price"] for i in items)
+        # up to one unit more than the line has: refused, like any over-claim
+        items = [
+            item(sku, price, data.draw(st.integers(1, ordered + 1)))
+            for sku, (price, ordered) in ((sku, order["items"][sku]) for sku in skus)
+        ]
+        items_amount = sum(i["unit_price"] * i["quantity"] for i in items)
         requested = data.draw(st.none() | st.integers(0, items_amount + 100))
         app = application(
             case_type,
@@ -305,12 +344,55 @@ class CaseWorkflow(RuleBasedStateMachine):
             if case.is_terminal:
                 assert timers == []
             assert [t.kind for t in timers] == [k for k in [_expected_timer(case)] if k], case
-            # an open case holds its items; a finished one none
-            held = {sku for (order, sku), owner in db.open_items.items() if owner == case_id}
-            assert held == (set() if case.is_terminal else set(case.skus)), case
+            # the snapshot is the order of record's
+            order = db.orders[case.order_id]
+            assert case.payment == order.payment and case.merchant_id == order.merchant_id
+            assert all(order.line(i.sku).unit_price == i.unit_price for i in case.items)  # type: ignore[union-attr]
         for order_id, amount in claimed.items():
             (order_paid,) = paid[order_id]  # the cases of an order agree on its payment
             assert amount <= order_paid, (order_id, amount)
+        self._check_order_caps(db)
+
+    def _check_order_caps(self, db: Any) -> None:
+        """Per line, units under open cases plus units refunded never exceed those ordered,
+        and the fen refunded never exceed the line's total; per order, refunds and open
+        claims never exceed what was paid. Counted here from the cases, apart from
+        ``orders.account``, and compared with it."""
+        for order_id, order in db.orders.items():
+            cases = [case for case in db.cases.values() if case.order_id == order_id]
+            held: dict[str, int] = defaultdict(int)
+            refunded_units: dict[str, int] = defaultdict(int)
+            refunded_fen: dict[str, int] = defaultdict(int)
+            for case in cases:
+                if case.state in NOT_REFUNDING:
+                    continue
+                received = case.details.get("received")
+                left = case.refund_amount
+                for line_item in case.items:
+                    if not case.is_terminal:
+                        held[line_item.sku] += line_item.quantity
+                        continue
+                    units = line_item.quantity
+                    if received is not None and case.type is not CaseType.REFUND_ONLY:
+                        units = received.get(line_item.sku, 0)
+                    refunded_units[line_item.sku] += units
+                    share = min(left, units * line_item.unit_price)
+                    refunded_fen[line_item.sku] += share
+                    left -= share
+                # a refund pays for no unit that did not come back
+                assert left == 0 or not case.is_terminal, case
+            accounted = account(order, cases)
+            for line in order.lines:
+                assert held[line.sku] + refunded_units[line.sku] <= line.quantity, (order, cases)
+                assert refunded_fen[line.sku] <= line.total, (order, cases)
+                mine = accounted.line(line.sku)
+                assert mine is not None
+                assert (mine.open_quantity, mine.refunded_quantity, mine.refunded_amount) == (
+                    held[line.sku],
+                    refunded_units[line.sku],
+                    refunded_fen[line.sku],
+                )
+            assert accounted.refunded + accounted.pending <= order.payment.amount
 
 
 CaseWorkflow.TestCase.settings = settings(

@@ -16,7 +16,7 @@ import pytest
 
 from config.policy import Policy, load_policy
 from workflow.clock import FakeClock
-from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
+from workflow.errors import Forbidden, InvalidInput, NotAllowed, NotFound, PolicyRefusal
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import RefundRoute
 from workflow.ports import CaseQuery
@@ -36,10 +36,14 @@ from .builders import (
     SYSTEM,
     application,
     data_for,
+    import_orders,
     item,
+    open_units,
+    order_for,
     payment,
     shanghai,
     submit_in,
+    submit_with_order,
 )
 
 S = CaseState
@@ -71,7 +75,7 @@ def _assert_nothing_written(db: InMemoryDatabase, before: InMemoryDatabase) -> N
     assert db.log == before.log
     assert db.timers == before.timers
     assert db.outbox == before.outbox
-    assert db.open_items == before.open_items
+    assert db.orders == before.orders
 
 
 def _check_timer(
@@ -110,7 +114,7 @@ def test_A1_five_step_return_flow(service: CaseService, make_app: MakeApp, db: I
     """A.1: select the item, submit, merchant review -> pickup info, buyer ships with a tracking
     number, merchant confirms receipt and refunds."""
     # given/when steps 1-2: the buyer selects the item of the order and submits
-    view = service.submit(make_app("return_refund", items=[item("A", ITEM_PRICE)]))
+    view = submit_with_order(service, make_app("return_refund", items=[item("A", ITEM_PRICE)]))
     case_id = view.case.id
     assert case_id is not None
     assert view.case.state is S.SUBMITTED and view.case.skus == ["A"]
@@ -199,7 +203,7 @@ def test_A2_A7_warranty_last_day_is_still_covered(
     clock.set(shanghai(2026, 11, 20, 23, 59))
     app = _warranty_app(case_type, category, shanghai(*delivered, 15, 0))
     # when
-    view = service.submit(app)
+    view = submit_with_order(service, app)
     # then
     assert view.case.state is S.SUBMITTED
     assert view.case.category == category
@@ -223,7 +227,7 @@ def test_A2_A7_warranty_day_after_the_last_day_is_refused(
     app = _warranty_app(case_type, category, shanghai(*delivered, 15, 0))
     # when
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(app)
+        submit_with_order(service, app)
     # then
     assert refused.value.rule == "warranty_period"
     message = str(refused.value)
@@ -241,7 +245,7 @@ def test_A2_warranty_counts_from_the_day_of_receipt_in_shanghai(
     # when/then: still covered
     clock.set(shanghai(2026, 11, 21, 12, 0))
     app = _warranty_app("repair", "electronics", datetime(2025, 11, 20, 17, 0, tzinfo=UTC))
-    assert service.submit(app).case.state is S.SUBMITTED
+    assert submit_with_order(service, app).case.state is S.SUBMITTED
 
 
 def test_A2_warranty_months_end_on_the_last_day_of_a_shorter_month(
@@ -251,11 +255,13 @@ def test_A2_warranty_months_end_on_the_last_day_of_a_shorter_month(
     delivered = shanghai(2026, 11, 30, 10, 0)
     # given/when: 28 Feb 2027 is covered
     clock.set(shanghai(2027, 2, 28, 18, 0))
-    assert service.submit(_warranty_app("repair", "clothing", delivered)).case.id
+    assert submit_with_order(service, _warranty_app("repair", "clothing", delivered)).case.id
     # when: 1 March is not
     clock.set(shanghai(2027, 3, 1, 0, 0))
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(_warranty_app("repair", "clothing", delivered) | {"order_id": "o2"})
+        submit_with_order(
+            service, _warranty_app("repair", "clothing", delivered) | {"order_id": "o2"}
+        )
     assert refused.value.rule == "warranty_period"
     assert "2027-02-28" in str(refused.value)
 
@@ -264,7 +270,7 @@ def test_A2_repair_needs_a_category_with_warranty(service: CaseService, make_app
     """A.2: only categories with a warranty are repaired (general goods have none)."""
     # given/when: a repair for general goods; then: no warranty to repair under
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app("repair", category="general"))
+        submit_with_order(service, make_app("repair", category="general"))
     assert refused.value.rule == "warranty_period"
 
 
@@ -272,7 +278,7 @@ def test_A2_repair_is_for_quality_problems_only(service: CaseService, make_app: 
     """A.2/A.5: warranty repair covers quality problems, not a change of mind."""
     # given/when: a repair without a defect; then: refused
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app("repair", reason="no_reason"))
+        submit_with_order(service, make_app("repair", reason="no_reason"))
     assert refused.value.rule == "repair_needs_quality_issue"
 
 
@@ -284,10 +290,10 @@ def test_A7_a_quality_problem_may_be_returned_after_the_no_reason_window_within_
     delivered = shanghai(2026, 9, 1, 10, 0)
     app = _warranty_app("exchange", "electronics", delivered)
     # when/then: quality problem three months later: accepted
-    assert service.submit(app).case.state is S.SUBMITTED
+    assert submit_with_order(service, app).case.state is S.SUBMITTED
     # when/then: the same goods without a reason: the no-reason window applies
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(app | {"reason": "no_reason", "order_id": "o2"})
+        submit_with_order(service, app | {"reason": "no_reason", "order_id": "o2"})
     assert refused.value.rule == "no_reason_window"
 
 
@@ -480,7 +486,7 @@ def test_A5_quality_problem_within_warranty_is_repaired_free(
     # then
     assert done.case.state is S.REPAIRED
     assert _topics(db, case_id, "refund.requested") == []
-    assert db.open_items == {}
+    assert open_units(db, "o1") == {}
 
 
 def test_A5_a_failed_inspection_rejects_the_case_with_a_reason(
@@ -542,7 +548,7 @@ def test_A6_goods_damaged_on_arrival_refund_only_without_a_return(
     """A.6/B refund-only: goods arrived damaged: a refund without sending anything back."""
     # given: a refund-only application for goods damaged in transit; when: approved
     # then: the refund starts and no pickup is requested
-    view = service.submit(make_app("refund_only", reason="damaged_in_transit"))
+    view = submit_with_order(service, make_app("refund_only", reason="damaged_in_transit"))
     case_id = view.case.id
     assert case_id is not None
     result = service.fire(case_id, "approve", MERCHANT)
@@ -558,7 +564,7 @@ def test_A6_damage_must_be_reported_within_the_7_day_window(
     app = make_app("refund_only", reason="missing_item", delivered_at=shanghai(2026, 11, 10, 9, 0))
     clock.set(shanghai(2026, 11, 18, 0, 0))
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(app)
+        submit_with_order(service, app)
     assert refused.value.rule == "no_reason_window"
 
 
@@ -567,12 +573,14 @@ def test_A6_B_not_received_is_refund_only(service: CaseService, make_app: MakeAp
     a return-type case needs the goods delivered first."""
     # given/when/then: undelivered goods: refund-only accepted, a return refused,
     # and refund-only without reason for delivered goods refused
-    assert service.submit(make_app("refund_only", reason="not_received", delivered_at=None)).case.id
+    assert submit_with_order(
+        service, make_app("refund_only", reason="not_received", delivered_at=None)
+    ).case.id
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app("return_refund", delivered_at=None, order_id="o2"))
+        submit_with_order(service, make_app("return_refund", delivered_at=None, order_id="o2"))
     assert refused.value.rule == "delivery_required"
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app("refund_only", reason="no_reason", order_id="o3"))
+        submit_with_order(service, make_app("refund_only", reason="no_reason", order_id="o3"))
     assert refused.value.rule == "reason_fits_type"
 
 
@@ -950,7 +958,7 @@ def test_A7_B_no_reason_window_counts_from_the_day_after_delivery(
     # given: the last minute of day 7
     clock.set(shanghai(2026, 11, 25, 23, 59))
     # when/then: accepted
-    assert service.submit(make_app(delivered_at=delivered)).case.state is S.SUBMITTED
+    assert submit_with_order(service, make_app(delivered_at=delivered)).case.state is S.SUBMITTED
 
 
 def test_A7_B_no_reason_window_day_8_is_refused_naming_the_dates(
@@ -962,7 +970,7 @@ def test_A7_B_no_reason_window_day_8_is_refused_naming_the_dates(
     delivered = shanghai(2026, 11, 18, 15, 0)
     clock.set(shanghai(2026, 11, 26, 0, 0))
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app(delivered_at=delivered))
+        submit_with_order(service, make_app(delivered_at=delivered))
     assert refused.value.rule == "no_reason_window"
     message = str(refused.value)
     assert "2026-11-19" in message and "2026-11-25" in message and "2026-11-26" in message
@@ -978,10 +986,10 @@ def test_B_no_reason_window_counts_days_in_shanghai_time(
     # when/then: 26 Nov evening is accepted, 27 Nov refused
     delivered = datetime(2026, 11, 18, 17, 30, tzinfo=UTC)
     clock.set(shanghai(2026, 11, 26, 20, 0))
-    assert service.submit(make_app(delivered_at=delivered)).case.id
+    assert submit_with_order(service, make_app(delivered_at=delivered)).case.id
     clock.set(shanghai(2026, 11, 27, 0, 1))
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app(delivered_at=delivered, order_id="o2"))
+        submit_with_order(service, make_app(delivered_at=delivered, order_id="o2"))
     assert refused.value.rule == "no_reason_window"
 
 
@@ -994,18 +1002,28 @@ def test_B_excluded_categories_have_no_no_reason_return(
     # given: goods of an excluded category delivered 2 days ago
     # when/then: no reason: refused, nothing stored; a quality problem: accepted
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app("return_refund", category=category, reason="no_reason"))
+        submit_with_order(service, make_app("return_refund", category=category, reason="no_reason"))
     assert refused.value.rule == "no_reason_excluded_category"
     assert db.cases == {}
-    view = service.submit(make_app("return_refund", category=category, reason="quality_issue"))
+    view = submit_with_order(
+        service, make_app("return_refund", category=category, reason="quality_issue")
+    )
     assert view.case.state is S.SUBMITTED
 
 
-def test_B_an_unknown_category_is_treated_as_general_goods(service: CaseService, make_app: MakeApp):
-    """B: a category code the policy does not know is recorded as the default category."""
-    # given/when: an unknown category code; then: recorded as general
-    view = service.submit(make_app(category="spaceships"))
-    assert view.case.category == "general"
+def test_C_an_unknown_category_is_refused_at_the_order_import(
+    service: CaseService, make_app: MakeApp, db: InMemoryDatabase
+):
+    """C / issue 13: a category code the policy does not know is refused when the order is
+    imported (no silent ``general``), naming the line; no order, so no application."""
+    # given/when: an order whose line has an unknown category
+    app = make_app(category="spaceships")
+    result = import_orders(service, order_for(app))
+    # then: refused naming the field, nothing stored, and the application finds no order
+    assert [r.field for r in result.refused] == ["lines.0.category"]
+    assert db.orders == {}
+    with pytest.raises(NotFound):
+        service.submit(app)
 
 
 # == B one open case per order item =============================================================
@@ -1016,20 +1034,20 @@ def test_B_one_open_case_per_order_item(
 ):
     """B: one open case per order item: a second application is refused naming the open
     case; after the first is cancelled the item may be applied for again."""
-    first = service.submit(make_app()).case.id
+    first = submit_with_order(service, make_app()).case.id
     before = _snapshot(db)
     # when: the same item again (even as another case type)
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app("exchange"))
+        submit_with_order(service, make_app("exchange"))
     # then: refused, naming the item and the open case
     assert refused.value.rule == "one_open_case_per_item"
-    assert f"A (case {first})" in str(refused.value)
+    assert f"line A: 1 ordered, 1 under open cases (case {first})" in str(refused.value)
     _assert_nothing_written(db, before)
     # when: the first case is cancelled
     assert first is not None
     service.fire(first, "cancel", BUYER)
     # then: the item is free again
-    assert service.submit(make_app("exchange")).case.state is S.SUBMITTED
+    assert submit_with_order(service, make_app("exchange")).case.state is S.SUBMITTED
 
 
 def test_B_other_items_of_the_same_order_may_have_their_own_cases(
@@ -1038,8 +1056,9 @@ def test_B_other_items_of_the_same_order_may_have_their_own_cases(
     """B: the rule is per item: another item of the order gets its own case."""
     # given: A of the order has an open case; when: B is applied for; then: accepted
     two = [item("A", 10_000), item("B", 9_900)]
-    service.submit(make_app(items=[two[0]]))
-    assert service.submit(make_app(items=[two[1]])).case.skus == ["B"]
+    import_orders(service, order_for(make_app(items=two)))
+    submit_with_order(service, make_app(items=[two[0]]))
+    assert submit_with_order(service, make_app(items=[two[1]])).case.skus == ["B"]
 
 
 def test_B_a_rejected_buyer_may_revise_and_re_apply(
@@ -1049,7 +1068,7 @@ def test_B_a_rejected_buyer_may_revise_and_re_apply(
     application is refused), the buyer revises it and it goes back to review."""
     case_id = new_case("return_refund", "rejected")
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(make_app())
+        submit_with_order(service, make_app())
     assert refused.value.rule == "one_open_case_per_item"
     clock.advance(timedelta(hours=5))
     # when: the buyer revises
@@ -1067,10 +1086,12 @@ def test_B_after_a_rejection_closes_the_buyer_may_apply_anew(
 ):
     """B: once the rejected case closed (dispute window over), the item is free again."""
     # given: a rejected case; when: its dispute window runs out; then: a new application
+    # (a week later the no-reason window is over: the new one is for a quality problem)
+    app = make_app(reason="quality_issue")
     new_case("return_refund", "rejected")
     clock.advance(timedelta(days=7))
     assert [run.fired for run in service.run_due_timers()] == [True]
-    assert service.submit(make_app()).case.state is S.SUBMITTED
+    assert submit_with_order(service, app).case.state is S.SUBMITTED
 
 
 # == B partial refunds and the order cap ========================================================
@@ -1091,12 +1112,17 @@ def test_B_a_partial_refund_cannot_exceed_the_items_price(service: CaseService, 
     """B: the amount asked for is at most what the items were paid."""
     # given/when: asking 1 fen more than paid for the items; then: invalid
     with pytest.raises(InvalidInput) as invalid:
-        service.submit(make_app(requested_amount=ITEM_PRICE + 1))
+        submit_with_order(service, make_app(requested_amount=ITEM_PRICE + 1))
     assert invalid.value.field == "requested_amount"
 
 
-def _coupon_order(make_app: MakeApp, sku: str, **overrides: Any) -> dict[str, Any]:
-    """Order o1: items A, B, C at 15 000 fen each, paid 30 000 after an order coupon."""
+def _coupon_order(
+    service: CaseService, make_app: MakeApp, sku: str, **overrides: Any
+) -> dict[str, Any]:
+    """Order o1: items A, B, C at 15 000 fen each, paid 30 000 after an order coupon (the
+    order of record is imported with its three lines)."""
+    lines = [item(line, 15_000) for line in "ABC"]
+    import_orders(service, order_for(make_app(items=lines, payment=payment(30_000))))
     return make_app(
         "return_refund",
         items=[item(sku, 15_000)],
@@ -1111,12 +1137,12 @@ def test_B_order_refund_cap_refuses_a_third_case_once_the_payment_is_used_up(
     """B: the sum of refunds never exceeds the amount paid: two cases claim the whole payment,
     a third case of the order is refused by rule order_refund_cap."""
     # given: A and B claim 15 000 each of the 30 000 paid
-    first = service.submit(_coupon_order(make_app, "A")).case
-    second = service.submit(_coupon_order(make_app, "B")).case
+    first = submit_with_order(service, _coupon_order(service, make_app, "A")).case
+    second = submit_with_order(service, _coupon_order(service, make_app, "B")).case
     assert first.refund_amount + second.refund_amount == 30_000
     before = _snapshot(db)
     with pytest.raises(PolicyRefusal) as refused:
-        service.submit(_coupon_order(make_app, "C"))
+        submit_with_order(service, _coupon_order(service, make_app, "C"))
     assert refused.value.rule == "order_refund_cap"
     _assert_nothing_written(db, before)
 
@@ -1126,10 +1152,12 @@ def test_B_order_refund_cap_limits_a_case_to_what_the_order_has_left(
 ):
     """B: a case asks for at most what the order has left after the other cases."""
     # given: A claims 15 000 of the 20 000 paid; when: B (15 000) applies; then: 5 000 left
+    both = [item("A", 15_000), item("B", 15_000)]
+    import_orders(service, order_for(make_app(items=both, payment=payment(amount=20_000))))
     app_a = make_app(items=[item("A", 15_000)], payment=payment(amount=20_000))
     app_b = make_app(items=[item("B", 15_000)], payment=payment(amount=20_000))
-    service.submit(app_a)
-    assert service.submit(app_b).case.refund_amount == 5_000
+    submit_with_order(service, app_a)
+    assert submit_with_order(service, app_b).case.refund_amount == 5_000
 
 
 def test_B_a_cancelled_case_gives_its_share_of_the_payment_back(
@@ -1137,11 +1165,14 @@ def test_B_a_cancelled_case_gives_its_share_of_the_payment_back(
 ):
     """B order cap: only cases that may still refund count; a cancelled one does not."""
     # given: A and B used up the payment; when: A is cancelled; then: C gets 15 000
-    first = service.submit(_coupon_order(make_app, "A")).case.id
-    service.submit(_coupon_order(make_app, "B"))
+    first = submit_with_order(service, _coupon_order(service, make_app, "A")).case.id
+    submit_with_order(service, _coupon_order(service, make_app, "B"))
     assert first is not None
     service.fire(first, "cancel", BUYER)
-    assert service.submit(_coupon_order(make_app, "C")).case.refund_amount == 15_000
+    assert (
+        submit_with_order(service, _coupon_order(service, make_app, "C")).case.refund_amount
+        == 15_000
+    )
 
 
 def test_B_order_refund_cap_holds_when_a_rejected_case_is_revised_upwards(
@@ -1149,9 +1180,14 @@ def test_B_order_refund_cap_holds_when_a_rejected_case_is_revised_upwards(
 ):
     """B: the sum of refunds never exceeds the amount paid, also after a revision."""
     # given: A asks 2 000 of its 15 000; B and C then claim the other 28 000 of the 30 000 paid
-    first = service.submit(_coupon_order(make_app, "A", requested_amount=2_000)).case.id
-    service.submit(_coupon_order(make_app, "B"))
-    assert service.submit(_coupon_order(make_app, "C")).case.refund_amount == 13_000
+    first = submit_with_order(
+        service, _coupon_order(service, make_app, "A", requested_amount=2_000)
+    ).case.id
+    submit_with_order(service, _coupon_order(service, make_app, "B"))
+    assert (
+        submit_with_order(service, _coupon_order(service, make_app, "C")).case.refund_amount
+        == 13_000
+    )
     assert first is not None
     service.fire(first, "reject", MERCHANT, reason="photos missing")
     # when: the buyer revises A up to its full price
@@ -1268,11 +1304,15 @@ def test_B_a_refused_application_creates_nothing(
     """B: a refusal creates nothing: no case, no log row, no timer, no message."""
     # given: the scenario's earlier cases
     setup, overrides, error, named = _REFUSALS[scenario]
+    app = make_app(**overrides)
+    # the order of record: A, B at the item price and C at 1 fen, paid the item price
+    lines = [item("A", ITEM_PRICE), item("B", ITEM_PRICE), item("C", 1)]
+    import_orders(service, order_for({**app, "items": lines}))
     setup(service)
     before = _snapshot(db)
     # when: the application is refused
     with pytest.raises(error) as refused:
-        service.submit(make_app(**overrides), actor=BUYER)
+        service.submit(app, actor=BUYER)
     # then: for the reason expected, and nothing at all was stored
     assert (getattr(refused.value, "rule", None) or getattr(refused.value, "field", "")) == named
     _assert_nothing_written(db, before)
@@ -1392,4 +1432,4 @@ def test_B_terminal_cases_keep_no_deadline_and_free_their_items(
         case_id = new_case(case_type, label, order_id=f"o-{label}")
         view = service.get(case_id)
         assert view.case.state in TERMINAL_STATES and view.deadline is None
-        assert case_id not in db.open_items.values()
+        assert open_units(db, f"o-{label}") == {}

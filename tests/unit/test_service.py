@@ -24,7 +24,17 @@ from workflow.ports import CaseQuery
 from workflow.service import CaseService
 from workflow.states import CaseState, Role
 
-from .builders import ADMIN, BUYER, CARRIER, MERCHANT, PAYMENT, SYSTEM, data_for, item
+from .builders import (
+    ADMIN,
+    BUYER,
+    CARRIER,
+    MERCHANT,
+    PAYMENT,
+    SYSTEM,
+    data_for,
+    item,
+    submit_with_order,
+)
 
 S = CaseState
 NewCase = Callable[..., int]
@@ -33,7 +43,7 @@ MakeApp = Callable[..., dict[str, Any]]
 
 def _written(db: InMemoryDatabase) -> tuple[Any, ...]:
     """Everything a call could write, to compare before and after."""
-    return copy.deepcopy((db.cases, db.log, db.timers, db.outbox, db.open_items))
+    return copy.deepcopy((db.cases, db.log, db.timers, db.outbox, db.orders))
 
 
 # == idempotency keys =============================================================================
@@ -110,10 +120,10 @@ def test_a_repeated_submission_with_the_same_key_returns_the_first_case(
     service: CaseService, make_app: MakeApp, db: InMemoryDatabase
 ):
     # given: an application submitted with key sub-1
-    first = service.submit(make_app(), idempotency_key="sub-1")
+    first = submit_with_order(service, make_app(), idempotency_key="sub-1")
     before = _written(db)
     # when: submitted again with the same key (a retried request)
-    again = service.submit(make_app(), idempotency_key="sub-1")
+    again = submit_with_order(service, make_app(), idempotency_key="sub-1")
     # then: the same case, not a one-open-case refusal, and nothing new
     assert again.case.id == first.case.id
     assert again.deadline == first.deadline
@@ -125,10 +135,10 @@ def test_a_repeated_submission_is_replayed_even_after_the_window_closed(
 ):
     # given: submitted on the last day of the no-reason window
     app = make_app(delivered_at=clock.now() - timedelta(days=6, hours=12))
-    first = service.submit(app, idempotency_key="sub-1")
+    first = submit_with_order(service, app, idempotency_key="sub-1")
     # when: the client retries the same request after midnight
     clock.advance(timedelta(days=2))
-    again = service.submit(app, idempotency_key="sub-1")
+    again = submit_with_order(service, app, idempotency_key="sub-1")
     # then: the first result
     assert again.case.id == first.case.id
 
@@ -283,7 +293,7 @@ def test_a_malformed_application_is_invalid_input_naming_the_field(
 ):
     # when: an application with one malformed field
     with pytest.raises(InvalidInput) as invalid:
-        service.submit(make_app(**overrides))
+        submit_with_order(service, make_app(**overrides))
     # then: refused naming that field; nothing stored
     assert invalid.value.field == field
     assert db.cases == {} and db.log == {}
@@ -293,7 +303,7 @@ def test_too_many_lines_on_an_application_is_invalid_input(service: CaseService,
     # given: 101 lines (the policy allows 100); when/then: invalid input
     items = [item(f"S{n}", 1) for n in range(101)]
     with pytest.raises(InvalidInput) as invalid:
-        service.submit(make_app(items=items, gifts=[]))
+        submit_with_order(service, make_app(items=items, gifts=[]))
     assert invalid.value.field == "items"
 
 
@@ -342,12 +352,12 @@ def test_not_allowed_is_checked_before_the_data(service: CaseService, new_case: 
 def test_only_the_buyer_or_an_admin_submits(service: CaseService, make_app: MakeApp, actor: Actor):
     # given: b1's application; when: someone else submits it; then: forbidden
     with pytest.raises(Forbidden):
-        service.submit(make_app(), actor=actor)
+        submit_with_order(service, make_app(), actor=actor)
 
 
 def test_an_admin_submits_on_a_buyers_behalf(service: CaseService, make_app: MakeApp):
     # when: customer service submits for b1; then: the log says who did
-    view = service.submit(make_app(), actor=ADMIN)
+    view = submit_with_order(service, make_app(), actor=ADMIN)
     assert service.history(view.case.id or 0)[0].actor == "admin:ops1"
 
 
@@ -355,8 +365,8 @@ def test_listing_shows_buyers_and_merchants_only_their_cases(
     service: CaseService, make_app: MakeApp
 ):
     # given: b1's case at m1 and b2's case at m2
-    mine = service.submit(make_app()).case.id
-    service.submit(make_app(order_id="o2", buyer_id="b2", merchant_id="m2"))
+    mine = submit_with_order(service, make_app()).case.id
+    submit_with_order(service, make_app(order_id="o2", buyer_id="b2", merchant_id="m2"))
     # when/then: each party lists its own (a buyer cannot ask for another's); admins see all
     assert [v.case.id for v in service.list(CaseQuery(), BUYER)] == [mine]
     assert [v.case.id for v in service.list(CaseQuery(buyer_id="b2"), BUYER)] == [mine]
