@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -135,18 +135,9 @@ def _prepare(folder: Path) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     """A SIGTERM to the demo unwinds like Ctrl-C, so the worker is stopped on the way out."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    raise KeyboardInterrupt
 
 
 @dataclass(eq=False)
@@ -182,7 +173,7 @@ class LiveDemo:
         )
         self.zone = ZoneInfo(self.service.policy.timezone)
         self.samples: list[Sample] = []
-        self.sent: list[tuple[str, Sample, dict[str, Any]]] = []  # (task id, sample, envelope)
+        self.sent: list[tuple[str, dict[str, Any]]] = []  # (ingest task id, event's JSON)
         self.results: dict[str, str] = {}  # ingest task id -> its status, from the worker's log
         self.checked = 0  # sent[:checked] have been waited for by ingested()
         self.numbered = 0  # events made (a repeated one is sent again under its number)
@@ -201,16 +192,13 @@ class LiveDemo:
         for match in _INGESTED.finditer(self.worker.output()):
             self.results[match["id"]] = match["status"] or f"error: {match['failure']}"
         for case_id in (sample.case_id for sample in self.samples if sample.case_id):
-            view, seen = self.service.get(case_id), self.views.get(case_id)
-            self.views[case_id] = view
-            if seen is None or seen.case.version != view.case.version:
-                history = self.service.history(case_id)
-                for record in history[len(self.histories.get(case_id, [])) :]:
-                    line = Text(f"    case {case_id} ", style="dim")
-                    line.append_text(render.state_text(record.from_state)).append(" → ")
-                    line.append_text(render.state_text(record.to_state))
-                    self.print(line.append(f"  {record.trigger} by {record.actor}", style="dim"))
-                self.histories[case_id] = history
+            self.views[case_id], history = self.service.get(case_id), self.service.history(case_id)
+            for record in history[len(self.histories.get(case_id, [])) :]:
+                line = Text(f"    case {case_id} ", style="dim")
+                line.append_text(render.state_text(record.from_state)).append(" → ")
+                line.append_text(render.state_text(record.to_state))
+                self.print(line.append(f"  {record.trigger} by {record.actor}", style="dim"))
+            self.histories[case_id] = history
         if self.live is not None:
             self.live.update(self.screen(), refresh=True)
 
@@ -236,21 +224,16 @@ class LiveDemo:
             self.poll()
             time.sleep(POLL_S)
 
+    def state(self, sample: Sample) -> str:
+        view = self.views.get(sample.case_id)
+        return view.case.state.value if view else "?"
+
     def expect(self, state: CaseState, *samples: Sample, why: str) -> None:
         """Wait until every one of ``samples`` is in ``state``."""
-
-        def states() -> list[CaseState | None]:
-            return [
-                view.case.state if (view := self.views.get(s.case_id)) else None for s in samples
-            ]
-
         try:
-            self.wait(why, lambda: all(seen is state for seen in states()))
+            self.wait(why, lambda: all(self.state(s) == state.value for s in samples))
         except DemoFailed as error:
-            now = ", ".join(
-                f"case {s.case_id} is {getattr(seen, 'value', '?')}"
-                for s, seen in zip(samples, states(), strict=True)
-            )
+            now = ", ".join(f"case {s.case_id} is {self.state(s)}" for s in samples)
             raise DemoFailed(f"{error} (expected {state.value}; {now})") from None
 
     # -- what is shown ----------------------------------------------------------------------------
@@ -345,13 +328,14 @@ class LiveDemo:
         return self.event(sample, "sf-express", event, parcel, **data)
 
     def send(self, sample: Sample, envelope: dict[str, Any]) -> None:
-        result = self.broker.send_task(INGEST_TASK, args=[envelope])
-        self.sent.append((str(result.id), sample, envelope))
+        task = self.broker.send_task(INGEST_TASK, args=[envelope])
+        event = {key: envelope[key] for key in ("event_id", "source", "type")}
+        self.sent.append((str(task.id), event | {"case_id": sample.case_id}))
 
     def ingested(self, expected: dict[str, int] | None = None) -> list[str]:
         """Wait until the worker has ingested every queued event; their statuses, in order.
         Every event must apply unless ``expected`` counts other statuses (the duplicate)."""
-        waiting = [task_id for task_id, _, _ in self.sent[self.checked :]]
+        waiting = [task_id for task_id, _ in self.sent[self.checked :]]
         self.checked = len(self.sent)
         self.wait(
             f"the worker to ingest {len(waiting)} event(s)",
@@ -413,33 +397,17 @@ class LiveDemo:
         if self.console is not None and self.live is None:
             self.console.print()
             self.console.print(self.screen())
-        self.live, outcomes = None, []
-        for sample in self.samples:
-            if not sample.case_id:
-                refused = Outcome(
-                    sample.title, sample.case_type, None, "refused", None, sample.note
-                )
-                outcomes.append(refused)
-                continue
-            case = self.service.get(sample.case_id).case
-            refunded = case.refund_amount if case.state is CaseState.REFUNDED else None
-            state = case.state.value
-            outcomes.append(
-                Outcome(sample.title, case.type.value, case.id, state, refunded, sample.note)
-            )
-        return outcomes
+        self.live = None
+        return [self.outcome(sample) for sample in self.samples]
 
-    def events_json(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "event_id": envelope["event_id"],
-                "source": envelope["source"],
-                "type": envelope["type"],
-                "case_id": sample.case_id,
-                "status": self.results.get(task_id),
-            }
-            for task_id, sample, envelope in self.sent
-        ]
+    def outcome(self, sample: Sample) -> Outcome:
+        if not sample.case_id:
+            return Outcome(sample.title, sample.case_type, None, "refused", None, sample.note)
+        case = self.service.get(sample.case_id).case
+        refund = case.refund_amount if case.state is CaseState.REFUNDED else None
+        return Outcome(
+            sample.title, case.type.value, case.id, case.state.value, refund, sample.note
+        )
 
     def step(self, when: float | Sample, text: str) -> None:
         """Move the clock to ``START + when`` hours (never back), or an hour past the sample's
@@ -621,20 +589,21 @@ def run(folder: Path = DEMO_DIR, console: Console | None = None) -> dict[str, An
     folder = _prepare(folder)
     worker = _worker(folder)
     pid_file = folder / "worker.pid"
-    with _sigterm_as_interrupt():
-        try:
-            pid_file.write_text(f"{worker.start().pid}\n")
-            demo = LiveDemo(folder, worker, console)
-            outcomes = demo.play()
-        except DemoFailed:
-            # Beat's ticks would drown everything else.
-            tail = worker.tail(skip=("aftersales.sweep_timers", "aftersales.relay_outbox"))
-            if tail:
-                print(f"--- last lines of {worker.log} ---\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            worker.stop(STOP_GRACE_S)  # SIGTERM: Celery's warm shutdown, which stops beat too
-            pid_file.unlink(missing_ok=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        pid_file.write_text(f"{worker.start().pid}\n")
+        demo = LiveDemo(folder, worker, console)
+        outcomes = demo.play()
+    except DemoFailed:
+        # Beat's ticks would drown everything else.
+        tail = worker.tail(skip=("aftersales.sweep_timers", "aftersales.relay_outbox"))
+        if tail:
+            print(f"--- last lines of {worker.log} ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        worker.stop(STOP_GRACE_S)  # SIGTERM: Celery's warm shutdown, which stops beat too
+        pid_file.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
     if console is not None:
         how = "warm shutdown (SIGTERM)" if worker.stopped_by == "sigterm" else "SIGKILL"
         console.print(
@@ -645,7 +614,7 @@ def run(folder: Path = DEMO_DIR, console: Console | None = None) -> dict[str, An
         console.print(summary_table(outcomes))
     return {
         "outcomes": [outcome.as_json() for outcome in outcomes],
-        "events": demo.events_json(),
+        "events": [event | {"status": demo.results.get(task)} for task, event in demo.sent],
         "worker": {
             "pid": worker.pid,
             "exit_code": worker.returncode,
