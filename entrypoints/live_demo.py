@@ -91,8 +91,8 @@ def _settings(folder: Path) -> Settings:
 
 
 def _worker(folder: Path) -> ChildProcess:
-    """``aftersales run`` with our environment less any ``AFTERSALES_*``, plus the demo's: the
-    settings above, and fakes that answer at once and never fail (the happy paths)."""
+    """``aftersales run`` with our environment less any ``AFTERSALES_*``, plus the settings above.
+    The fakes keep their defaults: they answer at once and never fail (the happy paths)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
     settings = _settings(folder)
     env |= {
@@ -103,9 +103,6 @@ def _worker(folder: Path) -> ChildProcess:
         "AFTERSALES_BROKER_POLLING_INTERVAL_S": str(settings.broker.polling_interval_s),
         "PYTHONUNBUFFERED": "1",  # the demo follows events in the log as they are written
     }
-    for fake in ("CARRIER", "PAYMENT", "SHIPPER", "NOTIFIER"):
-        for knob in ("LATENCY_MS", "FAILURE_RATE", "TIMEOUT_RATE"):
-            env[f"AFTERSALES_FAKE_{fake}_{knob}"] = "0"
     script = Path(sys.executable).with_name("aftersales")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
     command += ["run", "--concurrency", "2", "--loglevel", "INFO"]
