@@ -70,4 +70,4 @@ def _demo_live(state: State) -> None:
         typer.echo("interrupted; the demo's worker was stopped", err=True)
         raise typer.Exit(130) from None
     if state.json:
-        print_json(result.as_json())
+        print_json(result)
