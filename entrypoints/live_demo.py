@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -31,15 +30,11 @@ from rich.text import Text
 
 from adapters.fake_gateways import build_fake_gateways
 from config.settings import (
-    BrokerSettings,
-    DatabaseSettings,
     FakeGatewaySettings,
-    Settings,
-    WorkerSettings,
-    sqlite_url,
 )
 from entrypoints import composition, render, views
 from entrypoints.demo import BUYER, MERCHANT, START, Outcome, application, summary_table
+from entrypoints.live_worker import SWEEP_S, DemoFailed, prepare, settings_for, start_worker
 from entrypoints.processes import ChildProcess, wait_until
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
@@ -52,9 +47,6 @@ from workflow.states import CaseState
 
 #: The demo's folder, relative to the directory it runs in; deleted and recreated on each run.
 DEMO_DIR = Path("var") / "demo-live"
-#: Beat asks for a sweep every 0.2 s, so a timer fires within a fraction of a second of the clock
-#: passing its deadline.
-SWEEP_S = 0.2
 #: Upper bounds of the waits; a healthy run needs a small fraction of each.
 READY_TIMEOUT_S, STEP_TIMEOUT_S, STOP_GRACE_S = 90.0, 30.0, 20.0
 POLL_S = 0.1
@@ -69,67 +61,6 @@ _INGESTED = re.compile(
 )
 #: Event ids as each producer might number them: ``sf-00012``, ``mp-00003``.
 _EVENT_PREFIX = {"sf-express": "sf", "merchant-portal": "mp", "buyer-app": "app"}
-
-
-class DemoFailed(Exception):
-    """The live demo could not go on: the worker did not start, or a case did not move."""
-
-
-def _settings(folder: Path) -> Settings:
-    """Explicit values, not the environment: the embedded broker and the default policy."""
-    return Settings(
-        database=DatabaseSettings(url=sqlite_url(folder / "aftersales.db")),
-        policy_file=None,
-        broker=BrokerSettings(url=None, key_prefix="", polling_interval_s=0.05),
-        clock_file=folder / "clock",
-        worker=WorkerSettings(
-            ping_dir=folder / "worker-pings",
-            timer_sweep_interval_s=SWEEP_S,
-            outbox_relay_interval_s=0.5,
-        ),
-    )
-
-
-def _worker(folder: Path) -> ChildProcess:
-    """``aftersales run`` with our environment less any ``AFTERSALES_*``, plus the settings above.
-    The fakes keep their defaults: they answer at once and never fail (the happy paths)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
-    settings = _settings(folder)
-    env |= {
-        "AFTERSALES_DATABASE_URL": settings.database.url,
-        "AFTERSALES_CLOCK_FILE": str(folder / "clock"),
-        "AFTERSALES_TIMER_SWEEP_INTERVAL_S": str(SWEEP_S),
-        "AFTERSALES_OUTBOX_RELAY_INTERVAL_S": str(settings.worker.outbox_relay_interval_s),
-        "AFTERSALES_BROKER_POLLING_INTERVAL_S": str(settings.broker.polling_interval_s),
-        "PYTHONUNBUFFERED": "1",  # the demo follows events in the log as they are written
-    }
-    script = Path(sys.executable).with_name("aftersales")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
-    command += ["run", "--concurrency", "2", "--loglevel", "INFO"]
-    return ChildProcess(command, folder / "worker.log", env=env, die_with_parent=True)
-
-
-def _prepare(folder: Path) -> Path:
-    """A fresh folder: the database at the newest schema and the clock at ``START``; refused
-    while a killed demo's worker still runs on it."""
-    folder = folder.expanduser().resolve()
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((folder / "worker.pid").read_text())
-        with contextlib.suppress(PermissionError):
-            os.kill(pid, 0)  # ProcessLookupError (an OSError) when it is gone
-        command = b"aftersales"  # unless /proc says the pid was reused by something else
-        with contextlib.suppress(OSError):
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"aftersales" in command or b"entrypoints.cli" in command:
-            raise DemoFailed(
-                f"a live demo worker (pid {pid}) still runs on {folder}; stop it first (kill {pid})"
-            )
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    composition.recreate_embedded_database(_settings(folder))
-    FileClock(str(folder / "clock")).set(START)
-    return folder
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -160,7 +91,7 @@ class LiveDemo:
     def __init__(self, folder: Path, worker: ChildProcess, console: Console | None) -> None:
         self.folder, self.worker, self.console = folder, worker, console
         self.pace = TERMINAL_PACE_S if console is not None and console.is_terminal else 0.0
-        self.settings = _settings(folder)
+        self.settings = settings_for(folder)
         self.clock = FileClock(str(folder / "clock"))
         # Events go through an app with the worker's broker settings (the embedded broker has
         # no URL of its own): the same ``send_task(INGEST_TASK, ...)`` producers make.
@@ -583,8 +514,8 @@ def run(folder: Path = DEMO_DIR, console: Console | None = None) -> dict[str, An
     """Play the live demo in ``folder``; print it if ``console``; its JSON. The worker is always
     stopped."""
     started = time.monotonic()
-    folder = _prepare(folder)
-    worker = _worker(folder)
+    folder = prepare(folder)
+    worker = start_worker(folder)
     pid_file = folder / "worker.pid"
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
