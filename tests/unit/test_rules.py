@@ -46,7 +46,6 @@ from .builders import (
     submit_with_order,
 )
 
-S = CaseState
 MINUTE = timedelta(minutes=1)
 NewCase = Callable[..., int]
 MakeApp = Callable[..., dict[str, Any]]
@@ -117,26 +116,26 @@ def test_A1_five_step_return_flow(service: CaseService, make_app: MakeApp, db: I
     view = submit_with_order(service, make_app("return_refund", items=[item("A", ITEM_PRICE)]))
     case_id = view.case.id
     assert case_id is not None
-    assert view.case.state is S.SUBMITTED and view.case.skus == ["A"]
+    assert view.case.state is CaseState.SUBMITTED and view.case.skus == ["A"]
     # step 3: the merchant approves; a courier pickup is requested and booked
-    assert service.fire(case_id, "approve", MERCHANT).case.state is S.APPROVED
+    assert service.fire(case_id, "approve", MERCHANT).case.state is CaseState.APPROVED
     assert _topics(db, case_id, "pickup.requested")
     booked = service.fire(case_id, "book_pickup", SYSTEM, data=data_for("book_pickup"))
-    assert booked.case.state is S.PICKUP
+    assert booked.case.state is CaseState.PICKUP
     assert booked.case.details["pickup"]["pickup_code"] == "PK-1"
     # step 4: the buyer ships the goods back with the tracking number
     shipped = service.fire(case_id, "ship_back", BUYER, data={"tracking_no": "SF42"})
-    assert shipped.case.state is S.SHIPPED_BACK
+    assert shipped.case.state is CaseState.SHIPPED_BACK
     assert shipped.case.details["return_tracking_no"] == "SF42"
     # step 5: the merchant confirms receipt and the refund is processed
-    assert service.fire(case_id, "confirm_receipt", MERCHANT).case.state is S.RECEIVED
+    assert service.fire(case_id, "confirm_receipt", MERCHANT).case.state is CaseState.RECEIVED
     refunding = service.fire(case_id, "inspect", MERCHANT, data={})
-    assert refunding.case.state is S.REFUNDING
+    assert refunding.case.state is CaseState.REFUNDING
     # nothing missing: the full paid price goes back
     assert [r["amount"] for r in _topics(db, case_id, "refund.requested")] == [ITEM_PRICE]
     done = service.fire(case_id, "confirm_refund", PAYMENT, data={"reference": "wx-1"})
     # then: refunded, no deadline left, every step in the log
-    assert done.case.state is S.REFUNDED and done.deadline is None
+    assert done.case.state is CaseState.REFUNDED and done.deadline is None
     assert _triggers(service, case_id) == [
         "submit",
         "approve",
@@ -160,7 +159,7 @@ def test_A1_exchange_flow_sends_a_replacement_instead_of_money(
     service.fire(case_id, "record_buyer_delivery", CARRIER, data={})
     done = service.fire(case_id, "confirm_delivery", BUYER)
     # then: exchanged, the outbound tracking number kept, no money moved
-    assert done.case.state is S.EXCHANGED
+    assert done.case.state is CaseState.EXCHANGED
     assert done.case.details["outbound_tracking_no"] == "SF77"
     assert _topics(db, case_id, "refund.requested") == []
 
@@ -205,7 +204,7 @@ def test_A2_A7_warranty_last_day_is_still_covered(
     # when
     view = submit_with_order(service, app)
     # then
-    assert view.case.state is S.SUBMITTED
+    assert view.case.state is CaseState.SUBMITTED
     assert view.case.category == category
 
 
@@ -245,7 +244,7 @@ def test_A2_warranty_counts_from_the_day_of_receipt_in_shanghai(
     # when/then: still covered
     clock.set(shanghai(2026, 11, 21, 12, 0))
     app = _warranty_app("repair", "electronics", datetime(2025, 11, 20, 17, 0, tzinfo=UTC))
-    assert submit_with_order(service, app).case.state is S.SUBMITTED
+    assert submit_with_order(service, app).case.state is CaseState.SUBMITTED
 
 
 def test_A2_warranty_months_end_on_the_last_day_of_a_shorter_month(
@@ -290,7 +289,7 @@ def test_A7_a_quality_problem_may_be_returned_after_the_no_reason_window_within_
     delivered = shanghai(2026, 9, 1, 10, 0)
     app = _warranty_app("exchange", "electronics", delivered)
     # when/then: quality problem three months later: accepted
-    assert submit_with_order(service, app).case.state is S.SUBMITTED
+    assert submit_with_order(service, app).case.state is CaseState.SUBMITTED
     # when/then: the same goods without a reason: the no-reason window applies
     with pytest.raises(PolicyRefusal) as refused:
         submit_with_order(service, app | {"reason": "no_reason", "order_id": "o2"})
@@ -310,7 +309,7 @@ def test_A3_B_missing_gift_reduces_the_refund_by_its_declared_value(
     # when: the inspection records G missing
     result = service.fire(case_id, "inspect", MERCHANT, data={"gifts_missing": ["G"]})
     # then: the refund still starts, less the gift's value
-    assert result.case.state is S.REFUNDING
+    assert result.case.state is CaseState.REFUNDING
     assert result.case.gift_deduction == GIFT_VALUE
     assert result.case.refund_amount == ITEM_PRICE - GIFT_VALUE
     assert [m["amount"] for m in _topics(db, case_id, "refund.requested")] == [
@@ -378,7 +377,7 @@ def test_A4_refund_goes_back_to_the_original_channel(
     # then: refunding to the original channel, the request names WeChat Pay
     case_id = new_case("refund_only")
     result = service.fire(case_id, "approve", MERCHANT)
-    assert result.case.state is S.REFUNDING
+    assert result.case.state is CaseState.REFUNDING
     assert result.case.refund_route is RefundRoute.ORIGINAL_CHANNEL
     (request,) = _topics(db, case_id, "refund.requested")
     assert request["channel"] == "wechat_pay"
@@ -388,8 +387,8 @@ def test_A4_refund_goes_back_to_the_original_channel(
 @pytest.mark.parametrize(
     ("paid_before_now", "expected"),
     [
-        (timedelta(days=365), S.REFUNDING),
-        (timedelta(days=365, minutes=1), S.AWAITING_BANK_ACCOUNT),
+        (timedelta(days=365), CaseState.REFUNDING),
+        (timedelta(days=365, minutes=1), CaseState.AWAITING_BANK_ACCOUNT),
     ],
     ids=["day-365", "past-365-days"],
 )
@@ -434,7 +433,7 @@ def test_A4_B_past_the_channel_window_the_refund_goes_by_bank_transfer(
     # when: the inspection passes
     waiting = service.fire(case_id, "inspect", MERCHANT, data={})
     # then: the buyer is asked for an account; the reminder deadline is armed
-    assert waiting.case.state is S.AWAITING_BANK_ACCOUNT
+    assert waiting.case.state is CaseState.AWAITING_BANK_ACCOUNT
     assert waiting.case.refund_route is RefundRoute.BANK_TRANSFER
     assert [m["kind"] for m in _topics(db, case_id, "bank_account.requested")] == ["request"]
     assert waiting.deadline is not None and waiting.deadline.kind == "bank_account_reminder"
@@ -443,7 +442,7 @@ def test_A4_B_past_the_channel_window_the_refund_goes_by_bank_transfer(
     assert account is not None
     paid = service.fire(case_id, "provide_bank_account", BUYER, data=account)
     # then: the refund goes out by bank transfer; the log masks the account number
-    assert paid.case.state is S.REFUNDING
+    assert paid.case.state is CaseState.REFUNDING
     assert paid.case.refund_route is RefundRoute.BANK_TRANSFER
     (request,) = _topics(db, case_id, "refund.requested")
     assert request["route"] == RefundRoute.BANK_TRANSFER.value
@@ -458,7 +457,7 @@ def test_A4_a_channel_without_a_refund_window_refunds_by_bank_transfer(
     # given: paid cash on delivery; when: approved; then: the buyer is asked for an account
     case_id = new_case("refund_only", payment=payment(channel="cash_on_delivery"))
     result = service.fire(case_id, "approve", MERCHANT)
-    assert result.case.state is S.AWAITING_BANK_ACCOUNT
+    assert result.case.state is CaseState.AWAITING_BANK_ACCOUNT
 
 
 # == A.5 quality problems within warranty =======================================================
@@ -479,12 +478,12 @@ def test_A5_quality_problem_within_warranty_is_repaired_free(
         payment=payment(paid_at=clock.now() - timedelta(days=152)),
     )
     # when: inspected, repaired and shipped back, delivered, confirmed
-    assert service.fire(case_id, "inspect", MERCHANT, data={}).case.state is S.INSPECTED
+    assert service.fire(case_id, "inspect", MERCHANT, data={}).case.state is CaseState.INSPECTED
     service.fire(case_id, "ship_repaired", MERCHANT, data={"tracking_no": "SF9"})
     service.fire(case_id, "record_buyer_delivery", CARRIER, data={})
     done = service.fire(case_id, "confirm_delivery", BUYER)
     # then
-    assert done.case.state is S.REPAIRED
+    assert done.case.state is CaseState.REPAIRED
     assert _topics(db, case_id, "refund.requested") == []
     assert open_units(db, "o1") == {}
 
@@ -501,7 +500,7 @@ def test_A5_a_failed_inspection_rejects_the_case_with_a_reason(
         service.fire(case_id, "fail_inspection", MERCHANT)
     assert invalid.value.field == "reason"
     result = service.fire(case_id, "fail_inspection", MERCHANT, reason="water damage")
-    assert result.case.state is S.REJECTED
+    assert result.case.state is CaseState.REJECTED
     assert result.records[-1].reason == "water damage"
     assert "escalate" in service.allowed_triggers(case_id, BUYER)
 
@@ -519,13 +518,13 @@ def test_A6_carrier_reports_the_return_parcel_lost_or_damaged_case_disputed(
     # when: the carrier reports the incident
     disputed = service.fire(case_id, report, CARRIER, data=data_for(report))
     # then: disputed, the platform notified
-    assert disputed.case.state is S.DISPUTED
+    assert disputed.case.state is CaseState.DISPUTED
     assert [m["trigger"] for m in _topics(db, case_id, "dispute.opened")] == [report]
     assert disputed.case.details["parcel_incident"] == report.removeprefix("report_parcel_")
     # when: the platform rules for the buyer
     ruled = service.fire(case_id, "rule_for_buyer", ADMIN, reason="carrier liable")
     assert [r.trigger for r in ruled.records] == ["rule_for_buyer", "start_refund"]
-    assert ruled.case.state is S.REFUNDING
+    assert ruled.case.state is CaseState.REFUNDING
 
 
 def test_A6_a_lost_replacement_is_disputed_and_a_ruling_lets_the_merchant_resend(
@@ -538,7 +537,7 @@ def test_A6_a_lost_replacement_is_disputed_and_a_ruling_lets_the_merchant_resend
     case_id = new_case("exchange", "shipped_to_buyer")
     service.fire(case_id, "report_parcel_lost", CARRIER, data={})
     ruled = service.fire(case_id, "rule_for_buyer", ADMIN, reason="resend")
-    assert ruled.case.state is S.INSPECTED
+    assert ruled.case.state is CaseState.INSPECTED
     assert "ship_replacement" in service.allowed_triggers(case_id, MERCHANT)
 
 
@@ -552,7 +551,7 @@ def test_A6_goods_damaged_on_arrival_refund_only_without_a_return(
     case_id = view.case.id
     assert case_id is not None
     result = service.fire(case_id, "approve", MERCHANT)
-    assert result.case.state is S.REFUNDING
+    assert result.case.state is CaseState.REFUNDING
     assert _topics(db, case_id, "pickup.requested") == []
 
 
@@ -643,7 +642,13 @@ def test_B_timer_merchant_review_48h_auto_approves(
     # given: a new application; when/then: see _check_timer
     case_id = new_case("return_refund")
     _check_timer(
-        service, clock, case_id, "merchant_review", timedelta(hours=48), "auto_approve", S.APPROVED
+        service,
+        clock,
+        case_id,
+        "merchant_review",
+        timedelta(hours=48),
+        "auto_approve",
+        CaseState.APPROVED,
     )
 
 
@@ -654,7 +659,13 @@ def test_B_timer_merchant_review_48h_auto_approves_refund_only_into_refunding(
     # given: a new refund-only application; when/then: see _check_timer
     case_id = new_case("refund_only")
     _check_timer(
-        service, clock, case_id, "merchant_review", timedelta(hours=48), "start_refund", S.REFUNDING
+        service,
+        clock,
+        case_id,
+        "merchant_review",
+        timedelta(hours=48),
+        "start_refund",
+        CaseState.REFUNDING,
     )
 
 
@@ -666,7 +677,13 @@ def test_B_timer_return_shipment_7d_closes_the_case(
     # given: an approved return (pickup booked or not); when/then: see _check_timer
     case_id = new_case("return_refund", label)
     _check_timer(
-        service, clock, case_id, "return_shipment", timedelta(days=7), "expire_return", S.CLOSED
+        service,
+        clock,
+        case_id,
+        "return_shipment",
+        timedelta(days=7),
+        "expire_return",
+        CaseState.CLOSED,
     )
 
 
@@ -678,7 +695,13 @@ def test_B_timer_merchant_receipt_10d_auto_receives_and_proceeds(
     # given: the return parcel delivered; when/then: see _check_timer, twice
     case_id = new_case("return_refund", "return_delivered")
     _check_timer(
-        service, clock, case_id, "merchant_receipt", timedelta(days=10), "auto_receive", S.RECEIVED
+        service,
+        clock,
+        case_id,
+        "merchant_receipt",
+        timedelta(days=10),
+        "auto_receive",
+        CaseState.RECEIVED,
     )
     _check_timer(
         service,
@@ -687,13 +710,17 @@ def test_B_timer_merchant_receipt_10d_auto_receives_and_proceeds(
         "merchant_inspection",
         timedelta(hours=48),
         "start_refund",
-        S.REFUNDING,
+        CaseState.REFUNDING,
     )
 
 
 @pytest.mark.parametrize(
     ("case_type", "then"),
-    [("return_refund", S.REFUNDING), ("exchange", S.INSPECTED), ("repair", S.INSPECTED)],
+    [
+        ("return_refund", CaseState.REFUNDING),
+        ("exchange", CaseState.INSPECTED),
+        ("repair", CaseState.INSPECTED),
+    ],
 )
 def test_B_timer_merchant_inspection_48h_deems_inspection_passed(
     service: CaseService, clock: FakeClock, new_case: NewCase, case_type: str, then: CaseState
@@ -720,11 +747,13 @@ def test_B_timer_replacement_shipment_48h_converts_to_refund(
         "replacement_shipment",
         timedelta(hours=48),
         "convert_to_refund",
-        S.REFUNDING,
+        CaseState.REFUNDING,
     )
 
 
-@pytest.mark.parametrize(("case_type", "then"), [("exchange", S.EXCHANGED), ("repair", S.REPAIRED)])
+@pytest.mark.parametrize(
+    ("case_type", "then"), [("exchange", CaseState.EXCHANGED), ("repair", CaseState.REPAIRED)]
+)
 def test_B_timer_buyer_confirmation_10d_auto_confirms(
     service: CaseService, clock: FakeClock, new_case: NewCase, case_type: str, then: CaseState
 ):
@@ -756,7 +785,7 @@ def test_B_timer_dispute_window_7d_closes_a_rejected_case(
         "dispute_window",
         timedelta(days=7),
         "expire_dispute_window",
-        S.CLOSED,
+        CaseState.CLOSED,
     )
 
 
@@ -773,7 +802,7 @@ def test_B_timer_bank_account_7d_reminds_then_escalates_to_an_admin(
         "bank_account_reminder",
         timedelta(days=7),
         "remind_bank_account",
-        S.AWAITING_BANK_ACCOUNT,
+        CaseState.AWAITING_BANK_ACCOUNT,
     )
     assert [m["kind"] for m in _topics(db, case_id, "bank_account.requested")] == [
         "request",
@@ -786,7 +815,7 @@ def test_B_timer_bank_account_7d_reminds_then_escalates_to_an_admin(
         "bank_account_escalation",
         timedelta(days=7),
         "escalate",
-        S.DISPUTED,
+        CaseState.DISPUTED,
     )
 
 
@@ -805,7 +834,7 @@ def test_B_platform_timers_15d_escalate_stalled_cases(
     escalates to the platform after 15 days instead of waiting unseen."""
     # given: a parcel in transit / a repair under way; when/then: see _check_timer
     case_id = new_case(case_type, label)
-    _check_timer(service, clock, case_id, kind, timedelta(days=15), "escalate", S.DISPUTED)
+    _check_timer(service, clock, case_id, kind, timedelta(days=15), "escalate", CaseState.DISPUTED)
 
 
 def test_B_refund_retry_backs_off_then_parks_the_case_for_an_admin(
@@ -822,12 +851,12 @@ def test_B_refund_retry_backs_off_then_parks_the_case_for_an_admin(
             "refund_retry",
             timedelta(minutes=minutes),
             "retry_refund",
-            S.REFUNDING,
+            CaseState.REFUNDING,
         )
         service.fire(case_id, "fail_refund", PAYMENT, data={"error": "still down"})
     # then: five attempts failed: parked, no further deadline, an admin is told
     view = service.get(case_id)
-    assert view.case.state is S.REFUND_FAILED and view.case.refund_attempts == 5
+    assert view.case.state is CaseState.REFUND_FAILED and view.case.refund_attempts == 5
     assert view.deadline is None
     assert [m["attempts"] for m in _topics(db, case_id, "refund.parked")] == [5]
     assert "retry_refund" in service.allowed_triggers(case_id, ADMIN)
@@ -869,7 +898,7 @@ def test_B_admin_extends_a_deadline_with_a_reason(
         "national holiday",
         "admin:ops1",
     )
-    assert record.from_state is record.to_state is S.SUBMITTED
+    assert record.from_state is record.to_state is CaseState.SUBMITTED
     assert record.data["to"] == result.deadline.due_at.isoformat()
     # and: it does not fire at the old time, nor one minute before the new one
     clock.set(original.due_at)
@@ -878,7 +907,7 @@ def test_B_admin_extends_a_deadline_with_a_reason(
     assert service.run_due_timers() == []
     clock.advance(MINUTE)
     assert [run.fired for run in service.run_due_timers()] == [True]
-    assert service.get(case_id).case.state is S.APPROVED
+    assert service.get(case_id).case.state is CaseState.APPROVED
 
 
 def test_B_an_extended_return_deadline_survives_the_pickup_booking(
@@ -958,7 +987,7 @@ def test_A7_B_no_reason_window_counts_from_the_day_after_delivery(
     # given: the last minute of day 7
     clock.set(shanghai(2026, 11, 25, 23, 59))
     # when/then: accepted
-    assert submit_with_order(service, make_app(delivered_at=delivered)).case.state is S.SUBMITTED
+    assert submit_with_order(service, make_app(delivered_at=delivered)).case.state is CaseState.SUBMITTED
 
 
 def test_A7_B_no_reason_window_day_8_is_refused_naming_the_dates(
@@ -1008,7 +1037,7 @@ def test_B_excluded_categories_have_no_no_reason_return(
     view = submit_with_order(
         service, make_app("return_refund", category=category, reason="quality_issue")
     )
-    assert view.case.state is S.SUBMITTED
+    assert view.case.state is CaseState.SUBMITTED
 
 
 def test_C_an_unknown_category_is_refused_at_the_order_import(
@@ -1047,7 +1076,7 @@ def test_B_one_open_case_per_order_item(
     assert first is not None
     service.fire(first, "cancel", BUYER)
     # then: the item is free again
-    assert submit_with_order(service, make_app("exchange")).case.state is S.SUBMITTED
+    assert submit_with_order(service, make_app("exchange")).case.state is CaseState.SUBMITTED
 
 
 def test_B_other_items_of_the_same_order_may_have_their_own_cases(
@@ -1074,11 +1103,11 @@ def test_B_a_rejected_buyer_may_revise_and_re_apply(
     # when: the buyer revises
     result = service.fire(case_id, "revise", BUYER, data={"description": "photos attached"})
     # then: back in review with a fresh 48 h review deadline, the new description kept
-    assert result.case.state is S.SUBMITTED
+    assert result.case.state is CaseState.SUBMITTED
     assert result.case.description == "photos attached"
     assert result.deadline is not None and result.deadline.kind == "merchant_review"
     assert result.deadline.due_at == clock.now() + timedelta(hours=48)
-    assert service.fire(case_id, "approve", MERCHANT).case.state is S.APPROVED
+    assert service.fire(case_id, "approve", MERCHANT).case.state is CaseState.APPROVED
 
 
 def test_B_after_a_rejection_closes_the_buyer_may_apply_anew(
@@ -1091,7 +1120,7 @@ def test_B_after_a_rejection_closes_the_buyer_may_apply_anew(
     new_case("return_refund", "rejected")
     clock.advance(timedelta(days=7))
     assert [run.fired for run in service.run_due_timers()] == [True]
-    assert submit_with_order(service, app).case.state is S.SUBMITTED
+    assert submit_with_order(service, app).case.state is CaseState.SUBMITTED
 
 
 # == B partial refunds and the order cap ========================================================
@@ -1244,7 +1273,7 @@ def test_B_a_retry_after_a_failed_refund_gets_a_new_attempt_key(
     clock.advance(timedelta(minutes=5))
     service.run_due_timers()
     retried = service.get(case_id).case
-    assert retried.state is S.REFUNDING and retried.refund_attempts == 2
+    assert retried.state is CaseState.REFUNDING and retried.refund_attempts == 2
     keys = [m["idempotency_key"] for m in _topics(db, case_id, "refund.requested")]
     assert keys == [failed_key, retried.refund_key]
     assert failed_key != retried.refund_key
@@ -1260,7 +1289,7 @@ def test_B_refund_re_entered_without_a_failure_reuses_its_key(
     key = service.get(case_id).case.refund_key
     service.fire(case_id, "escalate", ADMIN, reason="buyer says nothing arrived")
     resumed = service.fire(case_id, "rule_for_buyer", ADMIN, reason="continue the refund")
-    assert resumed.case.state is S.REFUNDING
+    assert resumed.case.state is CaseState.REFUNDING
     assert resumed.case.refund_key == key
 
 
@@ -1355,7 +1384,7 @@ def test_B_shipping_after_the_return_window_passed_is_refused_naming_the_timer(
     assert "expire_return" in str(refused.value)
     _assert_nothing_written(db, before)
     service.run_due_timers()
-    assert service.get(case_id).case.state is S.CLOSED
+    assert service.get(case_id).case.state is CaseState.CLOSED
 
 
 def test_B_a_late_action_leading_where_the_timeout_leads_is_allowed(
@@ -1366,9 +1395,9 @@ def test_B_a_late_action_leading_where_the_timeout_leads_is_allowed(
     # given: the review deadline passed an hour ago; when: the merchant approves
     case_id = new_case("return_refund")
     clock.advance(timedelta(hours=49))
-    assert service.fire(case_id, "approve", MERCHANT).case.state is S.APPROVED
+    assert service.fire(case_id, "approve", MERCHANT).case.state is CaseState.APPROVED
     assert [run.fired for run in service.run_due_timers()] == []
-    assert service.get(case_id).case.state is S.APPROVED
+    assert service.get(case_id).case.state is CaseState.APPROVED
 
 
 def test_B_a_late_merchant_rejection_is_refused(
@@ -1391,7 +1420,7 @@ def test_B_the_buyer_may_cancel_while_an_overdue_review_awaits_the_sweep(
     # given: the merchant let the review deadline pass; when: the buyer withdraws
     case_id = new_case("return_refund")
     clock.advance(timedelta(hours=48, minutes=1))
-    assert service.fire(case_id, "cancel", BUYER).case.state is S.CANCELLED
+    assert service.fire(case_id, "cancel", BUYER).case.state is CaseState.CANCELLED
 
 
 def test_B_bank_details_are_accepted_after_the_reminder_is_due(
@@ -1405,7 +1434,7 @@ def test_B_bank_details_are_accepted_after_the_reminder_is_due(
     result = service.fire(
         case_id, "provide_bank_account", BUYER, data=data_for("provide_bank_account")
     )
-    assert result.case.state is S.REFUNDING
+    assert result.case.state is CaseState.REFUNDING
 
 
 def test_B_bank_details_are_accepted_after_the_reminder_went_out(
@@ -1419,7 +1448,7 @@ def test_B_bank_details_are_accepted_after_the_reminder_went_out(
     result = service.fire(
         case_id, "provide_bank_account", BUYER, data=data_for("provide_bank_account")
     )
-    assert result.case.state is S.REFUNDING
+    assert result.case.state is CaseState.REFUNDING
     assert result.deadline is None
 
 
