@@ -229,6 +229,8 @@ class Settings(BaseSettings):
     fakes: FakeGatewaySettings = Field(default_factory=FakeGatewaySettings)
     #: A TOML file whose keys are laid over ``config/policy.toml``; only changed keys are needed.
     policy_file: Path | None = None
+    #: A TOML file whose ``[sources]`` are laid over ``config/sources.toml`` (event producers).
+    sources_file: Path | None = None
     #: Simulation only: a file holding the "now" every process reads (workflow.clock.FileClock).
     clock_file: Path | None = None
 

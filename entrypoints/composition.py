@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from config.errors import SetupError
 from config.policy import Policy, load_policy
 from config.settings import Settings
+from config.sources import Sources, load_sources
 from persistence import migrate
 from persistence.db import dispose_engine, make_engine
 from persistence.tokens import SqlTokenStore
@@ -68,7 +69,11 @@ def build_event_service(settings: Settings, service: CaseService) -> EventServic
     """Inbound event ingestion on the same database and clock as ``service``."""
     uow_factory = SqlUnitOfWorkFactory(_engine(settings.database.url))
     return EventService(
-        service, uow_factory, service.clock, max_batch=settings.database.event_batch
+        service,
+        uow_factory,
+        service.clock,
+        max_batch=settings.database.event_batch,
+        sources=build_sources(settings),
     )
 
 
@@ -190,6 +195,23 @@ def build_policy(settings: Settings) -> Policy:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise SetupError(f"policy file {path}: {where}: {first['msg']}") from None
+
+
+def build_sources(settings: Settings) -> Sources:
+    """The configured event producers (``config/sources.toml`` and ``AFTERSALES_SOURCES_FILE``)."""
+    path = settings.sources_file
+    try:
+        return load_sources(path)
+    except OSError as error:
+        raise SetupError(f"sources file {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SetupError(f"sources file {path} is not valid TOML: {error}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SetupError(f"sources file {path}: {where}: {first['msg']}") from None
+    except ValueError as error:
+        raise SetupError(f"sources file {path}: {error}") from None
 
 
 def make_clock(now: datetime | None) -> Clock:

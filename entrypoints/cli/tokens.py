@@ -11,9 +11,9 @@ from rich.text import Text
 
 from entrypoints import composition, views
 from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
-from entrypoints.http.scopes import parse_scope
+from entrypoints.http.scopes import TokenRole, parse_scope
 from persistence.tokens import ApiToken, SqlTokenStore
-from workflow.errors import NotFound
+from workflow.errors import InvalidInput, NotFound
 
 tokens_app = typer.Typer(
     no_args_is_help=True, help="Bearer tokens of the HTTP API: create, list, revoke."
@@ -53,6 +53,15 @@ def tokens_create(
     """Create a token and print its secret: shown this once, stored only as a hash."""
     state = state_of(ctx, json_output)
     parsed_role, subject = parse_scope(role)
+    if parsed_role is TokenRole.PRODUCER and subject is not None:
+        sources = composition.build_sources(state.settings())
+        if sources.kind_of(subject) is None:
+            known = ", ".join(sorted(sources.sources)) or "none"
+            raise InvalidInput(
+                f"unknown source {subject!r}: configure it in a sources file "
+                f"(AFTERSALES_SOURCES_FILE) first; configured: {known}",
+                "role",
+            )
     token, secret = _store(state).create(parsed_role.value, subject, name, datetime.now(UTC))
     if state.json:
         print_json({**_token_json(token), "token": secret})

@@ -123,7 +123,10 @@ def letter_data(letter: DeadLetter) -> dict[str, Any]:
     "an array in few transactions with a savepoint per event (one event's failure undoes only "
     "that event). 202 with one outcome per event: applied, duplicate, ignored "
     "or dead_lettered (with the reason). A `producer:SOURCE` token sends only events whose "
-    "`source` is SOURCE (403 otherwise, nothing ingested); admins send any.",
+    "`source` is SOURCE (403 otherwise, nothing ingested); admins send any source's. An "
+    "event whose source is not configured, or outside its source's kind (carrier `parcel.*`, "
+    "payment `refund.*`, merchant_portal `merchant.*`, buyer_app `buyer.*`, orders "
+    "`order.*`), is 403 and nothing is ingested.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -149,6 +152,12 @@ def ingest_events(
                 f"this token sends events of source {principal.subject} only, not "
                 + ", ".join(foreign),
             )
+    # Who may say what (config/sources.toml): refused whole, nothing ingested, as above.
+    for index, (_, envelope) in enumerate(envelopes):
+        refusal = api.events.sources.refusal(envelope.source, envelope.type.value)
+        if refusal is not None:
+            where = f"body.{index}" if isinstance(body, list) else "body"
+            raise ProblemError("forbidden", f"{where}: {refusal}", field=f"{where}.type")
 
     def action() -> Response:
         # The documents as sent: a dead letter keeps what the producer wrote.

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from config.sources import Sources
 from workflow.clock import FakeClock
 from workflow.errors import Conflict, InvalidInput, NotFound
 from workflow.events.envelope import EventType
@@ -35,7 +36,12 @@ _ids = itertools.count(1)
 
 def event(type_: str, case_id: int | None = None, **fields: Any) -> dict[str, Any]:
     """An envelope as a producer sends it; a fresh event id unless given."""
-    source = {"parcel": "sf-express", "refund": "wechat-pay"}.get(type_.split(".")[0], "portal")
+    source = {
+        "parcel": "sf-express",
+        "refund": "wechat-pay",
+        "merchant": "merchant-portal",
+        "buyer": "buyer-app",
+    }[type_.split(".")[0]]
     envelope: dict[str, Any] = {
         "event_id": f"ev-{next(_ids)}",
         "source": source,
@@ -84,6 +90,12 @@ class Snapshot:
         )
 
 
+def settles(service: CaseService, case_id: int) -> dict[str, Any]:
+    """What a refund result names: the attempt it settles and its amount (the case's now)."""
+    case = service.get(case_id).case
+    return {"idempotency_key": case.refund_key, "amount": case.refund_amount}
+
+
 def state_of(service: CaseService, case_id: int) -> CaseState:
     return service.get(case_id).case.state
 
@@ -98,7 +110,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
     (
         "parcel.picked_up",
         CaseType.RETURN_REFUND,
-        "approved",
+        "pickup",
         {},
         {"tracking_no": "SF9"},
         ["record_pickup"],
@@ -109,6 +121,15 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         CaseType.EXCHANGE,
         "pickup",
         {},
+        {},
+        ["record_pickup"],
+        CaseState.SHIPPED_BACK,
+    ),
+    (
+        "parcel.picked_up",
+        CaseType.EXCHANGE,
+        "pickup",
+        {"tracking_no": "SF9"},
         {},
         ["record_pickup"],
         CaseState.SHIPPED_BACK,
@@ -135,7 +156,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         "parcel.delivered",
         CaseType.REPAIR,
         "shipped_to_buyer",
-        {"recipient": "buyer"},
+        {"recipient": "buyer", "tracking_no": "SF3001"},
         {},
         ["record_buyer_delivery"],
         CaseState.DELIVERED_TO_BUYER,
@@ -145,7 +166,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         CaseType.RETURN_REFUND,
         "shipped_back",
         {"note": "lost at the hub"},
-        {},
+        {"tracking_no": RETURN_TN},
         ["report_parcel_lost"],
         CaseState.DISPUTED,
     ),
@@ -163,7 +184,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         CaseType.REPAIR,
         "shipped_back",
         {"note": "box crushed"},
-        {},
+        {"tracking_no": RETURN_TN},
         ["report_parcel_damaged"],
         CaseState.DISPUTED,
     ),
@@ -341,6 +362,8 @@ def test_each_event_type_applies_its_trigger(
 
     # when the event comes in
     envelope = event(type_, case_id, data=copy.deepcopy(data), **extra)
+    if type_.startswith("refund."):
+        envelope["data"].update(settles(service, case_id))
     result = events.ingest(envelope)
 
     # then its trigger fired, as the producer, with the event id as idempotency key
@@ -364,8 +387,8 @@ def test_each_event_type_applies_its_trigger(
 def test_an_event_found_by_order_or_parcel_applies(
     events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
-    # given a case approved, found by its order
-    case_id = new_case(CaseType.RETURN_REFUND, "approved")
+    # given a case whose pickup is booked, found by its order
+    case_id = new_case(CaseType.RETURN_REFUND, "pickup")
     pickup = event("parcel.picked_up", order_id="o1", tracking_no="SF42")
     assert events.ingest(pickup).status is IngestStatus.APPLIED
 
@@ -396,7 +419,7 @@ def test_a_redelivered_event_is_a_duplicate_and_writes_nothing(
     assert again.status is IngestStatus.DUPLICATE
     assert again.case_id == case_id
     assert Snapshot.of(db) == before
-    assert list(db.inbound_events) == [("portal", approval["event_id"])]
+    assert list(db.inbound_events) == [("merchant-portal", approval["event_id"])]
 
 
 def test_a_duplicate_stays_a_duplicate_after_the_case_moved_on(
@@ -404,12 +427,14 @@ def test_a_duplicate_stays_a_duplicate_after_the_case_moved_on(
 ) -> None:
     # given a refund confirmed, and the case refunded since
     case_id = new_case(CaseType.RETURN_REFUND, "refunding")
-    paid = event("refund.succeeded", case_id, data={"reference": "wx-9"})
+    paid = event(
+        "refund.succeeded", case_id, data={"reference": "wx-9", **settles(service, case_id)}
+    )
     assert events.ingest(paid).status is IngestStatus.APPLIED
     before = Snapshot.of(db)
 
     # when the gateway redelivers it with a different body
-    result = events.ingest({**paid, "data": {"reference": "wx-other"}})
+    result = events.ingest({**paid, "data": {**paid["data"], "reference": "wx-other"}})
 
     # then the id decides: a duplicate, not a contradiction to dead-letter
     assert result.status is IngestStatus.DUPLICATE
@@ -417,11 +442,15 @@ def test_a_duplicate_stays_a_duplicate_after_the_case_moved_on(
 
 
 def test_the_same_event_id_from_another_source_is_another_event(
-    events: EventService, new_case: Callable[..., int]
+    service: CaseService, uow_factory: InMemoryUnitOfWorkFactory, new_case: Callable[..., int]
 ) -> None:
-    case_id = new_case(CaseType.RETURN_REFUND, "approved")
-    first = events.ingest(event("parcel.picked_up", case_id, event_id="42"))
-    second = events.ingest(event("parcel.delivered", case_id, event_id="42", source="yto"))
+    two_carriers = Sources(sources={"sf-express": "carrier", "yto": "carrier"})
+    events = EventService(service, uow_factory, service.clock, sources=two_carriers)
+    case_id = new_case(CaseType.RETURN_REFUND, "pickup")
+    first = events.ingest(event("parcel.picked_up", case_id, event_id="42", tracking_no="Y1"))
+    second = events.ingest(
+        event("parcel.delivered", case_id, event_id="42", source="yto", tracking_no="Y1")
+    )
     assert (first.status, second.status) == (IngestStatus.APPLIED, IngestStatus.APPLIED)
 
 
@@ -446,7 +475,7 @@ def test_an_ignored_event_is_recorded_and_its_redelivery_is_a_duplicate(
 # -- out of order (docs/events.md) ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("label", ["approved", "pickup"])
+@pytest.mark.parametrize("label", ["pickup"])
 def test_a_delivery_before_the_pickup_applies_both_in_one_transaction(
     events: EventService, service: CaseService, new_case: Callable[..., int], label: str
 ) -> None:
@@ -480,13 +509,13 @@ def test_a_delivery_before_the_pickup_applies_both_in_one_transaction(
     ("type_", "label", "extra"),
     [
         ("parcel.picked_up", "shipped_back", {"tracking_no": RETURN_TN}),
-        ("parcel.picked_up", "return_delivered", {}),
-        ("parcel.picked_up", "received", {}),
-        ("parcel.picked_up", "refunded", {}),
-        ("parcel.delivered", "return_delivered", {}),
+        ("parcel.picked_up", "return_delivered", {"tracking_no": RETURN_TN}),
+        ("parcel.picked_up", "received", {"tracking_no": RETURN_TN}),
+        ("parcel.picked_up", "refunded", {"tracking_no": RETURN_TN}),
+        ("parcel.delivered", "return_delivered", {"tracking_no": RETURN_TN}),
         ("parcel.delivered", "received", {"tracking_no": RETURN_TN}),
-        ("parcel.delivered", "refunding", {}),
-        ("parcel.delivered", "refunded", {}),
+        ("parcel.delivered", "refunding", {"tracking_no": RETURN_TN}),
+        ("parcel.delivered", "refunded", {"tracking_no": RETURN_TN}),
     ],
 )
 def test_stale_carrier_news_on_the_return_leg_is_ignored(
@@ -542,9 +571,10 @@ def test_an_outbound_delivery_before_the_shipment_waits_as_a_dead_letter_and_rep
     # when the carrier's delivery to the buyer comes first
     result = events.ingest(delivered)
 
-    # then it cannot apply yet: a dead letter naming the refusal
+    # then it cannot apply yet: a dead letter naming the refusal (a parcel the case does not
+    # know yet)
     assert result.status is IngestStatus.DEAD_LETTERED
-    assert (result.code, result.trigger) == ("not_allowed", "record_buyer_delivery")
+    assert result.code == "invalid_input" and "SF55" in (result.reason or "")
     assert state_of(service, case_id) is CaseState.INSPECTED
 
     # and once the shipment is in, replaying it applies and closes the letter
@@ -577,18 +607,20 @@ def test_carrier_news_the_state_cannot_take_is_dead_lettered(
     # a parcel lost after it was delivered, and a pickup on a cancelled case, need a person
     delivered = new_case(CaseType.RETURN_REFUND, "return_delivered")
     cancelled = new_case(CaseType.EXCHANGE, "cancelled", order_id="o2")
-    lost = events.ingest(event("parcel.lost", delivered))
-    pickup = events.ingest(event("parcel.picked_up", cancelled))
+    lost = events.ingest(event("parcel.lost", delivered, tracking_no=RETURN_TN))
+    pickup = events.ingest(event("parcel.picked_up", cancelled, tracking_no=RETURN_TN))
     assert (lost.status, lost.code) == (IngestStatus.DEAD_LETTERED, "not_allowed")
-    assert (pickup.status, pickup.code) == (IngestStatus.DEAD_LETTERED, "not_allowed")
+    # (a case cancelled before anything shipped knows no parcel at all)
+    assert (pickup.status, pickup.code) == (IngestStatus.DEAD_LETTERED, "invalid_input")
 
 
 def test_a_refund_only_case_takes_no_parcel_events(
     events: EventService, new_case: Callable[..., int]
 ) -> None:
     case_id = new_case(CaseType.REFUND_ONLY, "refunding")
-    result = events.ingest(event("parcel.delivered", case_id))
-    assert (result.status, result.code) == (IngestStatus.DEAD_LETTERED, "not_allowed")
+    result = events.ingest(event("parcel.delivered", case_id, tracking_no=RETURN_TN))
+    # it has no parcel for one to name
+    assert (result.status, result.code) == (IngestStatus.DEAD_LETTERED, "invalid_input")
 
 
 def test_the_merchant_confirming_first_makes_the_carrier_delivery_stale(
@@ -604,7 +636,7 @@ def test_the_merchant_confirming_first_makes_the_carrier_delivery_stale(
 def test_the_buyers_shipment_after_the_carriers_pickup_is_ignored_for_the_same_parcel(
     events: EventService, new_case: Callable[..., int]
 ) -> None:
-    case_id = new_case(CaseType.RETURN_REFUND, "approved")
+    case_id = new_case(CaseType.RETURN_REFUND, "pickup")
     assert events.ingest(event("parcel.picked_up", case_id, tracking_no="SF7")).status is (
         IngestStatus.APPLIED
     )
@@ -639,25 +671,26 @@ def test_a_merchant_approval_after_the_review_timer_approved_is_ignored(
 
 
 def test_a_confirmed_refund_confirmed_again_is_ignored_unless_it_contradicts(
-    events: EventService, new_case: Callable[..., int]
+    events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
     case_id = new_case(CaseType.RETURN_REFUND, "refunding")
-    assert events.ingest(event("refund.succeeded", case_id, data={"reference": "wx-1"})).status is (
-        IngestStatus.APPLIED
-    )
-    same = events.ingest(event("refund.succeeded", case_id, data={"reference": "wx-1"}))
-    other = events.ingest(event("refund.succeeded", case_id, data={"reference": "wx-2"}))
-    failed = events.ingest(event("refund.failed", case_id, data={"error": "late"}))
+    named = settles(service, case_id)
+    succeeded = event("refund.succeeded", case_id, data={"reference": "wx-1", **named})
+    assert events.ingest(succeeded).status is IngestStatus.APPLIED
+    same = events.ingest(event("refund.succeeded", case_id, data={"reference": "wx-1", **named}))
+    other = events.ingest(event("refund.succeeded", case_id, data={"reference": "wx-2", **named}))
+    failed = events.ingest(event("refund.failed", case_id, data={"error": "late", **named}))
     assert same.status is IngestStatus.IGNORED
     assert (other.status, other.code) == (IngestStatus.DEAD_LETTERED, "not_allowed")
     assert (failed.status, failed.code) == (IngestStatus.DEAD_LETTERED, "not_allowed")
 
 
 def test_a_failure_reported_twice_is_ignored(
-    events: EventService, new_case: Callable[..., int]
+    events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
     case_id = new_case(CaseType.RETURN_REFUND, "refund_failed")
-    result = events.ingest(event("refund.failed", case_id, data={"error": "again"}))
+    data = {"error": "again", **settles(service, case_id)}
+    result = events.ingest(event("refund.failed", case_id, data=data))
     assert result.status is IngestStatus.IGNORED
 
 
@@ -671,7 +704,7 @@ def test_a_result_of_an_earlier_refund_attempt_never_applies_to_the_current_one(
     # given a refund whose first attempt failed and whose retry is under way
     case_id = new_case(CaseType.RETURN_REFUND, "refunding")
     first_key = service.get(case_id).case.refund_key
-    failed = event("refund.failed", case_id, data={"idempotency_key": first_key, "error": "x"})
+    failed = event("refund.failed", case_id, data={**settles(service, case_id), "error": "x"})
     assert events.ingest(failed).status is IngestStatus.APPLIED
     clock.advance(timedelta(hours=1))
     service.run_due_timers()
@@ -681,7 +714,11 @@ def test_a_result_of_an_earlier_refund_attempt_never_applies_to_the_current_one(
 
     # when a late success of the first attempt arrives
     late = events.ingest(
-        event("refund.succeeded", case_id, data={"idempotency_key": first_key, "reference": "r"})
+        event(
+            "refund.succeeded",
+            case_id,
+            data={"idempotency_key": first_key, "amount": case.refund_amount, "reference": "r"},
+        )
     )
 
     # then it is dead-lettered as stale, and the retry is untouched
@@ -691,7 +728,7 @@ def test_a_result_of_an_earlier_refund_attempt_never_applies_to_the_current_one(
 
     # and the current attempt's result applies
     current = event(
-        "refund.succeeded", case_id, data={"idempotency_key": case.refund_key, "reference": "r2"}
+        "refund.succeeded", case_id, data={**settles(service, case_id), "reference": "r2"}
     )
     assert events.ingest(current).status is IngestStatus.APPLIED
     assert state_of(service, case_id) is CaseState.REFUNDED
@@ -701,8 +738,9 @@ def test_a_refund_of_another_amount_is_refused(
     events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
     case_id = new_case(CaseType.RETURN_REFUND, "refunding")
-    amount = service.get(case_id).case.refund_amount
-    result = events.ingest(event("refund.succeeded", case_id, data={"amount": amount + 1}))
+    named = settles(service, case_id)
+    named["amount"] += 1
+    result = events.ingest(event("refund.succeeded", case_id, data=named))
     assert (result.status, result.code) == (IngestStatus.DEAD_LETTERED, "invalid_input")
     assert state_of(service, case_id) is CaseState.REFUNDING
 
@@ -711,7 +749,8 @@ def test_an_unknown_refund_outcome_keeps_the_attempt_open(
     events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
     case_id = new_case(CaseType.RETURN_REFUND, "refunding")
-    result = events.ingest(event("refund.failed", case_id, data={"definite": False}))
+    data = {"definite": False, **settles(service, case_id)}
+    result = events.ingest(event("refund.failed", case_id, data=data))
     assert result.status is IngestStatus.APPLIED
     assert service.get(case_id).case.details["refund_unsettled"] is True
 
@@ -970,7 +1009,7 @@ def test_ingest_many_applies_each_in_order(
     results = events.ingest_many(
         [
             event("merchant.approved", case_id, data=MERCHANT),
-            event("parcel.picked_up", case_id, tracking_no="SF1"),
+            event("buyer.return_shipped", case_id, data={**BUYER, "tracking_no": "SF1"}),
             "garbage",
             event("parcel.delivered", case_id, tracking_no="SF1"),
         ]
@@ -987,11 +1026,11 @@ def test_ingest_many_applies_each_in_order(
 def test_a_batch_finds_duplicates_recorded_before_it_and_within_it(
     events: EventService, service: CaseService, new_case: Callable[..., int]
 ) -> None:
-    # given a case approved by an event, and a pickup named by its tracking number
+    # given a case approved by an event, and the buyer's shipment named by its order
     case_id = new_case(CaseType.RETURN_REFUND)
     approval = event("merchant.approved", case_id, data=MERCHANT)
     assert events.ingest(approval).status is IngestStatus.APPLIED
-    pickup = event("parcel.picked_up", case_id, tracking_no="SF1")
+    pickup = event("buyer.return_shipped", case_id, data={**BUYER, "tracking_no": "SF1"})
     pickup.pop("case_id", None)
     pickup["order_id"] = service.get(case_id).case.order_id
 
@@ -1006,7 +1045,7 @@ def test_a_batch_finds_duplicates_recorded_before_it_and_within_it(
         IngestStatus.DUPLICATE,
     ]
     triggers = [entry.trigger for entry in service.history(case_id)]
-    assert triggers.count("record_pickup") == 1
+    assert triggers.count("ship_back") == 1
 
 
 def test_a_lost_race_is_planned_again(
@@ -1016,7 +1055,7 @@ def test_a_lost_race_is_planned_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given a case a concurrent transition moves between the plan and the write
-    case_id = new_case(CaseType.RETURN_REFUND, "approved")
+    case_id = new_case(CaseType.RETURN_REFUND, "pickup")
     real_transition = service.transition
     raced: list[bool] = []
 
@@ -1042,14 +1081,14 @@ def test_a_race_lost_every_time_propagates_for_the_task_to_retry(
     new_case: Callable[..., int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    case_id = new_case(CaseType.RETURN_REFUND, "approved")
+    case_id = new_case(CaseType.RETURN_REFUND, "pickup")
 
     def always_conflicts(*args: Any, **kwargs: Any) -> Any:
         raise Conflict("a concurrent writer won")
 
     monkeypatch.setattr(service, "transition", always_conflicts)
     with pytest.raises(Conflict):
-        events.ingest(event("parcel.picked_up", case_id))
+        events.ingest(event("parcel.picked_up", case_id, tracking_no="SF3"))
     assert events.dead_letters() == []
 
 

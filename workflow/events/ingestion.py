@@ -13,11 +13,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from config.sources import Sources, default_sources
 from workflow.clock import Clock
 from workflow.errors import AftersalesError, Conflict, IngestFailed, InvalidInput, NotFound
 from workflow.events.envelope import Envelope, as_document, parse_envelope, source_and_event_id
 from workflow.events.lookup import BatchReads, find_case
 from workflow.events.mapping import EVENT_RULES, plan
+from workflow.events.scope import check_source
 from workflow.model import Case, DeadLetter, DeadLetterStatus
 from workflow.ports import UnitOfWork, UnitOfWorkFactory
 from workflow.service import CaseService
@@ -107,9 +109,12 @@ class EventService:
         uow_factory: UnitOfWorkFactory,
         clock: Clock,
         max_batch: int = MAX_BATCH,
+        sources: Sources | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        #: The producers and their kinds; an event outside its source's kind is a dead letter.
+        self.sources = sources if sources is not None else default_sources()
         self._cases = case_service
         self._uow = uow_factory
         self.clock = clock
@@ -246,6 +251,10 @@ class EventService:
         moved the case between our read and our write.
         """
         source, event_id = envelope.source, envelope.event_id
+        try:
+            check_source(envelope, self.sources)
+        except AftersalesError as error:
+            raise _Refused(error, envelope.case_id) from None
         now = self.clock.now()
         # The record comes first: a redelivered event is a duplicate whatever happened to its
         # case since. It commits with the transition (or the acknowledgement) it led to; on

@@ -91,15 +91,6 @@ MERCHANT_HAS_RETURN = _states(
 )
 #: The return parcel has left the buyer: a pickup is stale.
 PAST_PICKUP = MERCHANT_HAS_RETURN | _states(CaseState.SHIPPED_BACK, CaseState.RETURN_DELIVERED)
-#: Case types with an outbound leg (a replacement or the repaired goods).
-OUTBOUND_TYPES = frozenset({CaseType.EXCHANGE, CaseType.REPAIR})
-#: With no tracking number to tell, a parcel event in these states is about the outbound leg.
-OUTBOUND_STATES = _states(
-    CaseState.SHIPPED_TO_BUYER,
-    CaseState.DELIVERED_TO_BUYER,
-    CaseState.EXCHANGED,
-    CaseState.REPAIRED,
-)
 
 
 def _carrier(type_: EventType, fallback: str, *routes: Route) -> EventRule:
@@ -303,6 +294,14 @@ def _carrier_action(envelope: Envelope, case: Case) -> tuple[Actor, dict[str, An
             f"{parsed.tracking_no} differs from the envelope's {envelope.tracking_no}",
             "data.tracking_no",
         )
+    if not number:
+        # An order id alone names no parcel: the order may have several, and the event would
+        # move whichever case is open (a return the buyer never sent "delivered").
+        raise InvalidInput(
+            f"{envelope.type} names no tracking number; a parcel event must name the case's "
+            "booked or recorded parcel",
+            "tracking_no",
+        )
     data: dict[str, Any] = {"carrier": parsed.carrier or envelope.source}
     if number:
         data["tracking_no"] = number
@@ -311,55 +310,56 @@ def _carrier_action(envelope: Envelope, case: Case) -> tuple[Actor, dict[str, An
     return Actor(Role.CARRIER, envelope.source), data, None, _leg(case, number, parsed.recipient)
 
 
-def _leg(case: Case, number: str | None, recipient: str | None) -> Leg:
+def _leg(case: Case, number: str, recipient: str | None) -> Leg:
     """Which leg a parcel is on: its tracking number, else the recipient, else the state.
 
-    A number the case does not know yet can only belong to a leg whose number is unknown; a
-    number that matches neither known parcel is another parcel, refused.
+    A number the case does not know yet can only belong to the return leg of a case whose
+    pickup the carrier booked (its first scan tells the number); any other number is another
+    parcel, refused.
     """
     returned = case.details.get("return_tracking_no")
     outbound = case.details.get("outbound_tracking_no")
-    if number is not None and number == returned:
+    if number == returned:
         return Leg.RETURN
-    if number is not None and number == outbound:
+    if number == outbound:
         return Leg.OUTBOUND
-    # Only exchanges and repairs send goods back out to the buyer.
-    legs = [Leg.RETURN, Leg.OUTBOUND] if case.type in OUTBOUND_TYPES else [Leg.RETURN]
-    candidates = legs
-    if number is not None:
-        known_numbers = {Leg.RETURN: returned, Leg.OUTBOUND: outbound}
-        candidates = [leg for leg in legs if not known_numbers[leg]]
-    wanted = {"merchant": Leg.RETURN, "buyer": Leg.OUTBOUND}.get(recipient or "")
-    if wanted is not None:
-        candidates = [leg for leg in candidates if leg is wanted]
-    if not candidates:
-        known = ", ".join(
-            f"{leg} {value}"
-            for leg, value in (("return", returned), ("outbound", outbound))
-            if value
-        )
-        raise InvalidInput(f"parcel {number} is not case {case.id}'s ({known})", "tracking_no")
-    if len(candidates) == 1:
-        return candidates[0]
-    return Leg.OUTBOUND if case.state in OUTBOUND_STATES else Leg.RETURN
+    # The outbound leg's number is recorded when the merchant ships, the return leg's when the
+    # buyer ships herself: an unknown number fits only the parcel of a booked pickup.
+    if not returned and case.details.get("pickup") and recipient != "buyer":
+        return Leg.RETURN
+    known = ", ".join(
+        f"{leg} {value}" for leg, value in (("return", returned), ("outbound", outbound)) if value
+    )
+    known = known or "no booked pickup, no recorded tracking number"
+    raise InvalidInput(f"parcel {number} is not case {case.id}'s ({known})", "tracking_no")
 
 
 def _payment_action(envelope: Envelope, case: Case) -> tuple[Actor, dict[str, Any], None, None]:
     parsed: PaymentData = _validated(PaymentData, envelope.data)
     key = parsed.idempotency_key
-    if key is not None and key != case.refund_key:
+    # A result settles one attempt of one amount: without both it could settle any refund.
+    if key is None:
+        raise InvalidInput(
+            f"{envelope.type} must name the refund attempt it settles "
+            f"(case {case.id}'s is {case.refund_key or 'none'})",
+            "data.idempotency_key",
+        )
+    if parsed.amount is None:
+        raise InvalidInput(
+            f"{envelope.type} must name the amount (case {case.id} refunds "
+            f"{case.refund_amount} fen)",
+            "data.amount",
+        )
+    if key != case.refund_key:
         current = f"the current one is {case.refund_key}" if case.refund_key else "it has none"
         raise StaleEvent(
             f"{envelope.type} names refund attempt {key} of case {case.id}, but {current}; "
             "a result of another attempt never applies to this one"
         )
-    if (
-        envelope.type is EventType.REFUND_SUCCEEDED
-        and parsed.amount is not None
-        and parsed.amount != case.refund_amount
-    ):
+    if parsed.amount != case.refund_amount:
         raise InvalidInput(
-            f"refunded {parsed.amount} fen but case {case.id} refunds {case.refund_amount} fen",
+            f"{envelope.type} names {parsed.amount} fen but case {case.id} refunds "
+            f"{case.refund_amount} fen",
             "data.amount",
         )
     if envelope.type is EventType.REFUND_SUCCEEDED:
