@@ -29,6 +29,7 @@ from persistence.tokens import SqlTokenStore
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import Clock, FakeClock, FileClock, SystemClock
 from workflow.events.ingestion import EventService
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 
 if TYPE_CHECKING:
@@ -63,6 +64,14 @@ def build_service(
 def make_engine_for(settings: Settings) -> Engine:
     """The process-wide engine of the configured database (one pool per URL)."""
     return _engine(settings.database.url)
+
+
+def build_order_service(settings: Settings, service: CaseService) -> OrderService:
+    """Orders of record (import, accounts) on the same database, clock and policy as
+    ``service``."""
+    return OrderService(
+        SqlUnitOfWorkFactory(_engine(settings.database.url)), service.clock, service.policy
+    )
 
 
 def build_event_service(settings: Settings, service: CaseService) -> EventService:
@@ -163,6 +172,7 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
         clock=clock,
         cases=case_service,
         events=build_event_service(settings, case_service),
+        orders=build_order_service(settings, case_service),
         tokens=SqlTokenStore(engine),
         idempotency=SqlIdempotencyStore(engine, retention=timedelta(hours=api.idempotency_hours)),
         readings=readings,

@@ -26,6 +26,7 @@ from entrypoints import composition, render, views
 from workflow.clock import FakeClock
 from workflow.errors import PolicyRefusal
 from workflow.model import SYSTEM, Actor
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 from workflow.states import CaseState, Role
 
@@ -36,6 +37,8 @@ BUYER = Actor(Role.BUYER, "b-1001")
 MERCHANT = Actor(Role.MERCHANT, "m-shop")
 CARRIER = Actor(Role.CARRIER)
 PAYMENT = Actor(Role.PAYMENT)
+#: Who imports the demo's orders of record: the order system, as its producer would.
+ORDER_SYSTEM = Actor(Role.SYSTEM, "orders:order-system")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Outcome:
         }
 
 
-def application(
+def order_and_application(
     number: int,
     now: datetime,
     case_type: str,
@@ -74,42 +77,69 @@ def application(
     channel: str = "wechat_pay",
     description: str = "",
     order_prefix: str = "o-2026",
-) -> dict[str, Any]:
-    """Order ``number``'s application dated relative to ``now``, as a buyer's app would send it."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Order ``number`` of one line, dated relative to ``now``, as the order system sends it,
+    and an application for that line, as a buyer's app sends it: the application names the
+    order; the case's facts come from the order."""
     delivered = None if delivered_days_ago is None else now - timedelta(days=delivered_days_ago)
-    return {
-        "type": case_type,
-        "order_id": f"{order_prefix}-{number:04d}",
+    order_id, sku = f"{order_prefix}-{number:04d}", f"sku-{number}"
+    order = {
+        "order_id": order_id,
         "buyer_id": BUYER.id,
         "merchant_id": MERCHANT.id,
-        "category": category,
-        "reason": reason,
-        "description": description,
         "payment": {
             "channel": channel,
             "amount": price,
             "paid_at": (now - timedelta(days=paid_days_ago)).isoformat(),
         },
         "delivered_at": delivered.isoformat() if delivered else None,
-        "items": [{"sku": f"sku-{number}", "quantity": 1, "unit_price": price}],
+        "lines": [{"sku": sku, "quantity": 1, "unit_price": price, "category": category}],
         "gifts": gifts or [],
     }
+    application = {
+        "type": case_type,
+        "order_id": order_id,
+        "buyer_id": BUYER.id,
+        "reason": reason,
+        "description": description,
+        "items": [{"sku": sku, "quantity": 1}],
+    }
+    return order, application
+
+
+def import_order(orders: OrderService, order: dict[str, Any]) -> None:
+    """Import ``order`` as the order system does; the demos' orders are never refused."""
+    result = orders.import_orders([order], ORDER_SYSTEM)
+    if result.refused:
+        raise AssertionError(f"the demo's order was refused: {result.refused[0].message}")
 
 
 class _Script:
     """The demo's stage: a service, the clock it reads, and where the story is printed."""
 
-    def __init__(self, service: CaseService, clock: FakeClock, console: Console | None) -> None:
+    def __init__(
+        self,
+        service: CaseService,
+        orders: OrderService,
+        clock: FakeClock,
+        console: Console | None,
+    ) -> None:
         self.service = service
+        self.orders = orders
         self.clock = clock
         self.console = console
         self.zone = ZoneInfo(service.policy.timezone)
         self._orders = 0
 
     def application(self, case_type: str, *terms: Any, **options: Any) -> dict[str, Any]:
-        """An application dated relative to the clock (``application``'s terms)."""
+        """Import an order dated relative to the clock (``order_and_application``'s terms) and
+        return the application for it."""
         self._orders += 1
-        return application(self._orders, self.clock.now(), case_type, *terms, **options)
+        order, application = order_and_application(
+            self._orders, self.clock.now(), case_type, *terms, **options
+        )
+        import_order(self.orders, order)
+        return application
 
     def submit(self, application: dict[str, Any]) -> int:
         case_id = self.service.submit(application, BUYER).case.id
@@ -336,7 +366,7 @@ def run(db_path: Path, console: Console | None = None) -> list[Outcome]:
     composition.recreate_embedded_database(settings)
     clock = FakeClock(START)
     service = composition.build_service(settings, clock)
-    script = _Script(service, clock, console)
+    script = _Script(service, composition.build_order_service(settings, service), clock, console)
     if console is not None:
         console.print(
             f"[bold]after-sales demo[/] on {composition.display_url(settings.database.url)}, "

@@ -33,7 +33,15 @@ from config.settings import (
     FakeGatewaySettings,
 )
 from entrypoints import composition, render, views
-from entrypoints.demo import BUYER, MERCHANT, START, Outcome, application, summary_table
+from entrypoints.demo import (
+    BUYER,
+    MERCHANT,
+    START,
+    Outcome,
+    import_order,
+    order_and_application,
+    summary_table,
+)
 from entrypoints.live_worker import SWEEP_S, DemoFailed, prepare, settings_for, start_worker
 from entrypoints.processes import ChildProcess, wait_until
 from tasks.app import create_app
@@ -99,6 +107,8 @@ class LiveDemo:
         self.service = composition.build_service(
             self.settings, self.clock, outbox_written=lambda: self.broker.send_task(RELAY_TASK)
         )
+        # The order system's import: orders of record come before the applications naming them.
+        self.orders = composition.build_order_service(self.settings, self.service)
         self.zone = ZoneInfo(self.service.policy.timezone)
         self.samples: list[Sample] = []
         self.sent: list[tuple[str, dict[str, Any]]] = []  # (ingest task id, event's JSON)
@@ -221,11 +231,13 @@ class LiveDemo:
 
     # -- what the outside world does --------------------------------------------------------------
     def submit(self, sample: Sample, *terms: Any, **options: Any) -> None:
-        """Submit ``demo.application``'s terms dated relative to the clock, as a buyer's app."""
+        """Import an order dated relative to the clock (``demo.order_and_application``'s terms)
+        as the order system does, then submit the application for it, as a buyer's app."""
         now = self.clock.now()
-        app = application(
+        order, app = order_and_application(
             sample.number, now, sample.case_type, *terms, **options, order_prefix="o-live"
         )
+        import_order(self.orders, order)
         sample.case_id = self.service.submit(app, BUYER).case.id or 0
 
     def event(
@@ -364,7 +376,10 @@ class LiveDemo:
         late = sample("Refused: no-reason return on day 9", "day-9 no-reason")
         returns, outbound = (jacket, phone, headphones), (phone, headphones)
 
-        self.say("Six buyers apply for after-sales (the buyer's app calls CaseService.submit).")
+        self.say(
+            "The order system imports six orders of record; their buyers apply for after-sales "
+            "(the buyer's app calls CaseService.submit), naming the order and the line."
+        )
         scarf = {"sku": "gift-scarf", "quantity": 1, "value": 500}
         self.submit(
             jacket, "clothing", "no_reason", 5, 2, 19_900, gifts=[scarf], description="small"

@@ -12,6 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from workflow.model import Case, Timer, TransitionRecord
+from workflow.orders import OrderAccount
+from workflow.orders_service import ImportResult
 from workflow.service import CaseView, FireResult, TimerRun
 
 #: Keys in ``details`` (at any depth) whose values are masked to their last 4 characters.
@@ -113,6 +115,55 @@ def fire_json(result: FireResult) -> dict[str, Any]:
         "case": case_json(result.case, result.deadline),
         "transitions": [record_json(record) for record in result.records],
         "replayed": result.replayed,
+    }
+
+
+def order_account_json(account: OrderAccount) -> dict[str, Any]:
+    """An order of record and its account (``orders show --json``, ``GET /orders/{id}``)."""
+    order = account.order
+    return {
+        "order_id": order.order_id,
+        "buyer_id": order.buyer_id,
+        "merchant_id": order.merchant_id,
+        "payment": {
+            "channel": order.payment.channel,
+            "amount": order.payment.amount,
+            "paid_at": iso(order.payment.paid_at),
+        },
+        "delivered_at": iso(order.delivered_at),
+        "migrated": order.migrated,
+        "paid": account.paid,
+        "refunded": account.refunded,
+        "pending": account.pending,
+        "refundable": account.refundable,
+        "lines": [
+            {
+                "sku": line.sku,
+                "category": line.category,
+                "unit_price": line.unit_price,
+                "quantity": line.quantity,
+                "open_quantity": line.open_quantity,
+                "refunded_quantity": line.refunded_quantity,
+                "refunded_amount": line.refunded_amount,
+            }
+            for line in account.lines
+        ],
+        "gifts": [
+            {"sku": gift.sku, "quantity": gift.quantity, "value": gift.value}
+            for gift in order.gifts
+        ],
+    }
+
+
+def import_json(result: ImportResult) -> dict[str, Any]:
+    """An import's counts, and each refused order by its position (from 1) in the batch."""
+    return {
+        "imported": result.imported,
+        "updated": result.updated,
+        "refused": [
+            {"index": refusal.index + 1, "order_id": refusal.order_id, "reason": refusal.message}
+            for refusal in result.refused
+        ],
     }
 
 

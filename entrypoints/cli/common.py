@@ -33,6 +33,7 @@ from workflow.errors import (
     NotFound,
     PolicyRefusal,
 )
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class State:
     now: datetime | None = None
     _settings: Settings | None = None
     _service: CaseService | None = None
+    _orders: OrderService | None = None
     kicker: RelayKicker | None = None
 
     def settings(self) -> Settings:
@@ -99,6 +101,12 @@ class State:
                 self.settings(), composition.make_clock(self.now), outbox_written=self._kick_relay
             )
         return self._service
+
+    def orders(self) -> OrderService:
+        """Orders of record on the same database, clock and policy as ``service()``."""
+        if self._orders is None:
+            self._orders = composition.build_order_service(self.settings(), self.service())
+        return self._orders
 
     def _kick_relay(self) -> None:
         """After a commit that wrote outbox rows. The kicker (and Celery) is built here, not

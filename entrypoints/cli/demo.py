@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -40,10 +41,23 @@ def demo(
             "(files in var/demo-live/, recreated each run).",
         ),
     ] = False,
+    write_samples: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-samples",
+            metavar="DIR",
+            help="Instead of a demo, write a sample order (orders.jsonl, delivered yesterday) "
+            "and an application for it (application.json) into DIR, for `orders import` and "
+            "`case submit`.",
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Run the demo: sample cases of every type moving through their states."""
     state = state_of(ctx, json_output)
+    if write_samples is not None:
+        _write_samples(state, write_samples)
+        return
     if live:
         if db is not None:
             raise InputError("usage", "--db is for the scripted demo; --live uses var/demo-live/")
@@ -56,6 +70,20 @@ def demo(
     )
     if state.json:
         print_json([outcome.as_json() for outcome in outcomes])
+
+
+def _write_samples(state: State, folder: Path) -> None:
+    from entrypoints import composition, samples
+
+    # The clock and zone of every command (``--now`` moves the samples' dates with it); no
+    # database is opened.
+    zone = ZoneInfo(composition.build_policy(state.settings()).timezone)
+    written = samples.write_samples(folder, composition.make_clock(state.now).now(), zone)
+    if state.json:
+        print_json({"written": [str(path) for path in written]})
+        return
+    for path in written:
+        new_console().print(f"wrote {path}")
 
 
 def _demo_live(state: State) -> None:

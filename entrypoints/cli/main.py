@@ -13,7 +13,18 @@ from typing import Annotated
 
 import typer
 
-from entrypoints.cli import cases, db, demo, diagram, events, serve, timers, tokens, workers
+from entrypoints.cli import (
+    cases,
+    db,
+    demo,
+    diagram,
+    events,
+    orders,
+    serve,
+    timers,
+    tokens,
+    workers,
+)
 from entrypoints.cli.common import JsonFlag, ReportingGroup, State, parse_time
 
 app = typer.Typer(
@@ -27,6 +38,7 @@ app = typer.Typer(
     # Locals would print settings such as the database URL with its password.
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(orders.orders_app, name="orders")
 app.add_typer(cases.case_app, name="case")
 app.add_typer(timers.timers_app, name="timers")
 app.add_typer(db.db_app, name="db")

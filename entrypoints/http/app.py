@@ -14,13 +14,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 
-from entrypoints.http import cases, events, ops, problems
+from entrypoints.http import cases, events, ops, orders, problems
 from entrypoints.http.context import ApiContext
 from entrypoints.http.metrics import ApiMetrics
 from entrypoints.http.middleware import BodyGuard, Observe
 from entrypoints.http.problems import ProblemError
 from tasks.kick import RelayKicker
 from workflow.events.envelope import Envelope
+from workflow.orders import OrderIn
 
 DESCRIPTION = """\
 After-sales cases (return-and-refund, exchange, repair, refund-only) moving through their state
@@ -28,8 +29,11 @@ machines, and the inbound events that move them. See docs/api.md.
 
 - **Authentication**: every operation but `/healthz`, `/readyz` and this document needs
   `Authorization: Bearer <token>` (`aftersales tokens create --role ...`).
-- **Authorization**: buyers and merchants see and act on their own cases only; producers send
-  events of their own source; admins do everything, with a reason on forced transitions.
+- **Authorization**: buyers and merchants see and act on their own cases and orders only;
+  producers send events of their own source, the order system imports orders; admins do
+  everything, with a reason on forced transitions.
+- **Orders of record**: an application names an order imported before (`POST /orders`); the
+  case's facts (payment, prices, categories, delivery, gifts) come from that order.
 - **Concurrency**: a case's `ETag` is its version; send it back as `If-Match` to get 412 instead
   of acting on a case that moved.
 - **Retries**: every POST takes an `Idempotency-Key`; a repeat returns the first response.
@@ -90,6 +94,7 @@ def _build() -> FastAPI:
         redoc_url=None,
     )
     problems.install(app)
+    app.include_router(orders.router)
     app.include_router(cases.router)
     app.include_router(events.router)
     app.include_router(ops.router)
@@ -133,6 +138,10 @@ def _document(app: FastAPI) -> dict[str, Any]:
     envelope = Envelope.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(envelope.pop("$defs", {}))
     schemas[str(envelope.get("title", "AftersalesEvent"))] = envelope
+    # The order document of POST /orders, from the model the import parses it with.
+    order = OrderIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(order.pop("$defs", {}))
+    schemas["OrderOfRecord"] = {**order, "title": "OrderOfRecord"}
     # FastAPI's own validation error shapes are never sent: errors are Problems.
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)

@@ -19,6 +19,7 @@ from persistence.readings import SqlReadings
 from persistence.tokens import SqlIdempotencyStore, SqlTokenStore, StoredResponse
 from workflow.clock import Clock
 from workflow.events.ingestion import EventService
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 
 #: Response headers an idempotent replay repeats.
@@ -33,6 +34,7 @@ class ApiContext:
     clock: Clock
     cases: CaseService
     events: EventService
+    orders: OrderService
     tokens: SqlTokenStore
     idempotency: SqlIdempotencyStore
     readings: SqlReadings

@@ -200,6 +200,46 @@ class DeadLetterList(_Out):
     next_after: int | None
 
 
+# -- orders ------------------------------------------------------------------------------------
+
+
+class OrderRefusal(_Out):
+    index: int = Field(description="The order's position in the batch, from 1.")
+    order_id: str | None
+    reason: str
+
+
+class OrderImportOut(_Out):
+    imported: int = Field(description="Orders new to the service.")
+    updated: int = Field(description="Orders known before whose delivery time this set.")
+    refused: list[OrderRefusal] = Field(description="The orders not imported, with why.")
+
+
+class OrderLineAccountOut(_Out):
+    sku: str
+    category: str
+    unit_price: int = Field(description="fen")
+    quantity: int = Field(description="Units ordered.")
+    open_quantity: int = Field(description="Units under open cases.")
+    refunded_quantity: int = Field(description="Units refunded (for a return: that came back).")
+    refunded_amount: int = Field(description="fen refunded for this line")
+
+
+class OrderAccountOut(_Out):
+    order_id: str
+    buyer_id: str
+    merchant_id: str
+    payment: PaymentOut
+    delivered_at: datetime | None
+    migrated: bool = Field(description="Built from an existing case by the migration.")
+    paid: int = Field(description="fen")
+    refunded: int = Field(description="fen refunded by ended cases")
+    pending: int = Field(description="fen open cases may still refund")
+    refundable: int = Field(description="fen a new case may still refund")
+    lines: list[OrderLineAccountOut]
+    gifts: list[GiftOut]
+
+
 # -- operations --------------------------------------------------------------------------------
 
 

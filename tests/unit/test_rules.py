@@ -987,7 +987,10 @@ def test_A7_B_no_reason_window_counts_from_the_day_after_delivery(
     # given: the last minute of day 7
     clock.set(shanghai(2026, 11, 25, 23, 59))
     # when/then: accepted
-    assert submit_with_order(service, make_app(delivered_at=delivered)).case.state is CaseState.SUBMITTED
+    assert (
+        submit_with_order(service, make_app(delivered_at=delivered)).case.state
+        is CaseState.SUBMITTED
+    )
 
 
 def test_A7_B_no_reason_window_day_8_is_refused_naming_the_dates(

@@ -47,6 +47,15 @@ class EventType(StrEnum):
     BUYER_DELIVERY_CONFIRMED = "buyer.delivery_confirmed"
     BUYER_BANK_ACCOUNT_PROVIDED = "buyer.bank_account_provided"
     BUYER_ESCALATED = "buyer.escalated"
+    #: The order system placed (or re-sends) an order: ``data`` is the order document, imported
+    #: as an order of record (upserted by its order_id).
+    ORDER_PLACED = "order.placed"
+    #: The order's goods were delivered to the buyer (签收): sets the order's delivery time.
+    ORDER_DELIVERED = "order.delivered"
+
+
+#: The types about an order of record, not a case: applied to the order, never to a case.
+ORDER_EVENT_TYPES = frozenset({EventType.ORDER_PLACED, EventType.ORDER_DELIVERED})
 
 
 EventId = Annotated[
@@ -94,7 +103,9 @@ class Envelope(BaseModel):
         description="The case, when the producer knows it (the outbox messages carry it).",
     )
     order_id: Ident | None = Field(
-        default=None, description="The order; enough when it has one open case."
+        default=None,
+        description="The order; enough when it has one open case. Required by order.* "
+        "events, whose order it is.",
     )
     tracking_no: Ident | None = Field(
         default=None, description="A parcel's tracking number (return or outbound)."
@@ -107,6 +118,10 @@ class Envelope(BaseModel):
 
     @model_validator(mode="after")
     def _names_a_case(self) -> Envelope:
+        if self.type in ORDER_EVENT_TYPES:
+            if self.order_id is None or self.case_id is not None or self.tracking_no is not None:
+                raise ValueError(f"{self.type} names its order by order_id, and no case")
+            return self
         if self.case_id is None and self.order_id is None and self.tracking_no is None:
             raise ValueError("name the case: case_id, order_id or tracking_no")
         return self
@@ -153,6 +168,21 @@ class PaymentData(_Data):
         default=None,
         description="Fen refunded (refund.succeeded); must equal the case's refund amount.",
     )
+
+
+class OrderDeliveredData(_Data):
+    """``data`` of ``order.delivered``."""
+
+    delivered_at: datetime | None = Field(
+        default=None,
+        description="When the buyer signed for the goods (ISO 8601 with a UTC offset); "
+        "defaults to the event's occurred_at.",
+    )
+
+    @field_validator("delivered_at")
+    @classmethod
+    def _delivered_aware(cls, value: datetime | None) -> datetime | None:
+        return value if value is None else _aware(value)
 
 
 class MerchantData(BaseModel):

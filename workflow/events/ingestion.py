@@ -16,9 +16,16 @@ from typing import Any
 from config.sources import Sources, default_sources
 from workflow.clock import Clock
 from workflow.errors import AftersalesError, Conflict, IngestFailed, InvalidInput, NotFound
-from workflow.events.envelope import Envelope, as_document, parse_envelope, source_and_event_id
+from workflow.events.envelope import (
+    ORDER_EVENT_TYPES,
+    Envelope,
+    as_document,
+    parse_envelope,
+    source_and_event_id,
+)
 from workflow.events.lookup import BatchReads, find_case
 from workflow.events.mapping import EVENT_RULES, plan
+from workflow.events.orders import apply_order_event
 from workflow.events.scope import check_source
 from workflow.model import Case, DeadLetter, DeadLetterStatus
 from workflow.ports import UnitOfWork, UnitOfWorkFactory
@@ -197,7 +204,11 @@ class EventService:
                     # One for the cases of the orders that events name without a case id (a
                     # carrier's first scan names the order and the parcel).
                     by_order=uow.cases.of_orders(
-                        [e.order_id for e in envelopes if e.case_id is None and e.order_id]
+                        [
+                            e.order_id
+                            for e in envelopes
+                            if e.case_id is None and e.order_id and e.type not in ORDER_EVENT_TYPES
+                        ]
                     ),
                 )
                 for raw, parse in zip(raws, parsed, strict=True):
@@ -255,6 +266,8 @@ class EventService:
             check_source(envelope, self.sources)
         except AftersalesError as error:
             raise _Refused(error, envelope.case_id) from None
+        if envelope.type in ORDER_EVENT_TYPES:
+            return self._apply_to_order(uow, envelope, reads)
         now = self.clock.now()
         # The record comes first: a redelivered event is a duplicate whatever happened to its
         # case since. It commits with the transition (or the acknowledgement) it led to; on
@@ -325,6 +338,22 @@ class EventService:
             fired.case.state,
             decided.note or None,
         )
+
+    def _apply_to_order(
+        self, uow: UnitOfWork, envelope: Envelope, reads: BatchReads | None
+    ) -> IngestResult:
+        """An ``order.*`` event: recorded (for deduplication) and applied to its order of
+        record in ``uow``; no case moves."""
+        key = (envelope.source, envelope.event_id)
+        if reads is not None and key in reads.recorded:
+            return self._result(envelope, IngestStatus.DUPLICATE)
+        if not uow.events.record(*key, None, self.clock.now()):
+            return self._result(envelope, IngestStatus.DUPLICATE)
+        try:
+            note = apply_order_event(uow, envelope, self._cases.policy, self.clock.now())
+        except (InvalidInput, NotFound) as error:
+            raise _Refused(error) from None
+        return IngestResult(IngestStatus.APPLIED, *key, envelope.type.value, reason=note)
 
     def _result(
         self,

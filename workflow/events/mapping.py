@@ -458,4 +458,21 @@ def mapping_markdown() -> str:
             event = f"`{rule.type.value}`" if index == 0 else ""
             actor = _ACTS_AS[rule.role] if index == 0 else ""
             rows.append(f"| {event} | {actor} | {where} | {does} |")
+    rows.extend(
+        f"| `{event.value}` | the order system | no case | {does} |" for event, does in _ORDER_ROWS
+    )
     return "\n".join(rows) + "\n"
+
+
+#: The ``order.*`` events write the order of record (``workflow.events.orders``), not a case.
+_ORDER_ROWS = (
+    (
+        EventType.ORDER_PLACED,
+        "imports `data` as the order of record (upsert by `order_id`; what was paid and "
+        "ordered never changes)",
+    ),
+    (
+        EventType.ORDER_DELIVERED,
+        "sets the order's `delivered_at` (`data.delivered_at`, else `occurred_at`)",
+    ),
+)

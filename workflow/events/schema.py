@@ -13,8 +13,10 @@ from workflow.events.envelope import (
     Envelope,
     EventType,
     MerchantData,
+    OrderDeliveredData,
     PaymentData,
 )
+from workflow.orders import OrderIn
 
 _CARRIER_TYPES = [t.value for t in EventType if t.value.startswith("parcel.")]
 _PAYMENT_TYPES = [t.value for t in EventType if t.value.startswith("refund.")]
@@ -33,6 +35,8 @@ def event_schema() -> dict[str, Any]:
     def of(model: type[BaseModel]) -> dict[str, Any]:
         data = model.model_json_schema()
         data.pop("title", None)
+        # Nested models' definitions resolve against the document's root.
+        schema.setdefault("$defs", {}).update(data.pop("$defs", {}))
         return data
 
     schema["allOf"] = [
@@ -40,6 +44,8 @@ def event_schema() -> dict[str, Any]:
         when(_PAYMENT_TYPES, of(PaymentData)),
         when([t.value for t in EventType if t.value.startswith("merchant.")], of(MerchantData)),
         when([t.value for t in EventType if t.value.startswith("buyer.")], of(BuyerData)),
+        when([EventType.ORDER_PLACED.value], of(OrderIn)),
+        when([EventType.ORDER_DELIVERED.value], of(OrderDeliveredData)),
     ]
     schema["description"] = (
         "An inbound after-sales event (docs/events.md). Producers send it as the one argument "
