@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from config.settings import sqlite_url
 from entrypoints.cli.main import app
 
-from .support import NOW, CliFn, Run, application
+from .support import NOW, CliFn, Run, application, import_order
 
 
 def _command() -> list[str]:
@@ -80,8 +80,10 @@ def submitted(invoke: CliFn, tmp_path: Path) -> Callable[..., int]:
     """Submit an application (``application(**overrides)``) at ``NOW``; returns the case id."""
 
     def submit(now: str = NOW, **overrides: Any) -> int:
+        app = application(**overrides)
+        import_order(invoke, app)
         path = tmp_path / "application.json"
-        path.write_text(json.dumps(application(**overrides)), encoding="utf-8")
+        path.write_text(json.dumps(app), encoding="utf-8")
         result = invoke("--now", now, "case", "submit", str(path), "--json")
         assert result.code == 0, result.stderr
         case_id = result.json()["id"]

@@ -15,7 +15,7 @@ from tasks.kick import RELAY_TASK
 from workflow.diagram import mermaid
 from workflow.states import CaseType
 
-from .support import NOW, CliFn, Run, application
+from .support import NOW, CliFn, Run, application, import_order
 
 CASE_KEYS = {
     "id",
@@ -57,7 +57,8 @@ def assert_one_line_error(result: Run, code: int) -> str:
 
 
 def test_submit_from_a_file_prints_the_created_case(cli: CliFn, tmp_path: Path) -> None:
-    # given an application in a file
+    # given an application in a file, on an order of record
+    import_order(cli, application())
     (tmp_path / "app.json").write_text(json.dumps(application()), encoding="utf-8")
 
     # when the buyer submits it (a real process, on the embedded SQLite file it creates)
@@ -87,6 +88,8 @@ def test_submit_from_a_file_prints_the_created_case(cli: CliFn, tmp_path: Path) 
 
 def test_submit_from_stdin(cli: CliFn, invoke: CliFn) -> None:
     # given an application piped in, once with "-" and once with no FILE at all
+    import_order(invoke, application())
+    import_order(invoke, application(order_id="o-2"))
     piped = json.dumps(application())
 
     # when
@@ -103,6 +106,7 @@ def test_submit_from_stdin(cli: CliFn, invoke: CliFn) -> None:
 
 def test_submit_with_the_same_idempotency_key_returns_the_first_case(invoke: CliFn) -> None:
     # given
+    import_order(invoke, application())
     body = json.dumps(application())
     first = invoke("--now", NOW, "case", "submit", "--idempotency-key", "k-1", "--json", input=body)
 
@@ -413,6 +417,7 @@ def test_stale_expected_version_is_a_conflict(invoke: CliFn, submitted: Submit) 
 
 def test_policy_refusal_names_the_rule_and_the_dates(cli: CliFn, tmp_path: Path) -> None:
     # given a no-reason return asked for on day 9 after delivery
+    import_order(cli, application())
     (tmp_path / "late.json").write_text(json.dumps(application()), encoding="utf-8")
 
     # when
@@ -580,6 +585,7 @@ def test_postgres_needs_db_upgrade_first(invoke: CliFn, monkeypatch: pytest.Monk
 
         # when the operator migrates it, then the commands work
         assert invoke("db", "upgrade").code == 0
+        import_order(invoke, application())
         submitted = invoke(
             "--now", NOW, "case", "submit", "--json", input=json.dumps(application())
         )
