@@ -147,3 +147,18 @@ def test_a_batch_over_the_limit_is_refused_whole(api: Api) -> None:
 def test_without_a_token_orders_are_401(api: Api) -> None:
     assert api.client.get("/orders/o-7").status_code == 401
     assert api.client.post("/orders", json=[order()]).status_code == 401
+
+
+def test_out_of_range_values_refuse_only_their_order(api: Api) -> None:
+    # given a batch with a payment UTC cannot hold, an amount over the limit, and a good order
+    year_one = order("o-1", payment={**order()["payment"], "paid_at": "0001-01-01T00:00:00+14:00"})
+    rich = order("o-2", payment={**order()["payment"], "amount": 10**20})
+    # when it is imported
+    response = api.client.post("/orders", json=[year_one, rich, order()], headers=api.auth("admin"))
+    # then each bad order is refused naming its field, and the good one is imported
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["imported"] == 1
+    assert [(r["index"], r["order_id"]) for r in body["refused"]] == [(1, "o-1"), (2, "o-2")]
+    assert "payment.paid_at" in body["refused"][0]["reason"]
+    assert "payment.amount" in body["refused"][1]["reason"]
