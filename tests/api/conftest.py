@@ -30,6 +30,7 @@ from persistence.tokens import SqlTokenStore
 from workflow.clock import FakeClock
 from workflow.events.ingestion import EventService
 from workflow.model import Actor
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 from workflow.states import Role
 
@@ -140,7 +141,10 @@ class Api:
 
     def submit(self, **overrides: Any) -> int:
         """A case submitted through the service, as b1 by default; returns its id."""
-        case_id = self.cases.submit(application(**overrides)).case.id
+        app = application(**overrides)
+        cases = self.cases
+        OrderService(cases.uow_factory, cases.clock, cases.policy).import_for([app])
+        case_id = cases.submit(app).case.id
         assert case_id is not None
         return case_id
 
