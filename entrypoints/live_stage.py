@@ -45,6 +45,7 @@ from tasks.producer import INGEST_TASK, make_envelope
 from workflow.clock import FileClock
 from workflow.errors import PolicyRefusal
 from workflow.model import RefundRoute, TransitionRecord
+from workflow.orders_service import OrderService
 from workflow.service import CaseView
 from workflow.states import CaseState
 
@@ -440,7 +441,10 @@ class Stage:
             "items": [{"sku": f"sku-{sample.number}", "quantity": 1, "unit_price": price}],
             "gifts": gifts or [],
         }
-        sample.case_id = self.service.submit(application, BUYER).case.id
+        # The order system imports the order first (issue 13: the facts come from it).
+        service = self.service
+        OrderService(service.uow_factory, service.clock, service.policy).import_for([application])
+        sample.case_id = service.submit(application, BUYER).case.id
 
     def event(
         self,

@@ -28,6 +28,7 @@ from workflow.payloads import (
     Fen,
     Ident,
     PaymentIn,
+    aware,
     describe_validation_error,
 )
 from workflow.states import TERMINAL_STATES, CaseState, CaseType
@@ -143,9 +144,7 @@ class OrderIn(_Input):
     @field_validator("delivered_at")
     @classmethod
     def _delivered_aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("needs a timezone offset, e.g. 2026-11-20T10:00:00+08:00")
-        return value
+        return None if value is None else aware(value)
 
     @field_validator("lines", "gifts")
     @classmethod
