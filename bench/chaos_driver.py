@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench import support
 from bench.chaos_common import (
     CASE_TYPE_OF,
     CLOCK_SPEED,
@@ -188,7 +189,8 @@ class Driver:
         for _ in range(count):
             kind = self.rng.choices(names, weights)[0]
             order = f"o-chaos-{self.stats.cases}"
-            case_id = self.run.service.submit(application(kind, order, now)).case.id
+            app = application(kind, order, now)
+            case_id = support.submit_with_order(self.run.service, app).case.id
             assert case_id is not None
             self.kinds[case_id] = kind
             ids.append(case_id)

@@ -135,7 +135,8 @@ def _application(order_id: str, now: datetime) -> dict[str, Any]:
 
 def _template(service: CaseService, clock: FakeClock, flow: Flow, tag: str) -> int:
     """One case driven through the service into ``flow.seeded``."""
-    case_id = service.submit(_application(f"o-{tag}-{flow.name}", clock.now())).case.id
+    app = _application(f"o-{tag}-{flow.name}", clock.now())
+    case_id = support.submit_with_order(service, app).case.id
     assert case_id is not None
     steps: list[tuple[str, Actor, dict[str, Any] | None]] = [("approve", support.MERCHANT, None)]
     if flow.seeded is not CaseState.APPROVED:

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
+from bench import support
 from bench.lifecycle_scenarios import SWEEP, Act, D, Event, Scenario, Step, Wait
 from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
@@ -143,7 +144,8 @@ class Simulation:
         steps = lifecycle.scenario.steps
         try:
             if lifecycle.case_id == 0:
-                view = self.service.submit(lifecycle.application(self.clock.now()))
+                app = lifecycle.application(self.clock.now())
+                view = support.submit_with_order(self.service, app)
                 assert view.case.id is not None
                 lifecycle.case_id = view.case.id
             else:

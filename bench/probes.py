@@ -89,16 +89,15 @@ def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -
         cursor.close()
         return rows
 
-    def open_cases() -> object:
-        return uow.cases.open_cases_for_items("o-probe", ["sku-1"])
+    def order() -> object:
+        return uow.orders.get("o-probe")
 
-    in_sql = (
-        "SELECT open_case_items.sku, open_case_items.case_id FROM open_case_items "
-        "WHERE open_case_items.order_id = {p} AND open_case_items.sku IN ({p})"
-    ).format(p="%s" if postgres else "?")
+    order_sql = "SELECT * FROM orders WHERE orders.order_id = {p}".format(
+        p="%s" if postgres else "?"
+    )
 
-    def open_cases_raw() -> object:
-        reused.execute(in_sql, ("o-probe", "sku-1"))
+    def order_raw() -> object:
+        reused.execute(order_sql, ("o-probe",))
         return reused.fetchall()
 
     return [
@@ -115,10 +114,10 @@ def _read_probes(database: support.Database, uow: SqlUnitOfWork, case_id: int) -
             "what a cursor per statement would cost (checkout.Checkout keeps one)",
         ),
         Probe(
-            "open_cases_for_items vs the same SQL on the driver",
-            open_cases,
-            open_cases_raw,
-            "the unit of work's statement plumbing (prepared once per SKU count)",
+            "read an order of record: SqlOrderStore.get vs the same SQL on the driver",
+            order,
+            order_raw,
+            "the unit of work's statement plumbing, lines and gifts decoded, the Order built",
         ),
     ]
 
@@ -202,7 +201,7 @@ def run_backend(backend: str, server_url: str, calls: int, rounds: int) -> list[
     with support.throwaway_database(backend, server_url) as database:
         engine = make_engine(database.url)
         service = CaseService(SqlUnitOfWorkFactory(engine), FakeClock(support.T0), load_policy())
-        case_id = service.submit(support.application("o-probe")).case.id
+        case_id = support.submit_with_order(service, support.application("o-probe")).case.id
         assert case_id is not None
         with SqlUnitOfWorkFactory(engine)() as uow:
             uow.cases.get(case_id)  # begins the transaction the probes read in

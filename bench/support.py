@@ -40,7 +40,8 @@ from entrypoints.worker import default_concurrency
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from workflow.model import Actor
-from workflow.service import CaseService
+from workflow.orders_service import OrderService
+from workflow.service import CaseService, CaseView
 from workflow.states import Role
 
 POSTGRES_ENV = "AFTERSALES_TEST_POSTGRES_URL"
@@ -143,22 +144,29 @@ _CASE_COLUMNS = (
 _NUMBERS = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
 
 
+def submit_with_order(service: CaseService, app: dict[str, Any]) -> CaseView:
+    """Import the order of record ``app`` describes (as the order system would), then submit."""
+    OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+    return service.submit(app)
+
+
 def seed_submitted_cases(service: CaseService, engine: Engine, count: int, tag: str) -> list[int]:
-    """``count`` submitted cases, each with its submission log row, live ``merchant_review`` timer
-    and order-item claim, as ``CaseService.submit`` leaves them; returns their ids in order.
+    """``count`` submitted cases, each with its submission log row and live ``merchant_review``
+    timer, as ``CaseService.submit`` leaves them; returns their ids in order. Only the template's
+    order has an order of record: the copies' transitions never read theirs.
 
     One case is submitted through the service; the others are set-based copies of its rows (much
     faster than submitting each, and the rows are the same but for ids and order ids).
     """
-    template = service.submit(application(f"o-{tag}-template")).case.id
+    template = submit_with_order(service, application(f"o-{tag}-template")).case.id
     assert template is not None
     return copy_case(engine, template, count, tag)
 
 
 def copy_case(engine: Engine, template: int, count: int, tag: str) -> list[int]:
     """``count`` set-based copies of case ``template`` in whatever state it is: its case row
-    (order id ``o-<tag>-<n>``), every log row, every timer and its order-item claims; not its
-    outbox rows. Returns the copies' ids in order."""
+    (order id ``o-<tag>-<n>``), every log row and every timer; not its outbox rows, nor an order
+    of record (the transitions measured never read it). Returns the copies' ids in order."""
     with engine.begin() as connection:
         first = connection.execute(sa.text("SELECT max(id) FROM cases")).scalar_one() + 1
         copied = _CASE_COLUMNS.replace("order_id", f"'o-{tag}-' || CAST(n.i AS TEXT)")
@@ -186,14 +194,6 @@ def copy_case(engine: Engine, template: int, count: int, tag: str) -> list[int]:
                 'SELECT c.id, t.kind, t."trigger", t.state, t.version, t.due_at, t.status, '
                 "t.created_at FROM cases c, timers t "
                 "WHERE c.id >= :first AND t.case_id = :template ORDER BY c.id, t.id"
-            ),
-            {"first": first, "template": template},
-        )
-        connection.execute(
-            sa.text(
-                "INSERT INTO open_case_items (order_id, sku, case_id) "
-                "SELECT c.order_id, o.sku, c.id FROM cases c, open_case_items o "
-                "WHERE c.id >= :first AND o.case_id = :template ORDER BY c.id"
             ),
             {"first": first, "template": template},
         )

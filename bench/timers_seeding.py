@@ -84,7 +84,7 @@ def seed(database: support.Database, layout: Layout, progress: Progress, name: s
     application = support.application("o-template")
     application["delivered_at"] = (layout.start - timedelta(days=2)).isoformat()
     application["payment"]["paid_at"] = (layout.start - timedelta(days=5)).isoformat()
-    template = service.submit(application).case.id
+    template = support.submit_with_order(service, application).case.id
     assert template is not None
     service.fire(template, "approve", support.MERCHANT)
     with engine.begin() as connection:

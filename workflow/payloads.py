@@ -6,7 +6,7 @@ domain only ever sees well-formed values.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,9 +26,13 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-def _aware(value: datetime) -> datetime:
+def aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("needs a timezone offset, e.g. 2026-11-20T10:00:00+08:00")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("lies outside the years UTC can represent") from None
     return value
 
 
@@ -37,7 +41,7 @@ class PaymentIn(_Input):
     amount: Annotated[int, Field(gt=0, le=MAX_FEN, strict=True)]
     paid_at: datetime
 
-    _paid_at_aware = field_validator("paid_at")(_aware)
+    _paid_at_aware = field_validator("paid_at")(aware)
 
 
 class ItemIn(_Input):
@@ -77,7 +81,7 @@ class Application(_Input):
     @field_validator("delivered_at")
     @classmethod
     def _delivered_aware(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _aware(value)
+        return None if value is None else aware(value)
 
     @field_validator("items")
     @classmethod
@@ -153,7 +157,7 @@ class Deadline(_Input):
     until: datetime | None = None
     hours: Annotated[float, Field(gt=0, le=24 * 365)] | None = None
 
-    _until_aware = field_validator("until")(lambda value: None if value is None else _aware(value))
+    _until_aware = field_validator("until")(lambda value: None if value is None else aware(value))
 
 
 #: The data each trigger accepts; any trigger not listed takes none.

@@ -30,6 +30,7 @@ from persistence.tokens import SqlTokenStore
 from workflow.clock import FakeClock
 from workflow.events.ingestion import EventService
 from workflow.model import Actor
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 from workflow.states import Role
 
@@ -138,9 +139,17 @@ class Api:
             self._headers[scope] = {"Authorization": f"Bearer {self.token(scope)}"}
         return dict(self._headers[scope])
 
+    def import_order(self, app: dict[str, Any]) -> dict[str, Any]:
+        """Import the order of record ``app`` describes (through the service); ``app``."""
+        cases = self.cases
+        result = OrderService(cases.uow_factory, cases.clock, cases.policy).import_for([app])
+        assert not result.refused, result
+        return app
+
     def submit(self, **overrides: Any) -> int:
         """A case submitted through the service, as b1 by default; returns its id."""
-        case_id = self.cases.submit(application(**overrides)).case.id
+        app = self.import_order(application(**overrides))
+        case_id = self.cases.submit(app).case.id
         assert case_id is not None
         return case_id
 

@@ -61,7 +61,7 @@ Call = Callable[[Api, dict[str, str], Target, str], Response]
 
 ENDPOINTS: dict[str, Call] = {
     "submit": lambda api, h, t, who: api.client.post(
-        "/cases", json=application(order_id=f"o-new-{next(_numbers)}"), headers=h
+        "/cases", json=api.import_order(application(order_id=f"o-new-{next(_numbers)}")), headers=h
     ),
     "get": lambda api, h, t, who: api.client.get(f"/cases/{t.case_id}", headers=h),
     "list": lambda api, h, t, who: api.client.get("/cases", headers=h),

@@ -11,7 +11,7 @@ def test_submit_answers_201_with_location_etag_and_the_case(api: Api) -> None:
     # given a buyer's token
     headers = api.auth("buyer:b1")
     # when the buyer submits an application
-    response = api.client.post("/cases", json=application(), headers=headers)
+    response = api.client.post("/cases", json=api.import_order(application()), headers=headers)
     # then the case is created, with its address and version
     assert response.status_code == 201, response.text
     case = response.json()
@@ -32,7 +32,7 @@ def test_invalid_application_is_422_naming_the_field(api: Api) -> None:
 
 
 def test_policy_refusal_is_422_naming_the_rule(api: Api) -> None:
-    late = application(delivered_at="2026-11-01T10:00:00+08:00")
+    late = api.import_order(application(delivered_at="2026-11-01T10:00:00+08:00"))
     response = api.client.post("/cases", json=late, headers=api.auth("buyer:b1"))
     body = problem(response, 422, "policy-refusal")
     assert body["rule"] == "no_reason_window"
@@ -245,7 +245,7 @@ def test_malformed_if_match_is_400(api: Api) -> None:
 def test_idempotency_key_replays_the_first_response(api: Api) -> None:
     # given a buyer's submission with a key
     headers = {**api.auth("buyer:b1"), "Idempotency-Key": "submit-1"}
-    first = api.client.post("/cases", json=application(), headers=headers)
+    first = api.client.post("/cases", json=api.import_order(application()), headers=headers)
     assert first.status_code == 201
     # when it is sent again (a retry after a timeout)
     again = api.client.post("/cases", json=application(), headers=headers)
@@ -276,19 +276,23 @@ def test_idempotency_key_of_a_transition_fires_once(api: Api) -> None:
 
 def test_idempotency_key_reused_for_another_request_is_422(api: Api) -> None:
     headers = {**api.auth("buyer:b1"), "Idempotency-Key": "k"}
-    assert api.client.post("/cases", json=application(), headers=headers).status_code == 201
-    other = api.client.post("/cases", json=application(order_id="o-2"), headers=headers)
+    app = api.import_order(application())
+    assert api.client.post("/cases", json=app, headers=headers).status_code == 201
+    other_app = api.import_order(application(order_id="o-2"))
+    other = api.client.post("/cases", json=other_app, headers=headers)
     problem(other, 422, "idempotency-key-reused")
 
 
 def test_idempotency_keys_belong_to_their_token(api: Api) -> None:
     # given two buyers who happen to choose the same key
     one = api.client.post(
-        "/cases", json=application(), headers={**api.auth("buyer:b1"), "Idempotency-Key": "k"}
+        "/cases",
+        json=api.import_order(application()),
+        headers={**api.auth("buyer:b1"), "Idempotency-Key": "k"},
     )
     two = api.client.post(
         "/cases",
-        json=application(order_id="o-2", buyer_id="b2"),
+        json=api.import_order(application(order_id="o-2", buyer_id="b2")),
         headers={**api.auth("buyer:b2"), "Idempotency-Key": "k"},
     )
     # then each gets its own case

@@ -44,6 +44,7 @@ def test_claims_replays_mismatches_and_takeovers(api: Api) -> None:
 def test_racing_repeats_submit_once(api: Api) -> None:
     # given four copies of one keyed submission sent at the same time
     headers = {**api.auth("buyer:b1"), "Idempotency-Key": "race-1"}
+    api.import_order(application())
 
     def send(_: int) -> int:
         return api.client.post("/cases", json=application(), headers=headers).status_code

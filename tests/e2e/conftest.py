@@ -12,16 +12,23 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from config.policy import load_policy
 from config.settings import sqlite_url
 from entrypoints.cli.main import app
+from persistence.db import make_engine
+from persistence.migrate import ensure_schema
+from persistence.unit_of_work import SqlUnitOfWorkFactory
+from workflow.clock import FakeClock
+from workflow.orders_service import OrderService
 
-from .support import NOW, CliFn, Run, application, import_order
+from .support import NOW, CliFn, Run, application
 
 
 def _command() -> list[str]:
@@ -76,14 +83,32 @@ def invoke(env: dict[str, str]) -> CliFn:
 
 
 @pytest.fixture
-def submitted(invoke: CliFn, tmp_path: Path) -> Callable[..., int]:
-    """Submit an application (``application(**overrides)``) at ``NOW``; returns the case id."""
+def import_orders(env: dict[str, str]) -> Callable[..., None]:
+    """``import_orders(app, ...)``: the orders of record these applications describe, written
+    into the test's database in-process (as the order system would, before a buyer applies)."""
+
+    def run(*apps: dict[str, Any]) -> None:
+        url = os.environ["AFTERSALES_DATABASE_URL"]  # as monkeypatched, like the CLI reads it
+        ensure_schema(url)
+        clock = FakeClock(datetime.fromisoformat(NOW))
+        orders = OrderService(SqlUnitOfWorkFactory(make_engine(url)), clock, load_policy())
+        result = orders.import_for(list(apps))
+        assert not result.refused, result
+
+    return run
+
+
+@pytest.fixture
+def submitted(
+    invoke: CliFn, tmp_path: Path, import_orders: Callable[..., None]
+) -> Callable[..., int]:
+    """Submit an application (``application(**overrides)``) at ``NOW``, its order imported
+    first; returns the case id."""
 
     def submit(now: str = NOW, **overrides: Any) -> int:
-        app = application(**overrides)
-        import_order(invoke, app)
+        import_orders(application(**overrides))
         path = tmp_path / "application.json"
-        path.write_text(json.dumps(app), encoding="utf-8")
+        path.write_text(json.dumps(application(**overrides)), encoding="utf-8")
         result = invoke("--now", now, "case", "submit", str(path), "--json")
         assert result.code == 0, result.stderr
         case_id = result.json()["id"]

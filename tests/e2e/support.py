@@ -12,8 +12,7 @@ NOW = "2026-11-20T10:00:00+08:00"
 
 
 def application(**overrides: Any) -> dict[str, Any]:
-    """A no-reason return of a ¥199 jacket with a ¥5 gift, delivered on 2026-11-18. It states
-    the facts of its order too (``order_for``), which the service accepts when they agree."""
+    """A no-reason return of a ¥199 jacket with a ¥5 gift, delivered on 2026-11-18."""
     base: dict[str, Any] = {
         "type": "return_refund",
         "order_id": "o-1",
@@ -31,34 +30,6 @@ def application(**overrides: Any) -> dict[str, Any]:
         "gifts": [{"sku": "scarf", "quantity": 1, "value": 500}],
     }
     return {**base, **overrides}
-
-
-def order_for(app: dict[str, Any]) -> dict[str, Any]:
-    """The order of record an application (``application``) describes: imported before the
-    application is submitted, since a case's facts come from its order."""
-    return {
-        "order_id": app["order_id"],
-        "buyer_id": app["buyer_id"],
-        "merchant_id": app["merchant_id"],
-        "payment": app["payment"],
-        "delivered_at": app["delivered_at"],
-        "lines": [
-            {
-                "sku": item["sku"],
-                "quantity": item["quantity"],
-                "unit_price": item["unit_price"],
-                "category": app["category"],
-            }
-            for item in app["items"]
-        ],
-        "gifts": app["gifts"],
-    }
-
-
-def import_order(run: CliFn, app: dict[str, Any]) -> None:
-    """Import the order of ``app`` with ``aftersales orders import``, as the order system does."""
-    result = run("orders", "import", "-", input=json.dumps(order_for(app)))
-    assert result.code == 0, result.stderr
 
 
 @dataclass(frozen=True)

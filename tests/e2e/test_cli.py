@@ -15,7 +15,9 @@ from tasks.kick import RELAY_TASK
 from workflow.diagram import mermaid
 from workflow.states import CaseType
 
-from .support import NOW, CliFn, Run, application, import_order
+from .support import NOW, CliFn, Run, application
+
+ImportOrders = Callable[..., None]
 
 CASE_KEYS = {
     "id",
@@ -56,9 +58,11 @@ def assert_one_line_error(result: Run, code: int) -> str:
 # -- submitting -----------------------------------------------------------------------------
 
 
-def test_submit_from_a_file_prints_the_created_case(cli: CliFn, tmp_path: Path) -> None:
-    # given an application in a file, on an order of record
-    import_order(cli, application())
+def test_submit_from_a_file_prints_the_created_case(
+    cli: CliFn, tmp_path: Path, import_orders: ImportOrders
+) -> None:
+    # given an application in a file, its order imported
+    import_orders(application())
     (tmp_path / "app.json").write_text(json.dumps(application()), encoding="utf-8")
 
     # when the buyer submits it (a real process, on the embedded SQLite file it creates)
@@ -86,10 +90,9 @@ def test_submit_from_a_file_prints_the_created_case(cli: CliFn, tmp_path: Path) 
     assert case["created_at"] == "2026-11-20T02:00:00Z"
 
 
-def test_submit_from_stdin(cli: CliFn, invoke: CliFn) -> None:
+def test_submit_from_stdin(cli: CliFn, invoke: CliFn, import_orders: ImportOrders) -> None:
     # given an application piped in, once with "-" and once with no FILE at all
-    import_order(invoke, application())
-    import_order(invoke, application(order_id="o-2"))
+    import_orders(application(), application(order_id="o-2"))
     piped = json.dumps(application())
 
     # when
@@ -104,9 +107,11 @@ def test_submit_from_stdin(cli: CliFn, invoke: CliFn) -> None:
     assert (dash.json()["order_id"], bare.json()["order_id"]) == ("o-1", "o-2")
 
 
-def test_submit_with_the_same_idempotency_key_returns_the_first_case(invoke: CliFn) -> None:
+def test_submit_with_the_same_idempotency_key_returns_the_first_case(
+    invoke: CliFn, import_orders: ImportOrders
+) -> None:
     # given
-    import_order(invoke, application())
+    import_orders(application())
     body = json.dumps(application())
     first = invoke("--now", NOW, "case", "submit", "--idempotency-key", "k-1", "--json", input=body)
 
@@ -415,9 +420,11 @@ def test_stale_expected_version_is_a_conflict(invoke: CliFn, submitted: Submit) 
     }
 
 
-def test_policy_refusal_names_the_rule_and_the_dates(cli: CliFn, tmp_path: Path) -> None:
+def test_policy_refusal_names_the_rule_and_the_dates(
+    cli: CliFn, tmp_path: Path, import_orders: ImportOrders
+) -> None:
     # given a no-reason return asked for on day 9 after delivery
-    import_order(cli, application())
+    import_orders(application())
     (tmp_path / "late.json").write_text(json.dumps(application()), encoding="utf-8")
 
     # when
@@ -564,7 +571,9 @@ def test_db_upgrade_on_a_fresh_file(cli: CliFn) -> None:
     not os.environ.get("AFTERSALES_TEST_POSTGRES_URL"),
     reason="needs AFTERSALES_TEST_POSTGRES_URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres",
 )
-def test_postgres_needs_db_upgrade_first(invoke: CliFn, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_needs_db_upgrade_first(
+    invoke: CliFn, monkeypatch: pytest.MonkeyPatch, import_orders: ImportOrders
+) -> None:
     import secrets
 
     import sqlalchemy as sa
@@ -585,7 +594,7 @@ def test_postgres_needs_db_upgrade_first(invoke: CliFn, monkeypatch: pytest.Monk
 
         # when the operator migrates it, then the commands work
         assert invoke("db", "upgrade").code == 0
-        import_order(invoke, application())
+        import_orders(application())
         submitted = invoke(
             "--now", NOW, "case", "submit", "--json", input=json.dumps(application())
         )

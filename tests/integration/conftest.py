@@ -25,6 +25,8 @@ from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.model import Case, Item, Payment
+from workflow.orders_service import OrderService
+from workflow.service import CaseService, CaseView
 from workflow.states import CaseState, CaseType
 
 POSTGRES_ENV = "AFTERSALES_TEST_POSTGRES_URL"
@@ -148,3 +150,9 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(Checkout, "run", counted)
     return sent
+
+
+def submit_with_order(service: CaseService, app: dict[str, Any]) -> CaseView:
+    """Import the order of record the application describes, then submit the application."""
+    OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+    return service.submit(app)

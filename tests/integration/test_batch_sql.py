@@ -23,6 +23,7 @@ from workflow.model import Actor, Case, Timer, TimerStatus
 from workflow.service import CaseService, TimerRun
 from workflow.states import CaseState, Role
 
+from .conftest import submit_with_order
 from .test_events_sql import MERCHANT, NOW, application, envelope, recorded
 
 ADMIN = Actor(Role.ADMIN, "ops")
@@ -50,7 +51,7 @@ def events(service: CaseService, uow_factory: SqlUnitOfWorkFactory) -> EventServ
 def submitted(service: CaseService, count: int) -> list[int]:
     ids = []
     for n in range(count):
-        case_id = service.submit(application(f"o-{n}")).case.id
+        case_id = submit_with_order(service, application(f"o-{n}")).case.id
         assert case_id is not None
         ids.append(case_id)
     return ids

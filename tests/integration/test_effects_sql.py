@@ -33,6 +33,8 @@ from workflow.payloads import BankAccount
 from workflow.service import CaseService
 from workflow.states import CaseState, Role
 
+from .conftest import submit_with_order
+
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 BUYER = Actor(Role.BUYER, "b1")
 MERCHANT = Actor(Role.MERCHANT, "m1")
@@ -117,7 +119,7 @@ def last(engine: Engine, topic: str, case_id: int) -> OutboxEntry:
 
 
 def refunding_case(service: CaseService, order_id: str = "o-1") -> int:
-    case_id = service.submit(application(order_id)).case.id
+    case_id = submit_with_order(service, application(order_id)).case.id
     assert case_id is not None
     service.fire(case_id, "approve", MERCHANT)
     service.fire(case_id, "ship_back", BUYER, data={"tracking_no": f"SF-{order_id}"})
@@ -332,7 +334,7 @@ def test_refunds_of_many_cases_each_pay_once_under_duplicate_deliveries(
 def test_a_pickup_entry_delivered_at_once_to_several_workers_books_once(
     effects: EffectService, service: CaseService, engine: Engine, carrier: FakeCarrier
 ) -> None:
-    case_id = service.submit(application()).case.id
+    case_id = submit_with_order(service, application()).case.id
     assert case_id is not None
     service.fire(case_id, "approve", MERCHANT)
     entry = last(engine, "pickup.requested", case_id)
@@ -346,7 +348,7 @@ def test_a_pickup_entry_delivered_at_once_to_several_workers_books_once(
 def test_notifications_are_sent_once_under_redelivery(
     effects: EffectService, service: CaseService, engine: Engine, notifier: FakeNotifier
 ) -> None:
-    case_id = service.submit(application()).case.id
+    case_id = submit_with_order(service, application()).case.id
     assert case_id is not None
     entry = last(engine, "case.transitioned", case_id)
     notifier.script("ok", "timeout_after")
@@ -362,7 +364,7 @@ def test_batches_of_notices_racing_single_ones_deliver_each_key_once(
 ) -> None:
     entries = []
     for n in range(3):
-        case_id = service.submit(application(f"o-{n}")).case.id
+        case_id = submit_with_order(service, application(f"o-{n}")).case.id
         assert case_id is not None
         entries.append(last(engine, "case.transitioned", case_id))
     # given: batches overlapping each other and single deliveries of the same entries, at once

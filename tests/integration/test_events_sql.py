@@ -21,6 +21,8 @@ from workflow.model import Actor, DeadLetterStatus
 from workflow.service import CaseService
 from workflow.states import CaseState, Role
 
+from .conftest import submit_with_order
+
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 MERCHANT = Actor(Role.MERCHANT, "m1")
 BUYER = Actor(Role.BUYER, "b1")
@@ -68,7 +70,7 @@ def events(service: CaseService, uow_factory: SqlUnitOfWorkFactory) -> EventServ
 
 @pytest.fixture
 def approved(service: CaseService) -> int:
-    case_id = service.submit(application()).case.id
+    case_id = submit_with_order(service, application()).case.id
     assert case_id is not None
     service.fire(case_id, "approve", MERCHANT)
     return case_id
@@ -126,7 +128,7 @@ def test_a_refused_event_leaves_no_record_and_applies_when_it_comes_again_later(
     events: EventService, service: CaseService, engine: Engine
 ) -> None:
     # given a submitted case, and a receipt confirmation that came far too early
-    case_id = service.submit(application()).case.id
+    case_id = submit_with_order(service, application()).case.id
     assert case_id is not None
     early = envelope("m-9", "merchant.receipt_confirmed", case_id, data={"merchant_id": "m1"})
     refused = events.ingest(early)
@@ -225,7 +227,7 @@ def test_dead_letters_persist_count_attempts_page_and_resolve(
     # when one is discarded and the other replayed once its case exists
     assert letters[1].id is not None and letters[0].id is not None
     events.discard(letters[1].id)
-    case_id = service.submit(application()).case.id
+    case_id = submit_with_order(service, application()).case.id
     assert case_id == 1  # the id the letter's envelope names is still unknown: 404
     still = events.replay(letters[0].id)
 

@@ -15,8 +15,11 @@ from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.errors import AftersalesError, Conflict, NotAllowed
 from workflow.model import Actor, TimerStatus
+from workflow.orders import account
 from workflow.service import CaseService
 from workflow.states import CaseState, CaseType, Role
+
+from .conftest import submit_with_order
 
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 BUYER = Actor(Role.BUYER, "b1")
@@ -113,7 +116,7 @@ def test_each_case_type_travels_its_whole_path(
     service: CaseService, uow_factory: SqlUnitOfWorkFactory, case_type: CaseType
 ) -> None:
     # given a submitted case of this type
-    case_id = service.submit(application(case_type)).case.id
+    case_id = submit_with_order(service, application(case_type)).case.id
     assert case_id is not None
     steps, outcome = PATHS[case_type]
 
@@ -130,7 +133,10 @@ def test_each_case_type_travels_its_whole_path(
         assert after.from_state is before.to_state
     assert history[-1].to_state is outcome
     with uow_factory() as uow:
-        assert uow.cases.open_cases_for_items("o-1", ["phone-case"]) == {}
+        order = uow.orders.get("o-1")
+        assert order is not None
+        line = account(order, [view.case]).line("phone-case")
+        assert line is not None and line.open_quantity == 0
     if case_type is CaseType.RETURN_REFUND:
         assert view.case.refund_amount == 59_900 - 900
 
@@ -139,7 +145,7 @@ def test_a_timer_fires_once_from_the_database(
     service: CaseService, uow_factory: SqlUnitOfWorkFactory, clock: FakeClock
 ) -> None:
     # given a submitted case whose merchant never reviews
-    case_id = service.submit(application(CaseType.RETURN_REFUND)).case.id
+    case_id = submit_with_order(service, application(CaseType.RETURN_REFUND)).case.id
     assert case_id is not None
 
     # when 48 hours pass and the due timers run twice
@@ -184,7 +190,7 @@ def test_conflicting_transitions_one_wins_cleanly(
     service: CaseService, uow_factory: SqlUnitOfWorkFactory, attempt: int
 ) -> None:
     # given a submitted case read by two merchants' sessions at once
-    case_id = service.submit(application(CaseType.RETURN_REFUND)).case.id
+    case_id = submit_with_order(service, application(CaseType.RETURN_REFUND)).case.id
     assert case_id is not None
 
     # when approve and reject race, both expecting version 1
@@ -211,7 +217,7 @@ def test_conflicting_transitions_one_wins_cleanly(
 
 def test_same_idempotency_key_at_once_writes_once(service: CaseService) -> None:
     # given a submitted case
-    case_id = service.submit(application(CaseType.RETURN_REFUND)).case.id
+    case_id = submit_with_order(service, application(CaseType.RETURN_REFUND)).case.id
     assert case_id is not None
 
     # when the same approval with one idempotency key arrives four times at once

@@ -10,7 +10,8 @@ import pytest
 
 from persistence.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
 from workflow.errors import Conflict
-from workflow.model import Case, TransitionRecord
+from workflow.model import Case, Payment, TransitionRecord
+from workflow.orders import Order, OrderLine
 
 WRITERS = 6
 WRITES_EACH = 10
@@ -90,23 +91,37 @@ def _wait_briefly_for_locks(uow: SqlUnitOfWork) -> None:
         uow.connection.exec_driver_sql("SET lock_timeout = '100ms'")
 
 
+def _order(order_id: str) -> Order:
+    return Order(
+        order_id,
+        "b-1",
+        "m-1",
+        Payment("alipay", 12_900, datetime(2026, 11, 1, tzinfo=UTC)),
+        (OrderLine("sku-1", 1, 12_900, "clothing"),),
+    )
+
+
 def test_submissions_for_one_order_are_serialised(
     backend: str, uow_factory: SqlUnitOfWorkFactory, new_case: Callable[..., Case]
 ) -> None:
+    with uow_factory() as uow:
+        for order_id in ("o-1", "o-2"):
+            uow.orders.put(_order(order_id), datetime.now(UTC))
+        uow.commit()
     with uow_factory() as holder:
-        holder.cases.lock_order("o-1")
+        assert holder.orders.lock("o-1") == _order("o-1")
         holder.cases.add(new_case())
         with uow_factory() as waiter:
             _wait_briefly_for_locks(waiter)
             with pytest.raises(Conflict):
-                waiter.cases.lock_order("o-1")
-                waiter.cases.open_cases_for_items("o-1", ["sku-1"])
+                waiter.orders.lock("o-1")
+                waiter.cases.of_orders(["o-1"])
         if backend == "postgres":
             with uow_factory() as other_order:
                 _wait_briefly_for_locks(other_order)
-                other_order.cases.lock_order("o-2")
+                assert other_order.orders.lock("o-2") == _order("o-2")
         holder.commit()
 
     with uow_factory() as after:
-        after.cases.lock_order("o-1")
-        assert after.cases.open_cases_for_items("o-1", ["sku-1"]) != {}
+        assert after.orders.lock("o-1") == _order("o-1")
+        assert len(after.cases.of_orders(["o-1"])["o-1"]) == 1

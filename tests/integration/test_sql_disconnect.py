@@ -25,7 +25,7 @@ from workflow.model import Actor, TimerStatus
 from workflow.service import CaseService
 from workflow.states import CaseState, CaseType, Role
 
-from .conftest import POSTGRES_ENV
+from .conftest import POSTGRES_ENV, submit_with_order
 from .test_service_sql import application
 
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -111,7 +111,7 @@ def test_the_next_transitions_succeed_after_the_server_dropped_every_connection(
 ) -> None:
     service = _service(engine)
     first, second = (
-        service.submit(application(CaseType.RETURN_REFUND, order_id=f"o-{n}")).case.id
+        submit_with_order(service, application(CaseType.RETURN_REFUND, order_id=f"o-{n}")).case.id
         for n in (1, 2)
     )
     assert first is not None and second is not None
@@ -147,7 +147,7 @@ def test_a_transition_cut_short_by_the_server_writes_nothing(
     engine: Engine, database_url: str, cut_before: str
 ) -> None:
     service = _service(engine)
-    case_id = service.submit(application(CaseType.RETURN_REFUND)).case.id
+    case_id = submit_with_order(service, application(CaseType.RETURN_REFUND)).case.id
     assert case_id is not None
     before = _rows(engine, case_id)
 

@@ -157,7 +157,7 @@ def test_a_failed_begin_leaves_no_autocommit_behind(
         waiter.cases.add(new_case())
         assert raw.in_transaction
     with uow_factory() as uow:
-        assert uow.cases.open_cases_for_items("o-1", ["sku-1"]) == {}
+        assert uow.cases.of_orders(["o-1"]) == {}
 
 
 # -- the values fastsql writes and reads are SQLAlchemy's, byte for byte ------------------------

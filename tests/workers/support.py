@@ -48,6 +48,7 @@ from tasks.kick import RELAY_TASK
 from workflow.clock import FileClock
 from workflow.events.ingestion import EventService
 from workflow.model import DeadLetter
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 from workflow.states import CaseState
 
@@ -427,7 +428,10 @@ def application(case_type: str, order_id: str, **overrides: Any) -> dict[str, An
 
 def submit(stack: Stack, case_type: str, order_id: str, **overrides: Any) -> int:
     """Submit in the test process (same database and clock as the workers); the case id."""
-    case_id = stack.service.submit(application(case_type, order_id, **overrides)).case.id
+    app = application(case_type, order_id, **overrides)
+    service = stack.service
+    OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+    case_id = service.submit(app).case.id
     assert case_id is not None
     return case_id
 
