@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -50,6 +51,26 @@ CLI_ADMIN = Actor(Role.ADMIN, "cli")
 EXIT_REFUSED = 2
 
 
+def read_bounded(source: str) -> tuple[str, str]:
+    """The text of FILE or stdin, refused (before it is read whole) above ``MAX_IMPORT_BYTES``."""
+    if source == "-":
+        # Characters, not bytes: a bound of the same order, without holding more than it.
+        text, name = sys.stdin.read(MAX_IMPORT_BYTES + 1), "stdin"
+        too_large = len(text) > MAX_IMPORT_BYTES
+    else:
+        try:
+            too_large = Path(source).stat().st_size > MAX_IMPORT_BYTES
+        except OSError:
+            too_large = False  # read_text says what is wrong with it
+        text, name = ("", source) if too_large else read_text(source)
+    if too_large:
+        raise InputError(
+            "too_large",
+            f"{name} is over {MAX_IMPORT_BYTES // (1024 * 1024)} MiB; split it into smaller files",
+        )
+    return text, name
+
+
 def read_documents(text: str, name: str) -> list[tuple[int, Any]]:
     """(position, document) per order: one JSON array (positions from 1), or JSON lines (the
     line numbers). A line that is not JSON is kept as ``InputError`` to be refused alone."""
@@ -89,12 +110,7 @@ def orders_import(
     the command then exits 2.
     """
     state = state_of(ctx, json_output)
-    text, name = read_text(source)
-    if len(text.encode("utf-8")) > MAX_IMPORT_BYTES:
-        raise InputError(
-            "too_large",
-            f"{name} is over {MAX_IMPORT_BYTES // (1024 * 1024)} MiB; split it into smaller files",
-        )
+    text, name = read_bounded(source)
     documents = read_documents(text, name)
     service = state.orders()
     imported = updated = unchanged = 0

@@ -162,3 +162,33 @@ def test_out_of_range_values_refuse_only_their_order(api: Api) -> None:
     assert [(r["index"], r["order_id"]) for r in body["refused"]] == [(1, "o-1"), (2, "o-2")]
     assert "payment.paid_at" in body["refused"][0]["reason"]
     assert "payment.amount" in body["refused"][1]["reason"]
+
+
+def test_the_order_system_places_and_delivers_orders_by_events(api: Api) -> None:
+    # given the order system's events: an order placed, then delivered
+    placed = {
+        "event_id": "os-1",
+        "source": "order-system",
+        "type": "order.placed",
+        "occurred_at": "2026-11-15T10:00:00+08:00",
+        "order_id": "o-7",
+        "data": order(delivered_at=None),
+    }
+    delivered = {
+        "event_id": "os-2",
+        "source": "order-system",
+        "type": "order.delivered",
+        "occurred_at": "2026-11-18T15:00:00+08:00",
+        "order_id": "o-7",
+    }
+    # when a carrier's token sends one, and the order system's token sends both
+    carrier = api.client.post("/events", json=placed, headers=api.auth("producer:sf-express"))
+    sent = api.client.post(
+        "/events", json=[placed, delivered], headers=api.auth("producer:order-system")
+    )
+    # then only the order system's apply, and the order is delivered
+    problem(carrier, 403, "forbidden")
+    assert sent.status_code == 202, sent.text
+    assert [o["status"] for o in sent.json()["outcomes"]] == ["applied", "applied"]
+    shown = api.client.get("/orders/o-7", headers=api.auth("buyer:b1")).json()
+    assert shown["delivered_at"] == "2026-11-18T07:00:00Z"

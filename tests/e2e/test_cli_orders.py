@@ -129,3 +129,20 @@ def test_the_committed_order_schema_is_current(invoke: CliFn) -> None:
     assert (DOCS / "order.schema.json").read_text(encoding="utf-8") == result.stdout, (
         "docs/order.schema.json is stale: aftersales orders schema > docs/order.schema.json"
     )
+
+
+def test_import_refuses_a_file_over_the_limit_unread(
+    invoke: CliFn, monkeypatch: Any, tmp_path: Path
+) -> None:
+    # given a file bigger than the limit
+    from entrypoints.cli import orders as orders_cli
+
+    monkeypatch.setattr(orders_cli, "MAX_IMPORT_BYTES", 100)
+    path = tmp_path / "orders.jsonl"
+    path.write_text(lines(order()), encoding="utf-8")
+    # when it is imported
+    result = invoke("orders", "import", str(path), "--json")
+    # then it is refused as a whole and nothing is imported
+    assert result.code == 2
+    assert result.error()["code"] == "too_large"
+    assert invoke("orders", "show", "o-7").code == 3
