@@ -178,23 +178,13 @@ def parse_order(document: Any, policy: Policy) -> Order:
         order_id=raw.order_id,
         buyer_id=raw.buyer_id,
         merchant_id=raw.merchant_id,
-        payment=Payment(
-            raw.payment.channel, raw.payment.amount, _utc(raw.payment.paid_at, "payment.paid_at")
-        ),
+        payment=Payment(raw.payment.channel, raw.payment.amount, ensure_utc(raw.payment.paid_at)),
         lines=tuple(
             OrderLine(line.sku, line.quantity, line.unit_price, line.category) for line in raw.lines
         ),
         gifts=tuple(OrderGift(gift.sku, gift.quantity, gift.value) for gift in raw.gifts),
-        delivered_at=_utc(raw.delivered_at, "delivered_at") if raw.delivered_at else None,
+        delivered_at=ensure_utc(raw.delivered_at) if raw.delivered_at else None,
     )
-
-
-def _utc(moment: datetime, field: str) -> datetime:
-    """``moment`` in UTC; a time UTC cannot hold (year 1 at +14:00) is refused, naming it."""
-    try:
-        return ensure_utc(moment)
-    except OverflowError:
-        raise InvalidInput(f"{moment.isoformat()} is out of range", field) from None
 
 
 def merge_import(stored: Order | None, incoming: Order) -> Order | None:

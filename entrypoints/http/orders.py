@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from config.sources import SourceKind
 from entrypoints import views
@@ -24,6 +25,7 @@ from entrypoints.http.schemas import OrderAccountOut, OrderImportOut
 from entrypoints.http.scopes import TokenRole
 from workflow.errors import NotFound
 from workflow.model import Actor
+from workflow.orders import OrderIn
 from workflow.states import Role
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -65,15 +67,35 @@ def importer(request: Request, principal: Principal) -> Actor:
     )
 
 
+def _check_documents(body: list[Any]) -> None:
+    """422 naming the first field of a document that is not an order at all (as for events:
+    the sender is online to fix it); orders that parse but cannot be imported (an unknown
+    category, a changed price) are refused one by one in the 200's ``refused``."""
+    for index, document in enumerate(body, 1):
+        where = f"body.{index - 1}"
+        if not isinstance(document, dict):
+            raise ProblemError("invalid-input", f"{where}: an order is a JSON object", field=where)
+        try:
+            OrderIn.model_validate(document)
+        except ValidationError as error:
+            first = error.errors()[0]
+            location = ".".join([where, *(str(part) for part in first["loc"])])
+            raise ProblemError(
+                "invalid-input", f"{location}: {first['msg']}", field=location
+            ) from None
+
+
 @router.post(
     "",
     response_model=OrderImportOut,
     summary="Import orders of record",
-    description="A batch of orders (docs/orders.md), upserted by `order_id`. What was paid and "
-    "ordered never changes after the first import: a later document may add `delivered_at`; "
-    "one that changes anything else is refused, as is one with an unknown category. Each "
-    "order is imported or refused on its own; 200 with the counts and the refusals. Admins and "
-    "producer tokens of a source of kind `orders` only.",
+    description="A batch of orders (docs/orders.md), upserted by `order_id`. A document that is "
+    "not an order (a missing field, a naive time) refuses the whole batch with 422 naming the "
+    "field, before any is imported. What was paid and ordered never changes after the first "
+    "import: a later document may add `delivered_at`; one that changes anything else is "
+    "refused, as is one with an unknown category; those are refused one by one: 200 with the "
+    "counts and the refusals (`index` from 1). Admins and producer tokens of a source of kind "
+    "`orders` only.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -98,6 +120,8 @@ def import_orders(
             f"at most {api.settings.max_batch} orders per request, not {len(body)}",
             field="body",
         )
+
+    _check_documents(body)
 
     def action() -> Response:
         result = api.orders.import_orders(body, actor)

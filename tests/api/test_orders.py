@@ -149,19 +149,30 @@ def test_without_a_token_orders_are_401(api: Api) -> None:
     assert api.client.post("/orders", json=[order()]).status_code == 401
 
 
-def test_out_of_range_values_refuse_only_their_order(api: Api) -> None:
-    # given a batch with a payment UTC cannot hold, an amount over the limit, and a good order
-    year_one = order("o-1", payment={**order()["payment"], "paid_at": "0001-01-01T00:00:00+14:00"})
-    rich = order("o-2", payment={**order()["payment"], "amount": 10**20})
-    # when it is imported
-    response = api.client.post("/orders", json=[year_one, rich, order()], headers=api.auth("admin"))
-    # then each bad order is refused naming its field, and the good one is imported
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["imported"] == 1
-    assert [(r["index"], r["order_id"]) for r in body["refused"]] == [(1, "o-1"), (2, "o-2")]
-    assert "payment.paid_at" in body["refused"][0]["reason"]
-    assert "payment.amount" in body["refused"][1]["reason"]
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (
+            {"payment": {"channel": "x", "amount": 10**20, "paid_at": "2026-11-15T10:00:00Z"}},
+            "body.1.payment.amount",
+        ),
+        ({"delivered_at": "2026-11-18T15:00:00"}, "body.1.delivered_at"),
+        ({"delivered_at": "0001-01-01T00:00:00+14:00"}, "body.1.delivered_at"),
+        ({"lines": []}, "body.1.lines"),
+        ({"colour": "red"}, "body.1.colour"),
+    ],
+    ids=["amount-too-large", "naive-time", "year-one", "no-lines", "unknown-key"],
+)
+def test_a_document_that_is_not_an_order_refuses_the_batch(
+    api: Api, bad: dict[str, Any], field: str
+) -> None:
+    # when a batch holds a good order and one that is not an order at all
+    response = api.client.post(
+        "/orders", json=[order(), order("o-8", **bad)], headers=api.auth("admin")
+    )
+    # then the whole batch is 422 naming the field, and nothing is imported
+    assert problem(response, 422, "invalid-input")["field"] == field
+    problem(api.client.get("/orders/o-7", headers=api.auth("admin")), 404, "not-found")
 
 
 def test_the_order_system_places_and_delivers_orders_by_events(api: Api) -> None:
