@@ -349,7 +349,11 @@ def _record_received(case: Case, data: payloads.Receipt) -> None:
 
 def _refund_due(case: Case) -> int:
     """The refund: the base (items or the partial amount asked for, capped at submission),
-    at most the price of the units received, less the missing gifts' value."""
+    at most the price of the units received, less the missing gifts' value.
+
+    It only ever lowers what submission claimed under the order's lock, so the order's caps
+    still hold without taking the lock again: no transition but a submission or a revision
+    reads the order (the hot path stays as it was)."""
     base = int(case.details.get("refund_base", case.refund_amount))
     received = case.details.get("received")
     if received is not None and case.type is not CaseType.REFUND_ONLY:

@@ -93,7 +93,8 @@ class OrderStore(Protocol):
 
     def put(self, order: Order, at: datetime) -> None:
         """At ``at``, insert the order, or write its delivery time when it is stored already
-        (``orders.merge_import`` checked before that what was paid and ordered is unchanged)."""
+        (``orders.merge_import`` checked before that what was paid and ordered is unchanged).
+        ``Conflict`` when a concurrent import inserted the same new order first."""
         ...
 
 

@@ -165,12 +165,14 @@ def _stale(error: Conflict, expected: int | None) -> ProblemError | None:
     status_code=201,
     response_model=CaseOut,
     summary="Submit an application",
-    description="Apply for after-sales on an order (buyers for their own orders, admins for "
-    "anyone). 201 with the case, its `Location` and `ETag`. An application the policy refuses "
-    "(outside the window, an item with an open case) is 422 `policy-refusal` naming the rule.",
+    description="Apply for after-sales on an order of record (buyers for their own orders, "
+    "admins for anyone). 201 with the case, its `Location` and `ETag`. No such order for that "
+    "buyer is 404 (the same whether the order does not exist or is someone else's). An "
+    "application the policy refuses (outside the window, units already claimed or refunded, "
+    "nothing left of the payment) is 422 `policy-refusal` naming the rule.",
     responses={
         201: {"description": "The new case.", "headers": {"ETag": {"schema": {"type": "string"}}}},
-        **responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
+        **responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     },
 )
 def submit_case(

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from persistence.stores.base import SqlStore
+from workflow.errors import Conflict
 from workflow.model import Payment
 from workflow.orders import Order, OrderGift, OrderLine
 
@@ -31,7 +34,12 @@ class SqlOrderStore(SqlStore):
             },
         )
         if not changed:
-            self._run(sql.insert_order.execute, order_values(order, at))
+            try:
+                self._run(sql.insert_order.execute, order_values(order, at))
+            except IntegrityError as exc:
+                # A concurrent import of the same new order committed first (nothing to lock
+                # before the row exists): the caller imports again and finds it.
+                raise Conflict(f"order {order.order_id} was imported meanwhile") from exc
 
 
 def order_values(order: Order, at: datetime) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from tasks.resender import EventResender, Unconfirmed
 from workflow.clock import FakeClock
 from workflow.events.ingestion import EventService, IngestStatus
 from workflow.memory import InMemoryUnitOfWorkFactory
+from workflow.orders_service import OrderService
 from workflow.service import CaseService
 
 from .conftest import wait_for
@@ -128,7 +129,9 @@ def test_the_resender_forgets_what_arrived_and_sends_again_what_did_not(
     clock = FakeClock(T0)
     cases = CaseService(uow_factory, clock, load_policy())
     events = EventService(cases, uow_factory, clock)
-    case_id = cases.submit(application("return_refund", "o-1")).case.id
+    app = application("return_refund", "o-1")
+    OrderService(uow_factory, clock, cases.policy).import_for([app])
+    case_id = cases.submit(app).case.id
     assert case_id is not None
     applied = _event("applied", case_id=case_id, data={"merchant_id": "m1"})
     lost = _event("lost", case_id=case_id, data={"merchant_id": "m1"})
