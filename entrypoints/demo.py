@@ -215,16 +215,16 @@ def _exchange(script: _Script) -> Outcome:
     script.heading(
         2,
         title,
-        "A phone with a dead speaker, 10 days after delivery (a quality problem may be "
-        "exchanged within 15 days): "
+        "A phone with a dead speaker, 12 days after delivery (a quality problem is exchanged "
+        "within 15 days, repaired within the 1-year warranty): "
         "it goes back, the merchant ships a replacement, the buyer confirms.",
     )
     app = script.application(
         "exchange",
         "phone",
         "quality_issue",
-        paid_days_ago=14,
-        delivered_days_ago=10,
+        paid_days_ago=16,
+        delivered_days_ago=12,
         price=329_900,
         description="speaker silent",
     )
