@@ -101,6 +101,7 @@ def record_json(record: TransitionRecord) -> dict[str, Any]:
         "from_state": record.from_state.value if record.from_state else None,
         "to_state": record.to_state.value,
         "actor": record.actor,
+        "source": record.source,
         "reason": record.reason,
         "at": iso(record.at),
         # The engine already masks what it logs; masking again keeps older rows safe too.

@@ -118,6 +118,8 @@ class TransitionRow(SQLModel, table=True):
     # Every record of one trigger call carries the call's key; uniqueness lives in
     # ``idempotency_keys`` because a call may write several records (a trigger and follow-ups).
     idempotency_key: str | None = None
+    #: The channel the transition came through (``TransitionRecord.source``); migration 0008.
+    source: str | None = None
 
 
 class IdempotencyKeyRow(SQLModel, table=True):
@@ -258,6 +260,9 @@ class DeadLetterRow(SQLModel, table=True):
     status: str
     attempts: int
     resolved_at: datetime | None = _time("resolved_at", nullable=True)
+    #: Who replayed or discarded it, and why (migration 0008).
+    resolved_by: str | None = None
+    resolution: str | None = None
 
 
 class OpenCaseItemRow(SQLModel, table=True):

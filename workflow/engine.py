@@ -50,6 +50,8 @@ class Context:
     actor: Actor
     #: The case's pending deadline when the trigger fired, if any.
     deadline: Timer | None = None
+    #: The channel the trigger came through, for the log (``TransitionRecord.source``).
+    source: str | None = None
 
 
 def _refund_channel_open(event: EventData) -> bool:
@@ -256,6 +258,7 @@ def _step(
         reason=reason,
         data=_loggable(data),
         idempotency_key=idempotency_key,
+        source=context.source,
     )
     outcome.records.append(record)
     outcome.messages.extend(messages_for(case, record))

@@ -436,12 +436,21 @@ class InMemoryEventStore:
         letter = self._db.dead_letters.get(letter_id)
         return copy.deepcopy(letter) if letter else None
 
-    def resolve_dead_letter(self, letter_id: int, status: DeadLetterStatus, at: datetime) -> None:
+    def resolve_dead_letter(
+        self,
+        letter_id: int,
+        status: DeadLetterStatus,
+        at: datetime,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         letter = self._db.dead_letters.get(letter_id)
         if letter is None:
             raise KeyError(f"no dead letter {letter_id}")
+        reopened = status is DeadLetterStatus.OPEN
         letter.status = status
-        letter.resolved_at = None if status is DeadLetterStatus.OPEN else at
+        letter.resolved_at = None if reopened else at
+        letter.resolved_by, letter.resolution = (None, None) if reopened else (by, reason)
 
 
 class InMemoryUnitOfWork:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.policy import Policy
-from workflow import engine, rules
+from workflow import channels, engine, rules
 from workflow.clock import Clock, ensure_utc
 from workflow.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyRefusal
 from workflow.model import (
@@ -95,8 +95,10 @@ class CaseService:
         raw: dict[str, Any] | Application,
         actor: Actor | None = None,
         idempotency_key: str | None = None,
+        source: str | None = None,
     ) -> CaseView:
-        """Apply for after-sales; refused applications create nothing."""
+        """Apply for after-sales; refused applications create nothing. ``source``: the channel
+        it came through, for the log (``workflow.channels``)."""
         app = raw if isinstance(raw, Application) else parse_application(raw)
         if actor is not None and actor.role is Role.BUYER and actor.id != app.buyer_id:
             raise Forbidden("a buyer applies only for its own orders")
@@ -138,6 +140,7 @@ class CaseService:
                 str(actor or Actor(Role.BUYER, app.buyer_id)),
                 now,
                 idempotency_key=idempotency_key,
+                source=source,
             )
             uow.log.append([record])
             deadline = engine.timer_for(case, self.policy, now, None)
@@ -159,12 +162,22 @@ class CaseService:
         idempotency_key: str | None = None,
         expected_version: int | None = None,
         then: Sequence[str] = (),
+        source: str | None = None,
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``: triggers the same actor fires right after it with the
-        same data, in the same transaction, e.g. a delivery that implies the pickup)."""
+        same data, in the same transaction, e.g. a delivery that implies the pickup).
+        ``source``: the channel it came through, for the log (``workflow.channels``)."""
         try:
             return self._fire(
-                case_id, trigger, actor, data, reason, idempotency_key, expected_version, then
+                case_id,
+                trigger,
+                actor,
+                data,
+                reason,
+                idempotency_key,
+                expected_version,
+                then,
+                source,
             )
         except Conflict:
             if not idempotency_key:
@@ -187,6 +200,7 @@ class CaseService:
         idempotency_key: str | None,
         expected_version: int | None,
         then: Sequence[str],
+        source: str | None,
     ) -> FireResult:
         with self._uow() as uow:
             case = _get(uow, case_id)
@@ -201,7 +215,9 @@ class CaseService:
                     f"case {case_id} is at version {case.version}, not {expected_version}",
                     case.version,
                 )
-            result = self.transition(uow, case, trigger, actor, data, reason, idempotency_key, then)
+            result = self.transition(
+                uow, case, trigger, actor, data, reason, idempotency_key, then, source
+            )
             uow.commit()
         self._outbox_written()
         return result
@@ -216,6 +232,7 @@ class CaseService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         then: Sequence[str] = (),
+        source: str | None = None,
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``) on ``case``, as read in ``uow``, and write it all there:
         the case compared-and-set on the version it was read at, log, timers, outbox. The
@@ -231,7 +248,7 @@ class CaseService:
             others = uow.cases.committed_refunds(case.order_id, exclude_case_id=case_id)
             case.details["refund_cap"] = max(case.payment.amount - others, 0)
         previous = uow.timers.pending(case_id)
-        context = engine.Context(self.policy, self.clock.now(), actor, previous)
+        context = engine.Context(self.policy, self.clock.now(), actor, previous, source)
         loaded_version = case.version
         outcome = engine.fire(case, trigger, context, data, reason, idempotency_key)
         for follow in then:
@@ -281,6 +298,7 @@ class CaseService:
         until: datetime | None = None,
         hours: float | None = None,
         expected_version: int | None = None,
+        source: str | None = None,
     ) -> FireResult:
         """An admin moves the case's current deadline later (holidays, disputes); audited.
 
@@ -327,6 +345,7 @@ class CaseService:
                     "from": deadline.due_at.isoformat(),
                     "to": new_due.isoformat(),
                 },
+                source=source,
             )
             uow.cases.save(case, loaded_version)
             uow.log.append([record])
@@ -379,7 +398,7 @@ class CaseService:
             return TimerRun(timer, False, "stale: the case moved on")
         # Checked by the compare-and-set on the case below (see ``TimerStore.mark_fired``).
         uow.timers.mark_fired(timer, now)
-        context = engine.Context(self.policy, now, SYSTEM, timer)
+        context = engine.Context(self.policy, now, SYSTEM, timer, channels.TIMER)
         loaded_version = case.version
         outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer.id}")
         self._write_transition(uow, case, loaded_version, None, outcome)

@@ -1,0 +1,92 @@
+"""The transition log is append-only in the database itself, and keeps each record's source
+(migration 0008), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from persistence.unit_of_work import SqlUnitOfWorkFactory
+from workflow.model import Case, TransitionRecord
+from workflow.states import CaseState
+
+AT = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def logged_case(uow_factory: SqlUnitOfWorkFactory, new_case: Callable[..., Case]) -> int:
+    """A case with one log record that came through the API with token 7."""
+    with uow_factory() as uow:
+        case_id = uow.cases.add(new_case())
+        record = TransitionRecord(
+            case_id, 1, "submit", None, CaseState.SUBMITTED, "buyer:b-1", AT, source="api token #7"
+        )
+        uow.log.append([record])
+        uow.commit()
+    return case_id
+
+
+def test_a_record_keeps_its_source(uow_factory: SqlUnitOfWorkFactory, logged_case: int) -> None:
+    with uow_factory() as uow:
+        [record] = uow.log.for_case(logged_case)
+    assert (record.actor, record.source) == ("buyer:b-1", "api token #7")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE transitions SET actor = 'merchant:m-2' WHERE case_id = :case_id",
+        "UPDATE transitions SET source = 'cli' WHERE case_id = :case_id",
+        "DELETE FROM transitions WHERE case_id = :case_id",
+    ],
+    ids=["rewrite-actor", "rewrite-source", "delete"],
+)
+def test_the_database_refuses_to_rewrite_or_delete_the_log(
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory, logged_case: int, statement: str
+) -> None:
+    # given a logged transition
+    # when anyone, with any connection, updates or deletes it
+    with pytest.raises(sa.exc.DatabaseError) as refused, engine.begin() as connection:
+        connection.execute(sa.text(statement), {"case_id": logged_case})
+
+    # then the database itself refused, and the record is as it was
+    assert "append-only" in str(refused.value)
+    with uow_factory() as uow:
+        [record] = uow.log.for_case(logged_case)
+    assert (record.actor, record.source) == ("buyer:b-1", "api token #7")
+
+
+def test_postgres_refuses_to_truncate_the_log(
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory, logged_case: int
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE")
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), engine.begin() as connection:
+        connection.execute(sa.text("TRUNCATE transitions CASCADE"))
+    with uow_factory() as uow:
+        assert len(uow.log.for_case(logged_case)) == 1
+
+
+def test_appending_still_works(uow_factory: SqlUnitOfWorkFactory, logged_case: int) -> None:
+    with uow_factory() as uow:
+        record = TransitionRecord(
+            logged_case,
+            2,
+            "approve",
+            CaseState.SUBMITTED,
+            CaseState.APPROVED,
+            "merchant:m-1",
+            AT,
+            source="event merchant-portal/e-1",
+        )
+        uow.log.append([record])
+        uow.commit()
+    with uow_factory() as uow:
+        assert [r.source for r in uow.log.for_case(logged_case)] == [
+            "api token #7",
+            "event merchant-portal/e-1",
+        ]
