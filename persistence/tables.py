@@ -126,6 +126,8 @@ class IdempotencyKeyRow(SQLModel, table=True):
     """One row per trigger call that carried a key: a replayed call cannot log twice."""
 
     __tablename__ = "idempotency_keys"
+    # A key is one call's, on whichever case: reused on another, the insert fails (0008).
+    __table_args__ = (sa.Index("uq_idempotency_keys_key", "key", unique=True),)
 
     case_id: int = Field(
         sa_column=sa.Column(

@@ -205,7 +205,9 @@ class InMemoryTransitionLog:
         if not self._transaction.once_by_record:
             slots = {(r.case_id, r.idempotency_key) for r in records if r.idempotency_key}
             slots -= self._transaction.registered
-        used = sorted(key for _, key in slots & self._db.idempotency_keys)
+        # A key is one call's: on any case, as the SQL log's unique index on the key alone.
+        taken = {key for _, key in self._db.idempotency_keys}
+        used = sorted(key for _, key in slots if key in taken)
         if used:
             raise Conflict(f"idempotency key {', '.join(used)} was already used")
         if any(e.seq == r.seq for r in records for e in self._db.log.get(r.case_id, ())):

@@ -17,7 +17,14 @@ from pydantic import ValidationError
 from config.policy import Policy
 from workflow import channels, engine, rules
 from workflow.clock import Clock, ensure_utc
-from workflow.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyRefusal
+from workflow.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+    PolicyRefusal,
+)
 from workflow.model import (
     SYSTEM,
     Actor,
@@ -187,6 +194,7 @@ class CaseService:
                 earlier = uow.log.by_key(case_id, idempotency_key)
                 if not earlier:
                     raise
+                _check_same_call(case_id, idempotency_key, earlier, trigger)
                 case = _get(uow, case_id)
                 return FireResult(case, uow.timers.pending(case_id), earlier, replayed=True)
 
@@ -208,6 +216,7 @@ class CaseService:
                 earlier = uow.log.by_key(case_id, idempotency_key)
                 if earlier:
                     engine.check_owner(case, actor)
+                    _check_same_call(case_id, idempotency_key, earlier, trigger)
                     return FireResult(case, uow.timers.pending(case_id), earlier, replayed=True)
             if expected_version is not None and expected_version != case.version:
                 engine.check_owner(case, actor)
@@ -496,6 +505,19 @@ class CaseService:
             query = CaseQuery(**{**query.__dict__, "merchant_id": actor.id})
         with self._uow() as uow:
             return [CaseView(case, uow.timers.pending(_id(case))) for case in uow.cases.list(query)]
+
+
+def _check_same_call(
+    case_id: int, key: str, earlier: Sequence[TransitionRecord], trigger: str
+) -> None:
+    """A key replays the call it was first used for, and nothing else (issue 13: a ``cancel``
+    with the key of an earlier ``approve`` silently answered with the approval)."""
+    first = earlier[0].trigger
+    if first != trigger:
+        raise IdempotencyKeyReused(
+            f"idempotency key {key} was used for {first} on case {case_id}, not {trigger}; "
+            "use a new key for a new call"
+        )
 
 
 def _id(case: Case) -> int:

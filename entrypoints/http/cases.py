@@ -50,7 +50,9 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[!-~]+$",
         description="A repeat of this request with the same key (same token, method and path) "
-        "returns the first response and does nothing again. Kept 24 h.",
+        "returns the first response and does nothing again. A key names one request: sent "
+        "with another request, to this endpoint or another, it is refused (422 "
+        "idempotency-key-reused). Kept 24 h.",
     ),
 ]
 #: RFC 9110 entity tags: ``*`` or a list of ``"tag"`` / ``W/"tag"``.

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persistence.unit_of_work import SqlUnitOfWorkFactory
+from workflow.errors import Conflict
 from workflow.model import Case, TransitionRecord
 from workflow.states import CaseState
 
@@ -90,3 +91,27 @@ def test_appending_still_works(uow_factory: SqlUnitOfWorkFactory, logged_case: i
             "api token #7",
             "event merchant-portal/e-1",
         ]
+
+
+def test_a_key_is_one_calls_on_whichever_case(
+    uow_factory: SqlUnitOfWorkFactory, new_case: Callable[..., Case], logged_case: int
+) -> None:
+    # given a call on one case that carried key k-1
+    with uow_factory() as uow:
+        record = TransitionRecord(
+            logged_case, 2, "approve", None, CaseState.APPROVED, "merchant:m-1", AT, None, {}, "k-1"
+        )
+        uow.log.append([record])
+        uow.commit()
+    # when another case's call brings the same key, it is refused and nothing is written
+    with uow_factory() as uow:
+        other = uow.cases.add(new_case(order_id="o-2"))
+        uow.commit()
+    with pytest.raises(Conflict, match="k-1 was already used"), uow_factory() as uow:
+        reused = TransitionRecord(
+            other, 1, "submit", None, CaseState.SUBMITTED, "buyer:b-1", AT, None, {}, "k-1"
+        )
+        uow.log.append([reused])
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.log.for_case(other) == []

@@ -1,5 +1,6 @@
 """The transition log records each transition's source and refuses UPDATE and DELETE itself;
-a dead letter records who replayed or discarded it, and why.
+a dead letter records who replayed or discarded it, and why; an idempotency key is one call's
+on whichever case.
 
 Revision ID: 0008
 Revises: 0006 (on branch i13-S; the lead rechains it onto 0007, orders of record, at merge)
@@ -58,6 +59,15 @@ def upgrade() -> None:
     op.add_column("transitions", sa.Column("source", sa.String(), nullable=True))
     op.add_column("dead_letters", sa.Column("resolved_by", sa.String(), nullable=True))
     op.add_column("dead_letters", sa.Column("resolution", sa.String(), nullable=True))
+    # A key is one call's: reused on another case (a CLI key given to another command), the
+    # call is refused instead of running as a new one. Keys were already unique per case, and
+    # the API's are per token; a database where a person reused a key on two cases keeps the
+    # older use (the newer one's row only guards against a replay that cannot happen now).
+    op.execute(
+        "DELETE FROM idempotency_keys WHERE EXISTS (SELECT 1 FROM idempotency_keys AS older "
+        "WHERE older.key = idempotency_keys.key AND older.case_id < idempotency_keys.case_id)"
+    )
+    op.create_index("uq_idempotency_keys_key", "idempotency_keys", ["key"], unique=True)
     # Before the trigger: the last update the log takes.
     op.execute(
         "UPDATE transitions SET source = 'event ' || substr(idempotency_key, 7) "
@@ -77,6 +87,7 @@ def downgrade() -> None:
     else:
         for statement in _SQLITE_DOWN:
             op.execute(statement)
+    op.drop_index("uq_idempotency_keys_key", table_name="idempotency_keys")
     with op.batch_alter_table("dead_letters") as batch:
         batch.drop_column("resolution")
         batch.drop_column("resolved_by")
