@@ -240,3 +240,26 @@ def test_unconfirmed_says_there_is_no_ledger_without_redis(
     monkeypatch.delenv("AFTERSALES_BROKER_URL", raising=False)  # the embedded broker
     result = invoke("events", "unconfirmed", "--json")
     assert result.code == 0 and result.json() == {"ledger": None}
+
+
+def test_the_history_shows_each_transitions_source(
+    invoke: CliFn, submitted: Submit, tmp_path: Path
+) -> None:
+    # given a case approved by the merchant portal's event, then cancelled at the command line
+    case_id = submitted()
+    approval = envelope("m-1", "merchant.approved", case_id=case_id, data={"merchant_id": "m1"})
+    ingested = invoke("--now", NOW, "events", "ingest", jsonl(tmp_path / "e.jsonl", approval))
+    assert ingested.code == 0, ingested.stderr
+    fired = invoke("--now", NOW, "case", "fire", str(case_id), "cancel", "--actor", "buyer:b1")
+    assert fired.code == 0, fired.stderr
+
+    # when the operator reads its history
+    history = invoke("case", "history", str(case_id), "--json").json()
+    table = invoke("case", "history", str(case_id))
+
+    # then each record names who acted and the channel it came through
+    assert [(r["trigger"], r["actor"], r["source"]) for r in history[1:]] == [
+        ("approve", "merchant:m1", "event merchant-portal/m-1"),
+        ("cancel", "buyer:b1", "cli"),
+    ]
+    assert "event merchant-portal/m-1" in table.stdout and "cli" in table.stdout
