@@ -51,7 +51,9 @@ def application(order_id: str = "o-1") -> dict[str, Any]:
 def envelope(event_id: str, type_: str, case_id: int, **fields: Any) -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "source": "sf-express" if type_.startswith("parcel.") else "merchant-portal",
+        "source": {"parcel": "sf-express", "buyer": "buyer-app"}.get(
+            type_.split(".")[0], "merchant-portal"
+        ),
         "type": type_,
         "occurred_at": "2026-11-20T10:00:00+08:00",
         "case_id": case_id,
