@@ -232,3 +232,18 @@ def test_replaying_or_discarding_a_dead_letter_needs_a_reason(api: Api) -> None:
         problem(api.client.post(url, json={"reason": ""}, headers=admin), 422, "invalid-input")
     letter = api.client.get(f"/events/dead-letters/{letter_id}", headers=admin).json()
     assert (letter["status"], letter["resolved_by"], letter["resolution"]) == ("open", None, None)
+
+
+def test_the_history_names_the_token_a_request_came_with(api: Api) -> None:
+    case_id = api.submit()
+    headers = api.auth("merchant:m1")
+    fired = api.client.post(
+        f"/cases/{case_id}/transitions", json={"trigger": "approve"}, headers=headers
+    )
+    assert fired.status_code == 200, fired.text
+    token_id = api.tokens.authenticate(headers["Authorization"].removeprefix("Bearer ")).id
+    history = api.client.get(f"/cases/{case_id}/history", headers=headers).json()
+    assert (history[-1]["actor"], history[-1]["source"]) == (
+        "merchant:m1",
+        f"api token #{token_id}",
+    )

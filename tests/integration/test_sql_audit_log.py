@@ -8,8 +8,14 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from persistence import tables
+from persistence.db import make_engine
+from persistence.mappers import case_values
+from persistence.migrate import alembic_config
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.errors import Conflict
 from workflow.model import Case, TransitionRecord
@@ -115,3 +121,60 @@ def test_a_key_is_one_calls_on_whichever_case(
         uow.commit()
     with uow_factory() as uow:
         assert uow.log.for_case(other) == []
+
+
+def test_the_migration_fills_sources_from_keys_and_keeps_one_use_per_key(
+    empty_database_url: str, new_case: Callable[..., Case]
+) -> None:
+    # given a database at the revision before the audit migration, with logged transitions of an
+    # event, a timer and a person, and one key a person used on two cases
+    script = ScriptDirectory.from_config(alembic_config())
+    before = script.get_revision("0008").down_revision
+    assert isinstance(before, str)
+    engine = make_engine(empty_database_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, before)
+    keys = ["event:sf-express:E1", "timer-4", "k-1"]
+    with engine.begin() as connection:
+        cases = [
+            connection.execute(
+                sa.insert(tables.cases)
+                .values(case_values(new_case(order_id=order)))
+                .returning(tables.cases.c.id)
+            ).scalar_one()
+            for order in ("o-1", "o-2")
+        ]
+        for seq, key in enumerate(keys, 1):
+            connection.execute(
+                sa.insert(tables.transitions).values(
+                    case_id=cases[0],
+                    seq=seq,
+                    trigger="t",
+                    to_state="submitted",
+                    actor="system",
+                    data={},
+                    at=AT,
+                    idempotency_key=key,
+                )
+            )
+        for case_id in cases:
+            connection.execute(
+                sa.insert(tables.idempotency_keys).values(case_id=case_id, key="k-1", first_seq=3)
+            )
+
+    # when it is upgraded
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    # then events and timers have their source, the others none (unknown), and the key's
+    # older use stays
+    with engine.connect() as connection:
+        sources = connection.execute(
+            sa.select(tables.transitions.c.source).order_by(tables.transitions.c.seq)
+        ).scalars()
+        assert list(sources) == ["event sf-express:E1", "timer", None]
+        kept = connection.execute(sa.select(tables.idempotency_keys.c.case_id)).scalars()
+        assert list(kept) == [cases[0]]

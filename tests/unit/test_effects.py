@@ -939,3 +939,30 @@ def test_timers_are_untouched_by_effects(
     effects.handle(last_entry(db, "pickup.requested", case_id))
     live = [t for t in db.timers.values() if t.status is TimerStatus.PENDING]
     assert [t.kind for t in live] == ["return_shipment"]
+
+
+def test_each_record_names_the_channel_it_came_through(
+    effects: EffectService,
+    service: CaseService,
+    new_case: NewCase,
+    db: InMemoryDatabase,
+    clock: FakeClock,
+    policy: Policy,
+) -> None:
+    # given a case approved at the command line, its pickup booked by a worker, and its
+    # return deadline left to the timer
+    case_id = new_case("return_refund")
+    service.fire(case_id, "approve", MERCHANT, source="cli")
+    effects.handle(last_entry(db, "pickup.requested", case_id))
+    deadline = service.get(case_id).deadline
+    assert deadline is not None
+    clock.set(deadline.due_at)
+    service.run_due_timers()
+
+    # then the history tells each source apart from the actor
+    sources = [(r.trigger, r.actor, r.source) for r in service.history(case_id)[1:]]
+    assert sources == [
+        ("approve", "merchant:m1", "cli"),
+        ("book_pickup", "system", "worker"),
+        ("expire_return", "system", "timer"),
+    ]
