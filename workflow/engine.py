@@ -31,6 +31,7 @@ from workflow.model import (
     Timer,
     TransitionRecord,
 )
+from workflow.redaction import mask
 from workflow.states import CaseState, CaseType, Role
 
 
@@ -281,10 +282,6 @@ def _loggable(data: BaseModel) -> dict[str, Any]:
     if "account_no" in logged:
         logged["account_no"] = mask(logged["account_no"])
     return logged
-
-
-def mask(account_no: str) -> str:
-    return "*" * max(len(account_no) - 4, 0) + account_no[-4:]
 
 
 def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> None:
