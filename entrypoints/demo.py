@@ -23,6 +23,7 @@ from rich.text import Text
 
 from config.settings import DatabaseSettings, Settings, sqlite_url
 from entrypoints import composition, render, views
+from workflow import channels
 from workflow.clock import FakeClock
 from workflow.errors import PolicyRefusal
 from workflow.model import SYSTEM, Actor
@@ -142,7 +143,7 @@ class _Script:
         return application
 
     def submit(self, application: dict[str, Any]) -> int:
-        case_id = self.service.submit(application, BUYER).case.id
+        case_id = self.service.submit(application, BUYER, source=channels.DEMO).case.id
         assert case_id is not None
         return case_id
 
@@ -155,7 +156,7 @@ class _Script:
         **data: Any,
     ) -> None:
         self.clock.advance(after)
-        self.service.fire(case_id, trigger, actor, data or None)
+        self.service.fire(case_id, trigger, actor, data or None, source=channels.DEMO)
 
     def wait_for_timers(self, after: timedelta) -> None:
         """Let time pass with nobody acting, then sweep as ``aftersales timers run-due`` does."""

@@ -158,6 +158,7 @@ def history_timeline(records: Sequence[TransitionRecord], zone: ZoneInfo) -> Tab
     table.add_column(f"when ({zone.key})", no_wrap=True)
     table.add_column("", no_wrap=True)
     table.add_column("by", no_wrap=True)
+    table.add_column("via", no_wrap=True)
     table.add_column("transition", overflow="fold")
     for index, record in enumerate(records):
         marker = "●" if index == len(records) - 1 else "│"
@@ -171,7 +172,8 @@ def history_timeline(records: Sequence[TransitionRecord], zone: ZoneInfo) -> Tab
         note = _note(record)
         if note:
             cell.append("\n" + note, style="dim")
-        _row(table, str(record.seq), local_time(record.at, zone), marker, record.actor, cell)
+        via = record.source or "?"
+        _row(table, str(record.seq), local_time(record.at, zone), marker, record.actor, via, cell)
     return table
 
 
@@ -282,6 +284,7 @@ def fired_summary(records: Sequence[TransitionRecord], replayed: bool) -> Render
                 " → ",
                 state_text(record.to_state),
                 f"  by {record.actor}",
+                f" via {record.source}" if record.source else "",
             )
         )
     return Group(*lines)

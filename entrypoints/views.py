@@ -14,33 +14,14 @@ from zoneinfo import ZoneInfo
 from workflow.model import Case, Timer, TransitionRecord
 from workflow.orders import OrderAccount
 from workflow.orders_service import ImportResult
+from workflow.redaction import masked as masked
 from workflow.service import CaseView, FireResult, TimerRun
-
-#: Keys in ``details`` (at any depth) whose values are masked to their last 4 characters.
-SECRET_KEYS = frozenset({"account_no"})
 
 
 def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def mask(value: str) -> str:
-    """``6222020200112233`` -> ``************2233``: enough for the buyer to recognise it."""
-    return "*" * max(len(value) - 4, 0) + value[-4:]
-
-
-def masked(value: Any) -> Any:
-    """``value`` (details, log data) with every secret key's value masked, at any depth."""
-    if isinstance(value, dict):
-        return {
-            key: mask(str(item)) if key in SECRET_KEYS and item is not None else masked(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [masked(item) for item in value]
-    return value
 
 
 def deadline_json(timer: Timer | None) -> dict[str, Any] | None:
@@ -103,6 +84,7 @@ def record_json(record: TransitionRecord) -> dict[str, Any]:
         "from_state": record.from_state.value if record.from_state else None,
         "to_state": record.to_state.value,
         "actor": record.actor,
+        "source": record.source,
         "reason": record.reason,
         "at": iso(record.at),
         # The engine already masks what it logs; masking again keeps older rows safe too.

@@ -212,6 +212,7 @@ def record_values(record: TransitionRecord) -> dict[str, Any]:
         "data": record.data,
         "at": record.at,
         "idempotency_key": record.idempotency_key,
+        "source": record.source,
     }
 
 
@@ -228,6 +229,7 @@ def record_from_row(row: Sequence[Any]) -> TransitionRecord:
         reason=r["reason"],
         data=r["data"],
         idempotency_key=r["idempotency_key"],
+        source=r["source"],
     )
 
 
@@ -302,6 +304,8 @@ def dead_letter_values(letter: DeadLetter) -> dict[str, Any]:
         "status": letter.status.value,
         "attempts": letter.attempts,
         "resolved_at": letter.resolved_at,
+        "resolved_by": letter.resolved_by,
+        "resolution": letter.resolution,
     }
 
 
@@ -318,4 +322,6 @@ def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
         status=DeadLetterStatus(r["status"]),
         attempts=r["attempts"],
         resolved_at=r["resolved_at"],
+        resolved_by=r["resolved_by"],
+        resolution=r["resolution"],
     )

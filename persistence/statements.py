@@ -288,6 +288,8 @@ _RESOLVE_DEAD_LETTER = (
     .values(
         status=sa.bindparam("status", type_=dead_letters.c.status.type),
         resolved_at=sa.bindparam("resolved_at", type_=dead_letters.c.resolved_at.type),
+        resolved_by=sa.bindparam("resolved_by", type_=dead_letters.c.resolved_by.type),
+        resolution=sa.bindparam("resolution", type_=dead_letters.c.resolution.type),
     )
 )
 

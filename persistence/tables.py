@@ -118,12 +118,16 @@ class TransitionRow(SQLModel, table=True):
     # Every record of one trigger call carries the call's key; uniqueness lives in
     # ``idempotency_keys`` because a call may write several records (a trigger and follow-ups).
     idempotency_key: str | None = None
+    #: The channel the transition came through (``TransitionRecord.source``); migration 0008.
+    source: str | None = None
 
 
 class IdempotencyKeyRow(SQLModel, table=True):
     """One row per trigger call that carried a key: a replayed call cannot log twice."""
 
     __tablename__ = "idempotency_keys"
+    # A key is one call's, on whichever case: reused on another, the insert fails (0008).
+    __table_args__ = (sa.Index("uq_idempotency_keys_key", "key", unique=True),)
 
     case_id: int = Field(
         sa_column=sa.Column(
@@ -258,6 +262,9 @@ class DeadLetterRow(SQLModel, table=True):
     status: str
     attempts: int
     resolved_at: datetime | None = _time("resolved_at", nullable=True)
+    #: Who replayed or discarded it, and why (migration 0008).
+    resolved_by: str | None = None
+    resolution: str | None = None
 
 
 class OrderRow(SQLModel, table=True):

@@ -130,11 +130,14 @@ class StoredResponse:
 @dataclass(frozen=True)
 class Claim:
     """What ``claim`` found: ``new`` (run the request), ``replay`` (``response`` is the first
-    answer), ``in_progress`` (a twin runs now) or ``mismatch`` (the key was used for another
-    request)."""
+    answer), ``in_progress`` (a twin runs now), ``mismatch`` (the key was used for another
+    request to this endpoint) or ``elsewhere`` (for a request to ``used_for``, another
+    endpoint)."""
 
     outcome: str
     response: StoredResponse | None = None
+    #: ``METHOD /path`` the key was first used for (``elsewhere``).
+    used_for: str | None = None
 
 
 class SqlIdempotencyStore:
@@ -166,6 +169,20 @@ class SqlIdempotencyStore:
         for _ in range(3):
             try:
                 with self._engine.begin() as connection:
+                    # A key names one request: used (and not expired) on another endpoint, it
+                    # is refused, not run as a new request there.
+                    other = connection.execute(
+                        sa.select(api_idempotency.c.method, api_idempotency.c.path)
+                        .where(
+                            api_idempotency.c.token_id == token_id,
+                            api_idempotency.c.key == key,
+                            sa.not_(where),
+                            api_idempotency.c.created_at >= now - self.retention,
+                        )
+                        .limit(1)
+                    ).first()
+                    if other is not None:
+                        return Claim("elsewhere", used_for=f"{other.method} {other.path}")
                     row = connection.execute(sa.select(api_idempotency).where(where)).first()
                     if row is None:
                         connection.execute(

@@ -22,6 +22,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from config.errors import SetupError
 from tasks.runtime import runtime
 from workflow.errors import Conflict
+from workflow.events.envelope import as_document
+from workflow.redaction import masked
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ class _KeepsFailedEvents(Task):
         try:
             kept = runtime().events.keep_failed(raws, f"ingestion failed ({reason})")
         except Exception:
-            logger.exception("events of failed task %s NOT kept: %r", task_id, raws)
+            # The only place left to find them; bank account numbers masked all the same.
+            shown = [masked(as_document(raw)) for raw in raws]
+            logger.exception("events of failed task %s NOT kept: %r", task_id, shown)
             return
         logger.error(
             "task %s failed (%s); %d event(s) kept as dead letters", task_id, reason, len(kept)

@@ -17,6 +17,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from workflow import channels
 from workflow.clock import Clock, ensure_utc
 from workflow.definitions import RETURN_LEG
 from workflow.errors import InvalidInput, NotAllowed
@@ -192,6 +193,7 @@ class EffectService:
                 SYSTEM,
                 data=info.as_data(),
                 idempotency_key=f"outbox-{entry.id}",
+                source=channels.WORKER,
             )
         except NotAllowed:
             # The buyer shipped, cancelled, or the deadline closed the case while we booked.
@@ -264,6 +266,7 @@ class EffectService:
                 PAYMENT,
                 data={"error": reason, "definite": False},
                 idempotency_key=f"refund-unknown-{entry.id}",
+                source=channels.WORKER,
             )
         except NotAllowed:
             return self._result(entry, EffectStatus.SKIPPED, "case moved on meanwhile")
@@ -279,7 +282,12 @@ class EffectService:
     ) -> EffectResult:
         try:
             fired = self.cases.fire(
-                entry.case_id, trigger, PAYMENT, data=data, idempotency_key=f"refund-result-{key}"
+                entry.case_id,
+                trigger,
+                PAYMENT,
+                data=data,
+                idempotency_key=f"refund-result-{key}",
+                source=channels.WORKER,
             )
         except NotAllowed:
             reference = data.get("reference") if paid else None
@@ -384,7 +392,11 @@ class EffectService:
 
     # -- replacement / repaired goods --------------------------------------------------------------
     def ship_to_buyer(
-        self, case_id: int, actor: Actor, idempotency_key: str | None = None
+        self,
+        case_id: int,
+        actor: Actor,
+        idempotency_key: str | None = None,
+        source: str | None = None,
     ) -> FireResult:
         """The merchant has the platform's carrier ship the replacement (exchange) or the
         repaired goods (repair): book the shipment, then fire ``ship_replacement`` /
@@ -402,7 +414,9 @@ class EffectService:
         key = f"outbound-{case_id}-{_entered(self.cases.history(case_id), CaseState.INSPECTED)}"
         if case.state is not CaseState.INSPECTED:
             # Either a replay of a shipment that went out (same key) or a NotAllowed.
-            return self.cases.fire(case_id, trigger, actor, idempotency_key=idempotency_key or key)
+            return self.cases.fire(
+                case_id, trigger, actor, idempotency_key=idempotency_key or key, source=source
+            )
         shipment = self.shipper.ship(case_id, case.order_id, case.skus, key)
         return self.cases.fire(
             case_id,
@@ -410,6 +424,7 @@ class EffectService:
             actor,
             data={"tracking_no": shipment.tracking_no, "carrier": shipment.carrier},
             idempotency_key=idempotency_key or key,
+            source=source,
         )
 
     # -- helpers -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from workflow.model import (
     Timer,
     TransitionRecord,
 )
+from workflow.redaction import mask
 from workflow.states import CaseState, CaseType, Role
 
 
@@ -50,6 +51,8 @@ class Context:
     actor: Actor
     #: The case's pending deadline when the trigger fired, if any.
     deadline: Timer | None = None
+    #: The channel the trigger came through, for the log (``TransitionRecord.source``).
+    source: str | None = None
 
 
 def _refund_channel_open(event: EventData) -> bool:
@@ -256,6 +259,7 @@ def _step(
         reason=reason,
         data=_loggable(data),
         idempotency_key=idempotency_key,
+        source=context.source,
     )
     outcome.records.append(record)
     outcome.messages.extend(messages_for(case, record))
@@ -278,10 +282,6 @@ def _loggable(data: BaseModel) -> dict[str, Any]:
     if "account_no" in logged:
         logged["account_no"] = mask(logged["account_no"])
     return logged
-
-
-def mask(account_no: str) -> str:
-    return "*" * max(len(account_no) - 4, 0) + account_no[-4:]
 
 
 def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> None:

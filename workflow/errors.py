@@ -27,6 +27,16 @@ class InvalidInput(AftersalesError):
         self.field = field
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """An idempotency key names one call; reused for another command it is refused, never
+    answered with the first call's result."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "idempotency_key")
+
+
 class Forbidden(AftersalesError):
     code = "forbidden"
 

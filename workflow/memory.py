@@ -182,7 +182,9 @@ class InMemoryTransitionLog:
         if not self._transaction.once_by_record:
             slots = {(r.case_id, r.idempotency_key) for r in records if r.idempotency_key}
             slots -= self._transaction.registered
-        used = sorted(key for _, key in slots & self._db.idempotency_keys)
+        # A key is one call's: on any case, as the SQL log's unique index on the key alone.
+        taken = {key for _, key in self._db.idempotency_keys}
+        used = sorted(key for _, key in slots if key in taken)
         if used:
             raise Conflict(f"idempotency key {', '.join(used)} was already used")
         if any(e.seq == r.seq for r in records for e in self._db.log.get(r.case_id, ())):
@@ -413,12 +415,21 @@ class InMemoryEventStore:
         letter = self._db.dead_letters.get(letter_id)
         return copy.deepcopy(letter) if letter else None
 
-    def resolve_dead_letter(self, letter_id: int, status: DeadLetterStatus, at: datetime) -> None:
+    def resolve_dead_letter(
+        self,
+        letter_id: int,
+        status: DeadLetterStatus,
+        at: datetime,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         letter = self._db.dead_letters.get(letter_id)
         if letter is None:
             raise KeyError(f"no dead letter {letter_id}")
+        reopened = status is DeadLetterStatus.OPEN
         letter.status = status
-        letter.resolved_at = None if status is DeadLetterStatus.OPEN else at
+        letter.resolved_at = None if reopened else at
+        letter.resolved_by, letter.resolution = (None, None) if reopened else (by, reason)
 
 
 class InMemoryUnitOfWork:

@@ -157,6 +157,9 @@ class TransitionRecord:
     reason: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    #: The channel it came through: ``cli``, ``api token #7``, ``event sf-express/E1``,
+    #: ``timer``, ``worker`` (``workflow.sources``); None in records older than the column.
+    source: str | None = None
 
 
 class TimerStatus(StrEnum):
@@ -238,3 +241,6 @@ class DeadLetter:
     id: int | None = None
     attempts: int = 1
     resolved_at: datetime | None = None
+    #: Who replayed or discarded it (``admin:ops-1``), and why.
+    resolved_by: str | None = None
+    resolution: str | None = None

@@ -247,8 +247,15 @@ class EventStore(Protocol):
     def get_dead_letter(self, letter_id: int) -> DeadLetter | None: ...
 
     def resolve_dead_letter(
-        self, letter_id: int, status: DeadLetterStatus, at: datetime
-    ) -> None: ...
+        self,
+        letter_id: int,
+        status: DeadLetterStatus,
+        at: datetime,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Set the status, with who resolved it and why; reopened (``OPEN``) clears them."""
+        ...
 
 
 class UnitOfWork(Protocol):

@@ -15,9 +15,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.policy import Policy
-from workflow import engine, orders, rules
+from workflow import channels, engine, orders, rules
 from workflow.clock import Clock, ensure_utc
-from workflow.errors import Conflict, Forbidden, InvalidInput, NotFound
+from workflow.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+)
 from workflow.model import (
     SYSTEM,
     Actor,
@@ -100,8 +106,10 @@ class CaseService:
         raw: dict[str, Any] | Application,
         actor: Actor | None = None,
         idempotency_key: str | None = None,
+        source: str | None = None,
     ) -> CaseView:
-        """Apply for after-sales; refused applications create nothing."""
+        """Apply for after-sales; refused applications create nothing. ``source``: the channel
+        it came through, for the log (``workflow.channels``)."""
         app = raw if isinstance(raw, Application) else parse_application(raw)
         if actor is not None and actor.role is Role.BUYER and actor.id != app.buyer_id:
             raise Forbidden("a buyer applies only for its own orders")
@@ -142,6 +150,7 @@ class CaseService:
                 str(actor or Actor(Role.BUYER, app.buyer_id)),
                 now,
                 idempotency_key=idempotency_key,
+                source=source,
             )
             uow.log.append([record])
             deadline = engine.timer_for(case, self.policy, now, None)
@@ -163,12 +172,22 @@ class CaseService:
         idempotency_key: str | None = None,
         expected_version: int | None = None,
         then: Sequence[str] = (),
+        source: str | None = None,
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``: triggers the same actor fires right after it with the
-        same data, in the same transaction, e.g. a delivery that implies the pickup)."""
+        same data, in the same transaction, e.g. a delivery that implies the pickup).
+        ``source``: the channel it came through, for the log (``workflow.channels``)."""
         try:
             return self._fire(
-                case_id, trigger, actor, data, reason, idempotency_key, expected_version, then
+                case_id,
+                trigger,
+                actor,
+                data,
+                reason,
+                idempotency_key,
+                expected_version,
+                then,
+                source,
             )
         except Conflict:
             if not idempotency_key:
@@ -178,6 +197,7 @@ class CaseService:
                 earlier = uow.log.by_key(case_id, idempotency_key)
                 if not earlier:
                     raise
+                _check_same_call(case_id, idempotency_key, earlier, trigger)
                 case = _get(uow, case_id)
                 return FireResult(case, uow.timers.pending(case_id), earlier, replayed=True)
 
@@ -191,6 +211,7 @@ class CaseService:
         idempotency_key: str | None,
         expected_version: int | None,
         then: Sequence[str],
+        source: str | None,
     ) -> FireResult:
         with self._uow() as uow:
             case = _get(uow, case_id)
@@ -198,6 +219,7 @@ class CaseService:
                 earlier = uow.log.by_key(case_id, idempotency_key)
                 if earlier:
                     engine.check_owner(case, actor)
+                    _check_same_call(case_id, idempotency_key, earlier, trigger)
                     return FireResult(case, uow.timers.pending(case_id), earlier, replayed=True)
             if expected_version is not None and expected_version != case.version:
                 engine.check_owner(case, actor)
@@ -205,7 +227,9 @@ class CaseService:
                     f"case {case_id} is at version {case.version}, not {expected_version}",
                     case.version,
                 )
-            result = self.transition(uow, case, trigger, actor, data, reason, idempotency_key, then)
+            result = self.transition(
+                uow, case, trigger, actor, data, reason, idempotency_key, then, source
+            )
             uow.commit()
         self._outbox_written()
         return result
@@ -220,6 +244,7 @@ class CaseService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         then: Sequence[str] = (),
+        source: str | None = None,
     ) -> FireResult:
         """Fire ``trigger`` (and ``then``) on ``case``, as read in ``uow``, and write it all there:
         the case compared-and-set on the version it was read at, log, timers, outbox. The
@@ -236,7 +261,7 @@ class CaseService:
                 others = [c for c in _cases_of(uow, case.order_id) if c.id != case_id]
                 case.details["refund_cap"] = orders.account(order, others).refundable
         previous = uow.timers.pending(case_id)
-        context = engine.Context(self.policy, self.clock.now(), actor, previous)
+        context = engine.Context(self.policy, self.clock.now(), actor, previous, source)
         loaded_version = case.version
         outcome = engine.fire(case, trigger, context, data, reason, idempotency_key)
         for follow in then:
@@ -284,6 +309,7 @@ class CaseService:
         until: datetime | None = None,
         hours: float | None = None,
         expected_version: int | None = None,
+        source: str | None = None,
     ) -> FireResult:
         """An admin moves the case's current deadline later (holidays, disputes); audited.
 
@@ -330,6 +356,7 @@ class CaseService:
                     "from": deadline.due_at.isoformat(),
                     "to": new_due.isoformat(),
                 },
+                source=source,
             )
             uow.cases.save(case, loaded_version)
             uow.log.append([record])
@@ -382,7 +409,7 @@ class CaseService:
             return TimerRun(timer, False, "stale: the case moved on")
         # Checked by the compare-and-set on the case below (see ``TimerStore.mark_fired``).
         uow.timers.mark_fired(timer, now)
-        context = engine.Context(self.policy, now, SYSTEM, timer)
+        context = engine.Context(self.policy, now, SYSTEM, timer, channels.TIMER)
         loaded_version = case.version
         outcome = engine.fire(case, timer.trigger, context, idempotency_key=f"timer-{timer.id}")
         self._write_transition(uow, case, loaded_version, None, outcome)
@@ -480,6 +507,19 @@ class CaseService:
             query = CaseQuery(**{**query.__dict__, "merchant_id": actor.id})
         with self._uow() as uow:
             return [CaseView(case, uow.timers.pending(_id(case))) for case in uow.cases.list(query)]
+
+
+def _check_same_call(
+    case_id: int, key: str, earlier: Sequence[TransitionRecord], trigger: str
+) -> None:
+    """A key replays the call it was first used for, and nothing else (issue 13: a ``cancel``
+    with the key of an earlier ``approve`` silently answered with the approval)."""
+    first = earlier[0].trigger
+    if first != trigger:
+        raise IdempotencyKeyReused(
+            f"idempotency key {key} was used for {first} on case {case_id}, not {trigger}; "
+            "use a new key for a new call"
+        )
 
 
 def _id(case: Case) -> int:

@@ -18,6 +18,7 @@ from entrypoints.cli.common import (
     read_text,
     state_of,
 )
+from workflow import channels
 from workflow.model import Actor
 from workflow.ports import CaseQuery
 from workflow.service import CaseView
@@ -58,7 +59,9 @@ def case_submit(
     text, name = read_text(source)
     raw = parse_json(text, name)
     service = state.service()
-    view = service.submit(raw, Actor.parse(actor) if actor else None, idempotency_key)
+    view = service.submit(
+        raw, Actor.parse(actor) if actor else None, idempotency_key, source=channels.CLI
+    )
     if state.json:
         print_json(views.view_json(view))
     else:
@@ -172,7 +175,16 @@ def case_fire(
     payload = parse_data(data)
     who = Actor.parse(actor)
     service = state.service()
-    result = service.fire(case_id, trigger, who, payload, reason, idempotency_key, expected_version)
+    result = service.fire(
+        case_id,
+        trigger,
+        who,
+        payload,
+        reason,
+        idempotency_key,
+        expected_version,
+        source=channels.CLI,
+    )
     if state.json:
         print_json(views.fire_json(result))
         return
@@ -240,7 +252,9 @@ def case_extend_deadline(
     who = Actor.parse(actor)
     new_due = parse_time(until, "--until") if until is not None else None
     service = state.service()
-    result = service.extend_deadline(case_id, who, reason, until=new_due, hours=hours)
+    result = service.extend_deadline(
+        case_id, who, reason, until=new_due, hours=hours, source=channels.CLI
+    )
     if state.json:
         print_json(views.fire_json(result))
         return

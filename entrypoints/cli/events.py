@@ -32,10 +32,12 @@ from entrypoints.cli.common import (
     state_of,
 )
 from tasks.resender import due_before, summarize
+from workflow.errors import InvalidInput
 from workflow.events.ingestion import EventService, IngestResult, IngestStatus
 from workflow.events.mapping import mapping_markdown
 from workflow.events.schema import schema_text
-from workflow.model import DeadLetter, DeadLetterStatus
+from workflow.model import Actor, DeadLetter, DeadLetterStatus
+from workflow.states import Role
 
 events_app = typer.Typer(
     no_args_is_help=True,
@@ -43,6 +45,21 @@ events_app = typer.Typer(
 )
 
 LetterId = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id.")]
+ResolverOption = Annotated[
+    str, typer.Option("--actor", help="Who resolves the letter: admin or admin:NAME (kept).")
+]
+ResolutionOption = Annotated[
+    str, typer.Option("--reason", help="Why it is replayed or discarded (kept with it).")
+]
+
+
+def _resolver(text: str) -> str:
+    actor = Actor.parse(text)
+    if actor.role is not Role.ADMIN:
+        raise InvalidInput("dead letters are resolved by an admin: --actor admin[:NAME]", "actor")
+    return str(actor)
+
+
 #: Dead letters per page of ``events dead-letters``.
 DEFAULT_PAGE = 20
 #: Exit code of a replay that still fails, per error code (as ``common.EXIT_CODES``); codes of
@@ -189,6 +206,8 @@ def letter_json(letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "received_at": views.iso(letter.received_at),
         "resolved_at": views.iso(letter.resolved_at),
+        "resolved_by": letter.resolved_by,
+        "resolution": letter.resolution,
         "envelope": views.masked(envelope),
     }
 
@@ -216,14 +235,20 @@ def _letters_table(letters: list[DeadLetter], zone: Any) -> Table:
 
 
 @events_app.command("replay")
-def events_replay(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag = False) -> None:
+def events_replay(
+    ctx: typer.Context,
+    letter_id: LetterId,
+    actor: ResolverOption,
+    reason: ResolutionOption,
+    json_output: JsonFlag = False,
+) -> None:
     """Ingest an open dead letter again, once its case is ready for it (or the code is fixed).
 
     Marked replayed when it applies (or is ignored, or turns out already processed); still
     failing, it stays open with one more attempt and the new reason, and the command fails.
     """
     state, service = _events(ctx, json_output)
-    result = service.replay(letter_id)
+    result = service.replay(letter_id, _resolver(actor), reason)
     if result.status is IngestStatus.DEAD_LETTERED:
         code = result.code or "error"
         exits = {getattr(error, "code", ""): exit_code for error, exit_code in EXIT_CODES.items()}
@@ -237,10 +262,16 @@ def events_replay(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag
 
 
 @events_app.command("discard")
-def events_discard(ctx: typer.Context, letter_id: LetterId, json_output: JsonFlag = False) -> None:
+def events_discard(
+    ctx: typer.Context,
+    letter_id: LetterId,
+    actor: ResolverOption,
+    reason: ResolutionOption,
+    json_output: JsonFlag = False,
+) -> None:
     """Set an open dead letter aside: looked at, it will not apply."""
     state, service = _events(ctx, json_output)
-    letter = service.discard(letter_id)
+    letter = service.discard(letter_id, _resolver(actor), reason)
     if state.json:
         print_json(letter_json(letter))
         return

@@ -30,7 +30,7 @@ from entrypoints.http.schemas import (
     TimersOut,
 )
 from entrypoints.http.scopes import TokenRole
-from workflow import engine
+from workflow import channels, engine
 from workflow.diagram import mermaid
 from workflow.errors import Conflict
 from workflow.model import Actor, Case, Timer
@@ -50,7 +50,9 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[!-~]+$",
         description="A repeat of this request with the same key (same token, method and path) "
-        "returns the first response and does nothing again. Kept 24 h.",
+        "returns the first response and does nothing again. A key names one request: sent "
+        "with another request, to this endpoint or another, it is refused (422 "
+        "idempotency-key-reused). Kept 24 h.",
     ),
 ]
 #: RFC 9110 entity tags: ``*`` or a list of ``"tag"`` / ``W/"tag"``.
@@ -149,6 +151,10 @@ def _service_key(principal: Principal, key: str | None) -> str | None:
     return f"api:{principal.token.id}:{key}" if key else None
 
 
+def _source(principal: Principal) -> str:
+    return channels.api_token(principal.token.id)
+
+
 def _stale(error: Conflict, expected: int | None) -> ProblemError | None:
     if expected is None or error.current_version is None:
         return None
@@ -186,7 +192,7 @@ def submit_case(
 
     def action() -> Response:
         key = _service_key(principal, idempotency_key)
-        view = api.cases.submit(application, principal.actor(), key)
+        view = api.cases.submit(application, principal.actor(), key, source=_source(principal))
         return _case_response(view, principal, 201)
 
     return idempotent(request, principal, idempotency_key, action)
@@ -304,6 +310,7 @@ def fire_trigger(
                 body.reason,
                 idempotency_key=_service_key(principal, idempotency_key),
                 expected_version=expected,
+                source=_source(principal),
             )
         except Conflict as error:
             raise _stale(error, expected) or error from None
@@ -401,6 +408,7 @@ def extend_deadline(
                 until=body.until,
                 hours=body.hours,
                 expected_version=expected,
+                source=_source(principal),
             )
         except Conflict as error:
             raise _stale(error, expected) or error from None

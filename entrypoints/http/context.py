@@ -73,7 +73,8 @@ def fingerprint(request: Request) -> str:
 def idempotent(
     request: Request, principal: Principal, key: str | None, action: Callable[[], Response]
 ) -> Response:
-    """Run ``action`` once per (token, key, method, path); a repeat gets the first response.
+    """Run ``action`` once per (token, key, method, path); a repeat gets the first response,
+    and the key on another endpoint (method, path) is refused with 422.
 
     Failures that say nothing about the request (a 5xx, a 429) are not kept: the retry runs
     again. Every other answer, errors included, is, for ``ApiSettings.idempotency_hours``.
@@ -97,6 +98,13 @@ def idempotent(
             "idempotency-key-in-use",
             f"a request with Idempotency-Key {key!r} is still running; retry shortly",
             headers={"Retry-After": "1"},
+        )
+    if claim.outcome == "elsewhere":
+        raise ProblemError(
+            "idempotency-key-reused",
+            f"Idempotency-Key {key!r} was used for {claim.used_for}, not {method} {path}; "
+            "a key names one request",
+            field="header.Idempotency-Key",
         )
     if claim.outcome == "mismatch":
         raise ProblemError(

@@ -22,7 +22,14 @@ from entrypoints.http.auth import Authenticated, require
 from entrypoints.http.cases import IdempotencyKey
 from entrypoints.http.context import api_of, idempotent, json_response
 from entrypoints.http.problems import ProblemError, responses
-from entrypoints.http.schemas import MAX_ID, DeadLetterList, DeadLetterOut, IngestOut, IngestOutcome
+from entrypoints.http.schemas import (
+    MAX_ID,
+    DeadLetterList,
+    DeadLetterOut,
+    IngestOut,
+    IngestOutcome,
+    ResolveIn,
+)
 from entrypoints.http.scopes import TokenRole
 from workflow.events.envelope import Envelope
 from workflow.events.ingestion import IngestResult, IngestStatus
@@ -50,6 +57,18 @@ EVENTS_BODY_SCHEMA: dict[str, Any] = {
             "minItems": 1,
         },
     ]
+}
+
+
+#: A carrier's event as the default sources admit it (``config/sources.toml``).
+EVENT_EXAMPLE: dict[str, Any] = {
+    "event_id": "sf-20261120-0001",
+    "source": "sf-express",
+    "type": "parcel.delivered",
+    "occurred_at": "2026-11-20T10:00:00+08:00",
+    "order_id": "o-1001",
+    "tracking_no": "SF1001",
+    "data": {"recipient": "merchant"},
 }
 
 
@@ -110,6 +129,8 @@ def letter_data(letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "received_at": letter.received_at,
         "resolved_at": letter.resolved_at,
+        "resolved_by": letter.resolved_by,
+        "resolution": letter.resolution,
         "envelope": views.masked(envelope),
     }
 
@@ -130,7 +151,9 @@ def letter_data(letter: DeadLetter) -> dict[str, Any]:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": EVENTS_BODY_SCHEMA}},
+            "content": {
+                "application/json": {"schema": EVENTS_BODY_SCHEMA, "example": EVENT_EXAMPLE}
+            },
         }
     },
     responses=responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
@@ -211,7 +234,8 @@ def get_dead_letter(request: Request, letter_id: LetterId, principal: Authentica
     "/dead-letters/{letter_id}/replay",
     response_model=IngestOutcome,
     summary="Replay a dead letter (admin)",
-    description="Ingest an open letter's event again. When it applies (or is ignored, or was "
+    description="Ingest an open letter's event again, with a `reason` kept with the letter "
+    "and the admin's name. When it applies (or is ignored, or was "
     "applied meanwhile) the letter is `replayed`; when it still fails, 409 "
     "`dead-letter-still-fails` with the new `code` and reason, and the letter stays open.",
     responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
@@ -219,6 +243,7 @@ def get_dead_letter(request: Request, letter_id: LetterId, principal: Authentica
 def replay_dead_letter(
     request: Request,
     letter_id: LetterId,
+    body: ResolveIn,
     principal: Authenticated,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -226,7 +251,7 @@ def replay_dead_letter(
     api = api_of(request)
 
     def action() -> Response:
-        result = api.events.replay(letter_id)
+        result = api.events.replay(letter_id, str(principal.actor()), body.reason)
         if result.status is IngestStatus.DEAD_LETTERED:
             raise ProblemError(
                 "dead-letter-still-fails",
@@ -243,12 +268,14 @@ def replay_dead_letter(
     "/dead-letters/{letter_id}/discard",
     response_model=DeadLetterOut,
     summary="Discard a dead letter (admin)",
-    description="Set an open letter aside: looked at, it will not apply.",
+    description="Set an open letter aside: looked at, it will not apply. The `reason` and the "
+    "admin are kept with the letter.",
     responses=responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 def discard_dead_letter(
     request: Request,
     letter_id: LetterId,
+    body: ResolveIn,
     principal: Authenticated,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -256,6 +283,7 @@ def discard_dead_letter(
     api = api_of(request)
 
     def action() -> Response:
-        return json_response(DeadLetterOut, letter_data(api.events.discard(letter_id)))
+        letter = api.events.discard(letter_id, str(principal.actor()), body.reason)
+        return json_response(DeadLetterOut, letter_data(letter))
 
     return idempotent(request, principal, idempotency_key, action)

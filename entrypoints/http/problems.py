@@ -24,6 +24,7 @@ from workflow.errors import (
     AftersalesError,
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidInput,
     NotAllowed,
     NotFound,
@@ -180,6 +181,10 @@ def response_for(error: Exception, instance: str | None) -> JSONResponse | None:
         )
     if isinstance(error, PolicyRefusal):
         return problem_response("policy-refusal", str(error), instance, rule=error.rule)
+    if isinstance(error, IdempotencyKeyReused):
+        return problem_response(
+            "idempotency-key-reused", str(error), instance, field="header.Idempotency-Key"
+        )
     if isinstance(error, InvalidInput):
         return problem_response("invalid-input", str(error), instance, field=error.field)
     if isinstance(error, AftersalesError):

@@ -100,6 +100,11 @@ class HistoryEntry(_Out):
     from_state: CaseState | None
     to_state: CaseState
     actor: str
+    source: str | None = Field(
+        description="The channel it came through: `cli`, `api token #7`, "
+        "`event sf-express/EVENT_ID`, `timer`, `worker`, `demo`; null for records written "
+        "before sources were recorded."
+    )
     reason: str | None
     at: datetime
     data: dict[str, Any]
@@ -154,6 +159,12 @@ class ExtendIn(_In):
 # -- events ------------------------------------------------------------------------------------
 
 
+class ResolveIn(_In):
+    """Replaying or discarding a dead letter: why (kept with the letter, with the admin)."""
+
+    reason: Reason
+
+
 class IngestOutcome(_Out):
     status: IngestStatus
     source: str
@@ -192,6 +203,8 @@ class DeadLetterOut(_Out):
     attempts: int
     received_at: datetime
     resolved_at: datetime | None
+    resolved_by: str | None = Field(description="The admin who replayed or discarded it.")
+    resolution: str | None = Field(description="Why it was replayed or discarded.")
     envelope: dict[str, Any] = Field(description="As received; bank account numbers masked.")
 
 

@@ -105,12 +105,22 @@ class SqlEventStore(SqlStore):
         row = self._run(self._uow.statements.select_dead_letter.first, {"letter_id": letter_id})
         return dead_letter_from_row(row) if row is not None else None
 
-    def resolve_dead_letter(self, letter_id: int, status: DeadLetterStatus, at: datetime) -> None:
+    def resolve_dead_letter(
+        self,
+        letter_id: int,
+        status: DeadLetterStatus,
+        at: datetime,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         """Set the status; ``resolved_at`` is ``at``, or cleared when reopened (``OPEN``)."""
+        reopened = status is DeadLetterStatus.OPEN
         params = {
             "where_id": letter_id,
             "status": status.value,
-            "resolved_at": None if status is DeadLetterStatus.OPEN else at,
+            "resolved_at": None if reopened else at,
+            "resolved_by": None if reopened else by,
+            "resolution": None if reopened else reason,
         }
         if self._run(self._uow.statements.resolve_dead_letter.execute, params) != 1:
             raise KeyError(f"no dead letter {letter_id}")

@@ -47,11 +47,11 @@ class Target:
     letter_id: int
 
 
-def _event(source: str) -> dict[str, Any]:
+def _event(source: str, type_: str = "parcel.lost") -> dict[str, Any]:
     return {
         "event_id": f"e-{next(_numbers)}",
         "source": source,
-        "type": "parcel.lost",
+        "type": type_,
         "occurred_at": "2026-11-20T11:00:00+08:00",
         "case_id": 10**9,
     }
@@ -81,17 +81,17 @@ ENDPOINTS: dict[str, Call] = {
         "/events", json=_event("sf-express"), headers=h
     ),
     "ingest other source": lambda api, h, t, who: api.client.post(
-        "/events", json=_event("yto"), headers=h
+        "/events", json=_event("wechat-pay", "refund.failed"), headers=h
     ),
     "dead letters": lambda api, h, t, who: api.client.get("/events/dead-letters", headers=h),
     "dead letter": lambda api, h, t, who: api.client.get(
         f"/events/dead-letters/{t.letter_id}", headers=h
     ),
     "replay": lambda api, h, t, who: api.client.post(
-        f"/events/dead-letters/{t.letter_id}/replay", headers=h
+        f"/events/dead-letters/{t.letter_id}/replay", json={"reason": "checked"}, headers=h
     ),
     "discard": lambda api, h, t, who: api.client.post(
-        f"/events/dead-letters/{t.letter_id}/discard", headers=h
+        f"/events/dead-letters/{t.letter_id}/discard", json={"reason": "checked"}, headers=h
     ),
     "metrics": lambda api, h, t, who: api.client.get("/metrics", headers=h),
 }

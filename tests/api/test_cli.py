@@ -21,6 +21,7 @@ from entrypoints.processes import ChildProcess, free_port
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("AFTERSALES_DATABASE_URL", sqlite_url(tmp_path / "var" / "api.db"))
     monkeypatch.delenv("AFTERSALES_POLICY_FILE", raising=False)
+    monkeypatch.delenv("AFTERSALES_SOURCES_FILE", raising=False)
     monkeypatch.delenv("AFTERSALES_BROKER_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     return {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
@@ -60,6 +61,27 @@ def test_tokens_create_refuses_bad_roles(env: dict[str, str], role: str) -> None
     code, _, err = invoke("--json", "tokens", "create", "--role", role)
     assert code == 2
     assert json.loads(err)["error"]["field"] == "role"
+
+
+def test_tokens_create_refuses_a_producer_of_an_unknown_source(env: dict[str, str]) -> None:
+    # given the default sources, which do not know yto
+    # when a token is asked for it
+    code, out, err = invoke("--json", "tokens", "create", "--role", "producer:yto")
+    # then it is refused, naming the configured sources, and nothing was created
+    assert code == 2 and out == ""
+    error = json.loads(err)["error"]
+    assert error["field"] == "role" and "sf-express" in error["message"]
+    assert json.loads(invoke("--json", "tokens", "list")[1]) == []
+
+
+def test_tokens_create_admits_a_source_configured_in_a_sources_file(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = tmp_path / "sources.toml"
+    sources.write_text('[sources]\nyto = "carrier"\n', encoding="utf-8")
+    monkeypatch.setenv("AFTERSALES_SOURCES_FILE", str(sources))
+    code, out, _ = invoke("--json", "tokens", "create", "--role", "producer:yto")
+    assert code == 0 and json.loads(out)["role"] == "producer:yto"
 
 
 def test_tokens_revoke_unknown_is_not_found(env: dict[str, str]) -> None:

@@ -23,8 +23,12 @@ def test_claims_replays_mismatches_and_takeovers(api: Api) -> None:
     # a twin while the first runs, and a different request under the same key
     assert store.claim(token, "k", "POST", "/cases", "f1", NOW).outcome == "in_progress"
     assert store.claim(token, "k", "POST", "/cases", "f2", NOW).outcome == "mismatch"
-    # the same key on another path, or of another token, is another key
-    assert store.claim(token, "k", "POST", "/events", "f1", NOW).outcome == "new"
+    # the same key on another path is refused, naming the first; of another token it is
+    # another key
+    elsewhere = store.claim(token, "k", "POST", "/events", "f1", NOW)
+    assert (elsewhere.outcome, elsewhere.used_for) == ("elsewhere", "POST /cases")
+    other_token = api.tokens.create("admin", "other", None, NOW)[0].id
+    assert store.claim(other_token, "k", "POST", "/events", "f1", NOW).outcome == "new"
     # a claim abandoned by a dead process is taken over
     later = NOW + timedelta(minutes=3)
     assert store.claim(token, "k", "POST", "/cases", "f1", later).outcome == "new"
@@ -34,8 +38,8 @@ def test_claims_replays_mismatches_and_takeovers(api: Api) -> None:
     assert replay.outcome == "replay"
     assert replay.response == StoredResponse(201, {"etag": '"1"'}, "{}")
     # released claims and expired answers start afresh
-    store.release(token, "k", "POST", "/events")
-    assert store.claim(token, "k", "POST", "/events", "f9", later).outcome == "new"
+    store.release(other_token, "k", "POST", "/events")
+    assert store.claim(other_token, "k", "POST", "/events", "f9", later).outcome == "new"
     expired = later + timedelta(hours=25)
     assert store.claim(token, "k", "POST", "/cases", "f3", expired).outcome == "new"
     assert store.prune(expired + timedelta(hours=25)) == 2
@@ -56,3 +60,24 @@ def test_racing_repeats_submit_once(api: Api) -> None:
     assert 201 in statuses
     listed = api.client.get("/cases", headers=api.auth("admin")).json()["cases"]
     assert len(listed) == 1
+
+
+def test_a_key_used_on_one_endpoint_is_refused_on_another(api: Api) -> None:
+    # given a buyer's submission under a key
+    headers = {**api.auth("buyer:b1"), "Idempotency-Key": "k-1"}
+    created = api.client.post("/cases", json=application(), headers=headers)
+    assert created.status_code == 201, created.text
+    case_id = created.json()["id"]
+
+    # when the buyer cancels the case with the same key
+    cancel = api.client.post(
+        f"/cases/{case_id}/transitions", json={"trigger": "cancel"}, headers=headers
+    )
+
+    # then it is refused, naming the first use, and the case was not cancelled (before,
+    # the cancel answered 200 with the submission's records and did nothing)
+    assert cancel.status_code == 422, cancel.text
+    body = cancel.json()
+    assert body["type"].endswith("idempotency-key-reused")
+    assert "POST /cases" in body["detail"]
+    assert api.cases.get(case_id).case.state.value == "submitted"

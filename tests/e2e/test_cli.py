@@ -40,7 +40,7 @@ CASE_KEYS = {
     "updated_at",
     "details",
 }
-ENTRY_KEYS = {"seq", "trigger", "from_state", "to_state", "actor", "reason", "at", "data"}
+ENTRY_KEYS = {"seq", "trigger", "from_state", "to_state", "actor", "source", "reason", "at", "data"}
 
 Submit = Callable[..., int]
 

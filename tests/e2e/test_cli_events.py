@@ -20,11 +20,16 @@ from .support import NOW, CliFn
 
 Submit = Callable[..., int]
 
+#: Who resolves a dead letter, and why (both required and kept).
+WHO = ("--actor", "admin:ops-1", "--reason", "checked by hand")
+
 
 def envelope(event_id: str, type_: str, **fields: Any) -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "source": "sf-express" if type_.startswith("parcel.") else "merchant-portal",
+        "source": {"parcel": "sf-express", "buyer": "buyer-app"}.get(
+            type_.split(".")[0], "merchant-portal"
+        ),
         "type": type_,
         "occurred_at": "2026-11-20T10:00:00+08:00",
         **fields,
@@ -53,6 +58,13 @@ def test_ingest_a_file_then_work_the_dead_letters(
         approval,
         approval,
         early,
+        # the buyer app tells the return's tracking number: the carrier's news must name it
+        envelope(
+            "b-1",
+            "buyer.return_shipped",
+            case_id=case_id,
+            data={"buyer_id": "b1", "tracking_no": "SF100"},
+        ),
         envelope("c-1", "parcel.delivered", order_id="o-1", tracking_no="SF100"),
         "{not json",
         "",
@@ -66,20 +78,17 @@ def test_ingest_a_file_then_work_the_dead_letters(
     assert result.code == 0, result.stderr
     report = result.json()
     assert report["summary"] == {
-        "applied": 2,
+        "applied": 3,
         "duplicate": 1,
         "ignored": 0,
         "dead_lettered": 3,
-        "total": 6,
+        "total": 7,
     }
     outcomes = {o["line"]: o for o in report["outcomes"]}
     assert outcomes[2]["status"] == "duplicate"
-    assert (outcomes[4]["trigger"], outcomes[4]["implied"]) == (
-        "record_return_delivery",
-        ["record_pickup"],
-    )
-    assert outcomes[4]["state"] == "return_delivered"
-    assert (outcomes[3]["code"], outcomes[5]["code"], outcomes[7]["code"]) == (
+    assert (outcomes[5]["trigger"], outcomes[5]["implied"]) == ("record_return_delivery", [])
+    assert outcomes[5]["state"] == "return_delivered"
+    assert (outcomes[3]["code"], outcomes[6]["code"], outcomes[8]["code"]) == (
         "not_allowed",
         "invalid_input",
         "not_found",
@@ -103,20 +112,20 @@ def test_ingest_a_file_then_work_the_dead_letters(
         "--now", NOW, "case", "fire", str(case_id), "confirm_receipt", "--actor", "merchant:m1"
     )
     assert confirmed.code == 0, confirmed.stderr
-    replayed = cli("--now", NOW, "events", "replay", str(letters[0]["id"]), "--json")
+    replayed = cli("--now", NOW, "events", "replay", str(letters[0]["id"]), *WHO, "--json")
     assert replayed.code == 0, replayed.stderr
     assert (replayed.json()["status"], replayed.json()["trigger"]) == ("applied", "inspect")
     shown = invoke("case", "show", str(case_id), "--json").json()
     assert shown["state"] == "refunding"
 
     # and the letter for the unknown case still fails: the error's exit code, one more attempt
-    again = cli("events", "replay", str(letters[2]["id"]), "--json")
+    again = cli("events", "replay", str(letters[2]["id"]), *WHO, "--json")
     assert again.code == 3
     assert again.stdout == ""
     assert again.error()["code"] == "not_found" and again.error()["letter_id"] == letters[2]["id"]
 
     # and the unreadable one is discarded
-    discarded = cli("events", "discard", str(letters[1]["id"]))
+    discarded = cli("events", "discard", str(letters[1]["id"]), *WHO)
     assert discarded.code == 0, discarded.stderr
     after = invoke("events", "dead-letters", "--status", "all", "--json").json()["dead_letters"]
     assert [(letter["status"], letter["attempts"]) for letter in after] == [
@@ -178,7 +187,7 @@ def test_dead_letters_page_and_mask_bank_accounts(invoke: CliFn, tmp_path: Path)
 def test_errors_are_one_line(invoke: CliFn, tmp_path: Path) -> None:
     missing = invoke("events", "ingest", str(tmp_path / "nope.jsonl"))
     assert missing.code == 2 and missing.stderr.startswith("error: no such file")
-    unknown = invoke("events", "replay", "77", "--json")
+    unknown = invoke("events", "replay", "77", *WHO, "--json")
     assert unknown.code == 3 and unknown.error()["code"] == "not_found"
 
 
@@ -231,3 +240,26 @@ def test_unconfirmed_says_there_is_no_ledger_without_redis(
     monkeypatch.delenv("AFTERSALES_BROKER_URL", raising=False)  # the embedded broker
     result = invoke("events", "unconfirmed", "--json")
     assert result.code == 0 and result.json() == {"ledger": None}
+
+
+def test_the_history_shows_each_transitions_source(
+    invoke: CliFn, submitted: Submit, tmp_path: Path
+) -> None:
+    # given a case approved by the merchant portal's event, then cancelled at the command line
+    case_id = submitted()
+    approval = envelope("m-1", "merchant.approved", case_id=case_id, data={"merchant_id": "m1"})
+    ingested = invoke("--now", NOW, "events", "ingest", jsonl(tmp_path / "e.jsonl", approval))
+    assert ingested.code == 0, ingested.stderr
+    fired = invoke("--now", NOW, "case", "fire", str(case_id), "cancel", "--actor", "buyer:b1")
+    assert fired.code == 0, fired.stderr
+
+    # when the operator reads its history
+    history = invoke("case", "history", str(case_id), "--json").json()
+    table = invoke("case", "history", str(case_id))
+
+    # then each record names who acted and the channel it came through
+    assert [(r["trigger"], r["actor"], r["source"]) for r in history[1:]] == [
+        ("approve", "merchant:m1", "event merchant-portal/m-1"),
+        ("cancel", "buyer:b1", "cli"),
+    ]
+    assert "event merchant-portal/m-1" in table.stdout and "cli" in table.stdout

@@ -69,6 +69,13 @@ def approve(event_id: str, case_id: int) -> dict[str, Any]:
     return envelope(event_id, "merchant.approved", case_id, data={"merchant_id": "m1"})
 
 
+def shipped(event_id: str, case_id: int, tracking_no: str) -> dict[str, Any]:
+    """The buyer app's report of the return parcel sent (a carrier's scan would need a booked
+    pickup: the platform books it after the approval, outside these batches)."""
+    data = {"buyer_id": "b1", "tracking_no": tracking_no}
+    return envelope(event_id, "buyer.return_shipped", case_id, data=data)
+
+
 def triggers(service: CaseService, case_id: int) -> list[str]:
     return [record.trigger for record in service.history(case_id)]
 
@@ -137,7 +144,7 @@ def test_a_batch_gives_each_event_its_outcome_in_one_transaction(
     batch = [
         approve("a-1", first),
         approve("a-1", first),
-        envelope("p-1", "parcel.picked_up", first, tracking_no="SF1"),
+        shipped("p-1", first, "SF1"),
         approve("a-9", 999_999),
         "not json",
         envelope("i-1", "merchant.inspected", second, data={"merchant_id": "m1"}),
@@ -159,14 +166,14 @@ def test_a_batch_gives_each_event_its_outcome_in_one_transaction(
     ]
     assert [results[3].code, results[5].code] == ["not_found", "not_allowed"]
     # the two events of the first case applied in order
-    assert triggers(service, first) == ["submit", "approve", "record_pickup"]
+    assert triggers(service, first) == ["submit", "approve", "ship_back"]
     assert service.get(first).case.state is CaseState.SHIPPED_BACK
     assert triggers(service, second) == ["submit", "approve"]
     # refused events leave no dedupe record (a later redelivery is tried again)
     assert recorded(engine) == [
         ("merchant-portal", "a-1", first),
         ("merchant-portal", "a-2", second),
-        ("sf-express", "p-1", first),
+        ("buyer-app", "p-1", first),
     ]
     assert len(events.dead_letters()) == 3
     # one commit for the whole batch, one kick of the relay after it
@@ -187,12 +194,12 @@ def test_a_batch_larger_than_max_batch_commits_in_chunks_in_order(
     results = events.ingest_many(
         [
             approve("a-1", case_id),
-            envelope("p-1", "parcel.picked_up", case_id, tracking_no="SF1"),
+            shipped("p-1", case_id, "SF1"),
             envelope("d-1", "parcel.delivered", case_id, tracking_no="SF1"),
         ]
     )
     assert [r.status for r in results] == [IngestStatus.APPLIED] * 3
-    assert triggers(service, case_id)[1:] == ["approve", "record_pickup", "record_return_delivery"]
+    assert triggers(service, case_id)[1:] == ["approve", "ship_back", "record_return_delivery"]
     # a chunk of two, then a chunk of one
     assert kicks == [1, 1]
 
@@ -535,24 +542,23 @@ def test_a_batch_reads_the_cases_its_events_name_in_one_statement(
     cases = submitted(service, 5)
     statements.clear()
     batch = [approve(f"a-{n}", case_id) for n, case_id in enumerate(cases)]
-    batch.append(envelope("p-0", "parcel.picked_up", cases[0], tracking_no="SF0"))
+    batch.append(shipped("p-0", cases[0], "SF0"))
     results = events.ingest_many(batch)
     # (a case read alone, or with the event's dedupe record: ``EventStore.record``)
     batch_reads = len([sql for sql in statements if sql.startswith(("SELECT cases.", "WITH "))])
 
     # then every event applied, in order (the pickup saw the approval before it)
     assert [r.status for r in results] == [IngestStatus.APPLIED] * 6
-    assert triggers(service, cases[0]) == ["submit", "approve", "record_pickup"]
+    assert triggers(service, cases[0]) == ["submit", "approve", "ship_back"]
     # with one read for the batch, and one more for the case met a second time
     assert batch_reads == 2
 
 
-def picked_up_by_order(event_id: str, order_id: str, tracking_no: str) -> dict[str, Any]:
-    """A carrier's first scan of a parcel the platform booked: the order and the parcel, no
-    case id."""
-    document = envelope(event_id, "parcel.picked_up", 0, order_id=order_id, tracking_no=tracking_no)
+def shipped_by_order(event_id: str, order_id: str, tracking_no: str) -> dict[str, Any]:
+    """The buyer app's report of the return parcel, naming the order and not the case."""
+    document = shipped(event_id, 0, tracking_no)
     del document["case_id"]
-    return document
+    return {**document, "order_id": order_id}
 
 
 def test_a_batch_finds_the_cases_its_events_name_by_order_in_one_read(
@@ -563,10 +569,8 @@ def test_a_batch_finds_the_cases_its_events_name_by_order_in_one_read(
     events.ingest_many([approve(f"a-{n}", case_id) for n, case_id in enumerate(cases)])
     statements.clear()
 
-    # when a batch of the carrier's first scans names each by its order and a new parcel
-    results = events.ingest_many(
-        [picked_up_by_order(f"p-{n}", f"o-{n}", f"SF{n}") for n in range(5)]
-    )
+    # when a batch of the buyer app's shipments names each by its order and a new parcel
+    results = events.ingest_many([shipped_by_order(f"p-{n}", f"o-{n}", f"SF{n}") for n in range(5)])
     case_reads = [sql for sql in statements if sql.startswith("SELECT cases.")]
     timer_reads = [sql for sql in statements if sql.startswith("SELECT timers.")]
 
@@ -574,7 +578,7 @@ def test_a_batch_finds_the_cases_its_events_name_by_order_in_one_read(
     assert [r.status for r in results] == [IngestStatus.APPLIED] * 5
     assert [r.case_id for r in results] == cases
     for case_id in cases:
-        assert triggers(service, case_id) == ["submit", "approve", "record_pickup"]
+        assert triggers(service, case_id) == ["submit", "approve", "ship_back"]
     # with one read of the orders' cases and their timers for the batch, none per event
     assert len(case_reads) == 1
     assert timer_reads == []
@@ -586,13 +590,13 @@ def test_an_event_named_by_order_sees_what_the_batch_did_to_that_order_before_it
     # given a submitted case
     (case_id,) = submitted(service, 1)
 
-    # when one batch approves it (by its id) and then carries the carrier's first scan of
-    # its parcel (by its order): the batch's copy of the order's cases predates the approval
-    results = events.ingest_many([approve("a-0", case_id), picked_up_by_order("p-0", "o-0", "SF0")])
+    # when one batch approves it (by its id) and then carries the buyer's shipment of its
+    # parcel (by its order): the batch's copy of the order's cases predates the approval
+    results = events.ingest_many([approve("a-0", case_id), shipped_by_order("p-0", "o-0", "SF0")])
 
-    # then the scan was planned on the approved case, not on the copy, and applied
+    # then the shipment was planned on the approved case, not on the copy, and applied
     assert [r.status for r in results] == [IngestStatus.APPLIED] * 2
-    assert triggers(service, case_id) == ["submit", "approve", "record_pickup"]
+    assert triggers(service, case_id) == ["submit", "approve", "ship_back"]
 
 
 def test_a_batch_records_its_events_without_a_round_trip_each(

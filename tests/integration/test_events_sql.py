@@ -17,7 +17,7 @@ from persistence.statements import KNOWN_EVENTS_CHUNK
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
 from workflow.events.ingestion import EventService, IngestResult, IngestStatus
-from workflow.model import Actor, DeadLetterStatus
+from workflow.model import SYSTEM, Actor, DeadLetterStatus
 from workflow.service import CaseService
 from workflow.states import CaseState, Role
 
@@ -27,6 +27,9 @@ NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 MERCHANT = Actor(Role.MERCHANT, "m1")
 BUYER = Actor(Role.BUYER, "b1")
 THREADS = 4
+
+#: Who resolves dead letters in these tests, and why.
+RESOLVER = ("admin:ops-1", "checked by hand")
 
 
 def application(order_id: str = "o-1") -> dict[str, Any]:
@@ -50,7 +53,9 @@ def application(order_id: str = "o-1") -> dict[str, Any]:
 def envelope(event_id: str, type_: str, case_id: int, **fields: Any) -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "source": "sf-express" if type_.startswith("parcel.") else "merchant-portal",
+        "source": {"parcel": "sf-express", "buyer": "buyer-app"}.get(
+            type_.split(".")[0], "merchant-portal"
+        ),
         "type": type_,
         "occurred_at": "2026-11-20T10:00:00+08:00",
         "case_id": case_id,
@@ -73,6 +78,8 @@ def approved(service: CaseService) -> int:
     case_id = submit_with_order(service, application()).case.id
     assert case_id is not None
     service.fire(case_id, "approve", MERCHANT)
+    # The carrier's pickup is booked: its first scan tells the parcel's number.
+    service.fire(case_id, "book_pickup", SYSTEM, data={"carrier": "SF", "pickup_code": "PK-1"})
     return case_id
 
 
@@ -142,7 +149,7 @@ def test_a_refused_event_leaves_no_record_and_applies_when_it_comes_again_later(
     service.fire(case_id, "ship_back", BUYER, data={"tracking_no": "SF100"})
     assert events.ingest(early).status is IngestStatus.APPLIED
     assert refused.letter_id is not None
-    assert events.replay(refused.letter_id).status is IngestStatus.DUPLICATE
+    assert events.replay(refused.letter_id, *RESOLVER).status is IngestStatus.DUPLICATE
     assert events.dead_letters() == []
 
 
@@ -178,7 +185,13 @@ def test_the_same_event_from_four_workers_at_once_applies_once(
     statuses = sorted(result.status.value for result in results)
     assert statuses == ["applied"] + ["duplicate"] * (THREADS - 1)
     triggers = [entry.trigger for entry in service.history(approved)]
-    assert triggers == ["submit", "approve", "record_pickup", "record_return_delivery"]
+    assert triggers == [
+        "submit",
+        "approve",
+        "book_pickup",
+        "record_pickup",
+        "record_return_delivery",
+    ]
     assert recorded(engine) == [("sf-express", "d-1", approved)]
     assert events.dead_letters(None) == []
 
@@ -226,10 +239,10 @@ def test_dead_letters_persist_count_attempts_page_and_resolve(
 
     # when one is discarded and the other replayed once its case exists
     assert letters[1].id is not None and letters[0].id is not None
-    events.discard(letters[1].id)
+    events.discard(letters[1].id, *RESOLVER)
     case_id = submit_with_order(service, application()).case.id
     assert case_id == 1  # the id the letter's envelope names is still unknown: 404
-    still = events.replay(letters[0].id)
+    still = events.replay(letters[0].id, *RESOLVER)
 
     # then the replay still fails: one more attempt on the same letter, still open
     assert still.status is IngestStatus.DEAD_LETTERED and still.letter_id == letters[0].id
@@ -254,5 +267,5 @@ def test_events_a_failed_task_could_not_ingest_are_kept_as_dead_letters_and_repl
     assert (letter.event_id, letter.code) == ("d-1", "ingest_failed")
     assert "RuntimeError: boom" in letter.reason
     # and replaying it (the bug fixed) applies the event
-    assert events.replay(kept[0].letter_id or 0).status is IngestStatus.APPLIED
+    assert events.replay(kept[0].letter_id or 0, *RESOLVER).status is IngestStatus.APPLIED
     assert events.dead_letters() == []

@@ -8,6 +8,7 @@ timed: nothing here sleeps.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +35,9 @@ from workflow.effects import (
     entry_to_message,
 )
 from workflow.errors import Forbidden, InvalidInput
+from workflow.events.ingestion import EventService
 from workflow.gateways import GatewayUnavailable, RefundStatus
-from workflow.memory import InMemoryDatabase
+from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import OutboxEntry, RefundRoute, TimerStatus
 from workflow.service import CaseService
 from workflow.states import CaseState
@@ -622,6 +624,47 @@ def test_a_bank_transfer_refund_carries_the_account_to_the_gateway(
     assert [e.route for e in paid] == [RefundRoute.BANK_TRANSFER]
 
 
+def test_no_bank_account_number_is_logged_anywhere(
+    effects: EffectService,
+    service: CaseService,
+    new_case: NewCase,
+    db: InMemoryDatabase,
+    notifier: FakeNotifier,
+    uow_factory: InMemoryUnitOfWorkFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given a case waiting for a bank account, which the buyer app sends
+    caplog.set_level(logging.DEBUG)
+    case_id = new_case("return_refund", "awaiting_bank_account")
+    effects.handle(last_entry(db, "bank_account.requested", case_id))
+    number = "6222020200112233"
+    account = {"buyer_id": "b1", "holder": "Li Lei", "bank": "ICBC", "account_no": number}
+    events = EventService(service, uow_factory, service.clock)
+    sent = events.ingest(
+        {
+            "event_id": "bank-1",
+            "source": "buyer-app",
+            "type": "buyer.bank_account_provided",
+            "occurred_at": "2026-11-20T10:00:00+08:00",
+            "case_id": case_id,
+            "data": account,
+        }
+    )
+    assert sent.state is CaseState.REFUNDING, sent
+
+    # when the refund is paid by bank transfer
+    effects.handle(last_entry(db, "refund.requested", case_id))
+    assert service.get(case_id).case.state is CaseState.REFUNDED
+
+    # then the number is in no log record, outbox payload, notice or log line: only its last
+    # four digits
+    logged = repr([r.data for r in service.history(case_id)])
+    assert number not in logged and "********2233" in logged
+    assert number not in repr([e.payload for e in db.outbox])
+    assert number not in repr([n.message for n in notifier.sent()])
+    assert number not in caplog.text
+
+
 def test_a_refund_of_nothing_is_confirmed_without_calling_the_gateway(
     effects: EffectService,
     service: CaseService,
@@ -898,3 +941,30 @@ def test_timers_are_untouched_by_effects(
     effects.handle(last_entry(db, "pickup.requested", case_id))
     live = [t for t in db.timers.values() if t.status is TimerStatus.PENDING]
     assert [t.kind for t in live] == ["return_shipment"]
+
+
+def test_each_record_names_the_channel_it_came_through(
+    effects: EffectService,
+    service: CaseService,
+    new_case: NewCase,
+    db: InMemoryDatabase,
+    clock: FakeClock,
+    policy: Policy,
+) -> None:
+    # given a case approved at the command line, its pickup booked by a worker, and its
+    # return deadline left to the timer
+    case_id = new_case("return_refund")
+    service.fire(case_id, "approve", MERCHANT, source="cli")
+    effects.handle(last_entry(db, "pickup.requested", case_id))
+    deadline = service.get(case_id).deadline
+    assert deadline is not None
+    clock.set(deadline.due_at)
+    service.run_due_timers()
+
+    # then the history tells each source apart from the actor
+    sources = [(r.trigger, r.actor, r.source) for r in service.history(case_id)[1:]]
+    assert sources == [
+        ("approve", "merchant:m1", "cli"),
+        ("book_pickup", "system", "worker"),
+        ("expire_return", "system", "timer"),
+    ]

@@ -33,6 +33,9 @@ REPAIRED_TN = builders.TRIGGER_DATA["ship_repaired"]["tracking_no"]  # SF3001
 
 _ids = itertools.count(1)
 
+#: Who resolves dead letters in these tests, and why.
+RESOLVER = ("admin:ops-1", "checked by hand")
+
 
 def event(type_: str, case_id: int | None = None, **fields: Any) -> dict[str, Any]:
     """An envelope as a producer sends it; a fresh event id unless given."""
@@ -576,7 +579,7 @@ def test_an_outbound_delivery_before_the_shipment_waits_as_a_dead_letter_and_rep
     )
     assert events.ingest(shipped).status is IngestStatus.APPLIED
     assert result.letter_id is not None
-    replayed = events.replay(result.letter_id)
+    replayed = events.replay(result.letter_id, *RESOLVER)
     assert (replayed.status, replayed.letter_id) == (IngestStatus.APPLIED, result.letter_id)
     assert state_of(service, case_id) is CaseState.DELIVERED_TO_BUYER
     assert events.dead_letter(result.letter_id).status is DeadLetterStatus.REPLAYED
@@ -931,14 +934,14 @@ def test_replay_applies_once_the_case_is_ready_and_marks_the_letter_replayed(
 
     # when it is replayed too soon, it stays open with one more attempt
     clock.advance(timedelta(minutes=5))
-    still = events.replay(early.letter_id)
+    still = events.replay(early.letter_id, *RESOLVER)
     assert (still.status, still.letter_id) == (IngestStatus.DEAD_LETTERED, early.letter_id)
     letter = events.dead_letter(early.letter_id)
     assert (letter.status, letter.attempts) == (DeadLetterStatus.OPEN, 2)
 
     # and once the merchant confirmed receipt, the replay applies and closes the letter
     service.fire(case_id, "confirm_receipt", builders.MERCHANT)
-    done = events.replay(early.letter_id)
+    done = events.replay(early.letter_id, *RESOLVER)
     assert (done.status, done.trigger) == (IngestStatus.APPLIED, "inspect")
     letter = events.dead_letter(early.letter_id)
     assert (letter.status, letter.resolved_at) == (DeadLetterStatus.REPLAYED, clock.now())
@@ -959,21 +962,21 @@ def test_a_letter_whose_event_got_through_meanwhile_replays_as_a_duplicate(
     assert events.ingest(approval).status is IngestStatus.APPLIED
 
     # when the open letter is replayed, then it is a duplicate and the letter is closed
-    assert events.replay(letter_id).status is IngestStatus.DUPLICATE
+    assert events.replay(letter_id, *RESOLVER).status is IngestStatus.DUPLICATE
     assert events.dead_letter(letter_id).status is DeadLetterStatus.REPLAYED
 
 
 def test_only_open_letters_replay(events: EventService) -> None:
     letter_id = events.ingest(event("merchant.approved", 7, data=MERCHANT)).letter_id
     assert letter_id is not None
-    discarded = events.discard(letter_id)
+    discarded = events.discard(letter_id, *RESOLVER)
     assert discarded.status is DeadLetterStatus.DISCARDED
     with pytest.raises(InvalidInput, match="discarded"):
-        events.replay(letter_id)
+        events.replay(letter_id, *RESOLVER)
     with pytest.raises(InvalidInput):
-        events.discard(letter_id)
+        events.discard(letter_id, *RESOLVER)
     with pytest.raises(NotFound):
-        events.replay(12345)
+        events.replay(12345, *RESOLVER)
     assert events.dead_letters(None)[0].status is DeadLetterStatus.DISCARDED
 
 
@@ -981,7 +984,7 @@ def test_a_malformed_letter_cannot_replay(events: EventService) -> None:
     letter_id = events.ingest("not json").letter_id
     assert letter_id is not None
     with pytest.raises(InvalidInput, match="malformed"):
-        events.replay(letter_id)
+        events.replay(letter_id, *RESOLVER)
 
 
 def test_dead_letters_page_by_id(events: EventService) -> None:
@@ -1143,3 +1146,25 @@ def test_results_serialise_for_the_task_backend(events: EventService) -> None:
         "reason",
         "letter_id",
     }
+
+
+@pytest.mark.parametrize(("actor", "reason"), [("", "why"), ("admin:ops-1", " ")])
+def test_a_dead_letter_is_resolved_by_someone_for_a_reason(
+    events: EventService, actor: str, reason: str
+) -> None:
+    # given a dead letter
+    letter_id = events.ingest(event("parcel.lost", 999, tracking_no="SF1")).letter_id
+    assert letter_id is not None
+    # when someone unnamed, or without a reason, replays or discards it: refused
+    with pytest.raises(InvalidInput):
+        events.replay(letter_id, actor, reason)
+    with pytest.raises(InvalidInput):
+        events.discard(letter_id, actor, reason)
+    # and with both, who and why are kept with it
+    events.discard(letter_id, "admin:ops-1", "the case was closed by hand")
+    letter = events.dead_letter(letter_id)
+    assert (letter.status, letter.resolved_by, letter.resolution) == (
+        DeadLetterStatus.DISCARDED,
+        "admin:ops-1",
+        "the case was closed by hand",
+    )

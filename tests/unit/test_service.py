@@ -13,6 +13,7 @@ from workflow.clock import FakeClock
 from workflow.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidInput,
     NotAllowed,
     NotFound,
@@ -566,3 +567,39 @@ def test_a_timer_that_loses_its_race_in_a_batch_rolls_back_alone(
     live = service.get(cases[1]).deadline
     assert live is not None and live.status is TimerStatus.PENDING
     assert kicks == [1]
+
+
+def test_a_key_of_one_command_is_refused_for_another_on_the_same_case(
+    service: CaseService, new_case: NewCase
+) -> None:
+    # given an approval made with a key
+    case_id = new_case("return_refund")
+    service.fire(case_id, "approve", MERCHANT, idempotency_key="k-1")
+
+    # when the buyer's cancellation comes with the same key
+    with pytest.raises(IdempotencyKeyReused) as refused:
+        service.fire(case_id, "cancel", BUYER, idempotency_key="k-1")
+
+    # then it is refused, naming the first command, and the case was not cancelled (before,
+    # the cancel replayed the approval's answer and did nothing)
+    assert "approve" in str(refused.value) and refused.value.field == "idempotency_key"
+    assert service.get(case_id).case.state is CaseState.APPROVED
+
+
+def test_a_submission_key_is_refused_for_a_trigger(service: CaseService, make_app: Any) -> None:
+    case_id = service.submit(make_app("return_refund"), idempotency_key="k-sub").case.id
+    assert case_id is not None
+    with pytest.raises(IdempotencyKeyReused):
+        service.fire(case_id, "cancel", BUYER, idempotency_key="k-sub")
+    assert service.get(case_id).case.state is CaseState.SUBMITTED
+
+
+def test_a_key_used_on_one_case_is_refused_on_another(
+    service: CaseService, new_case: NewCase
+) -> None:
+    first = new_case("return_refund")
+    second = new_case("return_refund", order_id="o-other")
+    service.fire(first, "approve", MERCHANT, idempotency_key="k-1")
+    with pytest.raises(Conflict, match="k-1 was already used"):
+        service.fire(second, "approve", MERCHANT, idempotency_key="k-1")
+    assert service.get(second).case.state is CaseState.SUBMITTED

@@ -39,6 +39,7 @@ DOCUMENTED = [
     ("AFTERSALES_FAKE_PAYMENT_FAILURE_RATE", "0.25", ("fakes", "payment_failure_rate"), 0.25),
     ("AFTERSALES_FAKE_CARRIER_LATENCY_MS", "12", ("fakes", "carrier_latency_ms"), 12.0),
     ("AFTERSALES_POLICY_FILE", "/etc/p.toml", ("policy_file",), Path("/etc/p.toml")),
+    ("AFTERSALES_SOURCES_FILE", "/etc/s.toml", ("sources_file",), Path("/etc/s.toml")),
     ("AFTERSALES_CLOCK_FILE", "/tmp/clock", ("clock_file",), Path("/tmp/clock")),
 ]
 
@@ -74,6 +75,7 @@ def test_defaults_are_unchanged() -> None:
     assert (settings.api.max_batch, settings.api.rate_limit_per_minute) == (100, 1200)
     assert settings.fakes.payment.failure_rate == 0.0
     assert settings.policy_file is None and settings.clock_file is None
+    assert settings.sources_file is None
 
 
 def test_sections_are_built_by_field_name_too() -> None:

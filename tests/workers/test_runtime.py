@@ -64,6 +64,40 @@ def test_a_failed_event_task_keeps_its_events_as_dead_letters(
     monkeypatch.setattr(tasks.runtime, "_runtime", None)
 
 
+def test_events_that_cannot_be_kept_are_logged_without_bank_account_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a worker whose dead-letter table cannot be written either
+    url = sqlite_url(tmp_path / "cases.db")
+    monkeypatch.setenv("AFTERSALES_DATABASE_URL", url)
+    monkeypatch.setattr(tasks.runtime, "_runtime", None)
+    monkeypatch.setattr(tasks.runtime, "_builder", None)
+    app = worker_app(Settings(database=DatabaseSettings(url=url), policy_file=None))
+    service = tasks.runtime.runtime().events
+
+    def cannot_keep(*_: object) -> None:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(service, "keep_failed", cannot_keep)
+    account = {"buyer_id": "b1", "holder": "Li", "bank": "ICBC", "account_no": "6222020200112233"}
+    event = {
+        "event_id": "b-1",
+        "source": "buyer-app",
+        "type": "buyer.bank_account_provided",
+        "occurred_at": "2026-11-20T10:00:00+08:00",
+        "case_id": 1,
+        "data": account,
+    }
+    # when the task fails for good, its event logged as the last place to find it
+    app.tasks["aftersales.ingest_event"].on_failure(
+        RuntimeError("boom"), "task-1", (json.dumps(event),), {}, None
+    )
+    # then the log names the event, its account number masked
+    assert "b-1" in caplog.text and "************2233" in caplog.text
+    assert "6222020200112233" not in caplog.text
+    monkeypatch.setattr(tasks.runtime, "_runtime", None)
+
+
 @pytest.mark.parametrize(
     "broker_url", [None, "redis://127.0.0.1:6379/0"], ids=["embedded", "redis"]
 )

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from config.sources import Sources, default_sources
+from workflow import channels
 from workflow.clock import Clock
 from workflow.errors import AftersalesError, Conflict, IngestFailed, InvalidInput, NotFound
 from workflow.events.envelope import (
@@ -322,6 +323,7 @@ class EventService:
                 decided.reason,
                 idempotency_key=f"event:{source}:{event_id}",
                 then=then,
+                source=channels.event(source, event_id),
             )
         except Conflict:
             raise  # not the event's fault
@@ -450,13 +452,14 @@ class EventService:
         with self._uow() as uow:
             return _letter(uow, letter_id)
 
-    def replay(self, letter_id: int) -> IngestResult:
+    def replay(self, letter_id: int, actor: str, reason: str) -> IngestResult:
         """Ingest an open dead letter's envelope again (after the case or the code was fixed).
 
         When it now applies, is ignored, or turns out processed meanwhile (a redelivery got
-        through), the letter is marked replayed. When it still fails, the letter stays open
-        with one more attempt and the new reason.
+        through), the letter is marked replayed, by ``actor`` for ``reason``. When it still
+        fails, the letter stays open with one more attempt and the new reason.
         """
+        _check_resolution(actor, reason)
         letter = self.dead_letter(letter_id)
         if letter.status is not DeadLetterStatus.OPEN:
             raise InvalidInput(
@@ -477,12 +480,15 @@ class EventService:
         if result.status is IngestStatus.DEAD_LETTERED:
             return result
         with self._uow() as uow:
-            uow.events.resolve_dead_letter(letter_id, DeadLetterStatus.REPLAYED, self.clock.now())
+            uow.events.resolve_dead_letter(
+                letter_id, DeadLetterStatus.REPLAYED, self.clock.now(), actor, reason.strip()
+            )
             uow.commit()
         return _with_letter(result, letter_id)
 
-    def discard(self, letter_id: int) -> DeadLetter:
-        """Set an open dead letter aside: looked at, will not apply."""
+    def discard(self, letter_id: int, actor: str, reason: str) -> DeadLetter:
+        """Set an open dead letter aside: looked at by ``actor``, will not apply, ``reason``."""
+        _check_resolution(actor, reason)
         with self._uow() as uow:
             letter = _letter(uow, letter_id)
             if letter.status is not DeadLetterStatus.OPEN:
@@ -490,10 +496,21 @@ class EventService:
                     f"dead letter {letter_id} is {letter.status.value}, not open", "letter"
                 )
             now = self.clock.now()
-            uow.events.resolve_dead_letter(letter_id, DeadLetterStatus.DISCARDED, now)
+            uow.events.resolve_dead_letter(
+                letter_id, DeadLetterStatus.DISCARDED, now, actor, reason.strip()
+            )
             uow.commit()
         letter.status, letter.resolved_at = DeadLetterStatus.DISCARDED, now
+        letter.resolved_by, letter.resolution = actor, reason.strip()
         return letter
+
+
+def _check_resolution(actor: str, reason: str) -> None:
+    """A dead letter is resolved by someone, for a reason: both are kept with it."""
+    if not actor.strip():
+        raise InvalidInput("name who replays or discards the letter", "actor")
+    if not reason.strip():
+        raise InvalidInput("give a reason for replaying or discarding the letter", "reason")
 
 
 def _letter(uow: UnitOfWork, letter_id: int) -> DeadLetter:
