@@ -110,6 +110,9 @@ def _expected_timer(case: Case) -> str | None:
             CaseType.EXCHANGE: "replacement_shipment",
             CaseType.REPAIR: "repair_completion",
         }.get(case_type)
+    if state is S.SUBMITTED and case_type is CaseType.REFUND_ONLY and case.delivered_at:
+        # RULES.md C: delivered goods are refunded without return only with the merchant's consent.
+        return "merchant_consent"
     if state in (S.APPROVED, S.PICKUP):
         return None if case_type is CaseType.REFUND_ONLY else "return_shipment"
     if state is S.AWAITING_BANK_ACCOUNT:
