@@ -112,6 +112,13 @@ def merchant_consent_required(facts: EligibilityFacts) -> bool:
     return facts.case_type is CaseType.REFUND_ONLY and facts.delivered_at is not None
 
 
+def refund_at_once(facts: EligibilityFacts) -> bool:
+    """C, refund-only: an order the merchant has not shipped is refunded at once."""
+    return (
+        facts.case_type is CaseType.REFUND_ONLY and not facts.shipped and facts.delivered_at is None
+    )
+
+
 def check_eligibility(facts: EligibilityFacts, policy: Policy, now: datetime) -> None:
     """Raise ``PolicyRefusal`` if the application may not be made now."""
     if facts.reason not in policy.reasons:

@@ -143,10 +143,14 @@ class CaseService:
                 idempotency_key=idempotency_key,
             )
             uow.log.append([record])
-            deadline = engine.timer_for(case, self.policy, now, None)
+            # RULES.md C: an order not shipped yet is refunded at once, no review to wait for.
+            at_once = rules.refund_at_once(facts)
+            deadline = None if at_once else engine.timer_for(case, self.policy, now, None)
             if deadline is not None:
                 uow.timers.arm(deadline)
             uow.outbox.add(engine.messages_for(case, record))
+            if at_once:
+                deadline = self.transition(uow, case, "auto_approve", SYSTEM).deadline
             uow.commit()
         self._outbox_written()
         return CaseView(case, deadline)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from config.policy import Policy, load_policy
+from workflow import service as service_module
 from workflow.clock import FakeClock
 from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
@@ -879,6 +881,31 @@ def test_C_a_revised_refund_only_still_needs_the_consent(
     revised = service.fire(case_id, "revise", BUYER, data={"description": "photos attached"})
     # then: the consent deadline is armed again
     assert revised.deadline is not None and revised.deadline.kind == "merchant_consent"
+
+
+def test_C_an_order_not_shipped_is_refunded_at_once(
+    service: CaseService, make_app: MakeApp, db: InMemoryDatabase, monkeypatch: pytest.MonkeyPatch
+):
+    """C refund-only: an order the merchant has not shipped is refunded at once, with no
+    review to wait for; a shipped order not received waits for the review (next test)."""
+    # given: the order's facts say it was never shipped (the order of record's; an application
+    # cannot say so, hence the patched facts)
+    build = service_module._eligibility_facts
+    monkeypatch.setattr(
+        service_module,
+        "_eligibility_facts",
+        lambda app, category: replace(build(app, category), shipped=False),
+    )
+    # when: the buyer applies for a refund only
+    view = service.submit(make_app("refund_only", reason="no_reason", delivered_at=None))
+    # then: the refund is under way in the same transaction, no deadline armed
+    case_id = view.case.id
+    assert case_id is not None
+    assert view.case.state is S.REFUNDING and view.deadline is None
+    assert _triggers(service, case_id) == ["submit", "auto_approve", "start_refund"]
+    assert [r.actor for r in service.history(case_id)][1:] == ["system", "system"]
+    assert len(_topics(db, case_id, "refund.requested")) == 1
+    assert [t for t in db.timers.values() if t.case_id == case_id] == []
 
 
 def test_C_refund_only_for_undelivered_goods_needs_no_consent(
