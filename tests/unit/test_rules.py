@@ -728,6 +728,26 @@ def test_A6_damage_must_be_reported_within_the_7_day_window(
     assert refused.value.rule == "no_reason_window"
 
 
+def test_A6_C_refund_only_on_delivered_goods_last_day_in_first_day_out_in_shanghai(
+    service: CaseService, clock: FakeClock, make_app: MakeApp
+):
+    """A.6/C: damage or a missing item is reported for a refund only within the 7-day
+    window, in Shanghai days: delivered 10 Nov 17:30 UTC is 11 Nov in Shanghai, so day 7 is
+    18 Nov."""
+    delivered = datetime(2026, 11, 10, 17, 30, tzinfo=UTC)
+    app = make_app("refund_only", reason="missing_item", delivered_at=delivered)
+    # given/when: 18 Nov 23:59 Shanghai: accepted, waiting for the merchant's consent
+    clock.set(shanghai(2026, 11, 18, 23, 59))
+    view = service.submit(app)
+    assert view.deadline is not None and view.deadline.kind == "merchant_consent"
+    # when: 19 Nov 00:00 Shanghai: refused, naming the dates
+    clock.set(shanghai(2026, 11, 19, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        service.submit(app | {"order_id": "o2"})
+    assert refused.value.rule == "no_reason_window"
+    assert "2026-11-18" in str(refused.value) and "2026-11-19" in str(refused.value)
+
+
 def test_A6_B_not_received_is_refund_only(service: CaseService, make_app: MakeApp):
     """B refund-only (not received): goods never delivered are refunded without a return;
     a return-type case needs the goods delivered first."""
