@@ -66,8 +66,12 @@ def _goods_back(event: EventData) -> bool:
 
 
 def _merchant_consent_required(event: EventData) -> bool:
-    binding = cast(_Binding, event.model)
-    return bool(binding.case.details.get("merchant_consent_required"))
+    case = cast(_Binding, event.model).case
+    recorded = case.details.get("merchant_consent_required")
+    if recorded is None:
+        # A case submitted before the rule recorded it: judged by its own snapshot.
+        return case.type is CaseType.REFUND_ONLY and case.delivered_at is not None
+    return bool(recorded)
 
 
 #: Routing conditions named by ``Rule.when``.

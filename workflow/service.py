@@ -129,8 +129,7 @@ class CaseService:
             case = _new_case(
                 app, category, base, app.payment.amount - committed, now, idempotency_key
             )
-            if rules.merchant_consent_required(facts):
-                case.details["merchant_consent_required"] = True
+            case.details["merchant_consent_required"] = rules.merchant_consent_required(facts)
             case.id = uow.cases.add(case)
             record = TransitionRecord(
                 case.id,

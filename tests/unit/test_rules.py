@@ -890,6 +890,24 @@ def test_C_an_auto_approval_of_a_consent_case_goes_to_the_platform_not_the_refun
     assert _topics(db, case_id, "refund.requested") == []
 
 
+def test_C_an_older_delivered_refund_only_is_routed_to_the_platform_by_its_timer(
+    service: CaseService, clock: FakeClock, new_case: NewCase, db: InMemoryDatabase
+):
+    """C: a delivered refund-only case submitted before the consent rule (no flag recorded,
+    the review timer armed) is not refunded when that timer fires: it goes to the platform."""
+    # given: a delivered refund-only case as an older release stored it
+    case_id = new_case("refund_only", reason="quality_issue")
+    del db.cases[case_id].details["merchant_consent_required"]
+    # when: the review timer of the older release fires auto_approve
+    result = service.fire(case_id, "auto_approve", SYSTEM)
+    # then: disputed, no refund; a not-received one of the same age is still approved
+    assert result.case.state is S.DISPUTED
+    assert _topics(db, case_id, "refund.requested") == []
+    other = new_case("refund_only", reason="not_received", delivered_at=None, order_id="o2")
+    del db.cases[other].details["merchant_consent_required"]
+    assert service.fire(other, "auto_approve", SYSTEM).case.state is S.REFUNDING
+
+
 def test_C_a_revised_refund_only_still_needs_the_consent(
     service: CaseService, clock: FakeClock, new_case: NewCase
 ):
@@ -938,7 +956,7 @@ def test_C_refund_only_for_undelivered_goods_needs_no_consent(
     # then
     view = service.get(case_id)
     assert view.deadline is not None and view.deadline.kind == "merchant_review"
-    assert "merchant_consent_required" not in view.case.details
+    assert view.case.details["merchant_consent_required"] is False
 
 
 @pytest.mark.parametrize("label", ["approved", "pickup"])
