@@ -185,15 +185,16 @@ def _exchange(script: _Script) -> Outcome:
     script.heading(
         2,
         title,
-        "A phone with a dead speaker, 20 days after delivery (within the 1-year warranty): "
+        "A phone with a dead speaker, 12 days after delivery (a quality problem is exchanged "
+        "within 15 days, repaired within the 1-year warranty): "
         "it goes back, the merchant ships a replacement, the buyer confirms.",
     )
     app = script.application(
         "exchange",
         "phone",
         "quality_issue",
-        paid_days_ago=24,
-        delivered_days_ago=20,
+        paid_days_ago=16,
+        delivered_days_ago=12,
         price=329_900,
         description="speaker silent",
     )

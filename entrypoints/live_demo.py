@@ -369,7 +369,7 @@ class LiveDemo:
         self.submit(
             jacket, "clothing", "no_reason", 5, 2, 19_900, gifts=[scarf], description="small"
         )
-        self.submit(phone, "phone", "quality_issue", 24, 20, 329_900, description="mute")
+        self.submit(phone, "phone", "quality_issue", 16, 12, 329_900, description="mute")
         self.submit(headphones, "electronics", "quality_issue", 155, 150, 89_900)
         self.submit(preorder, "home", "not_received", 380, None, 45_800)
         self.submit(idle, "home", "no_reason", 4, 1, 12_800)

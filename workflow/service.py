@@ -112,7 +112,8 @@ class CaseService:
                 earlier = uow.cases.by_submission_key(idempotency_key)
                 if earlier is not None:
                     return CaseView(earlier, uow.timers.pending(_id(earlier)))
-            rules.check_eligibility(app, category, self.policy, now)
+            facts = _eligibility_facts(app, category)
+            rules.check_eligibility(facts, self.policy, now)
             uow.cases.lock_order(app.order_id)
             if idempotency_key:
                 # Again under the order lock: a concurrent twin may have committed meanwhile.
@@ -128,6 +129,7 @@ class CaseService:
             case = _new_case(
                 app, category, base, app.payment.amount - committed, now, idempotency_key
             )
+            case.details["merchant_consent_required"] = rules.merchant_consent_required(facts)
             case.id = uow.cases.add(case)
             record = TransitionRecord(
                 case.id,
@@ -140,10 +142,14 @@ class CaseService:
                 idempotency_key=idempotency_key,
             )
             uow.log.append([record])
-            deadline = engine.timer_for(case, self.policy, now, None)
+            # RULES.md C: an order not shipped yet is refunded at once, no review to wait for.
+            at_once = rules.refund_at_once(facts)
+            deadline = None if at_once else engine.timer_for(case, self.policy, now, None)
             if deadline is not None:
                 uow.timers.arm(deadline)
             uow.outbox.add(engine.messages_for(case, record))
+            if at_once:
+                deadline = self.transition(uow, case, "auto_approve", SYSTEM).deadline
             uow.commit()
         self._outbox_written()
         return CaseView(case, deadline)
@@ -494,6 +500,18 @@ def _get(uow: UnitOfWork, case_id: int) -> Case:
 def rules_refusal_open_case(order_id: str, listed: str) -> PolicyRefusal:
     return PolicyRefusal(
         "one_open_case_per_item", f"order {order_id} already has an open case for {listed}"
+    )
+
+
+def _eligibility_facts(app: Application, category: str) -> rules.EligibilityFacts:
+    # Until orders of record: the application's own statements (it cannot say "not shipped" or
+    # "lost in transit", so those facts keep their defaults).
+    return rules.EligibilityFacts(
+        case_type=app.type,
+        reason=app.reason,
+        category=category,
+        paid_at=app.payment.paid_at,
+        delivered_at=app.delivered_at,
     )
 
 
