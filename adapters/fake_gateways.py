@@ -1,23 +1,11 @@
 """In-process fakes of the remotes: carrier, payment gateway, shipper, notification service.
 
-Each simulates a remote call: a latency (``time.sleep``), and failures drawn from a seeded random
-generator (``config.settings.FakeBehaviour``) or scripted call by call with ``script(...)``:
-
-- ``ok``: the remote acts and answers;
-- ``fail``: a definite failure. The payment gateway declines (stored under the key, so a repeat
-  returns the same failure); the carrier and the notifier are unavailable (``GatewayUnavailable``);
-- ``reject``: carrier and shipper refuse definitely (``GatewayRejected``);
-- ``timeout_before``: ``GatewayUnavailable`` before the remote did anything;
-- ``timeout_after``: the remote acted (paid, booked, sent), then ``GatewayUnavailable``: the
-  answer was lost.
-
-The payment gateway keeps its own ledger in a SQL table, ``fake_gateway_payments``, and the
-notifier its deliveries in ``fake_notifications``, in a database given by URL. They create their
-tables themselves (``CREATE TABLE IF NOT EXISTS``, their own ``MetaData``: they stand for
-external systems, so our migrations do not know them) and write on their own connection,
-committed before the call returns, as a remote would. A crash of the worker after the call
-therefore cannot undo a payment, and ``payments_count`` counts real payments across processes.
-Like real gateways they honour idempotency keys: the same key returns the stored result.
+Each call sleeps a latency, then acts or fails as drawn from a seeded random generator
+(``config.settings.FakeBehaviour``) or as scripted call by call with ``script(...)``. The payment
+gateway's ledger (``fake_gateway_payments``) and the notifier's deliveries
+(``fake_notifications``) are SQL tables of their own, outside our migrations, committed before
+the call returns as a remote's would be; like real gateways the fakes honour idempotency keys.
+docs/side-effects.md ("The fakes") has the details.
 """
 
 from __future__ import annotations
@@ -54,6 +42,10 @@ from workflow.gateways import (
 from workflow.model import RefundRoute
 from workflow.payloads import BankAccount
 
+#: ``ok``: the remote acts and answers. ``fail``: a definite failure (the payment gateway declines
+#: and stores it under the key; carrier and notifier are unavailable). ``reject``: carrier and
+#: shipper refuse (``GatewayRejected``). ``timeout_before``: ``GatewayUnavailable`` before the
+#: remote acted; ``timeout_after``: the remote acted (paid, booked, sent), the answer was lost.
 Behaviour = Literal["ok", "fail", "reject", "timeout_before", "timeout_after"]
 BEHAVIOURS: frozenset[str] = frozenset({"ok", "fail", "reject", "timeout_before", "timeout_after"})
 

@@ -61,6 +61,42 @@ class Outcome:
         }
 
 
+def application(
+    number: int,
+    now: datetime,
+    case_type: str,
+    category: str,
+    reason: str,
+    paid_days_ago: float,
+    delivered_days_ago: float | None,
+    price: int,
+    *,
+    gifts: list[dict[str, Any]] | None = None,
+    channel: str = "wechat_pay",
+    description: str = "",
+    order_prefix: str = "o-2026",
+) -> dict[str, Any]:
+    """Order ``number``'s application dated relative to ``now``, as a buyer's app would send it."""
+    delivered = None if delivered_days_ago is None else now - timedelta(days=delivered_days_ago)
+    return {
+        "type": case_type,
+        "order_id": f"{order_prefix}-{number:04d}",
+        "buyer_id": BUYER.id,
+        "merchant_id": MERCHANT.id,
+        "category": category,
+        "reason": reason,
+        "description": description,
+        "payment": {
+            "channel": channel,
+            "amount": price,
+            "paid_at": (now - timedelta(days=paid_days_ago)).isoformat(),
+        },
+        "delivered_at": delivered.isoformat() if delivered else None,
+        "items": [{"sku": f"sku-{number}", "quantity": 1, "unit_price": price}],
+        "gifts": gifts or [],
+    }
+
+
 class _Script:
     """The demo's stage: a service, the clock it reads, and where the story is printed."""
 
@@ -71,39 +107,10 @@ class _Script:
         self.zone = ZoneInfo(service.policy.timezone)
         self._orders = 0
 
-    def application(
-        self,
-        case_type: str,
-        category: str,
-        reason: str,
-        paid_days_ago: float,
-        delivered_days_ago: float | None,
-        price: int,
-        gifts: list[dict[str, Any]] | None = None,
-        channel: str = "wechat_pay",
-        description: str = "",
-    ) -> dict[str, Any]:
-        """An application dated relative to the clock, as a buyer's app would send it."""
+    def application(self, case_type: str, *terms: Any, **options: Any) -> dict[str, Any]:
+        """An application dated relative to the clock (``application``'s terms)."""
         self._orders += 1
-        now = self.clock.now()
-        delivered = None if delivered_days_ago is None else now - timedelta(days=delivered_days_ago)
-        return {
-            "type": case_type,
-            "order_id": f"o-2026-{self._orders:04d}",
-            "buyer_id": BUYER.id,
-            "merchant_id": MERCHANT.id,
-            "category": category,
-            "reason": reason,
-            "description": description,
-            "payment": {
-                "channel": channel,
-                "amount": price,
-                "paid_at": (now - timedelta(days=paid_days_ago)).isoformat(),
-            },
-            "delivered_at": delivered.isoformat() if delivered else None,
-            "items": [{"sku": f"sku-{self._orders}", "quantity": 1, "unit_price": price}],
-            "gifts": gifts or [],
-        }
+        return application(self._orders, self.clock.now(), case_type, *terms, **options)
 
     def submit(self, application: dict[str, Any]) -> int:
         # The order system imports the order first (issue 13: the facts come from it).
@@ -182,15 +189,16 @@ def _exchange(script: _Script) -> Outcome:
     script.heading(
         2,
         title,
-        "A phone with a dead speaker, 20 days after delivery (within the 1-year warranty): "
+        "A phone with a dead speaker, 12 days after delivery (a quality problem is exchanged "
+        "within 15 days, repaired within the 1-year warranty): "
         "it goes back, the merchant ships a replacement, the buyer confirms.",
     )
     app = script.application(
         "exchange",
         "phone",
         "quality_issue",
-        paid_days_ago=24,
-        delivered_days_ago=20,
+        paid_days_ago=16,
+        delivered_days_ago=12,
         price=329_900,
         description="speaker silent",
     )

@@ -1,200 +1,427 @@
 """The live demo (``aftersales demo --live``, ``make run``): the real service moving cases.
 
 It starts ``aftersales run`` (worker and beat on the embedded broker and SQLite, files in
-``var/demo-live/``) and then does only what the outside world does (``entrypoints.live_stage``):
-buyers submit, merchants, buyers and the carrier send events through the broker, and time passes
-on the shared clock file. Pauses are for people to follow, on a terminal only.
+``var/demo-live/``) and then does only what the outside world does: buyers submit, merchants,
+buyers and the carrier send events through the broker, and time passes on the shared clock file.
+The screen follows the cases from the database. Pauses are for people, on a terminal only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from types import FrameType
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
-from entrypoints.demo import Outcome, summary_table
-from entrypoints.live_stage import (
-    DEMO_DIR,
-    LOG_NOISE,
-    STOP_GRACE_S,
-    TERMINAL_PACE_S,
-    DemoFailed,
-    Sample,
-    Stage,
-    buyer_data,
-    case_ids,
-    merchant_data,
-    prepare,
-    sigterm_as_interrupt,
-    worker_process,
+from adapters.fake_gateways import build_fake_gateways
+from config.settings import (
+    FakeGatewaySettings,
 )
+from entrypoints import composition, render, views
+from entrypoints.demo import BUYER, MERCHANT, START, Outcome, application, summary_table
+from entrypoints.live_worker import SWEEP_S, DemoFailed, prepare, settings_for, start_worker
+from entrypoints.processes import ChildProcess, wait_until
+from tasks.app import create_app
+from tasks.kick import RELAY_TASK
+from tasks.producer import INGEST_TASK, make_envelope
+from workflow.clock import FileClock
 from workflow.errors import PolicyRefusal
+from workflow.model import RefundRoute, TransitionRecord
+from workflow.orders_service import OrderService
+from workflow.service import CaseView
 from workflow.states import CaseState
 
-__all__ = ["DEMO_DIR", "DemoFailed", "LiveResult", "run"]
+#: The demo's folder, relative to the directory it runs in; deleted and recreated on each run.
+DEMO_DIR = Path("var") / "demo-live"
+#: Upper bounds of the waits; a healthy run needs a small fraction of each.
+READY_TIMEOUT_S, STEP_TIMEOUT_S, STOP_GRACE_S = 90.0, 30.0, 20.0
+POLL_S = 0.1
+#: On a terminal, the pause before each narrated step (and half of it after).
+TERMINAL_PACE_S = 1.5
+#: From this many columns the table also names each case's scenario.
+WIDE = 130
+#: The line celery logs when an ingest task ends; its result is the ``IngestResult`` status.
+_INGESTED = re.compile(
+    r"Task aftersales\.ingest_event\[(?P<id>[^\]]+)\] "
+    r"(?:succeeded in [^:]*: '(?P<status>[a-z_]+)'|(?P<failure>raised .*))"
+)
+#: Event ids as each producer might number them: ``sf-00012``, ``mp-00003``.
+_EVENT_PREFIX = {"sf-express": "sf", "merchant-portal": "mp", "buyer-app": "app"}
 
 
-class Cast(NamedTuple):
-    jacket: Sample
-    phone: Sample
-    headphones: Sample
-    preorder: Sample
-    idle: Sample
-    late: Sample
-
-    @property
-    def cases(self) -> tuple[Sample, ...]:
-        """The five that become cases (the last is refused)."""
-        return self[:5]
-
-    @property
-    def returns(self) -> tuple[Sample, Sample, Sample]:
-        """The three whose goods go back to the merchant."""
-        return self.jacket, self.phone, self.headphones
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM to the demo unwinds like Ctrl-C, so the worker is stopped on the way out."""
+    raise KeyboardInterrupt
 
 
-@dataclass
-class LiveResult:
-    outcomes: list[Outcome]
-    events: list[dict[str, Any]]
-    worker_pid: int
-    worker_exit: int | None
-    worker_stopped_by: str | None
-    folder: Path
-    seconds: float
+@dataclass(eq=False)
+class Sample:
+    """One sample case: a row of the live table and, at the end, of the summary."""
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "outcomes": [outcome.as_json() for outcome in self.outcomes],
-            "events": self.events,
-            "worker": {
-                "pid": self.worker_pid,
-                "exit_code": self.worker_exit,
-                "stopped_by": self.worker_stopped_by,
-            },
-            "folder": str(self.folder),
-            "seconds": round(self.seconds, 1),
-        }
+    number: int
+    title: str
+    label: str
+    case_type: str
+    case_id: int = 0  # 0 until submitted; stays 0 when refused
+    note: str = ""
+    refusal: PolicyRefusal | None = None
+
+    def parcel(self, outbound: bool = False) -> str:
+        """The tracking number of the return parcel, or of the goods going to the buyer."""
+        return f"SF{8 if outbound else 7}{self.number:08d}"
 
 
-class LiveDemo(Stage):
-    """The story, played on the stage."""
+class LiveDemo:
+    """Drives the running worker as the outside world would and shows what it does."""
+
+    def __init__(self, folder: Path, worker: ChildProcess, console: Console | None) -> None:
+        self.folder, self.worker, self.console = folder, worker, console
+        self.pace = TERMINAL_PACE_S if console is not None and console.is_terminal else 0.0
+        self.settings = settings_for(folder)
+        self.clock = FileClock(str(folder / "clock"))
+        # Events go through an app with the worker's broker settings (the embedded broker has
+        # no URL of its own): the same ``send_task(INGEST_TASK, ...)`` producers make.
+        self.broker = create_app(self.settings)
+        self.service = composition.build_service(
+            self.settings, self.clock, outbox_written=lambda: self.broker.send_task(RELAY_TASK)
+        )
+        self.zone = ZoneInfo(self.service.policy.timezone)
+        self.samples: list[Sample] = []
+        self.sent: list[tuple[str, dict[str, Any]]] = []  # (ingest task id, event's JSON)
+        self.results: dict[str, str] = {}  # ingest task id -> its status, from the worker's log
+        self.checked = 0  # sent[:checked] have been waited for by ingested()
+        self.numbered = 0  # events made (a repeated one is sent again under its number)
+        self.views: dict[int, CaseView] = {}
+        self.histories: dict[int, list[TransitionRecord]] = {}
+        self.live: Live | None = None
+
+    # -- following the worker and the cases -------------------------------------------------------
+    def print(self, renderable: RenderableType) -> None:
+        console = self.live.console if self.live is not None else self.console
+        if console is not None:
+            console.print(renderable)
+
+    def poll(self) -> None:
+        """Read the worker's log and every case; print new transitions; redraw the table."""
+        for match in _INGESTED.finditer(self.worker.output()):
+            self.results[match["id"]] = match["status"] or f"error: {match['failure']}"
+        for case_id in (sample.case_id for sample in self.samples if sample.case_id):
+            self.views[case_id], history = self.service.get(case_id), self.service.history(case_id)
+            for record in history[len(self.histories.get(case_id, [])) :]:
+                line = Text(f"    case {case_id} ", style="dim")
+                line.append_text(render.state_text(record.from_state)).append(" → ")
+                line.append_text(render.state_text(record.to_state))
+                self.print(line.append(f"  {record.trigger} by {record.actor}", style="dim"))
+            self.histories[case_id] = history
+        if self.live is not None:
+            self.live.update(self.screen(), refresh=True)
+
+    def wait(
+        self, what: str, condition: Callable[[], bool], timeout: float = STEP_TIMEOUT_S
+    ) -> None:
+        def met() -> bool:
+            self.poll()
+            if not condition() and not self.worker.alive():
+                code = self.worker.returncode
+                raise DemoFailed(f"the worker exited (code {code}) while waiting for {what}")
+            return condition()
+
+        try:
+            wait_until(met, what, timeout, every=POLL_S)
+        except TimeoutError as error:
+            raise DemoFailed(str(error)) from None
+
+    def pause(self, seconds: float) -> None:
+        """Let people read (terminal only); the table keeps refreshing meanwhile."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.poll()
+            time.sleep(POLL_S)
+
+    def state(self, sample: Sample) -> str:
+        view = self.views.get(sample.case_id)
+        return view.case.state.value if view else "?"
+
+    def expect(self, state: CaseState, *samples: Sample, why: str) -> None:
+        """Wait until every one of ``samples`` is in ``state``."""
+        try:
+            self.wait(why, lambda: all(self.state(s) == state.value for s in samples))
+        except DemoFailed as error:
+            now = ", ".join(f"case {s.case_id} is {self.state(s)}" for s in samples)
+            raise DemoFailed(f"{error} (expected {state.value}; {now})") from None
+
+    # -- what is shown ----------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        """A step's narration: after a pause to look at the last step's result, before it acts."""
+        self.pause(self.pace)
+        now = views.local_time(self.clock.now(), self.zone)
+        self.print(Text.assemble(("\n" + now + "  ", "bold magenta"), (text, "bold")))
+        self.pause(self.pace / 2)
+
+    def aside(self, text: str, style: str = "italic") -> None:
+        self.print(Text("    " + text, style=style))
+
+    def screen(self) -> RenderableType:
+        """The clock and worker, then case, type, state, deadline, last transition, refund (and
+        the scenario when it fits)."""
+        now = self.clock.now()
+        header = Text.assemble(
+            ("after-sales, live", "bold"),
+            f" · simulated clock {views.local(now, self.zone)} · worker pid {self.worker.pid}"
+            " (aftersales run) · ",
+            (str(self.folder), "dim"),
+        )
+        wide = (self.console.width if self.console is not None else WIDE) >= WIDE
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("case", justify="right", no_wrap=True)
+        for name in ("scenario", "type", "state", "deadline", "last transition", "refund"):
+            if name != "scenario" or wide:
+                table.add_column(name, no_wrap=name in ("type", "state"))
+        table.columns[-1].justify = "right"
+        for sample in self.samples:
+            label = [sample.label] if wide else []
+            view = self.views.get(sample.case_id)
+            if view is None:
+                refused = Text("refused", style="bold red") if sample.refusal else Text("…")
+                rule = f"rule {sample.refusal.rule if sample.refusal else ''}"
+                table.add_row("—", *label, sample.case_type, refused, "", rule, "")
+                continue
+            case, due, history = view.case, view.deadline, self.histories.get(sample.case_id)
+            deadline = Text("—", style="dim")
+            if due is not None:
+                style = "bold red" if due.due_at <= now else ""
+                deadline = Text(f"{views.relative(due.due_at, now)} → {due.trigger}", style=style)
+            last = Text()
+            if history:
+                last.append(f"{history[-1].at.astimezone(self.zone):%m-%d %H:%M} ", style="dim")
+                last.append(history[-1].trigger)
+                last.append(f" ({history[-1].actor.partition(':')[0]})", style="dim")
+            refund = ""
+            if case.refund_route is not None:
+                bank = case.refund_route is RefundRoute.BANK_TRANSFER
+                to = "by bank transfer" if bank else f"to {case.payment.channel}"
+                refund = f"{views.yuan(case.refund_amount)} {to}"
+            state = render.state_text(case.state)
+            table.add_row(str(case.id), *label, case.type.value, state, deadline, last, refund)
+        return Group(header, table)
+
+    # -- what the outside world does --------------------------------------------------------------
+    def submit(self, sample: Sample, *terms: Any, **options: Any) -> None:
+        """Submit ``demo.application``'s terms dated relative to the clock, as a buyer's app."""
+        now = self.clock.now()
+        app = application(
+            sample.number, now, sample.case_type, *terms, **options, order_prefix="o-live"
+        )
+        # The order system imports the order first (issue 13: the facts come from it).
+        service = self.service
+        OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+        sample.case_id = service.submit(app, BUYER).case.id or 0
+
+    def event(
+        self, sample: Sample, source: str, event_type: str, parcel: str | None = None, **data: Any
+    ) -> dict[str, Any]:
+        """Queue one event: a carrier names the order and parcel, front ends name the case."""
+        self.numbered += 1
+        envelope = make_envelope(
+            source,
+            event_type,
+            case_id=None if parcel else sample.case_id,
+            order_id=f"o-live-{sample.number:04d}" if parcel else None,
+            tracking_no=parcel,
+            data=data or None,
+            event_id=f"{_EVENT_PREFIX[source]}-{self.numbered:05d}",
+            occurred_at=self.clock.now(),
+        )
+        self.send(sample, envelope)
+        return envelope
+
+    def merchant(self, sample: Sample, event: str, **data: Any) -> None:
+        self.event(sample, "merchant-portal", f"merchant.{event}", merchant_id=MERCHANT.id, **data)
+
+    def buyer(self, sample: Sample, event: str, **data: Any) -> None:
+        self.event(sample, "buyer-app", f"buyer.{event}", buyer_id=BUYER.id, **data)
+
+    def carrier(self, sample: Sample, event: str, parcel: str, **data: Any) -> dict[str, Any]:
+        return self.event(sample, "sf-express", event, parcel, **data)
+
+    def send(self, sample: Sample, envelope: dict[str, Any]) -> None:
+        task = self.broker.send_task(INGEST_TASK, args=[envelope])
+        event = {key: envelope[key] for key in ("event_id", "source", "type")}
+        self.sent.append((str(task.id), event | {"case_id": sample.case_id}))
+
+    def ingested(self, expected: dict[str, int] | None = None) -> list[str]:
+        """Wait until the worker has ingested every queued event; their statuses, in order.
+        Every event must apply unless ``expected`` counts other statuses (the duplicate)."""
+        waiting = [task_id for task_id, _ in self.sent[self.checked :]]
+        self.checked = len(self.sent)
+        self.wait(
+            f"the worker to ingest {len(waiting)} event(s)",
+            lambda: all(task_id in self.results for task_id in waiting),
+        )
+        statuses = [self.results[task_id] for task_id in waiting]
+        wanted = expected or {"applied": len(waiting)}
+        counted = {status: statuses.count(status) for status in set(statuses)}
+        if counted != wanted:
+            letters = composition.build_event_service(self.settings, self.service).dead_letters()
+            told = "; ".join(f"{d.event_id}: {d.reason}" for d in letters)
+            told = f"; dead letters: {told}" if told else ""
+            raise DemoFailed(f"events ended {counted}, expected {wanted}{told}")
+        return statuses
+
+    def settle(self, state: CaseState, *samples: Sample, why: str) -> None:
+        """Wait until the worker has applied every queued event and ``samples`` are in ``state``."""
+        self.ingested()
+        self.expect(state, *samples, why=why)
+
+    def wait_ready(self) -> None:
+        """Send ``aftersales.ping`` and wait for its proof: the worker consumes the broker."""
+        token = f"live-demo-{os.getpid()}"
+        self.broker.send_task("aftersales.ping", args=[token])
+        self.print(
+            f"[bold]after-sales live demo[/]: started `aftersales run` (pid {self.worker.pid})"
+            f" on {self.folder}; waiting for it to take tasks…"
+        )
+        proof = self.folder / "worker-pings" / token
+        self.wait("the worker to run a ping", proof.exists, READY_TIMEOUT_S)
+        self.print(
+            f"worker ready: it consumes the embedded broker, beat sweeps timers every {SWEEP_S} s,"
+            f" and every process reads the clock from {self.folder / 'clock'}"
+        )
+
+    def reference(self, sample: Sample) -> str:
+        refunds = [r for r in self.service.history(sample.case_id) if r.trigger == "confirm_refund"]
+        return f" (reference {refunds[-1].data.get('reference')})" if refunds else ""
+
+    def paid(self, sample: Sample) -> str:
+        """What the fake payment gateway's ledger holds for the case: one payment."""
+        payments = build_fake_gateways(
+            FakeGatewaySettings(ledger_url=None), self.settings.database.url, self.clock
+        ).payments
+        if (count := payments.payments_count(sample.case_id)) != 1:
+            raise DemoFailed(f"case {sample.case_id} was paid {count} times")
+        return f" ({views.yuan(payments.amount_paid(sample.case_id))})"
 
     # -- the play ---------------------------------------------------------------------------------
     def play(self) -> list[Outcome]:
         self.wait_ready()
-        live = None
         if self.console is not None and self.console.is_terminal:
-            live = Live(self.screen(), console=self.console, auto_refresh=False)
-        with live if live is not None else contextlib.nullcontext():
-            self.live = live
+            self.live = Live(self.screen(), console=self.console, auto_refresh=False)
+        with self.live if self.live is not None else contextlib.nullcontext():
             try:
-                self._story()
+                self.story()
             finally:
                 self.poll()
-                self.live = None
-        if self.console is not None and live is None:
+        if self.console is not None and self.live is None:
             self.console.print()
             self.console.print(self.screen())
-        return self.outcomes()
+        self.live = None
+        return [self.outcome(sample) for sample in self.samples]
 
-    def _story(self) -> None:
+    def outcome(self, sample: Sample) -> Outcome:
+        if not sample.case_id:
+            return Outcome(sample.title, sample.case_type, None, "refused", None, sample.note)
+        case = self.service.get(sample.case_id).case
+        refund = case.refund_amount if case.state is CaseState.REFUNDED else None
+        return Outcome(
+            sample.title, case.type.value, case.id, case.state.value, refund, sample.note
+        )
+
+    def step(self, when: float | Sample, text: str) -> None:
+        """Move the clock to ``START + when`` hours (never back), or an hour past the sample's
+        pending deadline for beat's sweep to fire it; then narrate."""
+        if isinstance(when, Sample):
+            deadline = self.service.get(when.case_id).deadline
+            if deadline is None:
+                raise DemoFailed(f"case {when.case_id} has no pending deadline")
+            self.clock.set(deadline.due_at + timedelta(hours=1))
+        else:
+            self.clock.set(max(self.clock.now(), START + timedelta(hours=when)))
+        self.say(text)
+
+    def story(self) -> None:
         def sample(title: str, label: str, case_type: str = "return_refund") -> Sample:
             self.samples.append(Sample(len(self.samples) + 1, title, label, case_type))
             return self.samples[-1]
 
-        cast = Cast(
-            sample("Return and refund, a gift missing", "jacket, scarf missing"),
-            sample("Exchange of a faulty phone", "phone, speaker dead", "exchange"),
-            sample("Warranty repair, auto-confirmed", "headphones repair", "repair"),
-            sample("Refund only, past the WeChat Pay window", "pre-order lost", "refund_only"),
-            sample("Nobody acts: auto-approve, then closed", "nobody acts"),
-            sample("Refused: no-reason return on day 9", "day-9 no-reason"),
+        jacket = sample("Return and refund, a gift missing", "jacket, scarf missing")
+        phone = sample("Exchange of a faulty phone", "phone, speaker dead", "exchange")
+        headphones = sample("Warranty repair, auto-confirmed", "headphones repair", "repair")
+        preorder = sample(
+            "Refund only, past the WeChat Pay window", "pre-order lost", "refund_only"
         )
-        self._apply(cast)
-        self._review(cast)
-        self._return_leg(cast)
-        self._inspection(cast)
-        self._outcomes_by_events(cast)
-        self._timers(cast)
-        self.say("Every case has ended.")
-        jacket, phone, headphones, preorder, idle, late = cast
-        jacket.note = f"paid once by the worker{self.paid(jacket)}; duplicate event applied once"
-        phone.note = "replacement confirmed by the buyer"
-        headphones.note = "confirmed by the buyer_confirmation timer"
-        preorder.note = f"bank transfer to …2233, paid once by the worker{self.paid(preorder)}"
-        idle.note = "auto-approved after 48 h, closed after 7 days"
-        late.note = f"rule {late.refusal.rule}" if late.refusal else ""
+        idle = sample("Nobody acts: auto-approve, then closed", "nobody acts")
+        late = sample("Refused: no-reason return on day 9", "day-9 no-reason")
+        returns, outbound = (jacket, phone, headphones), (phone, headphones)
 
-    def _apply(self, cast: Cast) -> None:
-        """Day 1, 10:00: five applications, and a sixth the policy refuses."""
         self.say("Six buyers apply for after-sales (the buyer's app calls CaseService.submit).")
         scarf = {"sku": "gift-scarf", "quantity": 1, "value": 500}
         self.submit(
-            cast.jacket, "clothing", "no_reason", 5, 2, 19_900, gifts=[scarf], description="small"
+            jacket, "clothing", "no_reason", 5, 2, 19_900, gifts=[scarf], description="small"
         )
-        self.submit(cast.phone, "phone", "quality_issue", 24, 20, 329_900, description="mute")
-        self.submit(cast.headphones, "electronics", "quality_issue", 155, 150, 89_900)
-        self.submit(cast.preorder, "home", "not_received", 380, None, 45_800)
-        self.submit(cast.idle, "home", "no_reason", 4, 1, 12_800)
+        self.submit(phone, "phone", "quality_issue", 16, 12, 329_900, description="mute")
+        self.submit(headphones, "electronics", "quality_issue", 155, 150, 89_900)
+        self.submit(preorder, "home", "not_received", 380, None, 45_800)
+        self.submit(idle, "home", "no_reason", 4, 1, 12_800)
         try:
-            self.submit(cast.late, "clothing", "no_reason", 12, 9, 25_900)
-        except PolicyRefusal as refusal:
-            cast.late.refusal = refusal
-            self.aside(f"the sixth is refused, no case is created: {refusal}", style="red")
-        else:
+            self.submit(late, "clothing", "no_reason", 12, 9, 25_900)
             raise DemoFailed("the day-9 no-reason return should have been refused")
-        self.expect(CaseState.SUBMITTED, *cast.cases, why="the five submissions")
+        except PolicyRefusal as refusal:
+            late.refusal = refusal
+            self.aside(f"the sixth is refused, no case is created: {refusal}", style="red")
+        self.expect(CaseState.SUBMITTED, *self.samples[:5], why="the five submissions")
 
-    def _review(self, cast: Cast) -> None:
-        self.at(hours=2)
-        approved = (cast.jacket, cast.phone, cast.headphones, cast.preorder)
-        self.say(
-            f"The merchant approves cases {case_ids(approved)} on the merchant portal "
-            f"(merchant.approved events); nobody looks at case {cast.idle.case_id}."
+        self.step(
+            2,
+            f"The merchant approves cases {jacket.case_id}, {phone.case_id}, "
+            f"{headphones.case_id}, {preorder.case_id} on the merchant portal (merchant.approved "
+            f"events); nobody looks at case {idle.case_id}.",
         )
-        for sample in approved:
-            self.event(sample, "merchant-portal", "merchant.approved", merchant_data())
-        self.ingested()
-        self.expect(CaseState.PICKUP, *cast.returns, why="the worker to book the courier pickups")
+        for approved in (*returns, preorder):
+            self.merchant(approved, "approved")
+        self.settle(CaseState.PICKUP, *returns, why="the worker to book the courier pickups")
         self.expect(
-            CaseState.AWAITING_BANK_ACCOUNT, cast.preorder, why="the pre-order's refund to start"
+            CaseState.AWAITING_BANK_ACCOUNT, preorder, why="the pre-order's refund to start"
         )
         self.aside(
             "the worker booked the three courier pickups with the (fake) carrier; case "
-            f"{cast.preorder.case_id} was paid 380 days ago, past WeChat Pay's 365-day refund "
-            "window, so it waits for a bank account"
+            f"{preorder.case_id} was paid 380 days ago, past WeChat Pay's 365-day refund window, "
+            "so it waits for a bank account"
         )
 
-    def _return_leg(self, cast: Cast) -> None:
-        self.at(hours=6)
-        self.say("The courier collects the three return parcels (parcel.picked_up, sf-express).")
-        for sample in cast.returns:
-            self.event(
-                sample, "sf-express", "parcel.picked_up", {"carrier": "SF"}, parcel=sample.back
-            )
-        self.ingested()
-        self.expect(CaseState.SHIPPED_BACK, *cast.returns, why="the pickups")
+        self.step(
+            6, "The courier collects the three return parcels (parcel.picked_up, sf-express)."
+        )
+        for goods in returns:
+            self.carrier(goods, "parcel.picked_up", goods.parcel(), carrier="SF")
+        self.settle(CaseState.SHIPPED_BACK, *returns, why="the pickups")
 
-        self.at(hours=26)
-        jacket = cast.jacket
-        self.say(
+        self.step(
+            26,
             "Next day the carrier reports the return parcels delivered; its webhook fires twice "
-            f"for case {jacket.case_id}'s parcel (the same event_id)."
+            f"for case {jacket.case_id}'s parcel (the same event_id).",
         )
-        delivered = self.event(jacket, "sf-express", "parcel.delivered", parcel=jacket.back)
+        delivered = self.carrier(jacket, "parcel.delivered", jacket.parcel())
         self.send(jacket, dict(delivered))
-        for sample in (cast.phone, cast.headphones):
-            self.event(sample, "sf-express", "parcel.delivered", parcel=sample.back)
+        for goods in outbound:
+            self.carrier(goods, "parcel.delivered", goods.parcel())
         statuses = self.ingested({"applied": 3, "duplicate": 1})
-        self.expect(CaseState.RETURN_DELIVERED, *cast.returns, why="the deliveries")
-        history = self.service.history(jacket.id)
+        self.expect(CaseState.RETURN_DELIVERED, *returns, why="the deliveries")
+        history = self.service.history(jacket.case_id)
         moves = [record for record in history if record.trigger == "record_return_delivery"]
         self.aside(
             f"event {delivered['event_id']} twice → {statuses[0]}, {statuses[1]}: case "
@@ -203,127 +430,112 @@ class LiveDemo(Stage):
         if len(moves) != 1:
             raise DemoFailed(f"the repeated delivery moved case {jacket.case_id} twice")
 
-        self.at(hours=28)
-        self.say("The merchant confirms receipt of the three parcels (merchant.receipt_confirmed).")
-        for sample in cast.returns:
-            self.event(sample, "merchant-portal", "merchant.receipt_confirmed", merchant_data())
-        self.ingested()
-        self.expect(CaseState.RECEIVED, *cast.returns, why="the receipts")
+        self.step(
+            28, "The merchant confirms receipt of the three parcels (merchant.receipt_confirmed)."
+        )
+        for goods in returns:
+            self.merchant(goods, "receipt_confirmed")
+        self.settle(CaseState.RECEIVED, *returns, why="the receipts")
 
-    def _inspection(self, cast: Cast) -> None:
-        self.at(hours=30)
-        self.say(
+        self.step(
+            30,
             "The merchant inspects: the jacket came back without its free scarf (−¥5.00); the "
-            "phone's and the headphones' faults are confirmed (merchant.inspected)."
+            "phone's and the headphones' faults are confirmed (merchant.inspected).",
         )
-        inspected = "merchant.inspected"
-        missing = merchant_data(gifts_missing=["gift-scarf"])
-        self.event(cast.jacket, "merchant-portal", inspected, missing)
-        self.event(cast.phone, "merchant-portal", inspected, merchant_data(note="speaker fault"))
-        self.event(cast.headphones, "merchant-portal", inspected, merchant_data(note="connector"))
-        self.ingested()
-        self.expect(CaseState.REFUNDED, cast.jacket, why="the worker to pay the jacket's refund")
-        self.expect(CaseState.INSPECTED, cast.phone, cast.headphones, why="the inspections")
+        self.merchant(jacket, "inspected", gifts_missing=["gift-scarf"])
+        self.merchant(phone, "inspected", note="speaker fault")
+        self.merchant(headphones, "inspected", note="connector")
+        self.settle(CaseState.REFUNDED, jacket, why="the worker to pay the jacket's refund")
+        self.expect(CaseState.INSPECTED, *outbound, why="the inspections")
         self.aside(
-            f"case {cast.jacket.case_id}: the inspection started the refund; the worker paid "
-            f"it through the (fake) payment gateway{self.reference(cast.jacket)} → refunded"
+            f"case {jacket.case_id}: the inspection started the refund; the worker paid it "
+            f"through the (fake) payment gateway{self.reference(jacket)} → refunded"
         )
 
-    def _outcomes_by_events(self, cast: Cast) -> None:
-        phone, headphones, preorder = cast.phone, cast.headphones, cast.preorder
-        self.at(hours=31)
-        self.say("The merchant ships the replacement phone and the repaired headphones.")
-        for sample, event_type in (
-            (phone, "merchant.replacement_shipped"),
-            (headphones, "merchant.repaired_shipped"),
+        self.step(31, "The merchant ships the replacement phone and the repaired headphones.")
+        for goods, shipped in zip(
+            outbound, ("replacement_shipped", "repaired_shipped"), strict=True
         ):
-            shipped = merchant_data(tracking_no=sample.out, carrier="SF")
-            self.event(sample, "merchant-portal", event_type, shipped)
-        self.ingested()
-        self.expect(CaseState.SHIPPED_TO_BUYER, phone, headphones, why="the shipments")
+            self.merchant(goods, shipped, tracking_no=goods.parcel(outbound=True), carrier="SF")
+        self.settle(CaseState.SHIPPED_TO_BUYER, *outbound, why="the shipments")
 
-        self.at(hours=32)
-        self.say(
+        self.step(
+            32,
             f"Case {preorder.case_id}'s buyer enters a bank account in the app "
-            "(buyer.bank_account_provided)."
+            "(buyer.bank_account_provided).",
         )
         account = {"holder": "Li Wei", "bank": "ICBC", "account_no": "6222020200112233"}
-        self.event(preorder, "buyer-app", "buyer.bank_account_provided", buyer_data(**account))
-        self.ingested()
-        self.expect(CaseState.REFUNDED, preorder, why="the worker to pay the bank transfer")
+        self.buyer(preorder, "bank_account_provided", **account)
+        self.settle(CaseState.REFUNDED, preorder, why="the worker to pay the bank transfer")
         self.aside(
             f"case {preorder.case_id}: the worker paid ¥458.00 by bank transfer to …2233"
             f"{self.reference(preorder)}"
         )
 
-        self.at(hours=44)
-        self.say("The carrier delivers the phone and the headphones to the buyer.")
-        for sample in (phone, headphones):
-            self.event(sample, "sf-express", "parcel.delivered", parcel=sample.out)
-        self.ingested()
-        self.expect(CaseState.DELIVERED_TO_BUYER, phone, headphones, why="the outbound deliveries")
+        self.step(44, "The carrier delivers the phone and the headphones to the buyer.")
+        for goods in outbound:
+            self.carrier(goods, "parcel.delivered", goods.parcel(outbound=True))
+        self.settle(CaseState.DELIVERED_TO_BUYER, *outbound, why="the outbound deliveries")
 
-        self.at(hours=45)
-        self.say(
-            f"Case {phone.case_id}'s buyer confirms the new phone works (buyer.delivery_confirmed)."
+        self.step(
+            45,
+            f"Case {phone.case_id}'s buyer confirms the new phone works "
+            "(buyer.delivery_confirmed).",
         )
-        self.event(phone, "buyer-app", "buyer.delivery_confirmed", buyer_data())
-        self.ingested()
-        self.expect(CaseState.EXCHANGED, phone, why="the buyer's confirmation")
+        self.buyer(phone, "delivery_confirmed")
+        self.settle(CaseState.EXCHANGED, phone, why="the buyer's confirmation")
 
-    def _timers(self, cast: Cast) -> None:
-        """Nobody acts any more: the clock jumps past each deadline and beat's sweep fires it."""
-        idle, headphones = cast.idle, cast.headphones
-        self.past_deadline_of(idle)
-        self.say(
+        # Nobody acts any more: the clock jumps past each deadline and beat's sweep fires it.
+        self.step(
+            idle,
             f"48 h pass since case {idle.case_id} was submitted and the merchant never reviewed "
-            "it: the review timer approves it."
+            "it: the review timer approves it.",
         )
         self.expect(CaseState.PICKUP, idle, why="the auto-approval and the pickup booking")
         self.aside("auto-approved by the timer sweep; the worker booked a courier pickup")
-
-        self.past_deadline_of(idle)
-        self.say(
+        self.step(
+            idle,
             f"A week passes and case {idle.case_id}'s buyer never hands the parcel over: the "
-            "return window closes the case."
+            "return window closes the case.",
         )
         self.expect(CaseState.CLOSED, idle, why="the return window to close the case")
-
-        self.past_deadline_of(headphones)
-        self.say(
+        self.step(
+            headphones,
             f"10 days after delivery, case {headphones.case_id}'s buyer has not confirmed the "
-            "repair: the confirmation timer does."
+            "repair: the confirmation timer does.",
         )
         self.expect(CaseState.REPAIRED, headphones, why="the confirmation timer")
+        self.say("Every case has ended.")
+        jacket.note = f"paid once by the worker{self.paid(jacket)}; duplicate event applied once"
+        phone.note = "replacement confirmed by the buyer"
+        headphones.note = "confirmed by the buyer_confirmation timer"
+        preorder.note = f"bank transfer to …2233, paid once by the worker{self.paid(preorder)}"
+        idle.note = "auto-approved after 48 h, closed after 7 days"
+        late.note = f"rule {late.refusal.rule}" if late.refusal else ""
 
 
-def run(
-    folder: Path = DEMO_DIR, console: Console | None = None, pace: float | None = None
-) -> LiveResult:
-    """Play the live demo in ``folder``; print it if ``console``. The worker is always stopped.
-
-    ``pace``: seconds to pause after each step; default 1.5 on a terminal, else none.
-    """
+def run(folder: Path = DEMO_DIR, console: Console | None = None) -> dict[str, Any]:
+    """Play the live demo in ``folder``; print it if ``console``; its JSON. The worker is always
+    stopped."""
     started = time.monotonic()
-    if pace is None:
-        pace = TERMINAL_PACE_S if console is not None and console.is_terminal else 0.0
     folder = prepare(folder)
-    worker = worker_process(folder)
+    worker = start_worker(folder)
     pid_file = folder / "worker.pid"
-    with sigterm_as_interrupt():
-        try:
-            pid_file.write_text(f"{worker.start().pid}\n")
-            demo = LiveDemo(folder, worker, console, pace)
-            outcomes = demo.play()
-        except DemoFailed:
-            tail = worker.tail(skip=LOG_NOISE)
-            if tail:
-                print(f"--- last lines of {worker.log} ---\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            # SIGTERM: Celery's warm shutdown, which stops beat too.
-            worker.stop(STOP_GRACE_S)
-            pid_file.unlink(missing_ok=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        pid_file.write_text(f"{worker.start().pid}\n")
+        demo = LiveDemo(folder, worker, console)
+        outcomes = demo.play()
+    except DemoFailed:
+        # Beat's ticks would drown everything else.
+        tail = worker.tail(skip=("aftersales.sweep_timers", "aftersales.relay_outbox"))
+        if tail:
+            print(f"--- last lines of {worker.log} ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        worker.stop(STOP_GRACE_S)  # SIGTERM: Celery's warm shutdown, which stops beat too
+        pid_file.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
     if console is not None:
         how = "warm shutdown (SIGTERM)" if worker.stopped_by == "sigterm" else "SIGKILL"
         console.print(
@@ -332,12 +544,14 @@ def run(
         )
         console.print()
         console.print(summary_table(outcomes))
-    return LiveResult(
-        outcomes,
-        demo.events_json(),
-        worker.pid,
-        worker.returncode,
-        worker.stopped_by,
-        folder,
-        time.monotonic() - started,
-    )
+    return {
+        "outcomes": [outcome.as_json() for outcome in outcomes],
+        "events": [event | {"status": demo.results.get(task)} for task, event in demo.sent],
+        "worker": {
+            "pid": worker.pid,
+            "exit_code": worker.returncode,
+            "stopped_by": worker.stopped_by,
+        },
+        "folder": str(folder),
+        "seconds": round(time.monotonic() - started, 1),
+    }

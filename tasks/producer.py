@@ -1,24 +1,16 @@
 """Send events to the after-sales service from any Python program: copy this file, or import it.
 
-It needs only ``celery`` (``pip install celery[redis]``), never the service's own code: the
-service's workers run the tasks by name. The envelope is a plain dict, documented in
-docs/events.md and docs/event.schema.json::
-
-    from producer import make_envelope, publish_event
+It needs only ``celery`` (``pip install celery[redis]``), never the service's code: the workers
+run the tasks by name. The envelope is a plain dict (docs/events.md, docs/event.schema.json)::
 
     publish_event(
         make_envelope("sf-express", "parcel.delivered", tracking_no="SF1001", order_id="o-1"),
         broker_url="redis://127.0.0.1:6379/0",
     )
 
-Over Redis, nothing sent is lost: before the message goes out, the event is written to a
-ledger of unconfirmed events in the same Redis (``UNCONFIRMED_KEY``,
-``UNCONFIRMED_ENVELOPES_KEY``), and the service's beat sends again every event it has not
-recorded after a while (``aftersales.resend_unconfirmed_events``, docs/events.md). Redis can
-lose a message on its way to a worker (a worker killed between taking it and recording it as
-unacknowledged: celery/celery#7950); the ledger entry outlives it. ``keep=False`` skips the
-ledger. Other brokers have no ledger: there, send again with the same ``event_id`` whenever
-unsure whether a send got through (the service deduplicates on (source, event_id)).
+Over Redis each event first goes to a ledger of unconfirmed events that the service's beat
+sends again until the event is processed (docs/events.md, docs/adr/0004); ``keep=False`` skips
+it. Other brokers have no ledger: send again with the same ``event_id`` when unsure.
 """
 
 from __future__ import annotations

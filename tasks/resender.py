@@ -1,18 +1,10 @@
 """Producers' events the broker may have lost: kept in a ledger until the service has them.
 
-A producer using ``tasks/producer.py`` over Redis writes each event to a ledger before it
-publishes the message. Redis can lose that message: a worker killed between taking it off the
-queue and recording it as unacknowledged (kombu's Redis transport does the two in two round
-trips; celery/celery#7950), or a Redis restart without its data. The ledger entry outlives a
-lost message, and ``EventResender`` (run by beat) looks at each entry once it is
-``resend_after_s`` old: an event the service has processed (recorded, or dead-lettered) leaves
-the ledger; any other is sent again, and looked at again after two windows, then four, and so
-on, so a long backlog (events still queued, not lost) is not flooded with copies. A copy of an
-event that did arrive is a duplicate and changes nothing.
-
-Seconds here are wall-clock seconds (``time.time``) on both sides, never the service's
-``Clock``: they measure a message's trip through the broker, which a simulated clock does not
-move.
+``EventResender`` (run by beat) looks at each ledger entry once it is ``resend_after_s`` old: an
+event the service processed (recorded or dead-lettered) leaves the ledger, any other is sent
+again and looked at again after two windows, then four, and so on, so a backlog is not flooded
+with copies (docs/adr/0004). Seconds are wall-clock (``time.time``), never the service's
+``Clock``: they time a message's trip through the broker, which a simulated clock does not move.
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """Side effects of transitions: what the workers do with the outbox rows after commit.
 
-A transition writes its outbox rows in its own transaction (``engine.messages_for``); a relay
-publishes them to the workers after commit, at least once. Every handler here is therefore
-idempotent: it first looks at the case as it is now, skips an entry whose case has moved on, and
-passes a stable idempotency key both to the remote (carrier, payment gateway, notifier) and to the
-transition it fires, so a redelivered entry neither books, pays nor sends twice nor moves the case
-twice.
-
-The remotes are ports (Protocols) implemented by ``adapters/`` (fakes for now). A remote that does
-not answer raises ``GatewayUnavailable``: the outcome is unknown, the call is retried later with
-the *same* key. A definite refusal is ``GatewayRejected`` (carrier, shipper, notifier) or, for a
-payment, a ``RefundOutcome`` with status ``failed``.
-
-This module is the domain side: no SQL and no Celery. ``tasks/`` wraps ``EffectService.handle``
-in one Celery task per ``EffectKind`` of ``effect_for_topic`` and retries ``GatewayUnavailable``
-with the capped backoff of ``RETRY_POLICY``; when the retries are exhausted it calls
-``EffectService.handle_exhausted``. See ``docs/side-effects.md``.
+A relay publishes a transition's outbox rows at least once, so every handler is idempotent: it
+reads the case as it is now, skips an entry whose case has moved on, and passes one stable
+idempotency key to the remote and to the transition it fires. ``GatewayUnavailable`` (outcome
+unknown) is retried with the same key; ``GatewayRejected`` or a failed ``RefundOutcome`` is
+definite. No SQL and no Celery here: ``tasks/effects.py`` runs ``EffectService.handle`` in one
+task per outbox topic family. See docs/side-effects.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """What every command group of ``aftersales`` shares: the global options' state, reading
 input, printing (rich for people, JSON for scripts) and turning errors into exit codes.
 
-Errors print one line on stderr (``error: ...``, or ``{"error": {...}}`` with ``--json``) and
-exit with a code per kind of error, so scripts can tell them apart:
-
-====  ==================  ==============================================================
-code  error code          meaning
-====  ==================  ==============================================================
-0                         success
-1     setup, database     the database is unreachable or not migrated, bad policy file
-2     invalid_input, ...  bad option or argument, malformed JSON, missing file, bad time
-3     not_found           no such case (or timer)
-4     forbidden           this actor may not act on this case
-5     not_allowed         the trigger cannot fire now; the message lists the allowed ones
-6     conflict            the case changed meanwhile (stale ``--expected-version``)
-7     policy_refusal      a rule of the after-sales policy refuses; names the rule and dates
-====  ==================  ==============================================================
+An error prints one line on stderr (``error: ...``, or ``{"error": {...}}`` with ``--json``) and
+exits with one code per kind of error (``EXIT_CODES``; the table is in docs/cli.md).
 """
 
 from __future__ import annotations

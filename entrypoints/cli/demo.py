@@ -59,15 +59,15 @@ def demo(
 
 
 def _demo_live(state: State) -> None:
-    from entrypoints import live_demo
+    from entrypoints import live_demo, live_worker
 
     try:
         result = live_demo.run(live_demo.DEMO_DIR, console=None if state.json else new_console())
-    except live_demo.DemoFailed as error:
+    except live_worker.DemoFailed as error:
         print_error("demo_failed", str(error), {}, state.json)
         raise typer.Exit(EXIT_OTHER) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; the demo's worker was stopped", err=True)
         raise typer.Exit(130) from None
     if state.json:
-        print_json(result.as_json())
+        print_json(result)

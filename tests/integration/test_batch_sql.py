@@ -26,7 +26,6 @@ from workflow.states import CaseState, Role
 from .conftest import submit_with_order
 from .test_events_sql import MERCHANT, NOW, application, envelope, recorded
 
-S = CaseState
 ADMIN = Actor(Role.ADMIN, "ops")
 #: Past the 48 h merchant_review deadline of a case submitted at NOW.
 REVIEW_DUE = NOW + timedelta(hours=48, minutes=1)
@@ -90,7 +89,7 @@ def test_a_savepoint_undoes_only_its_block_and_keeps_the_transaction_usable(
         with factory() as uow:
             case_id = uow.cases.add(new_case())
             uow.timers.arm(
-                Timer(case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, NOW, NOW)
+                Timer(case_id, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, NOW, NOW)
             )
             uow.events.record("s", "before", None, NOW)
             with pytest.raises(RuntimeError), uow.savepoint():
@@ -106,7 +105,9 @@ def test_a_savepoint_undoes_only_its_block_and_keeps_the_transaction_usable(
             # transaction, the savepoint brings it back.
             with pytest.raises(Conflict), uow.savepoint():
                 uow.timers.arm(
-                    Timer(case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, NOW, NOW)
+                    Timer(
+                        case_id, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, NOW, NOW
+                    )
                 )
             uow.events.record("s", "after-error", None, NOW)
             uow.commit()
@@ -478,7 +479,7 @@ def test_a_deadline_armed_without_its_id_still_loses_a_race_as_a_conflict(
 ) -> None:
     # given a case with a live timer
     def review(case_id: int) -> Timer:
-        return Timer(case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, NOW, NOW)
+        return Timer(case_id, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, NOW, NOW)
 
     with uow_factory() as uow:
         case_id = uow.cases.add(new_case())

@@ -42,7 +42,6 @@ from workflow.states import CaseState
 
 from .builders import ADMIN, BUYER, ITEM_PRICE, MERCHANT, OTHER_MERCHANT, REASON
 
-S = CaseState
 NewCase = Callable[..., int]
 
 
@@ -131,7 +130,7 @@ def test_a_pickup_is_booked_once_when_the_same_entry_is_handled_three_times(
     assert len(carrier.bookings) == 1
     (booked,) = carrier.bookings.values()
     case = service.get(case_id).case
-    assert case.state is S.PICKUP
+    assert case.state is CaseState.PICKUP
     assert case.details["pickup"] == booked.as_data()
     assert triggers(service, case_id).count("book_pickup") == 1
 
@@ -180,13 +179,13 @@ def test_a_failing_carrier_leaves_the_case_approved_and_the_next_attempt_books(
             effects.handle(entry)
         # then: the case waits in approved, with its return deadline still armed
         view = service.get(case_id)
-        assert view.case.state is S.APPROVED and "pickup" not in view.case.details
+        assert view.case.state is CaseState.APPROVED and "pickup" not in view.case.details
         assert view.deadline is not None and view.deadline.kind == "return_shipment"
     # when: the task retries once more
     result = effects.handle(entry)
     # then: booked
     assert result.status is EffectStatus.DONE
-    assert service.get(case_id).case.state is S.PICKUP
+    assert service.get(case_id).case.state is CaseState.PICKUP
     assert carrier.calls == 3 and len(carrier.bookings) == 1
 
 
@@ -239,7 +238,7 @@ def test_every_approval_gets_its_own_booking(
     effects.handle(first)
     service.fire(case_id, "escalate", ADMIN, reason=REASON)
     service.fire(case_id, "rule_for_buyer", ADMIN, reason=REASON)
-    assert service.get(case_id).case.state is S.APPROVED
+    assert service.get(case_id).case.state is CaseState.APPROVED
     # when: the first approval's request comes back late, then the new one's is handled
     late = effects.handle(first)
     effects.handle(last_entry(db, "pickup.requested", case_id))
@@ -247,7 +246,7 @@ def test_every_approval_gets_its_own_booking(
     assert late.status is EffectStatus.SKIPPED and "superseded" in late.detail
     assert len(carrier.bookings) == 2
     case = service.get(case_id).case
-    assert case.state is S.PICKUP
+    assert case.state is CaseState.PICKUP
     assert case.details["pickup"] == list(carrier.bookings.values())[-1].as_data()
 
 
@@ -281,7 +280,7 @@ def test_a_carrier_refusal_is_definite_and_told_to_buyer_and_merchant(
     carrier.script("reject")
     result = effects.handle(last_entry(db, "pickup.requested", case_id))
     assert result.status is EffectStatus.FAILED
-    assert service.get(case_id).case.state is S.APPROVED
+    assert service.get(case_id).case.state is CaseState.APPROVED
     assert len(notifier.sent()) == 2
 
 
@@ -314,7 +313,7 @@ def test_a_refund_executes_once_when_the_same_entry_is_handled_five_times(
     assert results[0].status is EffectStatus.DONE
     assert {r.status for r in results[1:]} == {EffectStatus.SKIPPED}
     case = service.get(case_id).case
-    assert case.state is S.REFUNDED
+    assert case.state is CaseState.REFUNDED
     assert payments.payments_count(case_id) == 1
     (paid,) = payments.ledger(case_id)
     assert paid.idempotency_key == entry.payload["idempotency_key"] == case.refund_key
@@ -371,14 +370,14 @@ def test_a_crash_between_the_payment_and_our_commit_never_pays_twice(
     with pytest.raises(Crash):
         effects.handle(entry)
     assert payments.payments_count(case_id) == 1
-    assert service.get(case_id).case.state is S.REFUNDING
+    assert service.get(case_id).case.state is CaseState.REFUNDING
     # and: the broker redelivers the entry to a worker that lives
     monkeypatch.setattr(service, "fire", real_fire)
     result = effects.handle(entry)
     # then: the gateway answers from its ledger; one payment, the case refunded
     assert result.status is EffectStatus.DONE
     assert payments.payments_count(case_id) == 1
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
 
 
 def test_paid_but_the_answer_lost_then_the_retry_with_the_same_key_pays_nothing_more(
@@ -395,10 +394,10 @@ def test_paid_but_the_answer_lost_then_the_retry_with_the_same_key_pays_nothing_
         effects.handle(entry)
     # the money went out, but we do not know it yet
     assert payments.payments_count(case_id) == 1
-    assert service.get(case_id).case.state is S.REFUNDING
+    assert service.get(case_id).case.state is CaseState.REFUNDING
     effects.handle(entry)
     assert payments.payments_count(case_id) == 1
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
 
 
 def test_a_timeout_before_the_gateway_acted_pays_on_the_retry(
@@ -416,7 +415,7 @@ def test_a_timeout_before_the_gateway_acted_pays_on_the_retry(
     assert payments.ledger(case_id) == []
     effects.handle(entry)
     assert payments.payments_count(case_id) == 1
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
 
 
 def test_a_definite_failure_then_the_retry_timer_starts_a_new_attempt_that_pays_once(
@@ -436,7 +435,7 @@ def test_a_definite_failure_then_the_retry_timer_starts_a_new_attempt_that_pays_
     # then: refund_failed with the error; the retry timer armed; nothing paid
     assert result.status is EffectStatus.FAILED
     case = service.get(case_id).case
-    assert case.state is S.REFUND_FAILED
+    assert case.state is CaseState.REFUND_FAILED
     assert "declined" in case.details["last_refund_error"]
     assert payments.payments_count(case_id) == 0
     # and: a redelivery of the failed attempt does nothing
@@ -447,7 +446,7 @@ def test_a_definite_failure_then_the_retry_timer_starts_a_new_attempt_that_pays_
     assert second.payload["idempotency_key"] != first.payload["idempotency_key"]
     assert effects.handle(second).status is EffectStatus.DONE
     # then: paid once, by the second attempt; the first is on the ledger as failed
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
     assert payments.payments_count(case_id) == 1
     assert [e.status for e in payments.ledger(case_id)] == [
         RefundStatus.FAILED,
@@ -482,7 +481,7 @@ def test_exhausted_retries_leave_the_outcome_unknown_and_the_next_attempt_reuses
     # then: refund_failed with the outcome unknown; the key kept for the next attempt
     assert result.status is EffectStatus.FAILED
     case = service.get(case_id).case
-    assert case.state is S.REFUND_FAILED
+    assert case.state is CaseState.REFUND_FAILED
     assert case.details["refund_unsettled"] is True
     assert "outcome unknown" in case.details["last_refund_error"]
     assert not case.details["refund_parked"]
@@ -496,7 +495,7 @@ def test_exhausted_retries_leave_the_outcome_unknown_and_the_next_attempt_reuses
     # then: the same key, so the gateway can answer a payment it made
     assert second.payload["idempotency_key"] == key
     assert effects.handle(second).status is EffectStatus.DONE
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
     assert payments.payments_count(case_id) == 1
     assert len(payments.ledger(case_id)) == 1
 
@@ -554,7 +553,7 @@ def test_after_max_attempts_the_case_is_parked_with_a_refund_parked_row(
     assert delays == sorted(delays)
     # and: parked for an admin: no retry timer, a refund.parked row with the reason
     view = service.get(case_id)
-    assert view.case.state is S.REFUND_FAILED and view.case.details["refund_parked"]
+    assert view.case.state is CaseState.REFUND_FAILED and view.case.details["refund_parked"]
     assert view.deadline is None
     parked = last_entry(db, "refund.parked", case_id)
     assert parked.payload["attempts"] == attempts
@@ -571,7 +570,7 @@ def test_after_max_attempts_the_case_is_parked_with_a_refund_parked_row(
     # and: an admin can still retry by hand; that attempt pays
     service.fire(case_id, "retry_refund", ADMIN, reason=REASON)
     effects.handle(last_entry(db, "refund.requested", case_id))
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
     assert payments.payments_count(case_id) == 1
 
 
@@ -600,7 +599,7 @@ def test_unknown_outcomes_back_off_and_park_after_max_attempts_too(
     assert keys == {case.refund_key}
     assert delays == [policy.refund_retry.delay_after(n) for n in range(1, len(delays) + 1)]
     assert len(delays) == policy.refund_retry.max_attempts - 1
-    assert case.state is S.REFUND_FAILED and case.details["refund_parked"] is True
+    assert case.state is CaseState.REFUND_FAILED and case.details["refund_parked"] is True
     parked = last_entry(db, "refund.parked", case_id)
     assert "outcome unknown" in parked.payload["error"]
     assert payments.calls == 0
@@ -618,7 +617,7 @@ def test_a_bank_transfer_refund_carries_the_account_to_the_gateway(
     account = {"holder": "Li Lei", "bank": "ICBC", "account_no": "6222020200112233"}
     service.fire(case_id, "provide_bank_account", BUYER, data=account)
     effects.handle(last_entry(db, "refund.requested", case_id))
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
     paid = [e for e in payments.ledger(case_id) if e.status is RefundStatus.SUCCEEDED]
     assert [e.route for e in paid] == [RefundRoute.BANK_TRANSFER]
 
@@ -637,7 +636,7 @@ def test_a_refund_of_nothing_is_confirmed_without_calling_the_gateway(
     service.fire(case_id, "inspect", MERCHANT, data={"gifts_missing": ["G"]})
     assert service.get(case_id).case.refund_amount == 0
     effects.handle(last_entry(db, "refund.requested", case_id))
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
     assert payments.calls == 0
 
 
@@ -697,7 +696,7 @@ def test_a_payment_made_while_the_case_was_escalated_is_settled_after_the_ruling
     assert again.payload["idempotency_key"] == entry.payload["idempotency_key"]
     EffectService(service, carrier, payments, notifier).handle(again)
     # then: answered from the ledger; one payment
-    assert service.get(case_id).case.state is S.REFUNDED
+    assert service.get(case_id).case.state is CaseState.REFUNDED
     assert payments.payments_count(case_id) == 1
 
 
@@ -805,7 +804,7 @@ def test_the_merchant_has_the_replacement_shipped_once(
     first = effects.ship_to_buyer(case_id, MERCHANT)
     again = effects.ship_to_buyer(case_id, MERCHANT)
     case = service.get(case_id).case
-    assert case.state is S.SHIPPED_TO_BUYER
+    assert case.state is CaseState.SHIPPED_TO_BUYER
     (shipment,) = shipper.shipments.values()
     assert case.details["outbound_tracking_no"] == shipment.tracking_no
     assert not first.replayed and again.replayed
@@ -851,8 +850,11 @@ def test_every_topic_the_engine_writes_has_a_task_and_a_retry_policy(
     parked = new_case("refund_only", "refunding", order_id="o4")
     fails: list[Behaviour] = ["fail"] * policy.refund_retry.max_attempts
     payments.script(*fails)
-    while service.get(parked).case.state is not S.REFUND_FAILED or service.get(parked).deadline:
-        if service.get(parked).case.state is S.REFUND_FAILED:
+    while (
+        service.get(parked).case.state is not CaseState.REFUND_FAILED
+        or service.get(parked).deadline
+    ):
+        if service.get(parked).case.state is CaseState.REFUND_FAILED:
             run_retry_timer(service, clock, policy, parked)
         effects.handle(last_entry(db, "refund.requested", parked))
     topics = {e.topic for e in db.outbox}

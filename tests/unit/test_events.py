@@ -26,7 +26,6 @@ from workflow.states import CaseState, CaseType
 
 from . import builders
 
-S = CaseState
 RETURN_TN = builders.TRIGGER_DATA["ship_back"]["tracking_no"]  # SF1001
 OUTBOUND_TN = builders.TRIGGER_DATA["ship_replacement"]["tracking_no"]  # SF2001
 REPAIRED_TN = builders.TRIGGER_DATA["ship_repaired"]["tracking_no"]  # SF3001
@@ -103,9 +102,17 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {},
         {"tracking_no": "SF9"},
         ["record_pickup"],
-        S.SHIPPED_BACK,
+        CaseState.SHIPPED_BACK,
     ),
-    ("parcel.picked_up", CaseType.EXCHANGE, "pickup", {}, {}, ["record_pickup"], S.SHIPPED_BACK),
+    (
+        "parcel.picked_up",
+        CaseType.EXCHANGE,
+        "pickup",
+        {},
+        {},
+        ["record_pickup"],
+        CaseState.SHIPPED_BACK,
+    ),
     (
         "parcel.delivered",
         CaseType.RETURN_REFUND,
@@ -113,7 +120,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {},
         {"tracking_no": RETURN_TN},
         ["record_return_delivery"],
-        S.RETURN_DELIVERED,
+        CaseState.RETURN_DELIVERED,
     ),
     (
         "parcel.delivered",
@@ -122,7 +129,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {},
         {"tracking_no": OUTBOUND_TN},
         ["record_buyer_delivery"],
-        S.DELIVERED_TO_BUYER,
+        CaseState.DELIVERED_TO_BUYER,
     ),
     (
         "parcel.delivered",
@@ -131,7 +138,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {"recipient": "buyer"},
         {},
         ["record_buyer_delivery"],
-        S.DELIVERED_TO_BUYER,
+        CaseState.DELIVERED_TO_BUYER,
     ),
     (
         "parcel.lost",
@@ -140,7 +147,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {"note": "lost at the hub"},
         {},
         ["report_parcel_lost"],
-        S.DISPUTED,
+        CaseState.DISPUTED,
     ),
     (
         "parcel.lost",
@@ -149,7 +156,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {},
         {"tracking_no": OUTBOUND_TN},
         ["report_parcel_lost"],
-        S.DISPUTED,
+        CaseState.DISPUTED,
     ),
     (
         "parcel.damaged",
@@ -158,7 +165,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {"note": "box crushed"},
         {},
         ["report_parcel_damaged"],
-        S.DISPUTED,
+        CaseState.DISPUTED,
     ),
     (
         "refund.succeeded",
@@ -167,7 +174,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {"reference": "wx-1"},
         {},
         ["confirm_refund"],
-        S.REFUNDED,
+        CaseState.REFUNDED,
     ),
     (
         "refund.failed",
@@ -176,9 +183,17 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {"error": "channel down"},
         {},
         ["fail_refund"],
-        S.REFUND_FAILED,
+        CaseState.REFUND_FAILED,
     ),
-    ("merchant.approved", CaseType.EXCHANGE, "submitted", MERCHANT, {}, ["approve"], S.APPROVED),
+    (
+        "merchant.approved",
+        CaseType.EXCHANGE,
+        "submitted",
+        MERCHANT,
+        {},
+        ["approve"],
+        CaseState.APPROVED,
+    ),
     (
         "merchant.rejected",
         CaseType.RETURN_REFUND,
@@ -186,7 +201,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**MERCHANT, "reason": "worn"},
         {},
         ["reject"],
-        S.REJECTED,
+        CaseState.REJECTED,
     ),
     (
         "merchant.receipt_confirmed",
@@ -195,7 +210,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         MERCHANT,
         {},
         ["confirm_receipt"],
-        S.RECEIVED,
+        CaseState.RECEIVED,
     ),
     (
         "merchant.inspected",
@@ -204,7 +219,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**MERCHANT, "gifts_missing": ["G"]},
         {},
         ["inspect"],
-        S.INSPECTED,
+        CaseState.INSPECTED,
     ),
     (
         "merchant.inspection_failed",
@@ -213,7 +228,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**MERCHANT, "reason": "not the item sold"},
         {},
         ["fail_inspection"],
-        S.REJECTED,
+        CaseState.REJECTED,
     ),
     (
         "merchant.replacement_shipped",
@@ -222,7 +237,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**MERCHANT, "tracking_no": "SF77"},
         {},
         ["ship_replacement"],
-        S.SHIPPED_TO_BUYER,
+        CaseState.SHIPPED_TO_BUYER,
     ),
     (
         "merchant.repaired_shipped",
@@ -231,7 +246,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**MERCHANT, "tracking_no": "SF78"},
         {},
         ["ship_repaired"],
-        S.SHIPPED_TO_BUYER,
+        CaseState.SHIPPED_TO_BUYER,
     ),
     (
         "merchant.converted_to_refund",
@@ -240,9 +255,17 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         MERCHANT,
         {},
         ["convert_to_refund"],
-        S.REFUNDING,
+        CaseState.REFUNDING,
     ),
-    ("buyer.cancelled", CaseType.RETURN_REFUND, "approved", BUYER, {}, ["cancel"], S.CANCELLED),
+    (
+        "buyer.cancelled",
+        CaseType.RETURN_REFUND,
+        "approved",
+        BUYER,
+        {},
+        ["cancel"],
+        CaseState.CANCELLED,
+    ),
     (
         "buyer.revised",
         CaseType.RETURN_REFUND,
@@ -250,7 +273,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**BUYER, "description": "photos added"},
         {},
         ["revise"],
-        S.SUBMITTED,
+        CaseState.SUBMITTED,
     ),
     (
         "buyer.return_shipped",
@@ -259,7 +282,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**BUYER, "tracking_no": "SF5"},
         {},
         ["ship_back"],
-        S.SHIPPED_BACK,
+        CaseState.SHIPPED_BACK,
     ),
     (
         "buyer.delivery_confirmed",
@@ -268,7 +291,7 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         BUYER,
         {},
         ["confirm_delivery"],
-        S.EXCHANGED,
+        CaseState.EXCHANGED,
     ),
     (
         "buyer.bank_account_provided",
@@ -277,9 +300,17 @@ APPLIES: list[tuple[str, CaseType, str, dict[str, Any], dict[str, Any], list[str
         {**BUYER, **builders.TRIGGER_DATA["provide_bank_account"]},
         {},
         ["provide_bank_account"],
-        S.REFUNDING,
+        CaseState.REFUNDING,
     ),
-    ("buyer.escalated", CaseType.RETURN_REFUND, "rejected", BUYER, {}, ["escalate"], S.DISPUTED),
+    (
+        "buyer.escalated",
+        CaseType.RETURN_REFUND,
+        "rejected",
+        BUYER,
+        {},
+        ["escalate"],
+        CaseState.DISPUTED,
+    ),
 ]
 
 
@@ -343,7 +374,7 @@ def test_an_event_found_by_order_or_parcel_applies(
 
     # then it found the case by the tracking number the pickup recorded
     assert (result.status, result.case_id) == (IngestStatus.APPLIED, case_id)
-    assert state_of(service, case_id) is S.RETURN_DELIVERED
+    assert state_of(service, case_id) is CaseState.RETURN_DELIVERED
 
 
 # -- dedupe ------------------------------------------------------------------------------------
@@ -432,8 +463,8 @@ def test_a_delivery_before_the_pickup_applies_both_in_one_transaction(
     assert (result.implied, result.trigger) == (("record_pickup",), "record_return_delivery")
     fired = [r for r in service.history(case_id) if r.seq > before]
     assert [(r.trigger, r.to_state) for r in fired] == [
-        ("record_pickup", S.SHIPPED_BACK),
-        ("record_return_delivery", S.RETURN_DELIVERED),
+        ("record_pickup", CaseState.SHIPPED_BACK),
+        ("record_return_delivery", CaseState.RETURN_DELIVERED),
     ]
     assert len({r.idempotency_key for r in fired}) == 1
     view = service.get(case_id)
@@ -498,7 +529,7 @@ def test_a_stale_return_delivery_is_not_taken_for_the_outbound_one(
     # then the tracking number told them apart
     assert stale.status is IngestStatus.IGNORED
     assert (fresh.status, fresh.trigger) == (IngestStatus.APPLIED, "record_buyer_delivery")
-    assert state_of(service, case_id) is S.DELIVERED_TO_BUYER
+    assert state_of(service, case_id) is CaseState.DELIVERED_TO_BUYER
 
 
 def test_an_outbound_delivery_before_the_shipment_waits_as_a_dead_letter_and_replays(
@@ -514,7 +545,7 @@ def test_an_outbound_delivery_before_the_shipment_waits_as_a_dead_letter_and_rep
     # then it cannot apply yet: a dead letter naming the refusal
     assert result.status is IngestStatus.DEAD_LETTERED
     assert (result.code, result.trigger) == ("not_allowed", "record_buyer_delivery")
-    assert state_of(service, case_id) is S.INSPECTED
+    assert state_of(service, case_id) is CaseState.INSPECTED
 
     # and once the shipment is in, replaying it applies and closes the letter
     shipped = event(
@@ -524,7 +555,7 @@ def test_an_outbound_delivery_before_the_shipment_waits_as_a_dead_letter_and_rep
     assert result.letter_id is not None
     replayed = events.replay(result.letter_id)
     assert (replayed.status, replayed.letter_id) == (IngestStatus.APPLIED, result.letter_id)
-    assert state_of(service, case_id) is S.DELIVERED_TO_BUYER
+    assert state_of(service, case_id) is CaseState.DELIVERED_TO_BUYER
     assert events.dead_letter(result.letter_id).status is DeadLetterStatus.REPLAYED
     assert events.dead_letters() == []
 
@@ -536,7 +567,7 @@ def test_a_parcel_that_is_not_the_cases_is_refused(
     result = events.ingest(event("parcel.delivered", case_id, tracking_no="SF-OTHER"))
     assert (result.status, result.code) == (IngestStatus.DEAD_LETTERED, "invalid_input")
     assert result.reason is not None and RETURN_TN in result.reason
-    assert state_of(service, case_id) is S.SHIPPED_BACK
+    assert state_of(service, case_id) is CaseState.SHIPPED_BACK
     assert db.inbound_events == {}
 
 
@@ -567,7 +598,28 @@ def test_the_merchant_confirming_first_makes_the_carrier_delivery_stale(
     confirmed = events.ingest(event("merchant.receipt_confirmed", case_id, data=MERCHANT))
     delivered = events.ingest(event("parcel.delivered", case_id, tracking_no=RETURN_TN))
     assert (confirmed.status, delivered.status) == (IngestStatus.APPLIED, IngestStatus.IGNORED)
-    assert state_of(service, case_id) is S.RECEIVED
+    assert state_of(service, case_id) is CaseState.RECEIVED
+
+
+@pytest.mark.parametrize("case_type", [CaseType.RETURN_REFUND, CaseType.EXCHANGE])
+def test_a_receipt_confirmed_after_the_receipt_timer_moved_the_case_on_is_ignored(
+    events: EventService,
+    service: CaseService,
+    clock: FakeClock,
+    new_case: Callable[..., int],
+    case_type: CaseType,
+) -> None:
+    # given: the receipt timer fired (the case went on to the refund / the replacement)
+    case_id = new_case(case_type, "return_delivered")
+    clock.advance(timedelta(days=10))
+    service.run_due_timers()
+    moved_on = state_of(service, case_id)
+    assert moved_on in (CaseState.REFUNDING, CaseState.INSPECTED)
+    # when: the merchant's late confirmation arrives
+    late = events.ingest(event("merchant.receipt_confirmed", case_id, data=MERCHANT))
+    # then: acknowledged as stale, nothing moved, no dead letter
+    assert late.status is IngestStatus.IGNORED
+    assert state_of(service, case_id) is moved_on
 
 
 def test_the_buyers_shipment_after_the_carriers_pickup_is_ignored_for_the_same_parcel(
@@ -597,7 +649,7 @@ def test_a_merchant_approval_after_the_review_timer_approved_is_ignored(
     case_id = new_case(CaseType.RETURN_REFUND)
     clock.advance(timedelta(hours=49))
     service.run_due_timers()
-    assert state_of(service, case_id) is S.APPROVED
+    assert state_of(service, case_id) is CaseState.APPROVED
 
     # when the merchant's approval arrives late, then it is already true
     result = events.ingest(event("merchant.approved", case_id, data=MERCHANT))
@@ -645,7 +697,7 @@ def test_a_result_of_an_earlier_refund_attempt_never_applies_to_the_current_one(
     clock.advance(timedelta(hours=1))
     service.run_due_timers()
     case = service.get(case_id).case
-    assert case.state is S.REFUNDING and case.refund_key != first_key
+    assert case.state is CaseState.REFUNDING and case.refund_key != first_key
     before = Snapshot.of(db)
 
     # when a late success of the first attempt arrives
@@ -663,7 +715,7 @@ def test_a_result_of_an_earlier_refund_attempt_never_applies_to_the_current_one(
         "refund.succeeded", case_id, data={"idempotency_key": case.refund_key, "reference": "r2"}
     )
     assert events.ingest(current).status is IngestStatus.APPLIED
-    assert state_of(service, case_id) is S.REFUNDED
+    assert state_of(service, case_id) is CaseState.REFUNDED
 
 
 def test_a_refund_of_another_amount_is_refused(
@@ -673,7 +725,7 @@ def test_a_refund_of_another_amount_is_refused(
     amount = service.get(case_id).case.refund_amount
     result = events.ingest(event("refund.succeeded", case_id, data={"amount": amount + 1}))
     assert (result.status, result.code) == (IngestStatus.DEAD_LETTERED, "invalid_input")
-    assert state_of(service, case_id) is S.REFUNDING
+    assert state_of(service, case_id) is CaseState.REFUNDING
 
 
 def test_an_unknown_refund_outcome_keeps_the_attempt_open(
@@ -950,7 +1002,7 @@ def test_ingest_many_applies_each_in_order(
         IngestStatus.DEAD_LETTERED,
         IngestStatus.APPLIED,
     ]
-    assert state_of(service, case_id) is S.RETURN_DELIVERED
+    assert state_of(service, case_id) is CaseState.RETURN_DELIVERED
 
 
 def test_a_batch_finds_duplicates_recorded_before_it_and_within_it(

@@ -48,7 +48,6 @@ from .builders import (
     submit_with_order,
 )
 
-S = CaseState
 POLICY = load_policy()
 
 #: Orders the cases are drawn from. o1 had an order coupon: its items add up to more than was
@@ -120,33 +119,36 @@ MAIN_PATH = {
     "provide_bank_account",
     "revise",
 }
-NOT_REFUNDING = {S.CANCELLED, S.CLOSED, S.EXCHANGED, S.REPAIRED}
+NOT_REFUNDING = {CaseState.CANCELLED, CaseState.CLOSED, CaseState.EXCHANGED, CaseState.REPAIRED}
 LIVE = {TimerStatus.PENDING, TimerStatus.CLAIMED}
 
 
 def _expected_timer(case: Case) -> str | None:
     """RULES.md part B (and policy.toml's platform conventions): the deadline each state arms."""
     state, case_type = case.state, case.type
-    if state is S.INSPECTED:
+    if state is CaseState.INSPECTED:
         return {
             CaseType.EXCHANGE: "replacement_shipment",
             CaseType.REPAIR: "repair_completion",
         }.get(case_type)
-    if state in (S.APPROVED, S.PICKUP):
+    if state is CaseState.SUBMITTED and case_type is CaseType.REFUND_ONLY and case.delivered_at:
+        # RULES.md C: delivered goods are refunded without return only with the merchant's consent.
+        return "merchant_consent"
+    if state in (CaseState.APPROVED, CaseState.PICKUP):
         return None if case_type is CaseType.REFUND_ONLY else "return_shipment"
-    if state is S.AWAITING_BANK_ACCOUNT:
+    if state is CaseState.AWAITING_BANK_ACCOUNT:
         reminded = case.details.get("bank_account_reminded")
         return "bank_account_escalation" if reminded else "bank_account_reminder"
-    if state is S.REFUND_FAILED:
+    if state is CaseState.REFUND_FAILED:
         return None if case.details.get("refund_parked") else "refund_retry"
     return {
-        S.SUBMITTED: "merchant_review",
-        S.SHIPPED_BACK: "return_transit",
-        S.RETURN_DELIVERED: "merchant_receipt",
-        S.RECEIVED: "merchant_inspection",
-        S.SHIPPED_TO_BUYER: "outbound_transit",
-        S.DELIVERED_TO_BUYER: "buyer_confirmation",
-        S.REJECTED: "dispute_window",
+        CaseState.SUBMITTED: "merchant_review",
+        CaseState.SHIPPED_BACK: "return_transit",
+        CaseState.RETURN_DELIVERED: "merchant_receipt",
+        CaseState.RECEIVED: "merchant_inspection",
+        CaseState.SHIPPED_TO_BUYER: "outbound_transit",
+        CaseState.DELIVERED_TO_BUYER: "buyer_confirmation",
+        CaseState.REJECTED: "dispute_window",
     }.get(state)
 
 
@@ -154,9 +156,13 @@ def _check_log(case: Case, log: list[TransitionRecord]) -> None:
     """Replaying the log from submitted reproduces the case's state and version."""
     assert [r.seq for r in log] == list(range(1, len(log) + 1))
     first = log[0]
-    assert (first.trigger, first.from_state, first.to_state) == ("submit", None, S.SUBMITTED)
+    assert (first.trigger, first.from_state, first.to_state) == (
+        "submit",
+        None,
+        CaseState.SUBMITTED,
+    )
     rows = rules_for(case.type)
-    state = S.SUBMITTED
+    state = CaseState.SUBMITTED
     for record in log[1:]:
         assert record.from_state is state, record
         role = Actor.parse(record.actor).role

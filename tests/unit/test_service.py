@@ -36,7 +36,6 @@ from .builders import (
     submit_with_order,
 )
 
-S = CaseState
 NewCase = Callable[..., int]
 MakeApp = Callable[..., dict[str, Any]]
 
@@ -81,7 +80,7 @@ def test_a_replay_returns_the_first_result_even_after_the_case_moved_on(
     again = service.fire(case_id, "approve", MERCHANT, idempotency_key="k-approve")
     # then: the earlier result, not a NotAllowed; nothing written
     assert again.replayed and again.records == first.records
-    assert again.case.state is S.SHIPPED_BACK
+    assert again.case.state is CaseState.SHIPPED_BACK
     assert _written(db) == before
 
 
@@ -333,7 +332,7 @@ def test_a_merchant_rejection_without_a_reason_is_invalid_input(
     # then: invalid; with a reason the rejection goes through
     assert invalid.value.field == "reason"
     assert service.fire(case_id, "reject", MERCHANT, reason="blurry photos").case.state is (
-        S.REJECTED
+        CaseState.REJECTED
     )
 
 
@@ -387,7 +386,11 @@ def test_entering_a_state_arms_its_timer_and_leaving_disarms_it(
     # given: a submitted case: the review deadline is armed at submission
     case_id = new_case("return_refund")
     (review,) = _timers_of(db, case_id)
-    assert (review.kind, review.state, review.version) == ("merchant_review", S.SUBMITTED, 1)
+    assert (review.kind, review.state, review.version) == (
+        "merchant_review",
+        CaseState.SUBMITTED,
+        1,
+    )
     assert review.due_at == clock.now() + timedelta(hours=48)
     # when: the merchant approves an hour later
     clock.advance(timedelta(hours=1))
@@ -398,7 +401,7 @@ def test_entering_a_state_arms_its_timer_and_leaving_disarms_it(
     assert shipment.status is TimerStatus.PENDING
     assert (shipment.kind, shipment.state, shipment.version) == (
         "return_shipment",
-        S.APPROVED,
+        CaseState.APPROVED,
         approved.case.version,
     )
     assert shipment.due_at == clock.now() + timedelta(days=7)
@@ -429,13 +432,16 @@ def test_the_pickup_state_keeps_the_approval_deadline(
     # then: same kind, same due time, re-armed for the new state and version
     assert booked.deadline is not None
     assert booked.deadline.kind == "return_shipment" and booked.deadline.due_at == due
-    assert (booked.deadline.state, booked.deadline.version) == (S.PICKUP, booked.case.version)
+    assert (booked.deadline.state, booked.deadline.version) == (
+        CaseState.PICKUP,
+        booked.case.version,
+    )
     # and it fires then: at due - 1 min nothing, at due the case closes
     clock.set(due - timedelta(minutes=1))
     assert service.run_due_timers() == []
     clock.set(due)
     service.run_due_timers()
-    assert service.get(case_id).case.state is S.CLOSED
+    assert service.get(case_id).case.state is CaseState.CLOSED
 
 
 def test_a_timer_swept_after_the_case_moved_on_does_nothing(
@@ -468,7 +474,13 @@ def test_a_stale_pending_timer_is_cancelled_without_firing(
     with uow_factory() as uow:
         uow.timers.arm(
             Timer(
-                case_id, "merchant_review", "auto_approve", S.SUBMITTED, 1, clock.now(), clock.now()
+                case_id,
+                "merchant_review",
+                "auto_approve",
+                CaseState.SUBMITTED,
+                1,
+                clock.now(),
+                clock.now(),
             )
         )
         uow.commit()
@@ -480,7 +492,7 @@ def test_a_stale_pending_timer_is_cancelled_without_firing(
     assert [(r.fired, r.outcome.startswith("stale")) for r in runs] == [(False, True)]
     assert db.timers[stale.id or 0].status is TimerStatus.CANCELLED
     assert service.get(case_id).case.version == version
-    assert service.get(case_id).case.state is S.REFUNDING
+    assert service.get(case_id).case.state is CaseState.REFUNDING
 
 
 def test_a_timer_not_yet_due_does_not_fire(service: CaseService, new_case: NewCase):
@@ -492,7 +504,7 @@ def test_a_timer_not_yet_due_does_not_fire(service: CaseService, new_case: NewCa
     run = service.fire_timer(timer.id)
     # then: nothing happens
     assert not run.fired and run.outcome == "not due yet"
-    assert service.get(case_id).case.state is S.SUBMITTED
+    assert service.get(case_id).case.state is CaseState.SUBMITTED
 
 
 def test_run_due_timers_fires_each_due_case_once_in_due_order(
@@ -545,7 +557,11 @@ def test_a_timer_that_loses_its_race_in_a_batch_rolls_back_alone(
     ]
     assert runs[1].outcome == "conflict: the case moved meanwhile"
     monkeypatch.undo()
-    assert [service.get(c).case.state for c in cases] == [S.APPROVED, S.SUBMITTED, S.APPROVED]
+    assert [service.get(c).case.state for c in cases] == [
+        CaseState.APPROVED,
+        CaseState.SUBMITTED,
+        CaseState.APPROVED,
+    ]
     assert [e.trigger for e in db.log[cases[1]]] == ["submit"]
     live = service.get(cases[1]).deadline
     assert live is not None and live.status is TimerStatus.PENDING

@@ -4,15 +4,11 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2025-02-01
 
-- ``cases.return_tracking_no`` / ``cases.outbound_tracking_no`` (nullable, indexed): copies of the
-  tracking numbers in ``details``, so a carrier event finds its case by index; filled here from
-  the cases already stored.
+- ``cases.return_tracking_no`` / ``outbound_tracking_no`` (indexed): copies of the tracking
+  numbers in ``details``, so a carrier event finds its case by index; filled here.
 - ``ix_timers_fired_at``: the lateness report reads the timers fired since a time.
-  (``timers.claimed_at`` / ``claimed_by`` exist since 0001.)
 - ``dead_letters``: inbound events that could not apply, one row per (source, event_id).
-
-Types are spelled out here, as in 0001, so this revision keeps creating the same schema whatever
-later code does to ``persistence.types``.
+Types are spelled out, as in 0001, so the schema stays the same whatever later code does.
 """
 
 from collections.abc import Sequence

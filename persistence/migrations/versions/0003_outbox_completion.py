@@ -4,16 +4,11 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2025-03-01
 
-- ``outbox.completed_at`` (nullable): when a consumer finished with the row. A row published but
-  never completed was lost by the broker (a Redis restart keeps nothing) or by its consumer, and
-  the relay publishes it again. Rows published before this revision are taken as completed (set
-  to their ``published_at``): nothing can tell whether they were delivered, and republishing the
-  whole history would flood the workers.
+- ``outbox.completed_at``: when a consumer finished the row; rows published before this revision
+  count as completed (republishing the whole history would flood the workers).
 - ``ix_outbox_pending_id`` (partial, ``completed_at IS NULL``) replaces
-  ``ix_outbox_published_at_id``: the relay now reads the pending rows in id order.
-
-Types are spelled out here, as in 0001, so this revision keeps creating the same schema whatever
-later code does to ``persistence.types``.
+  ``ix_outbox_published_at_id``. Types are spelled out, as in 0001, so the schema stays the same
+  whatever later code does to ``persistence.types``.
 """
 
 from collections.abc import Sequence

@@ -5,16 +5,10 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-26
 
-The sweep claims the oldest due timers, ``ORDER BY due_at, id LIMIT batch``. With ``id`` in the
-index, that is a range scan that stops after the batch, even when many timers share one due
-instant (a campaign's deadlines, a backlog after an outage). Without it PostgreSQL sorted every
-tied row on every batch: with 100,000 timers due at the same instant, each claim of 500 read and
-sorted all of them (bench/timers_scale.py, BENCHMARKS.md section 3).
-
-The index is built inside the migration's transaction, which holds off writes to ``timers`` while
-it reads the whole table. A deployment that cannot pause writes that long creates
-``ix_timers_status_due_at_id`` with ``CREATE INDEX CONCURRENTLY`` before upgrading, and this
-revision then only drops the old index.
+With ``id`` in the index, ``ORDER BY due_at, id LIMIT batch`` is a range scan that stops after
+the batch, even when many timers share one due instant (BENCHMARKS.md section 3). The build holds
+off writes to ``timers``; a deployment that cannot pause them creates the index ``CONCURRENTLY``
+before upgrading, and this revision then only drops the old one.
 """
 
 from collections.abc import Sequence

@@ -1,20 +1,13 @@
 """The relay's reads get indexes of their own: ``ix_outbox_unpublished_id`` (rows never
-published, by id) and ``ix_outbox_in_flight_published_at`` (rows published and not completed,
-by publish time).
+published, by id) and ``ix_outbox_in_flight_published_at`` (published, not completed, by time).
 
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-26
 
-The relay publishes rows never published and rows published before its redelivery window and
-still not completed. Through ``ix_outbox_pending_id`` alone, one read did both: it walked the
-pending rows in id order past every row already published and still in flight. After 100,000
-timers fired at once their notices wait in the broker, published and in flight, and each relay
-read all of them to find the new rows (bench/timers_scale.py, BENCHMARKS.md section 3). Now each
-kind has a partial index, and the relay reads them in two statements.
-
-Both indexes are partial (pending rows only) and built inside the migration's transaction; the
-outbox holds few pending rows, so the build is short.
+Through ``ix_outbox_pending_id`` alone each relay read walked every row still in flight to find
+the new ones (after 100,000 timers fired at once: BENCHMARKS.md section 3). Both indexes are
+partial (pending rows only, few), built inside the migration's transaction.
 """
 
 from collections.abc import Sequence
