@@ -112,8 +112,7 @@ SCENARIOS: tuple[Scenario, ...] = (
                 {"order_id": "{order}", "tracking_no": "{ret}"},
                 _TO_MERCHANT,
             ),
-            Wait(_timeout(240)),  # auto_receive
-            Wait(_timeout(48)),  # deem_inspected, then start_refund
+            Wait(_timeout(240)),  # auto_receive (inspection deemed passed), then start_refund
             _refund("refund.succeeded", 1),
         ),
     ),
@@ -128,7 +127,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "exchange",
         20,
         CaseState.EXCHANGED,
-        ("exchange", "phone", "quality_issue", 24, 20, 329_900),
+        ("exchange", "phone", "quality_issue", 16, 12, 329_900),
         (
             Act(5 * H, MER, "approve"),
             Act(20 * H, B, "ship_back", {"tracking_no": "{ret}"}),
@@ -144,7 +143,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "exchange, rejected",
         5,
         CaseState.CLOSED,
-        ("exchange", "phone", "quality_issue", 30, 25, 159_900),
+        ("exchange", "phone", "quality_issue", 18, 13, 159_900),
         (
             Act(4 * H, MER, "reject", reason="damage caused by the buyer"),
             Wait(_timeout(168)),  # expire_dispute_window

@@ -44,6 +44,13 @@ class RefundRetryPolicy(_Strict):
         return timedelta(minutes=minutes)
 
 
+class QualityDays(_Strict):
+    """A category's own quality-problem windows (days after delivery); None keeps the default."""
+
+    refund_days: int | None = Field(default=None, ge=0)
+    exchange_days: int | None = Field(default=None, ge=0)
+
+
 class Policy(_Strict):
     """Every policy value the engine uses; see ``policy.toml`` for the defaults and their rules."""
 
@@ -52,11 +59,16 @@ class Policy(_Strict):
     no_reason_days: int = Field(default=7, ge=0)
     #: Categories without the 7-day no-reason return (RULES.md B, excluded categories).
     no_reason_excluded: frozenset[str] = frozenset()
+    #: Quality problems (RULES.md C, 三包): refund within ``quality_refund_days`` of delivery,
+    #: exchange within ``quality_exchange_days``, then repair within the category's warranty.
+    quality_refund_days: int = Field(default=7, ge=0)
+    quality_exchange_days: int = Field(default=15, ge=0)
+    #: Per category overrides of the two quality windows.
+    quality_by_category: dict[str, QualityDays] = Field(default_factory=dict)
     #: Warranty in months from delivery, per category; a category not listed has none.
     warranty_months: dict[str, int] = Field(default_factory=dict)
-    #: Category codes the service knows; anything else is mapped to ``default_category``.
+    #: Category codes the service knows; an order line of any other is refused at import.
     categories: frozenset[str] = frozenset()
-    default_category: str = "general"
     reasons: frozenset[str] = frozenset()
     #: Days after payment in which a channel can still refund to the original account.
     refund_channel_days: dict[str, int] = Field(default_factory=dict)
@@ -82,8 +94,15 @@ class Policy(_Strict):
             raise KeyError(f"policy has no timer {kind!r}")
         return spec.delay
 
-    def normalise_category(self, category: str) -> str:
-        return category if category in self.categories else self.default_category
+    def quality_refund_days_for(self, category: str) -> int:
+        own = self.quality_by_category.get(category)
+        days = own.refund_days if own is not None else None
+        return self.quality_refund_days if days is None else days
+
+    def quality_exchange_days_for(self, category: str) -> int:
+        own = self.quality_by_category.get(category)
+        days = own.exchange_days if own is not None else None
+        return self.quality_exchange_days if days is None else days
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

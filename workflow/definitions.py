@@ -66,6 +66,7 @@ def _refund_routes(
 
 
 _EXCHANGE = frozenset({CaseType.EXCHANGE})
+_REFUND_ONLY = frozenset({CaseType.REFUND_ONLY})
 _REPAIR = frozenset({CaseType.REPAIR})
 _OUTBOUND = frozenset({CaseType.EXCHANGE, CaseType.REPAIR})
 _STALLABLE = (
@@ -88,6 +89,17 @@ _ADMIN_REFUNDABLE = tuple(
 RULES: tuple[Rule, ...] = (
     # Review (A.1 step 3; B: 48 h then auto-approve).
     _rule("approve", CaseState.SUBMITTED, CaseState.APPROVED, MERCHANT),
+    # A refund_only on delivered goods needs the merchant's consent (RULES.md C): its review
+    # deadline escalates to the platform instead (merchant_consent in TIMERS); should an
+    # auto-approval fire on it anyway, it is routed to the platform too, never to the refund.
+    _rule(
+        "auto_approve",
+        CaseState.SUBMITTED,
+        CaseState.DISPUTED,
+        SYSTEM,
+        _REFUND_ONLY,
+        when="merchant_consent_required",
+    ),
     _rule("auto_approve", CaseState.SUBMITTED, CaseState.APPROVED, SYSTEM),
     _rule("reject", CaseState.SUBMITTED, CaseState.REJECTED, MERCHANT),
     _rule("cancel", _CANCELLABLE, CaseState.CANCELLED, BUYER),
@@ -132,12 +144,15 @@ RULES: tuple[Rule, ...] = (
         MERCHANT,
         RETURN_LEG,
     ),
-    _rule("auto_receive", CaseState.RETURN_DELIVERED, CaseState.RECEIVED, SYSTEM, RETURN_LEG),
+    # B: after the receipt timeout the merchant has had the goods 10 days: received and the
+    # inspection deemed passed in one step, so a return proceeds to the refund at once (no second
+    # 48 h wait); an exchange or repair goes on to its replacement or repair.
+    _rule("auto_receive", CaseState.RETURN_DELIVERED, CaseState.INSPECTED, SYSTEM, RETURN_LEG),
     _rule("inspect", CaseState.RECEIVED, CaseState.INSPECTED, MERCHANT, RETURN_LEG),
     _rule("deem_inspected", CaseState.RECEIVED, CaseState.INSPECTED, SYSTEM, RETURN_LEG),
     _rule("fail_inspection", CaseState.RECEIVED, CaseState.REJECTED, MERCHANT, RETURN_LEG),
     # Outcomes: refund, replacement (A.1 step 5), repair (A.5).
-    *_refund_routes("start_refund", CaseState.APPROVED, SYSTEM, frozenset({CaseType.REFUND_ONLY})),
+    *_refund_routes("start_refund", CaseState.APPROVED, SYSTEM, _REFUND_ONLY),
     *_refund_routes(
         "start_refund", CaseState.INSPECTED, SYSTEM, frozenset({CaseType.RETURN_REFUND})
     ),
@@ -206,6 +221,8 @@ RULES: tuple[Rule, ...] = (
     ),
     # Stalled deadlines escalate to the platform rather than waiting unseen.
     _rule("escalate", _STALLABLE, CaseState.DISPUTED, SYSTEM),
+    # ... and so does a refund_only on delivered goods the merchant neither approved nor rejected.
+    _rule("escalate", CaseState.SUBMITTED, CaseState.DISPUTED, SYSTEM, _REFUND_ONLY),
     # Platform rulings and corrective admin transitions (each with a mandatory reason).
     _rule(
         "rule_for_buyer",
@@ -252,7 +269,23 @@ class TimerSpec:
 #: The deadline each state arms (``engine.timer_for``, on entering it); when it is due,
 #: ``tasks/timers.py`` ``sweep_timers_task`` fires its trigger (``CaseService.sweep_timers``).
 TIMERS: dict[CaseState, tuple[TimerSpec, ...]] = {
-    CaseState.SUBMITTED: (TimerSpec("merchant_review", "auto_approve", binds=Role.MERCHANT),),
+    CaseState.SUBMITTED: (
+        TimerSpec(
+            "merchant_review",
+            "auto_approve",
+            flag=("merchant_consent_required", False),
+            binds=Role.MERCHANT,
+        ),
+        # RULES.md C: a refund_only on delivered goods is refunded only with the merchant's
+        # consent, so silence cannot approve it. Rejecting it would punish the buyer for the
+        # merchant's silence (A.6: the buyer "agrees a solution with the merchant"; A.8: the
+        # platform's customer service steps in), so the deadline puts it before the platform,
+        # whose ruling for the buyer stands in for the consent. The merchant may still approve
+        # or reject until the sweep (the deadline binds no one).
+        TimerSpec(
+            "merchant_consent", "escalate", _REFUND_ONLY, flag=("merchant_consent_required", True)
+        ),
+    ),
     # One deadline from approval to shipping, carried across the pickup booking.
     CaseState.APPROVED: (
         TimerSpec("return_shipment", "expire_return", RETURN_LEG, binds=Role.BUYER),

@@ -68,10 +68,20 @@ def _goods_back(event: EventData) -> bool:
     return bool(binding.case.details.get("goods_back"))
 
 
+def _merchant_consent_required(event: EventData) -> bool:
+    case = cast(_Binding, event.model).case
+    recorded = case.details.get("merchant_consent_required")
+    if recorded is None:
+        # A case submitted before the rule recorded it: judged by its own snapshot.
+        return case.type is CaseType.REFUND_ONLY and case.delivered_at is not None
+    return bool(recorded)
+
+
 #: Routing conditions named by ``Rule.when``.
 CONDITIONS: dict[str, Callable[[EventData], bool]] = {
     "refund_channel_open": _refund_channel_open,
     "goods_back": _goods_back,
+    "merchant_consent_required": _merchant_consent_required,
 }
 
 
@@ -315,7 +325,7 @@ def _apply_data(case: Case, trigger: str, data: BaseModel, context: Context) -> 
                 case.description = data.description
             if data.requested_amount is not None:
                 _revise_amount(case, data.requested_amount)
-    if trigger == "deem_inspected":
+    if trigger in ("deem_inspected", "auto_receive"):
         details["inspection"] = {"deemed_passed_at": context.now.isoformat()}
     if trigger == "remind_bank_account":
         details["bank_account_reminded"] = True
@@ -378,6 +388,7 @@ def _on_enter(case: Case, trigger: str, context: Context) -> None:
     if state is CaseState.RECEIVED:
         case.details["goods_back"] = True
     elif state is CaseState.INSPECTED:
+        case.details["goods_back"] = True
         case.refund_amount = _refund_due(case)
     elif state is CaseState.REFUNDING:
         if case.refund_route is None or trigger != "retry_refund":

@@ -36,7 +36,6 @@ from workflow.orders import Order, OrderLine
 from workflow.payloads import (
     Application,
     Deadline,
-    PaymentIn,
     describe_validation_error,
     parse_application,
 )
@@ -133,13 +132,14 @@ class CaseService:
                 if earlier is not None:
                     return CaseView(earlier, uow.timers.pending(_id(earlier)))
             lines = orders.lines_applied_for(order, app)
-            for line in lines:
-                rules.check_eligibility(
-                    _eligibility_facts(app, order), line.category, self.policy, now
-                )
+            # Eligibility per line, from the order of record (the lines share one category).
+            facts = [_eligibility_facts(app, order, line) for line in lines]
+            for line_facts in facts:
+                rules.check_eligibility(line_facts, self.policy, now)
             account = orders.account(order, _cases_of(uow, order.order_id))
             base = orders.claim(account, app)
             case = _new_case(app, order, lines, base, account.refundable, now, idempotency_key)
+            case.details["merchant_consent_required"] = rules.merchant_consent_required(facts[0])
             case.id = uow.cases.add(case)
             record = TransitionRecord(
                 case.id,
@@ -153,10 +153,14 @@ class CaseService:
                 source=source,
             )
             uow.log.append([record])
-            deadline = engine.timer_for(case, self.policy, now, None)
+            # RULES.md C: an order not shipped yet is refunded at once, no review to wait for.
+            at_once = rules.refund_at_once(facts[0])
+            deadline = None if at_once else engine.timer_for(case, self.policy, now, None)
             if deadline is not None:
                 uow.timers.arm(deadline)
             uow.outbox.add(engine.messages_for(case, record))
+            if at_once:
+                deadline = self.transition(uow, case, "auto_approve", SYSTEM).deadline
             uow.commit()
         self._outbox_written()
         return CaseView(case, deadline)
@@ -538,15 +542,17 @@ def _cases_of(uow: UnitOfWork, order_id: str) -> list[Case]:
     return uow.cases.of_orders([order_id]).get(order_id, [])
 
 
-def _eligibility_facts(app: Application, order: Order) -> Application:
-    """The application with the order of record's payment and delivery time, as
-    ``rules.check_eligibility`` reads them (until it takes its facts apart)."""
-    paid = order.payment
-    return app.model_copy(
-        update={
-            "payment": PaymentIn(channel=paid.channel, amount=paid.amount, paid_at=paid.paid_at),
-            "delivered_at": order.delivered_at,
-        }
+def _eligibility_facts(app: Application, order: Order, line: OrderLine) -> rules.EligibilityFacts:
+    """What the rules judge an application by: its type and reason, and the facts of the order
+    line it names as the order of record has them (RULES.md C). The order of record does not
+    record shipment or loss in transit yet, so ``shipped`` and ``lost_in_transit`` keep their
+    defaults (shipped, not lost)."""
+    return rules.EligibilityFacts(
+        case_type=app.type,
+        reason=app.reason,
+        category=line.category,
+        paid_at=order.payment.paid_at,
+        delivered_at=order.delivered_at,
     )
 
 

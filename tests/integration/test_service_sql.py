@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from config.policy import load_policy
 from persistence.unit_of_work import SqlUnitOfWorkFactory
+from workflow import service as service_module
 from workflow.clock import FakeClock
 from workflow.errors import AftersalesError, Conflict, NotAllowed
 from workflow.model import Actor, TimerStatus
@@ -139,6 +141,32 @@ def test_each_case_type_travels_its_whole_path(
         assert line is not None and line.open_quantity == 0
     if case_type is CaseType.RETURN_REFUND:
         assert view.case.refund_amount == 59_900 - 900
+
+
+def test_an_order_not_shipped_is_refunded_in_the_submitting_transaction(
+    service: CaseService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RULES.md C: the case is written and moved on to refunding in one transaction."""
+    # given: facts saying the order was never shipped (the order of record does not record
+    # shipment yet, hence the patched facts)
+    build = service_module._eligibility_facts
+    monkeypatch.setattr(
+        service_module,
+        "_eligibility_facts",
+        lambda app, order, line: replace(build(app, order, line), shipped=False),
+    )
+    # when
+    view = submit_with_order(service, application(CaseType.REFUND_ONLY))
+    case_id = view.case.id
+    assert case_id is not None
+    # then: stored as refunding, with its log, and no deadline
+    stored = service.get(case_id)
+    assert stored.case.state is CaseState.REFUNDING and stored.deadline is None
+    assert [r.trigger for r in service.history(case_id)] == [
+        "submit",
+        "auto_approve",
+        "start_refund",
+    ]
 
 
 def test_a_timer_fires_once_from_the_database(

@@ -250,10 +250,18 @@ PATHS: dict[CaseType, dict[str, list[Step]]] = {
     CaseType.REPAIR: _outbound("ship_repaired", "repaired"),
     CaseType.REFUND_ONLY: {
         **_REVIEW_EXITS,
+        # Goods never received: no merchant consent needed (see VARIANT_APPLICATIONS).
+        "submitted(not_received)": [],
         # approve is followed at once by start_refund: a refund_only case never rests approved.
         **_refund_leg([("approve", Role.MERCHANT)]),
         "closed": [("reject", Role.MERCHANT), ("expire_dispute_window", Role.SYSTEM)],
     },
+}
+
+
+#: A label whose case starts from another application than the type's default.
+VARIANT_APPLICATIONS: dict[str, dict[str, Any]] = {
+    "submitted(not_received)": {"reason": "not_received", "delivered_at": None},
 }
 
 
@@ -280,6 +288,7 @@ def submit_in(
     service: CaseService, case_type: CaseType | str, label: str = "submitted", **overrides: Any
 ) -> int:
     """Submit a default application of ``case_type`` (at the service clock) and drive it."""
+    overrides = {**VARIANT_APPLICATIONS.get(label, {}), **overrides}
     view = submit_with_order(service, application(case_type, now=service.clock.now(), **overrides))
     assert view.case.id is not None
     drive_to(service, view.case.id, label)

@@ -19,8 +19,10 @@ PAID_AT = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 POLICY = load_policy()
 
 
-def _case(case_type: CaseType, state: CaseState, goods_back: bool, channel_open: bool) -> Case:
-    details: dict[str, object] = {"goods_back": goods_back}
+def _case(
+    case_type: CaseType, state: CaseState, goods_back: bool, channel_open: bool, consent: bool
+) -> Case:
+    details: dict[str, object] = {"goods_back": goods_back, "merchant_consent_required": consent}
     if channel_open:
         # A bank transfer with an account given is always open (engine._refund_channel_open).
         details["bank_account"] = {"name": "x", "bank": "y", "account_no": "6222000011112222"}
@@ -74,10 +76,14 @@ def test_the_shared_machine_moves_a_case_as_the_table_says(case_type: CaseType) 
     destinations: dict[tuple[str, CaseState], set[str]] = {}
     for trigger in machine.events:
         for state in (CaseState(name) for name in machine.states):
-            for goods_back, channel_open in itertools.product((False, True), repeat=2):
+            for goods_back, channel_open, consent in itertools.product((False, True), repeat=3):
                 # given a case in this state, with the routing conditions holding or not
-                binding = _binding(_case(case_type, state, goods_back, channel_open))
-                holds = {"goods_back": goods_back, "refund_channel_open": channel_open}
+                binding = _binding(_case(case_type, state, goods_back, channel_open, consent))
+                holds = {
+                    "goods_back": goods_back,
+                    "refund_channel_open": channel_open,
+                    "merchant_consent_required": consent,
+                }
                 expected = _expected(case_type, trigger, state, holds)
                 if expected is None:
                     # then a trigger with no row from this state is refused by the machine
@@ -89,7 +95,7 @@ def test_the_shared_machine_moves_a_case_as_the_table_says(case_type: CaseType) 
                 # then the case moves to the first row whose condition holds
                 assert (moved, binding.state) == expected, (
                     f"{case_type.value} {trigger} from {state.value}, "
-                    f"goods_back={goods_back}, channel_open={channel_open}"
+                    f"goods_back={goods_back}, channel_open={channel_open}, consent={consent}"
                 )
                 destinations.setdefault((trigger, state), set()).add(binding.state)
     # Some rows are routed by a condition: both of its outcomes were compared.

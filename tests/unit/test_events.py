@@ -629,6 +629,27 @@ def test_the_merchant_confirming_first_makes_the_carrier_delivery_stale(
     assert state_of(service, case_id) is CaseState.RECEIVED
 
 
+@pytest.mark.parametrize("case_type", [CaseType.RETURN_REFUND, CaseType.EXCHANGE])
+def test_a_receipt_confirmed_after_the_receipt_timer_moved_the_case_on_is_ignored(
+    events: EventService,
+    service: CaseService,
+    clock: FakeClock,
+    new_case: Callable[..., int],
+    case_type: CaseType,
+) -> None:
+    # given: the receipt timer fired (the case went on to the refund / the replacement)
+    case_id = new_case(case_type, "return_delivered")
+    clock.advance(timedelta(days=10))
+    service.run_due_timers()
+    moved_on = state_of(service, case_id)
+    assert moved_on in (CaseState.REFUNDING, CaseState.INSPECTED)
+    # when: the merchant's late confirmation arrives
+    late = events.ingest(event("merchant.receipt_confirmed", case_id, data=MERCHANT))
+    # then: acknowledged as stale, nothing moved, no dead letter
+    assert late.status is IngestStatus.IGNORED
+    assert state_of(service, case_id) is moved_on
+
+
 def test_the_buyers_shipment_after_the_carriers_pickup_is_ignored_for_the_same_parcel(
     events: EventService, new_case: Callable[..., int]
 ) -> None:

@@ -131,6 +131,9 @@ def _expected_timer(case: Case) -> str | None:
             CaseType.EXCHANGE: "replacement_shipment",
             CaseType.REPAIR: "repair_completion",
         }.get(case_type)
+    if state is CaseState.SUBMITTED and case_type is CaseType.REFUND_ONLY and case.delivered_at:
+        # RULES.md C: delivered goods are refunded without return only with the merchant's consent.
+        return "merchant_consent"
     if state in (CaseState.APPROVED, CaseState.PICKUP):
         return None if case_type is CaseType.REFUND_ONLY else "return_shipment"
     if state is CaseState.AWAITING_BANK_ACCOUNT:

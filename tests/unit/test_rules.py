@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from config.policy import Policy, load_policy
+from workflow import service as service_module
 from workflow.clock import FakeClock
 from workflow.errors import Forbidden, InvalidInput, NotAllowed, NotFound, PolicyRefusal
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
@@ -186,21 +188,19 @@ def _warranty_app(case_type: str, category: str, delivered: datetime) -> dict[st
     )
 
 
-@pytest.mark.parametrize("case_type", ["repair", "exchange"])
 @pytest.mark.parametrize(("category", "months", "delivered"), _WARRANTIES)
 def test_A2_A7_warranty_last_day_is_still_covered(
     service: CaseService,
     clock: FakeClock,
-    case_type: str,
     category: str,
     months: int,
     delivered: tuple[int, int, int],
 ):
     """A.2/A.7 warranty: electronics 12 months, clothing/food 3 months, from the day of receipt;
-    a quality problem on the last day of the warranty is accepted."""
+    a repair of a quality problem on the last day of the warranty is accepted."""
     # given: goods received at 15:00 on the delivered day; now: 23:59 on the last warranty day
     clock.set(shanghai(2026, 11, 20, 23, 59))
-    app = _warranty_app(case_type, category, shanghai(*delivered, 15, 0))
+    app = _warranty_app("repair", category, shanghai(*delivered, 15, 0))
     # when
     view = submit_with_order(service, app)
     # then
@@ -208,22 +208,20 @@ def test_A2_A7_warranty_last_day_is_still_covered(
     assert view.case.category == category
 
 
-@pytest.mark.parametrize("case_type", ["repair", "exchange"])
 @pytest.mark.parametrize(("category", "months", "delivered"), _WARRANTIES)
 def test_A2_A7_warranty_day_after_the_last_day_is_refused(
     service: CaseService,
     clock: FakeClock,
     db: InMemoryDatabase,
-    case_type: str,
     category: str,
     months: int,
     delivered: tuple[int, int, int],
 ):
-    """A.2/A.7 warranty: the day after the warranty's last day is refused by rule
+    """A.2/A.7 warranty: a repair on the day after the warranty's last day is refused by rule
     warranty_period, naming the period's dates and the day of the application."""
     # given: the first minute of the day after the last warranty day
     clock.set(shanghai(2026, 11, 21, 0, 0))
-    app = _warranty_app(case_type, category, shanghai(*delivered, 15, 0))
+    app = _warranty_app("repair", category, shanghai(*delivered, 15, 0))
     # when
     with pytest.raises(PolicyRefusal) as refused:
         submit_with_order(service, app)
@@ -281,18 +279,196 @@ def test_A2_repair_is_for_quality_problems_only(service: CaseService, make_app: 
     assert refused.value.rule == "repair_needs_quality_issue"
 
 
-def test_A7_a_quality_problem_may_be_returned_after_the_no_reason_window_within_warranty(
+def test_A7_C_a_quality_problem_is_repaired_after_the_exchange_window_within_warranty(
     service: CaseService, clock: FakeClock
 ):
-    """A.7: within the warranty the buyer may apply freely for a quality problem, although
-    the 7-day no-reason window is long over; a no-reason return is refused then."""
+    """A.7/C: within the warranty the buyer may apply freely for a repair of a quality problem,
+    long after the no-reason window; an exchange (15 days), a refund (7 days) or a no-reason
+    return are refused then, each naming its own rule."""
     delivered = shanghai(2026, 9, 1, 10, 0)
-    app = _warranty_app("exchange", "electronics", delivered)
-    # when/then: quality problem three months later: accepted
-    assert submit_with_order(service, app).case.state is CaseState.SUBMITTED
-    # when/then: the same goods without a reason: the no-reason window applies
+    # when/then: quality problem almost three months later: a repair is accepted
+    assert submit_with_order(service, _warranty_app("repair", "electronics", delivered)).case.id
+    # when/then: the same goods for exchange, refund or without a reason: refused
+    expected = [
+        ("exchange", "quality_issue", "quality_exchange_window"),
+        ("return_refund", "quality_issue", "quality_refund_window"),
+        ("return_refund", "no_reason", "no_reason_window"),
+    ]
+    for n, (case_type, reason, rule) in enumerate(expected):
+        app = _warranty_app(case_type, "electronics", delivered) | {"order_id": f"o{n + 2}"}
+        with pytest.raises(PolicyRefusal) as refused:
+            submit_with_order(service, app | {"reason": reason})
+        assert refused.value.rule == rule
+
+
+# == C quality problems (三包): refund 7 days, exchange 15 days, then repair ======================
+
+_QUALITY_REASONS = ["quality_issue", "not_as_described"]
+
+
+def _quality_app(
+    case_type: str, reason: str, delivered: datetime, **overrides: Any
+) -> dict[str, Any]:
+    facts = {
+        "category": "electronics",
+        "reason": reason,
+        "delivered_at": delivered,
+        "payment": payment(paid_at=delivered - timedelta(days=2)),
+    }
+    return application(case_type, now=delivered, **(facts | overrides))
+
+
+@pytest.mark.parametrize("reason", _QUALITY_REASONS)
+@pytest.mark.parametrize(
+    ("case_type", "last_day", "rule"),
+    [
+        ("return_refund", 17, "quality_refund_window"),
+        ("exchange", 25, "quality_exchange_window"),
+    ],
+)
+def test_C_quality_windows_last_day_in_first_day_out(
+    service: CaseService,
+    clock: FakeClock,
+    db: InMemoryDatabase,
+    reason: str,
+    case_type: str,
+    last_day: int,
+    rule: str,
+):
+    """C: a quality problem is refunded within 7 days of delivery and exchanged within 15,
+    counted from the day after delivery: delivered 10 Nov 15:00, day 7 is 17 Nov, day 15 is
+    25 Nov. The first minute after is refused by the window's rule, naming its dates and the
+    day of the application."""
+    delivered = shanghai(2026, 11, 10, 15, 0)
+    # given/when: the last minute of the last day: accepted
+    clock.set(shanghai(2026, 11, last_day, 23, 59))
+    assert (
+        submit_with_order(service, _quality_app(case_type, reason, delivered)).case.state
+        is CaseState.SUBMITTED
+    )
+    # when: the first minute of the next day
+    clock.set(shanghai(2026, 11, last_day + 1, 0, 0))
     with pytest.raises(PolicyRefusal) as refused:
-        submit_with_order(service, app | {"reason": "no_reason", "order_id": "o2"})
+        submit_with_order(service, _quality_app(case_type, reason, delivered, order_id="o2"))
+    # then: refused by the window, naming the dates compared; only the first case stored
+    assert refused.value.rule == rule
+    message = str(refused.value)
+    assert "2026-11-11" in message and f"2026-11-{last_day}" in message
+    assert f"applied on 2026-11-{last_day + 1}" in message
+    assert len(db.cases) == 1
+
+
+def test_C_a_refused_quality_refund_points_to_the_exchange_then_to_the_repair(
+    service: CaseService, clock: FakeClock
+):
+    """C: the refusal says what is still open: an exchange until day 15, then a repair until
+    the end of the warranty."""
+    delivered = shanghai(2026, 11, 10, 15, 0)
+    # when: a refund on day 8; then: an exchange is still open until 25 Nov
+    clock.set(shanghai(2026, 11, 18, 9, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, _quality_app("return_refund", "quality_issue", delivered))
+    assert "apply for exchange (open until 2026-11-25)" in str(refused.value)
+    # when: a refund on day 16; then: a repair is open until the warranty's end
+    clock.set(shanghai(2026, 11, 26, 9, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, _quality_app("return_refund", "quality_issue", delivered))
+    assert "apply for repair (open until 2027-11-10)" in str(refused.value)
+    # when: an exchange on day 16; then: the same repair hint
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, _quality_app("exchange", "quality_issue", delivered))
+    assert "apply for repair (open until 2027-11-10)" in str(refused.value)
+
+
+def test_C_quality_windows_count_days_in_shanghai_time(service: CaseService, clock: FakeClock):
+    """C, counted in Asia/Shanghai: delivered 10 Nov 17:30 UTC is 11 Nov 01:30 in Shanghai, so
+    the refund window's day 7 is 18 Nov (a UTC count would end on 17 Nov)."""
+    delivered = datetime(2026, 11, 10, 17, 30, tzinfo=UTC)
+    # given/when: 18 Nov 23:59 Shanghai (15:59 UTC): accepted
+    clock.set(shanghai(2026, 11, 18, 23, 59))
+    assert submit_with_order(
+        service, _quality_app("return_refund", "quality_issue", delivered)
+    ).case.id
+    # when: 19 Nov 00:00 Shanghai (still 18 Nov in UTC): refused
+    clock.set(shanghai(2026, 11, 19, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(
+            service, _quality_app("return_refund", "quality_issue", delivered, order_id="o2")
+        )
+    assert refused.value.rule == "quality_refund_window"
+    assert "2026-11-12" in str(refused.value) and "2026-11-18" in str(refused.value)
+
+
+def test_C_a_repair_may_be_asked_for_inside_the_refund_window_too(
+    service: CaseService, clock: FakeClock
+):
+    """C: the buyer may choose a free repair at any time within the warranty."""
+    # given/when: a repair on the day after delivery; then: accepted
+    delivered = clock.now() - timedelta(days=1)
+    assert submit_with_order(service, _quality_app("repair", "quality_issue", delivered)).case.id
+
+
+def test_C_a_category_without_warranty_has_the_quality_windows_and_no_repair(
+    service: CaseService, clock: FakeClock
+):
+    """C: general goods carry no warranty: refund 7 days, exchange 15, then nothing."""
+    delivered = shanghai(2026, 11, 1, 12, 0)
+    app = _quality_app("exchange", "quality_issue", delivered, category="general")
+    # given/when: day 15 (16 Nov): exchange accepted
+    clock.set(shanghai(2026, 11, 16, 20, 0))
+    assert submit_with_order(service, app).case.id
+    # when: day 16: refused, with no repair to point to
+    clock.set(shanghai(2026, 11, 17, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, app | {"order_id": "o2"})
+    assert refused.value.rule == "quality_exchange_window"
+    assert "apply for" not in str(refused.value)
+
+
+def test_C_quality_windows_are_configurable_per_category(tmp_path: Path, clock: FakeClock):
+    """C: the windows come from config (quality_refund_days, quality_exchange_days), and a
+    category may have its own ([quality_by_category.CATEGORY])."""
+    override = tmp_path / "policy.toml"
+    override.write_text(
+        "quality_exchange_days = 10\n[quality_by_category.electronics]\nrefund_days = 3\n",
+        encoding="utf-8",
+    )
+    policy = load_policy(override)
+    service = CaseService(InMemoryUnitOfWorkFactory(), clock, policy)
+    delivered = shanghai(2026, 11, 10, 15, 0)
+    # then: electronics refund 3 days (last day 13 Nov), other categories keep 7
+    assert policy.quality_refund_days_for("electronics") == 3
+    assert policy.quality_refund_days_for("clothing") == 7
+    assert policy.quality_exchange_days_for("electronics") == 10
+    clock.set(shanghai(2026, 11, 14, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, _quality_app("return_refund", "quality_issue", delivered))
+    assert refused.value.rule == "quality_refund_window" and "2026-11-13" in str(refused.value)
+    clothing = _quality_app(
+        "return_refund", "quality_issue", delivered, category="clothing", order_id="o2"
+    )
+    assert submit_with_order(service, clothing).case.id
+    # and the exchange window of 10 days ends on 20 Nov
+    clock.set(shanghai(2026, 11, 21, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(
+            service, _quality_app("exchange", "quality_issue", delivered, order_id="o3")
+        )
+    assert refused.value.rule == "quality_exchange_window" and "2026-11-20" in str(refused.value)
+
+
+@pytest.mark.parametrize("reason", ["wrong_item", "damaged_in_transit", "missing_item"])
+def test_A6_delivery_problems_are_returned_within_the_no_reason_window(
+    service: CaseService, clock: FakeClock, reason: str
+):
+    """A.6/B: wrong, damaged or missing goods are returned or exchanged within the 7-day
+    window (not the 15-day quality exchange window)."""
+    delivered = shanghai(2026, 11, 10, 15, 0)
+    clock.set(shanghai(2026, 11, 17, 23, 59))
+    assert submit_with_order(service, _quality_app("exchange", reason, delivered)).case.id
+    clock.set(shanghai(2026, 11, 18, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, _quality_app("exchange", reason, delivered, order_id="o2"))
     assert refused.value.rule == "no_reason_window"
 
 
@@ -406,7 +582,8 @@ def test_B_wechat_refund_window_is_365_days_after_payment(
         category="electronics",
         reason="quality_issue",
         payment=payment(paid_at=paid_at),
-        delivered_at=paid_at + timedelta(days=1),
+        # a pre-order delivered only now: the quality refund window counts from delivery
+        delivered_at=clock.now() - timedelta(days=2),
     )
     # when: the merchant inspects now
     result = service.fire(case_id, "inspect", MERCHANT, data={})
@@ -428,7 +605,7 @@ def test_A4_B_past_the_channel_window_the_refund_goes_by_bank_transfer(
         category="electronics",
         reason="quality_issue",
         payment=payment(paid_at=paid_at),
-        delivered_at=clock.now() - timedelta(days=300),
+        delivered_at=clock.now() - timedelta(days=2),
     )
     # when: the inspection passes
     waiting = service.fire(case_id, "inspect", MERCHANT, data={})
@@ -567,6 +744,26 @@ def test_A6_damage_must_be_reported_within_the_7_day_window(
     assert refused.value.rule == "no_reason_window"
 
 
+def test_A6_C_refund_only_on_delivered_goods_last_day_in_first_day_out_in_shanghai(
+    service: CaseService, clock: FakeClock, make_app: MakeApp
+):
+    """A.6/C: damage or a missing item is reported for a refund only within the 7-day
+    window, in Shanghai days: delivered 10 Nov 17:30 UTC is 11 Nov in Shanghai, so day 7 is
+    18 Nov."""
+    delivered = datetime(2026, 11, 10, 17, 30, tzinfo=UTC)
+    app = make_app("refund_only", reason="missing_item", delivered_at=delivered)
+    # given/when: 18 Nov 23:59 Shanghai: accepted, waiting for the merchant's consent
+    clock.set(shanghai(2026, 11, 18, 23, 59))
+    view = submit_with_order(service, app)
+    assert view.deadline is not None and view.deadline.kind == "merchant_consent"
+    # when: 19 Nov 00:00 Shanghai: refused, naming the dates
+    clock.set(shanghai(2026, 11, 19, 0, 0))
+    with pytest.raises(PolicyRefusal) as refused:
+        submit_with_order(service, app | {"order_id": "o2"})
+    assert refused.value.rule == "no_reason_window"
+    assert "2026-11-18" in str(refused.value) and "2026-11-19" in str(refused.value)
+
+
 def test_A6_B_not_received_is_refund_only(service: CaseService, make_app: MakeApp):
     """B refund-only (not received): goods never delivered are refunded without a return;
     a return-type case needs the goods delivered first."""
@@ -615,6 +812,7 @@ def test_A8_every_case_is_traceable_step_by_step(
 
 _DEFAULT_HOURS = {
     "merchant_review": 48,
+    "merchant_consent": 48,
     "return_shipment": 7 * 24,
     "merchant_receipt": 10 * 24,
     "merchant_inspection": 48,
@@ -652,12 +850,13 @@ def test_B_timer_merchant_review_48h_auto_approves(
     )
 
 
-def test_B_timer_merchant_review_48h_auto_approves_refund_only_into_refunding(
+def test_B_C_timer_merchant_review_48h_auto_approves_refund_only_for_goods_not_received(
     service: CaseService, clock: FakeClock, new_case: NewCase
 ):
-    """B: an auto-approved refund-only case starts its refund at once."""
-    # given: a new refund-only application; when/then: see _check_timer
-    case_id = new_case("refund_only")
+    """B/C: a refund-only case for goods not received is auto-approved and starts its refund
+    at once."""
+    # given: a refund-only application, the goods never delivered; when/then: see _check_timer
+    case_id = new_case("refund_only", reason="not_received", delivered_at=None)
     _check_timer(
         service,
         clock,
@@ -667,6 +866,135 @@ def test_B_timer_merchant_review_48h_auto_approves_refund_only_into_refunding(
         "start_refund",
         CaseState.REFUNDING,
     )
+    assert _triggers(service, case_id) == ["submit", "auto_approve", "start_refund"]
+
+
+@pytest.mark.parametrize("reason", ["quality_issue", "damaged_in_transit", "missing_item"])
+def test_C_refund_only_on_delivered_goods_is_never_auto_approved_but_escalated(
+    service: CaseService, clock: FakeClock, new_case: NewCase, db: InMemoryDatabase, reason: str
+):
+    """C refund-only: delivered goods are refunded without return only with the merchant's
+    consent. The merchant's silence is no consent: at the 48 h deadline the case goes before
+    the platform (escalate -> disputed), nothing is refunded (issue 13: ¥3,999 refunded for a
+    quality_issue with nothing sent back)."""
+    # given: a refund-only application on goods delivered 2 days ago; when/then: _check_timer
+    case_id = new_case("refund_only", reason=reason)
+    _check_timer(
+        service,
+        clock,
+        case_id,
+        "merchant_consent",
+        timedelta(hours=48),
+        "escalate",
+        CaseState.DISPUTED,
+    )
+    # then: no refund requested; the platform is notified
+    assert _topics(db, case_id, "refund.requested") == []
+    assert [m["trigger"] for m in _topics(db, case_id, "dispute.opened")] == ["escalate"]
+    assert "auto_approve" not in _triggers(service, case_id)
+
+
+def test_C_the_merchants_approval_or_the_platforms_ruling_is_the_consent(
+    service: CaseService, clock: FakeClock, new_case: NewCase
+):
+    """C refund-only on delivered goods: the merchant's approval (even after its deadline,
+    before the sweep) or, once escalated, the platform's ruling for the buyer refunds."""
+    # given: two delivered refund-only cases, the consent deadline passed but not swept
+    approved, ruled = new_case("refund_only"), new_case("refund_only", order_id="o2")
+    clock.advance(timedelta(hours=49))
+    # when: the merchant approves the first; then: refunding
+    assert service.fire(approved, "approve", MERCHANT).case.state is CaseState.REFUNDING
+    # when: the sweep escalates the second and the platform rules for the buyer
+    service.run_due_timers()
+    assert service.get(ruled).case.state is CaseState.DISPUTED
+    result = service.fire(ruled, "rule_for_buyer", ADMIN, reason="photos show the damage")
+    # then: refunding
+    assert [r.trigger for r in result.records] == ["rule_for_buyer", "start_refund"]
+    assert result.case.state is CaseState.REFUNDING
+
+
+def test_C_an_auto_approval_of_a_consent_case_goes_to_the_platform_not_the_refund(
+    service: CaseService, new_case: NewCase, db: InMemoryDatabase
+):
+    """C: even if an auto-approval fires on a refund-only case that needs the merchant's
+    consent (a timer armed by an older release), it is routed to the platform."""
+    # given: a delivered refund-only case; when: the system fires auto_approve
+    case_id = new_case("refund_only", reason="quality_issue")
+    result = service.fire(case_id, "auto_approve", SYSTEM)
+    # then: disputed, no refund requested
+    assert result.case.state is CaseState.DISPUTED
+    assert _topics(db, case_id, "refund.requested") == []
+
+
+def test_C_an_older_delivered_refund_only_is_routed_to_the_platform_by_its_timer(
+    service: CaseService, clock: FakeClock, new_case: NewCase, db: InMemoryDatabase
+):
+    """C: a delivered refund-only case submitted before the consent rule (no flag recorded,
+    the review timer armed) is not refunded when that timer fires: it goes to the platform."""
+    # given: a delivered refund-only case as an older release stored it
+    case_id = new_case("refund_only", reason="quality_issue")
+    del db.cases[case_id].details["merchant_consent_required"]
+    # when: the review timer of the older release fires auto_approve
+    result = service.fire(case_id, "auto_approve", SYSTEM)
+    # then: disputed, no refund; a not-received one of the same age is still approved
+    assert result.case.state is CaseState.DISPUTED
+    assert _topics(db, case_id, "refund.requested") == []
+    other = new_case("refund_only", reason="not_received", delivered_at=None, order_id="o2")
+    del db.cases[other].details["merchant_consent_required"]
+    assert service.fire(other, "auto_approve", SYSTEM).case.state is CaseState.REFUNDING
+
+
+def test_C_a_revised_refund_only_still_needs_the_consent(
+    service: CaseService, clock: FakeClock, new_case: NewCase
+):
+    """C: a rejected refund-only application revised by the buyer waits for the merchant's
+    consent again, not for an auto-approval."""
+    # given: a delivered refund-only case rejected, then revised
+    case_id = new_case("refund_only")
+    service.fire(case_id, "reject", MERCHANT, reason="no photos")
+    revised = service.fire(case_id, "revise", BUYER, data={"description": "photos attached"})
+    # then: the consent deadline is armed again
+    assert revised.deadline is not None and revised.deadline.kind == "merchant_consent"
+
+
+def test_C_an_order_not_shipped_is_refunded_at_once(
+    service: CaseService, make_app: MakeApp, db: InMemoryDatabase, monkeypatch: pytest.MonkeyPatch
+):
+    """C refund-only: an order the merchant has not shipped is refunded at once, with no
+    review to wait for; a shipped order not received waits for the review (next test)."""
+    # given: the order's facts say it was never shipped (the order of record does not record
+    # shipment yet, hence the patched facts)
+    build = service_module._eligibility_facts
+    monkeypatch.setattr(
+        service_module,
+        "_eligibility_facts",
+        lambda app, order, line: replace(build(app, order, line), shipped=False),
+    )
+    # when: the buyer applies for a refund only
+    view = submit_with_order(
+        service, make_app("refund_only", reason="no_reason", delivered_at=None)
+    )
+    # then: the refund is under way in the same transaction, no deadline armed
+    case_id = view.case.id
+    assert case_id is not None
+    assert view.case.state is CaseState.REFUNDING and view.deadline is None
+    assert _triggers(service, case_id) == ["submit", "auto_approve", "start_refund"]
+    assert [r.actor for r in service.history(case_id)][1:] == ["system", "system"]
+    assert len(_topics(db, case_id, "refund.requested")) == 1
+    assert [t for t in db.timers.values() if t.case_id == case_id] == []
+
+
+def test_C_refund_only_for_undelivered_goods_needs_no_consent(
+    service: CaseService, new_case: NewCase
+):
+    """C: goods not received (not shipped, or lost in transit) need no consent: the ordinary
+    review deadline (auto-approve) is armed."""
+    # given/when: a refund-only for goods never delivered
+    case_id = new_case("refund_only", reason="not_received", delivered_at=None)
+    # then
+    view = service.get(case_id)
+    assert view.deadline is not None and view.deadline.kind == "merchant_review"
+    assert view.case.details["merchant_consent_required"] is False
 
 
 @pytest.mark.parametrize("label", ["approved", "pickup"])
@@ -687,12 +1015,12 @@ def test_B_timer_return_shipment_7d_closes_the_case(
     )
 
 
-def test_B_timer_merchant_receipt_10d_auto_receives_and_proceeds(
-    service: CaseService, clock: FakeClock, new_case: NewCase
+def test_B_timer_merchant_receipt_10d_auto_receives_and_proceeds_to_the_refund(
+    service: CaseService, clock: FakeClock, new_case: NewCase, db: InMemoryDatabase
 ):
     """B: merchant to confirm receipt after delivery of the return: 10 days, then
-    auto-receive; the refund proceeds through the inspection deadline."""
-    # given: the return parcel delivered; when/then: see _check_timer, twice
+    auto-receive and proceed to the refund at once: no second 48 h inspection wait."""
+    # given: the return parcel delivered; when/then: see _check_timer
     case_id = new_case("return_refund", "return_delivered")
     _check_timer(
         service,
@@ -700,18 +1028,41 @@ def test_B_timer_merchant_receipt_10d_auto_receives_and_proceeds(
         case_id,
         "merchant_receipt",
         timedelta(days=10),
-        "auto_receive",
-        CaseState.RECEIVED,
+        "start_refund",
+        CaseState.REFUNDING,
     )
+    # then: received and the inspection deemed passed in the same step; the refund requested
+    assert _triggers(service, case_id)[-2:] == ["auto_receive", "start_refund"]
+    details = service.get(case_id).case.details
+    assert details["goods_back"] is True
+    assert details["inspection"] == {"deemed_passed_at": clock.now().isoformat()}
+    (request,) = _topics(db, case_id, "refund.requested")
+    assert request["amount"] == ITEM_PRICE
+
+
+@pytest.mark.parametrize(
+    ("case_type", "next_kind"),
+    [("exchange", "replacement_shipment"), ("repair", "repair_completion")],
+)
+def test_B_timer_merchant_receipt_10d_deems_an_exchange_or_repair_inspected(
+    service: CaseService, clock: FakeClock, new_case: NewCase, case_type: str, next_kind: str
+):
+    """B: after the receipt timeout an exchange or repair skips the inspection wait too: the
+    goods are deemed received and inspected, and the replacement or repair deadline runs."""
+    # given: the return parcel delivered; when/then: see _check_timer
+    case_id = new_case(case_type, "return_delivered")
     _check_timer(
         service,
         clock,
         case_id,
-        "merchant_inspection",
-        timedelta(hours=48),
-        "start_refund",
-        CaseState.REFUNDING,
+        "merchant_receipt",
+        timedelta(days=10),
+        "auto_receive",
+        CaseState.INSPECTED,
     )
+    view = service.get(case_id)
+    assert view.deadline is not None and view.deadline.kind == next_kind
+    assert "deemed_passed_at" in view.case.details["inspection"]
 
 
 @pytest.mark.parametrize(
@@ -1118,8 +1469,8 @@ def test_B_after_a_rejection_closes_the_buyer_may_apply_anew(
 ):
     """B: once the rejected case closed (dispute window over), the item is free again."""
     # given: a rejected case; when: its dispute window runs out; then: a new application
-    # (a week later the no-reason window is over: the new one is for a quality problem)
-    app = make_app(reason="quality_issue")
+    # (on the order as imported: 9 days after delivery only the quality exchange is open)
+    app = make_app("exchange", reason="quality_issue")
     new_case("return_refund", "rejected")
     clock.advance(timedelta(days=7))
     assert [run.fired for run in service.run_due_timers()] == [True]

@@ -106,7 +106,6 @@ shipped_back      escalate                admin     disputed
 shipped_back      force_close             admin     closed
 shipped_back      force_refund            admin     refunding
 return_delivered  confirm_receipt         merchant  received
-return_delivered  auto_receive            system    received
 return_delivered  escalate                admin     disputed
 return_delivered  force_close             admin     closed
 return_delivered  force_refund            admin     refunding
@@ -139,8 +138,10 @@ awaiting_bank_account  escalate                 admin    disputed
 awaiting_bank_account  force_close              admin    closed
 """
 
-# Exchange and repair: after inspection the goods go out again (A.1 step 5, A.5).
+# Exchange and repair: after inspection the goods go out again (A.1 step 5, A.5); the receipt
+# timeout deems the goods received and inspected (B), the replacement or repair comes next.
 _OUTBOUND = """
+return_delivered    auto_receive            system    inspected
 received            inspect                 merchant  inspected
 received            deem_inspected          system    inspected
 inspected           convert_to_refund       merchant  refunding
@@ -166,22 +167,36 @@ delivered_to_buyer  force_refund            admin     refunding
 disputed(goods_back)  rule_for_buyer        admin     inspected
 """
 
-# Return-and-refund: an inspection (or a ruling once the goods are back) starts the refund at once.
+# Return-and-refund: an inspection (or a ruling once the goods are back) starts the refund at once;
+# so does the receipt timeout (B: auto-receive, proceed to refund), with the inspection deemed.
 _RETURN_REFUND_OUTCOME = """
+return_delivered      auto_receive     system    refunding  start_refund
 received              inspect          merchant  refunding  start_refund
 received              deem_inspected   system    refunding  start_refund
 disputed(goods_back)  rule_for_buyer   admin     refunding  start_refund
 """
 
 # Refund-only: no return leg; an approval (or a ruling for the buyer) starts the refund at once.
+# RULES.md C: on delivered goods (the default application: damaged in transit) only the merchant's
+# approval is consent; its deadline (merchant_consent) escalates to the platform, and an
+# auto-approval, should one fire, is routed there too. Goods not received are auto-approved.
 _REFUND_ONLY_REVIEW = """
-submitted   approve                 merchant  refunding  start_refund
-submitted   auto_approve            system    refunding  start_refund
-submitted   reject                  merchant  rejected
-submitted   cancel                  buyer     cancelled
-submitted   escalate                admin     disputed
-submitted   force_close             admin     closed
-submitted   force_refund            admin     refunding
+submitted                 approve                merchant  refunding  start_refund
+submitted                 auto_approve           system    disputed
+submitted                 reject                 merchant  rejected
+submitted                 cancel                 buyer     cancelled
+submitted                 escalate               system    disputed
+submitted                 escalate               admin     disputed
+submitted                 force_close            admin     closed
+submitted                 force_refund           admin     refunding
+submitted(not_received)   approve                merchant  refunding  start_refund
+submitted(not_received)   auto_approve           system    refunding  start_refund
+submitted(not_received)   reject                 merchant  rejected
+submitted(not_received)   cancel                 buyer     cancelled
+submitted(not_received)   escalate               system    disputed
+submitted(not_received)   escalate               admin     disputed
+submitted(not_received)   force_close            admin     closed
+submitted(not_received)   force_refund           admin     refunding
 rejected    revise                  buyer     submitted
 rejected    escalate                buyer     disputed
 rejected    expire_dispute_window   system    closed

@@ -126,9 +126,16 @@ def test_each_case_type_reaches_its_outcome_by_events_and_effects(stack: Stack) 
 def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> None:
     """RULES.md part B: each waiting period runs out on a case of its own, and the workers'
     sweeps fire its timeout once the shared clock is moved past it."""
-    # given two workers (beat in one) and six cases, each left waiting for someone at T0
+    # given two workers (beat in one) and seven cases, each left waiting for someone at T0
     stack.start_workers(2)
     review = submit(stack, "return_refund", "o-review")  # the merchant never reviews
+    consent = submit(  # nor consents to a refund without return of delivered goods
+        stack,
+        "refund_only",
+        "o-consent",
+        reason="quality_issue",
+        delivered_at="2026-11-18T15:00:00+08:00",
+    )
     receipt = submit(stack, "return_refund", "o-receipt")  # nor confirms the return's receipt
     replacement = submit(stack, "exchange", "o-replacement")  # nor ships the replacement
     confirmation = submit(stack, "repair", "o-confirmation")  # the buyer never confirms
@@ -158,6 +165,7 @@ def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> N
     _apply(stack, carrier(stack, "delivered", confirmation, "FX1"))
     waiting = {
         review: CaseState.SUBMITTED,  # merchant review: 48 h
+        consent: CaseState.SUBMITTED,  # merchant consent: 48 h
         receipt: CaseState.RETURN_DELIVERED,  # merchant receipt: 10 days
         replacement: CaseState.INSPECTED,  # replacement shipment: 48 h
         confirmation: CaseState.DELIVERED_TO_BUYER,  # buyer confirmation: 10 days
@@ -174,32 +182,41 @@ def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> N
         waiting.update(expected)
         stack.wait_outbox_completed()
 
-    # when the clock passes 48 h: the review is approved (and a pickup booked), the exchange
-    # that was never shipped becomes a refund, which a worker pays
-    at(49, {review: CaseState.PICKUP, replacement: CaseState.REFUNDED})
+    # when the clock passes 48 h: the review is approved (and a pickup booked), the refund
+    # without return the merchant never consented to goes to the platform (RULES.md C), the
+    # exchange that was never shipped becomes a refund, which a worker pays
+    at(
+        49,
+        {
+            review: CaseState.PICKUP,
+            consent: CaseState.DISPUTED,
+            replacement: CaseState.REFUNDED,
+        },
+    )
     # and 7 days: the rejection is final, the buyer is reminded of the bank account
     at(169, {dispute: CaseState.CLOSED})
     wait_reminded(stack, bank)
     # and 10 days: the return not shipped within 7 days of the approval (at 49 h) is closed, the
-    # delivered return is received, the repaired phone confirmed
+    # delivered return is received and, with no second wait for an inspection, refunded by a
+    # worker (RULES.md B: auto-receive, proceed to refund), the repaired phone confirmed
     at(
         241,
-        {review: CaseState.CLOSED, receipt: CaseState.RECEIVED, confirmation: CaseState.REPAIRED},
+        {review: CaseState.CLOSED, receipt: CaseState.REFUNDED, confirmation: CaseState.REPAIRED},
     )
-    # and 48 h after that receipt the inspection is deemed passed, and a worker refunds
-    at(290, {receipt: CaseState.REFUNDED})
     # and 7 days after the reminder the missing bank account goes to the platform
     at(338, {bank: CaseState.DISPUTED})
 
     # then each timeout fired exactly once, as the system
     assert timeouts(stack, review) == ["auto_approve", "expire_return"]
-    assert timeouts(stack, receipt) == ["auto_receive", "deem_inspected", "start_refund"]
+    assert timeouts(stack, consent) == ["escalate"]
+    assert timeouts(stack, receipt) == ["auto_receive", "start_refund"]
     assert timeouts(stack, replacement) == ["convert_to_refund"]
     assert timeouts(stack, confirmation) == ["auto_confirm_delivery"]
     assert timeouts(stack, dispute) == ["expire_dispute_window"]
     assert timeouts(stack, bank) == ["start_refund", "remind_bank_account", "escalate"]
     assert stack.fired_timers(review) == ["merchant_review", "return_shipment"]
-    assert stack.fired_timers(receipt) == ["merchant_receipt", "merchant_inspection"]
+    assert stack.fired_timers(consent) == ["merchant_consent"]
+    assert stack.fired_timers(receipt) == ["merchant_receipt"]
     assert stack.fired_timers(replacement) == ["replacement_shipment"]
     assert stack.fired_timers(confirmation) == ["buyer_confirmation"]
     assert stack.fired_timers(dispute) == ["dispute_window"]
@@ -208,6 +225,7 @@ def test_every_timeout_of_the_rules_fires_through_the_workers(stack: Stack) -> N
     assert [e.status for e in stack.ledger(replacement)] == ["succeeded"]
     assert [e.status for e in stack.ledger(receipt)] == ["succeeded"]
     assert stack.ledger(bank) == []
+    assert stack.ledger(consent) == []
     assert stack.dead_letters() == []
 
 

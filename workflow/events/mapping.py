@@ -183,9 +183,8 @@ _RULES: tuple[EventRule, ...] = (
     _party(
         EventType.MERCHANT_RECEIPT_CONFIRMED,
         "confirm_receipt",
-        _ignore(
-            _states(CaseState.RECEIVED), "receipt already confirmed (the receipt timer may have)"
-        ),
+        # The receipt timer takes a case past received (auto_receive deems it inspected too).
+        _ignore(MERCHANT_HAS_RETURN, "receipt already confirmed (the receipt timer may have)"),
     ),
     _party(EventType.MERCHANT_INSPECTED, "inspect"),
     _party(EventType.MERCHANT_INSPECTION_FAILED, "fail_inspection"),
