@@ -587,7 +587,7 @@ def test_a_key_of_one_command_is_refused_for_another_on_the_same_case(
 
 
 def test_a_submission_key_is_refused_for_a_trigger(service: CaseService, make_app: Any) -> None:
-    case_id = service.submit(make_app("return_refund"), idempotency_key="k-sub").case.id
+    case_id = submit_with_order(service, make_app("return_refund"), idempotency_key="k-sub").case.id
     assert case_id is not None
     with pytest.raises(IdempotencyKeyReused):
         service.fire(case_id, "cancel", BUYER, idempotency_key="k-sub")

@@ -3,7 +3,7 @@ a dead letter records who replayed or discarded it, and why; an idempotency key 
 on whichever case.
 
 Revision ID: 0008
-Revises: 0006 (on branch i13-S; the lead rechains it onto 0007, orders of record, at merge)
+Revises: 0007
 Create Date: 2026-12-07
 
 ``transitions.source`` is the channel a transition came through (``cli``, ``api token #7``,
