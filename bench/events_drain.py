@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from rich.progress import Progress
 
-from bench.events_seeding import Event, Seeded, make_events
+from bench.events_seeding import Event, Seeded, feed_name, make_events
 from bench.events_stack import POLL_S, Stack, load, wait_for
 from tasks import producer
 
@@ -56,10 +56,6 @@ class Drain:
     @property
     def settled_rate(self) -> float:
         return self.counted / self.settled_s
-
-
-def event_source(round_: int, kind: str) -> str:
-    return f"feed-r{round_}-{kind}"
 
 
 def _publish(stack: Stack, kind: str, events: Sequence[Event], batch: int) -> int:
@@ -112,8 +108,8 @@ def drain(
     """Measure one kind: queue ``units`` with the workers paused, then time them."""
     label = f"round {round_} {kind}" if round_ else f"warm-up {kind}"
     task = bar.add_task(label, total=units)
-    source = event_source(round_, kind)
-    events = [] if kind == "noop" else make_events(seeded, source, units)
+    feed = feed_name(round_, kind)
+    events = [] if kind == "noop" else make_events(seeded, feed, units)
     messages = units
     if kind != "http":
         stack.pause()
@@ -139,7 +135,7 @@ def drain(
 
     def progress() -> int:
         stack.check_alive()
-        done = units - stack.in_broker() if kind == "noop" else stack.applied(source)
+        done = units - stack.in_broker() if kind == "noop" else stack.applied(feed)
         if done and not first_seen:
             first_seen.append((time.monotonic(), done))
         bar.update(task, completed=done)

@@ -25,7 +25,7 @@ from bench.events_drain import KINDS, Drain, drain
 from bench.events_latency import Latency, paced, percentile
 from bench.events_profile import Sampler, profile_report, sampling
 from bench.events_report import drains_table, latency_table, summary_table, task_runtimes
-from bench.events_seeding import FLOWS, Event, Seeded
+from bench.events_seeding import FLOWS, PROFILE_ROUND, Event, Seeded
 from bench.events_stack import Stack, deployment, load
 
 #: Targets of issue 5: single events at this share of the no-op rate; batches at this rate.
@@ -200,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind, count in profile_units.items():
                 samplers: list[Sampler] = []
                 start = sampling(stack, options.profile, kind, samplers, options.profile_on_cpu)
-                _, events = drain(stack, kind, 90, count, seeded, options, bar, during=start)
+                _, events = drain(
+                    stack, kind, PROFILE_ROUND, count, seeded, options, bar, during=start
+                )
                 all_events += events
                 report = profile_report(samplers[0].files, count)
                 report += "the worker's main process:\n"

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from rich.progress import Progress
 
-from bench.events_drain import event_source
-from bench.events_seeding import Event, Seeded, make_events
+from bench.events_seeding import PACED_ROUND, Event, Seeded, feed_name, feed_sources, make_events
 from bench.events_stack import POLL_S, Stack, load, wait_for
 from tasks import producer
 
@@ -26,9 +25,9 @@ class CommitWatch(threading.Thread):
     sees it and after the one before. Event ids are zero-padded in publish order, so each poll
     reads only past the longest prefix seen in full."""
 
-    def __init__(self, conninfo: str, source: str, count: int) -> None:
+    def __init__(self, conninfo: str, feed: str, count: int) -> None:
         super().__init__(daemon=True)
-        self.source, self.count = source, count
+        self.sources, self.count = feed_sources(feed), count
         self.connection = psycopg.connect(conninfo, autocommit=True)
         self.seen: dict[str, float] = {}
         self.polls = 0
@@ -41,8 +40,8 @@ class CommitWatch(threading.Thread):
             floor = f"{first_unseen - 1:07d}" if first_unseen else ""
             moment = time.time()
             rows = self.connection.execute(
-                "SELECT event_id FROM inbound_events WHERE source = %s AND event_id > %s",
-                (self.source, floor),
+                "SELECT event_id FROM inbound_events WHERE source = ANY(%s) AND event_id > %s",
+                (self.sources, floor),
             ).fetchall()
             self.polls += 1
             for (event_id,) in rows:
@@ -83,10 +82,10 @@ def paced(
     count = max(batch if kind == "batch" else 1, int(rate * seconds))
     if kind == "batch":
         count -= count % batch
-    source = event_source(99, f"paced-{kind}")
-    events = make_events(seeded, source, count)
+    feed = feed_name(PACED_ROUND, f"paced-{kind}")
+    events = make_events(seeded, feed, count)
     task = bar.add_task(f"latency {kind} at {rate:,.0f}/s", total=count)
-    watch = CommitWatch(stack.conninfo, source, count)
+    watch = CommitWatch(stack.conninfo, feed, count)
     watch.start()
     published: dict[str, float] = {}
     pings: list[tuple[str, float]] = []
@@ -118,7 +117,8 @@ def paced(
     started_at = {
         row[0]: row[1].timestamp()
         for row in stack.db.execute(
-            "SELECT event_id, received_at FROM inbound_events WHERE source = %s", (source,)
+            "SELECT event_id, received_at FROM inbound_events WHERE source = ANY(%s)",
+            (feed_sources(feed),),
         )
     }
     ping_latencies = []

@@ -1,5 +1,12 @@
 """The events benchmark's cases and events: one template case per flow, copied in bulk, and
 the events that move each copy one step.
+
+Producers are scoped (RULES.md part C): each feed (a round's kind) sends its parcel events from
+a carrier source ``<feed>-parcel`` and its refund results from a payment source
+``<feed>-refund``, listed in a sources file the workers and the API read
+(``AFTERSALES_SOURCES_FILE``). The pickup copies have a booked pickup, so the carrier's first
+scan may name a new parcel; the delivery events name the return parcel the buyer recorded; the
+refund results name the attempt key and the amount in flight.
 """
 
 from __future__ import annotations
@@ -9,20 +16,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from bench import support
 from config.settings import DatabaseSettings, Settings
+from config.sources import SourceKind
 from entrypoints.composition import build_service
 from persistence.db import make_engine
 from workflow.clock import FakeClock
-from workflow.model import Actor
+from workflow.model import SYSTEM, Actor
 from workflow.service import CaseService
 from workflow.states import CaseState, Role
 
 BUYER = Actor(Role.BUYER, "b-1")
+#: The return parcel every copy of the delivery template has (recorded at ``ship_back``).
+RETURN_PARCEL = "RT-e2e"
+#: The booking every copy of the pickup template has (as the carrier gateway would book it).
+BOOKED_PICKUP = {"carrier": "sf-express", "pickup_code": "PK-e2e", "window": "today 14:00-18:00"}
 
 
 @dataclass(frozen=True)
@@ -34,19 +47,73 @@ class Flow:
     reached: CaseState
     trigger: str
     event_type: str
+    kind: SourceKind
 
 
 FLOWS = (
-    Flow("pickup", CaseState.APPROVED, CaseState.SHIPPED_BACK, "record_pickup", "parcel.picked_up"),
+    # A carrier's first scan names a parcel the case does not know yet: only a booked pickup's.
+    Flow(
+        "pickup",
+        CaseState.PICKUP,
+        CaseState.SHIPPED_BACK,
+        "record_pickup",
+        "parcel.picked_up",
+        SourceKind.CARRIER,
+    ),
     Flow(
         "delivery",
         CaseState.SHIPPED_BACK,
         CaseState.RETURN_DELIVERED,
         "record_return_delivery",
         "parcel.delivered",
+        SourceKind.CARRIER,
     ),
-    Flow("refund", CaseState.REFUNDING, CaseState.REFUNDED, "confirm_refund", "refund.succeeded"),
+    Flow(
+        "refund",
+        CaseState.REFUNDING,
+        CaseState.REFUNDED,
+        "confirm_refund",
+        "refund.succeeded",
+        SourceKind.PAYMENT,
+    ),
 )
+
+_SUFFIX = {SourceKind.CARRIER: "parcel", SourceKind.PAYMENT: "refund"}
+
+
+def feed_name(round_: int, kind: str) -> str:
+    """The feed of one round's kind (``feed-r1-single``); round 0 is the warm-up."""
+    return f"feed-r{round_}-{kind}"
+
+
+#: The round ``bench.events_e2e`` profiles in, and the one ``bench.events_latency`` paces in.
+PROFILE_ROUND, PACED_ROUND = 90, 99
+
+
+def run_feeds(rounds: int) -> list[str]:
+    """Every feed a run of ``rounds`` may send: the warm-up (round 0), each round, the profile's
+    and the paced latency's, for each kind that sends events."""
+    kinds = ("single", "batch", "http")
+    feeds = [feed_name(r, kind) for r in [*range(rounds + 1), PROFILE_ROUND] for kind in kinds]
+    return feeds + [feed_name(PACED_ROUND, f"paced-{kind}") for kind in kinds]
+
+
+def feed_source(feed: str, kind: SourceKind) -> str:
+    """The source of ``feed`` that sends ``kind``'s events (``feed-r1-single-parcel``)."""
+    return f"{feed}-{_SUFFIX[kind]}"
+
+
+def feed_sources(feed: str) -> list[str]:
+    """Every source of ``feed``."""
+    return [feed_source(feed, kind) for kind in _SUFFIX]
+
+
+def write_sources(path: Path, feeds: Sequence[str]) -> Path:
+    """A sources file (``AFTERSALES_SOURCES_FILE``) configuring every source of ``feeds``."""
+    lines = ["[sources]"]
+    lines += [f'"{feed_source(feed, kind)}" = "{kind.value}"' for feed in feeds for kind in _SUFFIX]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 @dataclass
@@ -92,12 +159,14 @@ class Event:
     envelope: dict[str, Any]
 
 
-def make_events(seeded: Seeded, source: str, count: int) -> list[Event]:
-    """``count`` events of ``source``, the flows taking turns, each on a case of its own."""
+def make_events(seeded: Seeded, feed: str, count: int) -> list[Event]:
+    """``count`` events of ``feed``, the flows taking turns, each on a case of its own; event ids
+    count up across the feed's sources."""
     events = []
     occurred = datetime.now(UTC).isoformat()
     for n in range(count):
         flow = FLOWS[n % len(FLOWS)]
+        source = feed_source(feed, flow.kind)
         case_id = seeded.take(flow)
         event_id = f"{n:07d}"
         envelope: dict[str, Any] = {
@@ -110,7 +179,11 @@ def make_events(seeded: Seeded, source: str, count: int) -> list[Event]:
             envelope |= {"order_id": seeded.orders[case_id], "tracking_no": f"PU{case_id}"}
             envelope["data"] = {"recipient": "merchant"}
         elif flow.name == "delivery":
-            envelope |= {"case_id": case_id, "data": {"recipient": "merchant"}}
+            envelope |= {
+                "case_id": case_id,
+                "tracking_no": RETURN_PARCEL,
+                "data": {"recipient": "merchant"},
+            }
         else:
             envelope |= {
                 "case_id": case_id,
@@ -139,8 +212,10 @@ def _template(service: CaseService, clock: FakeClock, flow: Flow, tag: str) -> i
     case_id = support.submit_with_order(service, app).case.id
     assert case_id is not None
     steps: list[tuple[str, Actor, dict[str, Any] | None]] = [("approve", support.MERCHANT, None)]
-    if flow.seeded is not CaseState.APPROVED:
-        steps.append(("ship_back", BUYER, {"tracking_no": f"RT-{tag}"}))
+    if flow.seeded is CaseState.PICKUP:
+        steps.append(("book_pickup", SYSTEM, BOOKED_PICKUP))
+    else:
+        steps.append(("ship_back", BUYER, {"tracking_no": RETURN_PARCEL}))
     if flow.seeded is CaseState.REFUNDING:
         # Inspecting starts the refund in the same transaction.
         steps += [("confirm_receipt", support.MERCHANT, None), ("inspect", support.MERCHANT, None)]

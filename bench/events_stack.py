@@ -25,7 +25,7 @@ from celery import Celery
 from rich.console import Console
 
 from bench import resources, support
-from bench.events_seeding import Seeded, seed
+from bench.events_seeding import Seeded, feed_sources, run_feeds, seed, write_sources
 from entrypoints.processes import ChildProcess, free_port, stop_all
 from persistence.db import dispose_engine
 
@@ -35,6 +35,8 @@ QUEUE = "celery"
 POLL_S = 0.005
 #: Longest wait for anything (a drain, a worker to start) before the run is declared stuck.
 DEADLINE_S = 180.0
+#: The sources file written to the run's folder and named by ``AFTERSALES_SOURCES_FILE``.
+SOURCES_FILE = "sources.toml"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -90,6 +92,8 @@ class Stack:
             "AFTERSALES_DATABASE_URL": self.database_url,
             "AFTERSALES_BROKER_URL": self.broker_url,
             "AFTERSALES_PING_DIR": str(self.folder / "pings"),
+            # The feeds' carrier and payment sources (bench.events_seeding.write_sources).
+            "AFTERSALES_SOURCES_FILE": str(self.folder / SOURCES_FILE),
             # The bench sends events from one token far faster than a producer would.
             "AFTERSALES_API_RATE_LIMIT_PER_MINUTE": "0",
         }
@@ -205,9 +209,10 @@ class Stack:
         return int(queued) + int(unacked)
 
     # -- the database ---------------------------------------------------------------------------
-    def applied(self, source: str) -> int:
+    def applied(self, feed: str) -> int:
+        """Events of ``feed`` applied (recorded), from all its sources."""
         row = self.db.execute(
-            "SELECT count(*) FROM inbound_events WHERE source = %s", (source,)
+            "SELECT count(*) FROM inbound_events WHERE source = ANY(%s)", (feed_sources(feed),)
         ).fetchone()
         assert row is not None
         return int(row[0])
@@ -273,6 +278,7 @@ def deployment(options: argparse.Namespace, console: Console) -> Iterator[tuple[
         if options.keep:
             folder = Path(tempfile.mkdtemp(prefix="events-e2e-kept-"))
         (folder / "pings").mkdir()
+        write_sources(folder / SOURCES_FILE, run_feeds(options.rounds))
         database = stack_.enter_context(support.throwaway_database("postgres", server_url))
         assert database.conninfo is not None
         broker_url = stack_.enter_context(resources.private_redis(folder / "redis"))

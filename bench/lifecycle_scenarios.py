@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import support
+from config.sources import SourceKind, Sources, load_sources
 from workflow.states import CaseState, Role
 
 #: The timer sweep runs every simulated hour (``aftersales timers run-due`` from a cron job).
@@ -16,6 +17,15 @@ SWEEP = timedelta(hours=1)
 START = support.T0 + timedelta(days=1)
 #: The raw baseline's clock: its timers are never due during the simulation.
 FAR = datetime(2200, 1, 1, tzinfo=UTC)
+#: Carriers besides the default ``sf-express`` that deliver the outbound parcels.
+CARRIERS = ("jd-logistics", "yto-express")
+
+
+def sources() -> Sources:
+    """The default producers and the scenarios' other carriers (producers are scoped: an
+    unknown source's event is a dead letter)."""
+    configured = load_sources().sources
+    return Sources(sources=configured | dict.fromkeys(CARRIERS, SourceKind.CARRIER))
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,8 @@ _TO_BUYER = {"recipient": "buyer"}
 
 
 def _refund(result: str, attempt: int) -> Event:
-    data: dict[str, Any] = {"idempotency_key": f"refund-{{case}}-{attempt}"}
+    # A result names the attempt it settles and its amount (the case refunds the whole price).
+    data: dict[str, Any] = {"idempotency_key": f"refund-{{case}}-{attempt}", "amount": "{amount}"}
     if result == "refund.succeeded":
         data["reference"] = "wx-{n}"
     else:
@@ -105,7 +116,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("return_refund", "home", "no_reason", 4, 1, 12_800),
         (
             Wait(_timeout(48)),  # auto_approve
-            # The carrier's first news names the order: the case does not know the parcel yet.
+            # What the pickup.requested effect does after the approval (effects do not run here).
+            Act(1 * H, SYS, "book_pickup", {"carrier": "SF", "pickup_code": "PK-{n}"}),
+            # The carrier's first news names the order: the case does not know the parcel yet,
+            # only its booked pickup.
             Event(
                 1 * D,
                 *_RETURN_DELIVERED,

@@ -53,12 +53,13 @@ class Lifecycle:
             "order": f"o-{self.number}",
             "ret": f"RT{self.number:07d}",
             "out": f"OB{self.number:07d}",
+            "amount": self.scenario.application[5],
         }
 
     def fill(self, value: Any) -> Any:
         if isinstance(value, str):
             filled = value.format_map(self.values())
-            return int(filled) if value == "{case}" else filled
+            return int(filled) if value in ("{case}", "{amount}") else filled
         if isinstance(value, dict):
             return {key: self.fill(item) for key, item in value.items()}
         return value

@@ -34,7 +34,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from bench import raw_baseline, support
-from bench.lifecycle_scenarios import FAR, SCENARIOS, START
+from bench.lifecycle_scenarios import FAR, SCENARIOS, START, sources
 from bench.lifecycle_simulation import CountingFactory, Lifecycle, Simulation
 from config.policy import Policy, load_policy
 from persistence.db import make_engine
@@ -123,7 +123,7 @@ def run_backend(
         clock = FakeClock(support.T0)
         factory = CountingFactory(SqlUnitOfWorkFactory(production))
         service = CaseService(factory, clock, policy)
-        events = EventService(service, factory, clock)
+        events = EventService(service, factory, clock, sources=sources())
         task = bar.add_task(f"{backend}: seeding the baseline's cases", total=cases)
         pool = support.seed_submitted_cases(service, production, POOL, f"{backend}-pool")
         # The pool's timers (and those the baseline arms) must never come due in a sweep.
