@@ -65,6 +65,7 @@ def test_racing_repeats_submit_once(api: Api) -> None:
 def test_a_key_used_on_one_endpoint_is_refused_on_another(api: Api) -> None:
     # given a buyer's submission under a key
     headers = {**api.auth("buyer:b1"), "Idempotency-Key": "k-1"}
+    api.import_order(application())
     created = api.client.post("/cases", json=application(), headers=headers)
     assert created.status_code == 201, created.text
     case_id = created.json()["id"]
