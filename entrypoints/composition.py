@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine, make_url
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from tasks.kick import RelayKicker
     from tasks.resender import UnconfirmedEvents
     from tasks.runtime import Runtime
+
+
+T = TypeVar("T")
 
 
 def load_settings() -> Settings:
@@ -194,34 +197,28 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
 
 
 def build_policy(settings: Settings) -> Policy:
-    path = settings.policy_file
-    try:
-        return load_policy(path)
-    except OSError as error:
-        raise SetupError(f"policy file {path}: {error.strerror or error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SetupError(f"policy file {path} is not valid TOML: {error}") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise SetupError(f"policy file {path}: {where}: {first['msg']}") from None
+    return _load_config("policy file", settings.policy_file, load_policy)
 
 
 def build_sources(settings: Settings) -> Sources:
     """The configured event producers (``config/sources.toml`` and ``AFTERSALES_SOURCES_FILE``)."""
-    path = settings.sources_file
+    return _load_config("sources file", settings.sources_file, load_sources)
+
+
+def _load_config(what: str, path: Path | None, load: Callable[[Path | None], T]) -> T:
+    """A TOML file laid over its defaults in config/; any problem is one line naming the file."""
     try:
-        return load_sources(path)
+        return load(path)
     except OSError as error:
-        raise SetupError(f"sources file {path}: {error.strerror or error}") from None
+        raise SetupError(f"{what} {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
-        raise SetupError(f"sources file {path} is not valid TOML: {error}") from None
+        raise SetupError(f"{what} {path} is not valid TOML: {error}") from None
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise SetupError(f"sources file {path}: {where}: {first['msg']}") from None
+        raise SetupError(f"{what} {path}: {where}: {first['msg']}") from None
     except ValueError as error:
-        raise SetupError(f"sources file {path}: {error}") from None
+        raise SetupError(f"{what} {path}: {error}") from None
 
 
 def make_clock(now: datetime | None) -> Clock:

@@ -296,28 +296,6 @@ class OrderAccount:
                 return line
         return None
 
-    def to_document(self) -> dict[str, Any]:
-        return {
-            **self.order.to_document(),
-            "migrated": self.order.migrated,
-            "paid": self.paid,
-            "refunded": self.refunded,
-            "pending": self.pending,
-            "refundable": self.refundable,
-            "lines": [
-                {
-                    "sku": line.sku,
-                    "category": line.category,
-                    "unit_price": line.unit_price,
-                    "quantity": line.quantity,
-                    "open_quantity": line.open_quantity,
-                    "refunded_quantity": line.refunded_quantity,
-                    "refunded_amount": line.refunded_amount,
-                }
-                for line in self.lines
-            ],
-        }
-
 
 def received_quantities(case: Case) -> dict[str, int]:
     """Units per sku the case's refund is for: for a return, those the merchant recorded as

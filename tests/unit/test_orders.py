@@ -404,9 +404,9 @@ def test_an_account_is_shown_to_admin_merchant_and_buyer_only(service: CaseServi
     orders.import_orders([_order()], ADMIN)
     service.submit(application())
     for actor in (ADMIN, MERCHANT, BUYER):
-        shown = orders.account("o1", actor).to_document()
-        assert (shown["paid"], shown["pending"], shown["refundable"]) == (19_900, 19_900, 0)
-        assert shown["lines"][0]["open_quantity"] == 1
+        shown = orders.account("o1", actor)
+        assert (shown.paid, shown.pending, shown.refundable) == (19_900, 19_900, 0)
+        assert shown.lines[0].open_quantity == 1
     for actor in (OTHER_BUYER, OTHER_MERCHANT, Actor(Role.CARRIER)):
         with pytest.raises(NotFound) as hidden:
             orders.account("o1", actor)
