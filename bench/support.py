@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from config.settings import DatabaseSettings, Settings
+from entrypoints.samples import import_orders_for
 from entrypoints.worker import default_concurrency
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
@@ -146,7 +147,7 @@ _NUMBERS = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE
 
 def submit_with_order(service: CaseService, app: dict[str, Any]) -> CaseView:
     """Import the order of record ``app`` describes (as the order system would), then submit."""
-    OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+    import_orders_for(OrderService(service.uow_factory, service.clock, service.policy), [app])
     return service.submit(app)
 
 

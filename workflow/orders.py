@@ -220,33 +220,6 @@ def merge_import(stored: Order | None, incoming: Order) -> Order | None:
     return Order(**{**stored.__dict__, "delivered_at": incoming.delivered_at})
 
 
-def order_document_for(application: Mapping[str, Any]) -> dict[str, Any]:
-    """The order document an application of the old shape (one that stated its order:
-    merchant, category, payment, delivery time, items with prices, gifts) describes, for
-    ``parse_order``: what tests, benchmarks and demos import before they submit it. Values
-    the application leaves out are left out here too (the import then says what is missing)."""
-    items = application.get("items") or []
-    category = application.get("category")
-    return {
-        "order_id": application.get("order_id"),
-        "buyer_id": application.get("buyer_id"),
-        "merchant_id": application.get("merchant_id"),
-        "payment": application.get("payment"),
-        "delivered_at": application.get("delivered_at"),
-        "lines": [
-            {
-                "sku": item.get("sku"),
-                "quantity": item.get("quantity"),
-                "unit_price": item.get("unit_price"),
-                "category": category,
-            }
-            for item in items
-            if isinstance(item, Mapping)
-        ],
-        "gifts": list(application.get("gifts") or []),
-    }
-
-
 # -- the account -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LineAccount:

@@ -7,7 +7,7 @@ exist, exactly as for an order that does not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,6 @@ from workflow.orders import (
     OrderAccount,
     account,
     merge_import,
-    order_document_for,
     parse_order,
 )
 from workflow.ports import UnitOfWorkFactory
@@ -105,12 +104,6 @@ class OrderService:
                     updated += 1
             uow.commit()
         return ImportResult(imported, updated, unchanged, refused)
-
-    def import_for(self, applications: Sequence[Mapping[str, Any]]) -> ImportResult:
-        """As an admin, import the orders these applications of the old shape describe
-        (``orders.order_document_for``): for tests, benchmarks and demos."""
-        documents = [order_document_for(app) for app in applications]
-        return self.import_orders(documents, Actor(Role.ADMIN, "orders-helper"))
 
     def account(self, order_id: str, actor: Actor) -> OrderAccount:
         """The order with its per-line account (``orders.account``)."""

@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from config.settings import ApiSettings, BrokerSettings, DatabaseSettings, Settings
 from entrypoints.composition import http_app
+from entrypoints.samples import import_orders_for
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tokens import SqlTokenStore
@@ -142,7 +143,9 @@ class Api:
     def import_order(self, app: dict[str, Any]) -> dict[str, Any]:
         """Import the order of record ``app`` describes (through the service); ``app``."""
         cases = self.cases
-        result = OrderService(cases.uow_factory, cases.clock, cases.policy).import_for([app])
+        result = import_orders_for(
+            OrderService(cases.uow_factory, cases.clock, cases.policy), [app]
+        )
         assert not result.refused, result
         return app
 

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from config.policy import load_policy
 from config.settings import sqlite_url
 from entrypoints.cli.main import app
+from entrypoints.samples import import_orders_for
 from persistence.db import make_engine
 from persistence.migrate import ensure_schema
 from persistence.unit_of_work import SqlUnitOfWorkFactory
@@ -92,7 +93,7 @@ def import_orders(env: dict[str, str]) -> Callable[..., None]:
         ensure_schema(url)
         clock = FakeClock(datetime.fromisoformat(NOW))
         orders = OrderService(SqlUnitOfWorkFactory(make_engine(url)), clock, load_policy())
-        result = orders.import_for(list(apps))
+        result = import_orders_for(orders, list(apps))
         assert not result.refused, result
 
     return run

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
+from entrypoints.samples import import_orders_for
 from persistence.checkout import Checkout
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
@@ -154,5 +155,5 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def submit_with_order(service: CaseService, app: dict[str, Any]) -> CaseView:
     """Import the order of record the application describes, then submit the application."""
-    OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+    import_orders_for(OrderService(service.uow_factory, service.clock, service.policy), [app])
     return service.submit(app)

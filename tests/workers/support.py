@@ -40,6 +40,7 @@ from adapters.fake_gateways import FakeNotifier, FakePaymentGateway, LedgerEntry
 from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
 from entrypoints.composition import build_event_service, build_service
 from entrypoints.processes import ChildProcess, free_port, redis_server_command, stop_all
+from entrypoints.samples import import_orders_for
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tables import cases, outbox, timers
@@ -430,7 +431,7 @@ def submit(stack: Stack, case_type: str, order_id: str, **overrides: Any) -> int
     """Submit in the test process (same database and clock as the workers); the case id."""
     app = application(case_type, order_id, **overrides)
     service = stack.service
-    OrderService(service.uow_factory, service.clock, service.policy).import_for([app])
+    import_orders_for(OrderService(service.uow_factory, service.clock, service.policy), [app])
     case_id = service.submit(app).case.id
     assert case_id is not None
     return case_id

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from config.policy import load_policy
+from entrypoints.samples import import_orders_for
 from tasks import producer
 from tasks.app import DEFAULT_QUEUE
 from tasks.ledger import RedisUnconfirmedEvents
@@ -130,7 +131,7 @@ def test_the_resender_forgets_what_arrived_and_sends_again_what_did_not(
     cases = CaseService(uow_factory, clock, load_policy())
     events = EventService(cases, uow_factory, clock)
     app = application("return_refund", "o-1")
-    OrderService(uow_factory, clock, cases.policy).import_for([app])
+    import_orders_for(OrderService(uow_factory, clock, cases.policy), [app])
     case_id = cases.submit(app).case.id
     assert case_id is not None
     applied = _event("applied", case_id=case_id, data={"merchant_id": "m1"})
