@@ -30,10 +30,9 @@ from entrypoints.http.context import api_of
 from entrypoints.http.schemas import MAX_ID
 from entrypoints.http.scopes import TokenRole
 from workflow import channels, engine
-from workflow.definitions import TIMER_SPECS
 from workflow.diagram import mermaid
 from workflow.errors import Conflict, InvalidInput, NotFound
-from workflow.model import Timer
+from workflow.queries import waiting_for
 from workflow.redaction import masked
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
@@ -41,14 +40,6 @@ router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=Fa
 CaseId = Annotated[int, Path(ge=1, le=MAX_ID)]
 #: Hours an admin may move a deadline by from the console at once.
 MAX_EXTENSION_HOURS = 24 * 30
-
-
-def waits_for(deadline: Timer | None) -> str:
-    """Who the deadline waits for: the party it binds, else the platform's own timer."""
-    if deadline is None:
-        return "nobody"
-    spec = TIMER_SPECS.get(deadline.kind)
-    return spec.binds.value if spec is not None and spec.binds is not None else "system"
 
 
 def _stale(error: Conflict, expected: int) -> ConsoleError | None:
@@ -90,7 +81,7 @@ def case_context(request: Request, viewer: Viewer, case_id: int) -> dict[str, An
     return {
         "case": case,
         "deadline": view.deadline,
-        "waits_for": waits_for(view.deadline),
+        "waits_for": waiting_for(case, view.deadline),
         "order": _order_of(request, viewer, case.order_id),
         "timeline": [(record, masked(record.data)) for record in reversed(history)],
         "forms": [form_for(trigger) for trigger in allowed],

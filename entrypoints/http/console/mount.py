@@ -13,6 +13,7 @@ from entrypoints.http.console import (
     api_docs,
     bulk,
     case_page,
+    figures,
     operations,
     queue,
     signin,
@@ -32,6 +33,6 @@ def install_console(app: FastAPI, settings: ApiSettings) -> None:
         logger.warning(
             "console assets missing (%s): run scripts/fetch_console_assets.py", ", ".join(missing)
         )
-    for module in (signin, queue, case_page, bulk, operations, api_docs):
+    for module in (signin, queue, case_page, bulk, operations, figures, api_docs):
         app.include_router(module.router)
     app.mount(STATIC_URL, StaticFiles(directory=STATIC), name="console-static")

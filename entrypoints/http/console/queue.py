@@ -1,40 +1,96 @@
-"""The queue: the viewer's cases with their next deadline as a countdown and who it waits for;
-merchants select cases there for a bulk action.
+"""The queue: the viewer's cases, filtered, searched and sorted, with each case's next deadline
+as a countdown and who it waits for; merchants select cases there for a bulk action.
 
-Buyers and merchants see their own cases only: the query is narrowed to them before the
-service (which checks again) runs it.
+The page asks ``CaseService.search`` (the same query as ``GET /cases``), which narrows it to the
+cases the viewer may see: a merchant's own, a buyer's own, all for an admin.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import TypeAdapter, ValidationError
 
 from entrypoints import views
 from entrypoints.http.console.bulk import BULK_TRIGGERS
-from entrypoints.http.console.case_page import waits_for
-from entrypoints.http.console.web import PREFIX, ConsoleRoute, Viewer, redirect, render, viewer_of
+from entrypoints.http.console.web import (
+    PREFIX,
+    ConsoleError,
+    ConsoleRoute,
+    redirect,
+    render,
+    viewer_of,
+)
 from entrypoints.http.context import api_of
-from entrypoints.http.schemas import MAX_ID, Ident
-from entrypoints.http.scopes import TokenRole
-from workflow.ports import CaseQuery
+from entrypoints.http.schemas import Ident
+from workflow.queries import CaseQuery, CaseSort, Cursor
 from workflow.states import CaseState, CaseType
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
+E = TypeVar("E", bound=StrEnum)
+
 #: Cases on one page of the queue.
 PAGE = 50
+#: The farthest "deadline within" (a year).
+MAX_HOURS = 24 * 365
+_IDENT: TypeAdapter[str] = TypeAdapter(Ident)
 
 
-def _own(viewer: Viewer, merchant_id: str | None, buyer_id: str | None) -> tuple[str | None, ...]:
-    role, subject = viewer.principal.role, viewer.principal.subject
-    if role is TokenRole.MERCHANT:
-        return subject, buyer_id
-    if role is TokenRole.BUYER:
-        return merchant_id, subject
-    return merchant_id, buyer_id
+class Disputed(StrEnum):
+    ANY = ""
+    YES = "yes"
+    NO = "no"
+
+
+class Order(StrEnum):
+    """The sorts the queue offers, each with its direction."""
+
+    DEADLINE = "deadline"
+    OLDEST = "oldest"
+    NEWEST = "newest"
+    ID = "id"
+
+
+_SORTS: dict[Order, tuple[CaseSort, bool]] = {
+    Order.DEADLINE: (CaseSort.DEADLINE, False),
+    Order.OLDEST: (CaseSort.AGE, False),
+    Order.NEWEST: (CaseSort.AGE, True),
+    Order.ID: (CaseSort.ID, False),
+}
+
+
+def _choice(kind: type[E], value: str, name: str) -> E | None:
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConsoleError(422, f"{name} {value[:40]!r} is not one of the list") from None
+
+
+def _hours(value: str) -> int | None:
+    if not value.strip():
+        return None
+    if not value.strip().isdigit() or int(value) > MAX_HOURS:
+        raise ConsoleError(422, f"deadline within: a whole number of hours up to {MAX_HOURS}")
+    return int(value)
+
+
+def _ident(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return _IDENT.validate_python(value)
+    except ValidationError:
+        raise ConsoleError(
+            422, f"{value[:40]!r} is not an id (1-64 of A-Z a-z 0-9 _ . : -)"
+        ) from None
 
 
 @router.get("")
@@ -45,45 +101,61 @@ def home() -> Response:
 @router.get("/queue")
 def queue(
     request: Request,
-    state: Annotated[CaseState | None, Query()] = None,
-    type: Annotated[CaseType | None, Query()] = None,
-    merchant_id: Annotated[Ident | None, Query()] = None,
-    buyer_id: Annotated[Ident | None, Query()] = None,
-    order_id: Annotated[Ident | None, Query()] = None,
-    after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+    q: Annotated[str, Query(max_length=64)] = "",
+    state: Annotated[str, Query(max_length=40)] = "",
+    type: Annotated[str, Query(max_length=40)] = "",
+    merchant_id: Annotated[str, Query(max_length=64)] = "",
+    overdue: Annotated[bool, Query()] = False,
+    within_hours: Annotated[str, Query(max_length=10)] = "",
+    disputed: Annotated[Disputed, Query()] = Disputed.ANY,
+    sort: Annotated[Order, Query()] = Order.DEADLINE,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
+    # A form sends its empty fields too: empty means "any" here.
     viewer = viewer_of(request)
-    merchant, buyer = _own(viewer, merchant_id, buyer_id)
+    case_sort, descending = _SORTS[sort]
+    try:
+        after = Cursor.decode(cursor) if cursor else None
+    except ValueError:
+        raise ConsoleError(400, "this page link is broken; start from the first page") from None
+    hours = _hours(within_hours)
     query = CaseQuery(
-        state=state,
-        type=type,
-        merchant_id=merchant,
-        buyer_id=buyer,
-        order_id=order_id,
-        after_id=after,
-        limit=PAGE + 1,
+        state=_choice(CaseState, state, "state"),
+        type=_choice(CaseType, type, "type"),
+        merchant_id=_ident(merchant_id),
+        text=q.strip() or None,
+        overdue=overdue,
+        due_within=timedelta(hours=hours) if hours is not None else None,
+        disputed=None if disputed is Disputed.ANY else disputed is Disputed.YES,
+        sort=case_sort,
+        descending=descending,
+        after=after,
+        limit=PAGE,
     )
     api = api_of(request)
-    found = api.cases.list(query, viewer.principal.actor())
-    page = found[:PAGE]
+    page = api.cases.search(query, viewer.principal.actor())
     now = api.clock.now()
-    next_after = page[-1].case.id if len(found) > PAGE else None
     rows = [
         {
-            "view": view,
-            "countdown": views.relative(view.deadline.due_at, now) if view.deadline else "—",
-            "overdue": view.deadline is not None and view.deadline.due_at <= now,
-            "waits_for": waits_for(view.deadline),
+            "row": row,
+            "countdown": views.relative(row.deadline.due_at, now) if row.deadline else "—",
+            "overdue": row.overdue(now),
         }
-        for view in page
+        for row in page.rows
     ]
     filters = {
-        "state": state.value if state else "",
-        "type": type.value if type else "",
-        "merchant_id": merchant_id or "",
-        "buyer_id": buyer_id or "",
-        "order_id": order_id or "",
+        "q": q,
+        "state": state,
+        "type": type,
+        "merchant_id": merchant_id,
+        "overdue": overdue,
+        "within_hours": within_hours,
+        "disputed": disputed.value,
+        "sort": sort.value,
     }
+    next_url = None
+    if page.next is not None:
+        next_url = str(request.url.include_query_params(cursor=page.next.encode()))
     return render(
         request,
         "queue.html",
@@ -92,7 +164,8 @@ def queue(
         filters=filters,
         states=list(CaseState),
         types=list(CaseType),
-        next_after=next_after,
-        next_url=str(request.url.include_query_params(after=next_after)) if next_after else None,
+        sorts=list(Order),
+        next_url=next_url,
+        first_url=str(request.url.remove_query_params("cursor")) if cursor else None,
         bulk_triggers=BULK_TRIGGERS,
     )

@@ -8,9 +8,15 @@
       zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
     }
     if (window.mermaid && document.querySelector("pre.mermaid")) {
-      window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: "neutral",
-        state: { useMaxWidth: false } });
+      window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: "neutral" });
       window.mermaid.run({ querySelector: "pre.mermaid" }).then(function () {
+        // The diagram is wider than a phone: bring the current state into view.
+        var current = document.querySelector(".diagram g.current, .diagram .node.current");
+        var box = document.querySelector(".diagram");
+        if (current && box) {
+          var shape = current.getBoundingClientRect(), frame = box.getBoundingClientRect();
+          box.scrollLeft += shape.left - frame.left - (frame.width - shape.width) / 2;
+        }
         document.body.setAttribute("data-diagram", "drawn");
       });
     }

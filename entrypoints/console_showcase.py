@@ -1,5 +1,5 @@
 """A small, believable database for looking at the console: the browser tests and the
-screenshots (``entrypoints.http.console.screenshots``) seed one with ``seed``.
+screenshots (``entrypoints.console_screenshots``) seed one with ``seed``.
 
 Cases of two merchants in several states, written three days back on a fake clock so that the
 server, on the real clock, finds some deadlines overdue and others still running; a dead letter;
@@ -8,12 +8,18 @@ one token per role. Everything goes through the service layer, as real traffic w
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from config.settings import Settings
+from config.settings import DatabaseSettings, Settings, sqlite_url
 from entrypoints import composition
+from entrypoints.processes import ChildProcess, free_port
 from persistence.tokens import SqlTokenStore
 from workflow.clock import FakeClock
 from workflow.model import Actor
@@ -37,8 +43,12 @@ class Tokens:
     overdue_case: int
     #: A case of merchant m2 (which m1 must not see).
     other_merchants_case: int
-    #: m1's cases still awaiting review (bulk approve).
-    to_review: tuple[int, ...]
+    #: m1's case opened two hours ago: awaiting review, its deadline still running.
+    fresh_case: int
+    #: m1's exchange awaiting review (overdue).
+    exchange_case: int
+    #: m1's case whose return is on its way back (its receipt can be confirmed).
+    shipped_back_case: int
 
 
 def _order(order_id: str, buyer: str, merchant: str, paid: datetime, sku: str) -> dict[str, Any]:
@@ -128,5 +138,36 @@ def seed(settings: Settings, now: datetime) -> Tokens:
         buyer_b1=secrets["b1"],
         overdue_case=ids["o-1001"],
         other_merchants_case=ids["o-2001"],
-        to_review=(ids["o-1001"], ids["o-1005"]),
+        fresh_case=ids["o-1005"],
+        exchange_case=ids["o-1004"],
+        shipped_back_case=ids["o-1002"],
     )
+
+
+@dataclass(frozen=True)
+class ShowcaseServer:
+    """``aftersales serve`` on a seeded database: its base URL and the seeded tokens and cases."""
+
+    url: str
+    seeded: Tokens
+    process: ChildProcess
+
+
+@contextmanager
+def showcase_server(folder: Path, timeout: float = 60.0) -> Iterator[ShowcaseServer]:
+    """Seed a SQLite database in ``folder`` and serve it with ``aftersales serve`` on a free
+    port of 127.0.0.1, as a user starts it; stopped on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    url = sqlite_url(folder / "console.db")
+    env = {**os.environ, "AFTERSALES_DATABASE_URL": url, "NO_COLOR": "1"}
+    env.pop("AFTERSALES_CLOCK_FILE", None)
+    seeded = seed(Settings(database=DatabaseSettings(url=url)), datetime.now(UTC))
+    port = free_port()
+    command = [sys.executable, "-m", "entrypoints.cli", "serve", "--port", str(port)]
+    server = ChildProcess(command, folder / "serve.log", env=env, cwd=folder, die_with_parent=True)
+    server.start()
+    try:
+        server.wait_port(port, timeout)
+        yield ShowcaseServer(f"http://127.0.0.1:{port}", seeded, server)
+    finally:
+        server.stop()
