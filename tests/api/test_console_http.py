@@ -125,3 +125,11 @@ def test_api_docs_load_their_files_from_this_service(api: Api) -> None:
 def test_console_routes_are_not_in_the_openapi_document(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith(("/console", "/docs", "/redoc"))]
+
+
+def test_an_unknown_console_path_is_the_consoles_404_page(api: Api) -> None:
+    sign_in(api, "admin")
+    answer = api.client.get("/console/no-such-page")
+    assert answer.status_code == 404
+    assert "text/html" in answer.headers["content-type"]
+    assert api.client.get("/console/static/console.css").status_code == 200

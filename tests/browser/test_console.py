@@ -32,7 +32,7 @@ def test_an_admin_filters_overdue_opens_a_case_and_fires_an_action(
     page = new_page()
     sign_in(page, server.url, server.seeded.admin)
     seeded = server.seeded
-    expect(page.locator(f"#sel-{seeded.fresh_case}")).to_have_count(1)
+    expect(page.locator(f"#case-row-{seeded.fresh_case}")).to_have_count(1)
 
     # when they filter the overdue cases
     page.get_by_label("Overdue only").check()
@@ -40,7 +40,7 @@ def test_an_admin_filters_overdue_opens_a_case_and_fires_an_action(
 
     # then only overdue cases are listed, the running one is gone
     expect(page).to_have_url(re.compile(r"overdue=true"))
-    expect(page.locator(f"#sel-{seeded.fresh_case}")).to_have_count(0)
+    expect(page.locator(f"#case-row-{seeded.fresh_case}")).to_have_count(0)
     countdowns = page.locator("table.queue .countdown")
     expect(countdowns.first).to_contain_text("overdue by")
     for text in countdowns.all_inner_texts():
@@ -76,8 +76,8 @@ def test_a_merchant_cannot_open_or_act_on_another_merchants_case(
     before = api_case(page, server, other)
 
     # then m2's case is not in m1's queue
-    expect(page.locator(f"#sel-{server.seeded.fresh_case}")).to_have_count(1)
-    expect(page.locator(f"#sel-{other}")).to_have_count(0)
+    expect(page.locator(f"#case-row-{server.seeded.fresh_case}")).to_have_count(1)
+    expect(page.locator(f"#case-row-{other}")).to_have_count(0)
 
     # when m1 opens m2's case page
     response = page.goto(f"{server.url}/console/cases/{other}")
@@ -210,3 +210,37 @@ def test_pages_and_api_docs_load_nothing_from_elsewhere(
 
     # then everything came from the service itself
     assert outside == []
+
+
+def test_an_admin_works_the_timers_dead_letters_and_figures(
+    server: ShowcaseServer, new_page: NewPage
+) -> None:
+    # given an admin signed in
+    page = new_page()
+    sign_in(page, server.url, server.seeded.admin)
+
+    # then the timers page lists the overdue review deadlines with their lateness
+    page.get_by_role("link", name="Timers").click()
+    late = page.locator("table.timers td.late")
+    expect(late.first).to_contain_text("overdue by")
+
+    # when the admin discards the open dead letter with a reason
+    page.get_by_role("link", name="Dead letters").click()
+    letter = page.locator("section.letter").first
+    expect(letter).to_contain_text("sf-express/sf-77")
+    letter.get_by_label("Reason to discard").fill("test parcel, not ours")
+    letter.get_by_role("button", name="Discard").click()
+
+    # then it leaves the open letters and is kept, discarded, with the reason and the admin
+    expect(page.locator(".notice")).to_contain_text("discarded")
+    expect(page.locator("section.letter")).to_have_count(0)
+    page.get_by_label("Status").select_option("discarded")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("section.letter").first).to_contain_text("test parcel, not ours")
+    expect(page.locator("section.letter").first).to_contain_text("admin:ops")
+
+    # and the figures page shows both merchants over the default period
+    page.get_by_role("link", name="Figures").click()
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("m1")

@@ -3,6 +3,7 @@ that are due or overdue, with how late each one is."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated
 
@@ -32,6 +33,14 @@ router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=Fa
 #: Rows of one page of dead letters or timers.
 PAGE = 50
 LetterId = Annotated[int, Path(ge=1, le=MAX_ID)]
+#: What a resolved letter became, for the page shown after it (``?done=discarded+7``).
+_PAST = {"replay": "replayed", "discard": "discarded"}
+_DONE = re.compile(r"\A(replayed|discarded) ([0-9]{1,19})\Z")
+
+
+def _notice(done: str | None) -> str | None:
+    found = _DONE.match(done or "")
+    return f"Dead letter #{found.group(2)} {found.group(1)}." if found else None
 
 
 @router.get("/dead-letters")
@@ -55,7 +64,7 @@ def dead_letters(
         shown=status,
         statuses=list(DeadLetterStatus),
         next_after=next_after,
-        notice=done,
+        notice=_notice(done),
     )
 
 
@@ -79,7 +88,7 @@ async def resolve_letter(request: Request, letter_id: LetterId, action: str) -> 
         events.discard(letter_id, resolver, reason)
     else:
         raise ConsoleError(404, "a dead letter is replayed or discarded")
-    return redirect(f"{PREFIX}/dead-letters?done={action}d+{letter_id}")
+    return redirect(f"{PREFIX}/dead-letters?done={_PAST[action]}+{letter_id}")
 
 
 @router.get("/timers")
