@@ -6,10 +6,8 @@ Revises: 0008
 Create Date: 2026-12-07
 
 ``GET /cases?overdue=true&sort=deadline`` reads the live timers in due-time order and stops at
-the page (docs/adr/0011-case-queue-indexes.md: 0.2 ms instead of 1.5 s with 1,000,000 cases).
-Built inside the migration's transaction, as earlier index migrations: on a large live table
-build them ``CONCURRENTLY`` by hand first (the names match, so the upgrade then only records
-the revision: see the ADR).
+the page (docs/adr/0011-case-queue-indexes.md: 0.30 ms in the database with 1,000,000 cases,
+198 ms without). Built inside the migration's transaction, as the earlier index migrations.
 """
 
 from collections.abc import Sequence
