@@ -328,6 +328,7 @@ def list_cases(
             }
             for row in page.rows
         ],
+        "as_of": page.as_of,
         "next_cursor": next_cursor,
         "next_after": next_after,
     }

@@ -98,6 +98,10 @@ class CaseListItem(CaseOut):
 
 class CaseList(_Out):
     cases: list[CaseListItem]
+    as_of: datetime = Field(
+        description="The server's time the page was read at: what `overdue` and the deadlines' "
+        "countdowns are measured from."
+    )
     next_cursor: str | None = Field(
         description="Pass as `cursor` (with the same filters and sort) for the next page; null "
         "on the last page."

@@ -57,6 +57,7 @@ def test_the_overdue_queue_shows_the_deadline_and_who_it_waits_for(
     assert (row["id"], row["overdue"], row["waits_for"]) == (queue["late"], True, "merchant")
     assert datetime.fromisoformat(row["deadline"]["due_at"]) == NOW + timedelta(hours=48)
     assert response.json()["next_cursor"] is None
+    assert datetime.fromisoformat(response.json()["as_of"]) == api.clock.now()
 
 
 def test_deadline_filters_sort_and_search(api: Api, queue: dict[str, int]) -> None:
