@@ -323,11 +323,11 @@ def main() -> None:
         overdue = CaseQuery(overdue=True, sort=CaseSort.DEADLINE, limit=PAGE)
         client, headers = stack.enter_context(served(database, folder))
 
-        def get(params: dict[str, Any]) -> Callable[[], Any]:
+        def get(params: dict[str, Any], rows: int = PAGE) -> Callable[[], Any]:
             def call() -> None:
                 response = client.get("/cases", params=params, headers=headers)
                 assert response.status_code == 200, response.text
-                assert len(response.json()["cases"]) == PAGE
+                assert len(response.json()["cases"]) == rows
 
             return call
 
@@ -338,6 +338,11 @@ def main() -> None:
             ),
             "HTTP: overdue queue": get({"overdue": "true", "sort": "deadline", "limit": PAGE}),
             "HTTP: unfiltered list (baseline)": get({"limit": PAGE}),
+            # Beside the target: a search and the "due within a day" queue, for their plans.
+            "HTTP: search by tracking number": get({"q": "SF4", "limit": PAGE}, rows=1),
+            "HTTP: due within 24 h, by deadline": get(
+                {"deadline_within_hours": 24, "sort": "deadline", "limit": PAGE}
+            ),
         }
         times = rounds(paths, args.rounds, bar)
         times |= explained(loaded.engine, args.explain_rounds, bar)

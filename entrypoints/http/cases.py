@@ -200,6 +200,10 @@ def submit_case(
     return idempotent(request, principal, idempotency_key, action)
 
 
+#: The query parameters that say where a page starts.
+_PAGING = ("cursor", "after")
+
+
 class SortOrder(StrEnum):
     ASC = "asc"
     DESC = "desc"
@@ -333,10 +337,6 @@ def list_cases(
         "next_after": next_after,
     }
     return json_response(CaseList, data, headers=headers)
-
-
-#: The query parameters that say where a page starts.
-_PAGING = ("cursor", "after")
 
 
 @router.get(
