@@ -215,6 +215,8 @@ class CasePage:
     rows: list[QueueRow]
     #: Pass back as ``CaseQuery.after`` for the next page; None on the last page.
     next: Cursor | None
+    #: The instant "overdue" was measured from.
+    as_of: datetime
 
 
 def sort_key(query: CaseQuery, case: Case, deadline: Timer | None) -> datetime | None:

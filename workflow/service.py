@@ -53,6 +53,8 @@ from workflow.queries import (
 )
 from workflow.states import CaseState, Role
 
+#: The longest period the merchants' figures are computed over: they read every case of it.
+MAX_FIGURES_PERIOD = timedelta(days=366)
 #: Default of ``CaseService.timer_batch``.
 TIMER_BATCH = 50
 #: A timer whose case a concurrent transition moved between the read and the write: it stays
@@ -535,21 +537,28 @@ class CaseService:
             rows = uow.cases.search(replace(query, limit=query.limit + 1), now)
         page = rows[: query.limit]
         if len(rows) <= query.limit:
-            return CasePage(page, None)
+            return CasePage(page, None, now)
         last = page[-1]
         key = sort_key(query, last.case, last.deadline)
-        return CasePage(page, Cursor(query.sort, query.descending, key, _id(last.case)))
+        return CasePage(page, Cursor(query.sort, query.descending, key, _id(last.case)), now)
 
     def merchant_figures(
-        self, start: datetime, end: datetime, actor: Actor | None = None
+        self,
+        start: datetime,
+        end: datetime,
+        actor: Actor | None = None,
+        merchant_id: str | None = None,
     ) -> builtins.list[MerchantFigures]:
-        """The service figures of the cases submitted in [start, end), per merchant: every
-        merchant's for an admin, its own for a merchant."""
+        """The service figures of the cases submitted in [start, end), per merchant (only
+        ``merchant_id``'s when given): any merchant's for an admin, its own for a merchant."""
         start, end = ensure_utc(start), ensure_utc(end)
         if end <= start:
             raise InvalidInput("the period must end after it starts", "to")
-        merchant_id = None
+        if end - start > MAX_FIGURES_PERIOD:
+            raise InvalidInput(f"a period spans at most {MAX_FIGURES_PERIOD.days} days", "from")
         if actor is not None and actor.role is Role.MERCHANT:
+            if merchant_id not in (None, actor.id):
+                raise Forbidden("a merchant sees only its own figures")
             merchant_id = actor.id
         elif actor is not None and actor.role not in (Role.ADMIN, Role.SYSTEM):
             raise Forbidden("the service figures are for admins and merchants")
@@ -575,11 +584,11 @@ def _scoped(query: CaseQuery, actor: Actor | None) -> CaseQuery:
 def _check_query(query: CaseQuery) -> None:
     if not 1 <= query.limit <= MAX_PAGE:
         raise InvalidInput(f"a page holds 1 to {MAX_PAGE} cases", "limit")
+    if query.after_id is not None and (query.sort is not CaseSort.ID or query.descending):
+        raise InvalidInput("after (a case id) pages only the sort by id; use the cursor", "after")
     start = query.start()
     if start is not None and (start.sort, start.descending) != (query.sort, query.descending):
         raise InvalidInput("the cursor belongs to another sort order; start again", "cursor")
-    if query.after_id is not None and query.sort is not CaseSort.ID:
-        raise InvalidInput("after (a case id) pages only the sort by id; use the cursor", "after")
     if query.due_within is not None and query.due_within < timedelta(0):
         raise InvalidInput("must not be negative", "deadline_within_hours")
 

@@ -968,6 +968,10 @@ def test_merchant_figures_over_a_period(uow_factory: UnitOfWorkFactory, new_case
         )
         review = _timer(timed_out, T0 + timedelta(hours=49))
         uow.timers.arm(review)
+        # deadlines that did not fire count for nothing: one cancelled, one still pending
+        uow.timers.arm(_timer(approved, T0 + timedelta(hours=48)))
+        uow.timers.disarm(approved)
+        uow.timers.arm(_timer(disputed, T0 + timedelta(hours=50)))
         uow.commit()
     with uow_factory() as uow:
         uow.timers.mark_fired(review, T0 + timedelta(hours=49))
