@@ -4,6 +4,7 @@ docs, on SQLite and PostgreSQL (the browser tests in tests/browser drive the pag
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 from .conftest import Api
@@ -133,3 +134,32 @@ def test_an_unknown_console_path_is_the_consoles_404_page(api: Api) -> None:
     assert answer.status_code == 404
     assert "text/html" in answer.headers["content-type"]
     assert api.client.get("/console/static/console.css").status_code == 200
+
+
+def test_the_queue_lists_what_get_cases_lists_for_the_same_parameters(api: Api) -> None:
+    # given cases of two merchants, one past its review deadline
+    first = api.submit()
+    api.clock.advance(timedelta(hours=47))
+    second = api.submit(merchant_id="m2", order_id="o-2")
+    third = api.submit(order_id="o-3")
+    api.fire(third, "approve", "merchant:m1")
+    api.clock.advance(timedelta(hours=2))
+    admin = api.auth("admin")
+    sign_in(api, "admin")
+
+    for params in (
+        {"overdue": "true", "sort": "deadline"},
+        {"sort": "age", "order": "desc"},
+        {"deadline_within_hours": "48", "sort": "deadline"},
+        {"q": "o-2"},
+        {"merchant_id": "m1", "sort": "id", "order": "desc"},
+    ):
+        # when the console's queue and the API are asked the same
+        page = api.client.get("/console/queue", params=params)
+        listed = api.client.get("/cases", params=params, headers=admin)
+
+        # then they list the same cases in the same order
+        assert page.status_code == 200 and listed.status_code == 200, listed.text
+        shown = [int(found) for found in re.findall(r'id="case-row-(\d+)"', page.text)]
+        assert shown == [case["id"] for case in listed.json()["cases"]], params
+    assert {first, second, third} >= set(shown)

@@ -43,25 +43,13 @@ _IDENT: TypeAdapter[str] = TypeAdapter(Ident)
 
 class Disputed(StrEnum):
     ANY = ""
-    YES = "yes"
-    NO = "no"
+    YES = "true"
+    NO = "false"
 
 
-class Order(StrEnum):
-    """The sorts the queue offers, each with its direction."""
-
-    DEADLINE = "deadline"
-    OLDEST = "oldest"
-    NEWEST = "newest"
-    ID = "id"
-
-
-_SORTS: dict[Order, tuple[CaseSort, bool]] = {
-    Order.DEADLINE: (CaseSort.DEADLINE, False),
-    Order.OLDEST: (CaseSort.AGE, False),
-    Order.NEWEST: (CaseSort.AGE, True),
-    Order.ID: (CaseSort.ID, False),
-}
+class SortOrder(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
 
 
 def _choice(kind: type[E], value: str, name: str) -> E | None:
@@ -101,24 +89,25 @@ def home() -> Response:
 @router.get("/queue")
 def queue(
     request: Request,
-    q: Annotated[str, Query(max_length=64)] = "",
+    q: Annotated[str, Query(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
     state: Annotated[str, Query(max_length=40)] = "",
     type: Annotated[str, Query(max_length=40)] = "",
     merchant_id: Annotated[str, Query(max_length=64)] = "",
     overdue: Annotated[bool, Query()] = False,
-    within_hours: Annotated[str, Query(max_length=10)] = "",
+    deadline_within_hours: Annotated[str, Query(max_length=10)] = "",
     disputed: Annotated[Disputed, Query()] = Disputed.ANY,
-    sort: Annotated[Order, Query()] = Order.DEADLINE,
+    sort: Annotated[CaseSort, Query()] = CaseSort.DEADLINE,
+    order: Annotated[SortOrder, Query()] = SortOrder.ASC,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
-    # A form sends its empty fields too: empty means "any" here.
+    # The parameters are GET /cases's, so a console URL reads as the API call; a form sends
+    # its empty fields too, and empty means "any" here.
     viewer = viewer_of(request)
-    case_sort, descending = _SORTS[sort]
     try:
         after = Cursor.decode(cursor) if cursor else None
     except ValueError:
         raise ConsoleError(400, "this page link is broken; start from the first page") from None
-    hours = _hours(within_hours)
+    hours = _hours(deadline_within_hours)
     query = CaseQuery(
         state=_choice(CaseState, state, "state"),
         type=_choice(CaseType, type, "type"),
@@ -127,8 +116,8 @@ def queue(
         overdue=overdue,
         due_within=timedelta(hours=hours) if hours is not None else None,
         disputed=None if disputed is Disputed.ANY else disputed is Disputed.YES,
-        sort=case_sort,
-        descending=descending,
+        sort=sort,
+        descending=order is SortOrder.DESC,
         after=after,
         limit=PAGE,
     )
@@ -149,9 +138,10 @@ def queue(
         "type": type,
         "merchant_id": merchant_id,
         "overdue": overdue,
-        "within_hours": within_hours,
+        "deadline_within_hours": deadline_within_hours,
         "disputed": disputed.value,
         "sort": sort.value,
+        "order": order.value,
     }
     next_url = None
     if page.next is not None:
@@ -164,7 +154,7 @@ def queue(
         filters=filters,
         states=list(CaseState),
         types=list(CaseType),
-        sorts=list(Order),
+        sorts=list(CaseSort),
         next_url=next_url,
         first_url=str(request.url.remove_query_params("cursor")) if cursor else None,
         bulk_triggers=BULK_TRIGGERS,
