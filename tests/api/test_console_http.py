@@ -19,6 +19,8 @@ def csrf_of(html: str) -> str:
 
 
 def sign_in(api: Api, scope: str) -> Any:
+    """Sign in as a new browser would (no cookies yet): one session per client at a time."""
+    api.client.cookies.clear()
     token = api.token(scope)
     page = api.client.get("/console/sign-in")
     assert page.status_code == 200
@@ -163,3 +165,68 @@ def test_the_queue_lists_what_get_cases_lists_for_the_same_parameters(api: Api) 
         shown = [int(found) for found in re.findall(r'id="case-row-(\d+)"', page.text)]
         assert shown == [case["id"] for case in listed.json()["cases"]], params
     assert {first, second, third} >= set(shown)
+
+
+def test_a_buyer_fires_a_trigger_with_its_data_fields(api: Api) -> None:
+    # given an approved case and its buyer on the case page
+    case_id = api.submit()
+    api.fire(case_id, "approve", "merchant:m1")
+    sign_in(api, "buyer:b1")
+    page = api.client.get(f"/console/cases/{case_id}")
+    assert 'name="data.tracking_no"' in page.text
+
+    # when the buyer sends ship_back with a tracking number
+    answer = api.client.post(
+        f"/console/cases/{case_id}/fire",
+        data={
+            "csrf_token": csrf_of(page.text),
+            "version": "2",
+            "trigger": "ship_back",
+            "data.tracking_no": "SF42",
+            "data.carrier": "",
+        },
+        follow_redirects=False,
+    )
+
+    # then the case moved with that data, logged as coming from the console
+    assert answer.status_code == 303, answer.text
+    record = api.cases.history(case_id)[-1]
+    assert (record.trigger, record.data.get("tracking_no")) == ("ship_back", "SF42")
+    assert record.source is not None and record.source.startswith("console token #")
+
+
+def test_an_admin_extends_a_deadline_with_a_reason_and_a_merchant_cannot(api: Api) -> None:
+    case_id = api.submit()
+    due = api.cases.get(case_id).deadline
+    assert due is not None
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}")
+    assert "Extend deadline" not in page.text
+    refused = api.client.post(
+        f"/console/cases/{case_id}/extend",
+        data={"csrf_token": csrf_of(page.text), "version": "1", "hours": "24", "reason": "x"},
+    )
+    assert refused.status_code == 403
+
+    sign_in(api, "admin")
+    page = api.client.get(f"/console/cases/{case_id}")
+    done = api.client.post(
+        f"/console/cases/{case_id}/extend",
+        data={"csrf_token": csrf_of(page.text), "version": "1", "hours": "24", "reason": "holiday"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303, done.text
+    moved = api.cases.get(case_id).deadline
+    assert moved is not None and moved.due_at == due.due_at + timedelta(hours=24)
+    assert api.cases.history(case_id)[-1].reason == "holiday"
+
+
+def test_sign_out_needs_its_csrf_token_and_ends_the_session(api: Api) -> None:
+    sign_in(api, "admin")
+    page = api.client.get("/console/queue")
+    assert api.client.post("/console/sign-out", data={"x": "1"}).status_code == 403
+    answer = api.client.post(
+        "/console/sign-out", data={"csrf_token": csrf_of(page.text)}, follow_redirects=False
+    )
+    assert answer.status_code == 303
+    assert api.client.get("/console/queue", follow_redirects=False).status_code == 303
