@@ -244,3 +244,48 @@ def test_an_admin_works_the_timers_dead_letters_and_figures(
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(2)
     expect(rows.first).to_contain_text("m1")
+
+
+#: Every visible form control without a label: ``<label for>``, a wrapping label or aria-label.
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
+    .filter(el => el.type !== 'hidden' && el.offsetParent !== null)
+    .filter(el => el.labels.length === 0 && !el.getAttribute('aria-label'))
+    .map(el => el.outerHTML)"""
+
+
+def test_every_form_control_has_a_label_and_keyboard_focus_reaches_the_actions(
+    server: ShowcaseServer, new_page: NewPage
+) -> None:
+    # given a merchant (bulk checkboxes) and an admin (deadline, force actions, operations)
+    seeded = server.seeded
+    for token, paths in (
+        (seeded.merchant_m1, ["/console/queue", f"/console/cases/{seeded.shipped_back_case}"]),
+        (
+            seeded.admin,
+            [
+                "/console/queue",
+                f"/console/cases/{seeded.fresh_case}",
+                "/console/timers",
+                "/console/dead-letters",
+                "/console/figures",
+            ],
+        ),
+    ):
+        page = new_page()
+        sign_in(page, server.url, token)
+        for path in paths:
+            # when each page is shown
+            page.goto(f"{server.url}{path}")
+            expect(page.locator("main h1")).to_have_count(1)
+            # then each of its controls is labelled
+            assert page.evaluate(UNLABELLED) == [], path
+
+    # and tabbing from the top of a case page reaches its first action button
+    page.goto(f"{server.url}/console/cases/{seeded.fresh_case}")
+    first_action = page.locator("form.action button").first
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if first_action.evaluate("button => document.activeElement === button"):
+            break
+    else:
+        raise AssertionError("Tab never reached the first action button")
