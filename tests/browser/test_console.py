@@ -289,3 +289,17 @@ def test_every_form_control_has_a_label_and_keyboard_focus_reaches_the_actions(
             break
     else:
         raise AssertionError("Tab never reached the first action button")
+
+
+def test_a_refused_filter_shows_its_error_page(server: ShowcaseServer, new_page: NewPage) -> None:
+    # given an admin on the queue
+    page = new_page()
+    sign_in(page, server.url, server.seeded.admin)
+
+    # when the merchant filter is not an id
+    page.get_by_label("Merchant").fill("m 1!")
+    page.get_by_role("button", name="Filter").click()
+
+    # then the error page says why instead of the table staying as it was
+    expect(page.locator(".error-page .status")).to_have_text("422")
+    expect(page.locator(".error-page")).to_contain_text("is not an id")

@@ -117,7 +117,8 @@ class Viewer:
 
 def zone_named(name: str | None, fallback: str) -> ZoneInfo:
     try:
-        return ZoneInfo(name) if name else ZoneInfo(fallback)
+        # Zone names are short ("America/Argentina/ComodRivadavia" is among the longest).
+        return ZoneInfo(name) if name and len(name) <= 64 else ZoneInfo(fallback)
     except (ZoneInfoNotFoundError, ValueError):
         return ZoneInfo(fallback)
 

@@ -21,6 +21,11 @@
       });
     }
   }
+  // A refused filter (422, a bad id) is shown as the whole error page, not swapped in silently.
+  document.addEventListener("htmx:responseError", function (event) {
+    var url = event.detail.xhr && event.detail.xhr.responseURL;
+    if (url) { window.location.assign(url); }
+  });
   // Deferred scripts (mermaid among them) have all run by DOMContentLoaded.
   document.addEventListener("DOMContentLoaded", ready);
 })();
