@@ -3,9 +3,14 @@ docs, on SQLite and PostgreSQL (the browser tests in tests/browser drive the pag
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import timedelta
 from typing import Any
+
+from typer.testing import CliRunner
+
+from entrypoints.cli.main import app as cli
 
 from .conftest import Api
 
@@ -230,3 +235,21 @@ def test_sign_out_needs_its_csrf_token_and_ends_the_session(api: Api) -> None:
     )
     assert answer.status_code == 303
     assert api.client.get("/console/queue", follow_redirects=False).status_code == 303
+
+
+def test_the_case_page_carries_the_diagram_text_of_aftersales_diagram(api: Api) -> None:
+    # given a case and the CLI's diagram of its type with its state highlighted
+    case_id = api.submit()
+    printed = CliRunner().invoke(
+        cli, ["diagram", "--type", "return_refund", "--current", "submitted"]
+    )
+    assert printed.exit_code == 0, printed.output
+    sign_in(api, "admin")
+
+    # when the case page is shown
+    page = api.client.get(f"/console/cases/{case_id}")
+
+    # then its mermaid block is that text
+    found = re.search(r'<pre class="mermaid"[^>]*>(.*?)</pre>', page.text, re.DOTALL)
+    assert found is not None
+    assert html.unescape(found.group(1)).strip() == printed.output.strip()
