@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test lint typecheck unit format clean lock
+.PHONY: install run demo test lint typecheck check-migrations unit format clean lock
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh
 	@bash scripts/bootstrap-venv.sh
@@ -17,9 +17,9 @@ run: $(STAMP)
 
 demo: run
 
-## Lint, format check, type check, then the whole test suite. PostgreSQL tests run when
-## AFTERSALES_TEST_POSTGRES_URL is set (.ci/run sets it and requires them).
-test: $(STAMP) lint typecheck
+## Lint, format check, type check, `alembic check`, then the whole test suite. PostgreSQL tests
+## run when AFTERSALES_TEST_POSTGRES_URL is set (.ci/run sets it and requires them).
+test: $(STAMP) lint typecheck check-migrations
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## `alembic upgrade head` then `alembic check` on a fresh SQLite database: the migrations build
+## exactly the tables persistence/tables.py declares.
+check-migrations: $(STAMP)
+	ALEMBIC=$(BIN)/alembic bash scripts/check-migrations.sh
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
