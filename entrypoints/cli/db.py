@@ -11,14 +11,12 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from entrypoints import composition
 from entrypoints.cli.common import (
     EXIT_OTHER,
     InputError,
     JsonFlag,
-    new_console,
     print_error,
     print_json,
     state_of,
@@ -31,6 +29,11 @@ db_app = typer.Typer(
 
 #: ``-1`` (one step back) is a revision, not an unknown option.
 _NEGATIVE_NUMBERS_ARE_ARGUMENTS = {"ignore_unknown_options": True}
+
+
+def _say(line: str) -> None:
+    # Not wrapped at the terminal's width: a URL or a revision list stays one line to copy.
+    typer.echo(line)
 
 
 @db_app.command("upgrade")
@@ -50,11 +53,9 @@ def db_upgrade(
     if state.json:
         print_json({"database": shown, "revision": status.revision, "head": status.head})
     elif status.revision == status.head:
-        new_console().print(Text(f"database {shown} is at the newest schema ({status.head})"))
+        _say(f"database {shown} is at the newest schema ({status.head})")
     else:
-        new_console().print(
-            Text(f"database {shown} is at schema {status.revision} (newest: {status.head})")
-        )
+        _say(f"database {shown} is at schema {status.revision} (newest: {status.head})")
 
 
 @db_app.command("downgrade", context_settings=_NEGATIVE_NUMBERS_ARE_ARGUMENTS)
@@ -103,7 +104,7 @@ def db_downgrade(
     message = f"database {shown} is now {at} (newest: {status.head})"
     if composition.is_embedded(state.settings().database.url):
         message += "; the embedded SQLite database upgrades itself again on its next use"
-    new_console().print(Text(message))
+    _say(message)
 
 
 @db_app.command("current")
@@ -134,7 +135,7 @@ def db_current(ctx: typer.Context, json_output: JsonFlag = False) -> None:
             f"database {status.database} {at}, which this version does not know "
             f"(its newest is {status.head}): a newer version migrated it"
         )
-    new_console().print(Text(line))
+    _say(line)
 
 
 @db_app.command("history")
@@ -154,10 +155,9 @@ def db_history(ctx: typer.Context, json_output: JsonFlag = False) -> None:
             ]
         )
         return
-    console = new_console()
     for revision in revisions:
         after = revision.down_revision or "base"
-        console.print(Text(f"{revision.revision} (after {after})  {revision.summary}"))
+        _say(f"{revision.revision} (after {after})  {revision.summary}")
 
 
 @db_app.command("check")
@@ -170,12 +170,11 @@ def db_check(ctx: typer.Context, json_output: JsonFlag = False) -> None:
         if state.json:
             print_json({"database": shown, "differences": []})
         else:
-            new_console().print(Text(f"database {shown} matches the code's tables"))
+            _say(f"database {shown} matches the code's tables")
         return
     if not state.json:
-        console = new_console()
         for difference in differences:
-            console.print(Text(f"  {difference}"))
+            _say(f"  {difference}")
     print_error(
         "schema_differs",
         f"database {shown} differs from the code's tables in {len(differences)} place(s): a "
