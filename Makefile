@@ -11,9 +11,11 @@ $(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh
 install: $(STAMP)
 
 ## Runs the service's main job on the embedded defaults (SQLite, no server): starts `aftersales run`
-## (worker + beat) and drives the live demo through it (`aftersales demo` is the scripted one).
+## (worker + beat, the API on 127.0.0.1:$(PORT)) and drives the live demo through it (`aftersales
+## demo` is the scripted one). Stops at once, saying so, when the port is taken: `make run PORT=8001`.
+PORT ?= 8000
 run: $(STAMP)
-	$(BIN)/aftersales demo --live
+	$(BIN)/aftersales demo --live --port $(PORT)
 
 demo: run
 
