@@ -59,6 +59,8 @@ from workflow.states import CaseState
 DEMO_DIR = Path("var") / "demo-live"
 #: Where ``aftersales run`` serves the API during the demo (``aftersales serve``'s defaults).
 API_HOST, API_PORT = "127.0.0.1", 8000
+#: Straight to the API on this host, whatever proxy ``http_proxy`` names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 #: What uvicorn logs when it cannot listen (the port was taken after our own check).
 _BIND_FAILED = re.compile(r"error while attempting to bind on address .*")
 #: Upper bounds of the waits; a healthy run needs a small fraction of each.
@@ -332,7 +334,7 @@ class LiveDemo:
         if failed is not None:
             raise DemoFailed(f"the API could not start: {failed[0]}; {_PORT_ADVICE}")
         try:
-            with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=1) as response:
+            with _DIRECT.open(f"{self.api_url}/healthz", timeout=1) as response:
                 return bool(response.status == 200)
         except OSError:
             return False

@@ -1,28 +1,51 @@
-"""deploy/Dockerfile, checked without a Docker engine: parsed by BuildKit's own parser
-(the ``dockerfile`` package), linted by hadolint, and read for what the image promises: the
-lock's exact versions with their hashes, only the run-time part of it, a user that is not root."""
+"""deploy/Dockerfile, checked without a Docker engine: parsed (``dockerfile-parse``), linted by
+hadolint, and read for what the image promises: the lock's exact versions with their hashes,
+only the run-time part of it, a user that is not root."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import dockerfile
 import pytest
+from dockerfile_parse import DockerfileParser
 
 from .support import DEPLOY, REPOSITORY, which
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 
 
-def instructions() -> tuple[dockerfile.Command, ...]:
-    return dockerfile.parse_file(str(DOCKERFILE))
+@dataclass(frozen=True)
+class Instruction:
+    cmd: str
+    #: The arguments, continuation lines joined; flags (``--from=build``) apart.
+    value: tuple[str, ...]
+    flags: tuple[str, ...]
+    json: bool
 
 
-def final_stage() -> list[dockerfile.Command]:
-    commands = list(instructions())
+def instructions() -> list[Instruction]:
+    found = []
+    for item in DockerfileParser(str(DOCKERFILE)).structure:
+        if item["instruction"] == "COMMENT":
+            continue
+        text = " ".join(item["value"].split())
+        if text.startswith("["):
+            found.append(Instruction(item["instruction"], tuple(json.loads(text)), (), True))
+            continue
+        words = text.split(" ") if item["instruction"] in ("COPY", "USER") else [text]
+        flags = tuple(word for word in words if word.startswith("--"))
+        value = tuple(word for word in words if not word.startswith("--"))
+        found.append(Instruction(item["instruction"], value, flags, False))
+    return found
+
+
+def final_stage() -> list[Instruction]:
+    commands = instructions()
     last_from = max(i for i, command in enumerate(commands) if command.cmd == "FROM")
     return commands[last_from:]
 

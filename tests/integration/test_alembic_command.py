@@ -74,6 +74,20 @@ def test_without_a_url_it_uses_the_services_default_file(tmp_path: Path) -> None
     assert (tmp_path / "var" / "aftersales.db").is_file()
 
 
+def test_x_url_names_another_database(tmp_path: Path) -> None:
+    # given the environment names one database
+    named = f"sqlite:///{tmp_path / 'named.db'}"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+
+    # when the command line names another
+    done = alembic("-x", f"url={other}", "upgrade", "head", url=named)
+
+    # then that one was migrated, and only that one
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "other.db").is_file()
+    assert not (tmp_path / "named.db").exists()
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
