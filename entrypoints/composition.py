@@ -3,7 +3,8 @@
 Every process builds from here: the CLI (``State`` in ``entrypoints/cli/common.py``), the HTTP
 API (``http_app``) and the Celery worker (``worker_app``, which the module Celery loads calls).
 ``load_settings`` is the one place ``Settings()`` reads the environment. Celery and FastAPI are
-imported by the functions that need them, so a CLI command that only reads never loads them.
+imported by the functions that need them, so a CLI command that only reads never loads them;
+Alembic (``persistence.migrate``) only when a function checks or migrates the schema.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class RevisionError(ValueError):
 
 @dataclass(frozen=True)
 class Revision:
-    """One migration: its id, the one it follows, and the first line of its description."""
+    """One migration: its id, the one it follows, and the first paragraph of its description."""
 
     revision: str
     down_revision: str | None
