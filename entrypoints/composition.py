@@ -24,13 +24,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from config.errors import SetupError
 from config.policy import Policy, load_policy
-from config.settings import DatabaseSettings, Settings
+from config.settings import Settings
 from config.sources import Sources, load_sources
-from persistence.db import PoolSizing, dispose_engine, make_engine
+from persistence.db import dispose_engine, make_engine
 from persistence.tokens import SqlTokenStore
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import Clock, FakeClock, FileClock, SystemClock
-from workflow.errors import InvalidInput
 from workflow.events.ingestion import EventService
 from workflow.orders_service import OrderService
 from workflow.service import CaseService
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
     from celery import Celery
     from fastapi import FastAPI
 
+    from config.settings import DatabaseSettings
+    from persistence.db import PoolSizing
     from persistence.migrate import Revision
     from tasks.kick import RelayKicker
     from tasks.resender import UnconfirmedEvents
@@ -310,6 +311,7 @@ def _schema_errors(url: str) -> Iterator[None]:
     """The errors of a schema command as one line each: a target alembic cannot reach is the
     user's input (exit 2), a schema or database problem a setup error (exit 1)."""
     from persistence import migrate
+    from workflow.errors import InvalidInput
 
     try:
         yield
@@ -370,6 +372,8 @@ def _engine(database: DatabaseSettings) -> Engine:
 
 def pool_sizing(database: DatabaseSettings) -> PoolSizing:
     """The connection pool the settings ask for (``AFTERSALES_DATABASE_POOL_*``)."""
+    from persistence.db import PoolSizing
+
     return PoolSizing(
         size=database.pool_size,
         max_overflow=database.max_overflow,
