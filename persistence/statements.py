@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
+from persistence.case_search import SearchShape, search_statement
 from persistence.fastsql import Prepared, insert_returning_id
 from persistence.tables import (
     cases,
@@ -455,6 +456,7 @@ class Statements:
         # compile the same one at once; either result is the same statement.
         self._case_lists: dict[frozenset[str], Prepared] = {}
         self._cases_with_timers: dict[tuple[str, int], Prepared] = {}
+        self._case_searches: dict[SearchShape, Prepared] = {}
 
     def case_list(self, filters: frozenset[str]) -> Prepared:
         """``CaseRepository.list`` with these of ``_CASE_LIST_FILTERS`` given, and a limit."""
@@ -467,6 +469,14 @@ class Statements:
             return statement.order_by(cases.c.id).limit(sa.bindparam("limit"))
 
         return self._compiled_once(self._case_lists, filters, build)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
+    def case_search(self, shape: SearchShape) -> Prepared:
+        """``CaseRepository.search`` of this shape: case columns, then the live timer's."""
+        return self._compiled_once(self._case_searches, shape, lambda: search_statement(shape))
 
     def cases_with_timers(self, key: str, count: int) -> Prepared:
         """The case rows whose column ``key`` (``id``, ``order_id``) is one of ``count`` values

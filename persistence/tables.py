@@ -20,6 +20,8 @@ LIVE_TIMER_STATUSES = ("pending", "claimed")
 _LIVE_TIMER = sa.text("status IN ('pending', 'claimed')")
 #: Outbox rows no consumer has completed yet.
 _PENDING_OUTBOX = sa.text("completed_at IS NULL")
+#: Transitions into a dispute: whether a case was ever disputed.
+_INTO_DISPUTE = sa.text("to_state = 'disputed'")
 #: ... and not yet published: what the relay publishes first.
 _UNPUBLISHED_OUTBOX = sa.text("completed_at IS NULL AND published_at IS NULL")
 #: ... published and not completed: the relay publishes them again once they are old.
@@ -60,6 +62,10 @@ class CaseRow(SQLModel, table=True):
         sa.UniqueConstraint("submission_key", name="uq_cases_submission_key"),
         sa.Index("ix_cases_state", "state"),
         sa.Index("ix_cases_merchant_id_id", "merchant_id", "id"),
+        # A merchant's queue of one state in id order (migration 0011).
+        sa.Index("ix_cases_merchant_id_state_id", "merchant_id", "state", "id"),
+        # The queue by age, and the merchants' figures of a period (migration 0011).
+        sa.Index("ix_cases_created_at_id", "created_at", "id"),
         sa.Index("ix_cases_buyer_id_id", "buyer_id", "id"),
         sa.Index("ix_cases_order_id", "order_id"),
         # Carrier events name a parcel, not a case: finding its case is an index lookup.
@@ -103,7 +109,16 @@ class TransitionRow(SQLModel, table=True):
     """The append-only log; ``seq`` is the case version the transition produced."""
 
     __tablename__ = "transitions"
-    __table_args__ = (sa.UniqueConstraint("case_id", "seq", name="uq_transitions_case_id_seq"),)
+    __table_args__ = (
+        sa.UniqueConstraint("case_id", "seq", name="uq_transitions_case_id_seq"),
+        # The queue's "disputed" filter and the dispute rate (migration 0011).
+        sa.Index(
+            "ix_transitions_disputed_case_id",
+            "case_id",
+            sqlite_where=_INTO_DISPUTE,
+            postgresql_where=_INTO_DISPUTE,
+        ),
+    )
 
     id: int | None = _id()
     case_id: int = _case_fk("fk_transitions_case_id")
@@ -148,6 +163,18 @@ class TimerRow(SQLModel, table=True):
         # The sweep's claim: due timers in (due_at, id) order, read in index order up to the
         # batch even when thousands share one due instant (migration 0005).
         sa.Index("ix_timers_status_due_at_id", "status", "due_at", "id"),
+        # The queue by deadline: the live timers in due-time order, the page read off the index
+        # (migration 0011; the claim's index above leads with the status, so a read of both
+        # live statuses in due-time order would have to merge or sort).
+        sa.Index(
+            "ix_timers_live_due_at_case_id",
+            "due_at",
+            "case_id",
+            sqlite_where=_LIVE_TIMER,
+            postgresql_where=_LIVE_TIMER,
+        ),
+        # A case's timers: its page, and whether a merchant's deadline fired (migration 0011).
+        sa.Index("ix_timers_case_id", "case_id"),
         # The sweeper's lateness report reads the timers fired since a time.
         sa.Index("ix_timers_fired_at", "fired_at"),
         # The database, not the sweeper's care, guarantees a case never has two live deadlines.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
@@ -26,19 +25,8 @@ from workflow.model import (
     TransitionRecord,
 )
 from workflow.orders import Order
-from workflow.states import CaseState, CaseType
-
-
-@dataclass(frozen=True)
-class CaseQuery:
-    state: CaseState | None = None
-    type: CaseType | None = None
-    merchant_id: str | None = None
-    buyer_id: str | None = None
-    order_id: str | None = None
-    #: Keyset paging: cases with an id greater than this.
-    after_id: int | None = None
-    limit: int = 50
+from workflow.queries import CaseQuery as CaseQuery  # re-exported: the port's argument
+from workflow.queries import MerchantFigures, Period, QueueRow
 
 
 class CaseRepository(Protocol):
@@ -60,7 +48,22 @@ class CaseRepository(Protocol):
         commit unless a savepoint taken before the write is rolled back to."""
         ...
 
-    def list(self, query: CaseQuery) -> list[Case]: ...
+    def list(self, query: CaseQuery) -> list[Case]:
+        """The cases matching ``query``'s state, type, merchant, buyer and order, by id from
+        ``after_id`` (its other fields are ``search``'s)."""
+        ...
+
+    def search(self, query: CaseQuery, now: datetime) -> builtins.list[QueueRow]:
+        """Up to ``query.limit`` cases matching every filter of ``query``, in its order, after
+        its cursor, each with its pending timer; ``now`` is what "overdue" is measured from."""
+        ...
+
+    def merchant_figures(
+        self, period: Period, merchant_id: str | None = None
+    ) -> builtins.list[MerchantFigures]:
+        """The service figures of each merchant with cases submitted in ``period`` (only
+        ``merchant_id``'s when given), by merchant id."""
+        ...
 
     def by_submission_key(self, key: str) -> Case | None: ...
 

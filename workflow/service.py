@@ -7,6 +7,7 @@ refuses.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -39,9 +40,21 @@ from workflow.payloads import (
     describe_validation_error,
     parse_application,
 )
-from workflow.ports import CaseQuery, UnitOfWork, UnitOfWorkFactory
+from workflow.ports import UnitOfWork, UnitOfWorkFactory
+from workflow.queries import (
+    MAX_PAGE,
+    CasePage,
+    CaseQuery,
+    CaseSort,
+    Cursor,
+    MerchantFigures,
+    Period,
+    sort_key,
+)
 from workflow.states import CaseState, Role
 
+#: The longest period the merchants' figures are computed over: they read every case of it.
+MAX_FIGURES_PERIOD = timedelta(days=366)
 #: Default of ``CaseService.timer_batch``.
 TIMER_BATCH = 50
 #: A timer whose case a concurrent transition moved between the read and the write: it stays
@@ -511,6 +524,73 @@ class CaseService:
             query = CaseQuery(**{**query.__dict__, "merchant_id": actor.id})
         with self._uow() as uow:
             return [CaseView(case, uow.timers.pending(_id(case))) for case in uow.cases.list(query)]
+
+    def search(self, query: CaseQuery, actor: Actor | None = None) -> CasePage:
+        """A page of the cases ``query`` asks for, among those ``actor`` may see (a merchant
+        its own, a buyer its own, an admin all; naming someone else's is ``Forbidden``), each
+        with its next deadline and who it waits for, and the cursor of the next page."""
+        query = _scoped(query, actor)
+        _check_query(query)
+        now = self.clock.now()
+        with self._uow() as uow:
+            # One more than asked tells whether there is a next page without a count.
+            rows = uow.cases.search(replace(query, limit=query.limit + 1), now)
+        page = rows[: query.limit]
+        if len(rows) <= query.limit:
+            return CasePage(page, None, now)
+        last = page[-1]
+        key = sort_key(query, last.case, last.deadline)
+        return CasePage(page, Cursor(query.sort, query.descending, key, _id(last.case)), now)
+
+    def merchant_figures(
+        self,
+        start: datetime,
+        end: datetime,
+        actor: Actor | None = None,
+        merchant_id: str | None = None,
+    ) -> builtins.list[MerchantFigures]:
+        """The service figures of the cases submitted in [start, end), per merchant (only
+        ``merchant_id``'s when given): any merchant's for an admin, its own for a merchant."""
+        start, end = ensure_utc(start), ensure_utc(end)
+        if end <= start:
+            raise InvalidInput("the period must end after it starts", "to")
+        if end - start > MAX_FIGURES_PERIOD:
+            raise InvalidInput(f"a period spans at most {MAX_FIGURES_PERIOD.days} days", "from")
+        if actor is not None and actor.role is Role.MERCHANT:
+            if merchant_id not in (None, actor.id):
+                raise Forbidden("a merchant sees only its own figures")
+            merchant_id = actor.id
+        elif actor is not None and actor.role not in (Role.ADMIN, Role.SYSTEM):
+            raise Forbidden("the service figures are for admins and merchants")
+        with self._uow() as uow:
+            return uow.cases.merchant_figures(Period(start, end), merchant_id)
+
+
+def _scoped(query: CaseQuery, actor: Actor | None) -> CaseQuery:
+    """The query narrowed to the cases the actor may see."""
+    if actor is None or actor.role in (Role.ADMIN, Role.SYSTEM):
+        return query
+    if actor.role is Role.BUYER:
+        if query.buyer_id not in (None, actor.id):
+            raise Forbidden("a buyer lists only its own cases")
+        return replace(query, buyer_id=actor.id)
+    if actor.role is Role.MERCHANT:
+        if query.merchant_id not in (None, actor.id):
+            raise Forbidden("a merchant lists only its own cases")
+        return replace(query, merchant_id=actor.id)
+    raise Forbidden(f"a {actor.role.value} does not list cases")
+
+
+def _check_query(query: CaseQuery) -> None:
+    if not 1 <= query.limit <= MAX_PAGE:
+        raise InvalidInput(f"a page holds 1 to {MAX_PAGE} cases", "limit")
+    if query.after_id is not None and (query.sort is not CaseSort.ID or query.descending):
+        raise InvalidInput("after (a case id) pages only the sort by id; use the cursor", "after")
+    start = query.start()
+    if start is not None and (start.sort, start.descending) != (query.sort, query.descending):
+        raise InvalidInput("the cursor belongs to another sort order; start again", "cursor")
+    if query.due_within is not None and query.due_within < timedelta(0):
+        raise InvalidInput("must not be negative", "deadline_within_hours")
 
 
 def _check_same_call(

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 
-from entrypoints.http import cases, events, ops, orders, problems
+from entrypoints.http import cases, events, ops, orders, problems, stats
 from entrypoints.http.context import ApiContext
 from entrypoints.http.metrics import ApiMetrics
 from entrypoints.http.middleware import BodyGuard, Observe
@@ -98,6 +98,7 @@ def _build() -> FastAPI:
     app.include_router(cases.router)
     app.include_router(events.router)
     app.include_router(ops.router)
+    app.include_router(stats.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

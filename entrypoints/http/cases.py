@@ -8,6 +8,8 @@ routes only refuse roles that never use them (producers) before calling the serv
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -32,10 +34,10 @@ from entrypoints.http.schemas import (
 from entrypoints.http.scopes import TokenRole
 from workflow import channels, engine
 from workflow.diagram import mermaid
-from workflow.errors import Conflict
+from workflow.errors import Conflict, InvalidInput
 from workflow.model import Actor, Case, Timer
 from workflow.payloads import Application
-from workflow.ports import CaseQuery
+from workflow.queries import MAX_PAGE, CaseQuery, CaseSort, Cursor
 from workflow.service import CaseView, FireResult
 from workflow.states import CaseState, CaseType
 
@@ -198,50 +200,142 @@ def submit_case(
     return idempotent(request, principal, idempotency_key, action)
 
 
+#: The query parameters that say where a page starts.
+_PAGING = ("cursor", "after")
+
+
+class SortOrder(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+#: Search text: printable, one line.
+SearchText = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Search: the case id, the order id, the buyer id, or a return or outbound "
+        "tracking number, equal to this (exact, case-sensitive; each an index lookup).",
+    ),
+]
+
+
 @router.get(
     "",
     response_model=CaseList,
-    summary="List cases",
-    description="Cases oldest first, a page at a time: pass `next_after` back as `after`. Buyers "
-    "and merchants see only their own cases (a filter naming someone else is 403).",
+    summary="List and search cases (the queue)",
+    description="Cases matching every filter given, a page at a time, each with its next "
+    "deadline, whether it is overdue and who it waits for. Order: `sort` (`id`: submission "
+    "order; `deadline`: the pending deadline, soonest first, cases without one after all that "
+    "have one; `age`: submission time, oldest first) and `order` (`desc` reverses it, the "
+    "cases without a deadline still last). Paging: pass `next_cursor` back as `cursor` with "
+    "the same filters and sort; `after` (a case id, the sort by id ascending only) still works "
+    "and `next_after` still answers it. Buyers and merchants see only their own cases (a filter "
+    "naming someone else is 403).",
     responses=responses(401, 403, 422, 429, 503),
 )
 def list_cases(
     request: Request,
     principal: Authenticated,
-    state: CaseState | None = None,
+    state: Annotated[
+        list[CaseState] | None,
+        Query(max_length=len(CaseState), description="Any of these states (repeat the parameter)."),
+    ] = None,
     type: Annotated[CaseType | None, Query(description="The case type.")] = None,
     merchant_id: Ident | None = None,
     buyer_id: Ident | None = None,
     order_id: Ident | None = None,
-    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Cases after this id.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    q: SearchText = None,
+    overdue: Annotated[
+        bool, Query(description="Only cases whose pending deadline has passed.")
+    ] = False,
+    deadline_within_hours: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=8760,
+            description="Only cases whose pending deadline is due within this many hours from "
+            "now (overdue ones included).",
+        ),
+    ] = None,
+    disputed: Annotated[
+        bool | None,
+        Query(
+            description="true: only cases ever disputed (escalated to the platform); false: "
+            "only cases never disputed."
+        ),
+    ] = None,
+    sort: Annotated[CaseSort, Query(description="The order of the list.")] = CaseSort.ID,
+    order: Annotated[SortOrder, Query(description="asc or desc.")] = SortOrder.ASC,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="The previous page's `next_cursor`.",
+        ),
+    ] = None,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_ID, description="Cases after this id (the sort by id ascending)."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> Response:
     actor = principal.actor()
-    if principal.role is TokenRole.BUYER and buyer_id not in (None, principal.subject):
-        raise ProblemError("forbidden", "a buyer lists only its own cases")
-    if principal.role is TokenRole.MERCHANT and merchant_id not in (None, principal.subject):
-        raise ProblemError("forbidden", "a merchant lists only its own cases")
+    if cursor is not None and after is not None:
+        raise InvalidInput("give cursor or after, not both", "query.after")
+    start = None
+    if cursor is not None:
+        try:
+            start = Cursor.decode(cursor)
+        except ValueError:
+            raise InvalidInput(
+                "not a cursor of this list: pass next_cursor back unchanged", "query.cursor"
+            ) from None
     query = CaseQuery(
-        state=state,
+        states=frozenset(state or ()),
         type=type,
         merchant_id=merchant_id,
         buyer_id=buyer_id,
         order_id=order_id,
+        text=q,
+        overdue=overdue,
+        due_within=timedelta(hours=deadline_within_hours)
+        if deadline_within_hours is not None
+        else None,
+        disputed=disputed,
+        sort=sort,
+        descending=order is SortOrder.DESC,
+        after=start,
         after_id=after,
-        # One more than asked tells whether there is a next page without a count.
-        limit=limit + 1,
+        limit=limit,
     )
-    found = api_of(request).cases.list(query, actor)
-    page = found[:limit]
-    next_after = page[-1].case.id if len(found) > limit else None
+    page = api_of(request).cases.search(query, actor)
+    next_cursor = page.next.encode() if page.next is not None else None
+    by_id = sort is CaseSort.ID and order is SortOrder.ASC
+    next_after = page.next.case_id if page.next is not None and by_id else None
     headers = {}
-    if next_after is not None:
-        params = dict(request.query_params)
-        params["after"] = str(next_after)
-        link = request.url.include_query_params(**params)
+    if next_cursor is not None:
+        # Clients that page by id are sent on by id, as before the cursor existed.
+        step = {"after": next_after} if cursor is None and next_after else {"cursor": next_cursor}
+        link = request.url.remove_query_params(_PAGING).include_query_params(**step)
         headers["Link"] = f'<{link.path}?{link.query}>; rel="next"'
-    data = {"cases": [case_data(v.case, v.deadline, actor) for v in page], "next_after": next_after}
+    data = {
+        "cases": [
+            {
+                **case_data(row.case, row.deadline, actor),
+                "waits_for": row.waits_for,
+                "overdue": row.overdue(page.as_of),
+            }
+            for row in page.rows
+        ],
+        "as_of": page.as_of,
+        "next_cursor": next_cursor,
+        "next_after": next_after,
+    }
     return json_response(CaseList, data, headers=headers)
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workflow.events.ingestion import IngestStatus
 from workflow.model import DeadLetterStatus
+from workflow.queries import Party
 from workflow.states import CaseState, CaseType
 
 #: Largest id the databases store (BIGINT); larger ones are refused as invalid input.
@@ -87,11 +88,49 @@ class CaseOut(_Out):
     allowed_triggers: list[str] = Field(description="What the caller may fire now.")
 
 
-class CaseList(_Out):
-    cases: list[CaseOut]
-    next_after: int | None = Field(
-        description="Pass as `after` for the next page; null at the end."
+class CaseListItem(CaseOut):
+    waits_for: Party | None = Field(
+        description="Who the case waits for now: its deadline's party, else its state's; null "
+        "once it has ended."
     )
+    overdue: bool = Field(description="Its deadline has passed (the timeout has not acted yet).")
+
+
+class CaseList(_Out):
+    cases: list[CaseListItem]
+    as_of: datetime = Field(
+        description="The server's time the page was read at: what `overdue` and the deadlines' "
+        "countdowns are measured from."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (with the same filters and sort) for the next page; null "
+        "on the last page."
+    )
+    next_after: int | None = Field(
+        description="For the sort by id ascending: pass as `after` for the next page (the same "
+        "page as `cursor`); null at the end and for other sorts."
+    )
+
+
+class MerchantFiguresOut(_Out):
+    merchant_id: str
+    cases: int = Field(description="Cases submitted in the period.")
+    reviewed: int = Field(
+        description="Of those, cases whose review ended: approved, rejected, or a timeout acted."
+    )
+    median_review_seconds: float | None = Field(
+        description="Median time from submission to the end of the review; null if none ended."
+    )
+    timed_out: int = Field(description="Cases where a deadline waiting for the merchant fired.")
+    timeout_share: float = Field(description="timed_out / cases (0 to 1).")
+    disputed: int = Field(description="Cases that were ever disputed (escalated to the platform).")
+    dispute_rate: float = Field(description="disputed / cases (0 to 1).")
+
+
+class MerchantStats(_Out):
+    start: datetime = Field(description="The period (`from`): cases submitted at or after it ...")
+    end: datetime = Field(description="... and before this (`to`).")
+    merchants: list[MerchantFiguresOut]
 
 
 class HistoryEntry(_Out):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, NoReturn
 
 from sqlalchemy.exc import IntegrityError
 
+from persistence.case_search import SearchShape
 from persistence.mappers import (
     FIXED_FIELDS,
     case_from_row,
@@ -17,12 +20,20 @@ from persistence.mappers import (
     id_of,
     timer_from_row,
 )
+from persistence.merchant_figures import merchant_figures
 from persistence.statements import CASE_WIDTH
 from persistence.stores.base import SqlStore, Transaction
 from persistence.stores.timers import SqlTimerStore
 from workflow.errors import Conflict, case_moved
-from workflow.model import Case
-from workflow.ports import CaseQuery
+from workflow.model import Case, Timer
+from workflow.queries import (
+    CaseQuery,
+    CaseSort,
+    MerchantFigures,
+    Period,
+    QueueRow,
+    waiting_for,
+)
 
 
 class SqlCaseRepository(SqlStore):
@@ -156,6 +167,70 @@ class SqlCaseRepository(SqlStore):
         params["limit"] = query.limit
         return [self._load(row) for row in self._run(statement.rows, params)]
 
+    def search(self, query: CaseQuery, now: datetime) -> builtins.list[QueueRow]:
+        """One statement; two for the deadline sort when the cases with a deadline do not fill
+        the page (``persistence.case_search``)."""
+        start = query.start()
+        deadline_bound = _deadline_bound(query, now)
+        shape = SearchShape(
+            equal=frozenset(
+                name
+                for name in ("type", "merchant_id", "buyer_id", "order_id")
+                if getattr(query, name) is not None
+            ),
+            states=len(query.wanted_states()),
+            text=query.text is not None,
+            text_id=query.text_id() is not None,
+            due_before=deadline_bound is not None,
+            disputed=query.disputed,
+            sort=query.sort,
+            descending=query.descending,
+            timed=True,
+            after=start is not None,
+        )
+        params: dict[str, Any] = {
+            name: getattr(query, name).value if name == "type" else getattr(query, name)
+            for name in shape.equal
+        }
+        for i, state in enumerate(sorted(query.wanted_states())):
+            params[f"state_{i}"] = state.value
+        if query.text is not None:
+            params["text"] = query.text
+            params["text_id"] = query.text_id()
+        params["due_before"] = deadline_bound
+        if start is not None:
+            params["after_key"], params["after_id"] = start.key, start.case_id
+        if query.sort is not CaseSort.DEADLINE:
+            return self._search(shape, params, query.limit)
+        rows: builtins.list[QueueRow] = []
+        past_deadlines = start is not None and start.key is None
+        if not past_deadlines:
+            rows = self._search(shape, params, query.limit)
+        if len(rows) < query.limit and deadline_bound is None:
+            # The cases without a deadline, by id: from the cursor's when it is among them.
+            untimed = replace(shape, timed=False, after=past_deadlines)
+            rows += self._search(untimed, params, query.limit - len(rows))
+        return rows
+
+    def _search(
+        self, shape: SearchShape, params: dict[str, Any], limit: int
+    ) -> builtins.list[QueueRow]:
+        statement = self._uow.statements.case_search(shape)
+        found = self._run(statement.rows, {**params, "limit": limit})
+        rows = []
+        for row in found:
+            case = self._load(row[:CASE_WIDTH])
+            timer_columns = row[CASE_WIDTH:]
+            timer: Timer | None = timer_from_row(timer_columns) if timer_columns[0] else None
+            rows.append(QueueRow(case, timer, waiting_for(case, timer)))
+        return rows
+
+    def merchant_figures(
+        self, period: Period, merchant_id: str | None = None
+    ) -> builtins.list[MerchantFigures]:
+        dialect = self._uow.statements.dialect
+        return merchant_figures(self._uow.active(), dialect, period, merchant_id)
+
     def by_submission_key(self, key: str) -> Case | None:
         row = self._run(self._uow.statements.select_case_by_key.first, {"key": key})
         return self._load(row) if row is not None else None
@@ -180,3 +255,13 @@ class SqlCaseRepository(SqlStore):
         else:
             raise ValueError("by_reference() needs an order_id or a tracking_no")
         return [self._load(row) for row in self._run(statement.rows, params)]
+
+
+def _deadline_bound(query: CaseQuery, now: datetime) -> datetime | None:
+    """The latest due time the query's deadline filters let through; None without them."""
+    bounds = []
+    if query.overdue:
+        bounds.append(now)
+    if query.due_within is not None:
+        bounds.append(now + query.due_within)
+    return min(bounds) if bounds else None

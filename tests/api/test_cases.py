@@ -134,7 +134,8 @@ def test_list_filters_and_pages_with_a_cursor(api: Api) -> None:
 def test_list_rejects_bad_filters_with_422(api: Api) -> None:
     headers = api.auth("admin")
     response = api.client.get("/cases", params={"state": "lost"}, headers=headers)
-    assert problem(response, 422, "invalid-input")["field"] == "query.state"
+    # state repeats (any of several): the field names the value at fault
+    assert problem(response, 422, "invalid-input")["field"] == "query.state.0"
     problem(api.client.get("/cases", params={"limit": 0}, headers=headers), 422, "invalid-input")
     bad_id = api.client.get("/cases", params={"order_id": "a b"}, headers=headers)
     problem(bad_id, 422, "invalid-input")

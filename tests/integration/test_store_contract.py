@@ -6,7 +6,9 @@ transactions) is tested beside it: ``test_sql_runtime.py``, ``test_sql_stores.py
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -29,7 +31,8 @@ from workflow.model import (
     TransitionRecord,
 )
 from workflow.orders import Order, OrderGift, OrderLine, account
-from workflow.ports import CaseQuery, UnitOfWorkFactory
+from workflow.ports import UnitOfWorkFactory
+from workflow.queries import CaseQuery, CaseSort, Cursor, Party, Period, sort_key
 from workflow.states import CaseState, CaseType
 
 from .conftest import postgres_param
@@ -822,3 +825,182 @@ def test_a_unit_of_work_made_once_by_an_events_record_only_labels_its_keys(
     with uow_factory() as uow, pytest.raises(Conflict):
         uow.log.append([_record(case_id, 3, idempotency_key="event:sf:e-1")])
         uow.commit()
+
+
+# -- the case queue (search) and the merchants' figures ---
+
+
+def _search_all(uow_factory: UnitOfWorkFactory, query: CaseQuery, now: datetime) -> list[int]:
+    """Every case ``query`` finds, page by page through the cursor of each page's last row."""
+    found: list[int] = []
+    with uow_factory() as uow:
+        while True:
+            rows = uow.cases.search(query, now)
+            found += [row.case.id or 0 for row in rows]
+            if len(rows) < query.limit:
+                return found
+            last = rows[-1]
+            key = sort_key(query, last.case, last.deadline)
+            query = replace(query, after=Cursor(query.sort, query.descending, key, found[-1]))
+
+
+def _queue(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> list[int]:
+    """Six cases: four with deadlines (two due at the same instant), two without."""
+    due = [T0 + timedelta(hours=5), T0 - timedelta(hours=1), None, T0 + timedelta(hours=5)]
+    due += [None, T0 - timedelta(hours=3)]
+    with uow_factory() as uow:
+        ids = []
+        for n, due_at in enumerate(due):
+            case_id = uow.cases.add(
+                new_case(order_id=f"o-{n}", created_at=T0 - timedelta(days=n % 3, minutes=n))
+            )
+            if due_at is not None:
+                uow.timers.arm(_timer(case_id, due_at))
+            ids.append(case_id)
+        uow.commit()
+    return ids
+
+
+@pytest.mark.parametrize("limit", [1, 2, 50])
+def test_search_sorts_by_deadline_and_pages_by_cursor(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase, limit: int
+) -> None:
+    # given cases with deadlines (two due at once) and cases without one
+    a, b, c, d, e, f = _queue(uow_factory, new_case)
+
+    # when the queue is read a page at a time, by deadline, both ways
+    ascending = _search_all(uow_factory, CaseQuery(sort=CaseSort.DEADLINE, limit=limit), T0)
+    query = CaseQuery(sort=CaseSort.DEADLINE, descending=True, limit=limit)
+    descending = _search_all(uow_factory, query, T0)
+
+    # then the soonest deadline comes first, ties by id, the cases without a deadline last
+    assert ascending == [f, b, a, d, c, e]
+    assert descending == [d, a, b, f, e, c]
+
+
+def test_search_sorts_by_age_and_by_id(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    # given cases submitted out of id order
+    a, b, c, d, e, f = _queue(uow_factory, new_case)
+
+    # when they are read by age and by id, a page of two at a time
+    by_age = _search_all(uow_factory, CaseQuery(sort=CaseSort.AGE, limit=2), T0)
+    newest = _search_all(uow_factory, CaseQuery(sort=CaseSort.AGE, descending=True, limit=2), T0)
+    by_id = _search_all(uow_factory, CaseQuery(limit=4), T0)
+
+    # then oldest submitted first (days back: c, f 2; b, e 1; a, d 0), or by id
+    assert by_age == [f, c, e, b, d, a]
+    assert newest == [a, d, b, e, c, f]
+    assert by_id == [a, b, c, d, e, f]
+
+
+def test_search_filters_deadlines_states_text_and_disputes(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    # given the queue, one case approved, one with a parcel, one disputed once
+    a, b, c, d, e, f = _queue(uow_factory, new_case)
+    with uow_factory() as uow:
+        approved = uow.cases.get(c)
+        assert approved is not None
+        approved.state = CaseState.APPROVED
+        approved.details["return_tracking_no"] = "SF777"
+        approved.version = 2
+        uow.cases.save(approved, 1)
+        uow.log.append([_record(e, 2, "escalate", to_state=CaseState.DISPUTED)])
+        uow.commit()
+
+    def found(**fields: Any) -> list[int]:
+        return _search_all(uow_factory, CaseQuery(sort=CaseSort.DEADLINE, **fields), T0)
+
+    # then each filter keeps exactly its cases, in deadline order
+    assert found(overdue=True) == [f, b]
+    assert found(due_within=timedelta(hours=5)) == [f, b, a, d]
+    assert found(due_within=timedelta(hours=4)) == [f, b]
+    assert found(overdue=True, limit=1) == [f, b]
+    assert found(states=frozenset({CaseState.APPROVED})) == [c]
+    assert found(state=CaseState.SUBMITTED, states=frozenset({CaseState.APPROVED})) == [
+        f, b, a, d, c, e,
+    ]  # fmt: skip
+    assert found(text="SF777") == [c]
+    assert found(text="o-3") == [d]
+    assert found(text=str(e)) == [e]
+    assert found(text="b-1", merchant_id="m-1") == [f, b, a, d, c, e]
+    assert found(text="nobody") == []
+    assert found(disputed=True) == [e]
+    assert found(disputed=False) == [f, b, a, d, c]
+    assert found(overdue=True, merchant_id="m-2") == []
+
+
+def test_search_rows_carry_the_deadline_and_who_it_waits_for(
+    uow_factory: UnitOfWorkFactory, new_case: NewCase
+) -> None:
+    # given a submitted case whose review deadline is armed, and one without a deadline
+    a, _, c, *_ = _queue(uow_factory, new_case)
+
+    # when the queue is read
+    with uow_factory() as uow:
+        rows = {row.case.id: row for row in uow.cases.search(CaseQuery(), T0)}
+
+    # then the row holds the pending timer; the review waits for the merchant either way
+    assert rows[a].deadline is not None
+    assert rows[a].deadline.due_at == T0 + timedelta(hours=5)
+    assert rows[a].waits_for is Party.MERCHANT
+    assert (rows[c].deadline, rows[c].waits_for) == (None, Party.MERCHANT)
+
+
+def test_merchant_figures_over_a_period(uow_factory: UnitOfWorkFactory, new_case: NewCase) -> None:
+    # given merchant m-1's cases in the period: approved after 2 h, auto-approved by its timer
+    # after 48 h, not yet reviewed and disputed; one of m-2's; one of m-1's before the period
+    def submitted(n: int, merchant: str, created_at: datetime) -> Case:
+        return new_case(order_id=f"o-{n}", merchant_id=merchant, created_at=created_at)
+
+    with uow_factory() as uow:
+        approved, timed_out, disputed, _, before = (
+            uow.cases.add(submitted(n, merchant, at))
+            for n, (merchant, at) in enumerate(
+                [
+                    ("m-1", T0),
+                    ("m-1", T0 + timedelta(hours=1)),
+                    ("m-1", T0 + timedelta(hours=2)),
+                    ("m-2", T0),
+                    ("m-1", T0 - timedelta(days=1)),
+                ]
+            )
+        )
+        review = _timer(timed_out, T0 + timedelta(hours=49))
+        uow.timers.arm(review)
+        # deadlines that did not fire count for nothing: one cancelled, one still pending
+        uow.timers.arm(_timer(approved, T0 + timedelta(hours=48)))
+        uow.timers.disarm(approved)
+        uow.timers.arm(_timer(disputed, T0 + timedelta(hours=50)))
+        uow.commit()
+    with uow_factory() as uow:
+        uow.timers.mark_fired(review, T0 + timedelta(hours=49))
+        uow.log.append(
+            [
+                _record(approved, 2, at=T0 + timedelta(hours=2)),
+                _record(timed_out, 2, "auto_approve", at=T0 + timedelta(hours=49)),
+                _record(
+                    disputed,
+                    2,
+                    "escalate",
+                    from_state=CaseState.REJECTED,
+                    to_state=CaseState.DISPUTED,
+                ),
+                _record(before, 2, at=T0),
+            ]
+        )
+        uow.commit()
+    period = Period(T0, T0 + timedelta(days=7))
+
+    # when the figures are read for all merchants and for one
+    with uow_factory() as uow:
+        everyone = uow.cases.merchant_figures(period)
+        one = uow.cases.merchant_figures(period, "m-2")
+
+    # then m-1 had 3 cases: 2 reviewed (median of 2 h and 48 h), 1 by its timeout, 1 disputed
+    m1, m2 = everyone
+    assert (m1.merchant_id, m1.cases, m1.reviewed, m1.timed_out, m1.disputed) == ("m-1", 3, 2, 1, 1)
+    assert m1.median_review_seconds == 25 * 3600
+    assert (m1.timeout_share, m1.dispute_rate) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert (m2.merchant_id, m2.cases, m2.reviewed, m2.median_review_seconds) == ("m-2", 1, 0, None)
+    assert one == [m2]
