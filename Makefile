@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test lint typecheck unit format clean lock
+.PHONY: install run demo test lint typecheck check-migrations unit format clean lock
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh \
 		entrypoints/http/console/vendor/package-lock.json
@@ -12,15 +12,17 @@ $(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh \
 install: $(STAMP)
 
 ## Runs the service's main job on the embedded defaults (SQLite, no server): starts `aftersales run`
-## (worker + beat) and drives the live demo through it (`aftersales demo` is the scripted one).
+## (worker + beat, the API on 127.0.0.1:$(PORT)) and drives the live demo through it (`aftersales
+## demo` is the scripted one). Stops at once, saying so, when the port is taken: `make run PORT=8001`.
+PORT ?= 8000
 run: $(STAMP)
-	$(BIN)/aftersales demo --live
+	$(BIN)/aftersales demo --live --port $(PORT)
 
 demo: run
 
-## Lint, format check, type check, then the whole test suite. PostgreSQL tests run when
-## AFTERSALES_TEST_POSTGRES_URL is set (.ci/run sets it and requires them).
-test: $(STAMP) lint typecheck
+## Lint, format check, type check, `alembic check`, then the whole test suite. PostgreSQL tests
+## run when AFTERSALES_TEST_POSTGRES_URL is set (.ci/run sets it and requires them).
+test: $(STAMP) lint typecheck check-migrations
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -30,6 +32,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## `alembic upgrade head` then `alembic check` on a fresh SQLite database: the migrations build
+## exactly the tables persistence/tables.py declares.
+check-migrations: $(STAMP)
+	ALEMBIC=$(BIN)/alembic bash scripts/check-migrations.sh
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

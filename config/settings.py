@@ -47,6 +47,26 @@ class DatabaseSettings(BaseSettings):
     #: keeps 64 subtransactions per backend in shared memory and spills beyond that
     #: (https://www.postgresql.org/docs/current/subxacts.html).
     timer_batch: int = Field(default=50, ge=1, le=64, validation_alias="AFTERSALES_TIMER_BATCH")
+    #: PostgreSQL connections each process keeps in its pool, and how many more it may open
+    #: at a peak (closed again when returned). A process holds at most their sum; the server's
+    #: ``max_connections`` must exceed that sum over every process (docs/deploy.md, "Pool
+    #: sizing"). SQLAlchemy's defaults; SQLite ignores all four (one file, one writer).
+    pool_size: int = Field(
+        default=5, ge=1, le=1000, validation_alias="AFTERSALES_DATABASE_POOL_SIZE"
+    )
+    max_overflow: int = Field(
+        default=10, ge=0, le=1000, validation_alias="AFTERSALES_DATABASE_MAX_OVERFLOW"
+    )
+    #: Seconds a caller waits for a free connection when the process holds its maximum, then
+    #: fails ("QueuePool limit ... reached"): a sign the pool is too small for the concurrency.
+    pool_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, validation_alias="AFTERSALES_DATABASE_POOL_TIMEOUT_S"
+    )
+    #: A connection older than this many seconds is replaced when next checked out; 0: never.
+    #: Set it below the idle timeout of any proxy or firewall between the service and the server.
+    pool_recycle_s: int = Field(
+        default=0, ge=0, le=86_400, validation_alias="AFTERSALES_DATABASE_POOL_RECYCLE_S"
+    )
 
     @property
     def is_sqlite(self) -> bool:

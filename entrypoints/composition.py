@@ -3,14 +3,17 @@
 Every process builds from here: the CLI (``State`` in ``entrypoints/cli/common.py``), the HTTP
 API (``http_app``) and the Celery worker (``worker_app``, which the module Celery loads calls).
 ``load_settings`` is the one place ``Settings()`` reads the environment. Celery and FastAPI are
-imported by the functions that need them, so a CLI command that only reads never loads them.
+imported by the functions that need them, so a CLI command that only reads never loads them;
+Alembic (``persistence.migrate``) only when a function checks or migrates the schema.
 """
 
 from __future__ import annotations
 
 import logging
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -23,7 +26,6 @@ from config.errors import SetupError
 from config.policy import Policy, load_policy
 from config.settings import Settings
 from config.sources import Sources, load_sources
-from persistence import migrate
 from persistence.db import dispose_engine, make_engine
 from persistence.tokens import SqlTokenStore
 from persistence.unit_of_work import SqlUnitOfWorkFactory
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from celery import Celery
     from fastapi import FastAPI
 
+    from config.settings import DatabaseSettings
+    from persistence.db import PoolSizing
+    from persistence.migrate import Revision
     from tasks.kick import RelayKicker
     from tasks.resender import UnconfirmedEvents
     from tasks.runtime import Runtime
@@ -65,21 +70,22 @@ def build_service(
 
 
 def make_engine_for(settings: Settings) -> Engine:
-    """The process-wide engine of the configured database (one pool per URL)."""
-    return _engine(settings.database.url)
+    """The process-wide engine of the configured database (one pool per URL, sized by the
+    ``AFTERSALES_DATABASE_POOL_*`` settings)."""
+    return _engine(settings.database)
 
 
 def build_order_service(settings: Settings, service: CaseService) -> OrderService:
     """Orders of record (import, accounts) on the same database, clock and policy as
     ``service``."""
     return OrderService(
-        SqlUnitOfWorkFactory(_engine(settings.database.url)), service.clock, service.policy
+        SqlUnitOfWorkFactory(_engine(settings.database)), service.clock, service.policy
     )
 
 
 def build_event_service(settings: Settings, service: CaseService) -> EventService:
     """Inbound event ingestion on the same database and clock as ``service``."""
-    uow_factory = SqlUnitOfWorkFactory(_engine(settings.database.url))
+    uow_factory = SqlUnitOfWorkFactory(_engine(settings.database))
     return EventService(
         service,
         uow_factory,
@@ -234,17 +240,87 @@ def shared_clock(settings: Settings, now: datetime | None) -> Clock:
     return make_clock(now)
 
 
-def upgrade_database(settings: Settings) -> str:
-    """Apply every pending migration (``aftersales db upgrade``); returns the URL shown to users."""
+def upgrade_database(settings: Settings, revision: str = "head") -> str:
+    """Apply pending migrations up to ``revision`` (``aftersales db upgrade``); returns the URL
+    shown to users."""
+    from persistence import migrate
+
     url = settings.database.url
-    _engine(url)
+    _engine(settings.database)
+    with _schema_errors(url):
+        migrate.upgrade(url, revision)
+    return display_url(url)
+
+
+def downgrade_database(settings: Settings, revision: str) -> str:
+    """Undo migrations down to ``revision`` (``aftersales db downgrade``); returns the URL shown
+    to users."""
+    from persistence import migrate
+
+    url = settings.database.url
+    _engine(settings.database)
+    with _schema_errors(url):
+        migrate.downgrade(url, revision)
+    return display_url(url)
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands (``aftersales db current``)."""
+
+    database: str
+    #: None: no schema yet (an empty database).
+    revision: str | None
+    head: str | None
+    #: Migrations an upgrade would apply, oldest first.
+    pending: list[str]
+
+
+def schema_status(settings: Settings) -> SchemaStatus:
+    from persistence import migrate
+
+    url = settings.database.url
+    engine = _engine(settings.database)
+    with _schema_errors(url), engine.connect() as connection:
+        revision = migrate.current_revision(connection)
+    return SchemaStatus(
+        display_url(url), revision, migrate.head_revision(), migrate.pending(revision)
+    )
+
+
+def migration_history() -> list[Revision]:
+    """Every migration this version has, newest first (``aftersales db history``)."""
+    from persistence import migrate
+
+    return migrate.history()
+
+
+def schema_differences(settings: Settings) -> tuple[str, list[str]]:
+    """The shown URL, and what differs between the code's tables and the database's schema
+    (``aftersales db check``, as ``alembic check``)."""
+    from persistence import migrate
+
+    url = settings.database.url
+    _engine(settings.database)
+    with _schema_errors(url):
+        return display_url(url), migrate.differences(url)
+
+
+@contextmanager
+def _schema_errors(url: str) -> Iterator[None]:
+    """The errors of a schema command as one line each: a target alembic cannot reach is the
+    user's input (exit 2), a schema or database problem a setup error (exit 1)."""
+    from persistence import migrate
+    from workflow.errors import InvalidInput
+
     try:
-        migrate.upgrade(url)
+        yield
+    except migrate.RevisionError as error:
+        raise InvalidInput(f"{error} (see `aftersales db history`)") from None
     except migrate.SchemaError as error:
         raise SetupError(f"database {display_url(url)}: {error}") from None
     except SQLAlchemyError as error:
         raise _database_error(url, error) from None
-    return display_url(url)
 
 
 def recreate_embedded_database(settings: Settings) -> None:
@@ -275,7 +351,8 @@ def is_embedded(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _engine(url: str) -> Engine:
+def _engine(database: DatabaseSettings) -> Engine:
+    url = database.url
     try:
         make_url(url)
     except ArgumentError:
@@ -285,7 +362,7 @@ def _engine(url: str) -> Engine:
             "sqlite:////abs/path/aftersales.db or postgresql://user@host/dbname"
         ) from None
     try:
-        return make_engine(url)
+        return make_engine(url, pool_sizing(database))
     except (ArgumentError, ImportError) as error:
         raise SetupError(f"unusable database URL {display_url(url)}: {error}") from None
     except OSError as error:
@@ -293,7 +370,21 @@ def _engine(url: str) -> Engine:
         raise SetupError(f"database {display_url(url)}: {error.strerror or error}") from None
 
 
+def pool_sizing(database: DatabaseSettings) -> PoolSizing:
+    """The connection pool the settings ask for (``AFTERSALES_DATABASE_POOL_*``)."""
+    from persistence.db import PoolSizing
+
+    return PoolSizing(
+        size=database.pool_size,
+        max_overflow=database.max_overflow,
+        timeout_s=database.pool_timeout_s,
+        recycle_s=database.pool_recycle_s,
+    )
+
+
 def _prepare_schema(url: str, engine: Engine) -> None:
+    from persistence import migrate
+
     try:
         if is_embedded(url):
             migrate.ensure_schema(url)

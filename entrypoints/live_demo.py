@@ -1,7 +1,8 @@
 """The live demo (``aftersales demo --live``, ``make run``): the real service moving cases.
 
 It starts ``aftersales run`` (worker and beat on the embedded broker and SQLite, files in
-``var/demo-live/``) and then does only what the outside world does: buyers submit, merchants,
+``var/demo-live/``, the HTTP API on ``127.0.0.1:8000`` or ``--port``; a port already taken stops
+it before anything starts) and then does only what the outside world does: buyers submit, merchants,
 buyers and the carrier send events through the broker, and time passes on the shared clock file.
 The screen follows the cases from the database. Pauses are for people, on a terminal only.
 """
@@ -14,6 +15,7 @@ import re
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,7 +45,7 @@ from entrypoints.demo import (
     summary_table,
 )
 from entrypoints.live_worker import SWEEP_S, DemoFailed, prepare, settings_for, start_worker
-from entrypoints.processes import ChildProcess, wait_until
+from entrypoints.processes import ChildProcess, listen_refusal, wait_until
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from tasks.producer import INGEST_TASK, make_envelope
@@ -55,6 +57,12 @@ from workflow.states import CaseState
 
 #: The demo's folder, relative to the directory it runs in; deleted and recreated on each run.
 DEMO_DIR = Path("var") / "demo-live"
+#: Where ``aftersales run`` serves the API during the demo (``aftersales serve``'s defaults).
+API_HOST, API_PORT = "127.0.0.1", 8000
+#: Straight to the API on this host, whatever proxy ``http_proxy`` names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+#: What uvicorn logs when it cannot listen (the port was taken after our own check).
+_BIND_FAILED = re.compile(r"error while attempting to bind on address .*")
 #: Upper bounds of the waits; a healthy run needs a small fraction of each.
 READY_TIMEOUT_S, STEP_TIMEOUT_S, STOP_GRACE_S = 90.0, 30.0, 20.0
 POLL_S = 0.1
@@ -96,8 +104,10 @@ class Sample:
 class LiveDemo:
     """Drives the running worker as the outside world would and shows what it does."""
 
-    def __init__(self, folder: Path, worker: ChildProcess, console: Console | None) -> None:
-        self.folder, self.worker, self.console = folder, worker, console
+    def __init__(
+        self, folder: Path, worker: ChildProcess, console: Console | None, api_url: str
+    ) -> None:
+        self.folder, self.worker, self.console, self.api_url = folder, worker, console, api_url
         self.pace = TERMINAL_PACE_S if console is not None and console.is_terminal else 0.0
         self.settings = settings_for(folder)
         self.clock = FileClock(str(folder / "clock"))
@@ -310,6 +320,24 @@ class LiveDemo:
             f"worker ready: it consumes the embedded broker, beat sweeps timers every {SWEEP_S} s,"
             f" and every process reads the clock from {self.folder / 'clock'}"
         )
+        self.wait("the API to answer /healthz", self.api_answers, READY_TIMEOUT_S)
+        self.print(f"[bold]API listening on {self.api_url}[/] until the demo ends (docs: /docs)")
+        self.aside(
+            f"a token for it: AFTERSALES_DATABASE_URL={self.settings.database.url} "
+            "aftersales tokens create --role admin",
+            style="dim",
+        )
+
+    def api_answers(self) -> bool:
+        """The API's liveness answers; ``DemoFailed`` at once if uvicorn could not listen."""
+        failed = _BIND_FAILED.search(self.worker.output())
+        if failed is not None:
+            raise DemoFailed(f"the API could not start: {failed[0]}; {_PORT_ADVICE}")
+        try:
+            with _DIRECT.open(f"{self.api_url}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def reference(self, sample: Sample) -> str:
         refunds = [r for r in self.service.history(sample.case_id) if r.trigger == "confirm_refund"]
@@ -525,17 +553,35 @@ class LiveDemo:
         late.note = f"rule {late.refusal.rule}" if late.refusal else ""
 
 
-def run(folder: Path = DEMO_DIR, console: Console | None = None) -> dict[str, Any]:
-    """Play the live demo in ``folder``; print it if ``console``; its JSON. The worker is always
-    stopped."""
+_PORT_ADVICE = (
+    "stop what listens there (another `make run`? `ss -ltnp` names it), or choose another port: "
+    "`make run PORT=8001` (`aftersales demo --live --port 8001`)"
+)
+
+
+def check_api_port(port: int) -> None:
+    """Refuse to start when the API's port is taken: the demo's API would be missing, and only
+    the worker's log would say so."""
+    refusal = listen_refusal(API_HOST, port)
+    if refusal is not None:
+        raise DemoFailed(f"cannot serve the API on {API_HOST}:{port}: {refusal}; {_PORT_ADVICE}")
+
+
+def run(
+    folder: Path = DEMO_DIR, console: Console | None = None, api_port: int = API_PORT
+) -> dict[str, Any]:
+    """Play the live demo in ``folder`` with the API on ``api_port``; print it if ``console``;
+    its JSON. Nothing starts if the port is taken; once started, the worker is always stopped."""
     started = time.monotonic()
+    check_api_port(api_port)  # before ``prepare`` wipes the previous run's folder
     folder = prepare(folder)
-    worker = start_worker(folder)
+    worker = start_worker(folder, api_port)
+    api_url = f"http://{API_HOST}:{api_port}"
     pid_file = folder / "worker.pid"
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         pid_file.write_text(f"{worker.start().pid}\n")
-        demo = LiveDemo(folder, worker, console)
+        demo = LiveDemo(folder, worker, console, api_url)
         outcomes = demo.play()
     except DemoFailed:
         # Beat's ticks would drown everything else.
@@ -564,5 +610,6 @@ def run(folder: Path = DEMO_DIR, console: Console | None = None) -> dict[str, An
             "stopped_by": worker.stopped_by,
         },
         "folder": str(folder),
+        "api": api_url,
         "seconds": round(time.monotonic() - started, 1),
     }

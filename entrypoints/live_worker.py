@@ -45,9 +45,10 @@ def settings_for(folder: Path) -> Settings:
     )
 
 
-def start_worker(folder: Path) -> ChildProcess:
-    """``aftersales run`` with our environment less any ``AFTERSALES_*``, plus the settings above.
-    The fakes keep their defaults: they answer at once and never fail (the happy paths)."""
+def start_worker(folder: Path, api_port: int) -> ChildProcess:
+    """``aftersales run`` with our environment less any ``AFTERSALES_*``, plus the settings above,
+    serving the API on ``127.0.0.1:api_port``. The fakes keep their defaults: they answer at
+    once and never fail (the happy paths)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
     settings = settings_for(folder)
     env |= {
@@ -60,7 +61,7 @@ def start_worker(folder: Path) -> ChildProcess:
     }
     script = Path(sys.executable).with_name("aftersales")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
-    command += ["run", "--concurrency", "2", "--loglevel", "INFO"]
+    command += ["run", "--concurrency", "2", "--loglevel", "INFO", "--port", str(api_port)]
     return ChildProcess(command, folder / "worker.log", env=env, die_with_parent=True)
 
 

@@ -2,7 +2,8 @@
 
 ``ChildProcess`` starts a command in a session of its own with its output in a log file, waits
 until it is ready (a log line, a port that answers, any condition), stops it (SIGTERM, then
-SIGKILL to its whole group) and reads its output. ``free_port`` finds a port nobody holds.
+SIGKILL to its whole group) and reads its output. ``free_port`` finds a port nobody holds;
+``listen_refusal`` says why a server could not listen on a port, before starting one.
 Shared by the live demo, the worker tests and the benchmarks.
 """
 
@@ -47,6 +48,20 @@ def free_port(first: int | None = None, last: int | None = None) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {first}..{last}")
+
+
+def listen_refusal(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now ("address already in use",
+    "permission denied"), or None when it could. Binds the way uvicorn does (``SO_REUSEADDR``:
+    a port whose last connections are closing is free, one with a listener is not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return (error.strerror or str(error)).lower()
+    return None
 
 
 def port_answers(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,12 +1,14 @@
 """Engines for the two supported backends: an embedded SQLite file and PostgreSQL.
 
-One engine per database URL per process (pools are per engine, so sharing matters).
+One engine per database URL per process (pools are per engine, so sharing matters). A PostgreSQL
+engine's pool is sized by ``PoolSizing`` (``AFTERSALES_DATABASE_POOL_*``, docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,26 @@ from persistence.types import json_text, json_value
 #: How long a SQLite writer waits for the lock before giving up (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+
+@dataclass(frozen=True)
+class PoolSizing:
+    """The connection pool of one process's PostgreSQL engine (SQLAlchemy's ``QueuePool``).
+
+    A process holds at most ``size + max_overflow`` connections; a caller that finds them all
+    checked out waits ``timeout_s`` and then fails. ``recycle_s`` replaces a connection that old
+    when it is next checked out (0: never), for proxies and firewalls that cut idle connections.
+    The defaults are SQLAlchemy's own.
+    """
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout_s: float = 30.0
+    recycle_s: int = 0
+
+
 _engines: dict[str, Engine] = {}
+#: The sizing each engine of ``_engines`` was built with, by the same key.
+_sizings: dict[str, PoolSizing] = {}
 _engines_lock = threading.Lock()
 
 
@@ -55,15 +76,27 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL) -> Engine:
-    """The process-wide engine for ``url``, created on first use."""
+def make_engine(url: str | URL, pool: PoolSizing | None = None) -> Engine:
+    """The process-wide engine for ``url``, created on first use.
+
+    ``pool`` sizes a PostgreSQL engine's pool when this call creates it (None: the defaults).
+    Asking an existing engine for another sizing is a wiring mistake, not something to ignore:
+    the composition root builds the engine first, everything else uses it as it is.
+    """
     parsed = normalize_url(url)
     key = parsed.render_as_string(hide_password=False)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _create(parsed)
+            sizing = pool or PoolSizing()
+            engine = _create(parsed, sizing)
             _engines[key] = engine
+            _sizings[key] = sizing
+        elif pool is not None and pool != _sizings[key]:
+            raise ValueError(
+                f"the engine of {parsed.render_as_string(hide_password=True)} was built with "
+                f"{_sizings[key]}, not {pool}; build it with its sizing before anything uses it"
+            )
         return engine
 
 
@@ -72,19 +105,20 @@ def dispose_engine(url: str | URL) -> None:
     key = normalize_url(url).render_as_string(hide_password=False)
     with _engines_lock:
         engine = _engines.pop(key, None)
+        _sizings.pop(key, None)
     if engine is not None:
         engine.dispose()
 
 
-def _create(url: URL) -> Engine:
+def _create(url: URL, pool: PoolSizing) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _create_sqlite(url)
     if url.get_backend_name() == "postgresql":
-        return _create_postgresql(url)
+        return _create_postgresql(url, pool)
     return sa.create_engine(url)
 
 
-def _create_postgresql(url: URL) -> Engine:
+def _create_postgresql(url: URL, pool: PoolSizing) -> Engine:
     # Workers keep connections for hours; a server restart must not surface as errors. The unit
     # of work (persistence/checkout.py ``Checkout``) runs its first statement again on a fresh
     # connection when the server dropped the pooled one, which costs nothing while the server is
@@ -92,7 +126,13 @@ def _create_postgresql(url: URL) -> Engine:
     # engine (tokens, readings, health) goes through ``Connection``, and keeps a ping per
     # connection: the pessimistic recipe of SQLAlchemy's pooling docs
     # (https://docs.sqlalchemy.org/en/20/core/pooling.html#disconnect-handling-pessimistic).
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(
+        url,
+        pool_size=pool.size,
+        max_overflow=pool.max_overflow,
+        pool_timeout=pool.timeout_s,
+        pool_recycle=pool.recycle_s or -1,  # SQLAlchemy's "never"
+    )
     event.listen(engine, "engine_connect", _ping)
     return engine
 

@@ -51,6 +51,14 @@ def demo(
             "`case submit`.",
         ),
     ] = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="With --live: the port of the API that `aftersales run` serves on 127.0.0.1.",
+        ),
+    ] = 8000,
     json_output: JsonFlag = False,
 ) -> None:
     """Run the demo: sample cases of every type moving through their states."""
@@ -61,7 +69,7 @@ def demo(
     if live:
         if db is not None:
             raise InputError("usage", "--db is for the scripted demo; --live uses var/demo-live/")
-        _demo_live(state)
+        _demo_live(state, port)
         return
     from entrypoints import demo as demo_script
 
@@ -86,11 +94,12 @@ def _write_samples(state: State, folder: Path) -> None:
         new_console().print(f"wrote {path}")
 
 
-def _demo_live(state: State) -> None:
+def _demo_live(state: State, port: int) -> None:
     from entrypoints import live_demo, live_worker
 
     try:
-        result = live_demo.run(live_demo.DEMO_DIR, console=None if state.json else new_console())
+        console = None if state.json else new_console()
+        result = live_demo.run(live_demo.DEMO_DIR, console, api_port=port)
     except live_worker.DemoFailed as error:
         print_error("demo_failed", str(error), {}, state.json)
         raise typer.Exit(EXIT_OTHER) from None

@@ -23,6 +23,7 @@ from adapters.fake_gateways import build_fake_gateways
 from config.settings import DatabaseSettings, FakeGatewaySettings, Settings, sqlite_url
 from entrypoints import composition
 from entrypoints.demo import START
+from entrypoints.processes import free_port
 from workflow.clock import FakeClock
 from workflow.model import RefundRoute
 
@@ -84,12 +85,13 @@ def _kill_leftover_worker(folder: Path) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _run_live_demo(cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+def _run_live_demo(cwd: Path, port: int) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")}
     env.update({"NO_COLOR": "1", "TERM": "dumb"})
     started = time.monotonic()
     process = subprocess.Popen(
-        [*_command(), "demo", "--live", "--json"],
+        # A port of its own: 8000 may be taken by a developer's `make run` or another test.
+        [*_command(), "demo", "--live", "--json", "--port", str(port)],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -115,12 +117,14 @@ def _run_live_demo(cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_live_demo_moves_every_sample_case_through_the_running_service(tmp_path: Path) -> None:
     # when the live demo runs in a fresh directory
-    done, elapsed = _run_live_demo(tmp_path)
+    port = free_port()
+    done, elapsed = _run_live_demo(tmp_path, port)
 
     # then it ends well, within the budget
     assert done.returncode == 0, done.stderr[-5000:]
     assert elapsed < BUDGET_S, f"took {elapsed:.0f} s"
     result: dict[str, Any] = json.loads(done.stdout)
+    assert result["api"] == f"http://127.0.0.1:{port}"  # it answered /healthz during the run
     outcomes = result["outcomes"]
     assert [(o["type"], o["final_state"], o["refund_amount"]) for o in outcomes] == EXPECTED
     assert outcomes[-1]["case_id"] is None

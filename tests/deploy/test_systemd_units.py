@@ -1,0 +1,108 @@
+"""deploy/systemd: every unit passes ``systemd-analyze verify`` (where systemd is installed),
+restarts by itself, reads the shared environment file, and runs a command our CLI accepts."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .support import DEPLOY, accepted_by_cli, exec_argv, which
+
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+INSTALLED_BIN = "/opt/aftersales/bin/"
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(path, encoding="utf-8")
+    return parser
+
+
+def test_the_deployment_has_its_four_units() -> None:
+    assert [path.name for path in UNITS] == [
+        "aftersales-api.service",
+        "aftersales-beat.service",
+        "aftersales-flower.service",
+        "aftersales-worker@.service",
+    ]
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
+def test_systemd_analyze_verify_finds_nothing(path: Path, tmp_path: Path) -> None:
+    analyze = which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here (Debian: apt-get install systemd)")
+    # verify also checks that ExecStart's program exists: stand-ins for the installed
+    # virtualenv's scripts, the rest of each unit unchanged.
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name in ("aftersales", "celery"):
+        (stand_ins / name).write_text("#!/bin/sh\n")
+        (stand_ins / name).chmod(0o755)
+    copy = tmp_path / path.name
+    copy.write_text(path.read_text(encoding="utf-8").replace(INSTALLED_BIN, f"{stand_ins}/"))
+
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    # Unknown keys and bad values are only warnings (exit 0): any output is a finding.
+    assert done.returncode == 0, done.stderr
+    assert done.stdout + done.stderr == ""
+
+
+def test_verify_reports_a_misspelt_key(tmp_path: Path) -> None:
+    analyze = which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here (Debian: apt-get install systemd)")
+    broken = tmp_path / "broken.service"
+    broken.write_text(f"[Service]\nExecStart={shutil.which('true')}\nRestartt=always\n")
+
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", str(broken)], capture_output=True, text=True, timeout=60
+    )
+
+    assert "Unknown key 'Restartt'" in done.stderr
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
+def test_restarts_and_reads_the_shared_environment_file(path: Path) -> None:
+    service = unit(path)["Service"]
+    assert service["Restart"] in ("always", "on-failure")
+    assert service["RestartSec"]
+    assert service["User"] == "aftersales"
+    with path.open(encoding="utf-8") as lines:
+        environment_files = [
+            line.split("=", 1)[1].strip() for line in lines if line.startswith("EnvironmentFile=")
+        ]
+    assert environment_files[0] == "/etc/aftersales/aftersales.env"
+
+
+def test_beat_is_a_single_unit_and_workers_a_template() -> None:
+    names = {path.name for path in UNITS}
+    assert "aftersales-beat.service" in names and "aftersales-beat@.service" not in names
+    assert "aftersales-worker@.service" in names
+
+
+@pytest.mark.parametrize(
+    "name", ["aftersales-api.service", "aftersales-beat.service", "aftersales-worker@.service"]
+)
+def test_the_command_is_one_the_cli_accepts(name: str) -> None:
+    argv = exec_argv(unit(DEPLOY / "systemd" / name)["Service"]["ExecStart"])
+    assert argv[0] == f"{INSTALLED_BIN}aftersales"
+    arguments = [part.replace("%i", "1").replace("%H", "host") for part in argv[1:]]
+    if arguments[0] == "worker" and "--hostname" in arguments:
+        from entrypoints.cli import workers
+
+        if "hostname" not in workers.worker.__code__.co_varnames:
+            pytest.skip("`aftersales worker --hostname` comes with issue 14 item 1 (i14-obs)")
+    accepted_by_cli(arguments)
