@@ -5,7 +5,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run demo test lint typecheck check-migrations unit format clean lock
 
-$(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap-venv.sh \
+		entrypoints/http/console/vendor/package-lock.json
 	@bash scripts/bootstrap-venv.sh
 
 install: $(STAMP)

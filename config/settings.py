@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The embedded database, relative to the directory the command runs in.
@@ -151,6 +151,11 @@ class ApiSettings(BaseSettings):
     metrics_cache_seconds: float = Field(default=5.0, ge=0)
     #: Seconds each ``/readyz`` check may take before it counts as failed.
     readiness_timeout_seconds: float = Field(default=3.0, gt=0)
+    #: Hours a console sign-in lasts (the session cookie's expiry).
+    console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    #: Key that signs console session cookies and CSRF tokens; give every API process the same
+    #: one (32+ random bytes). Unset: a random key per process, so sign-ins end at a restart.
+    console_secret: SecretStr | None = None
 
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -85,7 +85,11 @@ class SqlTokenStore:
 
     def authenticate(self, secret: str) -> ApiToken | None:
         """The live token whose secret this is, or None (unknown or revoked)."""
-        statement = sa.select(api_tokens).where(api_tokens.c.token_hash == hash_secret(secret))
+        return self.authenticate_hash(hash_secret(secret))
+
+    def authenticate_hash(self, token_hash: str) -> ApiToken | None:
+        """As ``authenticate``, from the secret's hash (a console session keeps only that)."""
+        statement = sa.select(api_tokens).where(api_tokens.c.token_hash == token_hash)
         with self._engine.connect() as connection:
             row = connection.execute(statement).first()
         if row is None or row.revoked_at is not None:

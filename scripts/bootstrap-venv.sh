@@ -40,4 +40,7 @@ fi
 "$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
 # setuptools and wheel come from the lock too, so the build needs nothing unpinned.
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+# The console's browser files (htmx, mermaid, Swagger UI, ReDoc) at the versions and hashes of
+# entrypoints/http/console/vendor/package-lock.json, from the npm registry, once.
+"$VENV/bin/python" scripts/fetch_console_assets.py
 touch "$VENV/.installed"

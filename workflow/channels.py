@@ -24,3 +24,8 @@ def api_token(token_id: int | None) -> str:
 def event(source: str, event_id: str) -> str:
     """An inbound event of ``source`` (``sf-express``) with its id."""
     return f"event {source}/{event_id}"
+
+
+def console(token_id: int | None) -> str:
+    """A form of the operations console, signed in with this bearer token."""
+    return f"console token #{token_id}"

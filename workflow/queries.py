@@ -263,4 +263,3 @@ class MerchantFigures:
 REVIEW_TRIGGERS: frozenset[str] = frozenset(
     {"approve", "reject", "auto_approve", "escalate", "force_close", "force_refund"}
 )
-

@@ -15,6 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 
 from entrypoints.http import cases, events, ops, orders, problems, stats
+from entrypoints.http.console.mount import install_console
 from entrypoints.http.context import ApiContext
 from entrypoints.http.metrics import ApiMetrics
 from entrypoints.http.middleware import BodyGuard, Observe
@@ -57,7 +58,10 @@ def create_app(
     app.state.api = context
     app.state.relay_kicker = relay_kicker
     app.state.metrics = metrics
-    app.add_middleware(BodyGuard, max_body_bytes=context.settings.max_body_bytes)
+    install_console(app, context.settings)
+    app.add_middleware(
+        BodyGuard, max_body_bytes=context.settings.max_body_bytes, form_prefixes=("/console/",)
+    )
     app.add_middleware(Observe, record=metrics.record)
     return app
 
@@ -90,7 +94,8 @@ def _build() -> FastAPI:
         version=_version(),
         description=DESCRIPTION,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        # Served by the console with local files (entrypoints/http/console/api_docs.py).
+        docs_url=None,
         redoc_url=None,
     )
     problems.install(app)

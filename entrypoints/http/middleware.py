@@ -90,9 +90,14 @@ def parse_body(body: bytes, content_type: str) -> Any:
 
 
 class BodyGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, form_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        #: Paths whose bodies are HTML forms, not JSON (the console): only the size is checked
+        #: here; their routes parse and check the form.
+        self.form_prefixes = form_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
@@ -124,7 +129,7 @@ class BodyGuard:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
-        if body:
+        if body and not str(path).startswith(self.form_prefixes):
             try:
                 parse_body(body, headers.get("content-type", ""))
             except _Refused as refused:

@@ -34,6 +34,7 @@ DOCUMENTED = [
     ("AFTERSALES_API_IDEMPOTENCY_HOURS", "1", ("api", "idempotency_hours"), 1.0),
     ("AFTERSALES_API_METRICS_CACHE_SECONDS", "0", ("api", "metrics_cache_seconds"), 0.0),
     ("AFTERSALES_API_READINESS_TIMEOUT_SECONDS", "1", ("api", "readiness_timeout_seconds"), 1.0),
+    ("AFTERSALES_API_CONSOLE_SESSION_HOURS", "1", ("api", "console_session_hours"), 1.0),
     ("AFTERSALES_FAKE_SEED", "3", ("fakes", "seed"), 3),
     ("AFTERSALES_FAKE_LEDGER_URL", "sqlite:///f.db", ("fakes", "ledger_url"), "sqlite:///f.db"),
     ("AFTERSALES_FAKE_PAYMENT_FAILURE_RATE", "0.25", ("fakes", "payment_failure_rate"), 0.25),
