@@ -280,7 +280,7 @@ def test_idempotency_key_reused_for_another_request_is_422(api: Api) -> None:
     assert api.client.post("/cases", json=app, headers=headers).status_code == 201
     other_app = api.import_order(application(order_id="o-2"))
     other = api.client.post("/cases", json=other_app, headers=headers)
-    problem(other, 422, "idempotency-key-reused")
+    problem(other, 409, "idempotency-key-reused")
 
 
 def test_idempotency_keys_belong_to_their_token(api: Api) -> None:
@@ -338,6 +338,6 @@ def test_admin_extends_the_deadline_with_a_reason(api: Api) -> None:
     )
     problem(stale, 412, "precondition-failed")
     neither = api.client.post(path, json=ADMIN_REASON, headers=api.auth("admin"))
-    assert problem(neither, 422, "invalid-input")["field"] == "data"
+    assert problem(neither, 422, "invalid-input")["field"] == "body"
     no_reason = api.client.post(path, json={"hours": 1}, headers=api.auth("admin"))
     assert problem(no_reason, 422, "invalid-input")["field"] == "body.reason"
