@@ -140,6 +140,19 @@ def test_a_category_the_policy_does_not_know_refuses_the_batch(api: Api) -> None
     problem(api.client.get("/orders/o-8", headers=api.auth("admin")), 404, "not-found")
 
 
+@pytest.mark.parametrize("field", ["delivered_at", "paid_at"])
+def test_a_time_given_as_a_number_is_refused(api: Api, field: str) -> None:
+    # given an order whose time is a number (pydantic would have read it as 1970 + seconds)
+    document = order()
+    if field == "paid_at":
+        document["payment"]["paid_at"] = 0
+    else:
+        document["delivered_at"] = 0
+    # when it is imported, then the batch is refused naming the field
+    response = api.client.post("/orders", json=[document], headers=api.auth("admin"))
+    assert problem(response, 422, "invalid-input")["field"].endswith(field)
+
+
 @pytest.mark.parametrize("body", [{}, [], "o-7", None], ids=["object", "empty", "text", "null"])
 def test_a_body_that_is_not_a_batch_is_refused(api: Api, body: Any) -> None:
     response = api.client.post("/orders", json=body, headers=api.auth("admin"))
