@@ -176,6 +176,7 @@ def _document(app: FastAPI, vocabulary: Vocabulary) -> dict[str, Any]:
     schemas.update(order.pop("$defs", {}))
     schemas["OrderOfRecord"] = {**order, "title": "OrderOfRecord"}
     _declare_vocabulary(schemas, vocabulary)
+    _no_nul_characters(schemas)
     # FastAPI's own validation error shapes are never sent: errors are Problems.
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
@@ -204,6 +205,27 @@ def _declare_vocabulary(schemas: dict[str, Any], vocabulary: Vocabulary) -> None
     }
     hours = vocabulary.max_deadline_extension.total_seconds() / 3600
     schemas["ExtendIn"]["properties"]["hours"]["maximum"] = hours
+
+
+#: Text without NUL characters, which the body guard refuses (PostgreSQL cannot store them).
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _no_nul_characters(schemas: dict[str, Any]) -> None:
+    """Every free text (a string without a pattern, enum or format of its own) declares that
+    it has no NUL character, so a client (or a fuzzer) knows it before the 422."""
+    stack: list[Any] = list(schemas.values())
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        free = not {"pattern", "enum", "format", "const"} & node.keys()
+        if node.get("type") == "string" and free:
+            node["pattern"] = NO_NUL
+        stack.extend(value for key, value in node.items() if key not in ("enum", "examples"))
 
 
 def openapi_document() -> dict[str, Any]:

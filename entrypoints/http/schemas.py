@@ -20,7 +20,10 @@ from workflow.states import CaseState, CaseType
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+#: Some text that is not only blanks (it is stripped), and without NUL characters.
+Reason = Annotated[
+    str, Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
 
 
 class _Out(BaseModel):
