@@ -17,6 +17,9 @@ from entrypoints.http.scopes import TokenRole, parse_scope
 from persistence.tokens import ApiToken, SqlTokenStore
 from workflow.errors import InvalidInput, NotFound
 
+#: The largest id the databases store (BIGINT): a larger one is a usage error, not a crash.
+MAX_ID = 2**63 - 1
+
 tokens_app = typer.Typer(
     no_args_is_help=True, help="Bearer tokens of the HTTP API: create, list, revoke."
 )
@@ -153,7 +156,9 @@ def tokens_list(
 @tokens_app.command("revoke")
 def tokens_revoke(
     ctx: typer.Context,
-    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")],
+    token_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="The token's id.")
+    ],
     json_output: JsonFlag = False,
 ) -> None:
     """Revoke a token: its next request gets 401."""

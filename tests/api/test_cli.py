@@ -93,6 +93,16 @@ def test_tokens_revoke_unknown_is_not_found(env: dict[str, str]) -> None:
     assert json.loads(err)["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("token_id", ["0", str(2**63), "99999999999999999999"])
+def test_tokens_revoke_an_id_the_database_cannot_hold_is_a_usage_error(
+    env: dict[str, str], token_id: str
+) -> None:
+    # before: 2**63 and above ended in an OverflowError traceback
+    code, _, err = invoke("tokens", "revoke", token_id)
+    assert code == 2
+    assert "Traceback" not in err
+
+
 def test_tokens_expire_when_asked_and_the_list_shows_expiry_and_last_use(
     env: dict[str, str],
 ) -> None:
