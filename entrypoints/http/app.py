@@ -176,11 +176,11 @@ def _document(app: FastAPI, vocabulary: Vocabulary) -> dict[str, Any]:
     schemas.update(order.pop("$defs", {}))
     schemas["OrderOfRecord"] = {**order, "title": "OrderOfRecord"}
     _declare_vocabulary(schemas, vocabulary)
-    _no_nul_characters(schemas)
     # FastAPI's own validation error shapes are never sent: errors are Problems.
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     document["components"]["schemas"] = dict(sorted(schemas.items()))
+    _no_nul_characters(document)
     return document
 
 
@@ -211,16 +211,32 @@ def _declare_vocabulary(schemas: dict[str, Any], vocabulary: Vocabulary) -> None
 NO_NUL = "^[^\\u0000]*$"
 
 
-def _no_nul_characters(schemas: dict[str, Any]) -> None:
-    """Every free text (a string without a pattern, enum or format of its own) declares that
-    it has no NUL character, so a client (or a fuzzer) knows it before the 422."""
-    stack: list[Any] = list(schemas.values())
+def _no_nul_characters(document: dict[str, Any]) -> None:
+    """Every free text of a request body (a string without a pattern, enum or format of its
+    own) declares that it has no NUL character, so a client (or a fuzzer) knows it before the
+    422. Responses are left alone: a problem may quote what the client sent."""
+    schemas = document["components"]["schemas"]
+    bodies = [
+        operation["requestBody"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if "requestBody" in operation
+    ]
+    stack: list[Any] = bodies
+    seen: set[str] = set()
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
             continue
         if not isinstance(node, dict):
+            continue
+        reference = node.get("$ref")
+        if isinstance(reference, str):
+            name = reference.rsplit("/", 1)[-1]
+            if name not in seen:
+                seen.add(name)
+                stack.append(schemas[name])
             continue
         free = not {"pattern", "enum", "format", "const"} & node.keys()
         if node.get("type") == "string" and free:
