@@ -8,11 +8,15 @@ as docs/ list them. Nothing is read at import time: the composition root
 
 from __future__ import annotations
 
+from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from config.durations import parse_duration
 
 #: The embedded database, relative to the directory the command runs in.
 DEFAULT_DATABASE_FILE = Path("var") / "aftersales.db"
@@ -131,6 +135,24 @@ class WorkerSettings(BaseSettings):
     ping_dir: Path | None = None
 
 
+def _duration(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+#: A duration from the environment as ``30d``, ``12h``... (or seconds as a number).
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _networks(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [part for part in value.replace(",", " ").split() if part]
+    return [ip_network(part, strict=False) if isinstance(part, str) else part for part in value]
+
+
+#: Addresses and networks, from the environment as ``10.0.0.0/8, 127.0.0.1``.
+Networks = Annotated[list[IPv4Network | IPv6Network], NoDecode, BeforeValidator(_networks)]
+
+
 class ApiSettings(BaseSettings):
     model_config = _section("AFTERSALES_API_")
 
@@ -156,6 +178,10 @@ class ApiSettings(BaseSettings):
     #: Key that signs console session cookies and CSRF tokens; give every API process the same
     #: one (32+ random bytes). Unset: a random key per process, so sign-ins end at a restart.
     console_secret: SecretStr | None = None
+    #: The reverse proxies whose ``X-Forwarded-For`` is believed (addresses or networks). The
+    #: client address is what the nearest untrusted hop says; it keys the limit on failed
+    #: authentications. Empty (the default): no header is believed, the peer is the client.
+    trusted_proxies: Networks = Field(default_factory=list)
 
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -258,6 +284,9 @@ class Settings(BaseSettings):
     sources_file: Path | None = None
     #: Simulation only: a file holding the "now" every process reads (workflow.clock.FileClock).
     clock_file: Path | None = None
+    #: How far an admin may move a case's deadline in one extension (``30d``, ``72h``), past
+    #: the deadline it replaces; the CLI and the API apply the same rule.
+    max_deadline_extension: Duration = Field(default=timedelta(days=30), gt=timedelta(0))
 
     @model_validator(mode="after")
     def _unacked_window_fits(self) -> Self:

@@ -65,7 +65,12 @@ def build_service(
     engine = make_engine_for(settings)
     _prepare_schema(settings.database.url, engine)
     return CaseService(
-        SqlUnitOfWorkFactory(engine), clock, policy, outbox_written, settings.database.timer_batch
+        SqlUnitOfWorkFactory(engine),
+        clock,
+        policy,
+        outbox_written,
+        settings.database.timer_batch,
+        settings.max_deadline_extension,
     )
 
 

@@ -338,6 +338,10 @@ class ApiTokenRow(SQLModel, table=True):
     name: str | None = None
     created_at: datetime = _time("created_at")
     revoked_at: datetime | None = _time("revoked_at", nullable=True)
+    #: From then on the token answers 401 (``tokens create --expires-in``); null: never.
+    expires_at: datetime | None = _time("expires_at", nullable=True)
+    #: When a request last authenticated with it, to the minute (written at most once a minute).
+    last_used_at: datetime | None = _time("last_used_at", nullable=True)
 
 
 class ApiIdempotencyRow(SQLModel, table=True):

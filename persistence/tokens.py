@@ -22,6 +22,9 @@ from persistence.tables import api_idempotency, api_tokens
 
 #: Every secret starts with this, so a token found in a log or a repository is recognisable.
 TOKEN_PREFIX = "ast_"
+#: ``last_used_at`` is written when it is older than this, so a busy token costs one write a
+#: minute, not one per request (and "last used" is exact to the minute).
+LAST_USE_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_secret(secret: str) -> str:
@@ -42,11 +45,18 @@ class ApiToken:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None = None
+    #: None: the token never expires.
+    expires_at: datetime | None = None
+    #: When a request last authenticated with it (to ``LAST_USE_RESOLUTION``); None: never.
+    last_used_at: datetime | None = None
 
     @property
     def scope(self) -> str:
         """``merchant:m1``, ``producer:sf-express``, ``admin``: as given to ``tokens create``."""
         return f"{self.role}:{self.subject}" if self.subject else self.role
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 def _token(row: Any) -> ApiToken:
@@ -57,6 +67,8 @@ def _token(row: Any) -> ApiToken:
         name=row.name,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        expires_at=row.expires_at,
+        last_used_at=row.last_used_at,
     )
 
 
@@ -65,7 +77,12 @@ class SqlTokenStore:
         self._engine = engine
 
     def create(
-        self, role: str, subject: str | None, name: str | None, now: datetime
+        self,
+        role: str,
+        subject: str | None,
+        name: str | None,
+        now: datetime,
+        expires_at: datetime | None = None,
     ) -> tuple[ApiToken, str]:
         """A new token and its secret (the only time the secret exists outside the caller)."""
         secret = new_secret()
@@ -75,16 +92,18 @@ class SqlTokenStore:
             "subject": subject,
             "name": name,
             "created_at": now,
+            "expires_at": expires_at,
         }
         with self._engine.begin() as connection:
             result = connection.execute(
                 sa.insert(api_tokens).values(**values).returning(api_tokens.c.id)
             )
             token_id = int(result.scalar_one())
-        return ApiToken(token_id, role, subject, name, now), secret
+        return ApiToken(token_id, role, subject, name, now, expires_at=expires_at), secret
 
     def authenticate(self, secret: str) -> ApiToken | None:
-        """The live token whose secret this is, or None (unknown or revoked)."""
+        """The unrevoked token whose secret this is, or None (unknown or revoked). Whether it
+        has expired is the caller's to check, with its clock (``ApiToken.expired``)."""
         return self.authenticate_hash(hash_secret(secret))
 
     def authenticate_hash(self, token_hash: str) -> ApiToken | None:
@@ -95,6 +114,25 @@ class SqlTokenStore:
         if row is None or row.revoked_at is not None:
             return None
         return _token(row)
+
+    def record_use(self, token: ApiToken, now: datetime) -> bool:
+        """Note that ``token`` was used at ``now``, unless it was noted less than
+        ``LAST_USE_RESOLUTION`` ago (as read with the token: no extra query then). Returns
+        whether it wrote. Concurrent requests, here or in other processes, write once: the
+        condition is checked again by the UPDATE itself."""
+        if token.last_used_at is not None and now - token.last_used_at < LAST_USE_RESOLUTION:
+            return False
+        stale = sa.or_(
+            api_tokens.c.last_used_at.is_(None),
+            api_tokens.c.last_used_at <= now - LAST_USE_RESOLUTION,
+        )
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                sa.update(api_tokens)
+                .where(api_tokens.c.id == token.id, stale)
+                .values(last_used_at=now)
+            )
+        return bool(result.rowcount)
 
     def get(self, token_id: int) -> ApiToken | None:
         statement = sa.select(api_tokens).where(api_tokens.c.id == token_id)

@@ -21,7 +21,7 @@ from transitions import EventData, Machine
 from config.policy import Policy
 from workflow import definitions, payloads, rules
 from workflow.definitions import FOLLOW_UPS, REASON_REQUIRED, TIMERS, Rule
-from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
+from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal, StateConflict
 from workflow.model import (
     SYSTEM,
     Actor,
@@ -506,15 +506,32 @@ def timer_for(case: Case, policy: Policy, now: datetime, previous: Timer | None)
     return None
 
 
-def extension(deadline: Timer, until: datetime | None, hours: float | None) -> datetime:
-    """The new due time of an admin's deadline extension; it may only move later."""
+def extension(
+    deadline: Timer, until: datetime | None, hours: float | None, longest: timedelta
+) -> datetime:
+    """The new due time of an admin's deadline extension: later than the current one, by at
+    most ``longest`` (so no deadline is pushed to year 9999 and never fires)."""
     if (until is None) == (hours is None):
         raise InvalidInput("give either until or hours", "data")
+    if hours is not None and timedelta(hours=hours) > longest:
+        raise InvalidInput(
+            f"an extension is at most {_hours(longest)} hours ({longest.days} days)", "data.hours"
+        )
     new_due = until if until is not None else deadline.due_at + timedelta(hours=hours or 0)
     if new_due <= deadline.due_at:
-        raise InvalidInput(
+        raise StateConflict(
             f"{new_due.isoformat()} is not after the current deadline "
             f"{deadline.due_at.isoformat()}",
             "data.until",
         )
+    if new_due - deadline.due_at > longest:
+        raise StateConflict(
+            f"{new_due.isoformat()} is more than {_hours(longest)} hours after the current "
+            f"deadline {deadline.due_at.isoformat()} (the longest extension)",
+            "data.until",
+        )
     return new_due
+
+
+def _hours(duration: timedelta) -> str:
+    return f"{duration.total_seconds() / 3600:g}"

@@ -37,6 +37,12 @@ class IdempotencyKeyReused(InvalidInput):
         super().__init__(message, "idempotency_key")
 
 
+class StateConflict(InvalidInput):
+    """The request is well formed but the resource's current state refuses it: a case with no
+    pending deadline to extend, a deadline moved earlier, a dead letter already resolved.
+    (Over HTTP a 409; on the command line, as invalid input, exit 2.)"""
+
+
 class Forbidden(AftersalesError):
     code = "forbidden"
 

@@ -27,6 +27,7 @@ from workflow.payloads import (
     Application,
     Fen,
     Ident,
+    Instant,
     PaymentIn,
     aware,
     describe_validation_error,
@@ -137,7 +138,7 @@ class OrderIn(_Input):
     buyer_id: Ident
     merchant_id: Ident
     payment: PaymentIn
-    delivered_at: datetime | None = None
+    delivered_at: Instant | None = None
     lines: list[OrderLineIn] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     gifts: list[OrderGiftIn] = Field(default_factory=list, max_length=MAX_ORDER_LINES)
 

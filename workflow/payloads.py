@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from workflow.errors import InvalidInput
 from workflow.states import CaseType
@@ -20,6 +20,18 @@ MAX_FEN = 10**12
 Fen = Annotated[int, Field(ge=0, le=MAX_FEN, strict=True)]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Text = Annotated[str, Field(max_length=2000)]
+
+
+def _time_text(value: Any) -> Any:
+    # Pydantic would read a number as seconds since 1970: a time is ISO 8601 text, so that a
+    # field holding a count or an amount by mistake is refused, not taken for a date.
+    if isinstance(value, int | float):
+        raise ValueError("a time is ISO 8601 text with an offset, e.g. 2026-11-20T10:00:00+08:00")
+    return value
+
+
+#: A time given as ISO 8601 text (never a number).
+Instant = Annotated[datetime, BeforeValidator(_time_text)]
 
 
 class _Input(BaseModel):
@@ -39,7 +51,7 @@ def aware(value: datetime) -> datetime:
 class PaymentIn(_Input):
     channel: Ident
     amount: Annotated[int, Field(gt=0, le=MAX_FEN, strict=True)]
-    paid_at: datetime
+    paid_at: Instant
 
     _paid_at_aware = field_validator("paid_at")(aware)
 
@@ -75,7 +87,7 @@ class Application(_Input):
     merchant_id: Ident | None = None
     category: Ident | None = None
     payment: PaymentIn | None = None
-    delivered_at: datetime | None = None
+    delivered_at: Instant | None = None
     gifts: list[GiftIn] | None = None
 
     @field_validator("delivered_at")
@@ -154,7 +166,7 @@ class Revision(_Input):
 
 class Deadline(_Input):
     #: Either a new due time or hours to add to the current one.
-    until: datetime | None = None
+    until: Instant | None = None
     hours: Annotated[float, Field(gt=0, le=24 * 365)] | None = None
 
     _until_aware = field_validator("until")(lambda value: None if value is None else aware(value))

@@ -24,6 +24,7 @@ from workflow.errors import (
     IdempotencyKeyReused,
     InvalidInput,
     NotFound,
+    StateConflict,
 )
 from workflow.model import (
     SYSTEM,
@@ -57,6 +58,8 @@ from workflow.states import CaseState, Role
 MAX_FIGURES_PERIOD = timedelta(days=366)
 #: Default of ``CaseService.timer_batch``.
 TIMER_BATCH = 50
+#: Default of ``CaseService.max_deadline_extension`` (``AFTERSALES_MAX_DEADLINE_EXTENSION``).
+MAX_DEADLINE_EXTENSION = timedelta(days=30)
 #: A timer whose case a concurrent transition moved between the read and the write: it stays
 #: claimed and is claimed again after the reclaim delay, then fires or turns out stale.
 CONFLICT_OUTCOME = "conflict: the case moved meanwhile"
@@ -94,9 +97,12 @@ class CaseService:
         policy: Policy,
         outbox_written: Callable[[], None] | None = None,
         timer_batch: int = TIMER_BATCH,
+        max_deadline_extension: timedelta = MAX_DEADLINE_EXTENSION,
     ) -> None:
         if timer_batch < 1:
             raise ValueError("timer_batch must be at least 1")
+        if max_deadline_extension <= timedelta(0):
+            raise ValueError("max_deadline_extension must be longer than zero")
         self._uow = uow_factory
         self.clock = clock
         self.policy = policy
@@ -106,6 +112,8 @@ class CaseService:
         #: Timers fired per transaction by ``fire_timers``; each commit waits for the disk,
         #: so a batch shares that wait (bench/ingest_batch.py measures it).
         self.timer_batch = timer_batch
+        #: How far one admin extension may move a deadline (``extend_deadline``).
+        self.max_deadline_extension = max_deadline_extension
 
     @property
     def uow_factory(self) -> UnitOfWorkFactory:
@@ -349,11 +357,14 @@ class CaseService:
                 )
             deadline = uow.timers.pending(case_id)
             if deadline is None or deadline.id is None:
-                raise InvalidInput(
+                raise StateConflict(
                     f"case {case_id} in state {case.state.value} has no deadline", "case"
                 )
             new_due = engine.extension(
-                deadline, request.until and ensure_utc(request.until), request.hours
+                deadline,
+                request.until and ensure_utc(request.until),
+                request.hours,
+                self.max_deadline_extension,
             )
             now = self.clock.now()
             loaded_version = case.version

@@ -47,7 +47,9 @@ def serve_api(
     import uvicorn  # only this command serves; every other one starts without it
 
     app = composition.http_app(settings, composition.shared_clock(settings, now))
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=True)
+    # The app reads X-Forwarded-For itself, from AFTERSALES_API_TRUSTED_PROXIES only: uvicorn's
+    # own proxy_headers would believe it from 127.0.0.1 by default (FORWARDED_ALLOW_IPS).
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=False)
 
 
 def start_api_process(host: str, port: int) -> subprocess.Popen[bytes]:

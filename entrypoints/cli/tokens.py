@@ -3,17 +3,22 @@ database (the secret is printed once, at creation)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 from rich.text import Text
 
+from config.durations import format_duration, parse_duration
 from entrypoints import composition, views
 from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
 from entrypoints.http.scopes import TokenRole, parse_scope
 from persistence.tokens import ApiToken, SqlTokenStore
 from workflow.errors import InvalidInput, NotFound
+
+#: The largest id the databases store (BIGINT): a larger one is a usage error, not a crash.
+MAX_ID = 2**63 - 1
 
 tokens_app = typer.Typer(
     no_args_is_help=True, help="Bearer tokens of the HTTP API: create, list, revoke."
@@ -27,11 +32,38 @@ def _token_json(token: ApiToken) -> dict[str, Any]:
         "name": token.name,
         "created_at": views.iso(token.created_at),
         "revoked_at": views.iso(token.revoked_at),
+        "expires_at": views.iso(token.expires_at),
+        "last_used_at": views.iso(token.last_used_at),
     }
 
 
 def _store(state: State) -> SqlTokenStore:
     return composition.build_token_store(state.settings())
+
+
+def _now(state: State) -> datetime:
+    # The API's clock (the system time, or the shared simulation clock), so that a token's
+    # expiry is judged by the same clock that set it.
+    return composition.shared_clock(state.settings(), state.now).now()
+
+
+def _lifetime(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise InvalidInput(str(error), "expires_in") from None
+
+
+def _status(token: ApiToken, now: datetime) -> str:
+    if token.revoked_at is not None:
+        return f"revoked {views.iso(token.revoked_at)}"
+    if token.expired(now):
+        return f"expired {views.iso(token.expires_at)}"
+    if token.expires_at is not None:
+        return f"live until {views.iso(token.expires_at)}"
+    return "live"
 
 
 @tokens_app.command("create")
@@ -48,6 +80,14 @@ def tokens_create(
     name: Annotated[
         str | None, typer.Option(help="A label for people: who holds it, what for.")
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in",
+            metavar="DURATION",
+            help="Expire after this long: 30d, 12h, 2w... (default: never).",
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Create a token and print its secret: shown this once, stored only as a hash."""
@@ -62,12 +102,22 @@ def tokens_create(
                 f"(AFTERSALES_SOURCES_FILE) first; configured: {known}",
                 "role",
             )
-    token, secret = _store(state).create(parsed_role.value, subject, name, datetime.now(UTC))
+    lifetime = _lifetime(expires_in)
+    now = _now(state)
+    expires_at = now + lifetime if lifetime is not None else None
+    token, secret = _store(state).create(parsed_role.value, subject, name, now, expires_at)
     if state.json:
         print_json({**_token_json(token), "token": secret})
         return
     console = new_console()
-    console.print(Text(f"token {token.id} ({token.scope}) created; its secret, shown only now:"))
+    until = (
+        f", expires {views.iso(expires_at)} (in {format_duration(lifetime)})"
+        if expires_at is not None and lifetime is not None
+        else ""
+    )
+    console.print(
+        Text(f"token {token.id} ({token.scope}) created{until}; its secret, shown only now:")
+    )
     # Plain stdout, not rich: nothing may wrap or style the secret a script copies.
     typer.echo(secret)
 
@@ -88,21 +138,32 @@ def tokens_list(
     if not tokens:
         console.print("no tokens")
         return
+    now = _now(state)
+    table = Table(box=None, pad_edge=False)
+    for column in ("id", "role", "name", "status", "last used"):
+        table.add_column(column, justify="right" if column == "id" else "left")
     for token in tokens:
-        status = f"revoked {views.iso(token.revoked_at)}" if token.revoked_at else "live"
-        label = f" {token.name}" if token.name else ""
-        console.print(Text(f"{token.id:>4}  {token.scope:<32}{label}  ({status})"))
+        table.add_row(
+            str(token.id),
+            Text(token.scope),
+            Text(token.name or ""),
+            _status(token, now),
+            views.iso(token.last_used_at) or "never",
+        )
+    console.print(table)
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(
     ctx: typer.Context,
-    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")],
+    token_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="The token's id.")
+    ],
     json_output: JsonFlag = False,
 ) -> None:
     """Revoke a token: its next request gets 401."""
     state = state_of(ctx, json_output)
-    token = _store(state).revoke(token_id, datetime.now(UTC))
+    token = _store(state).revoke(token_id, _now(state))
     if token is None:
         raise NotFound(f"no token {token_id}")
     if state.json:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from entrypoints.http.problems import ProblemError
 from entrypoints.http.scopes import TokenRole
-from persistence.tokens import ApiToken
+from persistence.tokens import ApiToken, SqlTokenStore
+from workflow.clock import Clock
 from workflow.model import Actor
 from workflow.states import Role
 
@@ -115,30 +117,102 @@ def _limited(limiter: RateLimiter, key: object, what: str) -> None:
         )
 
 
+def client_address(
+    peer: str | None, forwarded_for: list[str], trusted: Sequence[IPv4Network | IPv6Network]
+) -> str:
+    """The address a request came from: the peer, unless the peer is a trusted proxy; then the
+    nearest hop of ``X-Forwarded-For`` (read from the right) that is not a trusted proxy.
+
+    Only hops added by trusted proxies are believed: a client may put anything in the header,
+    but its own address is what the first trusted proxy appends after it. With no trusted
+    proxies (the default) the header is ignored, so rotating it cannot dodge the limit on
+    failed authentications."""
+    address = peer or "unknown"
+    if not trusted or not _is_trusted(address, trusted):
+        return address
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop[:64]
+        address = hop
+    return address
+
+
+def _is_trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError("unauthorized", detail, headers=_UNAUTHORIZED_HEADERS)
+
+
+class AuthContext(Protocol):
+    """What authentication reads of the app's context (``context.ApiContext``)."""
+
+    tokens: SqlTokenStore
+    clock: Clock
+    rate_limiter: RateLimiter
+    auth_failures: RateLimiter
+
+
+def authenticate_header(api: AuthContext, authorization: str | None, client: str) -> Principal:
+    """The caller of a request with this ``Authorization`` header from ``client``: 401 without
+    a live token, 429 over a limit. Notes the token's use (at most once a minute)."""
+    scheme, _, secret = (authorization or "").strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise _unauthorized("send Authorization: Bearer <token> (aftersales tokens create)")
+    token = api.tokens.authenticate(secret)
+    now = api.clock.now()
+    if token is None or token.expired(now):
+        # Failed attempts are limited per client address: guessing tokens gets slow.
+        _limited(api.auth_failures, client, "failed authentications from this address")
+        if token is None:
+            raise _unauthorized("unknown or revoked token")
+        assert token.expires_at is not None
+        raise ProblemError(
+            "token-expired",
+            f"token {token.id} expired at {token.expires_at.isoformat()}; "
+            "ask for a new one (aftersales tokens create)",
+            headers={
+                "WWW-Authenticate": 'Bearer realm="aftersales", error="invalid_token", '
+                'error_description="The token expired"'
+            },
+        )
+    _limited(api.rate_limiter, token.id, "requests with this token")
+    api.tokens.record_use(token, now)
+    return Principal(token)
+
+
 def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The dependency of every protected route: 401 without a live token, 429 over the limit."""
-    api = request.app.state.api
+    """The dependency of every protected route: 401 without a live token, 429 over the limit.
+
+    The ``Gate`` middleware has usually authenticated the request already, before its body was
+    read; then this only hands over its principal."""
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal):
+        return principal
     client = request.client.host if request.client else "unknown"
-    if credentials is None or not credentials.credentials.strip():
-        raise ProblemError(
-            "unauthorized",
-            "send Authorization: Bearer <token> (aftersales tokens create)",
-            headers=_UNAUTHORIZED_HEADERS,
-        )
-    token = api.tokens.authenticate(credentials.credentials.strip())
-    if token is None:
-        # Failed attempts are limited per client address: guessing tokens gets slow.
-        _limited(api.auth_failures, client, "failed authentications from this address")
-        raise ProblemError(
-            "unauthorized", "unknown or revoked token", headers=_UNAUTHORIZED_HEADERS
-        )
-    _limited(api.rate_limiter, token.id, "requests with this token")
-    principal = Principal(token)
+    api: AuthContext = request.app.state.api
+    principal = authenticate_header(api, request.headers.get("authorization"), client)
     request.state.principal = principal
     return principal
+
+
+def optional_principal(request: Request) -> Principal | None:
+    """The caller when it sent a token (checked as for protected routes), else None: for
+    routes anyone may call that tell admins more."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return None
+    return authenticate(request, None)
 
 
 Authenticated = Annotated[Principal, Depends(authenticate)]

@@ -270,7 +270,7 @@ def replay_dead_letter(
     summary="Discard a dead letter (admin)",
     description="Set an open letter aside: looked at, it will not apply. The `reason` and the "
     "admin are kept with the letter.",
-    responses=responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
+    responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
 )
 def discard_dead_letter(
     request: Request,

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
-from entrypoints.http.auth import Authenticated, require
+from entrypoints.http.auth import Authenticated, Principal, optional_principal, require
 from entrypoints.http.context import api_of, json_response
 from entrypoints.http.problems import responses
 from entrypoints.http.schemas import Health, Readiness
@@ -93,9 +94,16 @@ def healthz() -> Response:
     "/readyz",
     response_model=Readiness,
     summary="Readiness: the database and the broker are reachable",
-    responses={503: {"model": Readiness, "description": "A dependency is unreachable."}},
+    description="`status` for anyone (a probe needs no token); with an admin's token, each "
+    "check's outcome and detail too (which database and broker, and why one fails).",
+    responses={
+        503: {"model": Readiness, "description": "A dependency is unreachable."},
+        **responses(401, 429),
+    },
 )
-def readyz(request: Request) -> Response:
+def readyz(
+    request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
+) -> Response:
     api = api_of(request)
     timeout = api.settings.readiness_timeout_seconds
     # Each check in its own thread, bounded: an unreachable host must not hang the probe (the
@@ -115,8 +123,12 @@ def readyz(request: Request) -> Response:
         checks[name] = {"ok": problem is None, "detail": problem}
     pool.shutdown(wait=False, cancel_futures=True)
     ready = all(check["ok"] for check in checks.values())
-    data = {"status": "ready" if ready else "not_ready", "checks": checks}
-    return json_response(Readiness, data, status=200 if ready else 503)
+    data: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    if principal is not None and principal.is_admin:
+        # Hosts, ports and error texts help an operator and a reconnaissance alike.
+        data["checks"] = checks
+    body = Readiness.model_validate(data).model_dump(mode="json", exclude_unset=True)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get(

@@ -67,22 +67,32 @@ def importer(request: Request, principal: Principal) -> Actor:
     )
 
 
-def _check_documents(body: list[Any]) -> None:
+def _check_documents(body: list[Any], categories: frozenset[str]) -> None:
     """422 naming the first field of a document that is not an order at all (as for events:
-    the sender is online to fix it); orders that parse but cannot be imported (an unknown
-    category, a changed price) are refused one by one in the 200's ``refused``."""
+    the sender is online to fix it), a category the policy does not know included (the
+    document declares them); orders that parse but cannot be imported (a changed price) are
+    refused one by one in the 200's ``refused``."""
     for index, document in enumerate(body, 1):
         where = f"body.{index - 1}"
         if not isinstance(document, dict):
             raise ProblemError("invalid-input", f"{where}: an order is a JSON object", field=where)
         try:
-            OrderIn.model_validate(document)
+            order = OrderIn.model_validate(document)
         except ValidationError as error:
             first = error.errors()[0]
             location = ".".join([where, *(str(part) for part in first["loc"])])
             raise ProblemError(
                 "invalid-input", f"{location}: {first['msg']}", field=location
             ) from None
+        for number, line in enumerate(order.lines):
+            if line.category not in categories:
+                location = f"{where}.lines.{number}.category"
+                known = ", ".join(sorted(categories))
+                raise ProblemError(
+                    "invalid-input",
+                    f"{location}: unknown category {line.category!r} (one of {known})",
+                    field=location,
+                )
 
 
 @router.post(
@@ -90,10 +100,10 @@ def _check_documents(body: list[Any]) -> None:
     response_model=OrderImportOut,
     summary="Import orders of record",
     description="A batch of orders (docs/orders.md), upserted by `order_id`. A document that is "
-    "not an order (a missing field, a naive time) refuses the whole batch with 422 naming the "
-    "field, before any is imported. What was paid and ordered never changes after the first "
-    "import: a later document may add `delivered_at`; one that changes anything else is "
-    "refused, as is one with an unknown category; those are refused one by one: 200 with the "
+    "not an order (a missing field, a naive time, a category the policy does not know) "
+    "refuses the whole batch with 422 naming the field, before any is imported. What was paid "
+    "and ordered never changes after the first import: a later document may add "
+    "`delivered_at`; one that changes anything else is refused, one by one: 200 with the "
     "counts and the refusals (`index` from 1). Admins and producer tokens of a source of kind "
     "`orders` only.",
     openapi_extra={
@@ -121,7 +131,7 @@ def import_orders(
             field="body",
         )
 
-    _check_documents(body)
+    _check_documents(body, api.cases.policy.categories)
 
     def action() -> Response:
         result = api.orders.import_orders(body, actor)

@@ -29,6 +29,7 @@ from workflow.errors import (
     NotAllowed,
     NotFound,
     PolicyRefusal,
+    StateConflict,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -53,19 +54,21 @@ class ProblemType:
 _TYPES = (
     ProblemType("malformed-request", 400, "The request is malformed"),
     ProblemType("unauthorized", 401, "A valid bearer token is required"),
+    ProblemType("token-expired", 401, "The bearer token has expired"),
     ProblemType("forbidden", 403, "This token may not do this"),
     ProblemType("not-found", 404, "No such resource"),
     ProblemType("method-not-allowed", 405, "Method not allowed on this resource"),
     ProblemType("illegal-transition", 409, "The trigger cannot fire in the case's state"),
     ProblemType("conflict", 409, "The case changed meanwhile"),
+    ProblemType("state-conflict", 409, "The resource's current state does not allow this"),
     ProblemType("idempotency-key-in-use", 409, "A request with this idempotency key is running"),
+    ProblemType("idempotency-key-reused", 409, "The idempotency key was used for another request"),
     ProblemType("dead-letter-still-fails", 409, "The dead letter still cannot apply"),
     ProblemType("precondition-failed", 412, "The case is not at the version given in If-Match"),
     ProblemType("payload-too-large", 413, "The request body is too large"),
     ProblemType("unsupported-media-type", 415, "The request body must be JSON"),
     ProblemType("invalid-input", 422, "The input is invalid"),
     ProblemType("policy-refusal", 422, "Refused by the after-sales policy"),
-    ProblemType("idempotency-key-reused", 422, "The idempotency key was used for another request"),
     ProblemType("rate-limited", 429, "Too many requests"),
     ProblemType("internal-error", 500, "Internal error"),
     ProblemType("service-unavailable", 503, "A service this request needs is unavailable"),
@@ -185,6 +188,8 @@ def response_for(error: Exception, instance: str | None) -> JSONResponse | None:
         return problem_response(
             "idempotency-key-reused", str(error), instance, field="header.Idempotency-Key"
         )
+    if isinstance(error, StateConflict):
+        return problem_response("state-conflict", str(error), instance, field=error.field)
     if isinstance(error, InvalidInput):
         return problem_response("invalid-input", str(error), instance, field=error.field)
     if isinstance(error, AftersalesError):
@@ -245,16 +250,19 @@ def install(app: FastAPI) -> None:
 #: What each status means on an operation, for the OpenAPI document.
 DESCRIPTIONS = {
     400: "Malformed request: the body is not JSON, or a header is malformed (malformed-request).",
-    401: "No bearer token, or an unknown or revoked one (unauthorized).",
+    401: "No bearer token, or an unknown or revoked one (unauthorized), or an expired one "
+    "(token-expired).",
     403: "The token's role or owner may not do this (forbidden).",
     404: "No such case or dead letter (not-found).",
-    409: "Illegal transition with the allowed triggers (illegal-transition), a concurrent "
-    "change (conflict), or a running twin of this idempotent request (idempotency-key-in-use).",
+    409: "Illegal transition with the allowed triggers (illegal-transition), a request the "
+    "resource's current state refuses (state-conflict), a concurrent change (conflict), a "
+    "running twin of this idempotent request (idempotency-key-in-use), or an idempotency key "
+    "used before for another request (idempotency-key-reused).",
     412: "If-Match names another version than the case's (precondition-failed); nothing changed.",
     413: "The body is larger than the limit (payload-too-large).",
     415: "The body is not JSON (unsupported-media-type).",
     422: "Invalid input, naming the field (invalid-input); refused by a policy rule, naming it "
-    "(policy-refusal); an idempotency key reused for another request (idempotency-key-reused).",
+    "(policy-refusal).",
     429: "Rate limit exceeded; see Retry-After (rate-limited).",
     503: "The database is unavailable; retry later (service-unavailable).",
 }

@@ -7,12 +7,13 @@ same whichever way it is read; ``allowed_triggers`` is added for the caller.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workflow.events.ingestion import IngestStatus
 from workflow.model import DeadLetterStatus
+from workflow.payloads import Instant
 from workflow.queries import Party
 from workflow.states import CaseState, CaseType
 
@@ -20,7 +21,10 @@ from workflow.states import CaseState, CaseType
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+#: Some text that is not only blanks (it is stripped), and without NUL characters.
+Reason = Annotated[
+    str, Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
 
 
 class _Out(BaseModel):
@@ -187,12 +191,45 @@ class TimersOut(_Out):
     timers: list[TimerOut] = Field(description="Every timer the case armed, oldest first.")
 
 
+def _exactly_one(schema: dict[str, Any]) -> None:
+    """``until`` or ``hours``, either one and never null."""
+    for name in ("until", "hours"):
+        field = schema["properties"][name]
+        (variant,) = [v for v in field.pop("anyOf") if v != {"type": "null"}]
+        field.update(variant)
+        field.pop("default", None)
+    schema["oneOf"] = [{"required": ["until"]}, {"required": ["hours"]}]
+
+
 class ExtendIn(_In):
+    """Either ``until`` or ``hours``: the document says so with a ``oneOf``, and at most the
+    configured longest extension (``AFTERSALES_MAX_DEADLINE_EXTENSION``) past the current due
+    time, which the document states as the maximum of ``hours``."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _exactly_one(schema))
+
     reason: Reason
-    until: datetime | None = Field(default=None, description="The new due time (with an offset).")
+    until: Instant | None = Field(
+        default=None,
+        description="The new due time (with an offset), later than the current one by at most "
+        "the longest extension.",
+    )
     hours: Annotated[float, Field(gt=0, le=24 * 365)] | None = Field(
         default=None, description="Hours added to the current due time."
     )
+
+    @field_validator("until", "hours", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("leave it out instead of sending null")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ExtendIn:
+        if (self.until is None) == (self.hours is None):
+            raise ValueError("give either until or hours, not both")
+        return self
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -305,5 +342,8 @@ class Check(_Out):
 
 
 class Readiness(_Out):
-    status: str = Field(description="ready or not_ready")
-    checks: dict[str, Check]
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, Check] = Field(
+        default_factory=dict,
+        description="Per dependency (database, broker); present for admins only.",
+    )

@@ -171,8 +171,9 @@ def build_api(
         database=DatabaseSettings(url=database_url),
         broker=BrokerSettings(url=settings.pop("broker_url", f"filesystem://{folder / 'broker'}")),
         api=api_settings or ApiSettings(rate_limit_per_minute=0),
-        policy_file=None,
+        policy_file=settings.pop("policy_file", None),
         clock_file=None,
+        **settings,
     )
     app = http_app(configured, clock)
     client = TestClient(app, raise_server_exceptions=True)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from entrypoints.cli.main import app as cli_app
 
 from .conftest import ADMIN_REASON, Api, application, problem
 
@@ -281,7 +288,7 @@ def test_idempotency_key_reused_for_another_request_is_422(api: Api) -> None:
     assert api.client.post("/cases", json=app, headers=headers).status_code == 201
     other_app = api.import_order(application(order_id="o-2"))
     other = api.client.post("/cases", json=other_app, headers=headers)
-    problem(other, 422, "idempotency-key-reused")
+    problem(other, 409, "idempotency-key-reused")
 
 
 def test_idempotency_keys_belong_to_their_token(api: Api) -> None:
@@ -339,6 +346,81 @@ def test_admin_extends_the_deadline_with_a_reason(api: Api) -> None:
     )
     problem(stale, 412, "precondition-failed")
     neither = api.client.post(path, json=ADMIN_REASON, headers=api.auth("admin"))
-    assert problem(neither, 422, "invalid-input")["field"] == "data"
+    assert problem(neither, 422, "invalid-input")["field"] == "body"
     no_reason = api.client.post(path, json={"hours": 1}, headers=api.auth("admin"))
     assert problem(no_reason, 422, "invalid-input")["field"] == "body.reason"
+
+
+def test_a_deadline_extension_is_bounded_by_the_longest_extension(make_api: Any) -> None:
+    # given an app whose longest extension is 48 hours, and a case due in 48 hours
+    api = make_api(max_deadline_extension=timedelta(hours=48))
+    case_id = api.submit()
+    path = f"/cases/{case_id}/deadline-extensions"
+    admin = api.auth("admin")
+    due = datetime.fromisoformat(
+        api.client.get(f"/cases/{case_id}", headers=admin).json()["deadline"]["due_at"]
+    )
+    # when an extension asks for more hours than that, then it is invalid input and nothing moved
+    too_many = api.client.post(path, json={"hours": 49, **ADMIN_REASON}, headers=admin)
+    assert problem(too_many, 422, "invalid-input")["field"] == "data.hours"
+    # when it names a time further than that past the current deadline (year 9999 before)
+    for until in (due + timedelta(hours=48, seconds=1), datetime(9999, 12, 31, tzinfo=UTC)):
+        far = api.client.post(
+            path, json={"until": until.isoformat(), **ADMIN_REASON}, headers=admin
+        )
+        assert problem(far, 409, "state-conflict")["field"] == "data.until"
+    # when it names a time before the current deadline: the case's state refuses it
+    earlier = api.client.post(
+        path, json={"until": (due - timedelta(hours=1)).isoformat(), **ADMIN_REASON}, headers=admin
+    )
+    problem(earlier, 409, "state-conflict")
+    assert api.history(case_id) == ["submit"]
+    # then exactly the longest extension is allowed
+    done = api.client.post(path, json={"hours": 48, **ADMIN_REASON}, headers=admin)
+    assert done.status_code == 200, done.text
+    # and the document states the bound
+    schema = api.client.get("/openapi.json").json()["components"]["schemas"]["ExtendIn"]
+    assert schema["properties"]["hours"]["maximum"] == 48
+
+
+def test_extending_the_deadline_of_a_case_without_one_is_a_state_conflict(api: Api) -> None:
+    # given a cancelled case: no deadline is pending
+    case_id = api.submit()
+    api.fire(case_id, "cancel", "buyer:b1")
+    # when an admin extends its deadline
+    response = api.client.post(
+        f"/cases/{case_id}/deadline-extensions",
+        json={"hours": 1, **ADMIN_REASON},
+        headers=api.auth("admin"),
+    )
+    # then the case's state refuses it (409), not the request's shape (422)
+    assert problem(response, 409, "state-conflict")["field"] == "case"
+
+
+def test_extend_deadline_on_the_command_line_has_the_same_bound(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the API's database and a longest extension of 2 days for the command line
+    case_id = api.submit()
+    monkeypatch.setenv("AFTERSALES_DATABASE_URL", api.database_url)
+    monkeypatch.setenv("AFTERSALES_MAX_DEADLINE_EXTENSION", "2d")
+    # when `case extend-deadline` asks for 3 days
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "--json",
+            "case",
+            "extend-deadline",
+            str(case_id),
+            "--hours",
+            "72",
+            "--actor",
+            "admin:ops",
+            "--reason",
+            "holiday",
+        ],
+    )
+    # then the service refuses it as for the API, naming the field
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stderr)["error"]["field"] == "data.hours"
+    assert api.history(case_id) == ["submit"]

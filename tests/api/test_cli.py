@@ -6,6 +6,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -88,6 +91,113 @@ def test_tokens_revoke_unknown_is_not_found(env: dict[str, str]) -> None:
     code, _, err = invoke("--json", "tokens", "revoke", "42")
     assert code == 3
     assert json.loads(err)["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("token_id", ["0", str(2**63), "99999999999999999999"])
+def test_tokens_revoke_an_id_the_database_cannot_hold_is_a_usage_error(
+    env: dict[str, str], token_id: str
+) -> None:
+    # before: 2**63 and above ended in an OverflowError traceback
+    code, _, err = invoke("tokens", "revoke", token_id)
+    assert code == 2
+    assert "Traceback" not in err
+
+
+def test_tokens_expire_when_asked_and_the_list_shows_expiry_and_last_use(
+    env: dict[str, str],
+) -> None:
+    # when a token is created to expire in 30 days
+    code, out, _ = invoke("--json", "tokens", "create", "--role", "buyer:b1", "--expires-in", "30d")
+    assert code == 0, out
+    created = json.loads(out)
+    # then its expiry is 30 days after its creation, and it was never used
+    lifetime = datetime.fromisoformat(created["expires_at"]) - datetime.fromisoformat(
+        created["created_at"]
+    )
+    assert lifetime == timedelta(days=30)
+    assert created["last_used_at"] is None
+    # and the table has a header, the expiry and the last use
+    code, out, _ = invoke("tokens", "list")
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "role", "name", "status", "last", "used"]
+    assert "live until" in lines[1] and lines[1].rstrip().endswith("never")
+
+
+@pytest.mark.parametrize("lifetime", ["30", "0d", "thirty days", "-1d", "1y"])
+def test_tokens_create_refuses_a_lifetime_that_is_not_a_duration(
+    env: dict[str, str], lifetime: str
+) -> None:
+    code, out, err = invoke(
+        "--json", "tokens", "create", "--role", "admin", "--expires-in", lifetime
+    )
+    assert (code, out) == (2, "")
+    assert json.loads(err)["error"]["field"] == "expires_in"
+    assert json.loads(invoke("--json", "tokens", "list")[1]) == []
+
+
+@contextmanager
+def serving(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, ChildProcess]]:
+    """``aftersales serve`` started as a shell would; its base URL once it answers."""
+    port = free_port()
+    script = Path(sys.executable).with_name("aftersales")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
+    command += ["serve", "--port", str(port)]
+    log = tmp_path / f"serve-{port}.log"
+    server = ChildProcess(command, log, env=env, cwd=tmp_path).start()
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        server.wait_until(healthy, "the server to come up", timeout=30)
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _guesses(base: str, forwarded_for: list[str]) -> list[int]:
+    return [
+        httpx.get(
+            f"{base}/cases",
+            headers={"Authorization": "Bearer ast_guess", "X-Forwarded-For": address},
+        ).status_code
+        for address in forwarded_for
+    ]
+
+
+def test_a_rotating_forwarded_for_does_not_dodge_the_failed_sign_in_limit(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # given the server as deployed by default (no proxy trusted), 3 failures a minute allowed
+    env = {**env, "AFTERSALES_API_AUTH_FAILURES_PER_MINUTE": "3"}
+    with serving(env, tmp_path) as (base, _):
+        # when a client on 127.0.0.1 guesses tokens, claiming another address each time
+        statuses = _guesses(base, [f"198.51.100.{n}" for n in range(5)])
+    # then the limit counts it as the one client it is (before: uvicorn believed the header
+    # from 127.0.0.1, and each guess was a new client)
+    assert statuses == [401, 401, 401, 429, 429]
+
+
+def test_a_trusted_proxy_forwards_the_client_address(env: dict[str, str], tmp_path: Path) -> None:
+    # given a server behind a proxy on 127.0.0.1 that it is told to trust
+    env = {
+        **env,
+        "AFTERSALES_API_AUTH_FAILURES_PER_MINUTE": "3",
+        "AFTERSALES_API_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
+    }
+    with serving(env, tmp_path) as (base, _):
+        # when clients behind it guess, each from its own address
+        spread = _guesses(base, [f"198.51.100.{n}" for n in range(5)])
+        # and one client guesses on and on
+        one = _guesses(base, ["203.0.113.5"] * 4)
+    # then each client is limited on its own
+    assert spread == [401] * 5
+    assert one == [401, 401, 401, 429]
 
 
 def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Path) -> None:

@@ -80,6 +80,34 @@ def test_a_revoked_token_or_a_tampered_cookie_ends_the_session(api: Api) -> None
     assert api.client.get("/console/queue", follow_redirects=False).status_code == 303
 
 
+def test_an_expired_token_neither_signs_in_nor_keeps_its_session(api: Api) -> None:
+    # given a merchant signed in with a token that expires in an hour
+    api.client.cookies.clear()
+    _stored, token = api.tokens.create(
+        "merchant", "m1", None, api.clock.now(), expires_at=api.clock.now() + timedelta(hours=1)
+    )
+    page = api.client.get("/console/sign-in")
+    signed_in = api.client.post(
+        "/console/sign-in",
+        data={"csrf_token": csrf_of(page.text), "token": token},
+        follow_redirects=False,
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    assert api.client.get("/console/queue", follow_redirects=False).status_code == 200
+
+    # when the token expires, the session it made ends with it (the cookie lasts 8 hours)
+    api.clock.advance(timedelta(hours=1, seconds=1))
+    assert api.client.get("/console/queue", follow_redirects=False).status_code == 303
+
+    # and the expired token cannot sign in again
+    page = api.client.get("/console/sign-in")
+    again = api.client.post(
+        "/console/sign-in", data={"csrf_token": csrf_of(page.text), "token": token}
+    )
+    assert again.status_code == 401
+    assert "unknown, revoked or expired token" in again.text
+
+
 def test_sign_in_refuses_a_form_without_its_csrf_token_and_a_wrong_token(api: Api) -> None:
     api.client.get("/console/sign-in")
     without = api.client.post("/console/sign-in", data={"token": api.token("admin")})
@@ -90,7 +118,7 @@ def test_sign_in_refuses_a_form_without_its_csrf_token_and_a_wrong_token(api: Ap
         "/console/sign-in", data={"csrf_token": csrf_of(page.text), "token": "ast_nope"}
     )
     assert wrong.status_code == 401
-    assert "unknown or revoked token" in wrong.text
+    assert "unknown, revoked or expired token" in wrong.text
     assert "aftersales_console=" not in wrong.headers.get("set-cookie", "")
 
 

@@ -190,7 +190,7 @@ def test_dead_letters_are_listed_replayed_and_discarded(api: Api) -> None:
     every = api.client.get("/events/dead-letters", params={"status": "all"}, headers=admin).json()
     assert [letter["status"] for letter in every["dead_letters"]] == ["replayed", "discarded"]
     again = api.client.post(discard, json=WHY, headers=admin)
-    problem(again, 422, "invalid-input")
+    problem(again, 409, "state-conflict")
     problem(
         api.client.post("/events/dead-letters/999/replay", json=WHY, headers=admin),
         404,

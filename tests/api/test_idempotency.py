@@ -77,7 +77,7 @@ def test_a_key_used_on_one_endpoint_is_refused_on_another(api: Api) -> None:
 
     # then it is refused, naming the first use, and the case was not cancelled (before,
     # the cancel answered 200 with the submission's records and did nothing)
-    assert cancel.status_code == 422, cancel.text
+    assert cancel.status_code == 409, cancel.text
     body = cancel.json()
     assert body["type"].endswith("idempotency-key-reused")
     assert "POST /cases" in body["detail"]

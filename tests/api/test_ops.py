@@ -23,22 +23,34 @@ REDIS_ENV = "AFTERSALES_TEST_REDIS_URL"
 
 def test_health_and_readiness(api: Api) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
+    # an anonymous probe learns only the status
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {
+    assert ready.json() == {"status": "ready"}
+    # an admin sees each check
+    detailed = api.client.get("/readyz", headers=api.auth("admin"))
+    assert detailed.json() == {
         "status": "ready",
         "checks": {
             "database": {"ok": True, "detail": None},
             "broker": {"ok": True, "detail": None},
         },
     }
+    # another role does not; a token that is not one is refused as everywhere
+    assert api.client.get("/readyz", headers=api.auth("merchant:m1")).json() == {"status": "ready"}
+    wrong = api.client.get("/readyz", headers={"Authorization": "Bearer ast_wrong"})
+    problem(wrong, 401, "unauthorized")
 
 
 def test_not_ready_when_the_broker_is_unreachable(make_api: Any) -> None:
     # given an app whose broker is a Redis nobody listens on
     api = make_api(broker_url="redis://127.0.0.1:1/0")
-    # then readiness fails on the broker, and health does not
-    response = api.client.get("/readyz")
+    # then readiness fails on the broker, and health does not; where the broker is, and why
+    # it fails, is for admins (host and port help an attacker too)
+    anonymous = api.client.get("/readyz")
+    assert (anonymous.status_code, anonymous.json()) == (503, {"status": "not_ready"})
+    assert "127.0.0.1" not in anonymous.text
+    response = api.client.get("/readyz", headers=api.auth("admin"))
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "not_ready"

@@ -16,7 +16,14 @@ from typing import Any
 from config.sources import Sources, default_sources
 from workflow import channels
 from workflow.clock import Clock
-from workflow.errors import AftersalesError, Conflict, IngestFailed, InvalidInput, NotFound
+from workflow.errors import (
+    AftersalesError,
+    Conflict,
+    IngestFailed,
+    InvalidInput,
+    NotFound,
+    StateConflict,
+)
 from workflow.events.envelope import (
     ORDER_EVENT_TYPES,
     Envelope,
@@ -462,7 +469,7 @@ class EventService:
         _check_resolution(actor, reason)
         letter = self.dead_letter(letter_id)
         if letter.status is not DeadLetterStatus.OPEN:
-            raise InvalidInput(
+            raise StateConflict(
                 f"dead letter {letter_id} is {letter.status.value}; only open letters replay",
                 "letter",
             )
@@ -471,11 +478,11 @@ class EventService:
         except InvalidInput as error:
             # No valid envelope: it can never apply as it stands, and without an event id a new
             # dead letter would not find this one to count the attempt on.
-            raise InvalidInput(
+            raise StateConflict(
                 f"dead letter {letter_id} is still malformed ({error}); discard it"
             ) from None
         if (envelope.source, envelope.event_id) != (letter.source, letter.event_id):
-            raise InvalidInput(f"dead letter {letter_id} does not match its envelope's id")
+            raise StateConflict(f"dead letter {letter_id} does not match its envelope's id")
         result = self.ingest(letter.envelope)
         if result.status is IngestStatus.DEAD_LETTERED:
             return result
@@ -492,7 +499,7 @@ class EventService:
         with self._uow() as uow:
             letter = _letter(uow, letter_id)
             if letter.status is not DeadLetterStatus.OPEN:
-                raise InvalidInput(
+                raise StateConflict(
                     f"dead letter {letter_id} is {letter.status.value}, not open", "letter"
                 )
             now = self.clock.now()

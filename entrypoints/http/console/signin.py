@@ -80,11 +80,13 @@ async def sign_in(request: Request) -> Response:
     target = _safe_next(form.get("next", PREFIX))
     token = api.tokens.authenticate(secret) if secret else None
     problem = None
+    if token is not None and token.expired(api.clock.now()):
+        token = None
     if token is None:
         client = request.client.host if request.client else "unknown"
         if api.auth_failures.take(client) is not None:
             raise ConsoleError(429, "too many failed sign-ins from this address; wait a minute")
-        problem = "unknown or revoked token"
+        problem = "unknown, revoked or expired token"
     elif token.role == TokenRole.PRODUCER.value:
         problem = "a producer token sends events; it has no console"
     if token is None or problem is not None:

@@ -130,12 +130,13 @@ def platform_zone(api: ApiContext) -> str:
 def viewer_of(request: Request) -> Viewer:
     """The request's viewer, or ``SignInRequired``; the token is checked again every time."""
     api = api_of(request)
+    now = api.clock.now()
     cookie = request.cookies.get(SESSION_COOKIE)
-    session = signer_of(request).load(cookie, api.clock.now())
+    session = signer_of(request).load(cookie, now)
     if session is None or cookie is None:
         raise SignInRequired()
     token = api.tokens.authenticate_hash(session.token_hash)
-    if token is None:  # revoked since
+    if token is None or token.expired(now):  # revoked or expired since
         raise SignInRequired()
     if api.rate_limiter.take(token.id) is not None:
         raise ConsoleError(429, "too many requests with this token; wait a minute")
