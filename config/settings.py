@@ -8,10 +8,13 @@ as docs/ list them. Nothing is read at import time: the composition root
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Annotated, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The embedded database, relative to the directory the command runs in.
@@ -25,6 +28,31 @@ def sqlite_url(path: Path) -> str:
 
 def _default_database_url() -> str:
     return sqlite_url(Path.cwd() / DEFAULT_DATABASE_FILE)
+
+
+#: The zone people read times in unless ``AFTERSALES_DISPLAY_TZ`` says otherwise: the
+#: platform's (China Standard Time, no daylight saving).
+DEFAULT_DISPLAY_TZ = "+08:00"
+_OFFSET = re.compile(r"^(?P<sign>[+-])(?P<hours>\d{2}):(?P<minutes>\d{2})$")
+
+
+def parse_zone(text: str) -> tzinfo:
+    """A UTC offset (``+08:00``, ``-05:30``, ``Z``) or an IANA zone name (``Asia/Shanghai``)."""
+    if text in ("Z", "UTC"):
+        return UTC
+    offset = _OFFSET.match(text)
+    if offset is not None:
+        hours, minutes = int(offset["hours"]), int(offset["minutes"])
+        if hours > 14 or minutes > 59:
+            raise ValueError(f"{text} is not a UTC offset (-14:00 to +14:00)")
+        delta = timedelta(hours=hours, minutes=minutes)
+        return timezone(-delta if offset["sign"] == "-" else delta, text)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{text!r} is neither a UTC offset like +08:00 nor a zone name like Asia/Shanghai"
+        ) from None
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -233,6 +261,19 @@ class Settings(BaseSettings):
     sources_file: Path | None = None
     #: Simulation only: a file holding the "now" every process reads (workflow.clock.FileClock).
     clock_file: Path | None = None
+    #: The one zone the command line shows times in (cards, tables, refusal messages): a UTC
+    #: offset like ``+08:00`` or a zone name like ``Asia/Shanghai``. JSON stays in UTC.
+    display_tz: str = DEFAULT_DISPLAY_TZ
+
+    @field_validator("display_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        parse_zone(value)
+        return value
+
+    @property
+    def display_zone(self) -> tzinfo:
+        return parse_zone(self.display_tz)
 
     @model_validator(mode="after")
     def _unacked_window_fits(self) -> Self:

@@ -21,7 +21,7 @@ from transitions import EventData, Machine
 from config.policy import Policy
 from workflow import definitions, payloads, rules
 from workflow.definitions import FOLLOW_UPS, REASON_REQUIRED, TIMERS, Rule
-from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal
+from workflow.errors import Forbidden, InvalidInput, NotAllowed, Phrase, PolicyRefusal
 from workflow.model import (
     SYSTEM,
     Actor,
@@ -172,8 +172,11 @@ def _check_deadline(case: Case, trigger: str, context: Context) -> None:
         return
     raise PolicyRefusal(
         deadline.kind,
-        f"the {deadline.kind.replace('_', ' ')} deadline passed at "
-        f"{deadline.due_at.isoformat()}; {deadline.trigger} applies now",
+        Phrase(
+            f"the {deadline.kind.replace('_', ' ')} deadline passed at ",
+            deadline.due_at,
+            f"; {deadline.trigger} applies now",
+        ),
     )
 
 
@@ -513,8 +516,7 @@ def extension(deadline: Timer, until: datetime | None, hours: float | None) -> d
     new_due = until if until is not None else deadline.due_at + timedelta(hours=hours or 0)
     if new_due <= deadline.due_at:
         raise InvalidInput(
-            f"{new_due.isoformat()} is not after the current deadline "
-            f"{deadline.due_at.isoformat()}",
+            Phrase(new_due, " is not after the current deadline ", deadline.due_at),
             "data.until",
         )
     return new_due

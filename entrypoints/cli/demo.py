@@ -13,7 +13,6 @@ import typer
 
 from entrypoints.cli.common import (
     EXIT_OTHER,
-    InputError,
     JsonFlag,
     State,
     new_console,
@@ -21,6 +20,7 @@ from entrypoints.cli.common import (
     print_json,
     state_of,
 )
+from entrypoints.cli.inputs import InputError
 
 
 def demo(

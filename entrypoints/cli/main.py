@@ -5,6 +5,11 @@ for people, or JSON with ``--json`` (globally, ``aftersales --json case show 1``
 ``aftersales case show 1 --json``). ``--now`` runs a command as of another instant on a fixed
 simulation clock, which is how the demo and the tests travel in time. The exit codes are listed
 in ``entrypoints/cli/common.py``. This module mounts the command groups, one module each.
+
+Start-up time is part of the interface (``bench/cli_startup.py``): the command modules import
+only typer and the few light names their options need at the top; the database, rich, Celery
+and the web stack are imported inside the commands that use them, so ``--help`` loads none of
+them and ``case show`` loads no Alembic, Celery or FastAPI.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from entrypoints.cli import (
     tokens,
     workers,
 )
-from entrypoints.cli.common import JsonFlag, ReportingGroup, State, parse_time
+from entrypoints.cli.common import JsonFlag, ReportingGroup, State
+from entrypoints.cli.inputs import parse_time
 
 app = typer.Typer(
     cls=ReportingGroup,
@@ -35,6 +41,9 @@ app = typer.Typer(
     "5 not allowed, 6 conflict, 7 refused by policy.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help: the rich panels label every flag ``<bool>`` (``--json <bool>``, ``--help
+    # <bool>``) and cost ``--help`` the import of rich (~60 ms).
+    rich_markup_mode=None,
     # Locals would print settings such as the database URL with its password.
     pretty_exceptions_show_locals=False,
 )

@@ -4,16 +4,25 @@ database (the secret is printed once, at creation)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
 from entrypoints import composition, views
 from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
+from entrypoints.cli.inputs import MAX_ROW_ID
 from entrypoints.http.scopes import TokenRole, parse_scope
-from persistence.tokens import ApiToken, SqlTokenStore
+from entrypoints.terminal import printable
 from workflow.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from datetime import tzinfo
+
+    from rich.table import Table
+
+    # The database is loaded by the commands that run (see cli.main): --help starts without.
+    from persistence.tokens import ApiToken, SqlTokenStore
 
 tokens_app = typer.Typer(
     no_args_is_help=True, help="Bearer tokens of the HTTP API: create, list, revoke."
@@ -88,16 +97,15 @@ def tokens_list(
     if not tokens:
         console.print("no tokens")
         return
-    for token in tokens:
-        status = f"revoked {views.iso(token.revoked_at)}" if token.revoked_at else "live"
-        label = f" {token.name}" if token.name else ""
-        console.print(Text(f"{token.id:>4}  {token.scope:<32}{label}  ({status})"))
+    console.print(_tokens_table(tokens, state.zone()))
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(
     ctx: typer.Context,
-    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")],
+    token_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ROW_ID, help="The token's id.")
+    ],
     json_output: JsonFlag = False,
 ) -> None:
     """Revoke a token: its next request gets 401."""
@@ -109,3 +117,27 @@ def tokens_revoke(
         print_json(_token_json(token))
         return
     new_console().print(Text(f"token {token.id} ({token.scope}) revoked"))
+
+
+def _tokens_table(tokens: list[ApiToken], zone: tzinfo) -> Table:
+    """One row per token under a header, times in the display zone, the id column kept."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    widest = max(len(str(token.id)) for token in tokens)
+    table.add_column("id", justify="right", no_wrap=True, min_width=max(widest, 2))
+    table.add_column("role", overflow="fold")
+    table.add_column("name", overflow="fold")
+    table.add_column("created", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for token in tokens:
+        status = f"revoked {views.local(token.revoked_at, zone)}" if token.revoked_at else "live"
+        table.add_row(
+            str(token.id),
+            Text(printable(token.scope)),
+            Text(printable(token.name or "")),
+            views.local(token.created_at, zone),
+            status,
+        )
+    return table
