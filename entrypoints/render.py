@@ -5,12 +5,14 @@ Everything here only formats what the service returned; nothing decides anything
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -182,7 +184,7 @@ def history_timeline(records: Sequence[TransitionRecord], zone: tzinfo) -> Table
             " → ",
             state_text(record.to_state),
         )
-        note = _note(record)
+        note = _note(record, zone)
         if note:
             # The one line break here is ours; the reason's own are escaped by ``printable``.
             cell.append("\n" + printable(note), style="dim")
@@ -191,33 +193,39 @@ def history_timeline(records: Sequence[TransitionRecord], zone: tzinfo) -> Table
     return table
 
 
-def _note(record: TransitionRecord) -> str:
+def _note(record: TransitionRecord, zone: tzinfo) -> str:
     parts = []
     if record.reason:
         parts.append(f"“{record.reason}”")
     if record.data:
         data = masked(record.data)
-        parts.append(", ".join(f"{key}={_short(value)}" for key, value in data.items()))
+        parts.append(", ".join(f"{key}={_short(value, zone)}" for key, value in data.items()))
     return "  ".join(parts)
 
 
-def _short(value: Any) -> str:
+#: An instant as the service writes it into a transition's data (``datetime.isoformat()``).
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:\d{2}|Z)$")
+
+
+def _short(value: Any, zone: tzinfo) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(str(item) for item in value) + "]"
+    if isinstance(value, str) and _INSTANT.match(value):
+        # An extension's from/to: shown in the display zone like every other time here.
+        return local(datetime.fromisoformat(value), zone)
     return str(value)
 
 
-def case_table(views: Sequence[CaseView], now: datetime, zone: tzinfo) -> Table:
-    table = Table(box=box.SIMPLE_HEAD)
-    _id_column(table, "id", (view.case.id for view in views))
-    table.add_column("type", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("refund", justify="right", no_wrap=True)
-    table.add_column("deadline", ratio=2)
-    table.add_column("order", overflow="fold", ratio=1)
-    table.add_column("buyer", overflow="fold", ratio=1)
-    table.add_column("merchant", overflow="fold", ratio=1)
-    table.add_column("updated", ratio=2)
+#: ``case list`` columns left out, in this order, while the table is wider than the terminal:
+#: the id, state, refund and deadline always stay (at 80 columns, so do type and order).
+_CASE_COLUMNS_TO_DROP = ("merchant", "buyer", "updated", "order", "type")
+
+
+def case_table(
+    views: Sequence[CaseView], now: datetime, zone: tzinfo, width: int | None = None
+) -> Table:
+    """One row per case; the columns that fit in ``width`` (all of them without one)."""
+    rows: list[dict[str, RenderableType]] = []
     for view in views:
         case = view.case
         deadline = (
@@ -225,19 +233,49 @@ def case_table(views: Sequence[CaseView], now: datetime, zone: tzinfo) -> Table:
             if view.deadline
             else Text("—", style="dim")
         )
-        _row(
-            table,
-            str(case.id),
-            case.type.value,
-            state_text(case.state),
-            yuan(case.refund_amount),
-            deadline,
-            case.order_id,
-            case.buyer_id,
-            case.merchant_id,
-            local(case.updated_at, zone),
+        rows.append(
+            {
+                "id": str(case.id),
+                "type": case.type.value,
+                "state": state_text(case.state),
+                "refund": yuan(case.refund_amount),
+                "deadline": deadline,
+                "order": case.order_id,
+                "buyer": case.buyer_id,
+                "merchant": case.merchant_id,
+                "updated": local(case.updated_at, zone),
+            }
         )
+    shown = ["id", "type", "state", "refund", "deadline", "order", "buyer", "merchant", "updated"]
+    table = _case_table(rows, shown)
+    for column in _CASE_COLUMNS_TO_DROP:
+        if width is None or _natural_width(table) <= width:
+            break
+        shown.remove(column)
+        table = _case_table(rows, shown)
     return table
+
+
+def _case_table(rows: Sequence[dict[str, RenderableType]], shown: Sequence[str]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in shown:
+        if column == "id":
+            _id_column(table, "id", (int(str(row["id"])) for row in rows))
+        elif column == "refund":
+            table.add_column(column, justify="right", no_wrap=True)
+        elif column in ("order", "buyer", "merchant"):
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, no_wrap=True)
+    for row in rows:
+        _row(table, *(row[column] for column in shown))
+    return table
+
+
+def _natural_width(table: Table) -> int:
+    """The width ``table`` takes when nothing limits it."""
+    unlimited = Console(width=10_000)
+    return Measurement.get(unlimited, unlimited.options, table).maximum
 
 
 def timers_table(timers: Sequence[Timer], as_of: datetime, zone: tzinfo) -> Table:

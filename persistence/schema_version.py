@@ -41,7 +41,9 @@ def stored_revisions(connection: Connection) -> list[str] | None:
         return [str(row[0]) for row in rows]
     except (OperationalError, ProgrammingError):
         # No such table (SQLite says OperationalError, PostgreSQL ProgrammingError): Alembic
-        # creates it with the first migration.
+        # creates it with the first migration. PostgreSQL aborted the transaction; end it so
+        # the connection can be used again.
+        connection.rollback()
         return None
 
 

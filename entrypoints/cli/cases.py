@@ -145,7 +145,7 @@ def case_list(
     if not page:
         console.print("no cases" + (" after that id" if after else ""))
         return
-    console.print(render.case_table(page, service.clock.now(), state.zone()))
+    console.print(render.case_table(page, service.clock.now(), state.zone(), console.width))
     if next_after is not None:
         filters = {
             "--state": state_filter,

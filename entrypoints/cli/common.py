@@ -143,8 +143,34 @@ class ReportingGroup(TyperGroup):
     """Turns the errors a user can act on into one line and an exit code, never a traceback.
 
     Every command runs inside the top group's ``invoke``, so this one place covers them all,
-    whether started by the console script or by a test's ``CliRunner``.
+    whether started by the console script or by a test's ``CliRunner``; ``make_context`` covers
+    what comes before: the arguments themselves and the top-level options.
     """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: ClickContext | None = None,
+        **extra: Any,
+    ) -> ClickContext:
+        as_json = "--json" in args
+        for position, arg in enumerate(args, 1):
+            if not _is_unicode(arg):
+                # Bytes that are not UTF-8 reach Python as lone surrogates, which no database,
+                # file name or terminal takes: refused here, once, for every command.
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                message = f"argument {position} ({shown}) is not UTF-8 text"
+                print_error("invalid_text", message, {}, as_json)
+                raise typer.Exit(EXIT_USAGE)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click_errors.NoArgsIsHelpError:
+            raise
+        except click_errors.UsageError as error:
+            # A top-level option did not parse: the same one line as every other error.
+            print_error("usage", f"{error.format_message()} (see: {info_name} --help)", {}, as_json)
+            raise typer.Exit(error.exit_code) from None
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -162,9 +188,19 @@ class ReportingGroup(TyperGroup):
             if not is_reported(error):
                 raise
             state = ctx.obj if isinstance(ctx.obj, State) else State()
-            code, message, extra = describe(error, state.shown_zone())
+            # JSON keeps times in UTC, as everywhere in JSON; people read the display zone.
+            zone = None if state.json else state.shown_zone()
+            code, message, extra = describe(error, zone)
             print_error(code, message, extra, state.json)
             raise typer.Exit(exit_code(error)) from None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _loaded(module: str, name: str) -> type[Exception] | None:

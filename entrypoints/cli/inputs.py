@@ -9,7 +9,8 @@ The bounds (docs/cli.md, "Input limits"):
   ``MAX_BATCH_BYTES``. Reading stops one byte past the bound, so ``/dev/zero`` is refused, not
   read for ever;
 - JSON nests at most ``MAX_JSON_DEPTH`` levels (the HTTP API's bound), holds no NUL character,
-  lone surrogate, ``NaN`` or ``Infinity`` (no database stores them faithfully);
+  lone surrogate, ``NaN`` or ``Infinity`` (no database stores them faithfully), no float that
+  overflows to infinity and no integer of more than ``MAX_INT_DIGITS`` digits;
 - a time lies in the years ``MIN_YEAR`` to ``MAX_YEAR``: wide enough for any real date,
   narrow enough that adding the longest policy period, or showing it in any zone, stays
   inside what ``datetime`` can represent;
@@ -19,6 +20,7 @@ The bounds (docs/cli.md, "Input limits"):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +35,8 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 #: No document of ours nests past a handful of levels; deep nesting only exhausts a parser's
 #: (or an encoder's) recursion further on.
 MAX_JSON_DEPTH = 32
+#: Enough for any id or amount (2^64 has 20 digits); longer ones only cost parsing time.
+MAX_INT_DIGITS = 20
 MIN_YEAR = 1970
 MAX_YEAR = 9000
 #: Ids are BIGINT (signed 64 bits) in both databases.
@@ -108,13 +112,15 @@ def parse_json(text: str, name: str) -> Any:
     """A JSON document within the bounds above; ``InputError`` names what is wrong and where:
     ``invalid_json`` (syntax), ``too_deep``, ``invalid_text`` or ``invalid_number``."""
     try:
-        document = json.loads(text, parse_constant=_refuse_constant)
+        document = json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_bounded_int
+        )
     except json.JSONDecodeError as error:
         raise InputError(
             "invalid_json",
             f"{name} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
         ) from None
-    except ValueError as error:  # NaN, Infinity
+    except ValueError as error:  # NaN, Infinity, 1e999, a 5,000-digit integer
         raise InputError("invalid_number", f"{name}: {error}") from None
     except RecursionError:
         raise InputError("too_deep", _too_deep(name)) from None
@@ -124,6 +130,19 @@ def parse_json(text: str, name: str) -> Any:
 
 def _refuse_constant(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text[:20]} is beyond what a float holds")
+    return number
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
 
 
 def _too_deep(name: str) -> str:
