@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from entrypoints.cli.common import JsonFlag, print_json, state_of
-from entrypoints.cli.inputs import InputError
+from entrypoints.cli.inputs import MAX_BATCH_BYTES, InputError, read_text
 from workflow.states import CaseState, CaseType
 
 
@@ -35,6 +35,8 @@ def diagram(
     if update_readme is not None or check_readme is not None:
         path = update_readme or check_readme
         assert path is not None
+        # Read once within the bounds first: a device or a file that is not UTF-8 is one line.
+        read_text(str(path), MAX_BATCH_BYTES)
         code = readme_diagrams.main([str(path), *([] if update_readme else ["--check"])])
         raise typer.Exit(code)
     if case_type is None:

@@ -283,3 +283,22 @@ def test_numbers_beyond_any_column_are_refused(invoke: CliFn, data: str, message
 def test_top_level_usage_errors_are_one_line(invoke: CliFn, args: tuple[str, ...]) -> None:
     line = one_line_error(invoke(*args), 2)
     assert line.startswith("error: ")
+
+
+def test_the_demo_does_not_delete_a_file_that_is_not_its_database(
+    invoke: CliFn, tmp_path: Path
+) -> None:
+    # given a document where the demo's database would go (a slip of --db)
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n", encoding="utf-8")
+    # when the demo is pointed at it, then it is refused and the file is untouched
+    line = one_line_error(invoke("demo", "--db", str(notes)), 2)
+    assert "is not a SQLite database" in line
+    assert notes.read_text(encoding="utf-8") == "# my notes\n"
+    # and a directory is refused too
+    assert "is not a file" in one_line_error(invoke("demo", "--db", str(tmp_path)), 2)
+
+
+def test_diagram_reads_a_readme_within_the_batch_bound(cli: CliFn) -> None:
+    line = one_line_error(cli("diagram", "--check-readme", "/dev/zero"), 2)
+    assert "over 32 MiB" in line

@@ -67,7 +67,8 @@ def test_an_extension_refusal_shows_both_times_in_the_display_zone(
         "--reason", "r", "--until", "2026-11-21T10:00:00+08:00",
     )  # fmt: skip
     line = one_line(result, 2)
-    assert f"2026-11-21 10:00 +08:00 is not after the current deadline {REVIEW_DUE_LOCAL}" in (line)
+    expected = f"2026-11-21 10:00 +08:00 is not after the current deadline {REVIEW_DUE_LOCAL}"
+    assert expected in line
 
 
 def test_every_time_shown_is_in_the_configured_zone(

@@ -25,7 +25,8 @@ try:
     app(sys.argv[1:], prog_name="aftersales")
 except SystemExit:
     pass
-print(json.dumps(sorted({*sys.modules, *(name.split(".")[0] for name in sys.modules)})), file=sys.stderr)
+names = {*sys.modules, *(name.split(".")[0] for name in sys.modules)}
+print(json.dumps(sorted(names)), file=sys.stderr)
 """
 WEB_AND_QUEUE = {"alembic", "celery", "kombu", "redis", "fastapi", "starlette", "uvicorn"}
 
