@@ -17,10 +17,12 @@ from entrypoints.cli.inputs import (
     CaseId,
     InputError,
     Version,
+    key_option,
     parse_data,
     parse_json,
     parse_time,
     read_text,
+    reason_option,
 )
 from entrypoints.terminal import printable
 from workflow import channels
@@ -53,7 +55,7 @@ def case_submit(
     ] = None,
     idempotency_key: Annotated[
         str | None,
-        typer.Option(help="Retrying with the same key returns the first case, not a second."),
+        key_option("Retrying with the same key returns the first case, not a second."),
     ] = None,
     actor: Annotated[
         str | None, typer.Option("--actor", help="Submitting actor (default: the buyer).")
@@ -169,13 +171,13 @@ def case_fire(
     case_id: CaseId,
     trigger: Annotated[str, typer.Argument(metavar="TRIGGER")],
     actor: ActorOption,
-    reason: Annotated[str | None, typer.Option(help="Why; admins and rejections need one.")] = None,
+    reason: Annotated[str | None, reason_option("Why; admins and rejections need one.")] = None,
     data: Annotated[
         str | None,
         typer.Option(metavar="JSON", help="Trigger data as a JSON object, or @FILE."),
     ] = None,
     idempotency_key: Annotated[
-        str | None, typer.Option(help="A retry with the same key does not fire twice.")
+        str | None, key_option("A retry with the same key does not fire twice.")
     ] = None,
     expected_version: Version = None,
     json_output: JsonFlag = False,
@@ -261,7 +263,7 @@ def case_extend_deadline(
     ctx: typer.Context,
     case_id: CaseId,
     actor: ActorOption,
-    reason: Annotated[str, typer.Option(help="Why (holiday, dispute); kept in the history.")],
+    reason: Annotated[str, reason_option("Why (holiday, dispute); kept in the history.")],
     until: Annotated[str | None, typer.Option(metavar="ISO8601", help="The new due time.")] = None,
     hours: Annotated[
         float | None,

@@ -32,6 +32,7 @@ from entrypoints.cli.inputs import (
     InputError,
     parse_json,
     read_text,
+    reason_option,
 )
 from entrypoints.terminal import printable
 from workflow.errors import InvalidInput
@@ -57,9 +58,7 @@ LetterId = Annotated[
 ResolverOption = Annotated[
     str, typer.Option("--actor", help="Who resolves the letter: admin or admin:NAME (kept).")
 ]
-ResolutionOption = Annotated[
-    str, typer.Option("--reason", help="Why it is replayed or discarded (kept with it).")
-]
+ResolutionOption = Annotated[str, reason_option("Why it is replayed or discarded (kept with it).")]
 
 
 def _resolver(text: str) -> str:

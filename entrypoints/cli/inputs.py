@@ -14,13 +14,16 @@ The bounds (docs/cli.md, "Input limits"):
 - a time lies in the years ``MIN_YEAR`` to ``MAX_YEAR``: wide enough for any real date,
   narrow enough that adding the longest policy period, or showing it in any zone, stays
   inside what ``datetime`` can represent;
-- a row id (case, token, dead letter) fits a signed 64-bit integer, as the databases store it.
+- a row id (case, token, dead letter) fits a signed 64-bit integer, as the databases store it;
+- a reason is at most ``MAX_TEXT_CHARS`` characters and an idempotency key at most
+  ``MAX_KEY_CHARS`` printable ASCII characters, as the HTTP API takes them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +44,26 @@ MIN_YEAR = 1970
 MAX_YEAR = 9000
 #: Ids are BIGINT (signed 64 bits) in both databases.
 MAX_ROW_ID = 2**63 - 1
+#: Free text a person types (a reason), as the HTTP API's ``reason`` and the documents' text.
+MAX_TEXT_CHARS = 2000
+#: An idempotency key, as the HTTP API's ``Idempotency-Key`` header.
+MAX_KEY_CHARS = 255
+_KEY = re.compile(r"^[!-~]+$")
+
+
+def _bounded_text(value: str | None) -> str | None:
+    if value is not None and len(value) > MAX_TEXT_CHARS:
+        raise typer.BadParameter(f"{len(value)} characters; at most {MAX_TEXT_CHARS}")
+    return value
+
+
+def _key(value: str | None) -> str | None:
+    if value is not None and (len(value) > MAX_KEY_CHARS or not _KEY.match(value)):
+        raise typer.BadParameter(
+            f"1 to {MAX_KEY_CHARS} printable ASCII characters without spaces, as the HTTP API's"
+        )
+    return value
+
 
 CaseId = Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ROW_ID, show_default=False)]
 AfterId = Annotated[
@@ -56,6 +79,16 @@ Version = Annotated[
         help="Refuse (exit 6) unless the case is still at version N.",
     ),
 ]
+
+
+def reason_option(help_text: str) -> Any:
+    """``--reason``, bounded like the HTTP API's."""
+    return typer.Option("--reason", metavar="TEXT", help=help_text, callback=_bounded_text)
+
+
+def key_option(help_text: str) -> Any:
+    """``--idempotency-key``, bounded like the HTTP API's ``Idempotency-Key``."""
+    return typer.Option("--idempotency-key", metavar="KEY", help=help_text, callback=_key)
 
 
 class InputError(Exception):

@@ -302,3 +302,19 @@ def test_the_demo_does_not_delete_a_file_that_is_not_its_database(
 def test_diagram_reads_a_readme_within_the_batch_bound(cli: CliFn) -> None:
     line = one_line_error(cli("diagram", "--check-readme", "/dev/zero"), 2)
     assert "over 32 MiB" in line
+
+
+def test_reasons_and_keys_are_bounded_as_the_http_api_bounds_them(
+    invoke: CliFn, submitted: Submit
+) -> None:
+    # given a case, and a reason and keys the HTTP API would refuse
+    case_id = str(submitted())
+    reject = ("--now", NOW, "case", "fire", case_id, "reject", "--actor", "merchant:m1")
+    # when they are given on the command line, then each is one line, exit 2
+    assert "at most 2000" in one_line_error(invoke(*reject, "--reason", "x" * 2001), 2)
+    for key in ("k" * 256, "with space", "tab\tkey"):
+        line = one_line_error(invoke(*reject, "--reason", "r", "--idempotency-key", key), 2)
+        assert "--idempotency-key" in line
+    # and the case did not move; a reason at the bound is taken
+    assert invoke("case", "show", case_id, "--json").json()["state"] == "submitted"
+    assert invoke(*reject, "--reason", "x" * 2000).code == 0
