@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from entrypoints import composition, views
 from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
@@ -76,7 +75,9 @@ def tokens_create(
         print_json({**_token_json(token), "token": secret})
         return
     console = new_console()
-    console.print(Text(f"token {token.id} ({token.scope}) created; its secret, shown only now:"))
+    console.print(
+        f"token {token.id} ({token.scope}) created; its secret, shown only now:", markup=False
+    )
     # Plain stdout, not rich: nothing may wrap or style the secret a script copies.
     typer.echo(secret)
 
@@ -116,13 +117,14 @@ def tokens_revoke(
     if state.json:
         print_json(_token_json(token))
         return
-    new_console().print(Text(f"token {token.id} ({token.scope}) revoked"))
+    new_console().print(f"token {token.id} ({token.scope}) revoked", markup=False)
 
 
 def _tokens_table(tokens: list[ApiToken], zone: tzinfo) -> Table:
     """One row per token under a header, times in the display zone, the id column kept."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=box.SIMPLE_HEAD)
     widest = max(len(str(token.id)) for token in tokens)
