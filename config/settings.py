@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.limits import MAX_DOCUMENT_BYTES
+
 #: The embedded database, relative to the directory the command runs in.
 DEFAULT_DATABASE_FILE = Path("var") / "aftersales.db"
 
@@ -143,7 +145,7 @@ class ApiSettings(BaseSettings):
     model_config = _section("AFTERSALES_API_")
 
     #: Largest request body (bytes). An application or a batch of 100 events is a few KiB.
-    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=MAX_DOCUMENT_BYTES, ge=1024)
     #: Requests a minute per token (bursts up to the same number); 0: no limit.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     #: Failed authentications a minute per client address; 0: no limit.

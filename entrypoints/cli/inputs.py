@@ -2,7 +2,7 @@
 times and row ids. Anything out of bounds is an ``InputError`` (one line, exit 2), never a
 traceback, and is refused before the service sees it.
 
-The bounds (docs/cli.md, "Input limits"):
+The bounds (docs/cli.md, "Input limits"; those the HTTP API shares are in ``config/limits.py``):
 
 - a document (``case submit``, ``--data``) is at most ``MAX_DOCUMENT_BYTES``, as a request body
   of the HTTP API; a batch file (``orders import``, ``events ingest``) at most
@@ -31,23 +31,16 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-#: A single JSON document: an application or a trigger's data is a few KiB.
-MAX_DOCUMENT_BYTES = 256 * 1024
+from config.limits import MAX_DOCUMENT_BYTES, MAX_JSON_DEPTH, MAX_KEY_CHARS, MAX_TEXT_CHARS
+
 #: A batch file: an order is about 1 KB, an event half that, so some 30,000 orders.
 MAX_BATCH_BYTES = 32 * 1024 * 1024
-#: No document of ours nests past a handful of levels; deep nesting only exhausts a parser's
-#: (or an encoder's) recursion further on.
-MAX_JSON_DEPTH = 32
 #: Enough for any id or amount (2^64 has 20 digits); longer ones only cost parsing time.
 MAX_INT_DIGITS = 20
 MIN_YEAR = 1970
 MAX_YEAR = 9000
 #: Ids are BIGINT (signed 64 bits) in both databases.
 MAX_ROW_ID = 2**63 - 1
-#: Free text a person types (a reason), as the HTTP API's ``reason`` and the documents' text.
-MAX_TEXT_CHARS = 2000
-#: An idempotency key, as the HTTP API's ``Idempotency-Key`` header.
-MAX_KEY_CHARS = 255
 _KEY = re.compile(r"^[!-~]+$")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from entrypoints import composition
-from entrypoints.cli.inputs import MAX_DOCUMENT_BYTES, MAX_JSON_DEPTH
+from config.limits import MAX_DOCUMENT_BYTES, MAX_JSON_DEPTH
 from workflow.clock import FakeClock
 from workflow.model import Actor
 
