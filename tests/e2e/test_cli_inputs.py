@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from entrypoints import composition
 from config.limits import MAX_DOCUMENT_BYTES, MAX_JSON_DEPTH
+from entrypoints import composition
 from workflow.clock import FakeClock
 from workflow.model import Actor
 
