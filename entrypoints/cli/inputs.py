@@ -1,5 +1,5 @@
 """What the command line accepts from outside, and its bounds: files and stdin, JSON documents,
-times and row ids. Anything out of bounds is an ``InputError`` (one line, exit 2), never a
+times, row ids and free text. Anything out of bounds is one line and exit 2, never a
 traceback, and is refused before the service sees it.
 
 The bounds (docs/cli.md, "Input limits"; those the HTTP API shares are in ``config/limits.py``):
