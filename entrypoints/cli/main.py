@@ -14,6 +14,7 @@ them and ``case show`` loads no Alembic, Celery or FastAPI.
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -84,4 +85,12 @@ def _global_options(
 
 def main() -> None:
     """The ``aftersales`` console script."""
-    app()
+    try:
+        app()
+    finally:
+        # At exit the interpreter runs one last cyclic garbage collection over every object
+        # the libraries made (SQLAlchemy's and pydantic's, hundreds of thousands), all of them
+        # about to go anyway: 70-120 ms of CPU of a 0.5 s ``case show`` (bench/cli_startup.py).
+        # Frozen objects are left out of it; the rest of the teardown (atexit handlers, thread
+        # joins, stream flushes, connections closed) runs as usual.
+        gc.freeze()
