@@ -6,7 +6,6 @@ and the other command groups start without them.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import typer
@@ -15,7 +14,6 @@ from entrypoints.cli.common import JsonFlag, new_console, print_json, state_of
 from entrypoints.cli.inputs import (
     AfterId,
     CaseId,
-    InputError,
     Version,
     key_option,
     parse_data,
@@ -275,8 +273,6 @@ def case_extend_deadline(
     from entrypoints import render, views
     from workflow.service import CaseView
 
-    if hours is not None and not math.isfinite(hours):
-        raise InputError("invalid_input", f"--hours {hours} is not a number of hours")
     state = state_of(ctx, json_output)
     who = Actor.parse(actor)
     new_due = parse_time(until, "--until") if until is not None else None
