@@ -61,11 +61,13 @@ def _plain(value: RenderableType) -> RenderableType:
     return Text(printable(value)) if isinstance(value, str) else value
 
 
-def _id_column(table: Table, header: str, ids: Iterable[int | None]) -> None:
+def _id_column(table: Table, header: str, ids: Iterable[object], style: str = "") -> None:
     """A column of ids that keeps its width when the terminal is narrow: rich would otherwise
     shrink it to nothing first (measured: ``case list`` at 80 columns lost its ids)."""
     widest = max((len(str(value)) for value in ids), default=1)
-    table.add_column(header, justify="right", no_wrap=True, min_width=max(widest, len(header)))
+    table.add_column(
+        header, justify="right", no_wrap=True, style=style, min_width=max(widest, len(header))
+    )
 
 
 def _row(table: Table, *cells: RenderableType) -> None:
@@ -169,7 +171,7 @@ def _facts(case: Case) -> list[tuple[str, str]]:
 def history_timeline(records: Sequence[TransitionRecord], zone: tzinfo) -> Table:
     """One row per transition; data and reasons go under it so long values wrap, not crop."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    _id_column(table, "#", (record.seq for record in records))
+    _id_column(table, "#", (record.seq for record in records), style="dim")
     table.add_column(f"when ({zone_name(zone)})", no_wrap=True)
     table.add_column("", no_wrap=True)
     table.add_column("by", no_wrap=True)
@@ -260,7 +262,7 @@ def _case_table(rows: Sequence[dict[str, RenderableType]], shown: Sequence[str])
     table = Table(box=box.SIMPLE_HEAD)
     for column in shown:
         if column == "id":
-            _id_column(table, "id", (int(str(row["id"])) for row in rows))
+            _id_column(table, "id", (row["id"] for row in rows))
         elif column == "refund":
             table.add_column(column, justify="right", no_wrap=True)
         elif column in ("order", "buyer", "merchant"):
