@@ -44,7 +44,15 @@ def loaded(args: list[str], env: dict[str, str], cwd: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["case", "--help"], ["timers", "run-due", "--help"], ["tokens"]]
+    "args",
+    [
+        ["--help"],
+        ["case", "--help"],
+        ["timers", "run-due", "--help"],
+        ["tokens"],
+        ["worker", "--help"],
+        ["serve", "--help"],
+    ],
 )
 def test_help_loads_no_database_web_queue_or_validation_library(
     env: dict[str, str], tmp_path: Path, args: list[str]
