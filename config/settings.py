@@ -8,15 +8,26 @@ as docs/ list them. Nothing is read at import time: the composition root
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import UTC, timedelta, timezone, tzinfo
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.durations import parse_duration
+from config.limits import MAX_DOCUMENT_BYTES
 
 #: The embedded database, relative to the directory the command runs in.
 DEFAULT_DATABASE_FILE = Path("var") / "aftersales.db"
@@ -29,6 +40,31 @@ def sqlite_url(path: Path) -> str:
 
 def _default_database_url() -> str:
     return sqlite_url(Path.cwd() / DEFAULT_DATABASE_FILE)
+
+
+#: The zone people read times in unless ``AFTERSALES_DISPLAY_TZ`` says otherwise: the
+#: platform's (China Standard Time, no daylight saving).
+DEFAULT_DISPLAY_TZ = "+08:00"
+_OFFSET = re.compile(r"^(?P<sign>[+-])(?P<hours>\d{2}):(?P<minutes>\d{2})$")
+
+
+def parse_zone(text: str) -> tzinfo:
+    """A UTC offset (``+08:00``, ``-05:30``, ``Z``) or an IANA zone name (``Asia/Shanghai``)."""
+    if text in ("Z", "UTC"):
+        return UTC
+    offset = _OFFSET.match(text)
+    if offset is not None:
+        hours, minutes = int(offset["hours"]), int(offset["minutes"])
+        if hours > 14 or minutes > 59:
+            raise ValueError(f"{text} is not a UTC offset (-14:00 to +14:00)")
+        delta = timedelta(hours=hours, minutes=minutes)
+        return timezone(-delta if offset["sign"] == "-" else delta, text)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{text!r} is neither a UTC offset like +08:00 nor a zone name like Asia/Shanghai"
+        ) from None
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -157,7 +193,7 @@ class ApiSettings(BaseSettings):
     model_config = _section("AFTERSALES_API_")
 
     #: Largest request body (bytes). An application or a batch of 100 events is a few KiB.
-    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=MAX_DOCUMENT_BYTES, ge=1024)
     #: Requests a minute per token (bursts up to the same number); 0: no limit.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     #: Failed authentications a minute per client address; 0: no limit.
@@ -287,6 +323,19 @@ class Settings(BaseSettings):
     #: How far an admin may move a case's deadline in one extension (``30d``, ``72h``), past
     #: the deadline it replaces; the CLI and the API apply the same rule.
     max_deadline_extension: Duration = Field(default=timedelta(days=30), gt=timedelta(0))
+    #: The one zone the command line shows times in (cards, tables, refusal messages): a UTC
+    #: offset like ``+08:00`` or a zone name like ``Asia/Shanghai``. JSON stays in UTC.
+    display_tz: str = DEFAULT_DISPLAY_TZ
+
+    @field_validator("display_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        parse_zone(value)
+        return value
+
+    @property
+    def display_zone(self) -> tzinfo:
+        return parse_zone(self.display_tz)
 
     @model_validator(mode="after")
     def _unacked_window_fits(self) -> Self:

@@ -2,9 +2,10 @@
 
 Every process builds from here: the CLI (``State`` in ``entrypoints/cli/common.py``), the HTTP
 API (``http_app``) and the Celery worker (``worker_app``, which the module Celery loads calls).
-``load_settings`` is the one place ``Settings()`` reads the environment. Celery and FastAPI are
-imported by the functions that need them, so a CLI command that only reads never loads them;
-Alembic (``persistence.migrate``) only when a function checks or migrates the schema.
+``load_settings`` is the one place ``Settings()`` reads the environment. Everything heavier
+than the standard library is imported by the functions that need it: the CLI imports this
+module for every command, ``--help`` included, and a command that only reads never loads
+Alembic, Celery or FastAPI (``bench/cli_startup.py``, tests/unit/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -18,32 +19,27 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import ValidationError
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
 from config.errors import SetupError
-from config.policy import Policy, load_policy
-from config.settings import Settings
-from config.sources import Sources, load_sources
-from persistence.db import dispose_engine, make_engine
-from persistence.tokens import SqlTokenStore
-from persistence.unit_of_work import SqlUnitOfWorkFactory
-from workflow.clock import Clock, FakeClock, FileClock, SystemClock
-from workflow.events.ingestion import EventService
-from workflow.orders_service import OrderService
-from workflow.service import CaseService
 
 if TYPE_CHECKING:
     from celery import Celery
     from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from config.settings import DatabaseSettings
+    from config.policy import Policy
+    from config.settings import DatabaseSettings, Settings
+    from config.sources import Sources
     from persistence.db import PoolSizing
     from persistence.migrate import Revision
+    from persistence.tokens import SqlTokenStore
     from tasks.kick import RelayKicker
     from tasks.resender import UnconfirmedEvents
     from tasks.runtime import Runtime
+    from workflow.clock import Clock
+    from workflow.events.ingestion import EventService
+    from workflow.orders_service import OrderService
+    from workflow.service import CaseService
 
 
 T = TypeVar("T")
@@ -51,6 +47,8 @@ T = TypeVar("T")
 
 def load_settings() -> Settings:
     """The settings of this process, read from the environment (``AFTERSALES_*``)."""
+    from config.settings import Settings
+
     return Settings()
 
 
@@ -61,6 +59,9 @@ def build_service(
 
     ``outbox_written`` is called after commits that wrote outbox rows (workers kick the relay).
     """
+    from persistence.unit_of_work import SqlUnitOfWorkFactory
+    from workflow.service import CaseService
+
     policy = build_policy(settings)
     engine = make_engine_for(settings)
     _prepare_schema(settings.database.url, engine)
@@ -83,6 +84,9 @@ def make_engine_for(settings: Settings) -> Engine:
 def build_order_service(settings: Settings, service: CaseService) -> OrderService:
     """Orders of record (import, accounts) on the same database, clock and policy as
     ``service``."""
+    from persistence.unit_of_work import SqlUnitOfWorkFactory
+    from workflow.orders_service import OrderService
+
     return OrderService(
         SqlUnitOfWorkFactory(_engine(settings.database)), service.clock, service.policy
     )
@@ -90,6 +94,9 @@ def build_order_service(settings: Settings, service: CaseService) -> OrderServic
 
 def build_event_service(settings: Settings, service: CaseService) -> EventService:
     """Inbound event ingestion on the same database and clock as ``service``."""
+    from persistence.unit_of_work import SqlUnitOfWorkFactory
+    from workflow.events.ingestion import EventService
+
     uow_factory = SqlUnitOfWorkFactory(_engine(settings.database))
     return EventService(
         service,
@@ -102,6 +109,8 @@ def build_event_service(settings: Settings, service: CaseService) -> EventServic
 
 def build_token_store(settings: Settings) -> SqlTokenStore:
     """The HTTP API's tokens on the configured database, its schema checked (or created)."""
+    from persistence.tokens import SqlTokenStore
+
     engine = make_engine_for(settings)
     _prepare_schema(settings.database.url, engine)
     return SqlTokenStore(engine)
@@ -137,6 +146,7 @@ def worker_app(settings: Settings) -> Celery:
 def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
     """The services the tasks of ``app`` call."""
     from adapters.fake_gateways import build_fake_gateways
+    from persistence.unit_of_work import SqlUnitOfWorkFactory
     from tasks.kick import RelayKicker
     from tasks.publish import publish
     from tasks.runtime import Runtime
@@ -174,7 +184,7 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
     from entrypoints.http.context import ApiContext
     from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
     from persistence.readings import SqlReadings
-    from persistence.tokens import SqlIdempotencyStore
+    from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
 
     api = settings.api
     kicker = relay_kicker(settings) if api.kick_relay else None
@@ -208,16 +218,22 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
 
 
 def build_policy(settings: Settings) -> Policy:
+    from config.policy import load_policy
+
     return _load_config("policy file", settings.policy_file, load_policy)
 
 
 def build_sources(settings: Settings) -> Sources:
     """The configured event producers (``config/sources.toml`` and ``AFTERSALES_SOURCES_FILE``)."""
+    from config.sources import load_sources
+
     return _load_config("sources file", settings.sources_file, load_sources)
 
 
 def _load_config(what: str, path: Path | None, load: Callable[[Path | None], T]) -> T:
     """A TOML file laid over its defaults in config/; any problem is one line naming the file."""
+    from pydantic import ValidationError
+
     try:
         return load(path)
     except OSError as error:
@@ -234,6 +250,8 @@ def _load_config(what: str, path: Path | None, load: Callable[[Path | None], T])
 
 def make_clock(now: datetime | None) -> Clock:
     """``--now``: a fixed simulation clock at that instant; otherwise the system time."""
+    from workflow.clock import FakeClock, SystemClock
+
     return SystemClock() if now is None else FakeClock(now)
 
 
@@ -241,6 +259,8 @@ def shared_clock(settings: Settings, now: datetime | None) -> Clock:
     """The clock of the long-running processes (workers, the API): a shared simulation clock
     file (live demo, end-to-end tests) wins, then ``--now``, then the system time."""
     if settings.clock_file is not None:
+        from workflow.clock import FileClock
+
         return FileClock(str(settings.clock_file))
     return make_clock(now)
 
@@ -315,6 +335,8 @@ def schema_differences(settings: Settings) -> tuple[str, list[str]]:
 def _schema_errors(url: str) -> Iterator[None]:
     """The errors of a schema command as one line each: a target alembic cannot reach is the
     user's input (exit 2), a schema or database problem a setup error (exit 1)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from persistence import migrate
     from workflow.errors import InvalidInput
 
@@ -330,6 +352,10 @@ def _schema_errors(url: str) -> Iterator[None]:
 
 def recreate_embedded_database(settings: Settings) -> None:
     """Delete the SQLite file of ``settings`` and create it afresh at the newest schema (demo)."""
+    from sqlalchemy.engine import make_url
+
+    from persistence.db import dispose_engine
+
     url = make_url(settings.database.url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         raise SetupError(f"only a SQLite file can be recreated, not {display_url(str(url))}")
@@ -345,6 +371,9 @@ def recreate_embedded_database(settings: Settings) -> None:
 
 def display_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -353,10 +382,17 @@ def display_url(url: str) -> str:
 
 def is_embedded(url: str) -> bool:
     """SQLite is the embedded database: created on first use, no separate migration step."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).get_backend_name() == "sqlite"
 
 
 def _engine(database: DatabaseSettings) -> Engine:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from persistence.db import make_engine
+
     url = database.url
     try:
         make_url(url)
@@ -388,6 +424,16 @@ def pool_sizing(database: DatabaseSettings) -> PoolSizing:
 
 
 def _prepare_schema(url: str, engine: Engine) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from persistence import schema_version
+
+    try:
+        with engine.connect() as connection:
+            if schema_version.is_current(connection):
+                return  # the usual case, answered without loading Alembic
+    except SQLAlchemyError as error:
+        raise _database_error(url, error) from None
     from persistence import migrate
 
     try:

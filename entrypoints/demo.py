@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from rich import box
 from rich.console import Console
@@ -124,12 +123,13 @@ class _Script:
         orders: OrderService,
         clock: FakeClock,
         console: Console | None,
+        zone: tzinfo,
     ) -> None:
         self.service = service
         self.orders = orders
         self.clock = clock
         self.console = console
-        self.zone = ZoneInfo(service.policy.timezone)
+        self.zone = zone  # the display zone, as every command shows times
         self._orders = 0
 
     def application(self, case_type: str, *terms: Any, **options: Any) -> dict[str, Any]:
@@ -368,7 +368,8 @@ def run(db_path: Path, console: Console | None = None) -> list[Outcome]:
     composition.recreate_embedded_database(settings)
     clock = FakeClock(START)
     service = composition.build_service(settings, clock)
-    script = _Script(service, composition.build_order_service(settings, service), clock, console)
+    orders = composition.build_order_service(settings, service)
+    script = _Script(service, orders, clock, console, settings.display_zone)
     if console is not None:
         console.print(
             f"[bold]after-sales demo[/] on {composition.display_url(settings.database.url)}, "

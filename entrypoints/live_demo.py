@@ -22,7 +22,6 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -119,7 +118,7 @@ class LiveDemo:
         )
         # The order system's import: orders of record come before the applications naming them.
         self.orders = composition.build_order_service(self.settings, self.service)
-        self.zone = ZoneInfo(self.service.policy.timezone)
+        self.zone = self.settings.display_zone  # as every command shows times
         self.samples: list[Sample] = []
         self.sent: list[tuple[str, dict[str, Any]]] = []  # (ingest task id, event's JSON)
         self.results: dict[str, str] = {}  # ingest task id -> its status, from the worker's log

@@ -5,18 +5,20 @@ Everything here only formats what the service returned; nothing decides anything
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from entrypoints.views import local, local_time, masked, relative, span, yuan
+from entrypoints.terminal import printable
+from entrypoints.views import local, local_time, masked, relative, span, yuan, zone_name
 from workflow.model import Case, Timer, TransitionRecord
 from workflow.service import CaseView, TimerRun
 from workflow.states import CaseState, CaseType
@@ -43,7 +45,7 @@ def state_text(state: CaseState | None) -> Text:
     return Text(state.value, style=style)
 
 
-def deadline_text(deadline: Timer | None, now: datetime, zone: ZoneInfo) -> Text:
+def deadline_text(deadline: Timer | None, now: datetime, zone: tzinfo) -> Text:
     if deadline is None:
         return Text("none", style="dim")
     late = deadline.due_at <= now
@@ -54,15 +56,25 @@ def deadline_text(deadline: Timer | None, now: datetime, zone: ZoneInfo) -> Text
 
 
 def _plain(value: RenderableType) -> RenderableType:
-    """Data as literal text: rich would read ``[gift-scarf]`` in a plain str as markup."""
-    return Text(value) if isinstance(value, str) else value
+    """Data as literal text: rich would read ``[gift-scarf]`` in a plain str as markup, and a
+    terminal would obey the escape sequences and line breaks stored text may hold."""
+    return Text(printable(value)) if isinstance(value, str) else value
+
+
+def _id_column(table: Table, header: str, ids: Iterable[object], style: str = "") -> None:
+    """A column of ids that keeps its width when the terminal is narrow: rich would otherwise
+    shrink it to nothing first (measured: ``case list`` at 80 columns lost its ids)."""
+    widest = max((len(str(value)) for value in ids), default=1)
+    table.add_column(
+        header, justify="right", no_wrap=True, style=style, min_width=max(widest, len(header))
+    )
 
 
 def _row(table: Table, *cells: RenderableType) -> None:
     table.add_row(*(_plain(cell) for cell in cells))
 
 
-def case_card(view: CaseView, now: datetime, zone: ZoneInfo) -> Panel:
+def case_card(view: CaseView, now: datetime, zone: tzinfo) -> Panel:
     case = view.case
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
@@ -82,13 +94,17 @@ def case_card(view: CaseView, now: datetime, zone: ZoneInfo) -> Panel:
     )
     _row(grid, "delivered", local(case.delivered_at, zone))
     _row(
-        grid, "items", _lines(f"{i.sku} × {i.quantity} @ {yuan(i.unit_price)}" for i in case.items)
+        grid,
+        "items",
+        _lines(f"{printable(i.sku)} × {i.quantity} @ {yuan(i.unit_price)}" for i in case.items),
     )
     if case.gifts:
         _row(
             grid,
             "gifts",
-            _lines(f"{g.sku} × {g.quantity} (worth {yuan(g.value)})" for g in case.gifts),
+            _lines(
+                f"{printable(g.sku)} × {g.quantity} (worth {yuan(g.value)})" for g in case.gifts
+            ),
         )
     for label, value in _facts(case):
         _row(grid, label, value)
@@ -111,8 +127,9 @@ def _refund_text(case: Case) -> Text:
     return text
 
 
-def _lines(parts: Iterable[str]) -> str:
-    return "\n".join(parts)
+def _lines(parts: Iterable[str]) -> Text:
+    """Lines that are meant as lines, their parts already made printable."""
+    return Text("\n".join(parts))
 
 
 def _facts(case: Case) -> list[tuple[str, str]]:
@@ -151,11 +168,11 @@ def _facts(case: Case) -> list[tuple[str, str]]:
     return facts
 
 
-def history_timeline(records: Sequence[TransitionRecord], zone: ZoneInfo) -> Table:
+def history_timeline(records: Sequence[TransitionRecord], zone: tzinfo) -> Table:
     """One row per transition; data and reasons go under it so long values wrap, not crop."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column(f"when ({zone.key})", no_wrap=True)
+    _id_column(table, "#", (record.seq for record in records), style="dim")
+    table.add_column(f"when ({zone_name(zone)})", no_wrap=True)
     table.add_column("", no_wrap=True)
     table.add_column("by", no_wrap=True)
     table.add_column("via", no_wrap=True)
@@ -169,41 +186,48 @@ def history_timeline(records: Sequence[TransitionRecord], zone: ZoneInfo) -> Tab
             " → ",
             state_text(record.to_state),
         )
-        note = _note(record)
+        note = _note(record, zone)
         if note:
-            cell.append("\n" + note, style="dim")
+            # The one line break here is ours; the reason's own are escaped by ``printable``.
+            cell.append("\n" + printable(note), style="dim")
         via = record.source or "?"
         _row(table, str(record.seq), local_time(record.at, zone), marker, record.actor, via, cell)
     return table
 
 
-def _note(record: TransitionRecord) -> str:
+def _note(record: TransitionRecord, zone: tzinfo) -> str:
     parts = []
     if record.reason:
         parts.append(f"“{record.reason}”")
     if record.data:
         data = masked(record.data)
-        parts.append(", ".join(f"{key}={_short(value)}" for key, value in data.items()))
+        parts.append(", ".join(f"{key}={_short(value, zone)}" for key, value in data.items()))
     return "  ".join(parts)
 
 
-def _short(value: Any) -> str:
+#: An instant as the service writes it into a transition's data (``datetime.isoformat()``).
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:\d{2}|Z)$")
+
+
+def _short(value: Any, zone: tzinfo) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(str(item) for item in value) + "]"
+    if isinstance(value, str) and _INSTANT.match(value):
+        # An extension's from/to: shown in the display zone like every other time here.
+        return local(datetime.fromisoformat(value), zone)
     return str(value)
 
 
-def case_table(views: Sequence[CaseView], now: datetime, zone: ZoneInfo) -> Table:
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("type", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("refund", justify="right", no_wrap=True)
-    table.add_column("deadline", no_wrap=True)
-    table.add_column("order")
-    table.add_column("buyer")
-    table.add_column("merchant")
-    table.add_column("updated", no_wrap=True)
+#: ``case list`` columns left out, in this order, while the table is wider than the terminal:
+#: the id, state, refund and deadline always stay (at 80 columns, so do type and order).
+_CASE_COLUMNS_TO_DROP = ("merchant", "buyer", "updated", "order", "type")
+
+
+def case_table(
+    views: Sequence[CaseView], now: datetime, zone: tzinfo, width: int | None = None
+) -> Table:
+    """One row per case; the columns that fit in ``width`` (all of them without one)."""
+    rows: list[dict[str, RenderableType]] = []
     for view in views:
         case = view.case
         deadline = (
@@ -211,25 +235,55 @@ def case_table(views: Sequence[CaseView], now: datetime, zone: ZoneInfo) -> Tabl
             if view.deadline
             else Text("—", style="dim")
         )
-        _row(
-            table,
-            str(case.id),
-            case.type.value,
-            state_text(case.state),
-            yuan(case.refund_amount),
-            deadline,
-            case.order_id,
-            case.buyer_id,
-            case.merchant_id,
-            local(case.updated_at, zone),
+        rows.append(
+            {
+                "id": str(case.id),
+                "type": case.type.value,
+                "state": state_text(case.state),
+                "refund": yuan(case.refund_amount),
+                "deadline": deadline,
+                "order": case.order_id,
+                "buyer": case.buyer_id,
+                "merchant": case.merchant_id,
+                "updated": local(case.updated_at, zone),
+            }
         )
+    shown = ["id", "type", "state", "refund", "deadline", "order", "buyer", "merchant", "updated"]
+    table = _case_table(rows, shown)
+    for column in _CASE_COLUMNS_TO_DROP:
+        if width is None or _natural_width(table) <= width:
+            break
+        shown.remove(column)
+        table = _case_table(rows, shown)
     return table
 
 
-def timers_table(timers: Sequence[Timer], as_of: datetime, zone: ZoneInfo) -> Table:
+def _case_table(rows: Sequence[dict[str, RenderableType]], shown: Sequence[str]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("timer", justify="right")
-    table.add_column("case", justify="right")
+    for column in shown:
+        if column == "id":
+            _id_column(table, "id", (row["id"] for row in rows))
+        elif column == "refund":
+            table.add_column(column, justify="right", no_wrap=True)
+        elif column in ("order", "buyer", "merchant"):
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, no_wrap=True)
+    for row in rows:
+        _row(table, *(row[column] for column in shown))
+    return table
+
+
+def _natural_width(table: Table) -> int:
+    """The width ``table`` takes when nothing limits it."""
+    unlimited = Console(width=10_000)
+    return Measurement.get(unlimited, unlimited.options, table).maximum
+
+
+def timers_table(timers: Sequence[Timer], as_of: datetime, zone: tzinfo) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    _id_column(table, "timer", (timer.id for timer in timers))
+    _id_column(table, "case", (timer.case_id for timer in timers))
     table.add_column("state")
     table.add_column("kind")
     table.add_column("fires")
@@ -251,8 +305,8 @@ def timers_table(timers: Sequence[Timer], as_of: datetime, zone: ZoneInfo) -> Ta
 
 def runs_table(runs: Sequence[TimerRun]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("timer", justify="right")
-    table.add_column("case", justify="right")
+    _id_column(table, "timer", (run.timer.id for run in runs))
+    _id_column(table, "case", (run.timer.case_id for run in runs))
     table.add_column("kind")
     table.add_column("fired")
     table.add_column("outcome")
@@ -283,8 +337,8 @@ def fired_summary(records: Sequence[TransitionRecord], replayed: bool) -> Render
                 state_text(record.from_state),
                 " → ",
                 state_text(record.to_state),
-                f"  by {record.actor}",
-                f" via {record.source}" if record.source else "",
+                f"  by {printable(record.actor)}",
+                f" via {printable(record.source)}" if record.source else "",
             )
         )
     return Group(*lines)

@@ -7,15 +7,19 @@ display strings; only the rich tables show ``¥199.00`` and "in 1d 3h".
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from workflow.model import Case, Timer, TransitionRecord
-from workflow.orders import OrderAccount
-from workflow.orders_service import ImportResult
 from workflow.redaction import masked as masked
-from workflow.service import CaseView, FireResult, TimerRun
+
+if TYPE_CHECKING:
+    # Only named in annotations: the command line imports this module for commands that
+    # never load the service (``tokens list``), see cli.main.
+    from workflow.model import Case, Timer, TransitionRecord
+    from workflow.orders import OrderAccount
+    from workflow.orders_service import ImportResult
+    from workflow.service import CaseView, FireResult, TimerRun
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -205,15 +209,29 @@ def relative(due_at: datetime, now: datetime) -> str:
     return f"overdue by {span(now - due_at)}"
 
 
-def local(moment: datetime | None, zone: ZoneInfo) -> str:
-    """A time in the platform's zone, where its calendar days (and the policy's dates) live."""
+def local(moment: datetime | None, zone: tzinfo) -> str:
+    """A time in the display zone (``AFTERSALES_DISPLAY_TZ``), with its offset."""
     if moment is None:
         return "—"
-    shown = moment.astimezone(zone)
+    shown = _in_zone(moment, zone)
     offset = shown.strftime("%z")
     return f"{shown:%Y-%m-%d %H:%M} {offset[:3]}:{offset[3:]}"
 
 
-def local_time(moment: datetime, zone: ZoneInfo) -> str:
+def local_time(moment: datetime, zone: tzinfo) -> str:
     """``local`` without the offset, for columns whose header names the zone."""
-    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M}"
+    return f"{_in_zone(moment, zone):%Y-%m-%d %H:%M}"
+
+
+def _in_zone(moment: datetime, zone: tzinfo) -> datetime:
+    """``moment`` in ``zone``; an instant within hours of year 1 or 9999 that the zone would
+    push past what ``datetime`` holds is shown in UTC instead (its offset says so)."""
+    try:
+        return moment.astimezone(zone)
+    except OverflowError:
+        return moment.astimezone(UTC)
+
+
+def zone_name(zone: tzinfo) -> str:
+    """``Asia/Shanghai`` for a named zone, ``+08:00`` for a fixed offset."""
+    return zone.key if isinstance(zone, ZoneInfo) else str(zone.tzname(None))

@@ -21,7 +21,14 @@ from transitions import EventData, Machine
 from config.policy import Policy
 from workflow import definitions, payloads, rules
 from workflow.definitions import FOLLOW_UPS, REASON_REQUIRED, TIMERS, Rule
-from workflow.errors import Forbidden, InvalidInput, NotAllowed, PolicyRefusal, StateConflict
+from workflow.errors import (
+    Forbidden,
+    InvalidInput,
+    NotAllowed,
+    Phrase,
+    PolicyRefusal,
+    StateConflict,
+)
 from workflow.model import (
     SYSTEM,
     Actor,
@@ -172,8 +179,11 @@ def _check_deadline(case: Case, trigger: str, context: Context) -> None:
         return
     raise PolicyRefusal(
         deadline.kind,
-        f"the {deadline.kind.replace('_', ' ')} deadline passed at "
-        f"{deadline.due_at.isoformat()}; {deadline.trigger} applies now",
+        Phrase(
+            f"the {deadline.kind.replace('_', ' ')} deadline passed at ",
+            deadline.due_at,
+            f"; {deadline.trigger} applies now",
+        ),
     )
 
 
@@ -520,14 +530,17 @@ def extension(
     new_due = until if until is not None else deadline.due_at + timedelta(hours=hours or 0)
     if new_due <= deadline.due_at:
         raise StateConflict(
-            f"{new_due.isoformat()} is not after the current deadline "
-            f"{deadline.due_at.isoformat()}",
+            Phrase(new_due, " is not after the current deadline ", deadline.due_at),
             "data.until",
         )
     if new_due - deadline.due_at > longest:
         raise StateConflict(
-            f"{new_due.isoformat()} is more than {_hours(longest)} hours after the current "
-            f"deadline {deadline.due_at.isoformat()} (the longest extension)",
+            Phrase(
+                new_due,
+                f" is more than {_hours(longest)} hours after the current deadline ",
+                deadline.due_at,
+                " (the longest extension)",
+            ),
             "data.until",
         )
     return new_due

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+
+class Phrase:
+    """A message whose instants stay instants until it is shown: the domain keeps no display
+    zone, so each edge shows them in its own (the command line in ``AFTERSALES_DISPLAY_TZ``,
+    the HTTP API and ``str()`` as ISO 8601 in UTC, as the instants are stored)."""
+
+    def __init__(self, *parts: str | datetime | Phrase) -> None:
+        flat: list[str | datetime] = []
+        for part in parts:
+            flat.extend(part.parts if isinstance(part, Phrase) else (part,))
+        self.parts: tuple[str | datetime, ...] = tuple(flat)
+
+    def render(self, show_time: Callable[[datetime], str] = datetime.isoformat) -> str:
+        return "".join(part if isinstance(part, str) else show_time(part) for part in self.parts)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class AftersalesError(Exception):
-    """A refusal the caller can act on. ``code`` is stable; ``str()`` is one readable line."""
+    """A refusal the caller can act on. ``code`` is stable; ``str()`` is one readable line;
+    ``phrase`` is the same line with its instants kept for the edge to show."""
 
     code = "error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str | Phrase) -> None:
+        self.phrase = message if isinstance(message, Phrase) else Phrase(message)
+        self.message = str(self.phrase)
+        super().__init__(self.message)
 
 
 class NotFound(AftersalesError):
@@ -22,8 +43,8 @@ class NotFound(AftersalesError):
 class InvalidInput(AftersalesError):
     code = "invalid_input"
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
+    def __init__(self, message: str | Phrase, field: str | None = None) -> None:
+        super().__init__(Phrase(f"{field}: ", message) if field else message)
         self.field = field
 
 
@@ -52,9 +73,9 @@ class NotAllowed(AftersalesError):
 
     code = "not_allowed"
 
-    def __init__(self, message: str, allowed: Sequence[str]) -> None:
+    def __init__(self, message: str | Phrase, allowed: Sequence[str]) -> None:
         allowed_text = ", ".join(allowed) if allowed else "none"
-        super().__init__(f"{message}; allowed now: {allowed_text}")
+        super().__init__(Phrase(message, f"; allowed now: {allowed_text}"))
         self.allowed = list(allowed)
 
 
@@ -83,8 +104,8 @@ class PolicyRefusal(AftersalesError):
 
     code = "policy_refusal"
 
-    def __init__(self, rule: str, message: str) -> None:
-        super().__init__(f"refused by rule {rule}: {message}")
+    def __init__(self, rule: str, message: str | Phrase) -> None:
+        super().__init__(Phrase(f"refused by rule {rule}: ", message))
         self.rule = rule
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from config.policy import Policy
 from workflow.clock import ensure_utc
-from workflow.errors import InvalidInput, NotFound, PolicyRefusal
+from workflow.errors import InvalidInput, NotFound, Phrase, PolicyRefusal
 from workflow.model import Case, Gift, Payment
 from workflow.payloads import (
     MAX_FEN,
@@ -214,8 +214,11 @@ def merge_import(stored: Order | None, incoming: Order) -> Order | None:
         return None
     if stored.delivered_at is not None:
         raise InvalidInput(
-            f"order {stored.order_id} was delivered at {stored.delivered_at.isoformat()}; "
-            "a recorded delivery time does not move",
+            Phrase(
+                f"order {stored.order_id} was delivered at ",
+                stored.delivered_at,
+                "; a recorded delivery time does not move",
+            ),
             "delivered_at",
         )
     return Order(**{**stored.__dict__, "delivered_at": incoming.delivered_at})
@@ -378,10 +381,12 @@ def lines_applied_for(order: Order, app: Application) -> list[OrderLine]:
 def _check_stated(order: Order, app: Application, category: str) -> None:
     stated = app.model_fields_set
 
-    def differs(name: str, detail: str) -> InvalidInput:
+    def differs(name: str, *detail: str | datetime) -> InvalidInput:
         return InvalidInput(
-            f"{detail} on the order of record {order.order_id}: leave it out, the order "
-            "supplies it",
+            Phrase(
+                *detail,
+                f" on the order of record {order.order_id}: leave it out, the order supplies it",
+            ),
             name,
         )
 
@@ -397,13 +402,14 @@ def _check_stated(order: Order, app: Application, category: str) -> None:
             ("paid_at", paid.paid_at, ensure_utc(app.payment.paid_at)),
         ):
             if was != now:
-                shown = was.isoformat() if isinstance(was, datetime) else was
-                raise differs(f"payment.{name}", f"payment.{name} is {shown}")
+                shown = was if isinstance(was, datetime) else str(was)
+                raise differs(f"payment.{name}", f"payment.{name} is ", shown)
     if "delivered_at" in stated:
         delivered = ensure_utc(app.delivered_at) if app.delivered_at else None
         if delivered != order.delivered_at:
-            shown = order.delivered_at.isoformat() if order.delivered_at else "not delivered"
-            raise differs("delivered_at", f"delivered_at is {shown}")
+            if order.delivered_at is None:
+                raise differs("delivered_at", "delivered_at is not delivered")
+            raise differs("delivered_at", "delivered_at is ", order.delivered_at)
     for index, gift in enumerate(app.gifts or []):
         known = next((g for g in order.gifts if g.sku == gift.sku), None)
         if known is None:

@@ -11,7 +11,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from config.policy import Policy
-from workflow.errors import InvalidInput, PolicyRefusal
+from workflow.errors import InvalidInput, Phrase, PolicyRefusal
 from workflow.model import Case, Gift
 from workflow.states import CaseType
 
@@ -162,8 +162,11 @@ def _check_refund_only(facts: EligibilityFacts, policy: Policy, now: datetime) -
     if facts.reason in ("not_received", "no_reason"):
         raise PolicyRefusal(
             "reason_fits_type",
-            f"the order was delivered on {facts.delivered_at.date()}: a refund "
-            f"without return is for goods not received, damaged or missing",
+            Phrase(
+                "the order was delivered at ",
+                facts.delivered_at,
+                ": a refund without return is for goods not received, damaged or missing",
+            ),
         )
     # Delivered goods: the application is allowed, the refund needs the merchant's consent
     # (``merchant_consent_required``).

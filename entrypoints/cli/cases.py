@@ -1,31 +1,37 @@
-"""``aftersales case``: submit, inspect and move cases."""
+"""``aftersales case``: submit, inspect and move cases.
+
+The service, its views and rich are imported inside each command (see ``main``): ``--help``
+and the other command groups start without them.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
-from entrypoints import render, views
-from entrypoints.cli.common import (
-    JsonFlag,
-    new_console,
+from entrypoints.cli.common import JsonFlag, new_console, print_json, state_of
+from entrypoints.cli.inputs import (
+    AfterId,
+    CaseId,
+    Version,
+    key_option,
     parse_data,
     parse_json,
     parse_time,
-    print_json,
     read_text,
-    state_of,
+    reason_option,
 )
+from entrypoints.terminal import printable
 from workflow import channels
 from workflow.model import Actor
-from workflow.ports import CaseQuery
-from workflow.service import CaseView
 from workflow.states import CaseState, CaseType
 
 #: Cases per page of ``case list``.
 DEFAULT_PAGE = 20
+#: ``--hours`` of an extension: ten years is beyond any holiday or dispute, and keeps the new
+#: due time far inside what a ``datetime`` holds.
+MAX_EXTENSION_HOURS = 10 * 366 * 24
 
 case_app = typer.Typer(no_args_is_help=True, help="Submit, inspect and move cases.")
 
@@ -47,7 +53,7 @@ def case_submit(
     ] = None,
     idempotency_key: Annotated[
         str | None,
-        typer.Option(help="Retrying with the same key returns the first case, not a second."),
+        key_option("Retrying with the same key returns the first case, not a second."),
     ] = None,
     actor: Annotated[
         str | None, typer.Option("--actor", help="Submitting actor (default: the buyer).")
@@ -55,6 +61,8 @@ def case_submit(
     json_output: JsonFlag = False,
 ) -> None:
     """Apply for after-sales with an application JSON document."""
+    from entrypoints import render, views
+
     state = state_of(ctx, json_output)
     text, name = read_text(source)
     raw = parse_json(text, name)
@@ -71,12 +79,14 @@ def case_submit(
 @case_app.command("show")
 def case_show(
     ctx: typer.Context,
-    case_id: Annotated[int, typer.Argument(metavar="ID")],
+    case_id: CaseId,
     actor: ScopeOption = None,
     history: Annotated[bool, typer.Option("--history", help="Add the timeline.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """One case: state, deadline, refund."""
+    from entrypoints import render, views
+
     state = state_of(ctx, json_output)
     service = state.service()
     who = Actor.parse(actor) if actor else None
@@ -103,13 +113,16 @@ def case_list(
     buyer: Annotated[str | None, typer.Option(help="Buyer id.")] = None,
     order: Annotated[str | None, typer.Option(help="Order id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="Cases per page.")] = DEFAULT_PAGE,
-    after: Annotated[
-        int | None, typer.Option(metavar="ID", help="Page on: cases after this id.")
-    ] = None,
+    after: AfterId = None,
     actor: ScopeOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Cases, oldest first, a page at a time."""
+    from rich.text import Text
+
+    from entrypoints import render, views
+    from workflow.ports import CaseQuery
+
     state = state_of(ctx, json_output)
     service = state.service()
     query = CaseQuery(
@@ -132,7 +145,7 @@ def case_list(
     if not page:
         console.print("no cases" + (" after that id" if after else ""))
         return
-    console.print(render.case_table(page, service.clock.now(), state.zone()))
+    console.print(render.case_table(page, service.clock.now(), state.zone(), console.width))
     if next_after is not None:
         filters = {
             "--state": state_filter,
@@ -147,30 +160,30 @@ def case_list(
         hint = " ".join(
             ["aftersales case list", *(f"{k} {v}" for k, v in filters.items() if v is not None)]
         )
-        console.print(Text(f"more cases: {hint}", style="dim"))
+        console.print(Text(printable(f"more cases: {hint}"), style="dim"))
 
 
 @case_app.command("fire")
 def case_fire(
     ctx: typer.Context,
-    case_id: Annotated[int, typer.Argument(metavar="ID")],
+    case_id: CaseId,
     trigger: Annotated[str, typer.Argument(metavar="TRIGGER")],
     actor: ActorOption,
-    reason: Annotated[str | None, typer.Option(help="Why; admins and rejections need one.")] = None,
+    reason: Annotated[str | None, reason_option("Why; admins and rejections need one.")] = None,
     data: Annotated[
         str | None,
         typer.Option(metavar="JSON", help="Trigger data as a JSON object, or @FILE."),
     ] = None,
     idempotency_key: Annotated[
-        str | None, typer.Option(help="A retry with the same key does not fire twice.")
+        str | None, key_option("A retry with the same key does not fire twice.")
     ] = None,
-    expected_version: Annotated[
-        int | None,
-        typer.Option(metavar="N", help="Refuse (exit 6) unless the case is still at version N."),
-    ] = None,
+    expected_version: Version = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Fire a trigger on a case as an actor (see `case triggers` for what is allowed)."""
+    from entrypoints import render, views
+    from workflow.service import CaseView
+
     state = state_of(ctx, json_output)
     payload = parse_data(data)
     who = Actor.parse(actor)
@@ -197,11 +210,15 @@ def case_fire(
 @case_app.command("triggers")
 def case_triggers(
     ctx: typer.Context,
-    case_id: Annotated[int, typer.Argument(metavar="ID")],
+    case_id: CaseId,
     actor: ActorOption,
     json_output: JsonFlag = False,
 ) -> None:
     """The triggers this actor may fire on the case now."""
+    from rich.text import Text
+
+    from entrypoints import render
+
     state = state_of(ctx, json_output)
     who = Actor.parse(actor)
     service = state.service()
@@ -211,7 +228,9 @@ def case_triggers(
         return
     case = service.get(case_id, who).case
     console = new_console()
-    prefix = Text.assemble(f"case {case_id} is ", render.state_text(case.state), f"; {who} ")
+    prefix = Text.assemble(
+        f"case {case_id} is ", render.state_text(case.state), f"; {printable(str(who))} "
+    )
     if names:
         console.print(prefix + Text("may fire: ") + Text(", ".join(names), style="bold"))
     else:
@@ -221,11 +240,13 @@ def case_triggers(
 @case_app.command("history")
 def case_history(
     ctx: typer.Context,
-    case_id: Annotated[int, typer.Argument(metavar="ID")],
+    case_id: CaseId,
     actor: ScopeOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Every transition of the case, oldest first."""
+    from entrypoints import render, views
+
     state = state_of(ctx, json_output)
     service = state.service()
     records = service.history(case_id, Actor.parse(actor) if actor else None)
@@ -238,16 +259,20 @@ def case_history(
 @case_app.command("extend-deadline")
 def case_extend_deadline(
     ctx: typer.Context,
-    case_id: Annotated[int, typer.Argument(metavar="ID")],
+    case_id: CaseId,
     actor: ActorOption,
-    reason: Annotated[str, typer.Option(help="Why (holiday, dispute); kept in the history.")],
+    reason: Annotated[str, reason_option("Why (holiday, dispute); kept in the history.")],
     until: Annotated[str | None, typer.Option(metavar="ISO8601", help="The new due time.")] = None,
     hours: Annotated[
-        float | None, typer.Option(help="Hours added to the current due time.")
+        float | None,
+        typer.Option(min=0, max=MAX_EXTENSION_HOURS, help="Hours added to the current due time."),
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Move the case's current deadline later (admins only)."""
+    from entrypoints import render, views
+    from workflow.service import CaseView
+
     state = state_of(ctx, json_output)
     who = Actor.parse(actor)
     new_due = parse_time(until, "--until") if until is not None else None

@@ -10,20 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from sqlalchemy.exc import OperationalError
 from typer.core import TyperGroup
 
 from config.errors import SetupError
-from config.settings import Settings
-from entrypoints import composition
+from entrypoints.cli.inputs import InputError
+from entrypoints.terminal import json_safe, printable
 from workflow.errors import (
     AftersalesError,
     Conflict,
@@ -33,14 +28,17 @@ from workflow.errors import (
     NotFound,
     PolicyRefusal,
 )
-from workflow.orders_service import OrderService
-from workflow.service import CaseService
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     # Typer vendors click and exports no public name for the base context its groups receive.
     from typer._click import Context as ClickContext
 
+    from config.settings import Settings
     from tasks.kick import RelayKicker
+    from workflow.orders_service import OrderService
+    from workflow.service import CaseService
 
 try:  # recent typer vendors click; older releases depend on the click package instead
     from typer._click import exceptions as click_errors
@@ -68,15 +66,6 @@ JsonFlag = Annotated[
 ]
 
 
-class InputError(Exception):
-    """Bad input caught before the service is called: a file, a JSON document, a time."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 @dataclass
 class State:
     """What the global options decided, shared by every command of one invocation; it builds
@@ -91,12 +80,16 @@ class State:
 
     def settings(self) -> Settings:
         if self._settings is None:
+            from entrypoints import composition
+
             self._settings = composition.load_settings()
         return self._settings
 
     def service(self) -> CaseService:
         # Built on first use so ``diagram`` and ``--help`` never touch the database.
         if self._service is None:
+            from entrypoints import composition
+
             self._service = composition.build_service(
                 self.settings(), composition.make_clock(self.now), outbox_written=self._kick_relay
             )
@@ -105,6 +98,8 @@ class State:
     def orders(self) -> OrderService:
         """Orders of record on the same database, clock and policy as ``service()``."""
         if self._orders is None:
+            from entrypoints import composition
+
             self._orders = composition.build_order_service(self.settings(), self.service())
         return self._orders
 
@@ -112,6 +107,8 @@ class State:
         """After a commit that wrote outbox rows. The kicker (and Celery) is built here, not
         with the service: commands that only read (or write no effects) never pay for it."""
         if self.kicker is None:
+            from entrypoints import composition
+
             self.kicker = composition.relay_kicker(self.settings())
         self.kicker()
 
@@ -120,8 +117,19 @@ class State:
         if self.kicker is not None:
             self.kicker.flush(KICK_FLUSH_S)
 
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.service().policy.timezone)
+    def zone(self) -> tzinfo:
+        """The display zone (``AFTERSALES_DISPLAY_TZ``) every time a person reads is shown in."""
+        return self.settings().display_zone
+
+    def shown_zone(self) -> tzinfo | None:
+        """The display zone if the settings load, for error messages (which may be about the
+        settings themselves)."""
+        if self._settings is not None:
+            return self._settings.display_zone
+        try:
+            return self.settings().display_zone
+        except Exception:  # the error being reported may be this very one
+            return None
 
 
 def state_of(ctx: typer.Context, json_output: bool = False) -> State:
@@ -135,8 +143,34 @@ class ReportingGroup(TyperGroup):
     """Turns the errors a user can act on into one line and an exit code, never a traceback.
 
     Every command runs inside the top group's ``invoke``, so this one place covers them all,
-    whether started by the console script or by a test's ``CliRunner``.
+    whether started by the console script or by a test's ``CliRunner``; ``make_context`` covers
+    what comes before: the arguments themselves and the top-level options.
     """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: ClickContext | None = None,
+        **extra: Any,
+    ) -> ClickContext:
+        as_json = "--json" in args
+        for position, arg in enumerate(args, 1):
+            if not _is_unicode(arg):
+                # Bytes that are not UTF-8 reach Python as lone surrogates, which no database,
+                # file name or terminal takes: refused here, once, for every command.
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                message = f"argument {position} ({shown}) is not UTF-8 text"
+                print_error("invalid_text", message, {}, as_json)
+                raise typer.Exit(EXIT_USAGE)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click_errors.NoArgsIsHelpError:
+            raise
+        except click_errors.UsageError as error:
+            # A top-level option did not parse: the same one line as every other error.
+            print_error("usage", f"{error.format_message()} (see: {info_name} --help)", {}, as_json)
+            raise typer.Exit(error.exit_code) from None
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -150,20 +184,54 @@ class ReportingGroup(TyperGroup):
             message = f"{error.format_message()} (see: {where} --help)"
             print_error("usage", message, {}, state.json)
             raise typer.Exit(error.exit_code) from None
-        except (
-            AftersalesError,
-            InputError,
-            SetupError,
-            ValidationError,
-            OperationalError,
-        ) as error:
+        except Exception as error:
+            if not is_reported(error):
+                raise
             state = ctx.obj if isinstance(ctx.obj, State) else State()
-            code, message, extra = describe(error)
+            # JSON keeps times in UTC, as everywhere in JSON; people read the display zone.
+            zone = None if state.json else state.shown_zone()
+            code, message, extra = describe(error, zone)
             print_error(code, message, extra, state.json)
             raise typer.Exit(exit_code(error)) from None
 
 
-def describe(error: Exception) -> tuple[str, str, dict[str, Any]]:
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _loaded(module: str, name: str) -> type[Exception] | None:
+    """An exception type of a library, if that library was imported: an error of a library
+    this process never loaded cannot have been raised, and importing it to check would cost
+    every command its start-up time (``--help`` loads neither pydantic nor SQLAlchemy)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else None
+
+
+def _validation_error() -> type[Exception] | None:
+    return _loaded("pydantic_core", "ValidationError")
+
+
+def _database_error() -> type[Exception] | None:
+    """The database went away or stayed locked mid-command."""
+    return _loaded("sqlalchemy.exc", "OperationalError")
+
+
+def is_reported(error: Exception) -> bool:
+    """An error a user can act on, reported as one line; anything else is a bug."""
+    if isinstance(error, AftersalesError | InputError | SetupError):
+        return True
+    return any(
+        kind is not None and isinstance(error, kind)
+        for kind in (_validation_error(), _database_error())
+    )
+
+
+def describe(error: Exception, zone: tzinfo | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(code, one line, extra fields); the line's times in ``zone`` when one is given."""
     extra: dict[str, Any] = {}
     if isinstance(error, NotAllowed):
         extra["allowed"] = error.allowed
@@ -173,10 +241,14 @@ def describe(error: Exception) -> tuple[str, str, dict[str, Any]]:
         extra["field"] = error.field
     elif isinstance(error, Conflict) and error.current_version is not None:
         extra["current_version"] = error.current_version
-    if isinstance(error, AftersalesError | InputError | SetupError):
+    if isinstance(error, AftersalesError):
+        shown = error.phrase.render(lambda moment: _local(moment, zone)) if zone else str(error)
+        return error.code, shown, extra
+    if isinstance(error, InputError | SetupError):
         return error.code, str(error), extra
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
+    validation = _validation_error()
+    if validation is not None and isinstance(error, validation):
+        first = error.errors()[0]  # type: ignore[attr-defined]
         where = ".".join(str(part) for part in first["loc"])
         return "invalid_input", f"{where}: {first['msg']}" if where else first["msg"], extra
     # An OperationalError: the database went away or stayed locked mid-command.
@@ -188,7 +260,8 @@ def exit_code(error: Exception) -> int:
     for error_type, code in EXIT_CODES.items():
         if isinstance(error, error_type):
             return code
-    if isinstance(error, InputError | ValidationError):
+    validation = _validation_error()
+    if isinstance(error, InputError) or (validation is not None and isinstance(error, validation)):
         return EXIT_USAGE
     return EXIT_OTHER
 
@@ -197,66 +270,9 @@ def print_error(code: str, message: str, extra: dict[str, Any], as_json: bool) -
     one_line = " ".join(message.split())
     if as_json:
         body = {"error": {"code": code, "message": one_line, **extra}}
-        typer.echo(json.dumps(body, ensure_ascii=False), err=True)
+        typer.echo(json_text(body, indent=None), err=True)
     else:
-        typer.echo(f"error: {one_line}", err=True)
-
-
-def parse_time(text: str, option: str) -> datetime:
-    """An aware ISO 8601 instant; a naive one is refused since its zone would be a guess."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InputError(
-            "invalid_time",
-            f"{option} {text!r} is not an ISO 8601 time, e.g. 2026-11-20T10:00:00+08:00",
-        ) from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InputError(
-            "invalid_time",
-            f"{option} {text} has no timezone; add one, e.g. {text}+08:00 or {text}Z",
-        )
-    return moment.astimezone(UTC)
-
-
-def read_text(source: str | None) -> tuple[str, str]:
-    """The text of FILE, or of stdin for ``-`` (or no FILE with stdin piped in)."""
-    if source is None or source == "-":
-        if source is None and sys.stdin.isatty():
-            raise InputError("usage", "give the application as FILE, or pipe it in on stdin")
-        return sys.stdin.read(), "stdin"
-    try:
-        return Path(source).read_text(encoding="utf-8"), source
-    except FileNotFoundError:
-        raise InputError("file_not_found", f"no such file: {source}") from None
-    except OSError as error:
-        raise InputError("unreadable_file", f"cannot read {source}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError("unreadable_file", f"{source} is not UTF-8 text") from None
-
-
-def parse_json(text: str, name: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(
-            "invalid_json",
-            f"{name} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
-        ) from None
-
-
-def parse_data(text: str | None) -> dict[str, Any] | None:
-    """``--data``: a JSON object inline, or ``@FILE`` to read it from a file."""
-    if text is None:
-        return None
-    if text.startswith("@"):
-        body, name = read_text(text[1:])
-    else:
-        body, name = text, "--data"
-    data = parse_json(body, name)
-    if not isinstance(data, dict):
-        raise InputError("invalid_json", f"{name} must be a JSON object, e.g. '{{\"key\": 1}}'")
-    return data
+        typer.echo(f"error: {printable(one_line)}", err=True)
 
 
 #: Width when stdout is not a terminal (a pipe, a file, a test): wide enough for the tables,
@@ -266,11 +282,23 @@ PIPE_WIDTH = 130
 
 def new_console() -> Console:
     # Created per call so output goes to whatever sys.stdout is now (tests swap it).
+    from rich.console import Console
+
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=PIPE_WIDTH)
     return console
 
 
+def json_text(data: Any, indent: int | None = 2) -> str:
+    return json_safe(json.dumps(data, ensure_ascii=False, indent=indent))
+
+
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    typer.echo(json_text(data))
+
+
+def _local(moment: datetime, zone: tzinfo) -> str:
+    from entrypoints.views import local
+
+    return local(moment, zone)

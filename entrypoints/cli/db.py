@@ -15,12 +15,12 @@ import typer
 from entrypoints import composition
 from entrypoints.cli.common import (
     EXIT_OTHER,
-    InputError,
     JsonFlag,
     print_error,
     print_json,
     state_of,
 )
+from entrypoints.cli.inputs import InputError
 
 db_app = typer.Typer(
     no_args_is_help=True,

@@ -13,7 +13,6 @@ import typer
 
 from entrypoints.cli.common import (
     EXIT_OTHER,
-    InputError,
     JsonFlag,
     State,
     new_console,
@@ -21,6 +20,7 @@ from entrypoints.cli.common import (
     print_json,
     state_of,
 )
+from entrypoints.cli.inputs import InputError
 
 
 def demo(
@@ -73,11 +73,34 @@ def demo(
         return
     from entrypoints import demo as demo_script
 
+    if db is not None:
+        _check_replaceable(db)
     outcomes = demo_script.run(
         db or Path("var/demo.db"), console=None if state.json else new_console()
     )
     if state.json:
         print_json([outcome.as_json() for outcome in outcomes])
+
+
+#: The first bytes of every SQLite database file (https://www.sqlite.org/fileformat.html).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_replaceable(db: Path) -> None:
+    """``--db`` is deleted and recreated: refuse anything there that is not a SQLite database
+    (a README given by mistake, ``/dev/null``), which deleting would destroy."""
+    if not db.exists():
+        return
+    if not db.is_file():
+        raise InputError(
+            "usage", f"--db {db} is not a file; give a SQLite file the demo may replace"
+        )
+    with db.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise InputError(
+            "usage", f"--db {db} is not a SQLite database; the demo replaces only its own files"
+        )
 
 
 def _write_samples(state: State, folder: Path) -> None:

@@ -1,4 +1,5 @@
-"""``aftersales diagram``: the state diagrams, drawn from the transition table."""
+"""``aftersales diagram``: the state diagrams, drawn from the transition table (imported when
+the command runs, see ``main``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from entrypoints import readme_diagrams
-from entrypoints.cli.common import InputError, JsonFlag, print_json, state_of
-from workflow.diagram import mermaid
+from entrypoints.cli.common import JsonFlag, print_json, state_of
+from entrypoints.cli.inputs import MAX_BATCH_BYTES, InputError, read_text
 from workflow.states import CaseState, CaseType
 
 
@@ -29,9 +29,14 @@ def diagram(
     json_output: JsonFlag = False,
 ) -> None:
     """The Mermaid state diagram of a case type, drawn from the transition table."""
+    from entrypoints import readme_diagrams
+    from workflow.diagram import mermaid
+
     if update_readme is not None or check_readme is not None:
         path = update_readme or check_readme
         assert path is not None
+        # Read once within the bounds first: a device or a file that is not UTF-8 is one line.
+        read_text(str(path), MAX_BATCH_BYTES)
         code = readme_diagrams.main([str(path), *([] if update_readme else ["--check"])])
         raise typer.Exit(code)
     if case_type is None:

@@ -1,7 +1,8 @@
 """``aftersales events``: ingest inbound events from JSON lines, and work the dead letters.
 
 A thin adapter over ``workflow.events.ingestion.EventService``; the producers' ledger is read from
-``tasks.ledger`` on a Redis broker.
+``tasks.ledger`` on a Redis broker. The service, rich and the ledger are imported inside the
+commands (see ``main``).
 """
 
 from __future__ import annotations
@@ -10,16 +11,10 @@ import sys
 import time
 from collections import Counter
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
-from rich.text import Text
 
-from entrypoints import composition, views
 from entrypoints.cli.common import (
     EXIT_CODES,
     PROGRESS_THRESHOLD,
@@ -28,29 +23,42 @@ from entrypoints.cli.common import (
     new_console,
     print_error,
     print_json,
-    read_text,
     state_of,
 )
-from tasks.resender import due_before, summarize
+from entrypoints.cli.inputs import (
+    MAX_BATCH_BYTES,
+    MAX_ROW_ID,
+    AfterId,
+    InputError,
+    parse_json,
+    read_text,
+    reason_option,
+)
+from entrypoints.terminal import printable
 from workflow.errors import InvalidInput
-from workflow.events.ingestion import EventService, IngestResult, IngestStatus
-from workflow.events.mapping import mapping_markdown
-from workflow.events.schema import schema_text
-from workflow.model import Actor, DeadLetter, DeadLetterStatus
+from workflow.model import Actor
 from workflow.states import Role
+
+if TYPE_CHECKING:
+    from datetime import tzinfo
+
+    from rich.table import Table
+
+    from workflow.events.ingestion import EventService, IngestResult
+    from workflow.model import DeadLetter
 
 events_app = typer.Typer(
     no_args_is_help=True,
     help="Inbound events (carrier, payment, merchant, buyer): ingest them, work the dead letters.",
 )
 
-LetterId = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id.")]
+LetterId = Annotated[
+    int, typer.Argument(metavar="ID", min=1, max=MAX_ROW_ID, help="The dead letter's id.")
+]
 ResolverOption = Annotated[
     str, typer.Option("--actor", help="Who resolves the letter: admin or admin:NAME (kept).")
 ]
-ResolutionOption = Annotated[
-    str, typer.Option("--reason", help="Why it is replayed or discarded (kept with it).")
-]
+ResolutionOption = Annotated[str, reason_option("Why it is replayed or discarded (kept with it).")]
 
 
 def _resolver(text: str) -> str:
@@ -75,6 +83,8 @@ class LetterFilter(StrEnum):
 
 
 def _events(ctx: typer.Context, json_output: bool) -> tuple[State, EventService]:
+    from entrypoints import composition
+
     state = state_of(ctx, json_output)
     return state, composition.build_event_service(state.settings(), state.service())
 
@@ -95,17 +105,23 @@ def events_ingest(
     A line that cannot apply (malformed, unknown case, illegal in the case's state) becomes a
     dead letter and the rest go on; the summary counts each outcome.
     """
-    if source == "-":
-        text, name = sys.stdin.read(), "stdin"
-    else:
-        text, name = read_text(source)
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from workflow.events.ingestion import IngestStatus
+
+    text, name = read_text(source, MAX_BATCH_BYTES)
+    lines = [
+        (number, _event_document(line, number))
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
     state, service = _events(ctx, json_output)
     outcomes: list[tuple[int, IngestResult]] = []
     # A chunk per transaction (``EventService.ingest_many``): the progress moves a chunk at a time.
     chunks = [lines[at : at + service.max_batch] for at in range(0, len(lines), service.max_batch)]
 
-    def ingest(chunk: list[tuple[int, str]]) -> None:
+    def ingest(chunk: list[tuple[int, Any]]) -> None:
         results = service.ingest_many([line for _, line in chunk])
         outcomes.extend(
             (number, result) for (number, _), result in zip(chunk, results, strict=True)
@@ -140,7 +156,23 @@ def events_ingest(
         console.print("see them with: aftersales events dead-letters")
 
 
+def _event_document(line: str, number: int) -> Any:
+    """A line's event parsed within the input bounds; a line that is not JSON at all is passed
+    on as text, for the service to keep as a dead letter (the others still apply). Anything
+    beyond the bounds refuses the whole file before an event is applied."""
+    try:
+        return parse_json(line, f"line {number}")
+    except InputError as error:
+        if error.code == "invalid_json":
+            return line
+        raise
+
+
 def _outcomes_table(outcomes: list[tuple[int, IngestResult]]) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("line", "outcome", "event", "case", "reason"):
         table.add_column(column, overflow="fold")
@@ -148,12 +180,13 @@ def _outcomes_table(outcomes: list[tuple[int, IngestResult]]) -> Table:
         outcome = result.status.value.replace("_", "-")
         if result.letter_id is not None:
             outcome += f" #{result.letter_id}"
+        event = f"{result.source}/{result.event_id or '?'} {result.type or ''}".strip()
         table.add_row(
             str(number),
             Text(outcome, style="bold red" if result.letter_id is not None else "yellow"),
-            Text(f"{result.source}/{result.event_id or '?'} {result.type or ''}".strip()),
+            Text(printable(event)),
             str(result.case_id or "—"),
-            Text(result.reason or ""),
+            Text(printable(result.reason or "")),
         )
     return table
 
@@ -166,12 +199,12 @@ def events_dead_letters(
     ctx: typer.Context,
     status: Annotated[LetterFilter, typer.Option(help="Which letters.")] = LetterFilter.OPEN,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = DEFAULT_PAGE,
-    after: Annotated[
-        int | None, typer.Option(help="Letters with a greater id (the previous page's next_after).")
-    ] = None,
+    after: AfterId = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Events that could not apply, with their reasons; oldest first, paged by id."""
+    from workflow.model import DeadLetterStatus
+
     state, service = _events(ctx, json_output)
     wanted = None if status is LetterFilter.ALL else DeadLetterStatus(status.value)
     # One more than asked tells whether there is a next page.
@@ -194,6 +227,8 @@ def events_dead_letters(
 
 def letter_json(letter: DeadLetter) -> dict[str, Any]:
     """A dead letter for scripts; bank account numbers in its envelope masked."""
+    from entrypoints import views
+
     envelope = letter.envelope
     return {
         "id": letter.id,
@@ -212,9 +247,17 @@ def letter_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _letters_table(letters: list[DeadLetter], zone: Any) -> Table:
+def _letters_table(letters: list[DeadLetter], zone: tzinfo) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from entrypoints import views
+
     table = Table(box=box.SIMPLE_HEAD)
-    for column in ("id", "received", "event", "case", "code", "tries", "status", "reason"):
+    widest = max(len(str(letter.id)) for letter in letters)
+    table.add_column("id", justify="right", no_wrap=True, min_width=max(widest, 2))
+    for column in ("received", "event", "case", "code", "tries", "status", "reason"):
         table.add_column(column, overflow="fold")
     for letter in letters:
         envelope = letter.envelope
@@ -224,12 +267,16 @@ def _letters_table(letters: list[DeadLetter], zone: Any) -> Table:
         table.add_row(
             str(letter.id),
             views.local(letter.received_at, zone),
-            Text(f"{letter.source}/{letter.event_id or '?'} {envelope.get('type', '')}".strip()),
-            Text(str(reference or "—")),
-            Text(letter.code, style="bold red"),
+            Text(
+                printable(
+                    f"{letter.source}/{letter.event_id or '?'} {envelope.get('type', '')}".strip()
+                )
+            ),
+            Text(printable(str(reference or "—"))),
+            Text(printable(letter.code), style="bold red"),
             str(letter.attempts),
             letter.status.value,
-            Text(letter.reason),
+            Text(printable(letter.reason)),
         )
     return table
 
@@ -247,6 +294,10 @@ def events_replay(
     Marked replayed when it applies (or is ignored, or turns out already processed); still
     failing, it stays open with one more attempt and the new reason, and the command fails.
     """
+    from rich.text import Text
+
+    from workflow.events.ingestion import IngestStatus
+
     state, service = _events(ctx, json_output)
     result = service.replay(letter_id, _resolver(actor), reason)
     if result.status is IngestStatus.DEAD_LETTERED:
@@ -258,7 +309,7 @@ def events_replay(
     if state.json:
         print_json(result.as_json())
         return
-    new_console().print(Text(f"dead letter {letter_id} replayed: {_describe(result)}"))
+    new_console().print(Text(printable(f"dead letter {letter_id} replayed: {_describe(result)}")))
 
 
 @events_app.command("discard")
@@ -279,6 +330,8 @@ def events_discard(
 
 
 def _describe(result: IngestResult) -> str:
+    from workflow.events.ingestion import IngestStatus
+
     if result.status is IngestStatus.APPLIED:
         fired = " + ".join([*result.implied, result.trigger or "?"])
         return f"{fired} moved case {result.case_id} to {result.state}"
@@ -293,6 +346,12 @@ def events_unconfirmed(
 ) -> None:
     """The producers' ledger (Redis brokers): events kept and not yet confirmed processed, and
     the ones the resender sends again at its next look (docs/events.md)."""
+    from rich import box
+    from rich.table import Table
+
+    from entrypoints import composition
+    from tasks.resender import due_before, summarize
+
     state = state_of(ctx, json_output)
     ledger = composition.unconfirmed_ledger(state.settings())
     if ledger is None:
@@ -325,7 +384,8 @@ def events_unconfirmed(
             table.add_column(column)
         for row in listed:
             table.add_row(
-                str(row["source"]), str(row["event_id"]), str(row["type"]), str(row["resends"])
+                *(printable(str(row[key])) for key in ("source", "event_id", "type")),
+                str(row["resends"]),
             )
         console.print(table)
 
@@ -333,10 +393,14 @@ def events_unconfirmed(
 @events_app.command("schema")
 def events_schema() -> None:
     """The JSON Schema of the event envelope (docs/event.schema.json is this output)."""
+    from workflow.events.schema import schema_text
+
     sys.stdout.write(schema_text())
 
 
 @events_app.command("mapping")
 def events_mapping() -> None:
     """What each event type does in each state, as the Markdown table of docs/events.md."""
+    from workflow.events.mapping import mapping_markdown
+
     sys.stdout.write(mapping_markdown())

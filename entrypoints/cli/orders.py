@@ -2,73 +2,44 @@
 
 An application names an order; the facts of the case (what was paid, the lines, their prices and
 categories, the gifts, the delivery time) are copied from the order imported here. A thin adapter
-over ``workflow.orders.OrderService``.
+over ``workflow.orders.OrderService``. The service and rich are imported inside the commands
+(see ``main``).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
-from rich.text import Text
 
-from entrypoints import views
-from entrypoints.cli.common import (
-    PROGRESS_THRESHOLD,
-    InputError,
-    JsonFlag,
-    new_console,
-    parse_json,
-    print_json,
-    read_text,
-    state_of,
-)
+from entrypoints.cli.common import PROGRESS_THRESHOLD, JsonFlag, new_console, print_json, state_of
+from entrypoints.cli.inputs import MAX_BATCH_BYTES, InputError, parse_json, read_text
+from entrypoints.terminal import printable
 from workflow.model import Actor
-from workflow.orders import OrderAccount, OrderIn
 from workflow.states import Role
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from workflow.orders import OrderAccount
 
 orders_app = typer.Typer(
     no_args_is_help=True,
     help="Orders of record (from the order system): import them, show what is left to refund.",
 )
 
-#: Largest input ``orders import`` reads: a bigger export is split into several files (an
-#: order is about 1 KB, so this is some 30,000 orders, a few seconds of import).
-MAX_IMPORT_BYTES = 32 * 1024 * 1024
+#: Largest input ``orders import`` reads (docs/cli.md, "Input limits"): a bigger export is split
+#: into several files.
+MAX_IMPORT_BYTES = MAX_BATCH_BYTES
 #: Orders per call of the service (one transaction each): the progress bar moves a chunk at a time.
 CHUNK = 200
 #: Who the command line acts as: an operator at the console, as for every other command.
 CLI_ADMIN = Actor(Role.ADMIN, "cli")
 #: Exit code when some orders were refused (the others are imported): as invalid input.
 EXIT_REFUSED = 2
-
-
-def read_bounded(source: str) -> tuple[str, str]:
-    """The text of FILE or stdin, refused (before it is read whole) above ``MAX_IMPORT_BYTES``."""
-    if source == "-":
-        # Characters, not bytes: a bound of the same order, without holding more than it.
-        text, name = sys.stdin.read(MAX_IMPORT_BYTES + 1), "stdin"
-        too_large = len(text) > MAX_IMPORT_BYTES
-    else:
-        try:
-            too_large = Path(source).stat().st_size > MAX_IMPORT_BYTES
-        except OSError:
-            too_large = False  # read_text says what is wrong with it
-        text, name = ("", source) if too_large else read_text(source)
-    if too_large:
-        raise InputError(
-            "too_large",
-            f"{name} is over {MAX_IMPORT_BYTES // (1024 * 1024)} MiB; split it into smaller files",
-        )
-    return text, name
 
 
 def read_documents(text: str, name: str) -> list[tuple[int, Any]]:
@@ -109,8 +80,14 @@ def orders_import(
     refused, as is an order with an unknown category. The others are imported all the same;
     the command then exits 2.
     """
+    from rich import box
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+    from rich.text import Text
+
     state = state_of(ctx, json_output)
-    text, name = read_bounded(source)
+    text, name = read_text(source, MAX_IMPORT_BYTES)
     documents = read_documents(text, name)
     service = state.orders()
     imported = updated = unchanged = 0
@@ -158,7 +135,9 @@ def orders_import(
                 table.add_column(column, overflow="fold")
             for item in shown:
                 table.add_row(
-                    str(item[where]), Text(str(item["order_id"] or "—")), Text(item["reason"])
+                    str(item[where]),
+                    Text(printable(str(item["order_id"] or "—"))),
+                    Text(printable(item["reason"])),
                 )
             console.print(table)
         console.print(
@@ -180,6 +159,8 @@ def orders_show(
     json_output: JsonFlag = False,
 ) -> None:
     """One order of record and its account: per line what is open, refunded, still claimable."""
+    from entrypoints import views
+
     state = state_of(ctx, json_output)
     account = state.orders().account(order_id, Actor.parse(actor) if actor else CLI_ADMIN)
     if state.json:
@@ -188,17 +169,23 @@ def orders_show(
     new_console().print(_account_card(account, state.zone()))
 
 
-def _account_card(account: OrderAccount, zone: ZoneInfo) -> Table:
+def _account_card(account: OrderAccount, zone: tzinfo) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from entrypoints import views
+
     yuan = views.yuan
     order = account.order
     head = Table.grid(padding=(0, 2))
     head.add_column(style="dim")
     head.add_column()
-    head.add_row("order", Text(order.order_id, style="bold"))
-    head.add_row("buyer / merchant", Text(f"{order.buyer_id} / {order.merchant_id}"))
+    head.add_row("order", Text(printable(order.order_id), style="bold"))
+    head.add_row("buyer / merchant", Text(printable(f"{order.buyer_id} / {order.merchant_id}")))
     head.add_row(
         "paid",
-        f"{yuan(order.payment.amount)} by {order.payment.channel} at "
+        f"{yuan(order.payment.amount)} by {printable(order.payment.channel)} at "
         f"{views.local(order.payment.paid_at, zone)}",
     )
     head.add_row(
@@ -213,8 +200,8 @@ def _account_card(account: OrderAccount, zone: ZoneInfo) -> Table:
         lines.add_column(column, justify="left" if column in ("sku", "category") else "right")
     for line in account.lines:
         lines.add_row(
-            Text(line.sku),
-            line.category,
+            Text(printable(line.sku)),
+            Text(printable(line.category)),
             yuan(line.unit_price),
             str(line.quantity),
             str(line.open_quantity),
@@ -225,13 +212,17 @@ def _account_card(account: OrderAccount, zone: ZoneInfo) -> Table:
     card.add_row(head)
     card.add_row(lines)
     if order.gifts:
-        gifts = ", ".join(f"{g.sku} ×{g.quantity} ({yuan(g.value)})" for g in order.gifts)
+        gifts = ", ".join(
+            f"{printable(g.sku)} ×{g.quantity} ({yuan(g.value)})" for g in order.gifts
+        )
         card.add_row(Text(f"gifts: {gifts}", style="dim"))
     return card
 
 
 def order_schema() -> dict[str, Any]:
     """The JSON Schema of an order document (docs/order.schema.json)."""
+    from workflow.orders import OrderIn
+
     schema = OrderIn.model_json_schema()
     schema["title"] = "OrderOfRecord"
     schema["description"] = (

@@ -12,14 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from config.settings import Settings
-from entrypoints import composition
 from entrypoints.cli.common import State
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from config.settings import Settings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -45,6 +47,8 @@ def serve_api(
 ) -> None:
     """Build the app and run it under uvicorn until SIGTERM or Ctrl-C."""
     import uvicorn  # only this command serves; every other one starts without it
+
+    from entrypoints import composition
 
     app = composition.http_app(settings, composition.shared_clock(settings, now))
     # The app reads X-Forwarded-For itself, from AFTERSALES_API_TRUSTED_PROXIES only: uvicorn's

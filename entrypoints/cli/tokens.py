@@ -4,21 +4,25 @@ database (the secret is printed once, at creation)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from config.durations import format_duration, parse_duration
 from entrypoints import composition, views
 from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
+from entrypoints.cli.inputs import MAX_ROW_ID
 from entrypoints.http.scopes import TokenRole, parse_scope
-from persistence.tokens import ApiToken, SqlTokenStore
+from entrypoints.terminal import printable
 from workflow.errors import InvalidInput, NotFound
 
-#: The largest id the databases store (BIGINT): a larger one is a usage error, not a crash.
-MAX_ID = 2**63 - 1
+if TYPE_CHECKING:
+    from datetime import tzinfo
+
+    from rich.table import Table
+
+    # The database is loaded by the commands that run (see cli.main): --help starts without.
+    from persistence.tokens import ApiToken, SqlTokenStore
 
 tokens_app = typer.Typer(
     no_args_is_help=True, help="Bearer tokens of the HTTP API: create, list, revoke."
@@ -56,13 +60,13 @@ def _lifetime(text: str | None) -> timedelta | None:
         raise InvalidInput(str(error), "expires_in") from None
 
 
-def _status(token: ApiToken, now: datetime) -> str:
+def _status(token: ApiToken, now: datetime, zone: tzinfo) -> str:
     if token.revoked_at is not None:
-        return f"revoked {views.iso(token.revoked_at)}"
-    if token.expired(now):
-        return f"expired {views.iso(token.expires_at)}"
+        return f"revoked {views.local(token.revoked_at, zone)}"
+    if token.expires_at is not None and token.expired(now):
+        return f"expired {views.local(token.expires_at, zone)}"
     if token.expires_at is not None:
-        return f"live until {views.iso(token.expires_at)}"
+        return f"live until {views.local(token.expires_at, zone)}"
     return "live"
 
 
@@ -111,12 +115,13 @@ def tokens_create(
         return
     console = new_console()
     until = (
-        f", expires {views.iso(expires_at)} (in {format_duration(lifetime)})"
+        f", expires {views.local(expires_at, state.zone())} (in {format_duration(lifetime)})"
         if expires_at is not None and lifetime is not None
         else ""
     )
     console.print(
-        Text(f"token {token.id} ({token.scope}) created{until}; its secret, shown only now:")
+        f"token {token.id} ({token.scope}) created{until}; its secret, shown only now:",
+        markup=False,
     )
     # Plain stdout, not rich: nothing may wrap or style the secret a script copies.
     typer.echo(secret)
@@ -138,26 +143,14 @@ def tokens_list(
     if not tokens:
         console.print("no tokens")
         return
-    now = _now(state)
-    table = Table(box=None, pad_edge=False)
-    for column in ("id", "role", "name", "status", "last used"):
-        table.add_column(column, justify="right" if column == "id" else "left")
-    for token in tokens:
-        table.add_row(
-            str(token.id),
-            Text(token.scope),
-            Text(token.name or ""),
-            _status(token, now),
-            views.iso(token.last_used_at) or "never",
-        )
-    console.print(table)
+    console.print(_tokens_table(tokens, _now(state), state.zone()))
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(
     ctx: typer.Context,
     token_id: Annotated[
-        int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="The token's id.")
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ROW_ID, help="The token's id.")
     ],
     json_output: JsonFlag = False,
 ) -> None:
@@ -169,4 +162,31 @@ def tokens_revoke(
     if state.json:
         print_json(_token_json(token))
         return
-    new_console().print(Text(f"token {token.id} ({token.scope}) revoked"))
+    new_console().print(f"token {token.id} ({token.scope}) revoked", markup=False)
+
+
+def _tokens_table(tokens: list[ApiToken], now: datetime, zone: tzinfo) -> Table:
+    """One row per token under a header, times in the display zone, the id column kept."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD)
+    widest = max(len(str(token.id)) for token in tokens)
+    table.add_column("id", justify="right", no_wrap=True, min_width=max(widest, 2))
+    table.add_column("role", overflow="fold")
+    table.add_column("name", overflow="fold")
+    table.add_column("created")
+    table.add_column("status")
+    table.add_column("last used")
+    for token in tokens:
+        last_used = token.last_used_at
+        table.add_row(
+            str(token.id),
+            Text(printable(token.scope)),
+            Text(printable(token.name or "")),
+            views.local(token.created_at, zone),
+            _status(token, now, zone),
+            views.local(last_used, zone) if last_used is not None else "never",
+        )
+    return table

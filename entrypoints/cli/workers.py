@@ -7,15 +7,15 @@ workers.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from config.settings import Settings
-from entrypoints import composition
 from entrypoints.cli import serve
 from entrypoints.cli.common import State
-from entrypoints.worker import run_all, run_beat, run_worker
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 Concurrency = Annotated[
     int | None,
@@ -32,6 +32,8 @@ LogLevel = Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WA
 
 def _checked_settings(ctx: typer.Context) -> Settings:
     """Settings, with the database checked first: one clear line, not a Celery traceback."""
+    from entrypoints import composition  # imported by the commands that run: see cli.main
+
     settings = ctx.ensure_object(State).settings()
     composition.build_service(settings, composition.make_clock(None))
     return settings
@@ -52,12 +54,16 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker: timers, events, outbox relay and side effects (blocks)."""
+    from entrypoints.worker import run_worker
+
     settings = _checked_settings(ctx)
     run_worker(settings, concurrency=concurrency, loglevel=loglevel, queues=queues)
 
 
 def beat(ctx: typer.Context, loglevel: LogLevel = "INFO") -> None:
     """Run the scheduler that asks for timer sweeps and outbox relays; exactly one."""
+    from entrypoints.worker import run_beat
+
     settings = _checked_settings(ctx)
     run_beat(settings, loglevel=loglevel)
 
@@ -73,6 +79,8 @@ def run(
     port: serve.Port = serve.DEFAULT_PORT,
 ) -> None:
     """Worker and beat together, for a single machine (the embedded default), and the API."""
+    from entrypoints.worker import run_all
+
     settings = _checked_settings(ctx)
     # A child process, started before the worker forks its pool.
     server = serve.start_api_process(host, port) if api else None

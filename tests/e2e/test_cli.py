@@ -324,8 +324,9 @@ def test_now_makes_a_timer_due_and_run_due_fires_it(cli: CliFn, submitted: Submi
     table = cli("--now", "2026-11-22T11:00:00+08:00", "timers", "due")
 
     assert early.code == 0, early.stderr
-    assert early.json() == []
-    [timer] = late.json()
+    assert early.json() == {"timers": [], "more": False}
+    assert late.json()["more"] is False
+    [timer] = late.json()["timers"]
     assert timer["case_id"] == case_id
     assert (timer["kind"], timer["trigger"], timer["late_seconds"]) == (
         "merchant_review",
@@ -338,21 +339,24 @@ def test_now_makes_a_timer_due_and_run_due_fires_it(cli: CliFn, submitted: Submi
     # then running the due timers at that time approves the case as the system
     ran = cli("--now", "2026-11-22T11:00:00+08:00", "timers", "run-due", "--json")
     assert ran.code == 0, ran.stderr
-    assert ran.json() == [
-        {
-            "timer_id": timer["id"],
-            "case_id": case_id,
-            "kind": "merchant_review",
-            "trigger": "auto_approve",
-            "fired": True,
-            "outcome": "auto_approve: approved",
-        }
-    ]
+    assert ran.json() == {
+        "runs": [
+            {
+                "timer_id": timer["id"],
+                "case_id": case_id,
+                "kind": "merchant_review",
+                "trigger": "auto_approve",
+                "fired": True,
+                "outcome": "auto_approve: approved",
+            }
+        ],
+        "remaining": 0,
+    }
     shown = cli("case", "show", str(case_id), "--json").json()
     assert shown["state"] == "approved"
     assert shown["deadline"]["kind"] == "return_shipment"
     again = cli("--now", "2026-11-22T11:00:00+08:00", "timers", "run-due", "--json")
-    assert again.json() == []
+    assert again.json() == {"runs": [], "remaining": 0}
 
 
 def test_run_due_fires_many_timers_in_batches(invoke: CliFn, submitted: Submit) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from config.settings import BrokerSettings, Settings, WorkerSettings
+from config.settings import BrokerSettings, Settings, WorkerSettings, parse_zone
+from entrypoints.views import zone_name
 
 #: Every variable docs/ and README.md name, a value other than its default, and where it lands.
 DOCUMENTED = [
@@ -42,6 +44,7 @@ DOCUMENTED = [
     ("AFTERSALES_POLICY_FILE", "/etc/p.toml", ("policy_file",), Path("/etc/p.toml")),
     ("AFTERSALES_SOURCES_FILE", "/etc/s.toml", ("sources_file",), Path("/etc/s.toml")),
     ("AFTERSALES_CLOCK_FILE", "/tmp/clock", ("clock_file",), Path("/tmp/clock")),
+    ("AFTERSALES_DISPLAY_TZ", "Europe/Paris", ("display_tz",), "Europe/Paris"),
 ]
 
 
@@ -77,6 +80,35 @@ def test_defaults_are_unchanged() -> None:
     assert settings.fakes.payment.failure_rate == 0.0
     assert settings.policy_file is None and settings.clock_file is None
     assert settings.sources_file is None
+    assert settings.display_tz == "+08:00"
+    assert settings.display_zone.utcoffset(None) == timedelta(hours=8)
+
+
+@pytest.mark.parametrize(
+    ("text", "offset"),
+    [("+08:00", 8 * 60), ("-05:30", -330), ("Z", 0), ("UTC", 0), ("+14:00", 14 * 60)],
+)
+def test_a_display_zone_is_an_offset(text: str, offset: int) -> None:
+    zone = parse_zone(text)
+    assert zone.utcoffset(None) == timedelta(minutes=offset)
+    assert zone_name(zone) == (text if text not in ("Z", "UTC") else "UTC")
+
+
+def test_a_display_zone_is_a_zone_name() -> None:
+    zone = parse_zone("Asia/Shanghai")
+    assert zone_name(zone) == "Asia/Shanghai"
+    assert datetime(2026, 7, 1, tzinfo=UTC).astimezone(zone).hour == 8
+
+
+@pytest.mark.parametrize(
+    "text", ["+15:00", "+08:60", "8", "+8:00", "Mars/Base", "../etc/passwd", ""]
+)
+def test_an_unknown_display_zone_is_refused(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    with pytest.raises(ValueError, match="UTC offset"):
+        parse_zone(text)
+    monkeypatch.setenv("AFTERSALES_DISPLAY_TZ", text)
+    with pytest.raises(ValueError, match="display_tz"):
+        Settings()
 
 
 def test_sections_are_built_by_field_name_too() -> None:
