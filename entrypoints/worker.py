@@ -20,9 +20,23 @@ if TYPE_CHECKING:
 
 Pool = Literal["prefork", "threads", "solo"]
 
-# Gossip, mingle and heartbeats are worker-to-worker chatter for monitoring and revoke sync,
-# which nothing here uses; each costs broker traffic on every worker.
-_QUIET = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+# Gossip (every worker consuming every other worker's events, for elections and clock sync) and
+# mingle (asking the other workers for revoked ids at start-up) are worker-to-worker traffic that
+# nothing here uses: gossip grows with the square of the workers, and Flower and ``celery events``
+# need neither. Heartbeats stay on (Flower marks a worker offline without them), except on the
+# embedded broker, which carries no broadcasts (``tasks.app.celery_config``).
+_QUIET = ["--without-gossip", "--without-mingle"]
+
+
+def default_hostname() -> str:
+    """A node name unique to this process: ``aftersales-<pid>@<host>``.
+
+    Celery's default, ``celery@<host>``, is the same for every worker on a machine: two of them
+    trip ``DuplicateNodenameWarning``, and Flower, ``celery events`` and ``celery inspect`` show
+    them as one. The pid tells the operator which process it is. ``%h`` is Celery's own
+    placeholder for the host name, expanded by the worker.
+    """
+    return f"aftersales-{os.getpid()}@%h"
 
 
 def default_pool(app: Celery) -> Pool:
@@ -55,10 +69,12 @@ def worker_argv(
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency}",
         f"--pool={pool or default_pool(app)}",
+        f"--hostname={hostname or default_hostname()}",
         *_QUIET,
     ]
-    if hostname:
-        argv.append(f"--hostname={hostname}")
+    if not app.conf.worker_send_task_events:
+        # No event dispatcher where events are off (the embedded broker): heartbeats are events.
+        argv.append("--without-heartbeat")
     if queues:
         argv.append(f"--queues={queues}")
     if beat:
@@ -86,11 +102,20 @@ def run_worker(
     loglevel: str = "INFO",
     pool: Pool | None = None,
     queues: str | None = None,
+    hostname: str | None = None,
 ) -> None:
-    """A worker consuming every task queue (or only ``queues``, comma-separated); blocks."""
+    """A worker consuming every task queue (or only ``queues``, comma-separated); blocks.
+    ``hostname`` is its node name (default ``default_hostname()``)."""
     app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
-    argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, queues=queues)
+    argv = worker_argv(
+        app,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        pool=pool,
+        queues=queues,
+        hostname=hostname,
+    )
     app.worker_main(argv)
 
 
@@ -105,6 +130,7 @@ def run_all(
     concurrency: int | None = None,
     loglevel: str = "INFO",
     pool: Pool | None = None,
+    hostname: str | None = None,
 ) -> None:
     """Worker and beat in one command for a single machine (``aftersales run``).
 
@@ -114,7 +140,9 @@ def run_all(
     """
     app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
-    argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, beat=True)
+    argv = worker_argv(
+        app, concurrency=concurrency, loglevel=loglevel, pool=pool, beat=True, hostname=hostname
+    )
     app.worker_main(argv)
 
 

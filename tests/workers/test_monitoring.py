@@ -1,0 +1,125 @@
+"""Workers as Flower and ``celery events`` see them: real processes on the test Redis.
+
+Two ``aftersales worker`` processes on one host (one of them a dedicated timer sweeper, ``-Q
+timers``), a real Flower (``celery flower``, its HTTP API) and ``celery events --dump``. Redis
+only: the embedded broker sends no events (docs/workers.md, "Monitoring").
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+
+from entrypoints.processes import ChildProcess, free_port
+
+from .conftest import ROOT, Runtime, wait_for
+
+pytestmark = pytest.mark.redis
+
+#: Flower answers its API without a login only with this set (flower/api/__init__.py, 2.x).
+FLOWER_UNAUTHENTICATED = {"FLOWER_UNAUTHENTICATED_API": "true"}
+
+
+def _cli_worker(runtime: Runtime, *args: str) -> ChildProcess:
+    """``aftersales worker`` as an operator starts it: its node name is its own default."""
+    command = [sys.executable, "-m", "entrypoints.cli", "worker", "-c", "1", *args]
+    return runtime.spawn(command)
+
+
+def _flower(runtime: Runtime, port: int) -> ChildProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "entrypoints.celery_app",
+        "flower",
+        "--address=127.0.0.1",
+        f"--port={port}",
+    ]
+    log = runtime.folder / "flower.log"
+    flower = ChildProcess(command, log, env={**runtime.env, **FLOWER_UNAUTHENTICATED}, cwd=ROOT)
+    runtime.workers.append(flower.start())
+    return flower
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize("broker", [pytest.param("redis", id="redis")])
+def test_flower_lists_both_workers_of_one_host_and_the_tasks_each_ran(runtime: Runtime) -> None:
+    # given two workers started with their default names on this host, one only for timers
+    host = socket.gethostname()
+    everything = _cli_worker(runtime)
+    sweeper = _cli_worker(runtime, "-Q", "timers")
+    names = {f"aftersales-{everything.pid}@{host}", f"aftersales-{sweeper.pid}@{host}"}
+    # and Flower watching the broker
+    port = free_port()
+    flower = _flower(runtime, port)
+    flower.wait_port(port, timeout=45)
+
+    # when each worker runs pings (the sweeper's through its queue)
+    tokens = {uuid.uuid4().hex: "celery" for _ in range(3)}
+    tokens |= {uuid.uuid4().hex: "timers" for _ in range(3)}
+    ids = {
+        runtime.app.send_task("aftersales.ping", args=[token], queue=queue).id: queue
+        for token, queue in tokens.items()
+    }
+
+    # then Flower's task list has every ping, succeeded, on the worker of its queue
+    def all_done() -> dict[str, Any] | None:
+        tasks = _get(port, "/api/tasks?taskname=aftersales.ping")
+        mine = {task_id: tasks.get(task_id) for task_id in ids}
+        if all(task and task["state"] == "SUCCESS" for task in mine.values()):
+            return mine
+        return None
+
+    done = wait_for(all_done, "Flower to list the six pings as succeeded")
+    ran_on = {done[task_id]["worker"] for task_id, queue in ids.items() if queue == "celery"}
+    swept_on = {done[task_id]["worker"] for task_id, queue in ids.items() if queue == "timers"}
+    assert ran_on == {f"aftersales-{everything.pid}@{host}"}
+    assert swept_on == {f"aftersales-{sweeper.pid}@{host}"}
+    assert all(task["runtime"] is not None for task in done.values())
+    # and its worker list (remote inspection) has both, apart, online by their heartbeats
+    workers = wait_for(
+        lambda: (found := _get(port, "/api/workers?refresh=1")) and names <= found.keys() and found,
+        "Flower to list both workers",
+    )
+    assert {name for name in names if workers[name]["stats"]["pid"]} == names
+    status = _get(port, "/api/workers?status=1")
+    assert all(status[name] for name in names), status
+    assert "DuplicateNodenameWarning" not in everything.output() + sweeper.output()
+
+
+@pytest.mark.parametrize("broker", [pytest.param("redis", id="redis")])
+def test_celery_events_shows_task_events_and_remote_control_finds_a_dispatcher(
+    runtime: Runtime,
+) -> None:
+    # given a worker and ``celery events --dump`` watching
+    worker = runtime.start_worker()
+    command = [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", "events", "--dump"]
+    dump = ChildProcess(command, runtime.folder / "events.log", env=runtime.env, cwd=ROOT).start()
+    runtime.workers.append(dump)
+    dump.wait_log(r"evdump: starting capture", timeout=45)
+
+    # when a task runs
+    task_id = runtime.app.send_task("aftersales.ping", args=[uuid.uuid4().hex]).id
+
+    # then the dump shows it received, started and succeeded, and the worker's heartbeats
+    for event in ("received", "started", "succeeded"):
+        dump.wait_log(rf"{event}.*{task_id}|{task_id}.*{event}", timeout=45, what=event)
+    dump.wait_log(r"heartbeat", timeout=45, what="a worker heartbeat")
+    # and ``control enable_events`` finds the dispatcher (it answered "event dispatcher
+    # unavailable" when workers ran without events, heartbeats and gossip)
+    replies = runtime.app.control.enable_events(reply=True, timeout=5)
+    answers = [answer for reply in replies for answer in reply.values()]
+    assert answers == [{"ok": "task events already enabled"}], replies
+    assert worker.alive()
