@@ -63,15 +63,18 @@ def worker_argv(
     hostname: str | None = None,
     queues: str | None = None,
 ) -> list[str]:
-    """The ``celery worker`` arguments ``run_worker`` and ``run_all`` use (tests reuse them)."""
+    """The ``celery worker`` arguments ``run_worker`` and ``run_all`` use (tests reuse them).
+    Without ``hostname`` Celery names the worker ``celery@<host>``: a process starting workers
+    gives each a name of its own (``run_worker`` gives ``default_hostname()``)."""
     argv = [
         "worker",
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency}",
         f"--pool={pool or default_pool(app)}",
-        f"--hostname={hostname or default_hostname()}",
         *_QUIET,
     ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
     if not app.conf.worker_send_task_events:
         # No event dispatcher where events are off (the embedded broker): heartbeats are events.
         argv.append("--without-heartbeat")
@@ -114,7 +117,7 @@ def run_worker(
         loglevel=loglevel,
         pool=pool,
         queues=queues,
-        hostname=hostname,
+        hostname=hostname or default_hostname(),
     )
     app.worker_main(argv)
 
@@ -141,7 +144,12 @@ def run_all(
     app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
     argv = worker_argv(
-        app, concurrency=concurrency, loglevel=loglevel, pool=pool, beat=True, hostname=hostname
+        app,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        pool=pool,
+        beat=True,
+        hostname=hostname or default_hostname(),
     )
     app.worker_main(argv)
 
