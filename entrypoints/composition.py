@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from tasks.kick import RelayKicker
     from tasks.resender import UnconfirmedEvents
     from tasks.runtime import Runtime
+    from workflow.relay import ParkedOutbox
 
 
 T = TypeVar("T")
@@ -87,6 +88,14 @@ def build_event_service(settings: Settings, service: CaseService) -> EventServic
         max_batch=settings.database.event_batch,
         sources=build_sources(settings),
     )
+
+
+def build_parked_outbox(settings: Settings, service: CaseService) -> ParkedOutbox:
+    """The outbox rows the relay parked (``aftersales outbox``), on the database and clock of
+    ``service`` (whose schema it checked)."""
+    from workflow.relay import ParkedOutbox
+
+    return ParkedOutbox(SqlUnitOfWorkFactory(_engine(settings.database.url)), service.clock)
 
 
 def build_token_store(settings: Settings) -> SqlTokenStore:
