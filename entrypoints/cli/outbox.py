@@ -107,7 +107,7 @@ def outbox_retry(
     ids: Annotated[
         list[int] | None,
         typer.Argument(
-            metavar="[ID]...",
+            metavar="ID",
             min=1,
             max=MAX_ID,
             help=f"Parked entries to send again (at most {MAX_RETRY_IDS}).",
@@ -143,6 +143,7 @@ def outbox_retry(
         print_json({"retried": [entry_json(entry) for entry in retried], "not_parked": missing})
     else:
         console = new_console()
-        console.print(f"{len(retried)} outbox entries retried by {by}")
+        noun = "entry" if len(retried) == 1 else "entries"
+        console.print(f"{len(retried)} outbox {noun} retried by {by}")
         if missing:
             console.print(f"not parked (unknown, completed or retried already): {missing}")
