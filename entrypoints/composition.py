@@ -135,6 +135,7 @@ def worker_app(settings: Settings) -> Celery:
 def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
     """The services the tasks of ``app`` call."""
     from adapters.fake_gateways import build_fake_gateways
+    from persistence.task_stats import SqlTaskStats
     from tasks.kick import RelayKicker
     from tasks.publish import publish
     from tasks.runtime import Runtime
@@ -150,7 +151,8 @@ def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
     effects = EffectService(
         cases, gateways.carrier, gateways.payments, gateways.notifier, gateways.shipper, clock
     )
-    relay = OutboxRelay(SqlUnitOfWorkFactory(make_engine_for(settings)), publish, clock)
+    engine = make_engine_for(settings)
+    relay = OutboxRelay(SqlUnitOfWorkFactory(engine), publish, clock)
     return Runtime(
         settings.worker,
         clock,
@@ -160,6 +162,7 @@ def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
         relay,
         gateways,
         unconfirmed_ledger(settings),
+        SqlTaskStats(engine),
     )
 
 
@@ -170,7 +173,7 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
     from entrypoints.http.app import create_app
     from entrypoints.http.auth import RateLimiter
     from entrypoints.http.context import ApiContext
-    from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
+    from entrypoints.http.metrics import ApiMetrics, BrokerCollector, UnconfirmedCollector
     from persistence.readings import SqlReadings
     from persistence.tokens import SqlIdempotencyStore
 
@@ -201,7 +204,10 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
         if ledger is not None
         else None
     )
-    metrics = ApiMetrics(readings, clock, api.metrics_cache_seconds, unconfirmed)
+    from tasks.queue_depth import queue_depths
+
+    broker = BrokerCollector(lambda: queue_depths(settings), api.metrics_cache_seconds)
+    metrics = ApiMetrics(readings, clock, api.metrics_cache_seconds, unconfirmed, broker)
     return create_app(context, metrics, kicker)
 
 

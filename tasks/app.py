@@ -22,6 +22,9 @@ from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
 from tasks.schedule import beat_schedule
 
+# Imported for its signal handlers: every process running tasks counts them (task_stats).
+from tasks.task_stats import stats as _task_stats  # noqa: F401
+
 #: Modules holding ``@shared_task`` definitions; add each new one here.
 TASK_MODULES: tuple[str, ...] = (
     "tasks.health",
