@@ -8,19 +8,29 @@ events --dump``. Redis only: the embedded broker sends no events (docs/workers.m
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from entrypoints.processes import ChildProcess, free_port
+from persistence.db import make_engine
+from persistence.task_stats import read_totals
 
 from .conftest import ROOT, Runtime, wait_for
+from .support import Stack, merchant, open_stack, stack_params, submit
 
 pytestmark = pytest.mark.redis
+
+#: The worker's line for each coalesced job of single events (tasks/coalesce.py).
+_JOB = re.compile(r"coalesced job of (?P<count>\d+) aftersales\.ingest_event messages")
 
 #: Flower answers its API without a login only with this set (flower/api/__init__.py, 2.x).
 FLOWER_UNAUTHENTICATED = {"FLOWER_UNAUTHENTICATED_API": "true"}
@@ -134,3 +144,50 @@ def test_celery_events_shows_task_events_and_remote_control_finds_a_dispatcher(
     answers = [answer for reply in replies for answer in reply.values()]
     assert answers == [{"ok": "task events already enabled"}], replies
     assert worker.alive()
+
+
+@pytest.fixture(params=stack_params("redis-postgres"))
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    broker, database_kind = request.param
+    with open_stack(request, tmp_path, broker, database_kind) as opened:
+        yield opened
+
+
+def _ingested_events(stack: Stack) -> int:
+    with make_engine(stack.database_url).connect() as connection:
+        totals = read_totals(connection)
+    return sum(
+        count
+        for (task, outcome, _), (count, _) in totals.items()
+        if (task, outcome) == ("aftersales.ingest_event", "succeeded")
+    )
+
+
+def test_coalesced_events_show_in_celery_events_and_are_counted(stack: Stack) -> None:
+    # given a prefork worker (2 pool processes: one coalesced job at a time), four cases, and
+    # ``celery events --dump`` that hears the worker
+    (worker,) = stack.start_workers(1, beat=False)
+    cases = [submit(stack, "return_refund", f"o-ev-{n}") for n in range(4)]
+    command = [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", "events", "--dump"]
+    dump = ChildProcess(command, stack.folder / "events.log", env=stack.runtime.env, cwd=ROOT)
+    stack.runtime.workers.append(dump.start())
+    dump.wait_log(r"heartbeat", timeout=45, what="the worker's heartbeat")
+
+    # when the first approval's job waits on a lock while the others arrive, then goes on
+    with make_engine(stack.database_url).connect() as locker:
+        locker.execute(sa.text("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE"))
+        ids = stack.send_events(*(merchant(stack, "approved", case) for case in cases))
+        for task_id in ids:
+            stack.wait_log(worker, rf"Task aftersales\.ingest_event\[{task_id}\] received", task_id)
+        locker.rollback()
+    assert stack.outcomes(ids) == ["applied"] * 4
+    jobs = [int(m["count"]) for _, text in stack.runtime.logs() for m in _JOB.finditer(text)]
+    assert max(jobs) >= 2, jobs  # the three that waited went in one job
+
+    # then the dump shows each message received, started and succeeded, as any task
+    for task_id in ids:
+        for event in ("received", "started", "succeeded"):
+            dump.wait_log(rf"{event}.*{task_id}", timeout=45, what=f"{event} {task_id}")
+    # and, once the worker stops, its pool processes have counted the four in the database
+    worker.stop()
+    assert _ingested_events(stack) == 4
