@@ -1,7 +1,7 @@
 """``aftersales outbox``: the outbox rows the relay parked, and sending them again.
 
 The relay parks a row after ``AFTERSALES_OUTBOX_MAX_ATTEMPTS`` publishes that no consumer
-completed (docs/side-effects.md, "Parked outbox rows"). A thin adapter over
+completed (docs/workers.md, "Outbox rows whose consumer keeps failing"). A thin adapter over
 ``workflow.relay.ParkedOutbox``.
 """
 
