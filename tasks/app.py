@@ -132,7 +132,7 @@ def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any
         # messages; on the embedded broker nothing would remove the queue of a monitor that
         # died (kombu's filesystem transport keeps its binding in ``control/``), so every later
         # event would pile up there as a file: off there, like remote control.
-        "worker_send_task_events": not broker.embedded,
+        "worker_send_task_events": worker.task_events and not broker.embedded,
         # No ``task-sent`` events from producers (the relay, the API, the CLI): one more broker
         # message per task sent, and producers outside this code base would not send them
         # anyway; a task shows from ``task-received`` on.
