@@ -5,7 +5,8 @@ times each task between Celery's ``task_prerun`` and ``task_postrun`` signals an
 counts to ``task_stats`` (``persistence.task_stats``) at most every ``FLUSH_EVERY_S``, after a
 task, and when the process stops. The database is the one place every worker on every host
 reaches and that outlives them, so any API process reports the totals of all of them
-(docs/workers.md, "Monitoring", says why not the API's own counters or Celery's events).
+(docs/workers.md, "Monitoring", and docs/adr/0011 say why not the API's own counters or
+Celery's events).
 
 What a process counted and has not flushed is lost if it is killed (``kill -9``, the OOM killer):
 at most ``FLUSH_EVERY_S`` of its tasks. The counts are for monitoring; nothing depends on them.
