@@ -104,14 +104,22 @@ def test_flower_lists_both_workers_of_one_host_and_the_tasks_each_ran(runtime: R
     assert ran_on == {f"aftersales-{effects.pid}@{host}"}
     assert swept_on == {f"aftersales-{sweeper.pid}@{host}"}
     assert all(task["runtime"] is not None for task in done.values())
+
     # and its worker list (remote inspection) has both, apart, online by their heartbeats
-    workers = wait_for(
-        lambda: (found := _get(port, "/api/workers?refresh=1")) and names <= found.keys() and found,
-        "Flower to list both workers",
-    )
+    def listed() -> dict[str, Any] | None:
+        # Flower asks the workers with a 1 s timeout: a busy one may answer the next time.
+        found: dict[str, Any] = _get(port, "/api/workers?refresh=1")
+        return found if all("stats" in found.get(name, {}) for name in names) else None
+
+    workers = wait_for(listed, "Flower to list both workers")
     assert {workers[name]["stats"]["pid"] for name in names} == {effects.pid, sweeper.pid}
-    status = _get(port, "/api/workers?status=1")
-    assert all(status[name] for name in names), status
+
+    # (online: a heartbeat within the last two periods; polled, a busy host may delay one)
+    def both_online() -> bool:
+        status = _get(port, "/api/workers?status=1")
+        return all(status.get(name) for name in names)
+
+    wait_for(both_online, "Flower to show both workers online")
     assert "DuplicateNodenameWarning" not in effects.output() + sweeper.output()
 
 
