@@ -10,8 +10,9 @@ On Redis the declaration is not passive: kombu 5.7.0's passive check (``Channel.
 sends ``EXISTS``, which its ``global_keyprefix`` support does not prefix
 (``GlobalKeyPrefixMixin.PREFIXED_SIMPLE_COMMANDS``), so with a key prefix every queue looked
 missing. A declaration there writes nothing to Redis (``Channel._new_queue`` only notes expiry
-and auto-delete in the channel) and counts with ``LLEN``, which is prefixed. Once kombu prefixes ``EXISTS`` too, Redis may be
-asked passively like the others; the plain declaration stays correct either way.
+and auto-delete in the channel) and counts with ``LLEN``, which is prefixed. Once kombu prefixes
+``EXISTS`` too, Redis may be asked passively like the others; the plain declaration stays
+correct either way.
 """
 
 from __future__ import annotations
