@@ -142,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="sample only running threads (where the CPU goes), not waits",
     )
+    parser.add_argument(
+        "--task-events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="workers send task events and heartbeats (their cost: --no-task-events beside)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
     parser.add_argument(
         "--postgres-url",

@@ -71,6 +71,8 @@ class Stack:
     broker_url: str
     folder: Path
     concurrency: int
+    #: Workers send task events and heartbeats (``AFTERSALES_TASK_EVENTS``, on by default).
+    task_events: bool = True
     workers: list[ChildProcess] = field(default_factory=list)
     api: ChildProcess | None = None
     api_url: str = ""
@@ -96,6 +98,7 @@ class Stack:
             "AFTERSALES_SOURCES_FILE": str(self.folder / SOURCES_FILE),
             # The bench sends events from one token far faster than a producer would.
             "AFTERSALES_API_RATE_LIMIT_PER_MINUTE": "0",
+            "AFTERSALES_TASK_EVENTS": "true" if self.task_events else "false",
         }
         return env
 
@@ -283,7 +286,14 @@ def deployment(options: argparse.Namespace, console: Console) -> Iterator[tuple[
         assert database.conninfo is not None
         broker_url = stack_.enter_context(resources.private_redis(folder / "redis"))
         seeded = seed(database.url)
-        stack = Stack(database.url, database.conninfo, broker_url, folder, options.concurrency)
+        stack = Stack(
+            database.url,
+            database.conninfo,
+            broker_url,
+            folder,
+            options.concurrency,
+            task_events=getattr(options, "task_events", True),
+        )
         stack_.callback(dispose_engine, database.url)
         stack_.callback(stack.stop)
         started = time.monotonic()

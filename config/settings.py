@@ -154,6 +154,14 @@ class WorkerSettings(BaseSettings):
     #: A published outbox row no consumer completed within this many seconds is published
     #: again (the broker lost it, or its consumer died); consumers are idempotent.
     outbox_redeliver_after_s: float = Field(default=60.0, gt=0)
+    #: Publishes of one outbox row that no consumer completed before the relay parks it (stops
+    #: publishing it; ``aftersales outbox parked`` lists it, ``outbox retry`` sends it again).
+    #: A consumer waiting to retry does not count (it postpones the row); each redelivery after
+    #: a lost message or a failed consumer does. 10 at the 60 s window: parked after 10 minutes.
+    outbox_max_attempts: int = Field(default=10, ge=1, le=1000)
+    #: Task events and heartbeats for Flower and ``celery events`` (never on the embedded
+    #: broker). Off saves the worker's main process three broker messages per task.
+    task_events: bool = True
     #: An event a producer kept in the ledger (``tasks/producer.py`` over Redis) and the
     #: service has not processed this many seconds after it was sent is sent again (then
     #: after twice as long each time); beat looks every ``event_resend_interval_s``.

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from workflow.clock import Clock
     from workflow.events.ingestion import EventService
     from workflow.orders_service import OrderService
+    from workflow.relay import ParkedOutbox
     from workflow.service import CaseService
 
 
@@ -107,6 +108,15 @@ def build_event_service(settings: Settings, service: CaseService) -> EventServic
     )
 
 
+def build_parked_outbox(settings: Settings, service: CaseService) -> ParkedOutbox:
+    """The outbox rows the relay parked (``aftersales outbox``), on the database and clock of
+    ``service`` (whose schema it checked)."""
+    from persistence.unit_of_work import SqlUnitOfWorkFactory
+    from workflow.relay import ParkedOutbox
+
+    return ParkedOutbox(SqlUnitOfWorkFactory(_engine(settings.database)), service.clock)
+
+
 def build_token_store(settings: Settings) -> SqlTokenStore:
     """The HTTP API's tokens on the configured database, its schema checked (or created)."""
     from persistence.tokens import SqlTokenStore
@@ -146,6 +156,7 @@ def worker_app(settings: Settings) -> Celery:
 def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
     """The services the tasks of ``app`` call."""
     from adapters.fake_gateways import build_fake_gateways
+    from persistence.task_stats import SqlTaskStats
     from persistence.unit_of_work import SqlUnitOfWorkFactory
     from tasks.kick import RelayKicker
     from tasks.publish import publish
@@ -162,7 +173,8 @@ def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
     effects = EffectService(
         cases, gateways.carrier, gateways.payments, gateways.notifier, gateways.shipper, clock
     )
-    relay = OutboxRelay(SqlUnitOfWorkFactory(make_engine_for(settings)), publish, clock)
+    engine = make_engine_for(settings)
+    relay = OutboxRelay(SqlUnitOfWorkFactory(engine), publish, clock)
     return Runtime(
         settings.worker,
         clock,
@@ -172,6 +184,7 @@ def build_worker_runtime(settings: Settings, app: Celery) -> Runtime:
         relay,
         gateways,
         unconfirmed_ledger(settings),
+        SqlTaskStats(engine),
     )
 
 
@@ -182,7 +195,7 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
     from entrypoints.http.app import create_app
     from entrypoints.http.auth import RateLimiter
     from entrypoints.http.context import ApiContext
-    from entrypoints.http.metrics import ApiMetrics, UnconfirmedCollector
+    from entrypoints.http.metrics import ApiMetrics, BrokerCollector, UnconfirmedCollector
     from persistence.readings import SqlReadings
     from persistence.tokens import SqlIdempotencyStore, SqlTokenStore
 
@@ -213,7 +226,10 @@ def http_app(settings: Settings, clock: Clock) -> FastAPI:
         if ledger is not None
         else None
     )
-    metrics = ApiMetrics(readings, clock, api.metrics_cache_seconds, unconfirmed)
+    from tasks.queue_depth import queue_depths
+
+    broker = BrokerCollector(lambda: queue_depths(settings), api.metrics_cache_seconds)
+    metrics = ApiMetrics(readings, clock, api.metrics_cache_seconds, unconfirmed, broker)
     return create_app(context, metrics, kicker)
 
 

@@ -20,9 +20,23 @@ if TYPE_CHECKING:
 
 Pool = Literal["prefork", "threads", "solo"]
 
-# Gossip, mingle and heartbeats are worker-to-worker chatter for monitoring and revoke sync,
-# which nothing here uses; each costs broker traffic on every worker.
-_QUIET = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+# Gossip (every worker consuming every other worker's events, for elections and clock sync) and
+# mingle (asking the other workers for revoked ids at start-up) are worker-to-worker traffic that
+# nothing here uses: gossip grows with the square of the workers, and Flower and ``celery events``
+# need neither. Heartbeats stay on (Flower marks a worker offline without them), except on the
+# embedded broker, which carries no broadcasts (``tasks.app.celery_config``).
+_QUIET = ["--without-gossip", "--without-mingle"]
+
+
+def default_hostname() -> str:
+    """A node name unique to this process: ``aftersales-<pid>@<host>``.
+
+    Celery's default, ``celery@<host>``, is the same for every worker on a machine: two of them
+    trip ``DuplicateNodenameWarning``, and Flower, ``celery events`` and ``celery inspect`` show
+    them as one. The pid tells the operator which process it is. ``%h`` is Celery's own
+    placeholder for the host name, expanded by the worker.
+    """
+    return f"aftersales-{os.getpid()}@%h"
 
 
 def default_pool(app: Celery) -> Pool:
@@ -49,7 +63,9 @@ def worker_argv(
     hostname: str | None = None,
     queues: str | None = None,
 ) -> list[str]:
-    """The ``celery worker`` arguments ``run_worker`` and ``run_all`` use (tests reuse them)."""
+    """The ``celery worker`` arguments ``run_worker`` and ``run_all`` use (tests reuse them).
+    Without ``hostname`` Celery names the worker ``celery@<host>``: a process starting workers
+    gives each a name of its own (``run_worker`` gives ``default_hostname()``)."""
     argv = [
         "worker",
         f"--loglevel={loglevel}",
@@ -59,6 +75,9 @@ def worker_argv(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    if not app.conf.worker_send_task_events:
+        # No event dispatcher where events are off (the embedded broker): heartbeats are events.
+        argv.append("--without-heartbeat")
     if queues:
         argv.append(f"--queues={queues}")
     if beat:
@@ -86,11 +105,20 @@ def run_worker(
     loglevel: str = "INFO",
     pool: Pool | None = None,
     queues: str | None = None,
+    hostname: str | None = None,
 ) -> None:
-    """A worker consuming every task queue (or only ``queues``, comma-separated); blocks."""
+    """A worker consuming every task queue (or only ``queues``, comma-separated); blocks.
+    ``hostname`` is its node name (default ``default_hostname()``)."""
     app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
-    argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, queues=queues)
+    argv = worker_argv(
+        app,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        pool=pool,
+        queues=queues,
+        hostname=hostname or default_hostname(),
+    )
     app.worker_main(argv)
 
 
@@ -105,6 +133,7 @@ def run_all(
     concurrency: int | None = None,
     loglevel: str = "INFO",
     pool: Pool | None = None,
+    hostname: str | None = None,
 ) -> None:
     """Worker and beat in one command for a single machine (``aftersales run``).
 
@@ -114,7 +143,14 @@ def run_all(
     """
     app = worker_app(settings)
     concurrency = concurrency or default_concurrency(settings)
-    argv = worker_argv(app, concurrency=concurrency, loglevel=loglevel, pool=pool, beat=True)
+    argv = worker_argv(
+        app,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        pool=pool,
+        beat=True,
+        hostname=hostname or default_hostname(),
+    )
     app.worker_main(argv)
 
 

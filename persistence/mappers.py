@@ -290,6 +290,7 @@ def outbox_entry_from_row(row: Sequence[Any]) -> OutboxEntry:
         attempts=r["attempts"],
         published_at=r["published_at"],
         completed_at=r["completed_at"],
+        parked_at=r["parked_at"],
     )
 
 

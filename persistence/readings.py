@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persistence.tables import cases, dead_letters, outbox, timers, transitions
+from persistence.task_stats import ABOVE_ALL_MS, DURATION_BUCKETS_MS, read_totals
 from workflow.model import Timer, TimerStatus
 from workflow.states import CaseState
 
@@ -36,6 +37,14 @@ class LatenessHistogram:
 
 
 @dataclass(frozen=True)
+class DurationHistogram:
+    #: Cumulative counts per upper bound in seconds (``le``), as Prometheus wants them.
+    buckets: list[tuple[float, int]]
+    count: int
+    sum_seconds: float
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     #: (type, state) -> cases
     cases: dict[tuple[str, str], int]
@@ -46,6 +55,10 @@ class MetricsSnapshot:
     outbox_oldest_pending_at: datetime | None
     #: status -> letters
     dead_letters: dict[str, int]
+    #: topic -> outbox rows the relay parked and no consumer completed since
+    outbox_parked: dict[str, int]
+    #: (task, outcome) -> how many ran and how long they took, across every worker process
+    task_durations: dict[tuple[str, str], DurationHistogram]
 
 
 #: Upper bounds (s) of the timer lateness histogram: the sweep runs every second, so most
@@ -126,10 +139,20 @@ class SqlReadings:
                 count=int(row[0]),
                 sum_seconds=int(row[1]) / 1000,
             )
-            pending = outbox.c.completed_at.is_(None)
+            not_completed = outbox.c.completed_at.is_(None)
+            pending = sa.and_(not_completed, outbox.c.parked_at.is_(None))
             backlog_row = connection.execute(
                 sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(pending)
             ).one()
+            parked = {
+                row[0]: int(row[1])
+                for row in connection.execute(
+                    sa.select(outbox.c.topic, sa.func.count())
+                    .where(not_completed, outbox.c.parked_at.is_not(None))
+                    .group_by(outbox.c.topic)
+                )
+            }
+            task_totals = read_totals(connection)
             letters = {
                 row[0]: int(row[1])
                 for row in connection.execute(
@@ -146,4 +169,28 @@ class SqlReadings:
             outbox_backlog=int(backlog_row[0]),
             outbox_oldest_pending_at=oldest,
             dead_letters=letters,
+            outbox_parked=parked,
+            task_durations=_histograms(task_totals),
         )
+
+
+def _histograms(
+    totals: dict[tuple[str, str, int], tuple[int, float]],
+) -> dict[tuple[str, str], DurationHistogram]:
+    """Per (task, outcome), the bucket rows summed into a cumulative histogram at the standard
+    bounds. A row of a bound no longer used counts under the first standard bound above it."""
+    per_series: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+    for (task, outcome, le_ms), (count, seconds) in totals.items():
+        per_series.setdefault((task, outcome), []).append((le_ms, count, seconds))
+    histograms = {}
+    for key, rows in sorted(per_series.items()):
+        buckets = [
+            (bound / 1000, sum(n for le, n, _ in rows if le != ABOVE_ALL_MS and le <= bound))
+            for bound in DURATION_BUCKETS_MS
+        ]
+        histograms[key] = DurationHistogram(
+            buckets=buckets,
+            count=sum(n for _, n, _ in rows),
+            sum_seconds=sum(s for _, _, s in rows),
+        )
+    return histograms

@@ -26,6 +26,7 @@ from persistence.tables import (
     inbound_events,
     orders,
     outbox,
+    outbox_retries,
     timers,
     transitions,
 )
@@ -202,8 +203,11 @@ _SELECT_LATENESS = (
 )
 
 # The predicate of the partial index ``ix_outbox_pending_id``: the planners use that index only
-# when the query repeats it.
-_PENDING_OUTBOX = outbox.c.completed_at.is_(None)
+# when the query repeats it. Parked rows (migration 0010) are not pending: the relay leaves them.
+_NOT_COMPLETED = outbox.c.completed_at.is_(None)
+_PENDING_OUTBOX = sa.and_(_NOT_COMPLETED, outbox.c.parked_at.is_(None))
+# ``ix_outbox_parked_id``'s predicate.
+_PARKED_OUTBOX = sa.and_(_NOT_COMPLETED, outbox.c.parked_at.is_not(None))
 _SELECT_UNPUBLISHED = (
     sa.select(outbox)
     .where(_PENDING_OUTBOX, outbox.c.published_at.is_(None))
@@ -239,10 +243,11 @@ _MARK_PUBLISHED = (
         attempts=outbox.c.attempts + 1,
     )
 )
-# Only pending rows: a second completion keeps the first time.
+# Only rows not completed: a second completion keeps the first time. A parked row's consumer
+# that finishes after all (a late redelivery, a retry) completes it too.
 _MARK_COMPLETED = (
     sa.update(outbox)
-    .where(outbox.c.id == sa.bindparam("where_id"), _PENDING_OUTBOX)
+    .where(outbox.c.id == sa.bindparam("where_id"), _NOT_COMPLETED)
     .values(completed_at=sa.bindparam("at", type_=outbox.c.completed_at.type))
 )
 # PostgreSQL: the same two for a list of ids in one statement. The relay marks a batch of up
@@ -259,7 +264,7 @@ _MARK_PUBLISHED_ANY = (
 )
 _MARK_COMPLETED_ANY = (
     sa.update(outbox)
-    .where(outbox.c.id == sa.any_(_ID_LIST), _PENDING_OUTBOX)
+    .where(outbox.c.id == sa.any_(_ID_LIST), _NOT_COMPLETED)
     .values(completed_at=sa.bindparam("at", type_=outbox.c.completed_at.type))
 )
 # A consumer waiting to retry moves its row's publish time to when the retry runs, so the
@@ -268,6 +273,32 @@ _POSTPONE = (
     sa.update(outbox)
     .where(outbox.c.id == sa.bindparam("where_id"), _PENDING_OUTBOX)
     .values(published_at=sa.bindparam("until", type_=outbox.c.published_at.type))
+)
+# The relay gives up on a row: it leaves the relay's reads until an operator retries it.
+_PARK = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.bindparam("where_id"), _PENDING_OUTBOX)
+    .values(parked_at=sa.bindparam("at", type_=outbox.c.parked_at.type))
+)
+_SELECT_PARKED = (
+    sa.select(outbox)
+    .where(_PARKED_OUTBOX, outbox.c.id > sa.bindparam("after_id"))
+    .order_by(outbox.c.id)
+    .limit(sa.bindparam("limit"))
+)
+# One parked row, locked until the retry's transaction ends: two operators retrying it at once
+# write one retry record, not two.
+_LOCK_PARKED = (
+    sa.select(outbox)
+    .where(_PARKED_OUTBOX, outbox.c.id == sa.bindparam("where_id"))
+    .with_for_update()
+)
+# Back to a fresh row: never published, no attempts, so the relay publishes it at its next run
+# and it gets the whole attempt budget again (the retry record keeps what it had been through).
+_UNPARK = (
+    sa.update(outbox)
+    .where(outbox.c.id == sa.bindparam("where_id"), _PARKED_OUTBOX)
+    .values(parked_at=sa.null(), published_at=sa.null(), attempts=sa.literal_column("0"))
 )
 _COUNT_PENDING = sa.select(sa.func.count()).select_from(outbox).where(_PENDING_OUTBOX)
 _OLDEST_PENDING = sa.select(sa.func.min(outbox.c.created_at)).where(_PENDING_OUTBOX)
@@ -423,6 +454,11 @@ class Statements:
         self.mark_published_any = write(_MARK_PUBLISHED_ANY) if postgres else None
         self.mark_completed_any = write(_MARK_COMPLETED_ANY) if postgres else None
         self.postpone = write(_POSTPONE)
+        self.park = write(_PARK)
+        self.select_parked = select(_SELECT_PARKED)
+        self.lock_parked = select(_LOCK_PARKED)
+        self.unpark = write(_UNPARK)
+        self.insert_outbox_retry = write(sa.insert(outbox_retries), *_all_but(outbox_retries, "id"))
         self.count_pending = select(_COUNT_PENDING)
         self.oldest_pending = select(_OLDEST_PENDING)
         self.record_event = write(

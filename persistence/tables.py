@@ -18,14 +18,19 @@ from persistence.types import BigId, JSONDocument, UTCDateTime
 #: Timer statuses that still hold the case's one live timer slot.
 LIVE_TIMER_STATUSES = ("pending", "claimed")
 _LIVE_TIMER = sa.text("status IN ('pending', 'claimed')")
-#: Outbox rows no consumer has completed yet.
-_PENDING_OUTBOX = sa.text("completed_at IS NULL")
 #: Transitions into a dispute: whether a case was ever disputed.
 _INTO_DISPUTE = sa.text("to_state = 'disputed'")
-#: ... and not yet published: what the relay publishes first.
+#: Outbox rows no consumer has completed yet and the relay has not parked (migration 0010).
+_PENDING_OUTBOX = sa.text("completed_at IS NULL AND parked_at IS NULL")
+#: ... and not yet published: what the relay publishes first. (A parked row was published, and
+#: a retry clears both times at once, so this needs no ``parked_at`` term.)
 _UNPUBLISHED_OUTBOX = sa.text("completed_at IS NULL AND published_at IS NULL")
 #: ... published and not completed: the relay publishes them again once they are old.
-_IN_FLIGHT_OUTBOX = sa.text("completed_at IS NULL AND published_at IS NOT NULL")
+_IN_FLIGHT_OUTBOX = sa.text(
+    "completed_at IS NULL AND parked_at IS NULL AND published_at IS NOT NULL"
+)
+#: Parked and not completed since: what ``aftersales outbox parked`` lists.
+_PARKED_OUTBOX = sa.text("completed_at IS NULL AND parked_at IS NOT NULL")
 
 
 def _case_fk(name: str, *, nullable: bool = False) -> Any:
@@ -236,6 +241,12 @@ class OutboxRow(SQLModel, table=True):
             sqlite_where=_IN_FLIGHT_OUTBOX,
             postgresql_where=_IN_FLIGHT_OUTBOX,
         ),
+        sa.Index(
+            "ix_outbox_parked_id",
+            "id",
+            sqlite_where=_PARKED_OUTBOX,
+            postgresql_where=_PARKED_OUTBOX,
+        ),
     )
 
     id: int | None = _id()
@@ -250,6 +261,43 @@ class OutboxRow(SQLModel, table=True):
         sa_column=sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     )
     completed_at: datetime | None = _time("completed_at", nullable=True)
+    #: When the relay gave up publishing it: ``attempts`` reached the configured maximum and no
+    #: consumer completed it (migration 0010). Cleared by an operator's retry.
+    parked_at: datetime | None = _time("parked_at", nullable=True)
+
+
+class OutboxRetryRow(SQLModel, table=True):
+    """An operator's retry of a parked outbox row (``aftersales outbox retry``): who, when, and
+    what the row had been through. Appended, never changed."""
+
+    __tablename__ = "outbox_retries"
+    __table_args__ = (sa.Index("ix_outbox_retries_outbox_id", "outbox_id"),)
+
+    id: int | None = _id()
+    # No foreign key, as for the outbox's own rows: the outbox is pruned on its own schedule.
+    outbox_id: int = Field(sa_column=sa.Column("outbox_id", sa.BigInteger(), nullable=False))
+    retried_by: str
+    retried_at: datetime = _time("retried_at")
+    reason: str
+    #: The row's publish count and parking time before the retry reset them.
+    attempts: int
+    parked_at: datetime = _time("parked_at")
+
+
+class TaskStatRow(SQLModel, table=True):
+    """How many Celery tasks ran, by name and outcome, in duration buckets: what every worker
+    process adds, every few seconds, for ``/metrics`` (``tasks.task_stats``; migration 0010).
+
+    Rows only grow. ``le_ms`` is the bucket's upper bound in milliseconds (-1: above the last
+    bound); ``count`` and ``seconds_sum`` are that bucket's own, not cumulative."""
+
+    __tablename__ = "task_stats"
+
+    task: str = Field(primary_key=True)
+    outcome: str = Field(primary_key=True)
+    le_ms: int = Field(sa_column=sa.Column("le_ms", sa.BigInteger(), primary_key=True))
+    count: int = Field(sa_column=sa.Column("count", sa.BigInteger(), nullable=False))
+    seconds_sum: float = Field(sa_column=sa.Column("seconds_sum", sa.Float(), nullable=False))
 
 
 class InboundEventRow(SQLModel, table=True):
@@ -382,6 +430,8 @@ transitions: sa.Table = metadata.tables["transitions"]
 idempotency_keys: sa.Table = metadata.tables["idempotency_keys"]
 timers: sa.Table = metadata.tables["timers"]
 outbox: sa.Table = metadata.tables["outbox"]
+outbox_retries: sa.Table = metadata.tables["outbox_retries"]
+task_stats: sa.Table = metadata.tables["task_stats"]
 inbound_events: sa.Table = metadata.tables["inbound_events"]
 dead_letters: sa.Table = metadata.tables["dead_letters"]
 api_tokens: sa.Table = metadata.tables["api_tokens"]

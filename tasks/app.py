@@ -22,6 +22,9 @@ from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
 from tasks.schedule import beat_schedule
 
+# Imported for its signal handlers: every process running tasks counts them (task_stats).
+from tasks.task_stats import stats as _task_stats  # noqa: F401
+
 #: Modules holding ``@shared_task`` definitions; add each new one here.
 TASK_MODULES: tuple[str, ...] = (
     "tasks.health",
@@ -121,6 +124,19 @@ def celery_config(broker: BrokerConfig, worker: WorkerSettings) -> dict[str, Any
             Queue(TIMERS_QUEUE, routing_key=TIMERS_QUEUE),
         ],
         "task_routes": {SWEEP_TASK: {"queue": TIMERS_QUEUE}},
+        # Task events (received, started, succeeded with its runtime, failed, retried) and, as
+        # ``entrypoints.worker`` leaves heartbeats on, ``worker-heartbeat`` every 2 s: what Flower
+        # and ``celery events`` show. Without them ``control enable_events`` answers "event
+        # dispatcher unavailable" (celery/worker/control.py: the Events bootstep builds no
+        # dispatcher when task events, heartbeats and gossip are all off). Events are fanout
+        # messages; on the embedded broker nothing would remove the queue of a monitor that
+        # died (kombu's filesystem transport keeps its binding in ``control/``), so every later
+        # event would pile up there as a file: off there, like remote control.
+        "worker_send_task_events": worker.task_events and not broker.embedded,
+        # No ``task-sent`` events from producers (the relay, the API, the CLI): one more broker
+        # message per task sent, and producers outside this code base would not send them
+        # anyway; a task shows from ``task-received`` on.
+        "task_send_sent_event": False,
         # The embedded broker carries no broadcasts (nothing would clean up a dead worker's
         # control queue); ``celery inspect`` needs Redis.
         "worker_enable_remote_control": not broker.embedded,

@@ -10,7 +10,9 @@ Celery's own path. The fence around Celery's worker internals:
   ``increment_eventually``/``decrement_eventually`` (kombu ``QoS``), ``consumer.controller.state
   .revoked``, ``celery.worker.state.task_reserved``/``task_ready``, ``trace.LOG_RECEIVED``/
   ``LOG_SUCCESS``, billiard's ``apply_async`` options (``callback``, ``error_callback``,
-  ``timeout``, ``soft_timeout``) and ``TaskPool.num_processes``. Checked by
+  ``timeout``, ``soft_timeout``), ``TaskPool.num_processes`` and ``Request.send_event`` with
+  the fields ``default`` and ``Request`` send (``task-received``, ``task-started``,
+  ``task-succeeded`` with ``runtime``: what Flower and ``celery events`` read). Checked by
   ``tests/unit/test_library_fences.py``.
 - Measured: benchmark 2 (``python -m bench.events_e2e --rounds 3 --latency-seconds 0 --batch 0
   --http 0``), single events 45.4-53.9% of the no-op task without it, 84.0-87.3% with it, side
@@ -135,6 +137,19 @@ class Coalescer:
         if request.id in self._consumer.controller.state.revoked and request.revoked():
             return
         signals.task_received.send(sender=self._consumer, request=request)
+        # The event Celery's ``default`` strategy sends (a no-op when events are off), so
+        # Flower and ``celery events`` see coalesced messages as they see every other task.
+        request.send_event(
+            "task-received",
+            name=request.name,
+            args=request.argsrepr,
+            kwargs=request.kwargsrepr,
+            root_id=request.root_id,
+            parent_id=request.parent_id,
+            retries=request.request_dict.get("retries", 0),
+            eta=None,
+            expires=None,
+        )
         task_reserved(request)
         if callbacks:
             for callback in callbacks:
@@ -172,6 +187,8 @@ class Coalescer:
                 self._running -= 1
                 self._fall_back(batch, repr(exc))
                 return
+            for request in batch:
+                request.send_event("task-started")
 
     def _jobs_at_once(self) -> int:
         """One job per two pool processes, at least one: a job of many events keeps its core
@@ -197,6 +214,8 @@ class Coalescer:
             self._give_back(request)
             request.acknowledge()
             task_ready(request, successful=True)
+            # As ``Request.on_success`` reports a task: the job's runtime, as in the log line.
+            request.send_event("task-succeeded", result=repr(status), runtime=runtime)
             if self._logs_info:
                 # Celery's own success line (trace.LOG_SUCCESS), the job's runtime as the
                 # task's: log readers that follow a task id (the live demo, tests) still work.

@@ -15,4 +15,6 @@ from tasks.runtime import runtime
 def relay_outbox_task(self: Any) -> int:
     services = runtime()
     window = timedelta(seconds=services.worker.outbox_redeliver_after_s)
-    return services.relay.relay(redeliver_after=window)
+    return services.relay.relay(
+        redeliver_after=window, max_attempts=services.worker.outbox_max_attempts
+    )

@@ -16,6 +16,7 @@ from celery.signals import worker_process_init
 
 from adapters.fake_gateways import FakeGateways
 from config.settings import WorkerSettings
+from persistence.task_stats import SqlTaskStats
 from tasks.resender import UnconfirmedEvents
 from workflow.clock import Clock
 from workflow.effects import EffectService
@@ -35,6 +36,8 @@ class Runtime:
     gateways: FakeGateways
     #: The producers' ledger of unconfirmed events: on a Redis broker only.
     unconfirmed: UnconfirmedEvents | None = None
+    #: Where this process adds its task counts and durations (``tasks.task_stats``).
+    task_stats: SqlTaskStats | None = None
 
 
 _builder: Callable[[], Runtime] | None = None

@@ -75,6 +75,10 @@ class InMemoryDatabase:
     timers: dict[int, Timer] = field(default_factory=dict)
     #: In id order (ids are assigned in ``add`` order).
     outbox: list[OutboxEntry] = field(default_factory=list)
+    #: ``Outbox.retry`` records: (entry id, by, at, reason, attempts, parked_at).
+    outbox_retries: list[tuple[int, str, datetime, str, int, datetime]] = field(
+        default_factory=list
+    )
     orders: dict[str, Order] = field(default_factory=dict)
     #: (source, event_id) -> (case id, received at) of the inbound events processed.
     inbound_events: dict[tuple[str, str], tuple[int | None, datetime]] = field(default_factory=dict)
@@ -427,6 +431,14 @@ class InMemoryTimerStore:
         ]
 
 
+def _pending(entry: OutboxEntry) -> bool:
+    return entry.completed_at is None and entry.parked_at is None
+
+
+def _parked(entry: OutboxEntry) -> bool:
+    return entry.completed_at is None and entry.parked_at is not None
+
+
 class InMemoryOutbox:
     def __init__(self, db: InMemoryDatabase) -> None:
         self._db = db
@@ -449,6 +461,7 @@ class InMemoryOutbox:
             entry
             for entry in self._db.outbox
             if entry.completed_at is None
+            and entry.parked_at is None
             and (
                 entry.published_at is None
                 or (redeliver_before is not None and entry.published_at < redeliver_before)
@@ -478,16 +491,37 @@ class InMemoryOutbox:
     def postpone(self, entry_id: int, until: datetime) -> None:
         self._db.outbox = [
             replace(entry, published_at=until)
-            if entry.id == entry_id and entry.completed_at is None
+            if entry.id == entry_id and _pending(entry)
             else entry
             for entry in self._db.outbox
         ]
 
+    def park(self, ids: Sequence[int], at: datetime) -> None:
+        wanted = set(ids)
+        self._db.outbox = [
+            replace(entry, parked_at=at) if entry.id in wanted and _pending(entry) else entry
+            for entry in self._db.outbox
+        ]
+
+    def parked(self, limit: int, after_id: int = 0) -> list[OutboxEntry]:
+        found = [entry for entry in self._db.outbox if _parked(entry) and entry.id > after_id]
+        return copy.deepcopy(found[:limit])
+
+    def retry(self, entry_id: int, at: datetime, by: str, reason: str) -> OutboxEntry | None:
+        for index, entry in enumerate(self._db.outbox):
+            if entry.id == entry_id and _parked(entry) and entry.parked_at is not None:
+                record = (entry.id, by, at, reason, entry.attempts, entry.parked_at)
+                self._db.outbox_retries.append(record)
+                fresh = replace(entry, parked_at=None, published_at=None, attempts=0)
+                self._db.outbox[index] = fresh
+                return copy.deepcopy(entry)
+        return None
+
     def backlog(self) -> int:
-        return sum(1 for entry in self._db.outbox if entry.completed_at is None)
+        return sum(1 for entry in self._db.outbox if _pending(entry))
 
     def oldest_pending_age(self, now: datetime) -> float | None:
-        pending = [entry.created_at for entry in self._db.outbox if entry.completed_at is None]
+        pending = [entry.created_at for entry in self._db.outbox if _pending(entry)]
         if not pending:
             return None
         return max(0.0, (now - min(pending)).total_seconds())

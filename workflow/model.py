@@ -215,6 +215,9 @@ class OutboxEntry:
     #: When a consumer finished with it (done, skipped or failed for good); the relay publishes
     #: a row again until then.
     completed_at: datetime | None = None
+    #: When the relay gave up on it: published ``attempts`` times and never completed. Not
+    #: published again until an operator retries it.
+    parked_at: datetime | None = None
 
 
 class DeadLetterStatus(StrEnum):

@@ -201,13 +201,29 @@ class Outbox(Protocol):
         (a pending row only)."""
         ...
 
+    def park(self, ids: Sequence[int], at: datetime) -> None:
+        """The relay gives up on these pending rows: set ``parked_at``; no longer pending, so
+        ``unpublished`` leaves them until ``retry``. A consumer may still complete them."""
+        ...
+
+    def parked(self, limit: int, after_id: int = 0) -> list[OutboxEntry]:
+        """Parked rows no consumer completed, by id, those above ``after_id`` (keyset paging)."""
+        ...
+
+    def retry(self, entry_id: int, at: datetime, by: str, reason: str) -> OutboxEntry | None:
+        """Make a parked row fresh (never published, no attempts) and record who retried it,
+        when, why, and its attempts and parking time; the row as it was, or None when it is not
+        parked (unknown, completed, or retried already). Locks the row on PostgreSQL."""
+        ...
+
     def backlog(self) -> int:
-        """How many rows are pending (not completed): waiting to be published or in flight."""
+        """How many rows are pending (not completed, not parked): waiting to be published or in
+        flight."""
         ...
 
     def oldest_pending_age(self, now: datetime) -> float | None:
-        """Seconds from the ``created_at`` of the oldest pending row to ``now`` (never below
-        zero); None when nothing is pending. For monitoring."""
+        """Seconds from the ``created_at`` of the oldest pending (not parked) row to ``now``
+        (never below zero); None when nothing is pending. For monitoring."""
         ...
 
 

@@ -26,6 +26,7 @@ from entrypoints.cli import (
     diagram,
     events,
     orders,
+    outbox,
     serve,
     timers,
     tokens,
@@ -53,6 +54,7 @@ app.add_typer(cases.case_app, name="case")
 app.add_typer(timers.timers_app, name="timers")
 app.add_typer(db.db_app, name="db")
 app.add_typer(events.events_app, name="events")
+app.add_typer(outbox.outbox_app, name="outbox")
 # In this order: ``--help`` lists groups and commands as they were registered.
 app.command("worker")(workers.worker)
 app.command("beat")(workers.beat)

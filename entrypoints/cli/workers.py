@@ -28,6 +28,16 @@ Concurrency = Annotated[
     ),
 ]
 LogLevel = Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR.")]
+Hostname = Annotated[
+    str | None,
+    typer.Option(
+        "--hostname",
+        "-n",
+        help="Node name shown in Flower, celery events and celery inspect, e.g. "
+        "'sweeper@%h' (%h: this host). Default: aftersales-<pid>@<host>, unique per process.",
+        show_default=False,
+    ),
+]
 
 
 def _checked_settings(ctx: typer.Context) -> Settings:
@@ -52,12 +62,15 @@ def worker(
             "sweeper, 'celery' for everything else. Default: both.",
         ),
     ] = None,
+    hostname: Hostname = None,
 ) -> None:
     """Run a worker: timers, events, outbox relay and side effects (blocks)."""
     from entrypoints.worker import run_worker
 
     settings = _checked_settings(ctx)
-    run_worker(settings, concurrency=concurrency, loglevel=loglevel, queues=queues)
+    run_worker(
+        settings, concurrency=concurrency, loglevel=loglevel, queues=queues, hostname=hostname
+    )
 
 
 def beat(ctx: typer.Context, loglevel: LogLevel = "INFO") -> None:
@@ -77,6 +90,7 @@ def run(
     ] = True,
     host: serve.Host = serve.DEFAULT_HOST,
     port: serve.Port = serve.DEFAULT_PORT,
+    hostname: Hostname = None,
 ) -> None:
     """Worker and beat together, for a single machine (the embedded default), and the API."""
     from entrypoints.worker import run_all
@@ -85,7 +99,7 @@ def run(
     # A child process, started before the worker forks its pool.
     server = serve.start_api_process(host, port) if api else None
     try:
-        run_all(settings, concurrency=concurrency, loglevel=loglevel)
+        run_all(settings, concurrency=concurrency, loglevel=loglevel, hostname=hostname)
     finally:
         if server is not None:
             serve.stop_api_process(server)

@@ -1,9 +1,11 @@
 """``/metrics``: Prometheus text, from the database at scrape time and this process's requests.
 
-Database figures (cases, transitions, timer lateness, outbox, dead letters, refunds) cover every
-process that moves cases, so any API process reports the same numbers; they are cached for
-``metrics_cache_seconds`` so several scrapers cost one set of queries. Request counts and
-durations are this process's own.
+Database figures (cases, transitions, timer lateness, outbox, parked outbox rows, dead letters,
+refunds, and the task counts and durations every worker process adds to ``task_stats``) cover
+every process, so any API process reports the same numbers; they are cached for
+``metrics_cache_seconds`` so several scrapers cost one set of queries. So are the broker's queue
+depths, read from the broker at scrape time. Request counts and durations are this process's
+own.
 """
 
 from __future__ import annotations
@@ -98,12 +100,33 @@ class DatabaseCollector(Collector):
             "Age of the oldest uncompleted outbox message (0 when none).",
             value=age,
         )
+        parked = GaugeMetricFamily(
+            "aftersales_outbox_parked",
+            "Outbox messages the relay stopped publishing after AFTERSALES_OUTBOX_MAX_ATTEMPTS "
+            "tries that no consumer completed, by topic (aftersales outbox parked|retry).",
+            labels=["topic"],
+        )
+        for topic, count in sorted(snap.outbox_parked.items()):
+            parked.add_metric([topic], count)
+        yield parked
         letters = GaugeMetricFamily(
             "aftersales_dead_letters", "Dead letters by status.", labels=["status"]
         )
         for status in DeadLetterStatus:
             letters.add_metric([status.value], snap.dead_letters.get(status.value, 0))
         yield letters
+
+        durations = HistogramMetricFamily(
+            "aftersales_task_duration_seconds",
+            "Celery tasks run by every worker process, by task and outcome (succeeded, failed, "
+            "retried), and how long each ran; _count is how many ran.",
+            labels=["task", "outcome"],
+        )
+        for (task, outcome), histogram in snap.task_durations.items():
+            task_buckets = [(_bound(le), float(count)) for le, count in histogram.buckets]
+            task_buckets.append(("+Inf", float(histogram.count)))
+            durations.add_metric([task, outcome], task_buckets, histogram.sum_seconds)
+        yield durations
 
 
 class UnconfirmedCollector(Collector):
@@ -139,6 +162,37 @@ class UnconfirmedCollector(Collector):
         )
 
 
+class BrokerCollector(Collector):
+    """Messages waiting in each task queue of the broker, read at scrape time (cached for
+    ``cache_seconds``): the same figure whichever API process is asked."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]], cache_seconds: float) -> None:
+        self._depths = depths
+        self._cache_seconds = cache_seconds
+        self._cached: tuple[float, dict[str, int]] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self._cache_seconds:
+                try:
+                    self._cached = (now, self._depths())
+                except Exception:
+                    # Broker unreachable: the other figures still go out (/readyz says why).
+                    logger.warning("the broker's queue depths could not be read", exc_info=True)
+                    return
+            depths = self._cached[1]
+        family = GaugeMetricFamily(
+            "aftersales_broker_queue_messages",
+            "Messages waiting in each task queue of the broker (not those a worker holds).",
+            labels=["queue"],
+        )
+        for queue, count in sorted(depths.items()):
+            family.add_metric([queue], count)
+        yield family
+
+
 def _bound(seconds: float) -> str:
     return str(float(seconds))
 
@@ -152,6 +206,7 @@ class ApiMetrics:
         clock: Clock,
         cache_seconds: float,
         unconfirmed: UnconfirmedCollector | None = None,
+        broker: BrokerCollector | None = None,
     ) -> None:
         # ``*_created`` series double the output and say nothing a scraper needs (process-wide).
         disable_created_metrics()
@@ -161,6 +216,8 @@ class ApiMetrics:
         self.registry.register(self.database)
         if unconfirmed is not None:
             self.registry.register(unconfirmed)
+        if broker is not None:
+            self.registry.register(broker)
         self.requests = Counter(
             "aftersales_http_requests",
             "HTTP requests answered by this process, by route template and status.",

@@ -74,6 +74,35 @@ class SqlOutbox(SqlStore):
     def postpone(self, entry_id: int, until: datetime) -> None:
         self._run(self._uow.statements.postpone.execute, {"where_id": entry_id, "until": until})
 
+    def park(self, ids: Sequence[int], at: datetime) -> None:
+        rows = [{"where_id": i, "at": at} for i in dict.fromkeys(ids)]
+        if rows:
+            self._run(self._uow.statements.park.defer_many, rows)
+
+    def parked(self, limit: int, after_id: int = 0) -> list[OutboxEntry]:
+        rows = self._run(
+            self._uow.statements.select_parked.rows, {"limit": limit, "after_id": after_id}
+        )
+        return [outbox_entry_from_row(row) for row in rows]
+
+    def retry(self, entry_id: int, at: datetime, by: str, reason: str) -> OutboxEntry | None:
+        sql = self._uow.statements
+        row = self._run(sql.lock_parked.first, {"where_id": entry_id})
+        if row is None:
+            return None
+        entry = outbox_entry_from_row(row)
+        record = {
+            "outbox_id": entry.id,
+            "retried_by": by,
+            "retried_at": at,
+            "reason": reason,
+            "attempts": entry.attempts,
+            "parked_at": entry.parked_at,
+        }
+        self._run(sql.insert_outbox_retry.execute, record)
+        self._run(sql.unpark.execute, {"where_id": entry.id})
+        return entry
+
     def backlog(self) -> int:
         row = self._run(self._uow.statements.count_pending.first, {})
         return int(row[0]) if row is not None else 0

@@ -42,9 +42,14 @@ def test_outbox_indexes_are_partial_on_pending_rows(database_url: str) -> None:
     with make_engine(database_url).connect() as connection:
         indexes = {ix["name"]: ix for ix in sa.inspect(connection).get_indexes("outbox")}
     expected = {
-        "ix_outbox_pending_id": (["id"], ["completed_at"]),
+        "ix_outbox_pending_id": (["id"], ["completed_at", "parked_at"]),
         "ix_outbox_unpublished_id": (["id"], ["completed_at", "published_at"]),
-        "ix_outbox_in_flight_published_at": (["published_at"], ["completed_at", "published_at"]),
+        "ix_outbox_in_flight_published_at": (
+            ["published_at"],
+            ["completed_at", "parked_at", "published_at"],
+        ),
+        # parked and not completed: what ``aftersales outbox parked`` lists (migration 0010)
+        "ix_outbox_parked_id": (["id"], ["completed_at", "parked_at"]),
     }
     assert set(indexes) == set(expected)
     for name, (columns, in_predicate) in expected.items():

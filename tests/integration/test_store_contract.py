@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from persistence.mappers import outbox_entry_from_row
-from persistence.tables import cases, outbox
+from persistence.tables import cases, outbox, outbox_retries
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.errors import Conflict
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
@@ -513,6 +513,90 @@ def test_a_published_row_comes_back_until_it_is_completed(
         assert uow.outbox.unpublished(10, redeliver_before=later) == []
         completed = uow.outbox.unpublished(10, redeliver_before=later + timedelta(days=365))
         assert completed == []
+
+
+def test_a_parked_row_leaves_the_relay_until_retried_and_the_retry_is_recorded(
+    uow_factory: UnitOfWorkFactory,
+    new_case: NewCase,
+    outbox_rows: OutboxRows,
+    sql_engine: Engine | None,
+    memory_db: InMemoryDatabase,
+) -> None:
+    # given three rows published and lost
+    [case_id] = _stored(uow_factory, new_case())
+    with uow_factory() as uow:
+        uow.outbox.add(_messages(case_id, 3))
+        uow.commit()
+    later = T0 + timedelta(days=1)
+    with uow_factory() as uow:
+        first, second, third = uow.outbox.unpublished(10)
+        uow.outbox.mark_published([first.id, second.id, third.id], T0)
+        uow.commit()
+
+    # when the relay parks the first two (twice: the second call changes nothing)
+    parked_at = T0 + timedelta(minutes=10)
+    with uow_factory() as uow:
+        uow.outbox.park([first.id, second.id, second.id], parked_at)
+        uow.outbox.park([first.id], parked_at + timedelta(minutes=1))
+        uow.outbox.park([], parked_at)
+        uow.commit()
+
+    # then they are neither due nor pending, and are listed as parked, by id
+    with uow_factory() as uow:
+        assert [e.id for e in uow.outbox.unpublished(10, redeliver_before=later)] == [third.id]
+        assert uow.outbox.backlog() == 1
+        assert uow.outbox.oldest_pending_age(T0) == 0.0
+        listed = uow.outbox.parked(10)
+        assert [(e.id, e.parked_at, e.attempts) for e in listed] == [
+            (first.id, parked_at, 1),
+            (second.id, parked_at, 1),
+        ]
+        assert [e.id for e in uow.outbox.parked(10, after_id=first.id)] == [second.id]
+        assert [e.id for e in uow.outbox.parked(1)] == [first.id]
+        # a consumer that finishes a parked row after all completes it
+        uow.outbox.mark_completed([second.id], parked_at)
+        # the pending third is not parked, so it cannot be retried; nor can unknown ids
+        retried_at = T0 + timedelta(hours=1)
+        assert uow.outbox.retry(third.id, retried_at, "admin:ops", "why") is None
+        assert uow.outbox.retry(10_000, retried_at, "admin:ops", "why") is None
+        assert uow.outbox.retry(second.id, retried_at, "admin:ops", "completed") is None
+        uow.commit()
+
+    # when an operator retries the first
+    with uow_factory() as uow:
+        before = uow.outbox.retry(first.id, retried_at, "admin:ops", "carrier fixed")
+        uow.commit()
+
+    # then it is a fresh row again: never published, no attempts, first in the relay's read
+    assert before is not None and (before.id, before.attempts) == (first.id, 1)
+    assert before.parked_at == parked_at
+    rows = {r.id: r for r in outbox_rows()}
+    fresh = rows[first.id]
+    assert (fresh.parked_at, fresh.published_at, fresh.attempts) == (None, None, 0)
+    assert rows[second.id].completed_at == parked_at
+    with uow_factory() as uow:
+        assert [e.id for e in uow.outbox.unpublished(10)] == [first.id]
+        assert uow.outbox.parked(10) == []
+        assert uow.outbox.backlog() == 2
+        # a second retry of the same row finds nothing parked
+        assert uow.outbox.retry(first.id, retried_at, "admin:ops", "again") is None
+    # and the retry is on record: who, when, why, and what the row had been through
+    expected = (first.id, "admin:ops", retried_at, "carrier fixed", 1, parked_at)
+    if sql_engine is None:
+        assert memory_db.outbox_retries == [expected]
+    else:
+        with sql_engine.connect() as connection:
+            records = connection.execute(
+                sa.select(
+                    outbox_retries.c.outbox_id,
+                    outbox_retries.c.retried_by,
+                    outbox_retries.c.retried_at,
+                    outbox_retries.c.reason,
+                    outbox_retries.c.attempts,
+                    outbox_retries.c.parked_at,
+                )
+            ).all()
+        assert [tuple(record) for record in records] == [expected]
 
 
 # -- inbound events ---

@@ -151,6 +151,17 @@ def test_celerys_log_lines_keep_the_fields_the_coalescer_fills() -> None:
     assert "%(return_value)s" in trace.LOG_SUCCESS
 
 
+def test_the_events_the_coalescer_sends_are_the_ones_celery_sends() -> None:
+    # given the request's event hook and Celery's own senders of the three events
+    assert parameters(Request.send_event) == ["self", "type", "fields"]
+    strategy_source = inspect.getsource(celery_strategy.default)
+    request_source = inspect.getsource(Request)
+    # then Celery still names them so (Flower and ``celery events`` follow these names)
+    assert "'task-received'" in strategy_source and "retries=" in strategy_source
+    assert "self.send_event('task-started')" in request_source
+    assert "'task-succeeded', result=retval, runtime=runtime" in request_source
+
+
 # -- tasks/consumer.py: kombu's Redis channel, Celery's connection-error path ------------------
 
 

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from workflow.clock import FakeClock
+from workflow.errors import InvalidInput
 from workflow.memory import InMemoryDatabase, InMemoryUnitOfWorkFactory
 from workflow.model import OutboxEntry, OutboxMessage
-from workflow.relay import REDELIVER_AFTER, OutboxRelay
+from workflow.relay import REDELIVER_AFTER, OutboxRelay, ParkedOutbox
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 
@@ -123,3 +124,77 @@ def test_one_call_publishes_each_row_at_most_once(
 def test_a_negative_window_is_refused(relay: OutboxRelay) -> None:
     with pytest.raises(ValueError, match="must not be negative"):
         relay.relay(redeliver_after=timedelta(seconds=-1))
+
+
+def test_a_row_no_consumer_completes_is_parked_after_max_attempts_and_retried_by_an_admin(
+    uow_factory: InMemoryUnitOfWorkFactory,
+    db: InMemoryDatabase,
+    relay: OutboxRelay,
+    broker: Broker,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given a row whose consumer fails every time (never completes it), and one that works
+    _written(uow_factory, 2)
+    window = timedelta(seconds=60)
+    past_window = window + timedelta(seconds=1)
+
+    # when the relay runs past each redelivery window, with three attempts allowed
+    assert relay.relay(redeliver_after=window, max_attempts=3) == 2
+    relay.complete(2)
+    for _ in range(2):
+        clock.advance(past_window)
+        assert relay.relay(redeliver_after=window, max_attempts=3) == 1
+    clock.advance(past_window)
+    with caplog.at_level("WARNING", logger="workflow.relay"):
+        assert relay.relay(redeliver_after=window, max_attempts=3) == 0
+
+    # then it went out three times, is parked (said in the log), and no longer goes out
+    assert broker.sent == [1, 2, 1, 1]
+    assert "outbox entry 1 (t, case 1) parked: published 3 times" in caplog.text
+    clock.advance(timedelta(days=1))
+    assert relay.relay(redeliver_after=window, max_attempts=3) == 0
+    assert relay.backlog() == 0 and relay.oldest_pending_age() is None
+    parked = ParkedOutbox(uow_factory, clock)
+    [entry] = parked.parked(10)
+    assert (entry.id, entry.attempts, entry.parked_at) == (1, 3, T0 + 3 * past_window)
+
+    # when an admin retries it (and names an id that is not parked)
+    result = parked.retry([1, 2, 1], "admin:ops", "  consumer fixed  ")
+
+    # then it is published at the relay's next run, with the whole budget again, and the retry
+    # is recorded with who, why, and what the row had been through
+    assert ([e.id for e in result.retried], result.not_parked) == ([1], [2])
+    assert db.outbox_retries == [
+        (1, "admin:ops", clock.now(), "consumer fixed", 3, entry.parked_at)
+    ]
+    assert relay.relay(redeliver_after=window, max_attempts=3) == 1
+    assert db.outbox[0].attempts == 1 and db.outbox[0].parked_at is None
+
+
+@pytest.mark.parametrize(
+    ("ids", "by", "reason", "field"),
+    [
+        ([1], "", "why", "actor"),
+        ([1], "admin", "  ", "reason"),
+        ([1], "admin", "x" * 2001, "reason"),
+        ([], "admin", "why", "ids"),
+        (list(range(1, 1002)), "admin", "why", "ids"),
+    ],
+)
+def test_a_retry_needs_who_why_and_a_bounded_list(
+    uow_factory: InMemoryUnitOfWorkFactory,
+    clock: FakeClock,
+    ids: list[int],
+    by: str,
+    reason: str,
+    field: str,
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        ParkedOutbox(uow_factory, clock).retry(ids, by, reason)
+    assert refused.value.field == field
+
+
+def test_the_relay_refuses_a_budget_below_one(relay: OutboxRelay) -> None:
+    with pytest.raises(ValueError, match="max_attempts must be at least 1"):
+        relay.relay(max_attempts=0)

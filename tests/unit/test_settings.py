@@ -24,6 +24,8 @@ DOCUMENTED = [
     ("AFTERSALES_TIMER_SWEEP_INTERVAL_S", "2", ("worker", "timer_sweep_interval_s"), 2.0),
     ("AFTERSALES_OUTBOX_RELAY_INTERVAL_S", "3", ("worker", "outbox_relay_interval_s"), 3.0),
     ("AFTERSALES_RELAY_KICK_INTERVAL_S", "0", ("worker", "relay_kick_interval_s"), 0.0),
+    ("AFTERSALES_OUTBOX_MAX_ATTEMPTS", "3", ("worker", "outbox_max_attempts"), 3),
+    ("AFTERSALES_TASK_EVENTS", "false", ("worker", "task_events"), False),
     ("AFTERSALES_EVENT_COALESCE_MAX", "0", ("worker", "event_coalesce_max"), 0),
     ("AFTERSALES_EVENT_RESEND_AFTER_S", "90", ("worker", "event_resend_after_s"), 90.0),
     ("AFTERSALES_EVENT_RESEND_INTERVAL_S", "4", ("worker", "event_resend_interval_s"), 4.0),
