@@ -162,6 +162,29 @@ def test_rabbitmq_broker_gets_publisher_confirms_and_prefork(url: str) -> None:
     assert all("unconfirmed" not in entry["task"] for entry in app.conf.beat_schedule.values())
 
 
+def test_the_worker_event_loop_wakes_every_second_to_see_a_stop_request() -> None:
+    # given the app's consumer bootsteps and a worker event loop (kombu's Hub)
+    from types import SimpleNamespace
+
+    from kombu.asynchronous import Hub
+
+    from tasks.prompt_shutdown import WAKE_EVERY_S, WakeEverySecond
+
+    app = create_app(Settings(database=DatabaseSettings(url=SQLITE)))
+    assert WakeEverySecond in app.steps["consumer"]
+    hub = Hub()
+    parent = SimpleNamespace(hub=hub)
+    step = WakeEverySecond(parent)
+    # when the step starts, then the loop has a timer due every second (so ``poll`` returns)
+    step.start(parent)
+    (entry,) = hub.timer.queue
+    assert WAKE_EVERY_S == 1.0 and hub.fire_timers() <= WAKE_EVERY_S
+    # and stopping the step cancels it
+    step.stop(parent)
+    assert entry.entry.canceled
+    hub.close()
+
+
 def test_the_producer_helper_asks_rabbitmq_for_confirms() -> None:
     # given the producer helper's app for a RabbitMQ URL and for a Redis one
     from tasks import producer
