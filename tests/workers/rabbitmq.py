@@ -9,13 +9,17 @@ talks to the local node and needs its Erlang cookie: it works as root (CI) or as
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from kombu import Connection
+
+from entrypoints.processes import ChildProcess, free_port, wait_until
 
 AMQP_ENV = "AFTERSALES_TEST_AMQP_URL"
 #: The server's default virtual host ("/", written "//" in a URL); tests only take its address.
@@ -110,3 +114,89 @@ class Vhost:
                 ctl("close_connection", fields[0], reason)
                 closed += 1
         return closed
+
+
+# -- a RabbitMQ node of the test's own ----------------------------------------------------------
+
+#: Where a test's own node listens (AMQP; Erlang distribution at the same port + ``DIST_OFFSET``),
+#: apart from the shared server (5672).
+NODE_PORTS = (5690, 5790)
+DIST_OFFSET = 20000
+#: ``rabbitmq-server`` itself, not Debian's wrapper (which switches to the ``rabbitmq`` user and
+#: so could not write in the test's folder).
+SERVER_BINARY = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def can_run_a_node() -> str | None:
+    """Why this process cannot start a RabbitMQ node of its own, or None if it can."""
+    if not Path(SERVER_BINARY).exists():
+        return f"{SERVER_BINARY} is not installed"
+    if os.geteuid() != 0:
+        return "a RabbitMQ node of the test's own runs as root (its files are the test's)"
+    return None
+
+
+class RabbitNode:
+    """A RabbitMQ node in a folder of the test (data, logs, Erlang cookie), on a free port: a
+    test may kill it and start it again without touching the shared server. Its data survives
+    a restart, as a production node's disk does."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port(*NODE_PORTS)
+        self.name = f"aftersales-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.process: ChildProcess | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the node (again) and wait until it takes an AMQP connection."""
+        self.starts += 1
+        (self.folder / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        (self.folder / "enabled_plugins").write_text("[].\n")
+        env = {
+            **os.environ,
+            "HOME": str(self.folder),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.port + DIST_OFFSET),
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.folder / "pid"),
+        }
+        log = self.folder / f"node-{self.starts}.out"
+        self.process = ChildProcess([SERVER_BINARY], log, env=env).start()
+        wait_until(self._answers, f"RabbitMQ node {self.name} to start", timeout, 0.2)
+
+    def _answers(self) -> bool:
+        if self.process is not None and not self.process.alive():
+            raise RabbitUnavailable(f"the node exited with {self.process.returncode}")
+        try:
+            with Connection(self.url, connect_timeout=1) as connection:
+                connection.ensure_connection(max_retries=1, timeout=1)
+            return True
+        except Exception:  # refused while it boots
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the node: no flush, no goodbye to its clients (a power cut, an OOM kill)."""
+        if self.process is not None:
+            self.process.kill()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(grace_s=20)
+
+    def ready(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (a passive declare); 0 if it does not exist yet."""
+        with Connection(self.url, connect_timeout=3) as connection:
+            try:
+                return int(connection.default_channel.queue_declare(queue, passive=True)[1])
+            except connection.channel_errors:  # NOT_FOUND closes the channel
+                return 0

@@ -331,8 +331,9 @@ def open_stack(
     """A deployment for one test; its processes are stopped and its broker keys deleted after.
 
     ``broker`` is ``embedded``, ``redis`` (``broker_url``, default the shared test Redis under
-    a key prefix of the test's own) or ``amqp`` (a virtual host of the test's own on the test
-    RabbitMQ, deleted after it); ``env`` adds or overrides the processes' ``AFTERSALES_*``.
+    a key prefix of the test's own) or ``amqp`` (``broker_url``, default a virtual host of the
+    test's own on the test RabbitMQ, deleted after it); ``env`` adds or overrides the
+    processes' ``AFTERSALES_*``.
     """
     key_prefix = ""
     vhost: Vhost | None = None
@@ -340,9 +341,10 @@ def open_stack(
         broker_url = broker_url or str(request.getfixturevalue("redis_url"))
         key_prefix = f"aftersales-test:{uuid.uuid4().hex}:"
     elif broker == "amqp":
-        vhost = Vhost.create(str(request.getfixturevalue("amqp_server_url")))
-        request.addfinalizer(vhost.delete)
-        broker_url = vhost.url
+        if broker_url is None:
+            vhost = Vhost.create(str(request.getfixturevalue("amqp_server_url")))
+            request.addfinalizer(vhost.delete)
+            broker_url = vhost.url
     else:
         broker_url = None
     clock_file = tmp_path / "clock"
