@@ -69,6 +69,16 @@ def with_vhost(url: str, vhost: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
 
 
+def ready_in(url: str, queue: str) -> int:
+    """Messages waiting in ``queue`` at ``url`` (a passive declare over AMQP: milliseconds,
+    where ``rabbitmqctl`` takes a second on a busy machine); 0 if the queue does not exist."""
+    with Connection(url, connect_timeout=3) as connection:
+        try:
+            return int(connection.default_channel.queue_declare(queue, passive=True)[1])
+        except connection.channel_errors:  # NOT_FOUND closes the channel
+            return 0
+
+
 @dataclass
 class Vhost:
     """A virtual host of one test, open to the URL's user; ``delete`` removes it and
@@ -103,6 +113,9 @@ class Vhost:
             if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
                 counts[fields[0]] = (int(fields[1]), int(fields[2]))
         return counts
+
+    def ready(self, queue: str) -> int:
+        return ready_in(self.url, queue)
 
     def close_connections(self, reason: str = "closed by the test") -> int:
         """Close every client connection to this virtual host from the server's side, as a
@@ -194,9 +207,4 @@ class RabbitNode:
             self.process.stop(grace_s=20)
 
     def ready(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (a passive declare); 0 if it does not exist yet."""
-        with Connection(self.url, connect_timeout=3) as connection:
-            try:
-                return int(connection.default_channel.queue_declare(queue, passive=True)[1])
-            except connection.channel_errors:  # NOT_FOUND closes the channel
-                return 0
+        return ready_in(self.url, queue)
