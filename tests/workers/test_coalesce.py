@@ -171,3 +171,41 @@ def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_pa
         received = f"Task aftersales.ingest_event[{first}] received"
         assert sum(text.count(received) for _, text in stack.runtime.logs()) == 1
         wait_for(lambda: _broker_empty(stack), "no message queued or unacknowledged")
+
+
+@pytest.mark.parametrize("stack_kind", stack_params("amqp-postgres"), indirect=True)
+def test_events_held_for_a_job_when_rabbitmq_closes_the_connection_take_effect_once(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    with open_stack(request, tmp_path, *stack_kind) as stack:
+        vhost = stack.runtime.vhost
+        assert vhost is not None
+        worker, cases = _worker_and_cases(stack, "o-held", 12)
+        # given the dedupe table locked: the first event's job waits in a pool process, and the
+        # others wait in the worker's main process for the next job, every one unacknowledged
+        with _dedupe_table_locked(stack) as locker:
+            task_ids = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
+            wait_for(
+                lambda: vhost.queues().get("celery") == (0, len(cases)),
+                "every message delivered and held",
+            )
+            # when the server closes the worker's connection (their acknowledgements can no
+            # longer reach it: it requeues all twelve) and the lock goes
+            assert vhost.close_connections() >= 1
+            stack.wait_log(worker, r"Connection to broker lost", "the worker to see it go")
+            wait_for(
+                lambda: worker.output().count("Connected to amqp://") >= 2,
+                "the worker to reconnect",
+            )
+            locker.rollback()
+        # then every event took effect once: the copies the server delivered again found their
+        # event recorded (or the held ones did, whichever ran second)
+        outcomes = stack.outcomes(task_ids)
+        assert set(outcomes) <= {"applied", "duplicate"}, outcomes
+        for case in cases:
+            wait_for(lambda case=case: "approve" in stack.triggers(case), f"case {case} approved")
+            assert stack.triggers(case).count("approve") == 1
+        assert stack.dead_letters() == []
+        # and nothing stays queued or unacknowledged, and the worker lives on
+        wait_for(lambda: _broker_empty(stack), "no message queued or unacknowledged")
+        assert worker.alive()
