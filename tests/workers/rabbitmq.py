@@ -117,6 +117,10 @@ class Vhost:
     def ready(self, queue: str) -> int:
         return ready_in(self.url, queue)
 
+    def set_policy(self, name: str, pattern: str, definition: str) -> None:
+        """A queue policy (``definition`` is its JSON) on the queues ``pattern`` matches."""
+        ctl("set_policy", "-p", self.name, "--apply-to", "queues", name, pattern, definition)
+
     def close_connections(self, reason: str = "closed by the test") -> int:
         """Close every client connection to this virtual host from the server's side, as a
         network cut or a node going away would; how many there were."""

@@ -320,6 +320,28 @@ def test_a_rabbitmq_producer_without_our_code_is_heard_by_a_worker_started_later
     wait_for(lambda: (runtime.ping_dir / token).exists(), "the foreign ping")
 
 
+@pytest.mark.parametrize("broker", [pytest.param("amqp", marks=pytest.mark.amqp)])
+def test_a_publish_rabbitmq_refuses_raises_instead_of_vanishing(runtime: Runtime) -> None:
+    from kombu.exceptions import OperationalError
+
+    from tasks import producer
+
+    # given a default queue that refuses every message (a policy: length 0, reject-publish), as
+    # a full queue or a server short of memory or disk would
+    vhost = runtime.vhost
+    assert vhost is not None
+    vhost.set_policy("refuse-all", "^celery$", '{"max-length": 0, "overflow": "reject-publish"}')
+    # when the service's app sends a task, then the publish raises (publisher confirms: the
+    # server's nack); without confirms it returns and the message is gone
+    with pytest.raises(OperationalError):
+        runtime.app.send_task("aftersales.ping", args=[uuid.uuid4().hex])
+    # and so does the producer helper's
+    envelope = producer.make_envelope("sf-express", "parcel.delivered", tracking_no="SF1")
+    with pytest.raises(OperationalError):
+        producer.publish_event(envelope, vhost.url)
+    assert vhost.ready("celery") == 0
+
+
 @pytest.mark.parametrize("broker", [pytest.param("redis", marks=pytest.mark.redis)])
 def test_a_producer_without_our_code_reaches_the_worker(runtime: Runtime, redis_url: str) -> None:
     # given a worker, and a producer that knows only the broker and the task name
