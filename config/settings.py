@@ -29,6 +29,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from config.durations import parse_duration
 from config.limits import MAX_DOCUMENT_BYTES
 
+#: Broker URL schemes of RabbitMQ (kombu's ``pyamqp`` transport; ``amqps`` is TLS).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
 #: The embedded database, relative to the directory the command runs in.
 DEFAULT_DATABASE_FILE = Path("var") / "aftersales.db"
 
@@ -36,6 +39,13 @@ DEFAULT_DATABASE_FILE = Path("var") / "aftersales.db"
 def sqlite_url(path: Path) -> str:
     """A ``sqlite:///`` URL for ``path`` made absolute, so it does not move with the cwd later."""
     return f"sqlite:///{path.expanduser().resolve()}"
+
+
+def broker_scheme(url: str | None) -> str:
+    """The scheme of a broker URL, lower case ("" for none: the embedded broker)."""
+    if not url or ":" not in url:
+        return ""
+    return url.split(":", 1)[0].strip().lower()
 
 
 def _default_database_url() -> str:
@@ -117,20 +127,33 @@ class DatabaseSettings(BaseSettings):
 class BrokerSettings(BaseSettings):
     model_config = _section("AFTERSALES_BROKER_")
 
-    #: Celery broker: ``redis://host:6379/0`` in production; None means the embedded broker
-    #: (the spool folder ``<var>/broker`` beside the database, see docs/workers.md).
+    #: Celery broker: ``redis://host:6379/0`` or ``amqp://user:password@host:5672/vhost``
+    #: (RabbitMQ) in production; None means the embedded broker (the spool folder
+    #: ``<var>/broker`` beside the database, see docs/workers.md).
     url: str | None = None
     #: Seconds a fetched message may stay unacknowledged before the broker hands it to another
     #: worker (Redis ``visibility_timeout``; the embedded broker honours the same rule). It must
     #: exceed the longest a message can stay unacknowledged: a retry's countdown plus the hard
-    #: time limit, or the task runs twice at once.
+    #: time limit, or the task runs twice at once. RabbitMQ has no such timer (a message goes
+    #: back when its worker's channel closes): there ``consumer_timeout_s`` is the limit.
     visibility_timeout_s: int = Field(default=3600, gt=0)
+    #: RabbitMQ only: the server's ``consumer_timeout`` (s), set in its ``rabbitmq.conf``; 30 min
+    #: unless changed there. A delivery unacknowledged for longer makes the server close the
+    #: worker's channel, and every message it held goes to another worker: the same rule as the
+    #: visibility timeout applies to it. The worker cannot read the server's value: state it.
+    consumer_timeout_s: int = Field(default=1800, gt=0)
     #: Prepended to every Redis key the broker uses, so several deployments (or test runs) can
-    #: share one Redis database. Producers must use the same prefix.
+    #: share one Redis database. Producers must use the same prefix. Redis only: on RabbitMQ
+    #: each deployment has a virtual host of its own (the URL's path).
     key_prefix: str = ""
     #: How often an idle worker looks for new messages on the embedded broker (s). It bounds
     #: both the idle latency and, with the pool full, the throughput (concurrency / interval).
     polling_interval_s: float = Field(default=0.1, gt=0)
+
+    @property
+    def is_amqp(self) -> bool:
+        """RabbitMQ (or another AMQP 0-9-1 server) through kombu's ``pyamqp`` transport."""
+        return broker_scheme(self.url) in AMQP_SCHEMES
 
 
 class WorkerSettings(BaseSettings):
@@ -348,10 +371,30 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _unacked_window_fits(self) -> Self:
         longest_unacked = self.worker.task_time_limit_s + self.worker.retry_backoff_max_s
-        if longest_unacked >= self.broker.visibility_timeout_s:
+        broker = self.broker
+        if broker.is_amqp:
+            name, window = "broker_consumer_timeout_s", broker.consumer_timeout_s
+            consequence = (
+                "RabbitMQ closes the channel of a worker holding a message that long, and "
+                "every message it held goes to another worker"
+            )
+        else:
+            name, window = "broker_visibility_timeout_s", broker.visibility_timeout_s
+            consequence = (
+                "a slow or retried task is handed to a second worker while the first still runs"
+            )
+        if longest_unacked >= window:
             raise ValueError(
-                f"broker_visibility_timeout_s ({self.broker.visibility_timeout_s}) must exceed "
-                f"task_time_limit_s + retry_backoff_max_s ({longest_unacked}); otherwise a "
-                "slow or retried task is handed to a second worker while the first still runs"
+                f"{name} ({window}) must exceed task_time_limit_s + retry_backoff_max_s "
+                f"({longest_unacked}); otherwise {consequence}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _key_prefix_only_on_redis(self) -> Self:
+        if self.broker.key_prefix and self.broker.is_amqp:
+            raise ValueError(
+                "broker_key_prefix is for Redis; on RabbitMQ give each deployment a virtual "
+                "host of its own in broker_url (amqp://user:password@host:5672/<vhost>)"
             )
         return self

@@ -20,6 +20,7 @@ from tasks.broker import BrokerConfig, broker_config, var_dir
 from tasks.coalesce import COALESCE_MAX_KEY
 from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
+from tasks.prompt_shutdown import WakeEverySecond
 from tasks.schedule import beat_schedule
 
 # Imported for its signal handlers: every process running tasks counts them (task_stats).
@@ -66,6 +67,8 @@ def create_app(settings: Settings) -> Celery:
             COALESCE_MAX_KEY: worker.event_coalesce_max,
         }
     )
+    # A warm shutdown starts within a second of SIGTERM on RabbitMQ too (tasks/prompt_shutdown).
+    app.steps["consumer"].add(WakeEverySecond)
     for module in TASK_MODULES:
         importlib.import_module(module)
     app.conf.beat_schedule = beat_schedule(worker, app.tasks.keys(), redis=broker.is_redis)

@@ -19,6 +19,10 @@ Celery's own path. The fence around Celery's worker internals:
   by side on one host.
 - Upstream: Celery has no batching strategy; ``celery/worker/strategy.py`` ``default`` (celery
   5.7.0) is what this follows. celery-batches does not fit (docs/adr/0007).
+- Brokers: on Redis the prefetch it raises is kombu's count; on RabbitMQ it is a ``basic.qos``
+  to the server (Celery's channel-wide QoS), and a redelivery carries ``delivery_info
+  ["redelivered"]``, which takes the default path. ``tests/workers/test_coalesce.py`` runs on
+  both.
 - Delete when: Celery ships a strategy that applies several messages in one pool job with an
   ack per message after the job and a per-message fall-back, or when producers send batches
   (``aftersales.ingest_events``) only.

@@ -22,6 +22,11 @@ The fence around kombu's Redis channel internals:
   re-raises before ``Channel.close`` marks the channel closed.
 - Delete when: a kombu release makes ``Channel.close`` finish on a dead BRPOP (the test above
   then passes without this class).
+- Other brokers: kombu's ``pyamqp`` transport (RabbitMQ) keeps no ``channels`` on its transport
+  and its channels have no ``_in_poll``, so ``finish_interrupted_polls`` does nothing there and
+  Celery's own reconnection runs unchanged: ``test_a_worker_running_a_task_reconnects_after_
+  rabbitmq_closes_its_connection`` and ``test_rabbitmq_killed_and_restarted_mid_run_...`` cover
+  it; the embedded spool's channels have no ``_in_poll`` either.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ run the tasks by name. The envelope is a plain dict (docs/events.md, docs/event.
 
 Over Redis each event first goes to a ledger of unconfirmed events that the service's beat
 sends again until the event is processed (docs/events.md, docs/adr/0004); ``keep=False`` skips
-it. Other brokers have no ledger: send again with the same ``event_id`` when unsure.
+it. Over RabbitMQ (``amqp://``) each publish waits for the server's confirm instead: once it
+returns, RabbitMQ has the event, and it keeps it until a worker acknowledges it. Other brokers
+have neither: send again with the same ``event_id`` when unsure.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def _app(broker_url: str, key_prefix: str = "") -> Celery:
         app = Celery("aftersales-producer", broker=broker_url)
         if key_prefix:
             app.conf.broker_transport_options = {"global_keyprefix": key_prefix}
+        if urlparse(broker_url).scheme in ("amqp", "amqps", "pyamqp"):
+            # RabbitMQ: each publish waits for the server's confirm (publisher confirms), so a
+            # return means RabbitMQ has the event; a message it lost or refused raises instead.
+            app.conf.broker_transport_options = {"confirm_publish": True}
         _apps[(broker_url, key_prefix)] = app
     return app
 

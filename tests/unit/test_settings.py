@@ -17,6 +17,7 @@ DOCUMENTED = [
     ("AFTERSALES_TIMER_BATCH", "9", ("database", "timer_batch"), 9),
     ("AFTERSALES_BROKER_URL", "redis://r:6379/0", ("broker", "url"), "redis://r:6379/0"),
     ("AFTERSALES_BROKER_VISIBILITY_TIMEOUT_S", "5000", ("broker", "visibility_timeout_s"), 5000),
+    ("AFTERSALES_BROKER_CONSUMER_TIMEOUT_S", "7200", ("broker", "consumer_timeout_s"), 7200),
     ("AFTERSALES_BROKER_KEY_PREFIX", "shop1:", ("broker", "key_prefix"), "shop1:"),
     ("AFTERSALES_BROKER_POLLING_INTERVAL_S", "0.5", ("broker", "polling_interval_s"), 0.5),
     ("AFTERSALES_TASK_TIME_LIMIT_S", "60", ("worker", "task_time_limit_s"), 60),
@@ -124,3 +125,27 @@ def test_the_visibility_timeout_must_exceed_the_longest_unacknowledged_run() -> 
             broker=BrokerSettings(visibility_timeout_s=1000),
             worker=WorkerSettings(task_time_limit_s=600, retry_backoff_max_s=600),
         )
+
+
+def test_on_rabbitmq_the_consumer_timeout_bounds_the_longest_unacknowledged_run() -> None:
+    # given RabbitMQ, whose server closes a channel holding a delivery past consumer_timeout
+    broker = "amqp://guest:guest@127.0.0.1:5672/shop"
+    worker = WorkerSettings(task_time_limit_s=600, retry_backoff_max_s=600)
+    # then a consumer timeout below the longest run is refused, naming the setting and why
+    with pytest.raises(
+        ValueError, match=r"broker_consumer_timeout_s \(1000\) must exceed"
+    ) as error:
+        Settings(broker=BrokerSettings(url=broker, consumer_timeout_s=1000), worker=worker)
+    assert "RabbitMQ closes the channel" in str(error.value)
+    # and RabbitMQ's default (30 min) fits the default limits, whatever the visibility timeout
+    # (a Redis setting) says
+    settings = Settings(broker=BrokerSettings(url=broker, visibility_timeout_s=1), worker=worker)
+    assert settings.broker.consumer_timeout_s == 1800
+    # and on Redis the consumer timeout means nothing
+    Settings(broker=BrokerSettings(url="redis://r/0", consumer_timeout_s=1), worker=worker)
+
+
+def test_a_key_prefix_on_rabbitmq_is_refused_for_a_virtual_host() -> None:
+    # a prefix would be ignored there: two deployments would share their queues
+    with pytest.raises(ValueError, match="virtual host"):
+        Settings(broker=BrokerSettings(url="amqp://mq:5672/", key_prefix="shop1:"))

@@ -1,12 +1,16 @@
-"""Real Celery workers in subprocesses, on Redis and on the embedded broker; no eager mode.
+"""Real Celery workers in subprocesses, on Redis, RabbitMQ and the embedded broker; no eager
+mode.
 
-``runtime`` gives a test its own broker namespace (a spool folder in ``tmp_path``, or a Redis key
-prefix deleted afterwards), the settings for it, an app to send with, and ``start_worker()``.
-Every wait polls for an effect with a deadline; workers get SIGTERM, then SIGKILL, at teardown;
-their logs are attached to a failing test's report.
+``runtime`` gives a test its own broker namespace (a spool folder in ``tmp_path``, a Redis key
+prefix deleted afterwards, or a RabbitMQ virtual host deleted afterwards), the settings for it,
+an app to send with, and ``start_worker()``. Every wait polls for an effect with a deadline;
+workers get SIGTERM, then SIGKILL, at teardown; their logs are attached to a failing test's
+report.
 
-Redis tests are marked ``redis``. They are skipped when Redis does not answer, unless
-``AFTERSALES_REQUIRE_POSTGRES`` is set (CI), where a missing Redis fails them.
+Redis tests are marked ``redis``, RabbitMQ tests ``amqp`` (``AFTERSALES_TEST_AMQP_URL``, default
+``amqp://guest:guest@127.0.0.1:5672//``; virtual hosts are made with ``rabbitmqctl``, so as root
+or the ``rabbitmq`` user). They are skipped when their server does not answer, unless
+``AFTERSALES_REQUIRE_POSTGRES`` is set (CI), where a missing server fails them.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import redis
 from celery import Celery
 
 from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
-from entrypoints.processes import ChildProcess, wait_until
+from entrypoints.processes import ChildProcess, stop_all, wait_until
 from entrypoints.worker import Pool, worker_argv
 from tasks.app import create_app
+
+from .rabbitmq import AMQP_ENV, DEFAULT_AMQP_URL, RabbitUnavailable, Vhost, check_server
 
 REDIS_ENV = "AFTERSALES_TEST_REDIS_URL"
 REQUIRE_ENV = "AFTERSALES_REQUIRE_POSTGRES"
@@ -65,6 +71,8 @@ class Runtime:
     env: dict[str, str]
     folder: Path
     app: Celery
+    #: The test's own RabbitMQ virtual host (``amqp`` only).
+    vhost: Vhost | None = None
     workers: list[ChildProcess] = field(default_factory=list)
 
     @property
@@ -150,10 +158,26 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def amqp_server_url() -> str:
+    """The RabbitMQ server of the tests (its default virtual host), once it answered and
+    ``rabbitmqctl`` can manage it."""
+    url = os.environ.get(AMQP_ENV, DEFAULT_AMQP_URL)
+    try:
+        check_server(url)
+    except RabbitUnavailable as error:
+        message = f"{error}; set {AMQP_ENV} to a local RabbitMQ and run as root"
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
 @pytest.fixture(
     params=[
         pytest.param("embedded", id="embedded"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("amqp", id="amqp", marks=pytest.mark.amqp),
     ]
 )
 def broker(request: pytest.FixtureRequest) -> str:
@@ -168,6 +192,10 @@ def runtime(broker: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     if broker == "redis":
         broker_url = request.getfixturevalue("redis_url")
         key_prefix = f"aftersales-test:{uuid.uuid4().hex}:"
+    vhost: Vhost | None = None
+    if broker == "amqp":
+        vhost = Vhost.create(request.getfixturevalue("amqp_server_url"))
+        broker_url = vhost.url
     env = {
         **os.environ,
         "AFTERSALES_DATABASE_URL": database_url,
@@ -193,16 +221,17 @@ def runtime(broker: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         ),
     )
     app = create_app(settings)
-    runtime = Runtime(broker, settings, env, tmp_path, app)
+    runtime = Runtime(broker, settings, env, tmp_path, app, vhost=vhost)
     request.node._worker_runtime = runtime
     try:
         yield runtime
     finally:
-        for worker in runtime.workers:
-            worker.stop()
+        stop_all(runtime.workers)
         app.close()
         if broker_url and key_prefix:
             delete_keys(broker_url, key_prefix)
+        if vhost is not None:
+            vhost.delete()
 
 
 def delete_keys(url: str, prefix: str) -> None:

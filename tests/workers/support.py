@@ -64,6 +64,7 @@ from .conftest import (
     delete_keys,
     wait_for,
 )
+from .rabbitmq import Vhost
 
 #: Where a test's own ``redis-server`` listens: apart from the shared one (6379) and the bench's.
 REDIS_PORTS = (6390, 6490)
@@ -83,19 +84,27 @@ _SUCCEEDED = re.compile(r"Task [\w.]+\[(?P<id>[0-9a-f-]+)\] succeeded in [\d.e-]
 _READY = re.compile(r"\bready\.\s*$", re.MULTILINE)
 
 
+#: The production deployments: a server broker with PostgreSQL (``stack_params`` ids).
+SERVER_STACKS = ("redis-postgres", "amqp-postgres")
+
+
 def stack_params(*only: str) -> list[Any]:
-    """The deployments a test runs on: Redis with PostgreSQL, the embedded broker with SQLite
-    (``only`` names a subset by id)."""
-    postgres_marks: list[Any] = [pytest.mark.redis, pytest.mark.postgres]
+    """The deployments a test runs on: Redis with PostgreSQL, RabbitMQ with PostgreSQL, the
+    embedded broker with SQLite (``only`` names a subset by id)."""
+    skip_postgres: list[Any] = []
     if not os.environ.get(POSTGRES_ENV) and not os.environ.get(REQUIRE_POSTGRES_ENV):
-        postgres_marks.append(
+        skip_postgres.append(
             pytest.mark.skip(
                 reason=f"PostgreSQL tests need {POSTGRES_ENV}, e.g. "
                 "postgresql://postgres@127.0.0.1:5432/test"
             )
         )
+    postgres = [pytest.mark.postgres, *skip_postgres]
     params = [
-        pytest.param(("redis", "postgres"), id="redis-postgres", marks=postgres_marks),
+        pytest.param(
+            ("redis", "postgres"), id="redis-postgres", marks=[pytest.mark.redis, *postgres]
+        ),
+        pytest.param(("amqp", "postgres"), id="amqp-postgres", marks=[pytest.mark.amqp, *postgres]),
         pytest.param(("embedded", "sqlite"), id="embedded-sqlite"),
     ]
     return [param for param in params if not only or param.id in only]
@@ -321,13 +330,21 @@ def open_stack(
 ) -> Iterator[Stack]:
     """A deployment for one test; its processes are stopped and its broker keys deleted after.
 
-    ``broker`` is ``embedded`` or ``redis`` (``broker_url``, default the shared test Redis under
-    a key prefix of the test's own); ``env`` adds or overrides the processes' ``AFTERSALES_*``.
+    ``broker`` is ``embedded``, ``redis`` (``broker_url``, default the shared test Redis under
+    a key prefix of the test's own) or ``amqp`` (``broker_url``, default a virtual host of the
+    test's own on the test RabbitMQ, deleted after it); ``env`` adds or overrides the
+    processes' ``AFTERSALES_*``.
     """
     key_prefix = ""
+    vhost: Vhost | None = None
     if broker == "redis":
         broker_url = broker_url or str(request.getfixturevalue("redis_url"))
         key_prefix = f"aftersales-test:{uuid.uuid4().hex}:"
+    elif broker == "amqp":
+        if broker_url is None:
+            vhost = Vhost.create(str(request.getfixturevalue("amqp_server_url")))
+            request.addfinalizer(vhost.delete)
+            broker_url = vhost.url
     else:
         broker_url = None
     clock_file = tmp_path / "clock"
@@ -350,7 +367,7 @@ def open_stack(
             policy_file=None,
         )
         app = create_app(settings)
-        runtime = Runtime(broker, settings, process_env, tmp_path, app)
+        runtime = Runtime(broker, settings, process_env, tmp_path, app, vhost=vhost)
         request.node._worker_runtime = runtime
         service = build_service(settings, clock, outbox_written=lambda: app.send_task(RELAY_TASK))
         stack = Stack(

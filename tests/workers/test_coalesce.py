@@ -1,6 +1,7 @@
 """Single-event messages applied together by a prefork worker (tasks/coalesce.py), on Redis and
-PostgreSQL with real worker processes: the events still take effect once each, every message is
-acknowledged, and a job that fails hands its messages to Celery's own path.
+on RabbitMQ with PostgreSQL, with real worker processes: the events still take effect once
+each, every message is acknowledged, and a job that fails hands its messages to Celery's own
+path.
 
 The worker logs each job (``coalesced job of N ... messages``) and, per message, Celery's own
 success line from its main process; a message that ran alone through Celery's path has its
@@ -24,12 +25,12 @@ from entrypoints.processes import ChildProcess
 from persistence.db import make_engine
 
 from .conftest import wait_for
-from .support import Stack, merchant, open_stack, stack_params, submit
+from .support import SERVER_STACKS, Stack, merchant, open_stack, stack_params, submit
 
 _JOB = re.compile(r"coalesced job of (?P<count>\d+) aftersales\.ingest_event messages")
 
 
-@pytest.fixture(params=stack_params("redis-postgres"))
+@pytest.fixture(params=stack_params(*SERVER_STACKS))
 def stack_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
     broker, database_kind = request.param
     return str(broker), str(database_kind)
@@ -42,6 +43,9 @@ def _jobs(stack: Stack) -> list[int]:
 
 def _broker_empty(stack: Stack) -> bool:
     """No message waits in the default queue and none is delivered but unacknowledged."""
+    vhost = stack.runtime.vhost
+    if vhost is not None:
+        return vhost.queues().get("celery") == (0, 0)
     prefix = stack.runtime.settings.broker.key_prefix
     client = redis.Redis.from_url(str(stack.runtime.settings.broker.url))
     try:
@@ -101,7 +105,7 @@ def test_events_that_wait_for_a_busy_pool_are_applied_together_each_once(
         for case in cases:
             assert stack.triggers(case).count("approve") == 1
         # and every message was acknowledged
-        wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
+        wait_for(lambda: _broker_empty(stack), "no message queued or unacknowledged")
 
 
 def test_a_failed_job_hands_each_message_to_celerys_own_path(
@@ -127,7 +131,7 @@ def test_a_failed_job_hands_each_message_to_celerys_own_path(
         received = f"Task aftersales.ingest_event[{first}] received"
         assert sum(text.count(received) for _, text in stack.runtime.logs()) == 1
         assert _jobs(stack)  # the others went through a coalesced job after the lock went
-        wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
+        wait_for(lambda: _broker_empty(stack), "no message queued or unacknowledged")
 
 
 def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_path(
@@ -166,4 +170,42 @@ def test_a_job_whose_pool_process_is_killed_hands_its_messages_to_celerys_own_pa
         assert _succeeded_in(stack, first).startswith("ForkPoolWorker")
         received = f"Task aftersales.ingest_event[{first}] received"
         assert sum(text.count(received) for _, text in stack.runtime.logs()) == 1
-        wait_for(lambda: _broker_empty(stack), "the queue and the unacked hash to be empty")
+        wait_for(lambda: _broker_empty(stack), "no message queued or unacknowledged")
+
+
+@pytest.mark.parametrize("stack_kind", stack_params("amqp-postgres"), indirect=True)
+def test_events_held_for_a_job_when_rabbitmq_closes_the_connection_take_effect_once(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    with open_stack(request, tmp_path, *stack_kind) as stack:
+        vhost = stack.runtime.vhost
+        assert vhost is not None
+        worker, cases = _worker_and_cases(stack, "o-held", 12)
+        # given the dedupe table locked: the first event's job waits in a pool process, and the
+        # others wait in the worker's main process for the next job, every one unacknowledged
+        with _dedupe_table_locked(stack) as locker:
+            task_ids = stack.send_events(*(merchant(stack, "approved", c) for c in cases))
+            wait_for(
+                lambda: vhost.queues().get("celery") == (0, len(cases)),
+                "every message delivered and held",
+            )
+            # when the server closes the worker's connection (their acknowledgements can no
+            # longer reach it: it requeues all twelve) and the lock goes
+            assert vhost.close_connections() >= 1
+            stack.wait_log(worker, r"Connection to broker lost", "the worker to see it go")
+            wait_for(
+                lambda: worker.output().count("Connected to amqp://") >= 2,
+                "the worker to reconnect",
+            )
+            locker.rollback()
+        # then every event took effect once: the copies the server delivered again found their
+        # event recorded (or the held ones did, whichever ran second)
+        outcomes = stack.outcomes(task_ids)
+        assert set(outcomes) <= {"applied", "duplicate"}, outcomes
+        for case in cases:
+            wait_for(lambda case=case: "approve" in stack.triggers(case), f"case {case} approved")
+            assert stack.triggers(case).count("approve") == 1
+        assert stack.dead_letters() == []
+        # and nothing stays queued or unacknowledged, and the worker lives on
+        wait_for(lambda: _broker_empty(stack), "no message queued or unacknowledged")
+        assert worker.alive()

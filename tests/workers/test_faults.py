@@ -26,7 +26,9 @@ from tasks.kick import RELAY_TASK
 from workflow.states import CaseState
 
 from .conftest import DEADLINE_S, wait_for
+from .rabbitmq import RabbitNode, can_run_a_node
 from .support import (
+    SERVER_STACKS,
     T0,
     RedisServer,
     Stack,
@@ -81,15 +83,15 @@ def test_kill9_on_the_gateway_call_of_a_refund_pays_it_exactly_once(
         # and a new worker starts
         second = stack.start_worker(beat=True)
 
-        # then it gets the refund again (at once on the embedded broker, after the visibility
-        # timeout on Redis) and the case is refunded
+        # then it gets the refund again (at once on the embedded broker and on RabbitMQ, after
+        # the visibility timeout on Redis) and the case is refunded
         stack.wait_state(case, CaseState.REFUNDED)
         stack.wait_log(second, _REFUND_DONE, "the new worker to confirm the refund")
         # with exactly one payment, under the attempt's key, and one confirmation
         _assert_paid_once(stack, case)
 
 
-@pytest.mark.parametrize("stack_kind", stack_params("redis-postgres"), indirect=True)
+@pytest.mark.parametrize("stack_kind", stack_params(*SERVER_STACKS), indirect=True)
 def test_kill9_between_the_payment_and_its_confirmation_pays_it_exactly_once(
     request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
 ) -> None:
@@ -226,6 +228,167 @@ def test_a_worker_running_a_task_reconnects_after_a_redis_restart(
         stack.runtime.ping(worker)
 
 
+# -- RabbitMQ connections closed mid-run -----------------------------------------------------
+#
+# The shared RabbitMQ is not restarted (other test runs use it): the server closes the test's
+# own connections instead (``rabbitmqctl close_connection``), which is what a worker sees of a
+# node restart or a network cut. Queues and messages live on in the server, so unlike Redis
+# without persistence nothing is lost and nothing needs the relay's redelivery.
+
+
+@pytest.mark.amqp
+def test_a_worker_running_a_task_reconnects_after_rabbitmq_closes_its_connection(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    with open_stack(request, tmp_path, "amqp", "sqlite") as stack:
+        vhost = stack.runtime.vhost
+        assert vhost is not None
+        # given a worker running a task (acknowledged late: unacknowledged while it runs), with
+        # a pool slot free
+        (worker,) = stack.start_workers(1, beat=False)
+        token = uuid.uuid4().hex
+        stack.runtime.app.send_task("aftersales_test.hold", args=[str(tmp_path), token])
+        wait_for(lambda: list(tmp_path.glob(f"{token}.started.*")), "the task to start")
+        # when the server closes the worker's connections
+        assert vhost.close_connections() >= 1
+        stack.wait_log(worker, r"Connection to broker lost", "the worker to see it go")
+
+        # then the worker connects again by itself
+        def reconnected() -> bool:
+            why = _gave_up(worker)
+            if why is not None:
+                pytest.fail(f"the worker exited instead of reconnecting: {why}")
+            return worker.output().count("Connected to amqp://") >= 2
+
+        wait_for(reconnected, "the worker to reconnect")
+        # and the task, requeued by the server when the channel closed, runs to its end (its
+        # first run's acknowledgement went to the closed channel: it runs again, idempotent)
+        (tmp_path / f"{token}.release").touch()
+        wait_for(lambda: list(tmp_path.glob(f"{token}.done.*")), "the task to complete")
+        stack.runtime.ping(worker)
+        # and nothing stays queued or unacknowledged
+        wait_for(lambda: vhost.queues().get("celery") == (0, 0), "the queue to be empty")
+        assert worker.alive()
+
+
+#: Times the server closes the workers' connections while effects are queued and running.
+CLOSE_ROUNDS = 3
+
+
+@pytest.mark.parametrize("stack_kind", stack_params("amqp-postgres"), indirect=True)
+def test_rabbitmq_connections_closed_mid_run_lose_no_timer_and_no_message(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    # given two workers (beat in one), and a carrier (pickups) and a notifier slow enough that
+    # messages wait in RabbitMQ
+    env = {
+        "AFTERSALES_FAKE_SHIPPER_LATENCY_MS": "300",
+        "AFTERSALES_FAKE_NOTIFIER_LATENCY_MS": "300",
+    }
+    with open_stack(request, tmp_path, *stack_kind, env=env) as stack:
+        vhost = stack.runtime.vhost
+        assert vhost is not None
+        workers = stack.start_workers(2)
+        cases = [submit(stack, "return_refund", f"o-close-{n}") for n in range(20)]
+        stack.wait_outbox_completed()
+        # and their review deadlines pass: the workers start approving and booking pickups
+        stack.clock.set(T0 + timedelta(hours=49))
+
+        # when, while messages wait in the queue (and the workers hold others, unacknowledged),
+        # the server closes every connection of the workers (and of beat), again and again
+        # (more than the few sweeps and relay kicks in flight: pickups wait behind the carrier)
+        wait_for(lambda: vhost.ready(DEFAULT_QUEUE) >= 5, "effects queued in RabbitMQ")
+        rounds = 0
+        for _ in range(CLOSE_ROUNDS):
+            if rounds and stack.pending_outbox() == 0:
+                break
+            before = [worker.output().count("Connected to amqp://") for worker in workers]
+            assert vhost.close_connections() >= len(workers)
+            rounds += 1
+
+            # then the workers connect again by themselves
+            def reconnected(before: list[int] = before) -> bool:
+                for worker in workers:
+                    why = _gave_up(worker)
+                    if why is not None:
+                        pytest.fail(f"{worker.log.name} exited after its connection closed: {why}")
+                counts = [worker.output().count("Connected to amqp://") for worker in workers]
+                return all(now > then for now, then in zip(counts, before, strict=True))
+
+            wait_for(reconnected, "the workers to reconnect")
+        assert rounds >= 1
+
+        # and, with the clock standing still (the relay publishes nothing again: its window of
+        # ``OUTBOX_REDELIVER_AFTER_S`` never passes), every due timer fired once and every case
+        # got its pickup booked
+        stack.wait_states(dict.fromkeys(cases, CaseState.PICKUP), timeout=60)
+        for case in cases:
+            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
+            assert stack.fired_timers(case) == ["merchant_review"], case
+        # and no outbox row was published twice: RabbitMQ kept what was queued and requeued what
+        # the closed channels held (a relay whose publish failed rolled back and published
+        # again: those rows' first messages may have arrived unmarked, 0)
+        stack.wait_outbox_completed(timeout=60)
+        assert max(row.attempts for row in stack.outbox_rows()) <= 1
+        wait_for(lambda: vhost.queues().get("celery") == (0, 0), "the queue to be empty")
+        # and the same workers did it, nobody restarted them
+        assert all(worker.alive() for worker in workers)
+
+
+@pytest.mark.skipif(can_run_a_node() is not None, reason=str(can_run_a_node()))
+@pytest.mark.parametrize("stack_kind", stack_params("amqp-postgres"), indirect=True)
+def test_rabbitmq_killed_and_restarted_mid_run_loses_no_timer_and_no_message(
+    request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
+) -> None:
+    # given a RabbitMQ node of the test's own, two workers (beat in one), and a carrier and a
+    # notifier slow enough that messages wait in the queue
+    node = RabbitNode(tmp_path / "rabbitmq")
+    node.start()
+    request.addfinalizer(node.stop)
+    env = {
+        "AFTERSALES_FAKE_CARRIER_LATENCY_MS": "1000",
+        "AFTERSALES_FAKE_NOTIFIER_LATENCY_MS": "300",
+    }
+    with open_stack(request, tmp_path, *stack_kind, broker_url=node.url, env=env) as stack:
+        workers = stack.start_workers(2)
+        cases = [submit(stack, "return_refund", f"o-rmqkill-{n}") for n in range(20)]
+        stack.wait_outbox_completed()
+        # and their review deadlines pass: the workers start approving and booking pickups
+        stack.clock.set(T0 + timedelta(hours=49))
+        # (more than the few sweeps and relay kicks in flight: pickups wait behind the carrier)
+        wait_for(lambda: node.ready(DEFAULT_QUEUE) >= 10, "effects queued in RabbitMQ")
+
+        # when the node is killed with SIGKILL (no flush, no goodbye) and started again
+        node.kill()
+        for worker in workers:
+            stack.wait_log(worker, r"Connection to broker lost", "the workers to see it go")
+        node.start()
+
+        # then the workers connect again by themselves
+        def reconnected() -> bool:
+            for worker in workers:
+                why = _gave_up(worker)
+                if why is not None:
+                    pytest.fail(f"{worker.log.name} exited after the node's restart: {why}")
+            return all(worker.output().count("Connected to amqp://") >= 2 for worker in workers)
+
+        wait_for(reconnected, "the workers to reconnect", timeout=90)
+        # and, with the clock standing still (no redelivery by the relay), every due timer fired
+        # once and every case got its pickup booked
+        stack.wait_states(dict.fromkeys(cases, CaseState.PICKUP), timeout=90)
+        for case in cases:
+            assert stack.triggers(case) == ["submit", "auto_approve", "book_pickup"], case
+            assert stack.fired_timers(case) == ["merchant_review"], case
+        # and every outbox row was completed without being published twice: the messages
+        # RabbitMQ had confirmed were on its disk (durable queues, persistent messages), the ones
+        # it held unacknowledged came back as ready. (A relay whose publish failed in the outage
+        # rolled back and published again: its first messages may have arrived unmarked, 0.)
+        stack.wait_outbox_completed(timeout=60)
+        assert max(row.attempts for row in stack.outbox_rows()) <= 1
+        wait_for(lambda: node.ready(DEFAULT_QUEUE) == 0, "the queue to be empty")
+        assert all(worker.alive() for worker in workers)
+
+
 def _gave_up(worker: ChildProcess) -> str | None:
     """Why the worker stopped instead of reconnecting, or None while it has not."""
     crash = re.search(r"Unrecoverable error: .*", worker.output())
@@ -272,7 +435,7 @@ class ConnectionDropper:
             self.rounds_that_hit += dropped > 0
 
 
-@pytest.mark.parametrize("stack_kind", stack_params("redis-postgres"), indirect=True)
+@pytest.mark.parametrize("stack_kind", stack_params(*SERVER_STACKS), indirect=True)
 def test_postgres_connections_dropped_mid_run_lose_nothing(
     request: pytest.FixtureRequest, tmp_path: Path, stack_kind: tuple[str, str]
 ) -> None:

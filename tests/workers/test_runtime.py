@@ -147,6 +147,55 @@ def test_embedded_broker_lives_beside_the_sqlite_database() -> None:
     assert default_pool(app) == "threads"
 
 
+@pytest.mark.parametrize("url", ["amqp://guest:guest@mq:5672/shop1", "AMQPS://mq/shop1 "])
+def test_rabbitmq_broker_gets_publisher_confirms_and_prefork(url: str) -> None:
+    # given a RabbitMQ URL (any case, stray blanks)
+    settings = Settings(database=DatabaseSettings(url=SQLITE), broker=BrokerSettings(url=url))
+    # when the app is built
+    app = create_app(settings)
+    # then kombu's pyamqp transport carries it, every publish waits for the server's confirm,
+    # no Redis option rides along, and the worker forks a pool
+    assert app.conf.broker_transport is None
+    assert app.conf.broker_transport_options == {"confirm_publish": True}
+    assert default_pool(app) == "prefork"
+    # and the ledger (a Redis structure) is not scheduled
+    assert all("unconfirmed" not in entry["task"] for entry in app.conf.beat_schedule.values())
+
+
+def test_the_worker_event_loop_wakes_every_second_to_see_a_stop_request() -> None:
+    # given the app's consumer bootsteps and a worker event loop (kombu's Hub)
+    from types import SimpleNamespace
+
+    from kombu.asynchronous import Hub
+
+    from tasks.prompt_shutdown import WAKE_EVERY_S, WakeEverySecond
+
+    app = create_app(Settings(database=DatabaseSettings(url=SQLITE)))
+    assert WakeEverySecond in app.steps["consumer"]
+    hub = Hub()
+    parent = SimpleNamespace(hub=hub)
+    step = WakeEverySecond(parent)
+    # when the step starts, then the loop has a timer due every second (so ``poll`` returns)
+    step.start(parent)
+    (entry,) = hub.timer.queue
+    assert WAKE_EVERY_S == 1.0 and hub.fire_timers() <= WAKE_EVERY_S
+    # and stopping the step cancels it
+    step.stop(parent)
+    assert entry.entry.canceled
+    hub.close()
+
+
+def test_the_producer_helper_asks_rabbitmq_for_confirms() -> None:
+    # given the producer helper's app for a RabbitMQ URL and for a Redis one
+    from tasks import producer
+
+    amqp = producer._app("amqp://guest:guest@mq:5672/shop1")
+    redis_app = producer._app("redis://127.0.0.1:6379/9", "p:")
+    # then only the RabbitMQ one waits for publisher confirms
+    assert amqp.conf.broker_transport_options == {"confirm_publish": True}
+    assert redis_app.conf.broker_transport_options == {"global_keyprefix": "p:"}
+
+
 def test_redis_broker_gets_its_key_prefix_and_prefork() -> None:
     settings = Settings(
         database=DatabaseSettings(url=SQLITE),
@@ -249,6 +298,50 @@ def test_ping_runs_on_a_real_worker(runtime: Runtime) -> None:
     assert proof["pid"] != os.getpid()
 
 
+@pytest.mark.parametrize("broker", [pytest.param("amqp", marks=pytest.mark.amqp)])
+def test_a_rabbitmq_producer_without_our_code_is_heard_by_a_worker_started_later(
+    runtime: Runtime,
+) -> None:
+    # given a producer that knows only the broker and the task name, and no worker yet (so no
+    # queue declared by us)
+    from celery import Celery
+
+    assert runtime.vhost is not None
+    producer = Celery("someone-else", broker=runtime.vhost.url)
+    token = uuid.uuid4().hex
+    # when it sends the task by name
+    producer.send_task("aftersales.ping", args=[token])
+    producer.close()
+    # then RabbitMQ keeps the message (Celery's producer declared the queue first: a message
+    # to a queue nobody declared would be dropped as unroutable)
+    assert runtime.vhost.queues()["celery"] == (1, 0)
+    # and a worker started afterwards runs it
+    runtime.start_worker()
+    wait_for(lambda: (runtime.ping_dir / token).exists(), "the foreign ping")
+
+
+@pytest.mark.parametrize("broker", [pytest.param("amqp", marks=pytest.mark.amqp)])
+def test_a_publish_rabbitmq_refuses_raises_instead_of_vanishing(runtime: Runtime) -> None:
+    from kombu.exceptions import OperationalError
+
+    from tasks import producer
+
+    # given a default queue that refuses every message (a policy: length 0, reject-publish), as
+    # a full queue or a server short of memory or disk would
+    vhost = runtime.vhost
+    assert vhost is not None
+    vhost.set_policy("refuse-all", "^celery$", '{"max-length": 0, "overflow": "reject-publish"}')
+    # when the service's app sends a task, then the publish raises (publisher confirms: the
+    # server's nack); without confirms it returns and the message is gone
+    with pytest.raises(OperationalError):
+        runtime.app.send_task("aftersales.ping", args=[uuid.uuid4().hex])
+    # and so does the producer helper's
+    envelope = producer.make_envelope("sf-express", "parcel.delivered", tracking_no="SF1")
+    with pytest.raises(OperationalError):
+        producer.publish_event(envelope, vhost.url)
+    assert vhost.ready("celery") == 0
+
+
 @pytest.mark.parametrize("broker", [pytest.param("redis", marks=pytest.mark.redis)])
 def test_a_producer_without_our_code_reaches_the_worker(runtime: Runtime, redis_url: str) -> None:
     # given a worker, and a producer that knows only the broker and the task name
@@ -335,10 +428,15 @@ def test_task_survives_kill9_of_the_whole_worker(runtime: Runtime) -> None:
     # when the worker and all its processes are killed with SIGKILL, and a new one starts
     first_worker.kill()
     (folder / f"{token}.release").touch()
+    if runtime.vhost is not None:
+        # (RabbitMQ requeued the message at once: the dead worker's connection closed)
+        vhost = runtime.vhost
+        wait_for(lambda: vhost.queues()["celery"] == (1, 0), "RabbitMQ to requeue the message")
     started = time.monotonic()
     runtime.start_worker(ready=False)
     # then the unacknowledged message is delivered again and the task completes: at once on the
-    # embedded broker (its claimer is dead), after the visibility timeout on Redis
+    # embedded broker (its claimer is dead) and on RabbitMQ (see above), after the visibility
+    # timeout on Redis
     wait_for(lambda: list(folder.glob(f"{token}.done.*")), "the redelivered task to complete")
     assert len(_attempts(folder, token)) == 2
     if runtime.broker == "redis":
