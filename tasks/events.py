@@ -87,7 +87,7 @@ def apply_coalesced(events: list[Any]) -> list[str]:
     statuses = [str(result.status) for result in runtime().events.ingest_many(events)]
     # No task signal runs for a job: count its messages here, each with its share of the time.
     task_stats.stats.record(INGEST_EVENT_TASK, "succeeded", time.monotonic() - started, len(events))
-    task_stats.stats.flush(task_stats.runtime_sink)
+    task_stats.stats.flush_periodically(task_stats.runtime_sink)
     return statuses
 
 

@@ -2,8 +2,9 @@
 
 Every process that runs tasks (a prefork pool child, or the worker itself with the threads pool)
 times each task between Celery's ``task_prerun`` and ``task_postrun`` signals and adds the
-counts to ``task_stats`` (``persistence.task_stats``) at most every ``FLUSH_EVERY_S``, after a
-task, and when the process stops. The database is the one place every worker on every host
+counts to ``task_stats`` (``persistence.task_stats``) every ``FLUSH_EVERY_S`` from a thread of
+its own (a pool child may run no further task for a long time: its counts must not wait for
+one), and when the process stops. The database is the one place every worker on every host
 reaches and that outlives them, so any API process reports the totals of all of them
 (docs/workers.md, "Monitoring", and docs/adr/0015 say why not the API's own counters or
 Celery's events).
@@ -15,6 +16,7 @@ at most ``FLUSH_EVERY_S`` of its tasks. The counts are for monitoring; nothing d
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +49,25 @@ class TaskStats:
         self._started: dict[str, float] = {}
         self._counts: dict[tuple[str, str, int], tuple[int, float]] = {}
         self._last_flush = clock()
+        #: The process whose flusher thread runs (a forked pool child starts its own).
+        self._flusher_pid: int | None = None
+
+    def flush_periodically(
+        self, sink: Callable[[], TaskStatsSink | None], every_s: float = FLUSH_EVERY_S
+    ) -> None:
+        """Start this process's flusher thread unless it runs: every ``every_s`` it adds what
+        was counted. A daemon thread: the shutdown signals flush the rest."""
+        with self._lock:
+            if self._flusher_pid == os.getpid():
+                return
+            self._flusher_pid = os.getpid()
+
+        def run() -> None:
+            while True:
+                time.sleep(every_s)  # a period, not a wait for another thread
+                self.flush(sink, force=True)
+
+        threading.Thread(target=run, name="task-stats-flusher", daemon=True).start()
 
     def started(self, task_id: str) -> None:
         with self._lock:
@@ -112,7 +133,7 @@ def _on_postrun(
 ) -> None:
     if task_id and task is not None:
         stats.finished(task_id, str(task.name), state)
-        stats.flush(runtime_sink)
+        stats.flush_periodically(runtime_sink)
 
 
 @worker_process_shutdown.connect
