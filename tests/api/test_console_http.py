@@ -173,6 +173,19 @@ def test_docs_and_console_pages_answer_options_and_405_as_the_api_does(api: Api)
         assert refused.headers["allow"] == allow
 
 
+def test_a_session_notes_its_tokens_last_use_as_the_api_does(api: Api) -> None:
+    # given a merchant signed in on the console only (its token never used on the API)
+    answer, token = sign_in(api, "merchant:m1")
+    assert answer.status_code == 303
+    stored = api.tokens.authenticate(token)
+    assert stored is not None
+    # when it opens the queue, then `tokens list` shows when it was last used
+    api.client.cookies.set("aftersales_console", answer.cookies["aftersales_console"])
+    assert api.client.get("/console/queue", follow_redirects=False).status_code == 200
+    used = api.tokens.get(stored.id)
+    assert used is not None and used.last_used_at is not None
+
+
 def test_console_routes_are_not_in_the_openapi_document(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith(("/console", "/docs", "/redoc"))]

@@ -128,7 +128,8 @@ def platform_zone(api: ApiContext) -> str:
 
 
 def viewer_of(request: Request) -> Viewer:
-    """The request's viewer, or ``SignInRequired``; the token is checked again every time."""
+    """The request's viewer, or ``SignInRequired``; the token is checked again (and its use
+    noted, at most once a minute) every time."""
     api = api_of(request)
     now = api.clock.now()
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -140,6 +141,8 @@ def viewer_of(request: Request) -> Viewer:
         raise SignInRequired()
     if api.rate_limiter.take(token.id) is not None:
         raise ConsoleError(429, "too many requests with this token; wait a minute")
+    # As the API does: `tokens list` shows when a token was last used, console or not.
+    api.tokens.record_use(token, now)
     principal = Principal(token)
     request.state.principal = principal
     return Viewer(
