@@ -7,9 +7,11 @@ import html
 import re
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from typer.testing import CliRunner
 
+from entrypoints import views
 from entrypoints.cli.main import app as cli
 
 from .conftest import Api
@@ -254,6 +256,32 @@ def test_a_buyer_fires_a_trigger_with_its_data_fields(api: Api) -> None:
     record = api.cases.history(case_id)[-1]
     assert (record.trigger, record.data.get("tracking_no")) == ("ship_back", "SF42")
     assert record.source is not None and record.source.startswith("console token #")
+
+
+def test_a_refusal_shows_its_times_in_the_viewers_zone(api: Api) -> None:
+    # given a case past its merchant review and its merchant signed in from Berlin
+    case_id = api.submit()
+    due = api.cases.get(case_id).deadline
+    assert due is not None
+    api.clock.advance(due.due_at - api.clock.now() + timedelta(minutes=1))
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}")
+
+    # when the merchant rejects it, which the passed deadline refuses
+    answer = api.client.post(
+        f"/console/cases/{case_id}/fire",
+        data={
+            "csrf_token": csrf_of(page.text),
+            "version": "1",
+            "trigger": "reject",
+            "reason": "worn",
+        },
+    )
+
+    # then the refusal names the deadline as the pages show times (before: ISO 8601 in UTC)
+    assert answer.status_code == 422, answer.text
+    berlin = views.local(due.due_at, ZoneInfo("Europe/Berlin"))
+    assert f"review deadline passed at {berlin}" in html.unescape(answer.text), answer.text
 
 
 def test_an_admin_extends_a_deadline_with_a_reason_and_a_merchant_cannot(api: Api) -> None:

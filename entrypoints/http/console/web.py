@@ -35,6 +35,7 @@ from entrypoints.http.console.session import (
 )
 from entrypoints.http.context import ApiContext, api_of
 from entrypoints.http.problems import PROBLEM_TYPES, response_for
+from workflow.errors import AftersalesError, Phrase
 
 #: Where the console lives in the app.
 PREFIX = "/console"
@@ -213,11 +214,15 @@ def redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303, headers={"Cache-Control": "no-store"})
 
 
-def _error_page(request: Request, status: int, title: str, detail: str) -> Response:
+def _error_page(request: Request, status: int, title: str, detail: str | Phrase) -> Response:
+    """``detail``: a ``Phrase`` (a refusal's line, with its instants) shows them in the
+    viewer's zone, as the pages show times."""
     try:
         viewer: Viewer | None = viewer_of(request)
     except (SignInRequired, ConsoleError):
         viewer = None
+    if isinstance(detail, Phrase):
+        detail = detail.render(viewer.time) if viewer is not None else str(detail)
     # A refused form goes back to the page it was on: /console/cases/7/fire -> /console/cases/7.
     path = request.url.path
     back = path.rsplit("/", 1)[0] if request.method == "POST" else path
@@ -247,7 +252,8 @@ def error_response(request: Request, error: Exception) -> Response | None:
     if problem is None:
         return None
     body = json.loads(bytes(problem.body))
-    return _error_page(request, problem.status_code, body["title"], body.get("detail") or "")
+    detail = error.phrase if isinstance(error, AftersalesError) else body.get("detail") or ""
+    return _error_page(request, problem.status_code, body["title"], detail)
 
 
 def _title(status: int) -> str:
