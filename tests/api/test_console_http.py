@@ -284,6 +284,19 @@ def test_a_refusal_shows_its_times_in_the_viewers_zone(api: Api) -> None:
     assert f"review deadline passed at {berlin}" in html.unescape(answer.text), answer.text
 
 
+def test_a_trigger_that_needs_a_reason_asks_for_one(api: Api) -> None:
+    # given a merchant on a submitted case: reject needs a reason, approve does not
+    case_id = api.submit()
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}").text
+
+    # then reject's reason is marked and required (before: "(optional)", then a 422)
+    assert "Reason to reject (required)" in page
+    assert re.search(r'id="reject-reason" name="reason"[^>]* required', page), page
+    assert "Reason to approve (optional)" in page
+    assert not re.search(r'id="approve-reason" name="reason"[^>]* required', page)
+
+
 def test_an_admin_extends_a_deadline_with_a_reason_and_a_merchant_cannot(api: Api) -> None:
     case_id = api.submit()
     due = api.cases.get(case_id).deadline
