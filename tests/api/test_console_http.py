@@ -201,6 +201,14 @@ def test_an_unknown_console_path_is_the_consoles_404_page(api: Api) -> None:
     assert api.client.get("/console/static/console.css").status_code == 200
 
 
+def test_the_console_with_or_without_a_trailing_slash_opens_the_queue(api: Api) -> None:
+    # before: /console went to the queue but /console/ was the 404 page
+    for path in ("/console", "/console/"):
+        answer = api.client.get(path, follow_redirects=False)
+        assert answer.status_code == 303, (path, answer.text)
+        assert answer.headers["location"] == "/console/queue"
+
+
 def test_the_queue_lists_what_get_cases_lists_for_the_same_parameters(api: Api) -> None:
     # given cases of two merchants, one past its review deadline
     first = api.submit()
