@@ -50,10 +50,11 @@ def install_console(app: FastAPI, settings: ApiSettings) -> None:
 
 
 def console_routes() -> list[BaseRoute]:
-    """The routes ``install_console`` adds, in the order the router tries them, for the
-    ``Gate`` (which answers OPTIONS and 405 for the paths it knows). The static files are left
-    out: every /console path matches the fallback's, which is not protected either."""
-    return [route for router in (*PAGES, fallback) for route in router.routes]
+    """The pages ``install_console`` adds, in the order the router tries them, for the ``Gate``
+    (which answers OPTIONS and 405 with the methods of the paths it knows). Not the static
+    files nor the fallback: it would add its GET and POST to every console path's ``Allow``;
+    the Gate passes paths it does not know on to the router."""
+    return [route for router in PAGES for route in router.routes]
 
 
 fallback = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
