@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from entrypoints import views
 from entrypoints.cli.main import app as cli
+from entrypoints.http.console.queue import PAGE
 
 from .conftest import Api
 
@@ -241,6 +242,28 @@ def test_the_queue_lists_what_get_cases_lists_for_the_same_parameters(api: Api) 
         shown = [int(found) for found in re.findall(r'id="case-row-(\d+)"', page.text)]
         assert shown == [case["id"] for case in listed.json()["cases"]], params
     assert {first, second, third} >= set(shown)
+
+
+def test_the_queue_pages_keep_their_filters_and_repeat_no_case(api: Api) -> None:
+    # given more of m1's cases than one page holds, and one of m2's
+    mine = {api.submit(order_id=f"o-{n}") for n in range(PAGE + 3)}
+    api.submit(order_id="o-other", merchant_id="m2")
+    sign_in(api, "admin")
+
+    # when the admin pages through m1's queue, oldest first
+    seen: list[int] = []
+    url: str | None = "/console/queue?merchant_id=m1&sort=age"
+    for _ in range(3):  # two pages; a third would repeat
+        if url is None:
+            break
+        page = api.client.get(url)
+        assert page.status_code == 200, page.text
+        seen += [int(n) for n in re.findall(r'href="/console/cases/(\d+)"', page.text)]
+        link = re.search(r'<a href="([^"]+)">Next page</a>', page.text)
+        url = html.unescape(link.group(1)) if link else None
+
+    # then every case of m1 shows once, in order, and no other merchant's
+    assert seen == sorted(mine)
 
 
 def test_a_buyer_fires_a_trigger_with_its_data_fields(api: Api) -> None:
