@@ -333,6 +333,24 @@ def test_a_trigger_that_needs_a_reason_asks_for_one(api: Api) -> None:
     assert not re.search(r'id="approve-reason" name="reason"[^>]* required', page)
 
 
+def test_an_action_the_state_refuses_is_a_409_page_leading_back_to_the_case(api: Api) -> None:
+    # given a merchant on a submitted case
+    case_id = api.submit()
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}")
+
+    # when a form asks for a trigger the state does not allow (the page's version is current)
+    answer = api.client.post(
+        f"/console/cases/{case_id}/fire",
+        data={"csrf_token": csrf_of(page.text), "version": "1", "trigger": "confirm_receipt"},
+    )
+
+    # then a 409 page says what is allowed now and leads back to the case (before: the queue)
+    assert answer.status_code == 409, answer.text
+    assert "allowed now: approve, reject" in answer.text
+    assert f'href="/console/cases/{case_id}">Back to the case</a>' in answer.text
+
+
 def test_an_admin_extends_a_deadline_with_a_reason_and_a_merchant_cannot(api: Api) -> None:
     case_id = api.submit()
     due = api.cases.get(case_id).deadline

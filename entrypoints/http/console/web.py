@@ -10,6 +10,7 @@ are shown as a page instead of JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,6 +215,11 @@ def redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303, headers={"Cache-Control": "no-store"})
 
 
+_CASE_PAGE = re.compile(rf"{PREFIX}/cases/\d+")
+#: Refusals of a case's form after which the case is worth another look (not a 403).
+_BACK_TO_CASE = frozenset({409, 412, 422})
+
+
 def _error_page(request: Request, status: int, title: str, detail: str | Phrase) -> Response:
     """``detail``: a ``Phrase`` (a refusal's line, with its instants) shows them in the
     viewer's zone, as the pages show times."""
@@ -223,9 +229,10 @@ def _error_page(request: Request, status: int, title: str, detail: str | Phrase)
         viewer = None
     if isinstance(detail, Phrase):
         detail = detail.render(viewer.time) if viewer is not None else str(detail)
-    # A refused form goes back to the page it was on: /console/cases/7/fire -> /console/cases/7.
-    path = request.url.path
-    back = path.rsplit("/", 1)[0] if request.method == "POST" else path
+    # A case's refused form leads back to the case: /console/cases/7/fire -> /console/cases/7
+    # (to refresh it after a 412, or to see what it allows now after a 409 or a 422).
+    form_page = request.url.path.rsplit("/", 1)[0] if request.method == "POST" else ""
+    case_page = form_page if _CASE_PAGE.fullmatch(form_page) and status in _BACK_TO_CASE else None
     return render(
         request,
         "error.html",
@@ -234,7 +241,7 @@ def _error_page(request: Request, status: int, title: str, detail: str | Phrase)
         title=title,
         detail=detail,
         response_status=status,
-        back=back,
+        case_page=case_page,
     )
 
 
