@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from config.policy import Policy, load_policy
 from entrypoints.http import cases, events, ops, orders, problems, stats
-from entrypoints.http.console.mount import install_console
+from entrypoints.http.console.mount import console_routes, install_console
 from entrypoints.http.context import ApiContext
 from entrypoints.http.gate import Gate
 from entrypoints.http.metrics import ApiMetrics
@@ -95,10 +95,12 @@ ROUTERS = (orders.router, cases.router, events.router, ops.router, stats.router)
 
 
 def _routes(app: FastAPI) -> list[BaseRoute]:
-    """Every route, the app's own (the document, the docs page) first, as the router tries
-    them (FastAPI keeps included routers behind an object of its own; their routes are these)."""
+    """Every route, the app's own (the document) first, then the API's and the console's, as
+    the router tries them (FastAPI keeps included routers behind an object of its own; their
+    routes are these)."""
     own = [route for route in app.router.routes if isinstance(route, Route)]
-    return [*own, *(route for router in ROUTERS for route in router.routes)]
+    api = [route for router in ROUTERS for route in router.routes]
+    return [*own, *api, *console_routes()]
 
 
 def _query_names(dependant: Dependant) -> set[str]:

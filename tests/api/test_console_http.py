@@ -7,10 +7,13 @@ import html
 import re
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from typer.testing import CliRunner
 
+from entrypoints import views
 from entrypoints.cli.main import app as cli
+from entrypoints.http.console.queue import PAGE
 
 from .conftest import Api
 
@@ -158,6 +161,39 @@ def test_api_docs_load_their_files_from_this_service(api: Api) -> None:
         assert api.client.get(src.group(1)).status_code == 200
 
 
+def test_docs_and_console_pages_answer_options_and_405_as_the_api_does(api: Api) -> None:
+    # given pages the console adds to the app (before: the Gate knew the API's routes only, so
+    # OPTIONS /docs was a 405 and its Allow lacked OPTIONS)
+    pages = {
+        "/docs": "GET, OPTIONS",
+        "/redoc": "GET, OPTIONS",
+        "/console/queue": "GET, OPTIONS",
+        "/console/sign-in": "GET, OPTIONS, POST",
+    }
+    for path, allow in pages.items():
+        # when OPTIONS asks, then 204 names the page's methods and OPTIONS
+        options = api.client.options(path)
+        assert options.status_code == 204, (path, options.text)
+        assert options.headers["allow"] == allow
+        # and a method the page does not have is 405 with the same Allow
+        refused = api.client.request("PATCH", path)
+        assert refused.status_code == 405, (path, refused.text)
+        assert refused.headers["allow"] == allow
+
+
+def test_a_session_notes_its_tokens_last_use_as_the_api_does(api: Api) -> None:
+    # given a merchant signed in on the console only (its token never used on the API)
+    answer, token = sign_in(api, "merchant:m1")
+    assert answer.status_code == 303
+    stored = api.tokens.authenticate(token)
+    assert stored is not None
+    # when it opens the queue, then `tokens list` shows when it was last used
+    api.client.cookies.set("aftersales_console", answer.cookies["aftersales_console"])
+    assert api.client.get("/console/queue", follow_redirects=False).status_code == 200
+    used = api.tokens.get(stored.id)
+    assert used is not None and used.last_used_at is not None
+
+
 def test_console_routes_are_not_in_the_openapi_document(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith(("/console", "/docs", "/redoc"))]
@@ -169,6 +205,14 @@ def test_an_unknown_console_path_is_the_consoles_404_page(api: Api) -> None:
     assert answer.status_code == 404
     assert "text/html" in answer.headers["content-type"]
     assert api.client.get("/console/static/console.css").status_code == 200
+
+
+def test_the_console_with_or_without_a_trailing_slash_opens_the_queue(api: Api) -> None:
+    # before: /console went to the queue but /console/ was the 404 page
+    for path in ("/console", "/console/"):
+        answer = api.client.get(path, follow_redirects=False)
+        assert answer.status_code == 303, (path, answer.text)
+        assert answer.headers["location"] == "/console/queue"
 
 
 def test_the_queue_lists_what_get_cases_lists_for_the_same_parameters(api: Api) -> None:
@@ -200,6 +244,28 @@ def test_the_queue_lists_what_get_cases_lists_for_the_same_parameters(api: Api) 
     assert {first, second, third} >= set(shown)
 
 
+def test_the_queue_pages_keep_their_filters_and_repeat_no_case(api: Api) -> None:
+    # given more of m1's cases than one page holds, and one of m2's
+    mine = {api.submit(order_id=f"o-{n}") for n in range(PAGE + 3)}
+    api.submit(order_id="o-other", merchant_id="m2")
+    sign_in(api, "admin")
+
+    # when the admin pages through m1's queue, oldest first
+    seen: list[int] = []
+    url: str | None = "/console/queue?merchant_id=m1&sort=age"
+    for _ in range(3):  # two pages; a third would repeat
+        if url is None:
+            break
+        page = api.client.get(url)
+        assert page.status_code == 200, page.text
+        seen += [int(n) for n in re.findall(r'href="/console/cases/(\d+)"', page.text)]
+        link = re.search(r'<a href="([^"]+)">Next page</a>', page.text)
+        url = html.unescape(link.group(1)) if link else None
+
+    # then every case of m1 shows once, in order, and no other merchant's
+    assert seen == sorted(mine)
+
+
 def test_a_buyer_fires_a_trigger_with_its_data_fields(api: Api) -> None:
     # given an approved case and its buyer on the case page
     case_id = api.submit()
@@ -226,6 +292,63 @@ def test_a_buyer_fires_a_trigger_with_its_data_fields(api: Api) -> None:
     record = api.cases.history(case_id)[-1]
     assert (record.trigger, record.data.get("tracking_no")) == ("ship_back", "SF42")
     assert record.source is not None and record.source.startswith("console token #")
+
+
+def test_a_refusal_shows_its_times_in_the_viewers_zone(api: Api) -> None:
+    # given a case past its merchant review and its merchant signed in from Berlin
+    case_id = api.submit()
+    due = api.cases.get(case_id).deadline
+    assert due is not None
+    api.clock.advance(due.due_at - api.clock.now() + timedelta(minutes=1))
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}")
+
+    # when the merchant rejects it, which the passed deadline refuses
+    answer = api.client.post(
+        f"/console/cases/{case_id}/fire",
+        data={
+            "csrf_token": csrf_of(page.text),
+            "version": "1",
+            "trigger": "reject",
+            "reason": "worn",
+        },
+    )
+
+    # then the refusal names the deadline as the pages show times (before: ISO 8601 in UTC)
+    assert answer.status_code == 422, answer.text
+    berlin = views.local(due.due_at, ZoneInfo("Europe/Berlin"))
+    assert f"review deadline passed at {berlin}" in html.unescape(answer.text), answer.text
+
+
+def test_a_trigger_that_needs_a_reason_asks_for_one(api: Api) -> None:
+    # given a merchant on a submitted case: reject needs a reason, approve does not
+    case_id = api.submit()
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}").text
+
+    # then reject's reason is marked and required (before: "(optional)", then a 422)
+    assert "Reason to reject (required)" in page
+    assert re.search(r'id="reject-reason" name="reason"[^>]* required', page), page
+    assert "Reason to approve (optional)" in page
+    assert not re.search(r'id="approve-reason" name="reason"[^>]* required', page)
+
+
+def test_an_action_the_state_refuses_is_a_409_page_leading_back_to_the_case(api: Api) -> None:
+    # given a merchant on a submitted case
+    case_id = api.submit()
+    sign_in(api, "merchant:m1")
+    page = api.client.get(f"/console/cases/{case_id}")
+
+    # when a form asks for a trigger the state does not allow (the page's version is current)
+    answer = api.client.post(
+        f"/console/cases/{case_id}/fire",
+        data={"csrf_token": csrf_of(page.text), "version": "1", "trigger": "confirm_receipt"},
+    )
+
+    # then a 409 page says what is allowed now and leads back to the case (before: the queue)
+    assert answer.status_code == 409, answer.text
+    assert "allowed now: approve, reject" in answer.text
+    assert f'href="/console/cases/{case_id}">Back to the case</a>' in answer.text
 
 
 def test_an_admin_extends_a_deadline_with_a_reason_and_a_merchant_cannot(api: Api) -> None:

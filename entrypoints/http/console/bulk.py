@@ -16,6 +16,7 @@ from entrypoints.http.console.web import (
     PREFIX,
     ConsoleError,
     ConsoleRoute,
+    Viewer,
     read_form,
     render,
     viewer_of,
@@ -58,12 +59,13 @@ def _selected(values: list[str]) -> list[tuple[int, int | None]]:
     return list(dict.fromkeys(selected))
 
 
-def _refusal(error: AftersalesError, case_id: int) -> BulkResult:
+def _refusal(error: AftersalesError, case_id: int, viewer: Viewer) -> BulkResult:
+    shown = error.phrase.render(viewer.time)  # its times in the viewer's zone, as the pages
     if isinstance(error, PolicyRefusal):
-        return BulkResult(case_id, False, str(error), error.rule)
+        return BulkResult(case_id, False, shown, error.rule)
     if isinstance(error, Conflict):
-        return BulkResult(case_id, False, f"changed since the queue was shown: {error}", "stale")
-    return BulkResult(case_id, False, str(error), error.code)
+        return BulkResult(case_id, False, f"changed since the queue was shown: {shown}", "stale")
+    return BulkResult(case_id, False, shown, error.code)
 
 
 @router.post("/bulk")
@@ -94,7 +96,7 @@ async def bulk(request: Request) -> Response:
                 source=channels.console(viewer.principal.token.id),
             )
         except AftersalesError as error:
-            results.append(_refusal(error, case_id))
+            results.append(_refusal(error, case_id, viewer))
             continue
         results.append(BulkResult(case_id, True, fired.case.state.value))
     applied = sum(result.applied for result in results)

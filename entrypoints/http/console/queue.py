@@ -82,6 +82,7 @@ def _ident(value: str) -> str | None:
 
 
 @router.get("")
+@router.get("/")
 def home() -> Response:
     return redirect(f"{PREFIX}/queue")
 

@@ -15,6 +15,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
+from workflow.definitions import REASON_REQUIRED
 from workflow.errors import InvalidInput
 from workflow.payloads import TRIGGER_DATA
 
@@ -39,6 +40,8 @@ class TriggerForm:
     fields: list[DataField]
     #: Names of the list/object fields, given together as JSON.
     json_fields: list[str]
+    #: Whoever fires it gives a reason (a rejection says why); admins always do.
+    reason_required: bool
 
 
 def _kind(annotation: Any) -> str | None:
@@ -77,7 +80,7 @@ def form_for(trigger: str) -> TriggerForm:
                 json_fields.append(name)
             else:
                 fields.append(found)
-    return TriggerForm(trigger, fields, json_fields)
+    return TriggerForm(trigger, fields, json_fields, trigger in REASON_REQUIRED)
 
 
 def data_from(form: dict[str, str], trigger: str) -> dict[str, Any]:

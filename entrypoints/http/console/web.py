@@ -10,6 +10,7 @@ are shown as a page instead of JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +36,7 @@ from entrypoints.http.console.session import (
 )
 from entrypoints.http.context import ApiContext, api_of
 from entrypoints.http.problems import PROBLEM_TYPES, response_for
+from workflow.errors import AftersalesError, Phrase
 
 #: Where the console lives in the app.
 PREFIX = "/console"
@@ -128,7 +130,8 @@ def platform_zone(api: ApiContext) -> str:
 
 
 def viewer_of(request: Request) -> Viewer:
-    """The request's viewer, or ``SignInRequired``; the token is checked again every time."""
+    """The request's viewer, or ``SignInRequired``; the token is checked again (and its use
+    noted, at most once a minute) every time."""
     api = api_of(request)
     now = api.clock.now()
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -140,6 +143,8 @@ def viewer_of(request: Request) -> Viewer:
         raise SignInRequired()
     if api.rate_limiter.take(token.id) is not None:
         raise ConsoleError(429, "too many requests with this token; wait a minute")
+    # As the API does: `tokens list` shows when a token was last used, console or not.
+    api.tokens.record_use(token, now)
     principal = Principal(token)
     request.state.principal = principal
     return Viewer(
@@ -210,14 +215,24 @@ def redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303, headers={"Cache-Control": "no-store"})
 
 
-def _error_page(request: Request, status: int, title: str, detail: str) -> Response:
+_CASE_PAGE = re.compile(rf"{PREFIX}/cases/\d+")
+#: Refusals of a case's form after which the case is worth another look (not a 403).
+_BACK_TO_CASE = frozenset({409, 412, 422})
+
+
+def _error_page(request: Request, status: int, title: str, detail: str | Phrase) -> Response:
+    """``detail``: a ``Phrase`` (a refusal's line, with its instants) shows them in the
+    viewer's zone, as the pages show times."""
     try:
         viewer: Viewer | None = viewer_of(request)
     except (SignInRequired, ConsoleError):
         viewer = None
-    # A refused form goes back to the page it was on: /console/cases/7/fire -> /console/cases/7.
-    path = request.url.path
-    back = path.rsplit("/", 1)[0] if request.method == "POST" else path
+    if isinstance(detail, Phrase):
+        detail = detail.render(viewer.time) if viewer is not None else str(detail)
+    # A case's refused form leads back to the case: /console/cases/7/fire -> /console/cases/7
+    # (to refresh it after a 412, or to see what it allows now after a 409 or a 422).
+    form_page = request.url.path.rsplit("/", 1)[0] if request.method == "POST" else ""
+    case_page = form_page if _CASE_PAGE.fullmatch(form_page) and status in _BACK_TO_CASE else None
     return render(
         request,
         "error.html",
@@ -226,7 +241,7 @@ def _error_page(request: Request, status: int, title: str, detail: str) -> Respo
         title=title,
         detail=detail,
         response_status=status,
-        back=back,
+        case_page=case_page,
     )
 
 
@@ -244,7 +259,8 @@ def error_response(request: Request, error: Exception) -> Response | None:
     if problem is None:
         return None
     body = json.loads(bytes(problem.body))
-    return _error_page(request, problem.status_code, body["title"], body.get("detail") or "")
+    detail = error.phrase if isinstance(error, AftersalesError) else body.get("detail") or ""
+    return _error_page(request, problem.status_code, body["title"], detail)
 
 
 def _title(status: int) -> str:
