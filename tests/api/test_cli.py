@@ -136,6 +136,24 @@ def test_tokens_create_refuses_a_lifetime_that_is_not_a_duration(
     assert json.loads(invoke("--json", "tokens", "list")[1]) == []
 
 
+@pytest.mark.parametrize(
+    "lifetime", ["999999w", "999999d999999d999999d999999d", "999999d999999d600000d"]
+)
+def test_tokens_create_refuses_a_lifetime_past_the_years_it_handles(
+    env: dict[str, str], lifetime: str
+) -> None:
+    # when the expiry would land past the year 9000 (or past what a date can hold at all)
+    code, out, err = invoke(
+        "--json", "tokens", "create", "--role", "admin", "--expires-in", lifetime
+    )
+
+    # then it is a usage error naming the option, and no token was made
+    assert (code, out) == (2, "")
+    assert json.loads(err)["error"]["field"] == "expires_in"
+    assert "9000" in json.loads(err)["error"]["message"]
+    assert json.loads(invoke("--json", "tokens", "list")[1]) == []
+
+
 @contextmanager
 def serving(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, ChildProcess]]:
     """``aftersales serve`` started as a shell would; its base URL once it answers."""
