@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import DEPLOY, accepted_by_cli, exec_argv, which
+from .support import DEPLOY, accepted_by_cli, env_file, exec_argv, which
 
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 INSTALLED_BIN = "/opt/aftersales/bin/"
@@ -126,3 +126,9 @@ def command_of(name: str, environment: dict[str, str]) -> list[str]:
         else:
             expanded.append(part.replace("%i", "1").replace("%H", "host"))
     return expanded
+
+
+def test_the_shared_settings_give_the_api_processes_one_console_secret() -> None:
+    # every API host signs console sessions with the same key, which outlives restarts
+    settings = env_file(DEPLOY / "systemd" / "aftersales.env.example")
+    assert settings.get("AFTERSALES_API_CONSOLE_SECRET")
