@@ -172,6 +172,7 @@ def differences(url: str | URL) -> list[str]:
     config.stdout = io.StringIO()  # its "No new upgrade operations detected."; we return []
     with make_engine(url).connect() as connection:
         revision = current_revision(connection)
+        refuse_unknown(revision)
         if revision != head_revision():
             raise SchemaError(
                 f"the database is at schema revision {revision or 'none (empty)'}, not at the "
