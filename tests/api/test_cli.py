@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -217,6 +219,36 @@ def test_a_trusted_proxy_forwards_the_client_address(env: dict[str, str], tmp_pa
     # then each client is limited on its own
     assert spread == [401] * 5
     assert one == [401, 401, 401, 429]
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_taken_port_is_one_line_and_exit_1(
+    env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    # given something listening on the port already
+    script = Path(sys.executable).with_name("aftersales")
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        # when the API (alone, or beside the worker) is asked to listen there
+        done = subprocess.run(
+            [*program, command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    # then it says so on one line, with the setup error's code, before starting anything
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot serve the API on 127.0.0.1:{port}: address already in use; stop what "
+        "listens there, or choose another port (--port)"
+    ]
 
 
 def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Path) -> None:
