@@ -460,6 +460,7 @@ def _prepare_schema(url: str, engine: Engine) -> None:
         # whichever command happens to run first against it.
         with engine.connect() as connection:
             current = migrate.current_revision(connection)
+        migrate.refuse_unknown(current)
     except migrate.SchemaError as error:
         raise SetupError(f"database {display_url(url)}: {error}") from None
     except SQLAlchemyError as error:

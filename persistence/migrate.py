@@ -77,6 +77,16 @@ def _known_revisions() -> frozenset[str]:
     return frozenset(script.revision for script in scripts.walk_revisions())
 
 
+def refuse_unknown(revision: str | None) -> None:
+    """Raise ``SchemaError`` when the database's ``revision`` is none of this version's: a newer
+    release migrated it, and neither starting nor upgrading with this one can help."""
+    if revision is not None and revision not in _known_revisions():
+        raise SchemaError(
+            f"the database is at schema revision {revision}, which this version does not know "
+            f"(its newest is {head_revision()}); a newer version migrated it"
+        )
+
+
 def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -119,6 +129,8 @@ def downgrade(url: str | URL, revision: str) -> None:
 def _migrate(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
     config = alembic_config()
     with migration_transaction(engine) as connection:
+        # Alembic would call it a target it cannot locate, as if the operator had mistyped one.
+        refuse_unknown(current_revision(connection))
         config.attributes["connection"] = connection
         try:
             step(config, revision)
@@ -160,6 +172,7 @@ def differences(url: str | URL) -> list[str]:
     config.stdout = io.StringIO()  # its "No new upgrade operations detected."; we return []
     with make_engine(url).connect() as connection:
         revision = current_revision(connection)
+        refuse_unknown(revision)
         if revision != head_revision():
             raise SchemaError(
                 f"the database is at schema revision {revision or 'none (empty)'}, not at the "
@@ -217,11 +230,7 @@ def ensure_schema(url: str | URL) -> None:
         return
     with engine.connect() as connection:
         revision = current_revision(connection)
-    if revision is not None and revision not in _known_revisions():
-        raise SchemaError(
-            f"the database is at schema revision {revision}, which this version does not know "
-            f"(its newest is {head_revision()}); a newer version migrated it"
-        )
+    refuse_unknown(revision)
     if revision != head_revision():
         upgrade(url)
     with _current_lock:

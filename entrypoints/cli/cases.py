@@ -29,9 +29,10 @@ from workflow.states import CaseState, CaseType
 
 #: Cases per page of ``case list``.
 DEFAULT_PAGE = 20
-#: ``--hours`` of an extension: ten years is beyond any holiday or dispute, and keeps the new
-#: due time far inside what a ``datetime`` holds.
-MAX_EXTENSION_HOURS = 10 * 366 * 24
+#: ``--hours`` of an extension: the most the service takes in any configuration (a year,
+#: ``workflow.payloads.Deadline``); the configured longest extension
+#: (``AFTERSALES_MAX_DEADLINE_EXTENSION``, 30 days by default) is the service's to apply.
+MAX_EXTENSION_HOURS = 365 * 24
 
 case_app = typer.Typer(no_args_is_help=True, help="Submit, inspect and move cases.")
 

@@ -30,6 +30,20 @@ Host = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for eve
 Port = Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")]
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, as a setup error, an address the API cannot listen on, before anything starts:
+    uvicorn would say so among its log lines, after building the app, and exit 3."""
+    from config.errors import SetupError
+    from entrypoints.processes import listen_refusal
+
+    refusal = listen_refusal(host, port)
+    if refusal is not None:
+        raise SetupError(
+            f"cannot serve the API on {host}:{port}: {refusal}; stop what listens there, or "
+            "choose another port (--port)"
+        )
+
+
 def _watch_parent(parent_pid: int) -> None:
     """Stop this server when the process that started it is gone (``aftersales run`` killed
     with SIGKILL cannot stop its child itself)."""
@@ -95,4 +109,5 @@ def serve(
     state = ctx.ensure_object(State)
     if parent_pid is not None:
         _watch_parent(parent_pid)
+    check_port(host, port)
     serve_api(state.settings(), host, port, state.now, log_level)

@@ -11,7 +11,7 @@ import typer
 from config.durations import format_duration, parse_duration
 from entrypoints import composition, views
 from entrypoints.cli.common import JsonFlag, State, new_console, print_json, state_of
-from entrypoints.cli.inputs import MAX_ROW_ID
+from entrypoints.cli.inputs import MAX_ROW_ID, MAX_YEAR
 from entrypoints.http.scopes import TokenRole, parse_scope
 from entrypoints.terminal import printable
 from workflow.errors import InvalidInput, NotFound
@@ -49,6 +49,22 @@ def _now(state: State) -> datetime:
     # The API's clock (the system time, or the shared simulation clock), so that a token's
     # expiry is judged by the same clock that set it.
     return composition.shared_clock(state.settings(), state.now).now()
+
+
+def _expiry(now: datetime, lifetime: timedelta | None, text: str | None) -> datetime | None:
+    if lifetime is None:
+        return None
+    try:
+        expires_at = now + lifetime
+    except OverflowError:  # past the year 9999, which a datetime cannot hold
+        expires_at = None
+    if expires_at is None or expires_at.year > MAX_YEAR:
+        raise InvalidInput(
+            f"{text!r} ends after the year {MAX_YEAR}; leave --expires-in out for a token "
+            "that never expires",
+            "expires_in",
+        )
+    return expires_at
 
 
 def _lifetime(text: str | None) -> timedelta | None:
@@ -108,7 +124,7 @@ def tokens_create(
             )
     lifetime = _lifetime(expires_in)
     now = _now(state)
-    expires_at = now + lifetime if lifetime is not None else None
+    expires_at = _expiry(now, lifetime, expires_in)
     token, secret = _store(state).create(parsed_role.value, subject, name, now, expires_at)
     if state.json:
         print_json({**_token_json(token), "token": secret})

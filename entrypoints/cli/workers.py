@@ -96,6 +96,8 @@ def run(
     from entrypoints.worker import run_all
 
     settings = _checked_settings(ctx)
+    if api:
+        serve.check_port(host, port)
     # A child process, started before the worker forks its pool.
     server = serve.start_api_process(host, port) if api else None
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,6 +138,24 @@ def test_tokens_create_refuses_a_lifetime_that_is_not_a_duration(
     assert json.loads(invoke("--json", "tokens", "list")[1]) == []
 
 
+@pytest.mark.parametrize(
+    "lifetime", ["999999w", "999999d999999d999999d999999d", "999999d999999d600000d"]
+)
+def test_tokens_create_refuses_a_lifetime_past_the_years_it_handles(
+    env: dict[str, str], lifetime: str
+) -> None:
+    # when the expiry would land past the year 9000 (or past what a date can hold at all)
+    code, out, err = invoke(
+        "--json", "tokens", "create", "--role", "admin", "--expires-in", lifetime
+    )
+
+    # then it is a usage error naming the option, and no token was made
+    assert (code, out) == (2, "")
+    assert json.loads(err)["error"]["field"] == "expires_in"
+    assert "9000" in json.loads(err)["error"]["message"]
+    assert json.loads(invoke("--json", "tokens", "list")[1]) == []
+
+
 @contextmanager
 def serving(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, ChildProcess]]:
     """``aftersales serve`` started as a shell would; its base URL once it answers."""
@@ -199,6 +219,36 @@ def test_a_trusted_proxy_forwards_the_client_address(env: dict[str, str], tmp_pa
     # then each client is limited on its own
     assert spread == [401] * 5
     assert one == [401, 401, 401, 429]
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_taken_port_is_one_line_and_exit_1(
+    env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    # given something listening on the port already
+    script = Path(sys.executable).with_name("aftersales")
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        # when the API (alone, or beside the worker) is asked to listen there
+        done = subprocess.run(
+            [*program, command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    # then it says so on one line, with the setup error's code, before starting anything
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot serve the API on 127.0.0.1:{port}: address already in use; stop what "
+        "listens there, or choose another port (--port)"
+    ]
 
 
 def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Path) -> None:

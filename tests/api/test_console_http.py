@@ -377,6 +377,27 @@ def test_an_admin_extends_a_deadline_with_a_reason_and_a_merchant_cannot(api: Ap
     assert api.cases.history(case_id)[-1].reason == "holiday"
 
 
+def test_the_console_extends_by_the_configured_longest_extension(make_api: Any) -> None:
+    # given a service whose longest extension is 60 days, not the default 30
+    api = make_api(max_deadline_extension=timedelta(days=60))
+    case_id = api.submit()
+    due = api.cases.get(case_id).deadline
+    assert due is not None
+    sign_in(api, "admin")
+    page = api.client.get(f"/console/cases/{case_id}")
+
+    # then the form offers up to 1440 hours, and an extension by 1000 of them is made
+    assert 'max="1440"' in page.text
+    done = api.client.post(
+        f"/console/cases/{case_id}/extend",
+        data={"csrf_token": csrf_of(page.text), "version": "1", "hours": "1000", "reason": "x"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303, done.text
+    moved = api.cases.get(case_id).deadline
+    assert moved is not None and moved.due_at == due.due_at + timedelta(hours=1000)
+
+
 def test_sign_out_needs_its_csrf_token_and_ends_the_session(api: Api) -> None:
     sign_in(api, "admin")
     page = api.client.get("/console/queue")

@@ -96,6 +96,20 @@ def test_secrets_have_no_defaults() -> None:
         interpolate(load(), {})
 
 
+def test_the_api_signs_console_sessions_with_a_secret_of_the_deployment(
+    compose: dict[str, Any],
+) -> None:
+    # a secret per process would end every console sign-in at each restart of the API
+    environment = compose["services"]["api"]["environment"]
+    secret = env_file(DEPLOY / "env.example")["CONSOLE_SECRET"]
+    assert environment["AFTERSALES_API_CONSOLE_SECRET"] == secret
+    # and, as the passwords, it has no default
+    without = env_file(DEPLOY / "env.example")
+    del without["CONSOLE_SECRET"]
+    with pytest.raises(KeyError, match="CONSOLE_SECRET"):
+        interpolate(load(), without)
+
+
 def test_the_aftersales_commands_are_ones_the_cli_accepts(compose: dict[str, Any]) -> None:
     for name in ("migrate", "api", "worker", "beat"):
         accepted_by_cli([str(part) for part in compose["services"][name]["command"]])

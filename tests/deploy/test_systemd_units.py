@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import DEPLOY, accepted_by_cli, exec_argv, which
+from .support import DEPLOY, accepted_by_cli, env_file, exec_argv, which
 
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 INSTALLED_BIN = "/opt/aftersales/bin/"
@@ -97,12 +97,38 @@ def test_beat_is_a_single_unit_and_workers_a_template() -> None:
     "name", ["aftersales-api.service", "aftersales-beat.service", "aftersales-worker@.service"]
 )
 def test_the_command_is_one_the_cli_accepts(name: str) -> None:
-    argv = exec_argv(unit(DEPLOY / "systemd" / name)["Service"]["ExecStart"])
+    argv = command_of(name, {})
     assert argv[0] == f"{INSTALLED_BIN}aftersales"
-    arguments = [part.replace("%i", "1").replace("%H", "host") for part in argv[1:]]
-    if arguments[0] == "worker" and "--hostname" in arguments:
-        from entrypoints.cli import workers
+    accepted_by_cli(argv[1:])
 
-        if "hostname" not in workers.worker.__code__.co_varnames:
-            pytest.skip("`aftersales worker --hostname` comes with issue 14 item 1 (i14-obs)")
-    accepted_by_cli(arguments)
+
+def test_a_worker_instance_takes_its_own_options() -> None:
+    # given /etc/aftersales/worker-2.env making instance 2 a dedicated timer sweeper
+    options = {"WORKER_OPTIONS": "--queues timers --concurrency 1"}
+
+    # when systemd builds instance 2's command line
+    argv = command_of("aftersales-worker@.service", options)
+
+    # then the options reach the worker, which accepts them beside its node name
+    assert argv[-4:] == ["--queues", "timers", "--concurrency", "1"]
+    assert "worker-1@host" in argv
+    accepted_by_cli(argv[1:])
+
+
+def command_of(name: str, environment: dict[str, str]) -> list[str]:
+    """A unit's command as systemd runs it for instance 1 on ``host``: a ``$NAME`` word becomes
+    the variable's words (none when unset), as systemd.service(5) says."""
+    argv = exec_argv(unit(DEPLOY / "systemd" / name)["Service"]["ExecStart"])
+    expanded = []
+    for part in argv:
+        if part.startswith("$") and not part.startswith("${"):
+            expanded.extend(environment.get(part[1:], "").split())
+        else:
+            expanded.append(part.replace("%i", "1").replace("%H", "host"))
+    return expanded
+
+
+def test_the_shared_settings_give_the_api_processes_one_console_secret() -> None:
+    # every API host signs console sessions with the same key, which outlives restarts
+    settings = env_file(DEPLOY / "systemd" / "aftersales.env.example")
+    assert settings.get("AFTERSALES_API_CONSOLE_SECRET")

@@ -604,6 +604,21 @@ def test_postgres_needs_db_upgrade_first(
         )
         assert submitted.code == 0, submitted.stderr
         assert invoke("case", "list", "--json").json()["cases"][0]["state"] == "submitted"
+
+        # when a newer release has migrated it further (this one is the old code of a rollout)
+        with sa.create_engine(url).begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+        dispose_engine(url)
+        newer = assert_one_line_error(invoke("case", "list"), 1)
+
+        # then it says so, and does not send the operator to an upgrade that cannot work
+        assert "at schema revision 9999, which this version does not know" in newer
+        assert "db upgrade" not in newer
+        assert newer.endswith("a newer version migrated it")
+        for command in (("db", "upgrade"), ("db", "check")):
+            assert assert_one_line_error(invoke(*command), 1).endswith(
+                "a newer version migrated it"
+            )
     finally:
         dispose_engine(url)
         with admin.connect() as connection:

@@ -190,6 +190,18 @@ def test_extension_hours_are_bounded(invoke: CliFn, submitted: Submit, hours: st
     one_line_error(result, 2)
 
 
+def test_extension_hours_past_a_year_are_refused_by_the_option(
+    invoke: CliFn, submitted: Submit
+) -> None:
+    # a year is the most any extension may be (the service's own bound, workflow/payloads.py)
+    case_id = str(submitted())
+    result = invoke(
+        "--now", NOW, "case", "extend-deadline", case_id,
+        "--actor", "admin", "--reason", "r", "--hours", "8761",
+    )  # fmt: skip
+    assert "Invalid value for '--hours'" in one_line_error(result, 2)
+
+
 def test_until_beyond_the_years_bound_is_refused(invoke: CliFn, submitted: Submit) -> None:
     case_id = str(submitted())
     result = invoke(

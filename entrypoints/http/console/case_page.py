@@ -38,8 +38,6 @@ from workflow.redaction import masked
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
 CaseId = Annotated[int, Path(ge=1, le=MAX_ID)]
-#: Hours an admin may move a deadline by from the console at once.
-MAX_EXTENSION_HOURS = 24 * 30
 
 
 def _stale(error: Conflict, expected: int) -> ConsoleError | None:
@@ -71,6 +69,11 @@ def _order_of(request: Request, viewer: Viewer, order_id: str) -> dict[str, Any]
     return {"order": account.order, "account": account}
 
 
+def _max_extension_hours(request: Request) -> int:
+    # The service's configured bound (AFTERSALES_MAX_DEADLINE_EXTENSION), as for the API.
+    return int(api_of(request).cases.max_deadline_extension.total_seconds() // 3600)
+
+
 def case_context(request: Request, viewer: Viewer, case_id: int) -> dict[str, Any]:
     api = api_of(request)
     actor = viewer.principal.actor()
@@ -87,6 +90,7 @@ def case_context(request: Request, viewer: Viewer, case_id: int) -> dict[str, An
         "forms": [form_for(trigger) for trigger in allowed],
         "diagram": mermaid(case.type, case.state),
         "details": masked(case.details),
+        "max_extension_hours": _max_extension_hours(request),
     }
 
 
@@ -131,8 +135,9 @@ async def extend(request: Request, case_id: CaseId) -> Response:
         hours = float(form.get("hours", ""))
     except ValueError:
         raise InvalidInput("hours must be a number", "hours") from None
-    if not 0 < hours <= MAX_EXTENSION_HOURS:
-        raise InvalidInput(f"hours must be over 0 and at most {MAX_EXTENSION_HOURS}", "hours")
+    most = _max_extension_hours(request)
+    if not 0 < hours <= most:
+        raise InvalidInput(f"hours must be over 0 and at most {most}", "hours")
     try:
         api_of(request).cases.extend_deadline(
             case_id,

@@ -2,7 +2,7 @@
 count their tasks in ``task_stats``.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07
 
 ``outbox.parked_at``: the relay stopped publishing the row after ``AFTERSALES_OUTBOX_MAX_ATTEMPTS``

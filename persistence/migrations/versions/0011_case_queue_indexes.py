@@ -2,7 +2,7 @@
 time and by merchant and state, the disputed cases, and the timers of a case.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-07
 
 ``GET /cases?overdue=true&sort=deadline`` reads the live timers in due-time order and stops at
