@@ -15,6 +15,9 @@ from entrypoints.http.app import openapi_document
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 
+USAGE = "usage: python -m entrypoints.http.spec [--check] [PATH]  (default: docs/openapi.json)"
+
+
 def openapi_text() -> str:
     return json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n"
 
@@ -23,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     check = "--check" in args
     paths = [arg for arg in args if arg != "--check"]
+    if len(paths) > 1 or any(path.startswith("-") for path in paths):
+        # An option it does not know is not a file name to write the document to.
+        print(USAGE, file=sys.stderr)
+        return 2
     path = Path(paths[0]) if paths else DEFAULT_PATH
     text = openapi_text()
     if check:

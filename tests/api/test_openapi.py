@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config.policy import load_policy
 from entrypoints.http.spec import DEFAULT_PATH, main, openapi_text
 
@@ -16,6 +18,17 @@ def test_committed_document_is_current() -> None:
     # A failure means the API changed: run `python -m entrypoints.http.spec` and commit the file.
     assert DEFAULT_PATH.read_text(encoding="utf-8") == openapi_text()
     assert main(["--check", str(DEFAULT_PATH)]) == 0
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-x"], ["a.json", "b.json"]])
+def test_the_generator_refuses_what_is_not_a_path_and_writes_nothing(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # before: `python -m entrypoints.http.spec --help` wrote the document to a file "--help"
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert "usage:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_served_document_is_the_committed_one(api: Api) -> None:
