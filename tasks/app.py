@@ -23,7 +23,9 @@ from tasks.health import PING_DIR_KEY
 from tasks.prompt_shutdown import WakeEverySecond
 from tasks.schedule import beat_schedule
 
-# Imported for its signal handlers: every process running tasks counts them (task_stats).
+# Imported for their signal handlers: a beat inside a worker stops when the worker is gone
+# (orphaned_beat); every process running tasks counts them (task_stats).
+from tasks.orphaned_beat import stop_when_orphaned as _beat_watch  # noqa: F401
 from tasks.task_stats import stats as _task_stats  # noqa: F401
 
 #: Modules holding ``@shared_task`` definitions; add each new one here.

@@ -461,6 +461,45 @@ def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
     assert json.loads(next(runtime.ping_dir.iterdir()).read_text())["pid"] == worker.pid
 
 
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(child) for child in text.split()}
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has stopped: init may be a shell here)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state and "dead" not in state
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
+@pytest.mark.parametrize("broker", ["embedded"])
+def test_a_beat_inside_a_killed_worker_stops_by_itself(runtime: Runtime) -> None:
+    # given `aftersales run`'s function (worker and beat) in a process of its own
+    code = (
+        "from entrypoints.composition import load_settings\n"
+        "from entrypoints.worker import run_all\n"
+        "run_all(load_settings(), concurrency=2)\n"
+    )
+    worker = runtime.spawn([sys.executable, "-c", code])
+    runtime.ping(worker)
+    wait_for(lambda: "beat: Starting" in worker.output(), "beat to start")
+    children = _children(worker.pid)
+    assert children, "beat runs in a child process of the worker"
+
+    # when the worker is killed with SIGKILL, which lets it stop nothing
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+
+    # then its beat notices and stops (before: it went on sending a sweep every second)
+    wait_for(lambda: not any(_running(child) for child in children), "the orphans to stop")
+    assert "is gone; stopping" in worker.output()
+
+
 def test_spool_gives_back_claims_of_dead_processes_and_expired_ones(tmp_path: Path) -> None:
     # given three claims: a live process's fresh one, a dead process's, a live one too old
     claimed, ready = tmp_path / "claimed", tmp_path / "ready"
