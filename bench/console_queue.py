@@ -216,6 +216,37 @@ def served(database: support.Database, folder: Path) -> Iterator[tuple[TestClien
         yield client, {"Authorization": f"Bearer {secret}"}
 
 
+@dataclass(frozen=True)
+class Session:
+    """A benchmark's loaded database and the app served on it."""
+
+    progress: Progress
+    loaded: Loaded
+    client: TestClient
+    #: An admin's ``Authorization`` header.
+    headers: dict[str, str]
+
+
+@contextlib.contextmanager
+def loaded_and_served(
+    console: Console, server: str | None, cases: int, name: str
+) -> Iterator[Session]:
+    """Prints the machine, loads ``cases`` into a throwaway PostgreSQL database (``load``) and
+    serves the app in-process on it (``served``); drops the database on the way out."""
+    console.print(support.machine(support.postgres_url(server)))
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(support.progress(console))
+        folder = Path(tempfile.mkdtemp(prefix=f"aftersales-{name}-"))
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        database = stack.enter_context(
+            support.throwaway_database("postgres", support.postgres_url(server))
+        )
+        loaded = load(database, cases, bar)
+        client, headers = stack.enter_context(served(database, folder))
+        yield Session(bar, loaded, client, headers)
+        dispose_engine(database.url)
+
+
 def _timed(call: Callable[[], Any]) -> float:
     started = time.perf_counter()
     call()
@@ -310,22 +341,14 @@ def main() -> None:
     parser.add_argument("--server", help="PostgreSQL server URL (default: the tests')")
     args = parser.parse_args()
     console = Console()
-    console.print(support.machine(support.postgres_url(args.server)))
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(support.progress(console))
-        folder = Path(tempfile.mkdtemp(prefix="aftersales-queue-"))
-        stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        database = stack.enter_context(
-            support.throwaway_database("postgres", support.postgres_url(args.server))
-        )
-        loaded = load(database, args.cases, bar)
+    with loaded_and_served(console, args.server, args.cases, "queue") as session:
+        loaded = session.loaded
         service = CaseService(SqlUnitOfWorkFactory(loaded.engine), FakeClock(NOW), load_policy())
         overdue = CaseQuery(overdue=True, sort=CaseSort.DEADLINE, limit=PAGE)
-        client, headers = stack.enter_context(served(database, folder))
 
         def get(params: dict[str, Any], rows: int = PAGE) -> Callable[[], Any]:
             def call() -> None:
-                response = client.get("/cases", params=params, headers=headers)
+                response = session.client.get("/cases", params=params, headers=session.headers)
                 assert response.status_code == 200, response.text
                 assert len(response.json()["cases"]) == rows
 
@@ -344,14 +367,13 @@ def main() -> None:
                 {"deadline_within_hours": 24, "sort": "deadline", "limit": PAGE}
             ),
         }
-        times = rounds(paths, args.rounds, bar)
-        times |= explained(loaded.engine, args.explain_rounds, bar)
+        times = rounds(paths, args.rounds, session.progress)
+        times |= explained(loaded.engine, args.explain_rounds, session.progress)
         plans = {
             "with 0011": explain(loaded.engine, False, False)[1],
             "without 0011": explain(loaded.engine, False, True)[1],
             "merchant, with 0011": explain(loaded.engine, True, False)[1],
         }
-        dispose_engine(database.url)
     console.print(
         f"loaded {loaded.cases:,} cases, {loaded.live_timers:,} live timers "
         f"({loaded.overdue:,} overdue) in {loaded.seconds:.0f} s"
