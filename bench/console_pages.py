@@ -18,7 +18,6 @@ times in interleaved rounds:
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 from collections.abc import Callable
@@ -26,20 +25,16 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.console_queue import PAGE, loaded_and_served, rounds
+from bench.console_queue import PAGE, loaded_and_served, options, rounds
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--cases", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--server", help="PostgreSQL server URL (default: the tests')")
-    args = parser.parse_args()
+    args = options(__doc__.splitlines()[0] if __doc__ else None).parse_args()
     console = Console()
-    with loaded_and_served(console, args.server, args.cases, "console") as session:
-        loaded, client, headers = session.loaded, session.client, session.headers
+    with loaded_and_served(console, args.server, args.cases, "console") as opened:
+        bar, loaded, client, headers = opened
         # Sign in to the console with the admin's token, as the form does.
         secret = headers["Authorization"].removeprefix("Bearer ")
         form = CSRF.search(client.get("/console/sign-in").text)
@@ -70,7 +65,7 @@ def main() -> None:
         }
         rows = client.get("/console/queue", params=overdue).text.count('id="case-row-')
         assert rows == PAGE, rows
-        times = rounds(paths, args.rounds, session.progress)
+        times = rounds(paths, args.rounds, bar)
     median = {name: statistics.median(values) for name, values in times.items()}
     console.print(f"{loaded.cases:,} cases, {loaded.overdue:,} overdue; medians of {args.rounds}:")
     for name, value in median.items():

@@ -216,23 +216,13 @@ def served(database: support.Database, folder: Path) -> Iterator[tuple[TestClien
         yield client, {"Authorization": f"Bearer {secret}"}
 
 
-@dataclass(frozen=True)
-class Session:
-    """A benchmark's loaded database and the app served on it."""
-
-    progress: Progress
-    loaded: Loaded
-    client: TestClient
-    #: An admin's ``Authorization`` header.
-    headers: dict[str, str]
-
-
 @contextlib.contextmanager
 def loaded_and_served(
     console: Console, server: str | None, cases: int, name: str
-) -> Iterator[Session]:
+) -> Iterator[tuple[Progress, Loaded, TestClient, dict[str, str]]]:
     """Prints the machine, loads ``cases`` into a throwaway PostgreSQL database (``load``) and
-    serves the app in-process on it (``served``); drops the database on the way out."""
+    serves the app in-process on it (``served``); drops the database on the way out. Yields the
+    progress display, what was loaded, the client and an admin's headers."""
     console.print(support.machine(support.postgres_url(server)))
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(support.progress(console))
@@ -243,7 +233,7 @@ def loaded_and_served(
         )
         loaded = load(database, cases, bar)
         client, headers = stack.enter_context(served(database, folder))
-        yield Session(bar, loaded, client, headers)
+        yield bar, loaded, client, headers
         dispose_engine(database.url)
 
 
@@ -333,22 +323,28 @@ def report(console: Console, loaded: Loaded, times: dict[str, list[float]]) -> N
     console.print(table)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(description: str | None) -> argparse.ArgumentParser:
+    """The options of the benchmarks on ``load``'s cases: how many, rounds timed, the server."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cases", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--explain-rounds", type=int, default=6)
     parser.add_argument("--server", help="PostgreSQL server URL (default: the tests')")
+    return parser
+
+
+def main() -> None:
+    parser = options(__doc__.splitlines()[0])
+    parser.add_argument("--explain-rounds", type=int, default=6)
     args = parser.parse_args()
     console = Console()
-    with loaded_and_served(console, args.server, args.cases, "queue") as session:
-        loaded = session.loaded
+    with loaded_and_served(console, args.server, args.cases, "queue") as opened:
+        bar, loaded, client, headers = opened
         service = CaseService(SqlUnitOfWorkFactory(loaded.engine), FakeClock(NOW), load_policy())
         overdue = CaseQuery(overdue=True, sort=CaseSort.DEADLINE, limit=PAGE)
 
         def get(params: dict[str, Any], rows: int = PAGE) -> Callable[[], Any]:
             def call() -> None:
-                response = session.client.get("/cases", params=params, headers=session.headers)
+                response = client.get("/cases", params=params, headers=headers)
                 assert response.status_code == 200, response.text
                 assert len(response.json()["cases"]) == rows
 
@@ -367,8 +363,8 @@ def main() -> None:
                 {"deadline_within_hours": 24, "sort": "deadline", "limit": PAGE}
             ),
         }
-        times = rounds(paths, args.rounds, session.progress)
-        times |= explained(loaded.engine, args.explain_rounds, session.progress)
+        times = rounds(paths, args.rounds, bar)
+        times |= explained(loaded.engine, args.explain_rounds, bar)
         plans = {
             "with 0011": explain(loaded.engine, False, False)[1],
             "without 0011": explain(loaded.engine, False, True)[1],
