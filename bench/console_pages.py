@@ -18,42 +18,23 @@ times in interleaved rounds:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import re
-import shutil
 import statistics
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from bench import support
-from bench.console_queue import PAGE, load, rounds, served
-from persistence.db import dispose_engine
+from bench.console_queue import PAGE, loaded_and_served, options, rounds
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--cases", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--server", help="PostgreSQL server URL (default: the tests')")
-    args = parser.parse_args()
+    args = options(__doc__.splitlines()[0] if __doc__ else None).parse_args()
     console = Console()
-    console.print(support.machine(support.postgres_url(args.server)))
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(support.progress(console))
-        folder = Path(tempfile.mkdtemp(prefix="aftersales-console-"))
-        stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        database = stack.enter_context(
-            support.throwaway_database("postgres", support.postgres_url(args.server))
-        )
-        loaded = load(database, args.cases, bar)
-        client, headers = stack.enter_context(served(database, folder))
+    with loaded_and_served(console, args.server, args.cases, "console") as opened:
+        bar, loaded, client, headers = opened
         # Sign in to the console with the admin's token, as the form does.
         secret = headers["Authorization"].removeprefix("Bearer ")
         form = CSRF.search(client.get("/console/sign-in").text)
@@ -85,7 +66,6 @@ def main() -> None:
         rows = client.get("/console/queue", params=overdue).text.count('id="case-row-')
         assert rows == PAGE, rows
         times = rounds(paths, args.rounds, bar)
-        dispose_engine(database.url)
     median = {name: statistics.median(values) for name, values in times.items()}
     console.print(f"{loaded.cases:,} cases, {loaded.overdue:,} overdue; medians of {args.rounds}:")
     for name, value in median.items():

@@ -216,6 +216,27 @@ def served(database: support.Database, folder: Path) -> Iterator[tuple[TestClien
         yield client, {"Authorization": f"Bearer {secret}"}
 
 
+@contextlib.contextmanager
+def loaded_and_served(
+    console: Console, server: str | None, cases: int, name: str
+) -> Iterator[tuple[Progress, Loaded, TestClient, dict[str, str]]]:
+    """Prints the machine, loads ``cases`` into a throwaway PostgreSQL database (``load``) and
+    serves the app in-process on it (``served``); drops the database on the way out. Yields the
+    progress display, what was loaded, the client and an admin's headers."""
+    console.print(support.machine(support.postgres_url(server)))
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(support.progress(console))
+        folder = Path(tempfile.mkdtemp(prefix=f"aftersales-{name}-"))
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        database = stack.enter_context(
+            support.throwaway_database("postgres", support.postgres_url(server))
+        )
+        loaded = load(database, cases, bar)
+        client, headers = stack.enter_context(served(database, folder))
+        yield bar, loaded, client, headers
+        dispose_engine(database.url)
+
+
 def _timed(call: Callable[[], Any]) -> float:
     started = time.perf_counter()
     call()
@@ -302,26 +323,24 @@ def report(console: Console, loaded: Loaded, times: dict[str, list[float]]) -> N
     console.print(table)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(description: str | None) -> argparse.ArgumentParser:
+    """The options of the benchmarks on ``load``'s cases: how many, rounds timed, the server."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cases", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--explain-rounds", type=int, default=6)
     parser.add_argument("--server", help="PostgreSQL server URL (default: the tests')")
+    return parser
+
+
+def main() -> None:
+    parser = options(__doc__.splitlines()[0])
+    parser.add_argument("--explain-rounds", type=int, default=6)
     args = parser.parse_args()
     console = Console()
-    console.print(support.machine(support.postgres_url(args.server)))
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(support.progress(console))
-        folder = Path(tempfile.mkdtemp(prefix="aftersales-queue-"))
-        stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        database = stack.enter_context(
-            support.throwaway_database("postgres", support.postgres_url(args.server))
-        )
-        loaded = load(database, args.cases, bar)
+    with loaded_and_served(console, args.server, args.cases, "queue") as opened:
+        bar, loaded, client, headers = opened
         service = CaseService(SqlUnitOfWorkFactory(loaded.engine), FakeClock(NOW), load_policy())
         overdue = CaseQuery(overdue=True, sort=CaseSort.DEADLINE, limit=PAGE)
-        client, headers = stack.enter_context(served(database, folder))
 
         def get(params: dict[str, Any], rows: int = PAGE) -> Callable[[], Any]:
             def call() -> None:
@@ -351,7 +370,6 @@ def main() -> None:
             "without 0011": explain(loaded.engine, False, True)[1],
             "merchant, with 0011": explain(loaded.engine, True, False)[1],
         }
-        dispose_engine(database.url)
     console.print(
         f"loaded {loaded.cases:,} cases, {loaded.live_timers:,} live timers "
         f"({loaded.overdue:,} overdue) in {loaded.seconds:.0f} s"

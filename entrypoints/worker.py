@@ -109,17 +109,7 @@ def run_worker(
 ) -> None:
     """A worker consuming every task queue (or only ``queues``, comma-separated); blocks.
     ``hostname`` is its node name (default ``default_hostname()``)."""
-    app = worker_app(settings)
-    concurrency = concurrency or default_concurrency(settings)
-    argv = worker_argv(
-        app,
-        concurrency=concurrency,
-        loglevel=loglevel,
-        pool=pool,
-        queues=queues,
-        hostname=hostname or default_hostname(),
-    )
-    app.worker_main(argv)
+    _work(settings, concurrency, loglevel, pool, hostname, queues=queues)
 
 
 def run_beat(settings: Settings, loglevel: str = "INFO") -> None:
@@ -141,15 +131,30 @@ def run_all(
     thing to start and stop; it is why only one ``run`` may be started per deployment. Several
     machines run ``aftersales worker`` each and one ``aftersales beat``.
     """
+    _work(settings, concurrency, loglevel, pool, hostname, beat=True)
+
+
+def _work(
+    settings: Settings,
+    concurrency: int | None,
+    loglevel: str,
+    pool: Pool | None,
+    hostname: str | None,
+    *,
+    queues: str | None = None,
+    beat: bool = False,
+) -> None:
+    """``celery worker`` on the app of ``settings``, blocking; concurrency and node name default
+    to ``default_concurrency`` and ``default_hostname()``."""
     app = worker_app(settings)
-    concurrency = concurrency or default_concurrency(settings)
     argv = worker_argv(
         app,
-        concurrency=concurrency,
+        concurrency=concurrency or default_concurrency(settings),
         loglevel=loglevel,
         pool=pool,
-        beat=True,
+        beat=beat,
         hostname=hostname or default_hostname(),
+        queues=queues,
     )
     app.worker_main(argv)
 

@@ -158,7 +158,8 @@ def test_tokens_create_refuses_a_lifetime_past_the_years_it_handles(
 
 @contextmanager
 def serving(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, ChildProcess]]:
-    """``aftersales serve`` started as a shell would; its base URL once it answers."""
+    """``aftersales serve`` started as a shell would; its base URL once it answers. Sent SIGTERM
+    and waited for on the way out."""
     port = free_port()
     script = Path(sys.executable).with_name("aftersales")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
@@ -255,29 +256,14 @@ def test_serve_answers_over_http_until_sigterm(env: dict[str, str], tmp_path: Pa
     # given a token, and `aftersales serve` started as a shell would
     _, out, _ = invoke("tokens", "create", "--role", "admin", "--json")
     secret = json.loads(out)["token"]
-    port = free_port()
-    script = Path(sys.executable).with_name("aftersales")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "entrypoints.cli"]
-    command += ["serve", "--port", str(port)]
-    server = ChildProcess(command, tmp_path / "serve.log", env=env, cwd=tmp_path).start()
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        server.wait_until(healthy, "the server to come up", timeout=30)
+    with serving(env, tmp_path) as (base, server):
         # then it serves the API with that token, and the OpenAPI document
         headers = {"Authorization": f"Bearer {secret}"}
         listed = httpx.get(f"{base}/cases", headers=headers).json()
         assert (listed["cases"], listed["next_cursor"], listed["next_after"]) == ([], None, None)
         assert httpx.get(f"{base}/cases").status_code == 401
         assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "aftersales"
-    finally:
-        server.terminate()
-        # uvicorn shuts down, then re-raises the signal it caught: the shell sees SIGTERM.
-        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+    # and stops on SIGTERM: uvicorn shuts down, then re-raises the signal it caught (the shell
+    # sees SIGTERM)
+    assert server.returncode in (0, -signal.SIGTERM)
     assert "Finished server process" in server.output()

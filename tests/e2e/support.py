@@ -51,3 +51,12 @@ class Run:
 
 
 CliFn = Callable[..., Run]
+
+
+def one_line_error(result: Run, code: int) -> str:
+    """A refusal: the expected exit code and one line on stderr, no traceback; that line."""
+    assert result.code == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

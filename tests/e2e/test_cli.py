@@ -15,7 +15,7 @@ from tasks.kick import RELAY_TASK
 from workflow.diagram import mermaid
 from workflow.states import CaseType
 
-from .support import NOW, CliFn, Run, application
+from .support import NOW, CliFn, Run, application, one_line_error
 
 ImportOrders = Callable[..., None]
 
@@ -46,13 +46,10 @@ Submit = Callable[..., int]
 
 
 def assert_one_line_error(result: Run, code: int) -> str:
-    """A user error: the expected exit code, nothing on stdout, one line on stderr."""
-    assert result.code == code, (result.stdout, result.stderr)
+    """A user error: ``one_line_error``, and nothing on stdout."""
+    line = one_line_error(result, code)
     assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    return line
 
 
 # -- submitting -----------------------------------------------------------------------------

@@ -15,18 +15,10 @@ from entrypoints import composition
 from workflow.clock import FakeClock
 from workflow.model import Actor
 
-from .support import NOW, CliFn, Run, application
+from .support import NOW, CliFn, application, one_line_error
 
 Submit = Callable[..., int]
 ABOVE_BIGINT = str(2**64)  # what SQLite and PostgreSQL refuse to bind: 18446744073709551616
-
-
-def one_line_error(result: Run, code: int) -> str:
-    assert result.code == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def nested(depth: int) -> str:

@@ -10,17 +10,9 @@ from pathlib import Path
 
 from persistence.migrate import head_revision
 
-from .support import CliFn, Run
+from .support import CliFn, one_line_error
 
 HEAD = head_revision()
-
-
-def one_line_error(result: Run, code: int) -> str:
-    assert result.code == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def current(invoke: CliFn) -> str | None:

@@ -17,15 +17,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
 from entrypoints.samples import import_orders_for
 from persistence.checkout import Checkout
 from persistence.db import dispose_engine, make_engine, normalize_url
-from persistence.migrate import upgrade
+from persistence.migrate import alembic_config, upgrade
+from persistence.tables import cases
 from persistence.unit_of_work import SqlUnitOfWorkFactory
-from workflow.model import Case, Item, Payment
+from workflow.model import Case, Item, Payment, Timer
 from workflow.orders_service import OrderService
 from workflow.service import CaseService, CaseView
 from workflow.states import CaseState, CaseType
@@ -136,6 +138,48 @@ def analyze(engine: Engine, table: str) -> None:
     else:
         with engine.begin() as connection:
             connection.execute(sa.text("ANALYZE"))
+
+
+def migrate(engine: Engine, target: str, downgrade: bool = False) -> None:
+    """Upgrade (or, with ``downgrade``, downgrade) ``engine``'s database to revision ``target``."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if downgrade else command.upgrade)(config, target)
+
+
+def cases_with_pending_timer(
+    uow_factory: SqlUnitOfWorkFactory, engine: Engine, new_case: Callable[..., Case], count: int
+) -> None:
+    """``count`` cases (order ids ``o-template``, then ``o-1`` ...), each with a pending
+    ``merchant_review`` timer due at ``T0``: one armed through the store, the rest set-based copies
+    of it (much faster than arming each)."""
+    with uow_factory() as uow:
+        template = uow.cases.add(new_case(order_id="o-template"))
+        timer = Timer(template, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, T0, T0)
+        uow.timers.arm(timer)
+        uow.commit()
+    columns = [column.name for column in cases.columns if column.name != "id"]
+    listed = ", ".join(f'"{name}"' for name in columns)
+    copied = listed.replace('"order_id"', "'o-' || CAST(n.i AS TEXT)")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+                f"INSERT INTO cases ({listed}) SELECT {copied} FROM cases, n "
+                "WHERE cases.id = :template"
+            ),
+            {"count": count - 1, "template": template},
+        )
+        connection.execute(
+            sa.text(
+                'INSERT INTO timers (case_id, kind, "trigger", state, version, due_at, status, '
+                'created_at) SELECT c.id, t.kind, t."trigger", t.state, t.version, t.due_at, '
+                "t.status, t.created_at FROM cases c, timers t "
+                "WHERE c.id <> :template AND t.case_id = :template"
+            ),
+            {"template": template},
+        )
 
 
 @pytest.fixture

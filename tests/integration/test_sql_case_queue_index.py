@@ -7,22 +7,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from config.policy import load_policy
 from persistence.case_search import SearchShape
 from persistence.migrate import alembic_config
-from persistence.tables import cases
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.clock import FakeClock
-from workflow.model import Actor, Case, Timer
+from workflow.model import Actor, Case
 from workflow.queries import CaseQuery, CaseSort
 from workflow.service import CaseService
-from workflow.states import CaseState, Role
+from workflow.states import Role
 
-from .conftest import analyze
+from .conftest import analyze, cases_with_pending_timer, migrate
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 #: Overdue cases: far more than a page.
@@ -52,13 +50,6 @@ def _indexes(engine: Engine) -> dict[str, dict[str, list[str | None]]]:
         }
 
 
-def _migrate(engine: Engine, target: str, downgrade: bool = False) -> None:
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if downgrade else command.upgrade)(config, target)
-
-
 def test_0011_adds_the_queue_indexes_and_downgrades_without_them(engine: Engine) -> None:
     def present() -> dict[str, dict[str, list[str | None]]]:
         found = _indexes(engine)
@@ -70,41 +61,17 @@ def test_0011_adds_the_queue_indexes_and_downgrades_without_them(engine: Engine)
     assert present() == QUEUE_INDEXES
     before = ScriptDirectory.from_config(alembic_config()).get_revision("0011").down_revision
     assert isinstance(before, str)
-    _migrate(engine, before, downgrade=True)
+    migrate(engine, before, downgrade=True)
     assert present() == {table: {} for table in QUEUE_INDEXES}
-    _migrate(engine, "head")
+    migrate(engine, "head")
     assert present() == QUEUE_INDEXES
 
 
 def _overdue_cases(uow_factory: SqlUnitOfWorkFactory, engine: Engine, new_case: NewCase) -> None:
     """``OVERDUE`` cases whose review deadlines passed a second apart, in an order unrelated to
-    their ids: one armed through the store, the rest set-based copies of it."""
-    with uow_factory() as uow:
-        template = uow.cases.add(new_case(order_id="o-template"))
-        timer = Timer(template, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, T0, T0)
-        uow.timers.arm(timer)
-        uow.commit()
-    columns = [column.name for column in cases.columns if column.name != "id"]
-    listed = ", ".join(f'"{name}"' for name in columns)
-    copied = listed.replace('"order_id"', "'o-' || CAST(n.i AS TEXT)")
+    their ids."""
+    cases_with_pending_timer(uow_factory, engine, new_case, OVERDUE)
     with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
-                f"INSERT INTO cases ({listed}) SELECT {copied} FROM cases, n "
-                "WHERE cases.id = :template"
-            ),
-            {"count": OVERDUE - 1, "template": template},
-        )
-        connection.execute(
-            sa.text(
-                'INSERT INTO timers (case_id, kind, "trigger", state, version, due_at, status, '
-                'created_at) SELECT c.id, t.kind, t."trigger", t.state, t.version, t.due_at, '
-                "t.status, t.created_at FROM cases c, timers t "
-                "WHERE c.id <> :template AND t.case_id = :template"
-            ),
-            {"template": template},
-        )
         # Due times a second apart, shuffled against the ids (7919 is prime to OVERDUE).
         offset = f"((case_id * 7919) % {OVERDUE})"
         if engine.dialect.name == "postgresql":

@@ -8,14 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
 from sqlalchemy.engine import Engine
 
-from persistence.migrate import alembic_config
 from persistence.statements import Statements
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 
-from .conftest import analyze
+from .conftest import analyze, migrate
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 #: Rows published a moment ago and not completed yet: far more than one relay batch.
@@ -107,11 +105,8 @@ def _nodes(plan: Any) -> list[dict[str, Any]]:
 
 
 def test_0006_downgrades_and_upgrades(engine: Engine) -> None:
-    config = alembic_config()
     for target, downgrade in (("0005", True), ("head", False)):
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            (command.downgrade if downgrade else command.upgrade)(config, target)
+        migrate(engine, target, downgrade)
         with engine.connect() as connection:
             names = {index["name"] for index in sa.inspect(connection).get_indexes("outbox")}
         assert ("ix_outbox_unpublished_id" in names) is not downgrade

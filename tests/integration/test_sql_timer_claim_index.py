@@ -7,16 +7,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from alembic import command
 from sqlalchemy.engine import Engine
 
-from persistence.migrate import alembic_config
-from persistence.tables import cases
 from persistence.unit_of_work import SqlUnitOfWorkFactory
 from workflow.model import Case, Timer, TimerStatus
 from workflow.states import CaseState
 
-from .conftest import analyze
+from .conftest import analyze, cases_with_pending_timer, migrate
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 #: Timers due at the same instant: far more than one batch.
@@ -34,42 +31,9 @@ def _timer_indexes(engine: Engine) -> dict[str, list[str | None]]:
         }
 
 
-def _migrate(engine: Engine, target: str, downgrade: bool = False) -> None:
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if downgrade else command.upgrade)(config, target)
-
-
 def _tied_timers(uow_factory: SqlUnitOfWorkFactory, engine: Engine, new_case: NewCase) -> None:
-    """``TIED`` cases, each with a pending timer due at ``T0``: one armed through the store, the
-    rest set-based copies of it."""
-    with uow_factory() as uow:
-        template = uow.cases.add(new_case(order_id="o-template"))
-        timer = Timer(template, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, T0, T0)
-        uow.timers.arm(timer)
-        uow.commit()
-    columns = [column.name for column in cases.columns if column.name != "id"]
-    listed = ", ".join(f'"{name}"' for name in columns)
-    copied = listed.replace('"order_id"', "'o-' || CAST(n.i AS TEXT)")
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
-                f"INSERT INTO cases ({listed}) SELECT {copied} FROM cases, n "
-                "WHERE cases.id = :template"
-            ),
-            {"count": TIED - 1, "template": template},
-        )
-        connection.execute(
-            sa.text(
-                'INSERT INTO timers (case_id, kind, "trigger", state, version, due_at, status, '
-                'created_at) SELECT c.id, t.kind, t."trigger", t.state, t.version, t.due_at, '
-                "t.status, t.created_at FROM cases c, timers t "
-                "WHERE c.id <> :template AND t.case_id = :template"
-            ),
-            {"template": template},
-        )
+    """``TIED`` cases, each with a pending timer due at ``T0``."""
+    cases_with_pending_timer(uow_factory, engine, new_case, TIED)
     analyze(engine, "timers")
 
 
@@ -88,11 +52,11 @@ def test_0005_downgrades_to_the_old_index_and_back(
             Timer(case_id, "merchant_review", "auto_approve", CaseState.SUBMITTED, 1, T0, T0)
         )
         uow.commit()
-    _migrate(engine, "0004", downgrade=True)
+    migrate(engine, "0004", downgrade=True)
     indexes = _timer_indexes(engine)
     assert indexes["ix_timers_status_due_at"] == ["status", "due_at"]
     assert "ix_timers_status_due_at_id" not in indexes
-    _migrate(engine, "head")
+    migrate(engine, "head")
     assert _timer_indexes(engine)["ix_timers_status_due_at_id"] == ["status", "due_at", "id"]
     with uow_factory() as uow:
         claimed = uow.timers.claim_due(T0, 10, "sweeper", T0 - timedelta(minutes=5))

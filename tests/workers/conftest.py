@@ -62,6 +62,12 @@ def wait_for(
         pytest.fail(str(timed_out))
 
 
+def celery_command(*args: str) -> list[str]:
+    """``celery`` on the project's app (``entrypoints.celery_app``), run by this interpreter,
+    followed by ``args``."""
+    return [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", *args]
+
+
 @dataclass
 class Runtime:
     """A broker namespace of one test, with what it takes to run workers on it."""
@@ -89,15 +95,7 @@ class Runtime:
             beat=beat,
             hostname=f"test{index}-{uuid.uuid4().hex[:6]}@%h",
         )
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "entrypoints.celery_app",
-            *argv,
-            "--include=workers.probe_tasks",
-        ]
+        return celery_command(*argv, "--include=workers.probe_tasks")
 
     def spawn(self, command: list[str]) -> ChildProcess:
         log = self.folder / f"worker-{len(self.workers)}.log"

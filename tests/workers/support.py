@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 import uuid
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from entrypoints.samples import import_orders_for
 from persistence.db import dispose_engine, make_engine, normalize_url
 from persistence.migrate import upgrade
 from persistence.tables import cases, outbox, timers
+from persistence.task_stats import read_totals
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from workflow.clock import FileClock
@@ -61,6 +61,7 @@ from .conftest import (
     TESTS,
     VISIBILITY_TIMEOUT_S,
     Runtime,
+    celery_command,
     delete_keys,
     wait_for,
 )
@@ -164,16 +165,7 @@ class Stack:
 
     def start_beat(self) -> ChildProcess:
         """A stand-alone scheduler (what ``aftersales beat`` runs), with its own state file."""
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "entrypoints.celery_app",
-            "beat",
-            "--loglevel=INFO",
-            f"--schedule={self._beat_file()}",
-        ]
+        command = celery_command("beat", "--loglevel=INFO", f"--schedule={self._beat_file()}")
         return self.runtime.spawn(command)
 
     def _beat_file(self) -> Path:
@@ -316,6 +308,17 @@ class Stack:
 
     def dead_letters(self) -> list[DeadLetter]:
         return self.events.dead_letters()
+
+    def task_runs(self, task: str, outcome: str) -> int:
+        """How many runs of ``task`` ended in ``outcome`` (``succeeded``, ``failed`` ...), as the
+        workers counted them in the database (persistence/task_stats.py)."""
+        with make_engine(self.database_url).connect() as connection:
+            totals = read_totals(connection)
+        return sum(
+            count
+            for (counted_task, counted_outcome, _), (count, _) in totals.items()
+            if (counted_task, counted_outcome) == (task, outcome)
+        )
 
 
 @contextlib.contextmanager

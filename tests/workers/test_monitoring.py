@@ -22,9 +22,8 @@ import sqlalchemy as sa
 
 from entrypoints.processes import ChildProcess, free_port
 from persistence.db import make_engine
-from persistence.task_stats import read_totals
 
-from .conftest import ROOT, Runtime, wait_for
+from .conftest import ROOT, Runtime, celery_command, wait_for
 from .support import Stack, merchant, open_stack, stack_params, submit
 
 pytestmark = pytest.mark.redis
@@ -43,20 +42,19 @@ def _cli_worker(runtime: Runtime, *args: str) -> ChildProcess:
 
 
 def _flower(runtime: Runtime, port: int) -> ChildProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "entrypoints.celery_app",
-        "flower",
-        "--address=127.0.0.1",
-        f"--port={port}",
-    ]
+    command = celery_command("flower", "--address=127.0.0.1", f"--port={port}")
     log = runtime.folder / "flower.log"
     flower = ChildProcess(command, log, env={**runtime.env, **FLOWER_UNAUTHENTICATED}, cwd=ROOT)
     runtime.workers.append(flower.start())
     return flower
+
+
+def _events_dump(runtime: Runtime) -> ChildProcess:
+    """``celery events --dump`` on the runtime's broker, stopped with its workers."""
+    command = celery_command("events", "--dump")
+    dump = ChildProcess(command, runtime.folder / "events.log", env=runtime.env, cwd=ROOT).start()
+    runtime.workers.append(dump)
+    return dump
 
 
 def _get(port: int, path: str) -> Any:
@@ -131,9 +129,7 @@ def test_celery_events_shows_task_events_and_remote_control_finds_a_dispatcher(
     name = f"events-{uuid.uuid4().hex[:8]}"
     worker = _cli_worker(runtime, "-n", f"{name}@%h")
     runtime.ping(worker)
-    command = [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", "events", "--dump"]
-    dump = ChildProcess(command, runtime.folder / "events.log", env=runtime.env, cwd=ROOT).start()
-    runtime.workers.append(dump)
+    dump = _events_dump(runtime)
     host = socket.gethostname()
     # the worker's heartbeats (every 2 s) reach the dump: it has subscribed (Redis drops what
     # is published to a channel before anyone listens)
@@ -161,24 +157,12 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
         yield opened
 
 
-def _ingested_events(stack: Stack) -> int:
-    with make_engine(stack.database_url).connect() as connection:
-        totals = read_totals(connection)
-    return sum(
-        count
-        for (task, outcome, _), (count, _) in totals.items()
-        if (task, outcome) == ("aftersales.ingest_event", "succeeded")
-    )
-
-
 def test_coalesced_events_show_in_celery_events_and_are_counted(stack: Stack) -> None:
     # given a prefork worker (2 pool processes: one coalesced job at a time), four cases, and
     # ``celery events --dump`` that hears the worker
     (worker,) = stack.start_workers(1, beat=False)
     cases = [submit(stack, "return_refund", f"o-ev-{n}") for n in range(4)]
-    command = [sys.executable, "-m", "celery", "-A", "entrypoints.celery_app", "events", "--dump"]
-    dump = ChildProcess(command, stack.folder / "events.log", env=stack.runtime.env, cwd=ROOT)
-    stack.runtime.workers.append(dump.start())
+    dump = _events_dump(stack.runtime)
     dump.wait_log(r"heartbeat", timeout=45, what="the worker's heartbeat")
 
     # when the first approval's job waits on a lock while the others arrive, then goes on
@@ -198,4 +182,4 @@ def test_coalesced_events_show_in_celery_events_and_are_counted(stack: Stack) ->
             dump.wait_log(rf"{event}.*{task_id}", timeout=45, what=f"{event} {task_id}")
     # and, once the worker stops, its pool processes have counted the four in the database
     worker.stop()
-    assert _ingested_events(stack) == 4
+    assert stack.task_runs("aftersales.ingest_event", "succeeded") == 4

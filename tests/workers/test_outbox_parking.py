@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from persistence.db import make_engine
-from persistence.task_stats import read_totals
 from workflow.model import OutboxEntry, OutboxMessage
 from workflow.relay import ParkedOutbox
 
@@ -47,13 +45,7 @@ def _parked_after_time_passes(stack: Stack, parked: ParkedOutbox) -> list[Outbox
 
 
 def _failed_pickups(stack: Stack) -> int:
-    with make_engine(stack.database_url).connect() as connection:
-        totals = read_totals(connection)
-    return sum(
-        count
-        for (task, outcome, _), (count, _) in totals.items()
-        if (task, outcome) == ("aftersales.book_pickup", "failed")
-    )
+    return stack.task_runs("aftersales.book_pickup", "failed")
 
 
 def test_a_row_whose_consumer_keeps_failing_is_parked_counted_and_retried(stack: Stack) -> None:
