@@ -20,12 +20,13 @@ from tasks.broker import BrokerConfig, broker_config, var_dir
 from tasks.coalesce import COALESCE_MAX_KEY
 from tasks.consumer import CONSUMER_PATH
 from tasks.health import PING_DIR_KEY
+
+# Imported for its signal handler: a beat inside a worker stops when the worker is gone.
+from tasks.orphaned_beat import stop_when_orphaned as _beat_watch  # noqa: F401
 from tasks.prompt_shutdown import WakeEverySecond
 from tasks.schedule import beat_schedule
 
-# Imported for their signal handlers: a beat inside a worker stops when the worker is gone
-# (orphaned_beat); every process running tasks counts them (task_stats).
-from tasks.orphaned_beat import stop_when_orphaned as _beat_watch  # noqa: F401
+# Imported for its signal handlers: every process running tasks counts them (task_stats).
 from tasks.task_stats import stats as _task_stats  # noqa: F401
 
 #: Modules holding ``@shared_task`` definitions; add each new one here.

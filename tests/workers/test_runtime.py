@@ -17,6 +17,7 @@ from kombu import Connection, Exchange, Queue
 import tasks.runtime
 from config.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings, sqlite_url
 from entrypoints.composition import worker_app
+from entrypoints.processes import ChildProcess
 from entrypoints.worker import default_concurrency, default_pool
 from tasks.app import TASK_MODULES, create_app, retry_countdown
 from tasks.broker import SPOOL_TRANSPORT
@@ -443,18 +444,25 @@ def test_task_survives_kill9_of_the_whole_worker(runtime: Runtime) -> None:
         assert time.monotonic() - started >= runtime.settings.broker.visibility_timeout_s / 2
 
 
-@pytest.mark.parametrize("broker", ["embedded"])
-def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
-    # given `aftersales run`'s function in a process of its own
+def _run_all(runtime: Runtime) -> ChildProcess:
+    """`aftersales run`'s function (worker and beat) in a process of its own, once a ping ran
+    and beat started beside the worker."""
     code = (
         "from entrypoints.composition import load_settings\n"
         "from entrypoints.worker import run_all\n"
         "run_all(load_settings(), concurrency=2)\n"
     )
     worker = runtime.spawn([sys.executable, "-c", code])
-    # when a ping is sent, then it runs, and beat started beside the worker
     runtime.ping(worker)
     wait_for(lambda: "beat: Starting" in worker.output(), "beat to start")
+    return worker
+
+
+@pytest.mark.parametrize("broker", ["embedded"])
+def test_run_all_starts_a_worker_with_beat(runtime: Runtime) -> None:
+    # given `aftersales run`'s function in a process of its own, when a ping is sent, then it
+    # runs, and beat started beside the worker
+    worker = _run_all(runtime)
     # and SIGTERM stops the whole thing
     worker.terminate()
     assert worker.wait(timeout=30) == 0
@@ -480,14 +488,7 @@ def _running(pid: int) -> bool:
 @pytest.mark.parametrize("broker", ["embedded"])
 def test_a_beat_inside_a_killed_worker_stops_by_itself(runtime: Runtime) -> None:
     # given `aftersales run`'s function (worker and beat) in a process of its own
-    code = (
-        "from entrypoints.composition import load_settings\n"
-        "from entrypoints.worker import run_all\n"
-        "run_all(load_settings(), concurrency=2)\n"
-    )
-    worker = runtime.spawn([sys.executable, "-c", code])
-    runtime.ping(worker)
-    wait_for(lambda: "beat: Starting" in worker.output(), "beat to start")
+    worker = _run_all(runtime)
     children = _children(worker.pid)
     assert children, "beat runs in a child process of the worker"
 
