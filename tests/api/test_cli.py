@@ -126,25 +126,21 @@ def test_tokens_expire_when_asked_and_the_list_shows_expiry_and_last_use(
     assert "live until" in out and "never" in out
 
 
-@pytest.mark.parametrize("lifetime", ["30", "0d", "thirty days", "-1d", "1y"])
-def test_tokens_create_refuses_a_lifetime_that_is_not_a_duration(
-    env: dict[str, str], lifetime: str
-) -> None:
-    code, out, err = invoke(
-        "--json", "tokens", "create", "--role", "admin", "--expires-in", lifetime
-    )
-    assert (code, out) == (2, "")
-    assert json.loads(err)["error"]["field"] == "expires_in"
-    assert json.loads(invoke("--json", "tokens", "list")[1]) == []
-
-
 @pytest.mark.parametrize(
-    "lifetime", ["999999w", "999999d999999d999999d999999d", "999999d999999d600000d"]
+    "lifetime, says",
+    [
+        *((text, "") for text in ["30", "0d", "thirty days", "-1d", "1y"]),
+        # the expiry would land past the year 9000 (or past what a date can hold at all)
+        *(
+            (text, "9000")
+            for text in ["999999w", "999999d999999d999999d999999d", "999999d999999d600000d"]
+        ),
+    ],
 )
-def test_tokens_create_refuses_a_lifetime_past_the_years_it_handles(
-    env: dict[str, str], lifetime: str
+def test_tokens_create_refuses_a_lifetime_it_cannot_use(
+    env: dict[str, str], lifetime: str, says: str
 ) -> None:
-    # when the expiry would land past the year 9000 (or past what a date can hold at all)
+    # when a token is asked for with a lifetime that is no duration, or one too long
     code, out, err = invoke(
         "--json", "tokens", "create", "--role", "admin", "--expires-in", lifetime
     )
@@ -152,7 +148,7 @@ def test_tokens_create_refuses_a_lifetime_past_the_years_it_handles(
     # then it is a usage error naming the option, and no token was made
     assert (code, out) == (2, "")
     assert json.loads(err)["error"]["field"] == "expires_in"
-    assert "9000" in json.loads(err)["error"]["message"]
+    assert says in json.loads(err)["error"]["message"]
     assert json.loads(invoke("--json", "tokens", "list")[1]) == []
 
 
