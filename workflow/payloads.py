@@ -6,10 +6,19 @@ domain only ever sees well-formed values.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from workflow.errors import InvalidInput
 from workflow.states import CaseType
@@ -22,16 +31,23 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 Text = Annotated[str, Field(max_length=2000)]
 
 
+#: Text that is a number: pydantic would read it as seconds since 1970 too (a query string's
+#: ``to=0.5`` is text).
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
 def _time_text(value: Any) -> Any:
     # Pydantic would read a number as seconds since 1970: a time is ISO 8601 text, so that a
     # field holding a count or an amount by mistake is refused, not taken for a date.
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER_TEXT.fullmatch(value)):
         raise ValueError("a time is ISO 8601 text with an offset, e.g. 2026-11-20T10:00:00+08:00")
     return value
 
 
 #: A time given as ISO 8601 text (never a number).
 Instant = Annotated[datetime, BeforeValidator(_time_text)]
+#: The same, with its UTC offset required (query parameters: no model checks them afterwards).
+AwareInstant = Annotated[AwareDatetime, BeforeValidator(_time_text)]
 
 
 class _Input(BaseModel):

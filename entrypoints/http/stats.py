@@ -12,13 +12,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
 from entrypoints.http.auth import Authenticated, require
 from entrypoints.http.context import api_of, json_response
 from entrypoints.http.problems import responses
 from entrypoints.http.schemas import Ident, MerchantStats
 from entrypoints.http.scopes import TokenRole
+from workflow.payloads import AwareInstant
 
 router = APIRouter(prefix="/stats", tags=["stats"])
 
@@ -41,11 +41,11 @@ def merchant_stats(
     request: Request,
     principal: Authenticated,
     start: Annotated[
-        AwareDatetime | None,
+        AwareInstant | None,
         Query(alias="from", description="Start (inclusive), with a UTC offset."),
     ] = None,
     end: Annotated[
-        AwareDatetime | None,
+        AwareInstant | None,
         Query(alias="to", description="End (exclusive), with a UTC offset; default now."),
     ] = None,
     merchant_id: Ident | None = None,
