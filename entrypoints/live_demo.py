@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich import box
@@ -30,9 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adapters.fake_gateways import build_fake_gateways
-from config.settings import (
-    FakeGatewaySettings,
-)
+from config.settings import FakeGatewaySettings
 from entrypoints import composition, render, views
 from entrypoints.demo import (
     BUYER,
@@ -43,8 +40,19 @@ from entrypoints.demo import (
     order_and_application,
     summary_table,
 )
-from entrypoints.live_worker import SWEEP_S, DemoFailed, prepare, settings_for, start_worker
-from entrypoints.processes import ChildProcess, listen_refusal, wait_until
+from entrypoints.live_worker import (
+    API_HOST,
+    API_PORT,
+    SWEEP_S,
+    DemoFailed,
+    check_api_port,
+    check_api_started,
+    interrupt,
+    prepare,
+    settings_for,
+    start_worker,
+)
+from entrypoints.processes import ChildProcess, wait_until
 from tasks.app import create_app
 from tasks.kick import RELAY_TASK
 from tasks.producer import INGEST_TASK, make_envelope
@@ -56,12 +64,8 @@ from workflow.states import CaseState
 
 #: The demo's folder, relative to the directory it runs in; deleted and recreated on each run.
 DEMO_DIR = Path("var") / "demo-live"
-#: Where ``aftersales run`` serves the API during the demo (``aftersales serve``'s defaults).
-API_HOST, API_PORT = "127.0.0.1", 8000
 #: Straight to the API on this host, whatever proxy ``http_proxy`` names.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-#: What uvicorn logs when it cannot listen (the port was taken after our own check).
-_BIND_FAILED = re.compile(r"error while attempting to bind on address .*")
 #: Upper bounds of the waits; a healthy run needs a small fraction of each.
 READY_TIMEOUT_S, STEP_TIMEOUT_S, STOP_GRACE_S = 90.0, 30.0, 20.0
 POLL_S = 0.1
@@ -76,11 +80,6 @@ _INGESTED = re.compile(
 )
 #: Event ids as each producer might number them: ``sf-00012``, ``mp-00003``.
 _EVENT_PREFIX = {"sf-express": "sf", "merchant-portal": "mp", "buyer-app": "app"}
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """A SIGTERM to the demo unwinds like Ctrl-C, so the worker is stopped on the way out."""
-    raise KeyboardInterrupt
 
 
 @dataclass(eq=False)
@@ -329,9 +328,7 @@ class LiveDemo:
 
     def api_answers(self) -> bool:
         """The API's liveness answers; ``DemoFailed`` at once if uvicorn could not listen."""
-        failed = _BIND_FAILED.search(self.worker.output())
-        if failed is not None:
-            raise DemoFailed(f"the API could not start: {failed[0]}; {_PORT_ADVICE}")
+        check_api_started(self.worker.output())
         try:
             with _DIRECT.open(f"{self.api_url}/healthz", timeout=1) as response:
                 return bool(response.status == 200)
@@ -552,20 +549,6 @@ class LiveDemo:
         late.note = f"rule {late.refusal.rule}" if late.refusal else ""
 
 
-_PORT_ADVICE = (
-    "stop what listens there (another `make run`? `ss -ltnp` names it), or choose another port: "
-    "`make run PORT=8001` (`aftersales demo --live --port 8001`)"
-)
-
-
-def check_api_port(port: int) -> None:
-    """Refuse to start when the API's port is taken: the demo's API would be missing, and only
-    the worker's log would say so."""
-    refusal = listen_refusal(API_HOST, port)
-    if refusal is not None:
-        raise DemoFailed(f"cannot serve the API on {API_HOST}:{port}: {refusal}; {_PORT_ADVICE}")
-
-
 def run(
     folder: Path = DEMO_DIR, console: Console | None = None, api_port: int = API_PORT
 ) -> dict[str, Any]:
@@ -577,7 +560,7 @@ def run(
     worker = start_worker(folder, api_port)
     api_url = f"http://{API_HOST}:{api_port}"
     pid_file = folder / "worker.pid"
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         pid_file.write_text(f"{worker.start().pid}\n")
         demo = LiveDemo(folder, worker, console, api_url)

@@ -1,13 +1,16 @@
 """The live demo's own deployment: a fresh folder with its database and clock, and one
-``aftersales run`` (worker and beat on the embedded broker) working on it."""
+``aftersales run`` (worker and beat on the embedded broker, and the API on its port) working on
+it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
+from types import FrameType
 
 from config.settings import (
     BrokerSettings,
@@ -18,7 +21,7 @@ from config.settings import (
 )
 from entrypoints import composition
 from entrypoints.demo import START
-from entrypoints.processes import ChildProcess
+from entrypoints.processes import ChildProcess, listen_refusal
 from workflow.clock import FileClock
 
 #: Beat asks for a sweep every 0.2 s, so a timer fires within a fraction of a second of the clock
@@ -26,8 +29,39 @@ from workflow.clock import FileClock
 SWEEP_S = 0.2
 
 
+#: Where the demo's API listens (``make run PORT=...`` moves it).
+API_HOST, API_PORT = "127.0.0.1", 8000
+#: What uvicorn logs when it cannot listen.
+_BIND_FAILED = re.compile(r"error while attempting to bind on address .*")
+_PORT_ADVICE = (
+    "stop what listens there (another `make run`? `ss -ltnp` names it), or choose another port: "
+    "`make run PORT=8001` (`aftersales demo --live --port 8001`)"
+)
+
+
 class DemoFailed(Exception):
     """The live demo could not go on: the worker did not start, or a case did not move."""
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM to the demo unwinds like Ctrl-C, so the worker is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def check_api_port(port: int) -> None:
+    """Refuse to start when the API's port is taken: the demo's API would be missing, and only
+    the worker's log would say so."""
+    refusal = listen_refusal(API_HOST, port)
+    if refusal is not None:
+        raise DemoFailed(f"cannot serve the API on {API_HOST}:{port}: {refusal}; {_PORT_ADVICE}")
+
+
+def check_api_started(worker_output: str) -> None:
+    """``DemoFailed`` if the worker's log says its API could not listen (the port was taken
+    after ``check_api_port``)."""
+    failed = _BIND_FAILED.search(worker_output)
+    if failed is not None:
+        raise DemoFailed(f"the API could not start: {failed[0]}; {_PORT_ADVICE}")
 
 
 def settings_for(folder: Path) -> Settings:

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import builtins
 import copy
-import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
 from workflow.errors import Conflict, case_moved
+from workflow.memory_queue import (
+    comes_after,
+    ever_disputed,
+    matches,
+    merchant_figures,
+    order_key,
+    position,
+)
 from workflow.model import (
     Case,
     DeadLetter,
@@ -41,19 +48,7 @@ from workflow.ports import (
     TimerStore,
     TransitionLog,
 )
-from workflow.queries import (
-    MERCHANT_TIMEOUTS,
-    REVIEW_TRIGGERS,
-    CaseQuery,
-    CaseSort,
-    Cursor,
-    MerchantFigures,
-    Period,
-    QueueRow,
-    sort_key,
-    waiting_for,
-)
-from workflow.states import CaseState
+from workflow.queries import CaseQuery, MerchantFigures, Period, QueueRow, waiting_for
 
 _LIVE = (TimerStatus.PENDING, TimerStatus.CLAIMED)
 
@@ -153,12 +148,12 @@ class InMemoryCaseRepository:
         found = [
             (case, live.get(case_id))
             for case_id, case in self._db.cases.items()
-            if _matches(query, case, live.get(case_id), self._ever_disputed(case_id), now)
+            if matches(query, case, live.get(case_id), self._ever_disputed(case_id), now)
         ]
         start = query.start()
         if start is not None:
-            found = [(c, t) for c, t in found if _after(_position(query, c, t), start)]
-        found.sort(key=lambda row: _order_key(query, *row))
+            found = [(c, t) for c, t in found if comes_after(position(query, c, t), start)]
+        found.sort(key=lambda row: order_key(query, *row))
         return [
             QueueRow(
                 copy.deepcopy(case), replace(timer) if timer else None, waiting_for(case, timer)
@@ -167,46 +162,14 @@ class InMemoryCaseRepository:
         ]
 
     def _ever_disputed(self, case_id: int) -> bool:
-        return any(r.to_state is CaseState.DISPUTED for r in self._db.log.get(case_id, ()))
+        return ever_disputed(self._db.log, case_id)
 
     def merchant_figures(
         self, period: Period, merchant_id: str | None = None
     ) -> builtins.list[MerchantFigures]:
-        by_merchant: dict[str, builtins.list[Case]] = {}
-        for case in self._db.cases.values():
-            if period.start <= case.created_at < period.end and merchant_id in (
-                None,
-                case.merchant_id,
-            ):
-                by_merchant.setdefault(case.merchant_id, []).append(case)
-        fired = {
-            t.case_id
-            for t in self._db.timers.values()
-            if t.status is TimerStatus.FIRED and t.kind in MERCHANT_TIMEOUTS
-        }
-        figures = []
-        for merchant, cases in sorted(by_merchant.items()):
-            reviews = [s for s in (self._review_seconds(case) for case in cases) if s is not None]
-            figures.append(
-                MerchantFigures(
-                    merchant_id=merchant,
-                    cases=len(cases),
-                    reviewed=len(reviews),
-                    median_review_seconds=round(statistics.median(reviews), 3) if reviews else None,
-                    timed_out=sum(1 for case in cases if case.id in fired),
-                    disputed=sum(1 for case in cases if self._ever_disputed(case.id or 0)),
-                )
-            )
-        return figures
-
-    def _review_seconds(self, case: Case) -> float | None:
-        """Seconds from submission to the first end of the merchant's review."""
-        ends = [
-            r.at
-            for r in self._db.log.get(case.id or 0, ())
-            if r.from_state is CaseState.SUBMITTED and r.trigger in REVIEW_TRIGGERS
-        ]
-        return (min(ends) - case.created_at).total_seconds() if ends else None
+        return merchant_figures(
+            self._db.cases.values(), self._db.timers.values(), self._db.log, period, merchant_id
+        )
 
     def by_submission_key(self, key: str) -> Case | None:
         for case in self._db.cases.values():
@@ -229,67 +192,6 @@ class InMemoryCaseRepository:
             if case.order_id in wanted:
                 found.setdefault(case.order_id, []).append(copy.deepcopy(case))
         return found
-
-
-def _matches(
-    query: CaseQuery, case: Case, deadline: Timer | None, disputed: bool, now: datetime
-) -> bool:
-    """Whether the case passes every filter of the query (the SQL stores' WHERE)."""
-    states = query.wanted_states()
-    due = deadline.due_at if deadline is not None else None
-    text = query.text
-    return (
-        (not states or case.state in states)
-        and all(
-            wanted is None or wanted == actual
-            for wanted, actual in (
-                (query.type, case.type),
-                (query.merchant_id, case.merchant_id),
-                (query.buyer_id, case.buyer_id),
-                (query.order_id, case.order_id),
-                (query.disputed, disputed),
-            )
-        )
-        and (not query.overdue or (due is not None and due <= now))
-        and (query.due_within is None or (due is not None and due <= now + query.due_within))
-        and (
-            text is None
-            or case.id == query.text_id()
-            or text in (case.order_id, case.buyer_id)
-            or text
-            in (case.details.get("return_tracking_no"), case.details.get("outbound_tracking_no"))
-        )
-    )
-
-
-#: Stands in for a missing sort key: the rows without one are compared by id alone.
-_NO_KEY = datetime.min
-
-
-def _position(query: CaseQuery, case: Case, deadline: Timer | None) -> tuple[int, datetime, int]:
-    """(section, key, id): under the deadline sort, the cases without a deadline form a
-    second section after those with one, in either direction."""
-    key = sort_key(query, case, deadline)
-    section = 1 if query.sort is CaseSort.DEADLINE and key is None else 0
-    naive = key.astimezone(UTC).replace(tzinfo=None) if key else _NO_KEY
-    return section, naive, case.id or 0
-
-
-def _order_key(query: CaseQuery, case: Case, deadline: Timer | None) -> tuple[int, float, int]:
-    section, key, case_id = _position(query, case, deadline)
-    seconds = (key - _NO_KEY) / timedelta(seconds=1)
-    return (section, -seconds, -case_id) if query.descending else (section, seconds, case_id)
-
-
-def _after(position: tuple[int, datetime, int], cursor: Cursor) -> bool:
-    """Whether a row at ``position`` comes after the cursor's row."""
-    key = cursor.key.astimezone(UTC).replace(tzinfo=None) if cursor.key else _NO_KEY
-    section = 1 if cursor.sort is CaseSort.DEADLINE and cursor.key is None else 0
-    if position[0] != section:
-        return position[0] > section
-    if cursor.descending:
-        return position[1:] < (key, cursor.case_id)
-    return position[1:] > (key, cursor.case_id)
 
 
 class InMemoryOrderStore:

@@ -11,7 +11,7 @@ what is left to refund. Submissions check it under the order's lock (``OrderStor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from config.policy import Policy
 from workflow.clock import ensure_utc
 from workflow.errors import InvalidInput, NotFound, Phrase, PolicyRefusal
-from workflow.model import Case, Gift, Payment
+from workflow.model import Case, Gift, Item, Payment
 from workflow.payloads import (
     MAX_FEN,
     Application,
@@ -465,3 +465,39 @@ def claim(account: OrderAccount, app: Application) -> int:
             f"{account.refunded + account.pending} fen are already refunded or claimed",
         )
     return max(0, min(wanted, left))
+
+
+def case_from_order(
+    app: Application,
+    order: Order,
+    lines: Sequence[OrderLine],
+    base: int,
+    cap: int,
+    now: datetime,
+    key: str | None,
+) -> Case:
+    """The case an application opens: its snapshot copied from the order of record, the
+    refund base and cap in its details."""
+    return Case(
+        type=app.type,
+        state=CaseState.SUBMITTED,
+        order_id=order.order_id,
+        buyer_id=order.buyer_id,
+        merchant_id=order.merchant_id,
+        category=lines[0].category,
+        reason=app.reason,
+        description=app.description,
+        payment=order.payment,
+        delivered_at=order.delivered_at,
+        items=[
+            Item(item.sku, item.quantity, line.unit_price)
+            for item, line in zip(app.items, lines, strict=True)
+        ],
+        gifts=case_gifts(order, app),
+        created_at=now,
+        updated_at=now,
+        requested_amount=app.requested_amount,
+        refund_amount=base,
+        submission_key=key,
+        details={"refund_base": base, "refund_cap": max(cap, 0)},
+    )

@@ -13,12 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from workflow.model import Case, Timer
-from workflow.states import TERMINAL_STATES, CaseState, CaseType
+from workflow.clock import ensure_utc
+from workflow.errors import Forbidden, InvalidInput
+from workflow.model import Actor, Case, Timer
+from workflow.states import TERMINAL_STATES, CaseState, CaseType, Role
 
 #: The most rows one page holds.
 MAX_PAGE = 500
@@ -263,3 +265,55 @@ class MerchantFigures:
 REVIEW_TRIGGERS: frozenset[str] = frozenset(
     {"approve", "reject", "auto_approve", "escalate", "force_close", "force_refund"}
 )
+
+
+def visible_to(query: CaseQuery, actor: Actor | None) -> CaseQuery:
+    """The query narrowed to the cases the actor may see."""
+    if actor is None or actor.role in (Role.ADMIN, Role.SYSTEM):
+        return query
+    if actor.role is Role.BUYER:
+        if query.buyer_id not in (None, actor.id):
+            raise Forbidden("a buyer lists only its own cases")
+        return replace(query, buyer_id=actor.id)
+    if actor.role is Role.MERCHANT:
+        if query.merchant_id not in (None, actor.id):
+            raise Forbidden("a merchant lists only its own cases")
+        return replace(query, merchant_id=actor.id)
+    raise Forbidden(f"a {actor.role.value} does not list cases")
+
+
+def check_query(query: CaseQuery) -> CaseQuery:
+    """The query, once its page size, paging and window are ones the stores can answer."""
+    if not 1 <= query.limit <= MAX_PAGE:
+        raise InvalidInput(f"a page holds 1 to {MAX_PAGE} cases", "limit")
+    if query.after_id is not None and (query.sort is not CaseSort.ID or query.descending):
+        raise InvalidInput("after (a case id) pages only the sort by id; use the cursor", "after")
+    start = query.start()
+    if start is not None and (start.sort, start.descending) != (query.sort, query.descending):
+        raise InvalidInput("the cursor belongs to another sort order; start again", "cursor")
+    if query.due_within is not None and query.due_within < timedelta(0):
+        raise InvalidInput("must not be negative", "deadline_within_hours")
+    return query
+
+
+#: The longest period the merchants' figures are computed over: they read every case of it.
+MAX_FIGURES_PERIOD = timedelta(days=366)
+
+
+def figures_scope(
+    start: datetime, end: datetime, actor: Actor | None, merchant_id: str | None
+) -> tuple[Period, str | None]:
+    """The period and merchant the figures are for: any merchant's for an admin, its own for a
+    merchant; a period of at most ``MAX_FIGURES_PERIOD`` that ends after it starts."""
+    start, end = ensure_utc(start), ensure_utc(end)
+    if end <= start:
+        raise InvalidInput("the period must end after it starts", "to")
+    if end - start > MAX_FIGURES_PERIOD:
+        raise InvalidInput(f"a period spans at most {MAX_FIGURES_PERIOD.days} days", "from")
+    if actor is not None and actor.role is Role.MERCHANT:
+        if merchant_id not in (None, actor.id):
+            raise Forbidden("a merchant sees only its own figures")
+        merchant_id = actor.id
+    elif actor is not None and actor.role not in (Role.ADMIN, Role.SYSTEM):
+        raise Forbidden("the service figures are for admins and merchants")
+    return Period(start, end), merchant_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,6 @@ from workflow.model import (
     SYSTEM,
     Actor,
     Case,
-    Item,
     Timer,
     TransitionRecord,
 )
@@ -43,19 +42,22 @@ from workflow.payloads import (
 )
 from workflow.ports import UnitOfWork, UnitOfWorkFactory
 from workflow.queries import (
-    MAX_PAGE,
     CasePage,
     CaseQuery,
-    CaseSort,
     Cursor,
     MerchantFigures,
-    Period,
+    check_query,
+    figures_scope,
     sort_key,
+    visible_to,
 )
-from workflow.states import CaseState, Role
 
-#: The longest period the merchants' figures are computed over: they read every case of it.
-MAX_FIGURES_PERIOD = timedelta(days=366)
+# What the service answers; its callers import these from here too (re-exported).
+from workflow.results import CaseView as CaseView
+from workflow.results import FireResult as FireResult
+from workflow.results import TimerRun as TimerRun
+from workflow.states import Role
+
 #: Default of ``CaseService.timer_batch``.
 TIMER_BATCH = 50
 #: Default of ``CaseService.max_deadline_extension`` (``AFTERSALES_MAX_DEADLINE_EXTENSION``).
@@ -63,30 +65,6 @@ MAX_DEADLINE_EXTENSION = timedelta(days=30)
 #: A timer whose case a concurrent transition moved between the read and the write: it stays
 #: claimed and is claimed again after the reclaim delay, then fires or turns out stale.
 CONFLICT_OUTCOME = "conflict: the case moved meanwhile"
-
-
-@dataclass(frozen=True)
-class CaseView:
-    """A case as callers see it: the case and its pending deadline."""
-
-    case: Case
-    deadline: Timer | None
-
-
-@dataclass(frozen=True)
-class FireResult:
-    case: Case
-    deadline: Timer | None
-    records: list[TransitionRecord]
-    #: True when an earlier call with the same idempotency key already did this.
-    replayed: bool = False
-
-
-@dataclass(frozen=True)
-class TimerRun:
-    timer: Timer
-    fired: bool
-    outcome: str
 
 
 class CaseService:
@@ -159,7 +137,9 @@ class CaseService:
                 rules.check_eligibility(line_facts, self.policy, now)
             account = orders.account(order, _cases_of(uow, order.order_id))
             base = orders.claim(account, app)
-            case = _new_case(app, order, lines, base, account.refundable, now, idempotency_key)
+            case = orders.case_from_order(
+                app, order, lines, base, account.refundable, now, idempotency_key
+            )
             case.details["merchant_consent_required"] = rules.merchant_consent_required(facts[0])
             case.id = uow.cases.add(case)
             record = TransitionRecord(
@@ -540,8 +520,7 @@ class CaseService:
         """A page of the cases ``query`` asks for, among those ``actor`` may see (a merchant
         its own, a buyer its own, an admin all; naming someone else's is ``Forbidden``), each
         with its next deadline and who it waits for, and the cursor of the next page."""
-        query = _scoped(query, actor)
-        _check_query(query)
+        query = check_query(visible_to(query, actor))
         now = self.clock.now()
         with self._uow() as uow:
             # One more than asked tells whether there is a next page without a count.
@@ -562,46 +541,9 @@ class CaseService:
     ) -> builtins.list[MerchantFigures]:
         """The service figures of the cases submitted in [start, end), per merchant (only
         ``merchant_id``'s when given): any merchant's for an admin, its own for a merchant."""
-        start, end = ensure_utc(start), ensure_utc(end)
-        if end <= start:
-            raise InvalidInput("the period must end after it starts", "to")
-        if end - start > MAX_FIGURES_PERIOD:
-            raise InvalidInput(f"a period spans at most {MAX_FIGURES_PERIOD.days} days", "from")
-        if actor is not None and actor.role is Role.MERCHANT:
-            if merchant_id not in (None, actor.id):
-                raise Forbidden("a merchant sees only its own figures")
-            merchant_id = actor.id
-        elif actor is not None and actor.role not in (Role.ADMIN, Role.SYSTEM):
-            raise Forbidden("the service figures are for admins and merchants")
+        period, merchant_id = figures_scope(start, end, actor, merchant_id)
         with self._uow() as uow:
-            return uow.cases.merchant_figures(Period(start, end), merchant_id)
-
-
-def _scoped(query: CaseQuery, actor: Actor | None) -> CaseQuery:
-    """The query narrowed to the cases the actor may see."""
-    if actor is None or actor.role in (Role.ADMIN, Role.SYSTEM):
-        return query
-    if actor.role is Role.BUYER:
-        if query.buyer_id not in (None, actor.id):
-            raise Forbidden("a buyer lists only its own cases")
-        return replace(query, buyer_id=actor.id)
-    if actor.role is Role.MERCHANT:
-        if query.merchant_id not in (None, actor.id):
-            raise Forbidden("a merchant lists only its own cases")
-        return replace(query, merchant_id=actor.id)
-    raise Forbidden(f"a {actor.role.value} does not list cases")
-
-
-def _check_query(query: CaseQuery) -> None:
-    if not 1 <= query.limit <= MAX_PAGE:
-        raise InvalidInput(f"a page holds 1 to {MAX_PAGE} cases", "limit")
-    if query.after_id is not None and (query.sort is not CaseSort.ID or query.descending):
-        raise InvalidInput("after (a case id) pages only the sort by id; use the cursor", "after")
-    start = query.start()
-    if start is not None and (start.sort, start.descending) != (query.sort, query.descending):
-        raise InvalidInput("the cursor belongs to another sort order; start again", "cursor")
-    if query.due_within is not None and query.due_within < timedelta(0):
-        raise InvalidInput("must not be negative", "deadline_within_hours")
+            return uow.cases.merchant_figures(period, merchant_id)
 
 
 def _check_same_call(
@@ -644,39 +586,4 @@ def _eligibility_facts(app: Application, order: Order, line: OrderLine) -> rules
         category=line.category,
         paid_at=order.payment.paid_at,
         delivered_at=order.delivered_at,
-    )
-
-
-def _new_case(
-    app: Application,
-    order: Order,
-    lines: Sequence[OrderLine],
-    base: int,
-    cap: int,
-    now: datetime,
-    key: str | None,
-) -> Case:
-    """The case, its snapshot copied from the order of record."""
-    return Case(
-        type=app.type,
-        state=CaseState.SUBMITTED,
-        order_id=order.order_id,
-        buyer_id=order.buyer_id,
-        merchant_id=order.merchant_id,
-        category=lines[0].category,
-        reason=app.reason,
-        description=app.description,
-        payment=order.payment,
-        delivered_at=order.delivered_at,
-        items=[
-            Item(item.sku, item.quantity, line.unit_price)
-            for item, line in zip(app.items, lines, strict=True)
-        ],
-        gifts=orders.case_gifts(order, app),
-        created_at=now,
-        updated_at=now,
-        requested_amount=app.requested_amount,
-        refund_amount=base,
-        submission_key=key,
-        details={"refund_base": base, "refund_cap": max(cap, 0)},
     )
